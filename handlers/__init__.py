@@ -1,0 +1,1 @@
+"""Pub/Sub push subscribers and scheduled jobs that act on `replicate-events`."""

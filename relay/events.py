@@ -1,0 +1,166 @@
+"""The event contract on `replicate-events`: a Replicate prediction body plus routing attributes."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+# Prediction ids are short lower-case base32-like strings; be a little generous but keep them
+# safe to use as a Firestore document id and a Cloud Storage path segment.
+_PREDICTION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+_MAX_STATUS_LENGTH = 64
+
+
+class PredictionStatus(StrEnum):
+    """The statuses Replicate documents. Others may appear; they are carried as plain strings."""
+
+    STARTING = "starting"
+    PROCESSING = "processing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    ABORTED = "aborted"
+
+
+class Source(StrEnum):
+    """Who put an event on the topic."""
+
+    WEBHOOK = "webhook"
+    RECONCILER = "reconciler"
+    REPLAY = "replay"
+
+
+class PayloadError(Exception):
+    """A body that is not a usable prediction. `reason` is a stable code for logs."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class Prediction(BaseModel):
+    """The prediction object Replicate sends (the same as GET /v1/predictions/{id}).
+
+    Only `id` and `status` are required; everything else is optional, and unknown fields are
+    kept, so a new field or status from Replicate never breaks the pipeline.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    id: str
+    status: str
+    model: str | None = None
+    version: str | None = None
+    input: dict[str, Any] | None = None
+    output: Any = None
+    error: Any = None
+    logs: str | None = None
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    data_removed: bool | None = None
+    metrics: dict[str, Any] | None = None
+    urls: dict[str, Any] | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _check_id(cls, value: str) -> str:
+        if not _PREDICTION_ID.match(value):
+            raise ValueError("must be 1-128 letters, digits, '-' or '_'")
+        return value
+
+    @field_validator("status")
+    @classmethod
+    def _check_status(cls, value: str) -> str:
+        if not value or len(value) > _MAX_STATUS_LENGTH or not value.isprintable():
+            raise ValueError(f"must be a non-empty printable string of at most {_MAX_STATUS_LENGTH} characters")
+        return value
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset(
+    {PredictionStatus.SUCCEEDED, PredictionStatus.FAILED, PredictionStatus.CANCELED, PredictionStatus.ABORTED}
+)
+
+
+def parse_prediction(body: bytes) -> Prediction:
+    """Parse a webhook body or message data into a Prediction, or raise PayloadError."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PayloadError("invalid_utf8", "body is not valid UTF-8") from None
+    try:
+        document = json.loads(text)
+    except RecursionError:
+        raise PayloadError("json_too_deep", "body nests JSON too deeply") from None
+    except ValueError as error:
+        raise PayloadError("invalid_json", f"body is not valid JSON: {error}") from None
+    if not isinstance(document, dict):
+        raise PayloadError("not_an_object", "body is not a JSON object")
+    try:
+        return Prediction.model_validate(document)
+    except RecursionError:
+        raise PayloadError("json_too_deep", "body nests JSON too deeply") from None
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        raise PayloadError("invalid_prediction", f"prediction {where}: {first['msg']}") from None
+
+
+@dataclass(frozen=True)
+class EventAttributes:
+    """Pub/Sub message attributes on `replicate-events`; handlers route on them without parsing data."""
+
+    prediction_id: str
+    status: str
+    webhook_id: str
+    webhook_timestamp: int
+    source: Source = Source.WEBHOOK
+    traceparent: str | None = None
+
+    def to_message(self) -> dict[str, str]:
+        attributes = {
+            "prediction_id": self.prediction_id,
+            "status": self.status,
+            "webhook_id": self.webhook_id,
+            "webhook_timestamp": str(self.webhook_timestamp),
+            "source": self.source.value,
+        }
+        if self.traceparent:
+            attributes["traceparent"] = self.traceparent
+        return attributes
+
+    @classmethod
+    def from_message(cls, attributes: dict[str, str]) -> EventAttributes:
+        """Read the attributes of a message; raises PayloadError when one is missing or wrong."""
+        try:
+            return cls(
+                prediction_id=attributes["prediction_id"],
+                status=attributes["status"],
+                webhook_id=attributes["webhook_id"],
+                webhook_timestamp=int(attributes["webhook_timestamp"]),
+                source=Source(attributes.get("source", Source.WEBHOOK.value)),
+                traceparent=attributes.get("traceparent"),
+            )
+        except KeyError as error:
+            raise PayloadError("missing_attribute", f"message attribute {error.args[0]} is missing") from None
+        except ValueError as error:
+            raise PayloadError("invalid_attribute", f"message attribute is invalid: {error}") from None
+
+
+@dataclass(frozen=True)
+class PredictionEvent:
+    """One event as the handlers see it: where it came from, and the prediction it carries."""
+
+    attributes: EventAttributes
+    prediction: Prediction

@@ -1,0 +1,216 @@
+"""The job document and its state machine: pure functions, the clock passed in.
+
+Events arrive at least once and in any order (Replicate and Pub/Sub both allow it), so every
+rule here is idempotent and forward-only: a job never moves back to an earlier state, a
+terminal state absorbs everything after it, and within one state an older snapshot of the
+prediction never overwrites a newer one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from relay.events import PredictionEvent, PredictionStatus
+from relay.outputs import encoded_size, find_files, plain_value
+
+
+class JobState(StrEnum):
+    """Where a job is. The order of the first five is the order a job moves through them."""
+
+    SUBMITTED = "submitted"
+    STARTING = "starting"
+    PROCESSING = "processing"
+    ARCHIVING = "archiving"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    ABORTED = "aborted"
+
+
+TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELED, JobState.ABORTED})
+
+_RANK = {
+    JobState.SUBMITTED: 0,
+    JobState.STARTING: 1,
+    JobState.PROCESSING: 2,
+    JobState.ARCHIVING: 3,
+    **dict.fromkeys(TERMINAL_STATES, 4),
+}
+
+_STATE_FOR_STATUS = {
+    PredictionStatus.STARTING: JobState.STARTING,
+    PredictionStatus.PROCESSING: JobState.PROCESSING,
+    PredictionStatus.FAILED: JobState.FAILED,
+    PredictionStatus.CANCELED: JobState.CANCELED,
+    PredictionStatus.ABORTED: JobState.ABORTED,
+}
+
+
+class Job(BaseModel):
+    """`jobs/{job_id}` in Firestore."""
+
+    model_config = ConfigDict(frozen=True, use_enum_values=True)
+
+    job_id: str
+    prediction_id: str | None = None
+    source: str = "webhook"
+    model: str | None = None
+    version: str | None = None
+    input: dict[str, Any] | None = None
+    state: JobState = JobState.SUBMITTED
+    replicate_status: str | None = None
+    outputs: list[dict[str, Any]] = []
+    output_value: Any = None
+    output_value_too_large: bool = False
+    error: Any = None
+    logs_tail: str = ""
+    logs_length: int = 0
+    metrics: dict[str, Any] | None = None
+    metadata: dict[str, str] = {}
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    updated_at: datetime | None = None
+    last_event_at: datetime | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    def to_document(self) -> dict[str, Any]:
+        return self.model_dump()
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Tunable limits of the state machine."""
+
+    coalesce_window: timedelta = timedelta(seconds=1)
+    logs_tail_chars: int = 4000
+    input_value_max_chars: int = 1000
+    output_value_max_bytes: int = 16 * 1024
+
+
+DEFAULT_POLICY = Policy()
+
+
+class Outcome(StrEnum):
+    """What an event did to its job; logged and counted."""
+
+    CREATED = "created"  # first event of a prediction nobody had submitted through us
+    APPLIED = "applied"
+    COALESCED = "coalesced"  # same-state progress within the coalescing window; the next event carries it
+    STALE = "stale"  # older than what the job already shows
+    ABSORBED = "absorbed"  # the job is already terminal
+    UNKNOWN_STATUS = "unknown_status"  # a status this version does not know; state kept
+    DUPLICATE = "duplicate"  # this webhook-id was applied before
+
+
+@dataclass(frozen=True)
+class Decision:
+    outcome: Outcome
+    job: Job | None  # the document to write; None when nothing is written
+
+    @property
+    def writes(self) -> bool:
+        return self.job is not None
+
+
+def target_state(status: str, output: Any) -> JobState | None:
+    """The job state a prediction status leads to; None for a status this version does not know."""
+    if status == PredictionStatus.SUCCEEDED:
+        return JobState.ARCHIVING if find_files(output) else JobState.SUCCEEDED
+    try:
+        return _STATE_FOR_STATUS[PredictionStatus(status)]
+    except ValueError:
+        return None
+
+
+def apply_event(  # noqa: PLR0911 - one return per rule reads better than a chain of flags
+    job: Job | None, event: PredictionEvent, *, job_id: str, now: datetime, policy: Policy = DEFAULT_POLICY
+) -> Decision:
+    """Decide what `event` does to `job` (None when no job exists yet)."""
+    prediction = event.prediction
+    target = target_state(prediction.status, prediction.output)
+    if job is None:
+        fresh = Job(job_id=job_id, prediction_id=prediction.id, source="webhook", created_at=prediction.created_at)
+        return Decision(Outcome.CREATED, _merge(fresh, event, target or JobState.SUBMITTED, now, policy))
+    if job.is_terminal:
+        return Decision(Outcome.ABSORBED, None)
+    if target is None:
+        return Decision(Outcome.UNKNOWN_STATUS, None)
+
+    current_rank, new_rank = _RANK[JobState(job.state)], _RANK[target]
+    if new_rank < current_rank:
+        return Decision(Outcome.STALE, None)
+    if new_rank == current_rank:
+        # Same state: Replicate's logs only grow and its timestamps only advance, so an event
+        # behind on either is an older snapshot delivered late.
+        if _event_time(event) < (job.last_event_at or _EPOCH) or len(prediction.logs or "") < job.logs_length:
+            return Decision(Outcome.STALE, None)
+        # Progress events can come four times a second; Firestore takes about one write per
+        # second per document. Skipping one loses nothing: the next event carries the whole
+        # prediction, and the terminal event is a state change, which is never coalesced.
+        if job.updated_at is not None and now - job.updated_at < policy.coalesce_window:
+            return Decision(Outcome.COALESCED, None)
+    return Decision(Outcome.APPLIED, _merge(job, event, target, now, policy))
+
+
+_EPOCH = datetime.fromtimestamp(0, UTC)
+
+
+def _event_time(event: PredictionEvent) -> datetime:
+    return datetime.fromtimestamp(event.attributes.webhook_timestamp, UTC)
+
+
+def _merge(job: Job, event: PredictionEvent, state: JobState, now: datetime, policy: Policy) -> Job:
+    prediction = event.prediction
+    logs = prediction.logs or ""
+    updates: dict[str, Any] = {
+        "state": state.value,
+        "replicate_status": prediction.status,
+        "logs_tail": logs[-policy.logs_tail_chars :] if logs else job.logs_tail,
+        "logs_length": max(len(logs), job.logs_length),
+        "updated_at": now,
+        "last_event_at": max(_event_time(event), job.last_event_at or _EPOCH),
+    }
+    carried = {
+        "prediction_id": prediction.id,
+        "model": prediction.model,
+        "version": prediction.version,
+        "error": prediction.error,
+        "metrics": prediction.metrics,
+        "created_at": prediction.created_at,
+        "started_at": prediction.started_at,
+        "completed_at": prediction.completed_at,
+        "input": cut_input(prediction.input, policy.input_value_max_chars) if prediction.input else None,
+    }
+    # A field the prediction leaves empty keeps what the job already has.
+    updates.update({name: value for name, value in carried.items() if value is not None})
+    if prediction.output is not None and not find_files(prediction.output):
+        value = plain_value(prediction.output)
+        too_large = encoded_size(value) > policy.output_value_max_bytes
+        updates["output_value"] = None if too_large else value
+        updates["output_value_too_large"] = too_large
+    return job.model_copy(update=updates)
+
+
+def cut_input(values: dict[str, Any], max_chars: int) -> dict[str, Any]:
+    """The input with long strings (data: URIs above all) cut, so the job document stays small."""
+    return {name: _cut_value(value, max_chars) for name, value in values.items()}
+
+
+def _cut_value(value: Any, max_chars: int) -> Any:
+    if isinstance(value, str) and len(value) > max_chars:
+        keep = value.split(",", 1)[0][:100] if value.startswith("data:") else value[: max_chars // 4]
+        return f"{keep}… [{len(value)} characters cut]"
+    if isinstance(value, list):
+        return [_cut_value(item, max_chars) for item in value]
+    if isinstance(value, dict):
+        return {key: _cut_value(item, max_chars) for key, item in value.items()}
+    return value

@@ -1,0 +1,54 @@
+"""Structured logs: one JSON object a line on stdout, in Cloud Logging's format."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+_configured_service: str | None = None
+
+
+class CloudLoggingFormatter(logging.Formatter):
+    """Formats records as the JSON Cloud Logging parses from a container's stdout.
+
+    Structured fields travel in `extra={"fields": {...}}` (see `fields()`), so the message
+    stays human-readable and the fields stay queryable.
+    """
+
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self._service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "severity": record.levelname,
+            "message": record.getMessage(),
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "service": self._service,
+            "logger": record.name,
+        }
+        entry.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            entry["stack_trace"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+def configure(service: str, *, level: str = "INFO") -> None:
+    """Send every log record to stdout as JSON. Idempotent; call once at process start."""
+    global _configured_service
+    if _configured_service == service:
+        return
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(CloudLoggingFormatter(service))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    _configured_service = service
+
+
+def fields(**values: Any) -> dict[str, Any]:
+    """`extra=` for a log call: `log.info("applied", extra=fields(job_id=...))`."""
+    return {"fields": {name: value for name, value in values.items() if value is not None}}
