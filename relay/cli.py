@@ -1,0 +1,118 @@
+"""The `python -m relay` command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from relay.config import ConfigError
+from relay.devstack.processes import StackError
+from relay.devstack.stack import LocalStack, StackConfig
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.command(args))
+    except (StackError, ConfigError) as error:
+        print(f"relay: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m relay", description="Replicate Relay: webhooks in, jobs out.")
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+
+    dev = commands.add_parser(
+        "dev",
+        help="run the whole pipeline locally on Google's emulators",
+        description="Start the Pub/Sub and Firestore emulators, fake-gcs-server, the receiver and the "
+        "handlers on loopback; provision infra/topology.yaml; serve until Ctrl-C.",
+    )
+    defaults = StackConfig()
+    env = os.environ
+    dev.add_argument("--project", default=env.get("RELAY_DEV_PROJECT", defaults.project))
+    for flag, variable, default in [
+        ("--pubsub-port", "RELAY_DEV_PUBSUB_PORT", defaults.pubsub_port),
+        ("--firestore-port", "RELAY_DEV_FIRESTORE_PORT", defaults.firestore_port),
+        ("--storage-port", "RELAY_DEV_STORAGE_PORT", defaults.storage_port),
+        ("--receiver-port", "RELAY_DEV_RECEIVER_PORT", defaults.receiver_port),
+        ("--job-status-port", "RELAY_DEV_JOB_STATUS_PORT", defaults.handler_ports["job-status"]),
+        ("--archive-outputs-port", "RELAY_DEV_ARCHIVE_OUTPUTS_PORT", defaults.handler_ports["archive-outputs"]),
+    ]:
+        dev.add_argument(flag, type=int, default=int(env.get(variable, default)), help=f"(env {variable})")
+    dev.add_argument("--log-dir", type=Path, default=defaults.log_dir, help="where each process logs")
+    dev.add_argument("--demo", action="store_true", help="send a signed sample prediction lifecycle once up")
+    dev.add_argument("--exit-after-demo", action="store_true", help="stop once the demo is done (for scripts)")
+    dev.set_defaults(command=_dev)
+    return parser
+
+
+def _dev(args: argparse.Namespace) -> int:
+    config = StackConfig(
+        project=args.project,
+        pubsub_port=args.pubsub_port,
+        firestore_port=args.firestore_port,
+        storage_port=args.storage_port,
+        receiver_port=args.receiver_port,
+        handler_ports={"job-status": args.job_status_port, "archive-outputs": args.archive_outputs_port},
+        log_dir=args.log_dir,
+    )
+    stack = LocalStack(config)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    print("Starting the local stack (emulators take 5-15 s)…", flush=True)
+    started = time.monotonic()
+    try:
+        for line in stack.start():
+            print(f"  {line}")
+        print(f"Ready in {time.monotonic() - started:.1f} s. Logs in {config.log_dir}/")
+        _print_addresses(stack)
+        if args.demo:
+            from relay.devstack.demo import run_demo  # noqa: PLC0415 - needs the emulator env set first
+
+            job = run_demo(stack)
+            print(f"\nJob {job.job_id} reached {job.state}.")
+            if args.exit_after_demo:
+                return 0 if job.state == "succeeded" else 1
+        print("\nServing; Ctrl-C stops everything.", flush=True)
+        return _watch(stack)
+    except KeyboardInterrupt:
+        print("\nStopping…", flush=True)
+        return 0
+    finally:
+        stack.stop()
+        print("Stopped every process of the local stack.", flush=True)
+
+
+def _print_addresses(stack: LocalStack) -> None:
+    env = stack.emulator_env
+    print(f"  receiver (webhook URL)  {stack.receiver_url}/")
+    for name in stack.served_handlers:
+        print(f"  {name + ' handler':<23} {stack.handler_url(name)}/")
+    print(f"  Pub/Sub emulator        {env['PUBSUB_EMULATOR_HOST']}")
+    print(f"  Firestore emulator      {env['FIRESTORE_EMULATOR_HOST']}")
+    print(f"  Cloud Storage emulator  {env['STORAGE_EMULATOR_HOST']}")
+    exports = " ".join(f"{name}={value}" for name, value in env.items())
+    print(f"  for other shells:       export {exports}")
+
+
+def _watch(stack: LocalStack) -> int:
+    while True:
+        for name, process in {**stack.emulators, **stack.functions}.items():
+            if not process.alive():
+                print(f"relay: the {name} stopped unexpectedly; see {process.log_path}", file=sys.stderr)
+                return 1
+        time.sleep(1)
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt

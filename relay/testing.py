@@ -1,0 +1,91 @@
+"""Helpers for tests, the demo and benchmarks: Replicate-shaped predictions and signed webhooks."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from relay.webhooks import parse_secret, signed_headers
+
+
+@dataclass(frozen=True)
+class SignedWebhook:
+    """A webhook request as Replicate would send it."""
+
+    headers: dict[str, str]
+    body: bytes
+    webhook_id: str
+    timestamp: int
+
+
+def sign_webhook(
+    prediction: dict[str, Any],
+    secrets: Sequence[str],
+    *,
+    webhook_id: str | None = None,
+    timestamp: int | None = None,
+    body: bytes | None = None,
+) -> SignedWebhook:
+    """Sign `prediction` (or the exact `body`) with every secret, as Replicate does."""
+    raw = body if body is not None else json.dumps(prediction, separators=(",", ":")).encode("utf-8")
+    webhook_id = webhook_id or f"msg_{uuid.uuid4().hex}"
+    timestamp = int(time.time()) if timestamp is None else timestamp
+    headers = signed_headers([parse_secret(secret) for secret in secrets], webhook_id, timestamp, raw)
+    headers["content-type"] = "application/json"
+    return SignedWebhook(headers=headers, body=raw, webhook_id=webhook_id, timestamp=timestamp)
+
+
+def prediction_lifecycle(
+    prediction_id: str,
+    *,
+    model: str = "flux-kontext-apps/restore-image",
+    output: Any = "restored: a sample text output",
+    progress_events: int = 1,
+    started: datetime | None = None,
+) -> list[dict[str, Any]]:
+    """The prediction bodies Replicate sends for one successful run, in order:
+    `starting`, `progress_events` × `processing` (logs growing), `succeeded`."""
+    created = started or datetime.now(UTC).replace(microsecond=0)
+    base: dict[str, Any] = {
+        "id": prediction_id,
+        "model": model,
+        "version": "0" * 64,
+        "input": {"input_image": "https://example.com/old-photo.jpg", "seed": 42, "output_format": "png"},
+        "output": None,
+        "error": None,
+        "logs": "",
+        "created_at": _iso(created),
+        "started_at": None,
+        "completed_at": None,
+        "data_removed": False,
+        "metrics": {},
+        "urls": {"get": f"https://api.replicate.com/v1/predictions/{prediction_id}"},
+    }
+    events = [{**base, "status": "starting"}]
+    logs = ""
+    for step in range(progress_events):
+        logs += f"step {step + 1}/{progress_events}\n"
+        events.append(
+            {**base, "status": "processing", "started_at": _iso(created + timedelta(seconds=1)), "logs": logs}
+        )
+    events.append(
+        {
+            **base,
+            "status": "succeeded",
+            "started_at": _iso(created + timedelta(seconds=1)),
+            "completed_at": _iso(created + timedelta(seconds=3)),
+            "logs": logs + "done\n",
+            "output": output,
+            "metrics": {"predict_time": 2.0},
+        }
+    )
+    return events
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
