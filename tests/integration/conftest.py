@@ -1,0 +1,138 @@
+"""Session fixtures: the real emulators and functions, started once and always stopped."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+from google.cloud import firestore, pubsub_v1
+
+from relay.devstack.processes import free_port
+from relay.devstack.stack import LocalStack, StackConfig
+from relay.jobs import Job
+from relay.jobstore import JOBS
+from relay.testing import SignedWebhook, sign_webhook
+
+T = TypeVar("T")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    config = StackConfig(
+        pubsub_port=free_port(),
+        firestore_port=free_port(),
+        storage_port=free_port(),
+        receiver_port=free_port(),
+        handler_ports={"job-status": free_port(), "archive-outputs": free_port()},
+        log_dir=tmp_path_factory.mktemp("stack-logs"),
+        # Short enough that a test of Pub/Sub being down is quick; long enough for a busy CI box.
+        extra_env={"RELAY_PUBLISH_DEADLINE_SECONDS": "3", "RELAY_COALESCE_SECONDS": "5"},
+    )
+    local = LocalStack(config)
+    local.start()
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in local.emulator_env.items():
+            patch.setenv(name, value)
+        try:
+            yield local
+        finally:
+            local.stop()
+
+
+@pytest.fixture(scope="session")
+def db(stack: LocalStack) -> firestore.Client:
+    return firestore.Client(project=stack.config.project)
+
+
+@pytest.fixture
+def http() -> Iterator[httpx.Client]:
+    with httpx.Client(timeout=15) as client:
+        yield client
+
+
+@pytest.fixture
+def post(stack: LocalStack, http: httpx.Client) -> Callable[[SignedWebhook], httpx.Response]:
+    def send(webhook: SignedWebhook) -> httpx.Response:
+        return http.post(stack.receiver_url, content=webhook.body, headers=webhook.headers)
+
+    return send
+
+
+@pytest.fixture
+def sign(stack: LocalStack) -> Callable[..., SignedWebhook]:
+    def signer(prediction: dict[str, Any], **options: Any) -> SignedWebhook:
+        return sign_webhook(prediction, stack.config.webhook_secrets, **options)
+
+    return signer
+
+
+@pytest.fixture
+def tap(stack: LocalStack) -> Iterator[Callable[[], list[pubsub_v1.types.ReceivedMessage]]]:
+    """A pull subscription on replicate-events made for one test: what the receiver published."""
+    subscriber = pubsub_v1.SubscriberClient()
+    project = stack.config.project
+    path = subscriber.subscription_path(project, f"tap-{uuid.uuid4().hex[:8]}")
+    subscriber.create_subscription(request={"name": path, "topic": f"projects/{project}/topics/replicate-events"})
+
+    def pull() -> list[pubsub_v1.types.ReceivedMessage]:
+        response = subscriber.pull(request={"subscription": path, "max_messages": 100}, timeout=10)
+        if response.received_messages:
+            subscriber.acknowledge(
+                request={"subscription": path, "ack_ids": [m.ack_id for m in response.received_messages]}
+            )
+        return list(response.received_messages)
+
+    yield pull
+    subscriber.delete_subscription(request={"subscription": path})
+    subscriber.close()
+
+
+def unique_id() -> str:
+    return f"p{uuid.uuid4().hex[:16]}"
+
+
+def wait_for(check: Callable[[], T | None], *, timeout: float = 20.0, what: str = "condition") -> T:
+    """Poll `check` until it returns something other than None/False."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def read_job(db: firestore.Client, job_id: str) -> Job | None:
+    snapshot = db.collection(JOBS).document(job_id).get()
+    return Job.model_validate(snapshot.to_dict()) if snapshot.exists else None
+
+
+def wait_for_job(db: firestore.Client, job_id: str, state: str, timeout: float = 20.0) -> Job:
+    def check() -> Job | None:
+        job = read_job(db, job_id)
+        return job if job is not None and job.state == state else None
+
+    return wait_for(check, timeout=timeout, what=f"job {job_id} to reach {state}")
+
+
+def wait_for_status(db: firestore.Client, job_id: str, status: str, timeout: float = 20.0) -> Job:
+    """Wait until the job shows Replicate status `status` (whatever its job state)."""
+
+    def check() -> Job | None:
+        job = read_job(db, job_id)
+        return job if job is not None and job.replicate_status == status else None
+
+    return wait_for(check, timeout=timeout, what=f"job {job_id} to show status {status}")

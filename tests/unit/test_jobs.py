@@ -1,0 +1,239 @@
+"""The job state machine: forward only, idempotent, order-insensitive, coalescing progress."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from relay.events import EventAttributes, Prediction, PredictionEvent, Source
+from relay.jobs import (
+    DEFAULT_POLICY,
+    TERMINAL_STATES,
+    Decision,
+    Job,
+    JobState,
+    Outcome,
+    Policy,
+    apply_event,
+    cut_input,
+    target_state,
+)
+from relay.testing import prediction_lifecycle
+
+T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+RANK = {"submitted": 0, "starting": 1, "processing": 2, "archiving": 3}
+
+
+def rank(job: Job | None) -> int:
+    return -1 if job is None else RANK.get(job.state, 4)
+
+
+def event(body: dict[str, Any], *, webhook_id: str, timestamp: int) -> PredictionEvent:
+    prediction = Prediction.model_validate(body)
+    return PredictionEvent(
+        attributes=EventAttributes(
+            prediction_id=prediction.id,
+            status=prediction.status,
+            webhook_id=webhook_id,
+            webhook_timestamp=timestamp,
+            source=Source.WEBHOOK,
+        ),
+        prediction=prediction,
+    )
+
+
+def lifecycle_events(final: dict[str, Any] | None = None, progress: int = 3) -> list[PredictionEvent]:
+    """A lifecycle whose webhook timestamps advance one second per event, as Replicate's would."""
+    bodies = prediction_lifecycle("p1", progress_events=progress, started=T0)
+    if final is not None:
+        bodies[-1] = {**bodies[-1], **final}
+    base = int(T0.timestamp())
+    return [event(body, webhook_id=f"msg_{i}", timestamp=base + i) for i, body in enumerate(bodies)]
+
+
+def deliver(
+    events: list[PredictionEvent], steps: list[float], policy: Policy = DEFAULT_POLICY
+) -> tuple[Job | None, list[Decision]]:
+    """Apply deliveries like the store does: a webhook-id seen before is a no-op."""
+    job: Job | None = None
+    seen: set[str] = set()
+    decisions: list[Decision] = []
+    now = T0
+    for delivered, step in zip(events, steps, strict=True):
+        now += timedelta(seconds=step)
+        if delivered.attributes.webhook_id in seen:
+            continue
+        seen.add(delivered.attributes.webhook_id)
+        before = rank(job)
+        decision = apply_event(job, delivered, job_id="p1", now=now, policy=policy)
+        decisions.append(decision)
+        if decision.job is not None:
+            job = decision.job
+        assert rank(job) >= before, f"{decision.outcome} moved the job backwards"
+    return job, decisions
+
+
+def comparable(job: Job | None) -> dict[str, Any]:
+    assert job is not None
+    document = job.to_document()
+    document.pop("updated_at")  # the handler's clock, not the prediction's
+    return document
+
+
+FINALS = {
+    "succeeded with text": None,
+    "succeeded with files": {
+        "output": ["https://replicate.delivery/a/out-0.png", "https://replicate.delivery/a/out-1.png"]
+    },
+    "failed": {"status": "failed", "output": None, "error": "CUDA out of memory"},
+    "canceled": {"status": "canceled", "output": None},
+}
+
+
+@pytest.mark.parametrize("final", FINALS.values(), ids=FINALS.keys())
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_any_order_and_duplication_of_a_lifecycle_ends_in_the_same_document(
+    final: dict[str, Any] | None, data: st.DataObject
+) -> None:
+    events = lifecycle_events(final)
+    in_order, _ = deliver(events, [2.0] * len(events))
+
+    shuffled = data.draw(st.permutations(events))
+    duplicates = data.draw(st.lists(st.sampled_from(events), max_size=6))
+    deliveries = list(shuffled)
+    for duplicate in duplicates:
+        deliveries.insert(data.draw(st.integers(0, len(deliveries))), duplicate)
+    steps = data.draw(st.lists(st.floats(0, 3), min_size=len(deliveries), max_size=len(deliveries)))
+
+    final_job, decisions = deliver(deliveries, steps)
+
+    assert comparable(final_job) == comparable(in_order)
+    terminal_decisions = [d for d in decisions if d.job is not None and d.job.state in TERMINAL_STATES | {"archiving"}]
+    assert terminal_decisions, "the final event was never written"
+
+
+def test_final_event_is_never_coalesced() -> None:
+    events = lifecycle_events()
+    decisions = [d.outcome for d in deliver(events, [0.0] * len(events))[1]]
+    assert decisions[0] is Outcome.CREATED
+    assert decisions[-1] is Outcome.APPLIED
+    assert Outcome.COALESCED in decisions  # the progress events in the same instant were coalesced
+
+
+def test_progress_within_the_window_is_coalesced_and_after_it_applied() -> None:
+    starting, first, second, third, _ = lifecycle_events()
+    job, _ = deliver([starting, first], [0.0, 0.0])
+    assert apply_event(job, second, job_id="p1", now=T0 + timedelta(seconds=0.5)).outcome is Outcome.COALESCED
+    later = apply_event(job, third, job_id="p1", now=T0 + timedelta(seconds=1.5))
+    assert later.outcome is Outcome.APPLIED
+    assert later.job is not None
+    assert later.job.logs_tail == third.prediction.logs
+
+
+def test_stale_event_never_moves_job_backwards() -> None:
+    starting, first, *_, succeeded = lifecycle_events()
+    job, _ = deliver([succeeded], [0.0])
+    assert job is not None
+    assert job.state == JobState.SUCCEEDED
+    for late in (starting, first):
+        assert apply_event(job, late, job_id="p1", now=T0 + timedelta(minutes=1)).outcome is Outcome.ABSORBED
+
+
+def test_older_snapshot_in_the_same_state_is_ignored() -> None:
+    _, first, second, third, _ = lifecycle_events()
+    job, _ = deliver([third], [0.0])
+    for older in (first, second):
+        decision = apply_event(job, older, job_id="p1", now=T0 + timedelta(minutes=1))
+        assert decision.outcome is Outcome.STALE
+
+
+def test_shorter_logs_with_the_same_timestamp_are_stale() -> None:
+    _, first, second, *_ = lifecycle_events()
+    same_second = event(
+        first.prediction.model_dump(), webhook_id="msg_x", timestamp=second.attributes.webhook_timestamp
+    )
+    job, _ = deliver([second], [0.0])
+    assert apply_event(job, same_second, job_id="p1", now=T0 + timedelta(minutes=1)).outcome is Outcome.STALE
+
+
+def test_unknown_status_keeps_the_state() -> None:
+    starting, *_ = lifecycle_events()
+    job, _ = deliver([starting], [0.0])
+    paused = event(
+        {**starting.prediction.model_dump(), "status": "paused"}, webhook_id="msg_p", timestamp=2_000_000_000
+    )
+    decision = apply_event(job, paused, job_id="p1", now=T0 + timedelta(minutes=1))
+    assert decision.outcome is Outcome.UNKNOWN_STATUS
+    assert decision.job is None
+
+
+def test_unknown_status_of_an_unknown_prediction_still_creates_its_job() -> None:
+    starting, *_ = lifecycle_events()
+    paused = event({**starting.prediction.model_dump(), "status": "paused"}, webhook_id="msg_p", timestamp=1)
+    decision = apply_event(None, paused, job_id="p1", now=T0)
+    assert decision.outcome is Outcome.CREATED
+    assert decision.job is not None
+    assert decision.job.state == JobState.SUBMITTED
+    assert decision.job.replicate_status == "paused"
+
+
+def test_job_submitted_through_us_keeps_its_metadata_and_source() -> None:
+    starting, *_ = lifecycle_events()
+    submitted = Job(job_id="j1", prediction_id="p1", source="submit", metadata={"order": "A-1"})
+    decision = apply_event(submitted, starting, job_id="j1", now=T0)
+    assert decision.job is not None
+    assert (decision.job.state, decision.job.source, decision.job.metadata) == ("starting", "submit", {"order": "A-1"})
+
+
+@pytest.mark.parametrize(
+    ("status", "output", "expected"),
+    [
+        ("starting", None, JobState.STARTING),
+        ("processing", None, JobState.PROCESSING),
+        ("succeeded", "plain text", JobState.SUCCEEDED),
+        ("succeeded", ["to", "kens"], JobState.SUCCEEDED),
+        ("succeeded", "https://replicate.delivery/x/out.png", JobState.ARCHIVING),
+        ("succeeded", {"image": ["data:image/png;base64,AAAA"]}, JobState.ARCHIVING),
+        ("failed", None, JobState.FAILED),
+        ("canceled", None, JobState.CANCELED),
+        ("aborted", None, JobState.ABORTED),
+        ("paused", None, None),
+    ],
+)
+def test_target_state_of_each_status(status: str, output: Any, expected: JobState | None) -> None:
+    assert target_state(status, output) == expected
+
+
+def test_text_tokens_are_joined_into_the_output_value() -> None:
+    events = lifecycle_events({"output": ["Hello", ", ", "world"]})
+    job, _ = deliver(events, [2.0] * len(events))
+    assert job is not None
+    assert job.output_value == "Hello, world"
+
+
+def test_large_plain_output_is_flagged_not_stored() -> None:
+    events = lifecycle_events({"output": "x" * 100})
+    job, _ = deliver(events, [2.0] * len(events), Policy(output_value_max_bytes=50))
+    assert job is not None
+    assert (job.output_value, job.output_value_too_large) == (None, True)
+
+
+def test_logs_tail_is_bounded() -> None:
+    events = lifecycle_events({"logs": "a" * 10_000})
+    job, _ = deliver(events, [2.0] * len(events), Policy(logs_tail_chars=100))
+    assert job is not None
+    assert job.logs_tail == "a" * 100
+    assert job.logs_length == 10_000
+
+
+def test_long_inputs_and_data_uris_are_cut() -> None:
+    cut = cut_input({"image": "data:image/png;base64," + "A" * 5000, "prompt": "p" * 2000, "seed": 7}, 1000)
+    assert cut["image"].startswith("data:image/png;base64")
+    assert "5022 characters cut" in cut["image"]
+    assert len(cut["prompt"]) < 300
+    assert cut["seed"] == 7
