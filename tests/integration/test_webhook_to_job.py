@@ -58,8 +58,9 @@ def test_shuffled_and_duplicated_deliveries_end_in_the_same_document(
         for webhook in deliveries:
             assert post(webhook).status_code == 200
         job = wait_for_job(db, prediction_id, "succeeded")
+        distinct = len(webhooks)
         events = wait_for(
-            lambda pid=prediction_id, count=len(webhooks): _events_recorded(db, pid, count),
+            lambda pid=prediction_id, count=distinct: _events_recorded(db, pid, count),
             what="every distinct webhook to be recorded once",
         )
         assert sorted(e["webhook_id"] for e in events) == sorted(w.webhook_id for w in webhooks)
