@@ -54,4 +54,4 @@ class FailureLimiter:
     def _refill(self, bucket: _Bucket, now: float) -> None:
         elapsed = max(0.0, now - bucket.updated)
         bucket.tokens = min(self._burst, bucket.tokens + elapsed * self._rate)
-        bucket.updated = now
+        bucket.updated = max(bucket.updated, now)  # a clock stepping back must not refill twice

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -40,7 +41,7 @@ class Env:
         value = self._environ.get(name, "").strip()
         return value or None
 
-    def get_int(self, name: str, default: int, *, minimum: int = 0) -> int:
+    def get_int(self, name: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
         raw = self._environ.get(name, "").strip()
         if not raw:
             return default
@@ -50,6 +51,8 @@ class Env:
             raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
         if value < minimum:
             raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise ConfigError(f"{name} must be at most {maximum}, got {value}")
         return value
 
     def get_float(self, name: str, default: float, *, minimum: float = 0.0) -> float:
@@ -60,7 +63,9 @@ class Env:
             value = float(raw)
         except ValueError:
             raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-        if not value >= minimum:  # also rejects NaN
+        if not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number, got {raw!r}")
+        if value < minimum:
             raise ConfigError(f"{name} must be at least {minimum}, got {raw}")
         return value
 

@@ -72,7 +72,7 @@ class Prediction(BaseModel):
     @field_validator("id")
     @classmethod
     def _check_id(cls, value: str) -> str:
-        if not _PREDICTION_ID.match(value):
+        if not _PREDICTION_ID.fullmatch(value):
             raise ValueError("must be 1-128 letters, digits, '-' or '_'")
         return value
 

@@ -1,0 +1,226 @@
+"""receiver.settings and handlers.settings: typed configuration read from an environment dict."""
+
+from __future__ import annotations
+
+import base64
+import traceback
+from datetime import timedelta
+
+import pytest
+
+from handlers.settings import HandlerSettings
+from receiver.settings import DEFAULT_MAX_BODY_BYTES, ReceiverSettings
+from relay.config import ConfigError
+from relay.jobs import Policy
+from relay.webhooks import DEFAULT_TOLERANCE_SECONDS, parse_secret
+
+SECRET = "whsec_" + base64.b64encode(b"settings-unit-test-secret-32byte").decode("ascii")
+SECOND_SECRET = "whsec_" + base64.b64encode(b"the-second-secret-for-rotation!!").decode("ascii")
+RECEIVER_ENV = {"RELAY_PROJECT": "unit-test-project", "RELAY_WEBHOOK_SECRETS": SECRET}
+HANDLER_ENV = {"RELAY_PROJECT": "unit-test-project"}
+UNSET = None
+
+
+def receiver_error(**changes: str | None) -> ConfigError:
+    """The ConfigError from RECEIVER_ENV with variables changed (None removes one)."""
+    env = {**RECEIVER_ENV, **changes}
+    with pytest.raises(ConfigError) as caught:
+        ReceiverSettings.from_env({name: value for name, value in env.items() if value is not None})
+    return caught.value
+
+
+def handler_error(**changes: str | None) -> ConfigError:
+    env = {**HANDLER_ENV, **changes}
+    with pytest.raises(ConfigError) as caught:
+        HandlerSettings.from_env({name: value for name, value in env.items() if value is not None})
+    return caught.value
+
+
+def shown(error: BaseException) -> str:
+    """Everything a log line or crash report could show of an error, chained causes included."""
+    return "".join(traceback.format_exception(error)) + repr(error.__context__) + repr(error.__cause__)
+
+
+# --- ReceiverSettings --------------------------------------------------------------------------
+
+
+def test_receiver_defaults() -> None:
+    settings = ReceiverSettings.from_env(RECEIVER_ENV)
+    assert settings.project == "unit-test-project"
+    assert settings.events_topic == "replicate-events"
+    assert settings.topic_path == "projects/unit-test-project/topics/replicate-events"
+    assert settings.signing_keys == (parse_secret(SECRET),)
+    assert settings.tolerance_seconds == DEFAULT_TOLERANCE_SECONDS
+    assert settings.max_body_bytes == DEFAULT_MAX_BODY_BYTES
+    assert settings.publish_deadline_seconds == 5.0
+    assert (settings.failure_burst, settings.failure_per_second, settings.failure_max_clients) == (20, 1.0, 10_000)
+    assert settings.trusted_proxy_hops == 0
+    assert settings.log_level == "INFO"
+
+
+def test_receiver_reads_every_variable() -> None:
+    settings = ReceiverSettings.from_env(
+        {
+            **RECEIVER_ENV,
+            "RELAY_EVENTS_TOPIC": "events-2",
+            "RELAY_WEBHOOK_TOLERANCE_SECONDS": "60",
+            "RELAY_MAX_BODY_BYTES": "9000000",
+            "RELAY_PUBLISH_DEADLINE_SECONDS": "2.5",
+            "RELAY_FAILURE_BURST": "5",
+            "RELAY_FAILURE_PER_SECOND": "0.25",
+            "RELAY_FAILURE_MAX_CLIENTS": "7",
+            "RELAY_TRUSTED_PROXY_HOPS": "1",
+            "RELAY_LOG_LEVEL": "debug",
+        }
+    )
+    assert settings.topic_path == "projects/unit-test-project/topics/events-2"
+    assert settings.tolerance_seconds == 60
+    assert settings.max_body_bytes == 9_000_000
+    assert settings.publish_deadline_seconds == 2.5
+    assert (settings.failure_burst, settings.failure_per_second, settings.failure_max_clients) == (5, 0.25, 7)
+    assert settings.trusted_proxy_hops == 1
+    assert settings.log_level == "DEBUG"
+
+
+@pytest.mark.parametrize("name", ["GOOGLE_CLOUD_PROJECT", "GCLOUD_PROJECT"])
+def test_project_falls_back_to_googles_variables(name: str) -> None:
+    env = {"RELAY_WEBHOOK_SECRETS": SECRET, name: "from-google"}
+    assert ReceiverSettings.from_env(env).project == "from-google"
+
+
+def test_relay_project_wins_over_googles_variable() -> None:
+    env = {**RECEIVER_ENV, "GOOGLE_CLOUD_PROJECT": "from-google"}
+    assert ReceiverSettings.from_env(env).project == "unit-test-project"
+
+
+@pytest.mark.parametrize(
+    "separator", [",", " ", ", ", "\n", "\t", " ,  "], ids=["comma", "space", "comma-space", "newline", "tab", "mixed"]
+)
+def test_several_secrets_are_parsed_in_order(separator: str) -> None:
+    env = {**RECEIVER_ENV, "RELAY_WEBHOOK_SECRETS": f" {SECOND_SECRET}{separator}{SECRET}, "}
+    assert ReceiverSettings.from_env(env).signing_keys == (parse_secret(SECOND_SECRET), parse_secret(SECRET))
+
+
+def test_secret_without_the_whsec_prefix_is_accepted() -> None:
+    env = {**RECEIVER_ENV, "RELAY_WEBHOOK_SECRETS": SECRET.removeprefix("whsec_")}
+    assert ReceiverSettings.from_env(env).signing_keys == (parse_secret(SECRET),)
+
+
+@pytest.mark.parametrize(
+    ("changes", "variable"),
+    [
+        pytest.param({"RELAY_WEBHOOK_SECRETS": UNSET}, "RELAY_WEBHOOK_SECRETS", id="secrets-missing"),
+        pytest.param({"RELAY_WEBHOOK_SECRETS": ""}, "RELAY_WEBHOOK_SECRETS", id="secrets-empty"),
+        pytest.param({"RELAY_WEBHOOK_SECRETS": " , "}, "RELAY_WEBHOOK_SECRETS", id="secrets-only-separators"),
+        pytest.param({"RELAY_WEBHOOK_TOLERANCE_SECONDS": "five minutes"}, "RELAY_WEBHOOK_TOLERANCE_SECONDS", id="tol"),
+        pytest.param({"RELAY_WEBHOOK_TOLERANCE_SECONDS": "300.5"}, "RELAY_WEBHOOK_TOLERANCE_SECONDS", id="tol-float"),
+        pytest.param({"RELAY_WEBHOOK_TOLERANCE_SECONDS": "0"}, "RELAY_WEBHOOK_TOLERANCE_SECONDS", id="tol-zero"),
+        pytest.param({"RELAY_MAX_BODY_BYTES": "9000001"}, "RELAY_MAX_BODY_BYTES", id="body-above-9000000"),
+        pytest.param({"RELAY_MAX_BODY_BYTES": "100000000"}, "RELAY_MAX_BODY_BYTES", id="body-far-above"),
+        pytest.param({"RELAY_MAX_BODY_BYTES": "1023"}, "RELAY_MAX_BODY_BYTES", id="body-below-1024"),
+        pytest.param({"RELAY_MAX_BODY_BYTES": "4MB"}, "RELAY_MAX_BODY_BYTES", id="body-with-unit"),
+        pytest.param({"RELAY_PUBLISH_DEADLINE_SECONDS": "soon"}, "RELAY_PUBLISH_DEADLINE_SECONDS", id="deadline"),
+        pytest.param({"RELAY_PUBLISH_DEADLINE_SECONDS": "0"}, "RELAY_PUBLISH_DEADLINE_SECONDS", id="deadline-zero"),
+        pytest.param({"RELAY_FAILURE_BURST": "0"}, "RELAY_FAILURE_BURST", id="burst-zero"),
+        pytest.param({"RELAY_FAILURE_PER_SECOND": "-1"}, "RELAY_FAILURE_PER_SECOND", id="rate-negative"),
+        pytest.param({"RELAY_FAILURE_PER_SECOND": "nan"}, "RELAY_FAILURE_PER_SECOND", id="rate-nan"),
+        pytest.param({"RELAY_FAILURE_MAX_CLIENTS": "0"}, "RELAY_FAILURE_MAX_CLIENTS", id="max-clients-zero"),
+        pytest.param({"RELAY_TRUSTED_PROXY_HOPS": "-1"}, "RELAY_TRUSTED_PROXY_HOPS", id="hops-negative"),
+        pytest.param({"RELAY_PROJECT": UNSET}, "RELAY_PROJECT", id="project-missing"),
+    ],
+)
+def test_bad_receiver_variable_raises_config_error_naming_it(changes: dict[str, str | None], variable: str) -> None:
+    assert variable in str(receiver_error(**changes))
+
+
+def test_max_body_of_exactly_9000000_is_accepted() -> None:
+    env = {**RECEIVER_ENV, "RELAY_MAX_BODY_BYTES": "9000000"}
+    assert ReceiverSettings.from_env(env).max_body_bytes == 9_000_000
+
+
+@pytest.mark.parametrize(
+    "bad_secret",
+    [
+        pytest.param("whsec_Zm9vYmFy!!notbase64", id="not-base64"),
+        pytest.param("whsec_c2V0dGluZ3MtdW5pdC10ZXN0LXNlY3JldC0zMmJ5dGU", id="bad-padding"),
+        pytest.param("whsec_" + base64.b64encode(b"only-twelve!").decode(), id="too-short"),
+    ],
+)
+@pytest.mark.parametrize("alone", [True, False], ids=["alone", "beside-a-good-secret"])
+def test_malformed_secret_is_named_but_never_shown(bad_secret: str, alone: bool) -> None:
+    value = bad_secret if alone else f"{SECRET},{bad_secret}"
+    error = receiver_error(RELAY_WEBHOOK_SECRETS=value)
+    assert "RELAY_WEBHOOK_SECRETS" in str(error)
+    text = shown(error)
+    for part in (bad_secret, bad_secret.removeprefix("whsec_"), SECRET.removeprefix("whsec_")):
+        assert part not in text
+
+
+def test_settings_repr_never_shows_a_secret() -> None:
+    settings = ReceiverSettings.from_env(RECEIVER_ENV)
+    text = repr(settings) + str(settings)
+    assert SECRET.removeprefix("whsec_") not in text
+    assert repr(settings.signing_keys[0].key) not in text
+
+
+# --- HandlerSettings ---------------------------------------------------------------------------
+
+
+def test_handler_defaults() -> None:
+    settings = HandlerSettings.from_env(HANDLER_ENV)
+    assert settings.project == "unit-test-project"
+    assert settings.policy == Policy()
+    assert settings.event_retention == timedelta(days=30)
+    assert settings.log_level == "INFO"
+
+
+def test_handler_reads_every_variable() -> None:
+    settings = HandlerSettings.from_env(
+        {
+            **HANDLER_ENV,
+            "RELAY_COALESCE_SECONDS": "2.5",
+            "RELAY_LOGS_TAIL_CHARS": "100",
+            "RELAY_INPUT_VALUE_MAX_CHARS": "16",
+            "RELAY_OUTPUT_VALUE_MAX_BYTES": "0",
+            "RELAY_EVENT_RETENTION_DAYS": "7",
+            "RELAY_LOG_LEVEL": "warning",
+        }
+    )
+    assert settings.policy == Policy(
+        coalesce_window=timedelta(seconds=2.5), logs_tail_chars=100, input_value_max_chars=16, output_value_max_bytes=0
+    )
+    assert settings.event_retention == timedelta(days=7)
+    assert settings.log_level == "WARNING"
+
+
+def test_handlers_do_not_need_the_webhook_secret() -> None:
+    # Handlers read events from Pub/Sub, never from Replicate, so a missing secret must not stop them.
+    assert "RELAY_WEBHOOK_SECRETS" not in HANDLER_ENV
+    assert HandlerSettings.from_env(HANDLER_ENV).project == "unit-test-project"
+
+
+@pytest.mark.parametrize(
+    ("changes", "variable"),
+    [
+        pytest.param({"RELAY_COALESCE_SECONDS": "soon"}, "RELAY_COALESCE_SECONDS", id="coalesce-not-number"),
+        pytest.param({"RELAY_COALESCE_SECONDS": "-1"}, "RELAY_COALESCE_SECONDS", id="coalesce-negative"),
+        pytest.param({"RELAY_COALESCE_SECONDS": "nan"}, "RELAY_COALESCE_SECONDS", id="coalesce-nan"),
+        pytest.param({"RELAY_LOGS_TAIL_CHARS": "many"}, "RELAY_LOGS_TAIL_CHARS", id="logs-tail-not-number"),
+        pytest.param({"RELAY_LOGS_TAIL_CHARS": "-5"}, "RELAY_LOGS_TAIL_CHARS", id="logs-tail-negative"),
+        pytest.param({"RELAY_INPUT_VALUE_MAX_CHARS": "15"}, "RELAY_INPUT_VALUE_MAX_CHARS", id="input-below-16"),
+        pytest.param({"RELAY_OUTPUT_VALUE_MAX_BYTES": "1.5"}, "RELAY_OUTPUT_VALUE_MAX_BYTES", id="output-float"),
+        pytest.param({"RELAY_EVENT_RETENTION_DAYS": "0"}, "RELAY_EVENT_RETENTION_DAYS", id="retention-zero"),
+        pytest.param({"RELAY_EVENT_RETENTION_DAYS": "a month"}, "RELAY_EVENT_RETENTION_DAYS", id="retention-words"),
+        pytest.param({"RELAY_PROJECT": UNSET}, "RELAY_PROJECT", id="project-missing"),
+    ],
+)
+def test_bad_handler_variable_raises_config_error_naming_it(changes: dict[str, str | None], variable: str) -> None:
+    assert variable in str(handler_error(**changes))
+
+
+def test_infinite_coalesce_window_raises_config_error_naming_it() -> None:
+    assert "RELAY_COALESCE_SECONDS" in str(handler_error(RELAY_COALESCE_SECONDS="inf"))
+
+
+def test_retention_beyond_what_timedelta_holds_raises_config_error_naming_it() -> None:
+    assert "RELAY_EVENT_RETENTION_DAYS" in str(handler_error(RELAY_EVENT_RETENTION_DAYS="1000000000"))
