@@ -1,0 +1,701 @@
+"""Receiver benchmark: the real receiver against no-op functions-framework functions, in one run.
+
+Starts the Pub/Sub emulator (topic `replicate-events`, no subscriptions), then one server at a
+time on 127.0.0.1 (a no-op `--asgi` function, the receiver, a no-op Flask function), and for each
+measures peak throughput with wrk and latency at half that peak with hey. Every request is one
+realistic, validly signed Replicate webhook. Results go to stdout (plain and Markdown tables) and
+to bench/results/receiver.json. Every process group started here is stopped on the way out,
+including on Ctrl-C and SIGTERM.
+
+    .venv/bin/python bench/receiver.py [--duration 10] [--connections 32] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# Run as a script, so sys.path[0] is bench/; the project's packages live one level up.
+sys.path.insert(0, str(REPO_ROOT))
+
+from relay.devstack.processes import (  # noqa: E402
+    ManagedProcess,
+    StackError,
+    free_port,
+    http_answers,
+    log_contains,
+)
+from relay.testing import SignedWebhook, prediction_lifecycle, sign_webhook  # noqa: E402
+
+HOST = "127.0.0.1"
+PROJECT = "local-project"
+TOPIC = "replicate-events"
+# The Standard Webhooks test vector, as the local stack uses: public, never a real secret.
+WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # noqa: S105
+SIGNATURE_TOLERANCE_SECONDS = 300  # the receiver's default RELAY_WEBHOOK_TOLERANCE_SECONDS
+RECEIVER_LOG_LEVEL = "WARNING"
+
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
+RESULTS_JSON = RESULTS_DIR / "receiver.json"
+LOG_DIR = RESULTS_DIR / "logs"
+
+WRK_THREADS = 1  # 2 cores: one for wrk, one for the server (and the emulator, for the receiver)
+HEY_CONNECTIONS = 16
+ALLOWED_FAILURES = 5  # "a handful": more non-2xx answers than this from the receiver fails the run
+EMULATOR_START_TIMEOUT = 90.0
+SERVER_START_TIMEOUT = 60.0
+BUSY_WARNING_PERCENT = 15.0
+
+# Targets for the receiver, relative to the --asgi no-op ceiling measured in the same run.
+TARGET_PEAK_RATIO = 0.60
+TARGET_P99_HALF_PEAK_MS = 25.0
+
+
+class BenchError(Exception):
+    """The benchmark cannot run or its numbers cannot be trusted; the message says why."""
+
+
+# Servers ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Server:
+    key: str
+    label: str
+    source: str
+    target: str
+    asgi: bool
+    ready_path: str
+    publishes: bool  # the real receiver: must answer 200 {"status": "accepted"} to count
+
+
+SERVERS = (
+    Server("noop-asgi", "no-op, --asgi (ceiling)", "bench/noop.py", "noop_async", True, "/", False),
+    Server("receiver", "receiver, --asgi", "receiver/main.py", "receive", True, "/health", True),
+    Server("noop-flask", "no-op, Flask (default mode)", "bench/noop.py", "noop_sync", False, "/", False),
+)
+
+
+# Results ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadResult:
+    tool: str
+    command: str
+    duration_s: float
+    connections: int
+    requests: int
+    requests_per_s: float
+    p50_ms: float | None
+    p99_ms: float | None
+    non_2xx: int
+    socket_errors: int
+    status_codes: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+    target_rate: float | None = None
+
+
+@dataclass
+class ServerResult:
+    key: str
+    label: str
+    mode: str
+    peak: LoadResult
+    half: LoadResult
+
+
+# Tools -----------------------------------------------------------------------------------------
+
+
+def ensure_tools() -> dict[str, str]:
+    """wrk and hey on PATH, installed with apt-get if missing; returns their paths."""
+    missing = [tool for tool in ("wrk", "hey") if shutil.which(tool) is None]
+    if missing:
+        if shutil.which("apt-get") is None or os.geteuid() != 0:
+            raise BenchError(
+                f"{' and '.join(missing)} not found and cannot be installed here (needs root and apt-get): "
+                f"run `sudo apt-get install -y wrk hey` and try again"
+            )
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = ["apt-get", "install", "-y", "--no-install-recommends", "wrk", "hey"]
+        print(f"installing {' '.join(missing)}: {' '.join(install)}", flush=True)
+        if subprocess.run(install, env=env, check=False, timeout=600).returncode != 0:
+            print("apt-get install failed; running apt-get update and trying once more", flush=True)
+            subprocess.run(["apt-get", "update"], env=env, check=False, timeout=600)
+            if subprocess.run(install, env=env, check=False, timeout=600).returncode != 0:
+                raise BenchError("apt-get could not install wrk and hey: install them by hand and try again")
+    paths = {tool: shutil.which(tool) for tool in ("wrk", "hey")}
+    if not all(paths.values()):
+        raise BenchError("wrk or hey is still not on PATH after installing: check the apt-get output above")
+    return {tool: str(path) for tool, path in paths.items()}
+
+
+# Payload ---------------------------------------------------------------------------------------
+
+
+def signed_webhook() -> SignedWebhook:
+    """One freshly signed `succeeded` webhook, shaped like Replicate's (about 1 kB)."""
+    prediction_id = uuid.uuid4().hex[:26]
+    succeeded = prediction_lifecycle(
+        prediction_id,
+        output=f"https://replicate.delivery/xezq/{uuid.uuid4().hex}/output.png",
+        progress_events=3,
+    )[-1]
+    return sign_webhook(succeeded, [WEBHOOK_SECRET])
+
+
+def lua_string(value: str) -> str:
+    if not (value.isascii() and value.isprintable()):
+        raise BenchError(f"header value {value[:40]!r} is not printable ASCII")
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def write_request_files(webhook: SignedWebhook, folder: Path) -> tuple[Path, Path]:
+    """The body file (for hey and wrk) and a wrk Lua script that sends that one request."""
+    body_path = folder / f"{webhook.webhook_id}.json"
+    body_path.write_bytes(webhook.body)
+    lines = ['wrk.method = "POST"']
+    lines += [f"wrk.headers[{lua_string(name)}] = {lua_string(value)}" for name, value in webhook.headers.items()]
+    lines += [
+        f"local file = assert(io.open({lua_string(str(body_path))}, 'rb'))",
+        "wrk.body = file:read('*a')",
+        "file:close()",
+    ]
+    script_path = folder / f"{webhook.webhook_id}.lua"
+    script_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return body_path, script_path
+
+
+def check_one_request(url: str, webhook: SignedWebhook, server: Server) -> None:
+    """One request before any load: a wrong signature or a broken publish fails here, clearly."""
+    request = urllib.request.Request(url, data=webhook.body, headers=webhook.headers, method="POST")  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback URL built here
+            status, text = response.status, response.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as error:
+        status, text = error.code, error.read().decode("utf-8", "replace")
+    except OSError as error:
+        raise BenchError(f"the {server.label} did not answer a first webhook: {error}") from None
+    if status != 200:
+        raise BenchError(f"the {server.label} answered a first, validly signed webhook with {status}: {text[:300]}")
+    if server.publishes and json.loads(text).get("status") != "accepted":
+        raise BenchError(f"the {server.label} answered 200 but did not accept the webhook: {text[:300]}")
+
+
+# Load generators -------------------------------------------------------------------------------
+
+_UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+
+
+def _wrk_ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text)
+    if not match:
+        raise BenchError(f"cannot read wrk latency {text!r}")
+    return float(match.group(1)) * _UNIT_MS[match.group(2)]
+
+
+def parse_wrk(output: str) -> dict[str, Any]:
+    rate = re.search(r"^Requests/sec:\s+([\d.]+)", output, re.MULTILINE)
+    total = re.search(r"^\s*(\d+) requests in ([\d.]+\w+),", output, re.MULTILINE)
+    if not rate or not total:
+        raise BenchError(f"cannot read wrk's output: {output.strip()[-400:]}")
+    percentiles = {int(p): _wrk_ms(v) for p, v in re.findall(r"^\s+(\d+)%\s+(\S+)\s*$", output, re.MULTILINE)}
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    socket_errors = {}
+    if sockets:
+        socket_errors = dict(zip(("connect", "read", "write", "timeout"), map(int, sockets.groups()), strict=True))
+    return {
+        "requests": int(total.group(1)),
+        "duration_s": _wrk_ms(total.group(2)) / 1000,
+        "requests_per_s": float(rate.group(1)),
+        "p50_ms": percentiles.get(50),
+        "p99_ms": percentiles.get(99),
+        "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
+        "socket_errors": {name: count for name, count in socket_errors.items() if count},
+    }
+
+
+def parse_hey(output: str) -> dict[str, Any]:
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    total = re.search(r"Total:\s+([\d.]+) secs", output)
+    if not rate or not total:
+        raise BenchError(f"cannot read hey's output: {output.strip()[-400:]}")
+    # hey prints "50%% in 0.0012 secs" (a doubled % from its template); accept either form.
+    percentiles = {int(p): float(v) * 1000 for p, v in re.findall(r"(\d+)%+ in ([\d.]+) secs", output)}
+    status_codes = {code: int(count) for code, count in re.findall(r"\[(\d{3})\]\s+(\d+) responses", output)}
+    errors: dict[str, int] = {}
+    if "Error distribution:" in output:
+        for count, message in re.findall(r"^\s+\[(\d+)\]\s+(.+)$", output.split("Error distribution:", 1)[1], re.M):
+            errors[message.strip()[:200]] = int(count)
+    return {
+        "duration_s": float(total.group(1)),
+        "requests_per_s": float(rate.group(1)),
+        "p50_ms": percentiles.get(50),
+        "p99_ms": percentiles.get(99),
+        "status_codes": status_codes,
+        "errors": errors,
+    }
+
+
+def run_tool(argv: list[str], timeout: float) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"{argv[0]} did not finish within {timeout:g} s") from None
+    if done.returncode != 0:
+        raise BenchError(f"{' '.join(argv[:3])} … failed ({done.returncode}): {(done.stderr or done.stdout)[-400:]}")
+    return done.stdout
+
+
+def run_wrk(wrk: str, url: str, script: Path, *, connections: int, seconds: float) -> LoadResult:
+    argv = [wrk, f"-t{WRK_THREADS}", f"-c{connections}", f"-d{seconds:g}s", "--latency", "-s", str(script), url]
+    parsed = parse_wrk(run_tool(argv, timeout=seconds + 60))
+    socket_errors: dict[str, int] = parsed.pop("socket_errors")
+    return LoadResult(
+        tool="wrk",
+        command=" ".join([*argv[:-3], "-s", "<signed webhook>.lua", url]),
+        connections=connections,
+        socket_errors=sum(socket_errors.values()),
+        errors=socket_errors,
+        **parsed,
+    )
+
+
+def run_hey(hey: str, url: str, webhook: SignedWebhook, body: Path, *, total_rate: float, seconds: float) -> LoadResult:
+    per_worker = max(total_rate / HEY_CONNECTIONS, 0.01)
+    headers: list[str] = []
+    for name, value in webhook.headers.items():
+        if name.lower() != "content-type":
+            headers += ["-H", f"{name}: {value}"]
+    argv = [hey, "-z", f"{seconds:g}s", "-c", str(HEY_CONNECTIONS), "-q", f"{per_worker:.2f}", "-m", "POST"]
+    argv += [*headers, "-T", webhook.headers["content-type"], "-D", str(body), url]
+    parsed = parse_hey(run_tool(argv, timeout=seconds + 60))
+    codes: dict[str, int] = parsed["status_codes"]
+    return LoadResult(
+        tool="hey",
+        command=f"hey -z {seconds:g}s -c {HEY_CONNECTIONS} -q {per_worker:.2f} -m POST -H <webhook headers> "
+        f"-T application/json -D <signed body> {url}",
+        connections=HEY_CONNECTIONS,
+        requests=sum(codes.values()),
+        non_2xx=sum(count for code, count in codes.items() if not code.startswith("2")),
+        socket_errors=sum(parsed["errors"].values()),
+        target_rate=round(per_worker * HEY_CONNECTIONS, 1),
+        **parsed,
+    )
+
+
+# Processes -------------------------------------------------------------------------------------
+
+
+class Processes:
+    """Every process group this run starts; `stop_all()` ends each one, newest first."""
+
+    def __init__(self) -> None:
+        self._running: list[ManagedProcess] = []
+
+    def start(self, process: ManagedProcess, timeout: float) -> ManagedProcess:
+        self._running.append(process)
+        process.start()
+        process.wait_ready(timeout)
+        return process
+
+    def stop(self, process: ManagedProcess) -> None:
+        process.stop()
+        if process in self._running:
+            self._running.remove(process)
+
+    def stop_all(self) -> None:
+        for process in reversed(self._running):
+            with contextlib.suppress(Exception):
+                process.stop()
+        self._running.clear()
+
+
+def _log_path(name: str) -> Path:
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    path = LOG_DIR / f"{name}.log"
+    path.unlink(missing_ok=True)
+    return path
+
+
+def start_emulator(processes: Processes, port: int) -> None:
+    if shutil.which("gcloud") is None or shutil.which("java") is None:
+        raise BenchError(
+            "gcloud or java was not found on PATH: install google-cloud-cli, google-cloud-cli-pubsub-emulator "
+            "and openjdk-17-jre-headless (see shared/design/EMULATORS.md)"
+        )
+    argv = ["gcloud", "beta", "emulators", "pubsub", "start", f"--host-port={HOST}:{port}", f"--project={PROJECT}"]
+    process = ManagedProcess(
+        "Pub/Sub emulator",
+        argv,
+        log_path=_log_path("pubsub-emulator"),
+        ready=log_contains(f"Server started, listening on {port}"),
+    )
+    processes.start(process, EMULATOR_START_TIMEOUT)
+
+
+def create_topic(emulator_host: str) -> None:
+    import google.cloud.pubsub_v1 as pubsub_v1  # noqa: PLC0415 - only once the emulator runs
+    from google.api_core import exceptions as google_exceptions  # noqa: PLC0415
+
+    os.environ["PUBSUB_EMULATOR_HOST"] = emulator_host
+    publisher = pubsub_v1.PublisherClient()
+    topic_path = publisher.topic_path(PROJECT, TOPIC)
+    with contextlib.suppress(google_exceptions.AlreadyExists):
+        publisher.create_topic(request={"name": topic_path}, timeout=30)
+    publisher.transport.close()
+
+
+def start_server(processes: Processes, server: Server, port: int, extra_env: Mapping[str, str]) -> ManagedProcess:
+    env = {**os.environ, **extra_env, "K_SERVICE": server.key}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    argv = [sys.executable, "-m", "functions_framework", "--source", server.source, "--target", server.target]
+    argv += ["--host", HOST, "--port", str(port)]
+    if server.asgi:
+        argv.append("--asgi")
+    process = ManagedProcess(
+        server.label,
+        argv,
+        log_path=_log_path(server.key),
+        ready=http_answers(f"http://{HOST}:{port}{server.ready_path}"),
+        env=env,
+        cwd=REPO_ROOT,
+    )
+    return processes.start(process, SERVER_START_TIMEOUT)
+
+
+# One server ------------------------------------------------------------------------------------
+
+
+def bench_server(
+    server: Server,
+    *,
+    processes: Processes,
+    tools: Mapping[str, str],
+    workdir: Path,
+    args: argparse.Namespace,
+    extra_env: Mapping[str, str],
+) -> ServerResult:
+    port = free_port(HOST)
+    url = f"http://{HOST}:{port}/"
+    print(f"\n== {server.label}: {server.source} {server.target} on {url}", flush=True)
+    process = start_server(processes, server, port, extra_env if server.publishes else {})
+    try:
+        # Signed just before use: the signature is valid for 300 s, and each phase is re-signed.
+        webhook = signed_webhook()
+        body, script = write_request_files(webhook, workdir)
+        check_one_request(url, webhook, server)
+        print(f"   warm-up {args.warmup:g} s ({len(webhook.body)}-byte signed webhook)", flush=True)
+        run_wrk(tools["wrk"], url, script, connections=args.connections, seconds=args.warmup)
+
+        peak = run_wrk(tools["wrk"], url, script, connections=args.connections, seconds=args.duration)
+        print(
+            f"   peak: {peak.requests_per_s:,.0f} req/s, p50 {fmt_ms(peak.p50_ms)}, p99 {fmt_ms(peak.p99_ms)} "
+            f"(wrk, {args.connections} connections, {peak.requests:,} requests)",
+            flush=True,
+        )
+        report_failures(server, peak)
+
+        webhook = signed_webhook()
+        body, script = write_request_files(webhook, workdir)
+        half = run_hey(tools["hey"], url, webhook, body, total_rate=peak.requests_per_s / 2, seconds=args.duration)
+        print(
+            f"   half peak: target {half.target_rate:,.0f} req/s, got {half.requests_per_s:,.0f} req/s, "
+            f"p50 {fmt_ms(half.p50_ms)}, p99 {fmt_ms(half.p99_ms)} (hey, {HEY_CONNECTIONS} connections); "
+            f"status codes {half.status_codes or '{}'}",
+            flush=True,
+        )
+        report_failures(server, half)
+        if not process.alive():
+            raise BenchError(f"the {server.label} exited during the run; its log ends with: {process.log_tail()}")
+    finally:
+        processes.stop(process)
+    return ServerResult(server.key, server.label, "asgi" if server.asgi else "flask", peak, half)
+
+
+def report_failures(server: Server, result: LoadResult) -> None:
+    failed = result.non_2xx + result.socket_errors
+    if not failed:
+        return
+    detail = f"{result.non_2xx} non-2xx answers, {result.socket_errors} socket/transport errors {result.errors or ''}"
+    print(f"   ! {result.tool}: {detail.strip()}", flush=True)
+    if server.publishes and failed > ALLOWED_FAILURES:
+        raise BenchError(
+            f"the receiver failed {failed} of {result.requests + result.socket_errors} requests under {result.tool} "
+            f"(more than {ALLOWED_FAILURES}); its log is {LOG_DIR / server.key}.log"
+        )
+
+
+# Output ----------------------------------------------------------------------------------------
+
+
+def fmt_ms(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.2f} ms" if value < 10 else f"{value:.1f} ms"
+
+
+def summarise(results: list[ServerResult]) -> dict[str, Any]:
+    by_key = {result.key: result for result in results}
+    receiver, ceiling = by_key["receiver"], by_key["noop-asgi"]
+    ratio = receiver.peak.requests_per_s / ceiling.peak.requests_per_s if ceiling.peak.requests_per_s else 0.0
+    p99 = receiver.half.p99_ms
+    return {
+        "receiver_vs_noop_asgi_peak": round(ratio, 3),
+        "targets": {
+            "peak_ratio": {
+                "target": f">= {TARGET_PEAK_RATIO:.0%}",
+                "value": round(ratio, 3),
+                "met": ratio >= TARGET_PEAK_RATIO,
+            },
+            "p99_at_half_peak_ms": {
+                "target": f"< {TARGET_P99_HALF_PEAK_MS:g} ms",
+                "value": p99,
+                "met": p99 is not None and p99 < TARGET_P99_HALF_PEAK_MS,
+            },
+        },
+    }
+
+
+def table_rows(results: list[ServerResult]) -> list[list[str]]:
+    rows = []
+    for result in results:
+        peak, half = result.peak, result.half
+        rows.append(
+            [
+                result.label,
+                f"{peak.requests_per_s:,.0f}",
+                fmt_ms(peak.p50_ms),
+                fmt_ms(peak.p99_ms),
+                f"{half.requests_per_s:,.0f}",
+                fmt_ms(half.p50_ms),
+                fmt_ms(half.p99_ms),
+                str(peak.non_2xx + peak.socket_errors + half.non_2xx + half.socket_errors),
+            ]
+        )
+    return rows
+
+
+HEADERS = ["server", "peak req/s", "p50 @peak", "p99 @peak", "req/s @half", "p50 @half", "p99 @half", "failed"]
+
+
+def print_table(rows: list[list[str]]) -> None:
+    widths = [max(len(row[i]) for row in [HEADERS, *rows]) for i in range(len(HEADERS))]
+    for index, row in enumerate([HEADERS, *rows]):
+        print("  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row)))
+        if index == 0:
+            print("  ".join("-" * width for width in widths))
+
+
+def markdown_table(rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(HEADERS) + " |", "| " + " | ".join(["---"] + ["---:"] * (len(HEADERS) - 1)) + " |"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def busy_cpu_percent(seconds: float = 1.0) -> float | None:
+    """How busy the machine is before the run starts (other work skews every number here)."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(value) for value in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
+
+    try:
+        total_before, idle_before = sample()
+        time.sleep(seconds)
+        total_after, idle_after = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    total = total_after - total_before
+    return round(100 * (1 - (idle_after - idle_before) / total), 1) if total else None
+
+
+def tool_version(argv: list[str]) -> str:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+        text = (done.stdout + done.stderr).strip().splitlines()
+        return text[0] if text else "unknown"
+    return "unknown"
+
+
+# Main ------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement (default 10)")
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections at peak (default 32)")
+    parser.add_argument("--quick", action="store_true", help="3 s measurements and a 1 s warm-up: a smoke check")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.duration = 3.0
+    args.warmup = 1.0 if args.quick else 3.0
+    # Each signed webhook serves one warm-up + peak, or one half-peak run, and must stay valid throughout.
+    if not 1 <= args.duration <= 240:
+        parser.error("--duration must be between 1 and 240 seconds (a signed webhook is valid for 300 s)")
+    if not 1 <= args.connections <= 1000:
+        parser.error("--connections must be between 1 and 1000")
+    return args
+
+
+@contextlib.contextmanager
+def signals_raise() -> Iterator[None]:
+    """SIGTERM and SIGHUP unwind like Ctrl-C, so every `finally` (and cleanup) runs."""
+
+    def handler(signum: int, _: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.monotonic()
+    processes = Processes()
+    with signals_raise():
+        try:
+            tools = ensure_tools()
+            return run(args, tools, processes, started)
+        except (BenchError, StackError) as error:
+            print(f"\nbenchmark failed: {error}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("\ninterrupted: stopping everything this run started", file=sys.stderr)
+            return 130
+        finally:
+            # A second Ctrl-C must not cut the cleanup short; each stop is bounded (SIGKILL after 10 s).
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            try:
+                processes.stop_all()
+            finally:
+                signal.signal(signal.SIGINT, previous)
+
+
+def run(args: argparse.Namespace, tools: Mapping[str, str], processes: Processes, started: float) -> int:
+    wrk_version = tool_version([tools["wrk"], "--version"])
+    print(f"tools: {wrk_version}; hey at {tools['hey']}")
+    print(
+        f"settings: {args.duration:g} s per measurement, {args.warmup:g} s warm-up, wrk -t{WRK_THREADS} "
+        f"-c{args.connections}, hey -c{HEY_CONNECTIONS} at half of each server's peak; "
+        f"{os.cpu_count()} CPUs, gunicorn workers {os.environ.get('WORKERS', '1')}; loopback only"
+    )
+    busy = busy_cpu_percent()
+    if busy is not None and busy > BUSY_WARNING_PERCENT:
+        print(f"warning: the machine was {busy:.0f}% busy before the run started; expect low, noisy numbers")
+    print(
+        f"the receiver runs with RELAY_LOG_LEVEL={RECEIVER_LOG_LEVEL}, so its per-request INFO line "
+        f"('webhook accepted') is not written and logging does not dominate the measurement"
+    )
+
+    emulator_port = free_port(HOST)
+    emulator_host = f"{HOST}:{emulator_port}"
+    print(f"\nstarting the Pub/Sub emulator on {emulator_host} …", flush=True)
+    start_emulator(processes, emulator_port)
+    create_topic(emulator_host)
+    print(f"emulator ready after {time.monotonic() - started:.0f} s; topic {TOPIC} created (no subscriptions)")
+
+    receiver_env = {
+        "RELAY_PROJECT": PROJECT,
+        "PUBSUB_EMULATOR_HOST": emulator_host,
+        "RELAY_WEBHOOK_SECRETS": WEBHOOK_SECRET,
+        "RELAY_LOG_LEVEL": RECEIVER_LOG_LEVEL,
+    }
+    results: list[ServerResult] = []
+    with tempfile.TemporaryDirectory(prefix="relay-bench-") as folder:
+        for server in SERVERS:
+            results.append(
+                bench_server(
+                    server,
+                    processes=processes,
+                    tools=tools,
+                    workdir=Path(folder),
+                    args=args,
+                    extra_env=receiver_env,
+                )
+            )
+    processes.stop_all()  # the emulator: not needed for the report
+
+    summary = summarise(results)
+    rows = table_rows(results)
+    ratio = summary["receiver_vs_noop_asgi_peak"]
+    targets = summary["targets"]
+    print(f"\n== results ({time.monotonic() - started:.0f} s in all)\n")
+    print_table(rows)
+    print(f"\nreceiver / no-op --asgi peak: {ratio:.0%}")
+    print(
+        f"target: receiver peak >= {TARGET_PEAK_RATIO:.0%} of the --asgi no-op ceiling: "
+        f"{'MET' if targets['peak_ratio']['met'] else 'MISSED'} ({ratio:.0%})"
+    )
+    latency = targets["p99_at_half_peak_ms"]
+    print(
+        f"target: receiver p99 < {TARGET_P99_HALF_PEAK_MS:g} ms at half its own peak: "
+        f"{'MET' if latency['met'] else 'MISSED'} ({fmt_ms(latency['value'])})"
+    )
+
+    markdown = markdown_table(rows)
+    print("\nMarkdown:\n")
+    print(markdown)
+    print(
+        f"\nReceiver peak = {ratio:.0%} of the `--asgi` no-op ceiling; {args.duration:g} s per run, "
+        f"wrk {args.connections} connections at peak, hey {HEY_CONNECTIONS} connections at half peak, "
+        f"{os.cpu_count()} cores shared with the Pub/Sub emulator, loopback."
+    )
+
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    document = {
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "host": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "wrk": wrk_version,
+            "gunicorn_workers": int(os.environ.get("WORKERS", "1")),
+            "cpu_busy_before_run_percent": busy,
+        },
+        "settings": {
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "wrk_threads": WRK_THREADS,
+            "wrk_connections": args.connections,
+            "hey_connections": HEY_CONNECTIONS,
+            "receiver_log_level": RECEIVER_LOG_LEVEL,
+            "quick": args.quick,
+        },
+        "servers": [asdict(result) for result in results],
+        **summary,
+        "markdown": markdown,
+    }
+    RESULTS_JSON.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    print(f"\nwrote {RESULTS_JSON.relative_to(REPO_ROOT)}; server logs in {LOG_DIR.relative_to(REPO_ROOT)}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
