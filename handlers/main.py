@@ -1,4 +1,5 @@
-"""functions-framework entry points (`--target job_status`): adapt the push request, map errors."""
+"""functions-framework entry points (`--target job_status`, `--target archive_outputs`):
+adapt the push request, call the handler, map errors, announce final states."""
 
 from __future__ import annotations
 
@@ -8,18 +9,25 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import flask
+import google.cloud.storage as storage
 from google.cloud import firestore
 
+from handlers import archive_outputs as archive_handler
 from handlers import job_status as job_status_handler
-from handlers.errors import HandlerError
+from handlers.errors import HandlerError, TransientError
 from handlers.push import PushEnvelope, decode_event, parse_envelope
 from handlers.settings import HandlerSettings
-from relay import logs
+from relay import jobevents, logs
+from relay.archive import Archiver
 from relay.config import ConfigError
+from relay.downloads import Downloader
+from relay.jobs import Job, needs_announcement
 from relay.jobstore import JobStore
+from relay.publisher import PublishError, TopicPublisher
 
 log = logging.getLogger("relay.handlers")
 
@@ -31,21 +39,37 @@ except ConfigError as config_error:
     sys.exit(2)
 logs.configure(os.environ.get("K_SERVICE", "handlers"), level=SETTINGS.log_level)
 
+
+@dataclass(frozen=True)
+class Clients:
+    """Google clients and helpers, created once per serving process."""
+
+    store: JobStore
+    job_events: TopicPublisher
+    archiver: Archiver
+
+
 _lock = threading.Lock()
-_store: JobStore | None = None
+_clients: Clients | None = None
 
 
-def _job_store() -> JobStore:
-    # Created on first use in the serving process (gRPC channels must not cross gunicorn's fork).
-    global _store
+def _get_clients() -> Clients:
+    # Created on first use in the serving process: gRPC channels must not cross gunicorn's fork.
+    global _clients
     with _lock:
-        if _store is None:
-            _store = JobStore(
-                firestore.Client(project=SETTINGS.project),
-                policy=SETTINGS.policy,
-                event_retention=SETTINGS.event_retention,
+        if _clients is None:
+            deadline = SETTINGS.publish_deadline_seconds
+            bucket = storage.Client(project=SETTINGS.project).bucket(SETTINGS.bucket)
+            _clients = Clients(
+                store=JobStore(
+                    firestore.Client(project=SETTINGS.project),
+                    policy=SETTINGS.policy,
+                    event_retention=SETTINGS.event_retention,
+                ),
+                job_events=TopicPublisher(SETTINGS.job_events_topic_path, deadline_seconds=deadline),
+                archiver=Archiver(bucket, Downloader(SETTINGS.downloads), chunk_bytes=SETTINGS.upload_chunk_bytes),
             )
-        return _store
+        return _clients
 
 
 def job_status(request: flask.Request) -> flask.Response:
@@ -53,17 +77,65 @@ def job_status(request: flask.Request) -> flask.Response:
     return _serve_push(request, "job-status", _apply_job_status)
 
 
+def archive_outputs(request: flask.Request) -> flask.Response:
+    """Push endpoint of the `archive-outputs` subscription."""
+    return _serve_push(request, archive_handler.ACTOR, _archive_outputs)
+
+
 def _apply_job_status(envelope: PushEnvelope) -> dict[str, Any]:
     event = decode_event(envelope)
-    applied = job_status_handler.apply(_job_store(), event)
+    clients = _get_clients()
+    applied = job_status_handler.apply(clients.store, event)
+    announced = _announce_if_owed(clients, applied.job, "job-status")
     return {
         "outcome": applied.outcome.value,
         "job_id": applied.job_id,
         "state": applied.state,
-        "prediction_id": event.attributes.prediction_id,
-        "status": event.attributes.status,
-        "webhook_id": event.attributes.webhook_id,
-        "source": event.attributes.source.value,
+        "announced": announced,
+        **_event_fields(envelope, event.attributes.source.value),
+    }
+
+
+def _archive_outputs(envelope: PushEnvelope) -> dict[str, Any]:
+    event = decode_event(envelope)
+    clients = _get_clients()
+    result = archive_handler.archive(event, store=clients.store, archiver=clients.archiver, policy=SETTINGS.policy)
+    job = result.applied.job if result.applied else None
+    announced = _announce_if_owed(clients, job, archive_handler.ACTOR)
+    return {
+        "outcome": result.outcome,
+        "job_id": result.applied.job_id if result.applied else None,
+        "state": job.state if job else None,
+        "files": len([entry for entry in result.outputs if entry.get("gs_uri")]),
+        "bytes_archived": sum(
+            int(entry.get("size") or 0) for entry in result.outputs if not entry.get("already_archived")
+        ),
+        "error_code": result.failure.code if result.failure else None,
+        "announced": announced,
+        **_event_fields(envelope, event.attributes.source.value),
+    }
+
+
+def _announce_if_owed(clients: Clients, job: Job | None, actor: str) -> bool:
+    """Publish the final state on job-events if this handler made the job final and has not yet."""
+    if job is None or not needs_announcement(job, actor):
+        return False
+    try:
+        jobevents.announce(clients.job_events, job)
+        clients.store.mark_announced(job.job_id)
+    except PublishError as error:
+        # The transition is committed; redelivery of this message announces it then.
+        raise TransientError("announce_failed", str(error)) from error
+    return True
+
+
+def _event_fields(envelope: PushEnvelope, source: str) -> dict[str, Any]:
+    attributes = envelope.message.attributes
+    return {
+        "prediction_id": attributes.get("prediction_id"),
+        "status": attributes.get("status"),
+        "webhook_id": attributes.get("webhook_id"),
+        "source": source,
     }
 
 
@@ -99,10 +171,7 @@ def _serve_push(request: flask.Request, handler: str, work: Callable[[PushEnvelo
         handler,
         result["outcome"],
         extra=logs.fields(
-            handler=handler,
-            message_id=envelope.message.message_id,
-            latency_ms=_elapsed_ms(started),
-            **result,
+            handler=handler, message_id=envelope.message.message_id, latency_ms=_elapsed_ms(started), **result
         ),
     )
     return flask.make_response((result, 200))

@@ -6,8 +6,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
-from relay.config import Env, project_id
+from relay.config import ConfigError, Env, project_id
+from relay.downloads import DownloadPolicy
 from relay.jobs import Policy
+
+_GCS_CHUNK_UNIT = 256 * 1024  # resumable upload chunks must be multiples of 256 KiB
 
 
 @dataclass(frozen=True)
@@ -15,19 +18,45 @@ class HandlerSettings:
     project: str
     policy: Policy
     event_retention: timedelta
+    bucket: str
+    job_events_topic: str
+    publish_deadline_seconds: float
+    downloads: DownloadPolicy
+    upload_chunk_bytes: int
     log_level: str
+
+    @property
+    def job_events_topic_path(self) -> str:
+        return f"projects/{self.project}/topics/{self.job_events_topic}"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> HandlerSettings:
         env = Env(environ)
+        project = project_id(env)
+        chunk = env.get_int("RELAY_UPLOAD_CHUNK_BYTES", 8 * 1024 * 1024, minimum=_GCS_CHUNK_UNIT)
+        if chunk % _GCS_CHUNK_UNIT:
+            raise ConfigError("RELAY_UPLOAD_CHUNK_BYTES must be a multiple of 262144 (256 KiB)")
         return cls(
-            project=project_id(env),
+            project=project,
             policy=Policy(
                 coalesce_window=timedelta(seconds=env.get_float("RELAY_COALESCE_SECONDS", 1.0)),
                 logs_tail_chars=env.get_int("RELAY_LOGS_TAIL_CHARS", 4000),
                 input_value_max_chars=env.get_int("RELAY_INPUT_VALUE_MAX_CHARS", 1000, minimum=16),
                 output_value_max_bytes=env.get_int("RELAY_OUTPUT_VALUE_MAX_BYTES", 16 * 1024),
             ),
-            event_retention=timedelta(days=env.get_int("RELAY_EVENT_RETENTION_DAYS", 30, minimum=1)),
+            event_retention=timedelta(days=env.get_int("RELAY_EVENT_RETENTION_DAYS", 30, minimum=1, maximum=3650)),
+            bucket=env.get_str("RELAY_BUCKET", f"{project}-relay-outputs"),
+            job_events_topic=env.get_str("RELAY_JOB_EVENTS_TOPIC", "job-events"),
+            publish_deadline_seconds=env.get_float("RELAY_PUBLISH_DEADLINE_SECONDS", 10.0, minimum=0.1),
+            downloads=DownloadPolicy(
+                allowed_hosts=env.get_list("RELAY_DOWNLOAD_ALLOWED_HOSTS", ("replicate.delivery",)),
+                local_hosts=env.get_list("RELAY_DOWNLOAD_LOCAL_HOSTS"),
+                max_bytes=env.get_int("RELAY_DOWNLOAD_MAX_BYTES", 4 * 1024**3, minimum=1),
+                max_data_uri_bytes=env.get_int("RELAY_DATA_URI_MAX_BYTES", 8 * 1024 * 1024, minimum=1),
+                max_redirects=env.get_int("RELAY_DOWNLOAD_MAX_REDIRECTS", 3),
+                connect_timeout=env.get_float("RELAY_DOWNLOAD_CONNECT_TIMEOUT_SECONDS", 10.0, minimum=0.1),
+                read_timeout=env.get_float("RELAY_DOWNLOAD_READ_TIMEOUT_SECONDS", 60.0, minimum=0.1),
+            ),
+            upload_chunk_bytes=chunk,
             log_level=env.get_str("RELAY_LOG_LEVEL", "INFO").upper(),
         )

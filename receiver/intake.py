@@ -18,7 +18,7 @@ from receiver.errors import (
 from receiver.limiter import FailureLimiter
 from receiver.settings import ReceiverSettings
 from relay.events import EventAttributes, PayloadError, Source, parse_prediction
-from relay.publisher import EventPublisher, PublishError
+from relay.publisher import AsyncPublisher, PublishError
 from relay.webhooks import VerificationError, verify
 
 
@@ -38,7 +38,7 @@ class Intake:
     def __init__(
         self,
         settings: ReceiverSettings,
-        publisher: EventPublisher,
+        publisher: AsyncPublisher,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:

@@ -15,7 +15,7 @@ from receiver.intake import Intake, client_key
 from receiver.settings import ReceiverSettings
 from relay import logs
 from relay.config import ConfigError
-from relay.publisher import EventPublisher, make_publisher
+from relay.publisher import AsyncTopicPublisher
 
 HEALTH_PATH = "/health"  # Cloud Run reserves some paths ending in "z", so not /healthz
 
@@ -33,12 +33,11 @@ _intake: Intake | None = None
 
 
 def _get_intake() -> Intake:
-    # Created on first use, inside the server's worker process: gRPC channels must not be
-    # opened before gunicorn forks.
+    # Created on first use, inside the worker's running event loop: the grpc.aio channel belongs
+    # to that loop, and no channel may be opened before gunicorn forks.
     global _intake
     if _intake is None:
-        client = make_publisher(deadline_seconds=SETTINGS.publish_deadline_seconds)
-        publisher = EventPublisher(client, SETTINGS.topic_path, deadline_seconds=SETTINGS.publish_deadline_seconds)
+        publisher = AsyncTopicPublisher(SETTINGS.topic_path, deadline_seconds=SETTINGS.publish_deadline_seconds)
         _intake = Intake(SETTINGS, publisher)
     return _intake
 

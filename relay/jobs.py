@@ -66,8 +66,9 @@ class Job(BaseModel):
     replicate_status: str | None = None
     outputs: list[dict[str, Any]] = []
     output_value: Any = None
-    output_value_too_large: bool = False
+    output_value_too_large: bool = False  # the value is archived to Cloud Storage instead (see outputs)
     error: Any = None
+    error_code: str | None = None  # "failed" etc. from Replicate; "output_expired", "output_refused" from us
     logs_tail: str = ""
     logs_length: int = 0
     metrics: dict[str, Any] | None = None
@@ -77,6 +78,9 @@ class Job(BaseModel):
     completed_at: datetime | None = None
     updated_at: datetime | None = None
     last_event_at: datetime | None = None
+    # Who announces the final state on job-events: the handler whose transaction made it final.
+    announcer: str | None = None
+    announced_at: datetime | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -121,10 +125,18 @@ class Decision:
         return self.job is not None
 
 
-def target_state(status: str, output: Any) -> JobState | None:
+def needs_archive(output: Any, policy: Policy = DEFAULT_POLICY) -> bool:
+    """Whether a succeeded prediction's output must be copied to Cloud Storage before the job is done:
+    it has files, or its plain value is too large for the job document."""
+    if output is None:
+        return False
+    return bool(find_files(output)) or encoded_size(plain_value(output)) > policy.output_value_max_bytes
+
+
+def target_state(status: str, output: Any, policy: Policy = DEFAULT_POLICY) -> JobState | None:
     """The job state a prediction status leads to; None for a status this version does not know."""
     if status == PredictionStatus.SUCCEEDED:
-        return JobState.ARCHIVING if find_files(output) else JobState.SUCCEEDED
+        return JobState.ARCHIVING if needs_archive(output, policy) else JobState.SUCCEEDED
     try:
         return _STATE_FOR_STATUS[PredictionStatus(status)]
     except ValueError:
@@ -132,14 +144,25 @@ def target_state(status: str, output: Any) -> JobState | None:
 
 
 def apply_event(  # noqa: PLR0911 - one return per rule reads better than a chain of flags
-    job: Job | None, event: PredictionEvent, *, job_id: str, now: datetime, policy: Policy = DEFAULT_POLICY
+    job: Job | None,
+    event: PredictionEvent,
+    *,
+    job_id: str,
+    now: datetime,
+    policy: Policy = DEFAULT_POLICY,
+    actor: str = "job-status",
 ) -> Decision:
-    """Decide what `event` does to `job` (None when no job exists yet)."""
+    """Decide what `event` does to `job` (None when no job exists yet).
+
+    `actor` is the handler deciding; if this event makes the job final, that handler announces it.
+    """
     prediction = event.prediction
-    target = target_state(prediction.status, prediction.output)
+    target = target_state(prediction.status, prediction.output, policy)
     if job is None:
         fresh = Job(job_id=job_id, prediction_id=prediction.id, source="webhook", created_at=prediction.created_at)
-        return Decision(Outcome.CREATED, _merge(fresh, event, target or JobState.SUBMITTED, now, policy))
+        return Decision(
+            Outcome.CREATED, _merge(fresh, event, target or JobState.SUBMITTED, now=now, policy=policy, actor=actor)
+        )
     if job.is_terminal:
         return Decision(Outcome.ABSORBED, None)
     if target is None:
@@ -158,7 +181,53 @@ def apply_event(  # noqa: PLR0911 - one return per rule reads better than a chai
         # prediction, and the terminal event is a state change, which is never coalesced.
         if job.updated_at is not None and now - job.updated_at < policy.coalesce_window:
             return Decision(Outcome.COALESCED, None)
-    return Decision(Outcome.APPLIED, _merge(job, event, target, now, policy))
+    return Decision(Outcome.APPLIED, _merge(job, event, target, now=now, policy=policy, actor=actor))
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why the relay could not finish a job whose prediction succeeded."""
+
+    code: str  # output_expired, output_refused, ...
+    message: str
+
+
+def finish_archive(
+    job: Job | None,
+    event: PredictionEvent,
+    *,
+    job_id: str,
+    outputs: list[dict[str, Any]],
+    failure: Failure | None,
+    now: datetime,
+    policy: Policy = DEFAULT_POLICY,
+    actor: str = "archive-outputs",
+) -> Decision:
+    """The job once a succeeded prediction's outputs are archived (or could not be).
+
+    The succeeded event is applied first, so this works whether or not the job-status handler
+    has seen it yet (both subscriptions get every event, in no set order).
+    """
+    if job is not None and job.is_terminal:
+        return Decision(Outcome.ABSORBED, None)
+    applied = apply_event(job, event, job_id=job_id, now=now, policy=policy, actor=actor)
+    base = applied.job or job
+    if base is None:  # apply_event always creates a missing job; kept for the type checker
+        raise ValueError("no job to finish")
+    updates: dict[str, Any] = {
+        "outputs": outputs,
+        "state": (JobState.FAILED if failure else JobState.SUCCEEDED).value,
+        "updated_at": now,
+        "announcer": actor,
+    }
+    if failure is not None:
+        updates.update(error=failure.message, error_code=failure.code)
+    return Decision(Outcome.CREATED if job is None else Outcome.APPLIED, base.model_copy(update=updates))
+
+
+def needs_announcement(job: Job | None, actor: str) -> bool:
+    """Whether `actor` still owes job-events the announcement of this job's final state."""
+    return job is not None and job.is_terminal and job.announcer == actor and job.announced_at is None
 
 
 _EPOCH = datetime.fromtimestamp(0, UTC)
@@ -168,7 +237,7 @@ def _event_time(event: PredictionEvent) -> datetime:
     return datetime.fromtimestamp(event.attributes.webhook_timestamp, UTC)
 
 
-def _merge(job: Job, event: PredictionEvent, state: JobState, now: datetime, policy: Policy) -> Job:
+def _merge(job: Job, event: PredictionEvent, state: JobState, *, now: datetime, policy: Policy, actor: str) -> Job:
     prediction = event.prediction
     logs = prediction.logs or ""
     updates: dict[str, Any] = {
@@ -179,11 +248,14 @@ def _merge(job: Job, event: PredictionEvent, state: JobState, now: datetime, pol
         "updated_at": now,
         "last_event_at": max(_event_time(event), job.last_event_at or _EPOCH),
     }
+    if state in TERMINAL_STATES:
+        updates["announcer"] = actor
     carried = {
         "prediction_id": prediction.id,
         "model": prediction.model,
         "version": prediction.version,
         "error": prediction.error,
+        "error_code": prediction.status if prediction.error is not None and prediction.is_terminal else None,
         "metrics": prediction.metrics,
         "created_at": prediction.created_at,
         "started_at": prediction.started_at,

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
-_FILE_SCHEMES = ("https://", "http://", "data:")
+# A whole string that is a URL with an authority (https://…, but also file://…, ftp://…) or a data:
+# URI is a file reference. Every scheme is caught here so that the downloader can refuse the ones it
+# does not fetch, rather than such a string passing silently as text.
+_FILE_REFERENCE = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.-]*://|data:)\S*")
 
 
 @dataclass(frozen=True)
@@ -24,7 +28,7 @@ def find_files(output: Any) -> list[OutputFile]:
     while stack:  # iterative so a deeply nested output cannot exhaust the call stack
         item = stack.pop()
         if isinstance(item, str):
-            if item.startswith(_FILE_SCHEMES):
+            if _FILE_REFERENCE.fullmatch(item):
                 urls.append(item)
         elif isinstance(item, list):
             stack.extend(reversed(item))

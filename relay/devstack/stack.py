@@ -42,6 +42,7 @@ RECEIVER = FunctionSpec(source="receiver/main.py", target="receive", asgi=True)
 # The push handler each subscription in the topology names, as served locally.
 HANDLERS: dict[str, FunctionSpec] = {
     "job-status": FunctionSpec(source="handlers/main.py", target="job_status"),
+    "archive-outputs": FunctionSpec(source="handlers/main.py", target="archive_outputs"),
 }
 
 

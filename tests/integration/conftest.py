@@ -17,6 +17,8 @@ from relay.devstack.stack import LocalStack, StackConfig
 from relay.jobs import Job
 from relay.jobstore import JOBS
 from relay.testing import SignedWebhook, sign_webhook
+from tests.integration import fileserver
+from tests.integration.fileserver import FileServer
 
 T = TypeVar("T")
 
@@ -28,8 +30,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
+DOWNLOAD_CAP = 2 * 1024 * 1024
+OUTPUT_VALUE_CAP = 1024
+
+
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+def files() -> Iterator[FileServer]:
+    """The stand-in for replicate.delivery, allowed as a local plain-HTTP host for the handlers."""
+    yield from fileserver.running()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, files: FileServer) -> Iterator[LocalStack]:
     config = StackConfig(
         pubsub_port=free_port(),
         firestore_port=free_port(),
@@ -38,7 +50,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         handler_ports={"job-status": free_port(), "archive-outputs": free_port()},
         log_dir=tmp_path_factory.mktemp("stack-logs"),
         # Short enough that a test of Pub/Sub being down is quick; long enough for a busy CI box.
-        extra_env={"RELAY_PUBLISH_DEADLINE_SECONDS": "3", "RELAY_COALESCE_SECONDS": "5"},
+        extra_env={
+            "RELAY_PUBLISH_DEADLINE_SECONDS": "3",
+            "RELAY_COALESCE_SECONDS": "5",
+            # "localhost" is allowed by name but is not a local host: it must be refused for
+            # resolving to a loopback address.
+            "RELAY_DOWNLOAD_ALLOWED_HOSTS": "replicate.delivery localhost",
+            "RELAY_DOWNLOAD_LOCAL_HOSTS": files.host,
+            "RELAY_DOWNLOAD_MAX_BYTES": str(DOWNLOAD_CAP),
+            "RELAY_OUTPUT_VALUE_MAX_BYTES": str(OUTPUT_VALUE_CAP),
+        },
     )
     local = LocalStack(config)
     local.start()
@@ -78,13 +99,26 @@ def sign(stack: LocalStack) -> Callable[..., SignedWebhook]:
     return signer
 
 
+Tap = Callable[[], list[pubsub_v1.types.ReceivedMessage]]
+
+
 @pytest.fixture
-def tap(stack: LocalStack) -> Iterator[Callable[[], list[pubsub_v1.types.ReceivedMessage]]]:
+def tap(stack: LocalStack) -> Iterator[Tap]:
     """A pull subscription on replicate-events made for one test: what the receiver published."""
+    yield from _tap(stack, "replicate-events")
+
+
+@pytest.fixture
+def job_events(stack: LocalStack) -> Iterator[Tap]:
+    """A pull subscription on job-events made for one test: what the handlers announced."""
+    yield from _tap(stack, "job-events")
+
+
+def _tap(stack: LocalStack, topic: str) -> Iterator[Tap]:
     subscriber = pubsub_v1.SubscriberClient()
     project = stack.config.project
     path = subscriber.subscription_path(project, f"tap-{uuid.uuid4().hex[:8]}")
-    subscriber.create_subscription(request={"name": path, "topic": f"projects/{project}/topics/replicate-events"})
+    subscriber.create_subscription(request={"name": path, "topic": f"projects/{project}/topics/{topic}"})
 
     def pull() -> list[pubsub_v1.types.ReceivedMessage]:
         response = subscriber.pull(request={"subscription": path, "max_messages": 100}, timeout=10)

@@ -51,7 +51,7 @@ EXPECTED_ATTRIBUTES = {
 
 
 class RecordingPublisher:
-    """Stands in for EventPublisher: records every publish and can be told to fail."""
+    """Stands in for AsyncTopicPublisher: records every publish and can be told to fail."""
 
     def __init__(self, *, fail: bool = False) -> None:
         self.fail = fail

@@ -1,0 +1,252 @@
+"""archive-outputs on the emulators: files streamed into fake-gcs-server, jobs finished, announced once."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import google.cloud.storage as storage
+import google_crc32c
+import httpx
+import pytest
+from google.cloud import firestore
+
+from relay.devstack.stack import LocalStack
+from relay.jobs import Job
+from relay.testing import SignedWebhook, prediction_lifecycle
+from tests.integration.conftest import (
+    DOWNLOAD_CAP,
+    OUTPUT_VALUE_CAP,
+    Tap,
+    read_job,
+    unique_id,
+    wait_for,
+    wait_for_job,
+)
+from tests.integration.fileserver import Answer, FileServer
+
+Post = Callable[[SignedWebhook], httpx.Response]
+Sign = Callable[..., SignedWebhook]
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40
+
+
+@pytest.fixture(scope="module")
+def bucket(stack: LocalStack) -> storage.Bucket:
+    return storage.Client(project=stack.config.project).bucket(stack.topology.bucket.name(stack.config.project))
+
+
+@pytest.fixture
+def succeed(post: Post, sign: Sign) -> Callable[..., SignedWebhook]:
+    """Send the final webhook of a prediction that succeeded with `output`."""
+
+    def send(prediction_id: str, output: Any) -> SignedWebhook:
+        webhook = sign(prediction_lifecycle(prediction_id, output=output)[-1])
+        assert post(webhook).status_code == 200
+        return webhook
+
+    return send
+
+
+def crc32c(data: bytes) -> str:
+    return base64.b64encode(google_crc32c.Checksum(data).digest()).decode()
+
+
+def announcements(job_events: Tap, job_id: str, *, settle: float = 2.0) -> list[dict[str, Any]]:
+    """Every job-events message for `job_id`, waiting `settle` seconds after the first for duplicates."""
+    found: list[dict[str, Any]] = []
+
+    def pull() -> list[dict[str, Any]]:
+        found.extend(json.loads(m.message.data) for m in job_events() if m.message.attributes.get("job_id") == job_id)
+        return found
+
+    wait_for(pull, what=f"an announcement for {job_id}")
+    time.sleep(settle)
+    pull()
+    return found
+
+
+def test_single_file_is_archived_with_content_type_and_checksum_and_announced_once(
+    files: FileServer,
+    succeed: Callable[..., SignedWebhook],
+    db: firestore.Client,
+    bucket: storage.Bucket,
+    job_events: Tap,
+) -> None:
+    prediction_id = unique_id()
+    url = files.serve(f"/{prediction_id}/restored.png", Answer(body=PNG, content_type="image/png"))
+    succeed(prediction_id, url)
+
+    job = wait_for_job(db, prediction_id, "succeeded")
+    [entry] = job.outputs
+    name = f"predictions/{prediction_id}/0-restored.png"
+    assert entry["gs_uri"] == f"gs://{bucket.name}/{name}"
+    assert (entry["content_type"], entry["size"], entry["crc32c"]) == ("image/png", len(PNG), crc32c(PNG))
+    blob = bucket.get_blob(name)
+    assert blob is not None
+    assert blob.download_as_bytes() == PNG
+    assert blob.content_type == "image/png"
+
+    [event] = announcements(job_events, prediction_id)
+    assert event["event_id"] == f"{prediction_id}:succeeded"
+    assert event["type"] == "job.succeeded"
+    assert [o["gs_uri"] for o in event["outputs"]] == [entry["gs_uri"]]
+
+
+def test_several_files_nested_in_the_output_get_one_object_each(
+    files: FileServer, succeed: Callable[..., SignedWebhook], db: firestore.Client, bucket: storage.Bucket
+) -> None:
+    prediction_id = unique_id()
+    urls = [
+        files.serve(f"/{prediction_id}/out-{i}.webp", Answer(body=b"img%d" % i, content_type="image/webp"))
+        for i in range(3)
+    ]
+    succeed(prediction_id, {"images": [urls[0], urls[1]], "extra": {"thumbnail": urls[2]}, "seed": 4})
+
+    job = wait_for_job(db, prediction_id, "succeeded")
+    assert [e["gs_uri"].rsplit("/", 1)[1] for e in job.outputs] == ["0-out-0.webp", "1-out-1.webp", "2-out-2.webp"]
+    for index, entry in enumerate(job.outputs):
+        assert bucket.blob(entry["gs_uri"].split("/", 3)[3]).download_as_bytes() == b"img%d" % index
+
+
+def test_data_uri_output_is_decoded_into_an_object(
+    succeed: Callable[..., SignedWebhook], db: firestore.Client, bucket: storage.Bucket
+) -> None:
+    prediction_id = unique_id()
+    succeed(prediction_id, "data:image/png;base64," + base64.b64encode(PNG).decode())
+    job = wait_for_job(db, prediction_id, "succeeded")
+    [entry] = job.outputs
+    assert entry["content_type"] == "image/png"
+    assert bucket.blob(entry["gs_uri"].split("/", 3)[3]).download_as_bytes() == PNG
+
+
+def test_small_text_output_stays_on_the_job(succeed: Callable[..., SignedWebhook], db: firestore.Client) -> None:
+    prediction_id = unique_id()
+    succeed(prediction_id, ["A restored ", "photo."])
+    job = wait_for_job(db, prediction_id, "succeeded")
+    assert (job.output_value, job.outputs) == ("A restored photo.", [])
+
+
+def test_large_text_output_goes_to_one_json_object(
+    succeed: Callable[..., SignedWebhook], db: firestore.Client, bucket: storage.Bucket
+) -> None:
+    prediction_id = unique_id()
+    text = "word " * OUTPUT_VALUE_CAP
+    succeed(prediction_id, text)
+    job = wait_for_job(db, prediction_id, "succeeded")
+    assert (job.output_value, job.output_value_too_large) == (None, True)
+    [entry] = job.outputs
+    assert entry["gs_uri"].endswith(f"predictions/{prediction_id}/output.json")
+    assert json.loads(bucket.blob(entry["gs_uri"].split("/", 3)[3]).download_as_bytes()) == text
+
+
+def test_redelivery_archives_once_transitions_once_and_announces_once(
+    files: FileServer,
+    post: Post,
+    succeed: Callable[..., SignedWebhook],
+    db: firestore.Client,
+    bucket: storage.Bucket,
+    job_events: Tap,
+) -> None:
+    prediction_id = unique_id()
+    path = f"/{prediction_id}/out.png"
+    webhook = succeed(prediction_id, files.serve(path, Answer(body=PNG, content_type="image/png")))
+    job = wait_for_job(db, prediction_id, "succeeded")
+    generation = bucket.get_blob(f"predictions/{prediction_id}/0-out.png").generation
+
+    assert post(webhook).status_code == 200  # Replicate retrying, or Pub/Sub redelivering
+    assert post(webhook).status_code == 200
+    assert len(announcements(job_events, prediction_id, settle=4)) == 1
+
+    assert bucket.get_blob(f"predictions/{prediction_id}/0-out.png").generation == generation
+    assert files.requests[path] == 1
+    again = read_job(db, prediction_id)
+    assert again is not None
+    assert (again.updated_at, again.announced_at) == (job.updated_at, again.announced_at)
+    assert again.announced_at is not None
+
+
+def test_expired_file_fails_the_job_with_output_expired_and_is_acknowledged(
+    stack: LocalStack,
+    files: FileServer,
+    succeed: Callable[..., SignedWebhook],
+    db: firestore.Client,
+    job_events: Tap,
+) -> None:
+    prediction_id = unique_id()
+    succeed(prediction_id, files.serve(f"/{prediction_id}/gone.png", Answer(404, b"gone")))
+
+    job = wait_for_job(db, prediction_id, "failed")
+    assert job.error_code == "output_expired"
+    assert job.outputs[0]["error_code"] == "output_expired"
+    [event] = announcements(job_events, prediction_id)
+    assert (event["type"], event["error_code"]) == ("job.failed", "output_expired")
+    lines = _log_lines(stack, "archive-outputs", prediction_id)
+    assert [line["outcome"] for line in lines] == ["applied"]  # answered 200 once: not retried
+
+
+def test_server_error_is_retried_and_files_already_stored_are_not_copied_again(
+    files: FileServer, succeed: Callable[..., SignedWebhook], db: firestore.Client
+) -> None:
+    prediction_id = unique_id()
+    first = files.serve(f"/{prediction_id}/a.png", Answer(body=b"first", content_type="image/png"))
+    flaky = files.serve(
+        f"/{prediction_id}/b.png", Answer(503, b"busy"), Answer(body=b"second", content_type="image/png")
+    )
+    succeed(prediction_id, [first, flaky])
+
+    job = wait_for_job(db, prediction_id, "succeeded", timeout=60)  # Pub/Sub backs off 10 s first
+    assert [e["size"] for e in job.outputs] == [5, 6]
+    assert job.outputs[0]["already_archived"] is True  # found by name on the second attempt
+    assert job.outputs[1]["already_archived"] is False
+    assert files.requests[f"/{prediction_id}/b.png"] == 2
+
+
+def test_refused_outputs_fail_the_job_without_any_request_to_the_refused_target(
+    files: FileServer, succeed: Callable[..., SignedWebhook], db: firestore.Client
+) -> None:
+    big = files.serve("/refusals/big.bin", Answer(body=b"x" * (DOWNLOAD_CAP + 1)))
+    cases = {
+        "https://evil.example/x.png": "host_not_allowed",
+        "http://replicate.delivery/x.png": "scheme_not_allowed",
+        "file:///etc/passwd": "scheme_not_allowed",
+        "https://replicate.delivery@evil.example/x.png": "userinfo_not_allowed",
+        f"https://localhost:{files.port}/refusals/by-name.png": "address_not_allowed",
+        files.serve("/refusals/to-metadata", Answer(302, headers={"Location": "http://169.254.169.254/latest"})): "",
+        files.serve("/refusals/to-loopback", Answer(302, headers={"Location": "http://127.0.0.1:9/x.png"})): "",
+        big: "too_large",
+    }
+    jobs = {}
+    for url in cases:
+        prediction_id = unique_id()
+        jobs[url] = prediction_id
+        succeed(prediction_id, url)
+    for url, reason in cases.items():
+        job = wait_for_job(db, jobs[url], "failed")
+        assert job.error_code == "output_refused", url
+        assert reason in job.outputs[0]["error"], (url, job.outputs)
+        assert "gs_uri" not in job.outputs[0]
+    assert files.requests["/refusals/by-name.png"] == 0
+    assert files.requests["/refusals/to-metadata"] == 1  # the first hop only
+    assert files.requests["/refusals/to-loopback"] == 1
+    assert files.requests["/refusals/big.bin"] == 1
+
+
+def test_failed_prediction_is_announced_by_job_status(
+    post: Post, sign: Sign, db: firestore.Client, job_events: Tap
+) -> None:
+    prediction_id = unique_id()
+    final = {**prediction_lifecycle(prediction_id)[-1], "status": "failed", "output": None, "error": "CUDA OOM"}
+    assert post(sign(final)).status_code == 200
+    job: Job = wait_for_job(db, prediction_id, "failed")
+    assert (job.error, job.error_code, job.announcer) == ("CUDA OOM", "failed", "job-status")
+    [event] = announcements(job_events, prediction_id)
+    assert (event["type"], event["error"]) == ("job.failed", "CUDA OOM")
+
+
+def _log_lines(stack: LocalStack, handler: str, prediction_id: str) -> list[dict[str, Any]]:
+    lines = stack.functions[handler].log_path.read_text().splitlines()
+    entries = [json.loads(line) for line in lines if line.startswith("{")]
+    return [entry for entry in entries if entry.get("prediction_id") == prediction_id]
