@@ -14,12 +14,14 @@ from typing import Any
 
 import flask
 import google.cloud.storage as storage
+from google.api_core.exceptions import GoogleAPIError
 from google.cloud import firestore
 
 from handlers import archive_outputs as archive_handler
 from handlers import job_status as job_status_handler
 from handlers.errors import HandlerError, TransientError
 from handlers.push import PushEnvelope, decode_event, parse_envelope
+from handlers.reconcile import Reconciler, ReconcileSettings
 from handlers.settings import HandlerSettings
 from relay import jobevents, logs
 from relay.archive import Archiver
@@ -28,8 +30,12 @@ from relay.downloads import Downloader
 from relay.jobs import Job, needs_announcement
 from relay.jobstore import JobStore
 from relay.publisher import PublishError, TopicPublisher
+from relay.replicate_api import ReplicateAPI
 
 log = logging.getLogger("relay.handlers")
+
+# Google APIs being unavailable, seen from their clients: worth a retry by the caller.
+_TRANSIENT = (GoogleAPIError, ConnectionError, TimeoutError)
 
 try:
     SETTINGS = HandlerSettings.from_env(os.environ)
@@ -55,21 +61,25 @@ _clients: Clients | None = None
 
 def _get_clients() -> Clients:
     # Created on first use in the serving process: gRPC channels must not cross gunicorn's fork.
-    global _clients
     with _lock:
-        if _clients is None:
-            deadline = SETTINGS.publish_deadline_seconds
-            bucket = storage.Client(project=SETTINGS.project).bucket(SETTINGS.bucket)
-            _clients = Clients(
-                store=JobStore(
-                    firestore.Client(project=SETTINGS.project),
-                    policy=SETTINGS.policy,
-                    event_retention=SETTINGS.event_retention,
-                ),
-                job_events=TopicPublisher(SETTINGS.job_events_topic_path, deadline_seconds=deadline),
-                archiver=Archiver(bucket, Downloader(SETTINGS.downloads), chunk_bytes=SETTINGS.upload_chunk_bytes),
-            )
-        return _clients
+        return _get_clients_unlocked()
+
+
+def _get_clients_unlocked() -> Clients:
+    global _clients
+    if _clients is None:
+        deadline = SETTINGS.publish_deadline_seconds
+        bucket = storage.Client(project=SETTINGS.project).bucket(SETTINGS.bucket)
+        _clients = Clients(
+            store=JobStore(
+                firestore.Client(project=SETTINGS.project),
+                policy=SETTINGS.policy,
+                event_retention=SETTINGS.event_retention,
+            ),
+            job_events=TopicPublisher(SETTINGS.job_events_topic_path, deadline_seconds=deadline),
+            archiver=Archiver(bucket, Downloader(SETTINGS.downloads), chunk_bytes=SETTINGS.upload_chunk_bytes),
+        )
+    return _clients
 
 
 def job_status(request: flask.Request) -> flask.Response:
@@ -80,6 +90,50 @@ def job_status(request: flask.Request) -> flask.Response:
 def archive_outputs(request: flask.Request) -> flask.Response:
     """Push endpoint of the `archive-outputs` subscription."""
     return _serve_push(request, archive_handler.ACTOR, _archive_outputs)
+
+
+_reconciler: Reconciler | None = None
+
+
+def reconcile(request: flask.Request) -> flask.Response:
+    """What Cloud Scheduler calls every few minutes: check quiet jobs against Replicate."""
+    global _reconciler
+    if request.method != "POST":
+        return flask.make_response(({"error": "method_not_allowed"}, 405))
+    settings = SETTINGS.reconciler
+    if settings is None:  # the deployment did not set FUNCTION_TARGET=reconcile
+        log.error("reconcile called but its settings were not loaded: set FUNCTION_TARGET=reconcile")
+        return flask.make_response(({"error": "not_configured"}, 500))
+    started = time.perf_counter()
+    with _lock:
+        if _reconciler is None:
+            clients = _get_clients_unlocked()
+            deadline = SETTINGS.publish_deadline_seconds
+            _reconciler = Reconciler(
+                store=clients.store,
+                replicate=ReplicateAPI.connect(settings.replicate_token.value, base_url=settings.replicate_base_url),
+                events=TopicPublisher(SETTINGS.events_topic_path, deadline_seconds=deadline),
+                job_events=clients.job_events,
+                settings=ReconcileSettings(
+                    quiet_after=settings.quiet_after,
+                    submitted_after=settings.submitted_after,
+                    max_jobs=settings.max_jobs,
+                    concurrency=settings.concurrency,
+                    requests_per_second=settings.requests_per_second,
+                ),
+            )
+        reconciler = _reconciler
+    try:
+        summary = reconciler.run().as_dict()
+    except _TRANSIENT as error:
+        log.warning("reconcile run failed: %s", error, extra=logs.fields(outcome="retry"))
+        return flask.make_response(({"error": "unavailable", "message": str(error)[:300]}, 503))
+    log.info(
+        "reconcile run: %(checked)s checked, %(recovered)s recovered, %(errors)s errors",
+        summary,
+        extra=logs.fields(handler="reconciler", latency_ms=_elapsed_ms(started), **summary),
+    )
+    return flask.make_response((summary, 200))
 
 
 def _apply_job_status(envelope: PushEnvelope) -> dict[str, Any]:

@@ -6,11 +6,35 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
-from relay.config import ConfigError, Env, project_id
+from relay.config import ConfigError, Env, Secret, project_id
 from relay.downloads import DownloadPolicy
 from relay.jobs import Policy
+from relay.replicate_api import DEFAULT_BASE_URL
 
 _GCS_CHUNK_UNIT = 256 * 1024  # resumable upload chunks must be multiples of 256 KiB
+
+
+@dataclass(frozen=True)
+class ReconcilerSettings:
+    replicate_token: Secret
+    replicate_base_url: str
+    quiet_after: timedelta
+    submitted_after: timedelta
+    max_jobs: int
+    concurrency: int
+    requests_per_second: float
+
+    @classmethod
+    def from_env(cls, env: Env) -> ReconcilerSettings:
+        return cls(
+            replicate_token=Secret(env.get_str("REPLICATE_API_TOKEN")),
+            replicate_base_url=env.get_str("RELAY_REPLICATE_BASE_URL", DEFAULT_BASE_URL),
+            quiet_after=timedelta(seconds=env.get_float("RELAY_RECONCILE_QUIET_SECONDS", 600.0, minimum=1.0)),
+            submitted_after=timedelta(seconds=env.get_float("RELAY_RECONCILE_SUBMITTED_SECONDS", 300.0, minimum=1.0)),
+            max_jobs=env.get_int("RELAY_RECONCILE_MAX_JOBS", 500, minimum=1, maximum=10_000),
+            concurrency=env.get_int("RELAY_RECONCILE_CONCURRENCY", 4, minimum=1, maximum=64),
+            requests_per_second=env.get_float("RELAY_RECONCILE_REQUESTS_PER_SECOND", 5.0, minimum=0.1),
+        )
 
 
 @dataclass(frozen=True)
@@ -23,7 +47,13 @@ class HandlerSettings:
     publish_deadline_seconds: float
     downloads: DownloadPolicy
     upload_chunk_bytes: int
+    events_topic: str
+    reconciler: ReconcilerSettings | None  # read only where the reconcile target runs
     log_level: str
+
+    @property
+    def events_topic_path(self) -> str:
+        return f"projects/{self.project}/topics/{self.events_topic}"
 
     @property
     def job_events_topic_path(self) -> str:
@@ -58,5 +88,7 @@ class HandlerSettings:
                 read_timeout=env.get_float("RELAY_DOWNLOAD_READ_TIMEOUT_SECONDS", 60.0, minimum=0.1),
             ),
             upload_chunk_bytes=chunk,
+            events_topic=env.get_str("RELAY_EVENTS_TOPIC", "replicate-events"),
+            reconciler=ReconcilerSettings.from_env(env) if env.get_optional("FUNCTION_TARGET") == "reconcile" else None,
             log_level=env.get_str("RELAY_LOG_LEVEL", "INFO").upper(),
         )

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import base64
+import json
+import mimetypes
 import os
 import signal
 import sys
@@ -10,6 +13,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from relay.config import ConfigError
 from relay.devstack.processes import StackError
@@ -54,7 +58,62 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--demo", action="store_true", help="send a signed sample prediction lifecycle once up")
     dev.add_argument("--exit-after-demo", action="store_true", help="stop once the demo is done (for scripts)")
     dev.set_defaults(command=_dev)
+
+    submit = commands.add_parser(
+        "submit",
+        help="create a job and its Replicate prediction, with the webhook set",
+        description="Create jobs/{id}, then the prediction through Replicate's Python client with "
+        "webhook=RELAY_WEBHOOK_URL. Needs REPLICATE_API_TOKEN, RELAY_WEBHOOK_URL and Firestore "
+        "(FIRESTORE_EMULATOR_HOST locally).",
+    )
+    submit.add_argument("--model", help="OWNER/NAME or OWNER/NAME:VERSION (default RELAY_DEFAULT_MODEL)")
+    submit.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an input; VALUE is JSON when it parses (42, true, [1]), else text; @PATH sends a file as a data: URI",
+    )
+    submit.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE", help="kept on the job")
+    submit.add_argument("--wait", type=float, default=0, metavar="SECONDS", help="wait for the job to end")
+    submit.set_defaults(command=_submit)
     return parser
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from relay.submit import run_submit  # noqa: PLC0415 - keeps `relay dev` free of Replicate imports
+
+    return run_submit(
+        model=args.model,
+        inputs=_pairs(args.input, "--input", parse_values=True),
+        metadata={key: str(value) for key, value in _pairs(args.metadata, "--metadata").items()},
+        wait_seconds=args.wait,
+    )
+
+
+def _pairs(items: list[str], flag: str, *, parse_values: bool = False) -> dict[str, Any]:
+    pairs: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{flag} takes KEY=VALUE, got {item!r}")
+        pairs[key] = _value(value) if parse_values else value
+    return pairs
+
+
+def _value(text: str) -> Any:
+    if text.startswith("@"):
+        path = Path(text[1:])
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            raise ConfigError(f"cannot read {path}: {error.strerror}") from None
+        media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return f"data:{media_type};base64,{base64.b64encode(data).decode('ascii')}"
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def _dev(args: argparse.Namespace) -> int:

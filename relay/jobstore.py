@@ -9,9 +9,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
 
 from relay.events import PredictionEvent
-from relay.jobs import DEFAULT_POLICY, Decision, Failure, Job, Outcome, Policy, apply_event, finish_archive
+from relay.jobs import DEFAULT_POLICY, Decision, Failure, Job, JobState, Outcome, Policy, apply_event, finish_archive
 
 JOBS = "jobs"
 PREDICTIONS = "predictions"
@@ -81,6 +82,119 @@ class JobStore:
     def mark_announced(self, job_id: str) -> None:
         """Note that the job's final state went out on job-events (a final state never changes)."""
         self._jobs.document(job_id).update({"announced_at": self._clock()})
+
+    def create_submitted(self, job: Job) -> None:
+        """Store a new job before its prediction exists (fails if the id is taken)."""
+        self._jobs.document(job.job_id).create(job.model_copy(update={"updated_at": self._clock()}).to_document())
+
+    def attach_prediction(self, job_id: str, prediction_id: str) -> str:
+        """Record which prediction a submitted job became, atomically with `predictions/{id}`.
+
+        If a webhook got there first and created a job of its own for the prediction, that job is
+        kept (it already holds the events) and takes over this one's metadata; this one is deleted.
+        Returns the id of the job that now stands for the prediction.
+        """
+
+        @firestore.transactional
+        def run(transaction: firestore.Transaction) -> str:
+            mapping_ref = self._client.collection(PREDICTIONS).document(prediction_id)
+            mapping = mapping_ref.get(transaction=transaction)
+            job_ref = self._jobs.document(job_id)
+            submitted = job_ref.get(transaction=transaction)
+            if not mapping.exists or mapping.get("job_id") == job_id:
+                transaction.set(mapping_ref, {"job_id": job_id, "created_at": self._clock()})
+                transaction.update(job_ref, {"prediction_id": prediction_id, "updated_at": self._clock()})
+                return job_id
+            winner_id: str = mapping.get("job_id")
+            winner_ref = self._jobs.document(winner_id)
+            winner = winner_ref.get(transaction=transaction)
+            mine = submitted.to_dict() or {}
+            theirs = winner.to_dict() or {}
+            transaction.update(
+                winner_ref,
+                {
+                    "source": "submit",
+                    "metadata": {**mine.get("metadata", {}), **theirs.get("metadata", {})},
+                    "model": theirs.get("model") or mine.get("model"),
+                    "input": theirs.get("input") or mine.get("input"),
+                },
+            )
+            transaction.delete(job_ref)
+            return winner_id
+
+        attached: str = run(self._client.transaction())
+        return attached
+
+    def fail_submission(self, job_id: str, message: str) -> Job:
+        """Make a job whose prediction could not be created final: failed, submit_failed."""
+        now = self._clock()
+        updates = {
+            "state": JobState.FAILED.value,
+            "error": message,
+            "error_code": "submit_failed",
+            "updated_at": now,
+            "announcer": "submit",
+        }
+        self._jobs.document(job_id).update(updates)
+        job = self.get(job_id)
+        if job is None:
+            raise LookupError(f"job {job_id} vanished")
+        return job
+
+    def find_quiet(self, states: list[str], quiet_since: datetime, *, limit: int) -> list[Job]:
+        """Jobs in `states` not written since `quiet_since`, oldest first.
+
+        Needs the composite index (state, updated_at) declared in infra/firestore.indexes.json.
+        """
+        query = (
+            self._jobs.where(filter=FieldFilter("state", "in", states))
+            .where(filter=FieldFilter("updated_at", "<", quiet_since))
+            .order_by("updated_at")
+            .limit(limit)
+        )
+        return [Job.model_validate(snapshot.to_dict()) for snapshot in query.stream()]
+
+    def find_unannounced(self, states: list[str], quiet_since: datetime, *, limit: int) -> list[Job]:
+        """Final jobs never announced on job-events and not written since `quiet_since`.
+
+        Needs the composite index (state, announced_at, updated_at) in infra/firestore.indexes.json.
+        """
+        query = (
+            self._jobs.where(filter=FieldFilter("state", "in", states))
+            .where(filter=FieldFilter("announced_at", "==", None))
+            .where(filter=FieldFilter("updated_at", "<", quiet_since))
+            .order_by("updated_at")
+            .limit(limit)
+        )
+        return [Job.model_validate(snapshot.to_dict()) for snapshot in query.stream()]
+
+    def abort_unsubmitted(self, job_id: str) -> Job | None:
+        """Abort a job still `submitted` with no prediction; None if it moved on meanwhile."""
+
+        @firestore.transactional
+        def run(transaction: firestore.Transaction) -> Job | None:
+            ref = self._jobs.document(job_id)
+            snapshot = ref.get(transaction=transaction)
+            if not snapshot.exists:
+                return None
+            job = Job.model_validate(snapshot.to_dict())
+            if job.state != JobState.SUBMITTED or job.prediction_id is not None:
+                return None
+            aborted = job.model_copy(
+                update={
+                    "state": JobState.ABORTED.value,
+                    "error": "the submission never recorded a prediction (a crash between creating the "
+                    "prediction and linking it?); a webhook for that prediction would have created its own job",
+                    "error_code": "submit_incomplete",
+                    "announcer": "reconciler",
+                    "updated_at": self._clock(),
+                }
+            )
+            transaction.set(ref, aborted.to_document())
+            return aborted
+
+        result: Job | None = run(self._client.transaction())
+        return result
 
     def get(self, job_id: str) -> Job | None:
         snapshot = self._jobs.document(job_id).get()

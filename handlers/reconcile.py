@@ -1,0 +1,159 @@
+"""The reconciler: the safety net for the one failure webhooks cannot cover, a final event that
+never arrived. Cloud Scheduler calls it every few minutes; it asks Replicate about jobs that went
+quiet and publishes what it learns into `replicate-events`, so the same handlers apply it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from relay import jobevents
+from relay.events import EventAttributes, PayloadError, Source, parse_prediction
+from relay.jobs import TERMINAL_STATES, Job, JobState
+from relay.jobstore import JobStore, utcnow
+from relay.publisher import PublishError, TopicPublisher
+from relay.replicate_api import ReplicateAPI, ReplicateAPIError
+
+log = logging.getLogger("relay.reconciler")
+
+ACTOR = "reconciler"
+# Replicate's view can move these on; `submitted` ones without a prediction id never will.
+_OPEN_STATES = [JobState.SUBMITTED.value, JobState.STARTING.value, JobState.PROCESSING.value, JobState.ARCHIVING.value]
+
+
+@dataclass(frozen=True)
+class ReconcileSettings:
+    quiet_after: timedelta = timedelta(minutes=10)  # a running job silent this long is checked
+    submitted_after: timedelta = timedelta(minutes=5)  # a job never linked to a prediction is aborted
+    max_jobs: int = 500
+    concurrency: int = 4
+    requests_per_second: float = 5.0
+
+
+@dataclass
+class Summary:
+    checked: int = 0
+    recovered: int = 0  # Replicate knew more than the job showed: an event was published
+    still_running: int = 0
+    aborted: int = 0  # submitted jobs that never got a prediction
+    announced: int = 0  # final jobs whose announcement had been lost
+    errors: int = 0
+    error_samples: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, int | list[str]]:
+        return {
+            "checked": self.checked,
+            "recovered": self.recovered,
+            "still_running": self.still_running,
+            "aborted": self.aborted,
+            "announced": self.announced,
+            "errors": self.errors,
+            "error_samples": self.error_samples[:5],
+        }
+
+
+class _RateLimit:
+    """At most `per_second` calls a second across threads."""
+
+    def __init__(self, per_second: float) -> None:
+        self._interval = 1.0 / per_second if per_second > 0 else 0.0
+        self._next = time.monotonic()
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            slot = max(now, self._next)
+            self._next = slot + self._interval
+        time.sleep(max(0.0, slot - now))
+
+
+@dataclass
+class Reconciler:
+    store: JobStore
+    replicate: ReplicateAPI
+    events: TopicPublisher
+    job_events: TopicPublisher
+    settings: ReconcileSettings = field(default_factory=ReconcileSettings)
+    clock: Callable[[], datetime] = utcnow
+
+    def run(self) -> Summary:
+        """One pass. Safe to run twice at once: what it publishes is deduplicated by the handlers."""
+        now = self.clock()
+        summary = Summary()
+        lock = threading.Lock()
+        quiet = self.store.find_quiet(_OPEN_STATES, now - self.settings.quiet_after, limit=self.settings.max_jobs)
+        limiter = _RateLimit(self.settings.requests_per_second)
+
+        def check(job: Job) -> None:
+            outcome, error = self._check(job, now, limiter)
+            with lock:
+                summary.checked += 1
+                setattr(summary, outcome, getattr(summary, outcome) + 1)
+                if error:
+                    summary.error_samples.append(error)
+
+        with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
+            list(pool.map(check, quiet))
+        summary.announced = self._announce_lost(now)
+        return summary
+
+    def _check(self, job: Job, now: datetime, limiter: _RateLimit) -> tuple[str, str | None]:
+        if job.prediction_id is None:
+            if job.updated_at and now - job.updated_at >= self.settings.submitted_after:
+                aborted = self.store.abort_unsubmitted(job.job_id)
+                if aborted is not None:
+                    self._announce(aborted)
+                    return "aborted", None
+            return "still_running", None
+        limiter.wait()
+        try:
+            body = self.replicate.get_prediction(job.prediction_id)
+            prediction = parse_prediction(body)
+        except (ReplicateAPIError, PayloadError) as error:
+            log.warning("reconciler could not read prediction %s: %s", job.prediction_id, error)
+            return "errors", f"{job.prediction_id}: {error}"
+        if prediction.status == job.replicate_status and not prediction.is_terminal:
+            return "still_running", None
+        attributes = EventAttributes(
+            prediction_id=prediction.id,
+            status=prediction.status,
+            # Deterministic per observed state, so two reconcilers publishing the same thing
+            # are one event to the handlers.
+            webhook_id=f"reconciler:{prediction.id}:{prediction.status}:{len(prediction.logs or '')}",
+            webhook_timestamp=int(now.timestamp()),
+            source=Source.RECONCILER,
+        )
+        try:
+            self.events.publish(body, attributes.to_message())
+        except PublishError as error:
+            return "errors", f"{job.prediction_id}: {error}"
+        log.info(
+            "reconciler recovered prediction %s: %s → %s",
+            prediction.id,
+            job.replicate_status,
+            prediction.status,
+            extra={"fields": {"job_id": job.job_id, "prediction_id": prediction.id, "status": prediction.status}},
+        )
+        return "recovered", None
+
+    def _announce_lost(self, now: datetime) -> int:
+        """Announce final jobs whose announcer failed to (for example a submit that Pub/Sub refused)."""
+        lost = self.store.find_unannounced(
+            [state.value for state in TERMINAL_STATES], now - self.settings.quiet_after, limit=self.settings.max_jobs
+        )
+        return sum(self._announce(job) for job in lost)
+
+    def _announce(self, job: Job) -> bool:
+        try:
+            jobevents.announce(self.job_events, job)
+            self.store.mark_announced(job.job_id)
+        except PublishError as error:
+            log.warning("reconciler could not announce job %s: %s", job.job_id, error)
+            return False
+        return True

@@ -1,0 +1,87 @@
+"""Replicate's HTTP API as the relay uses it, through Replicate's official Python client."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from replicate.client import Client as ReplicateClient
+from replicate.exceptions import ReplicateError
+
+DEFAULT_BASE_URL = "https://api.replicate.com"
+
+
+class ReplicateAPIError(Exception):
+    """Replicate refused or could not be reached. `transient` says whether trying later may help."""
+
+    def __init__(self, message: str, *, status: int | None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.transient = status is None or status == 429 or status >= 500
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """`owner/name` or `owner/name:version`."""
+
+    owner: str
+    name: str
+    version: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> ModelRef:
+        path, _, version = text.strip().partition(":")
+        owner, slash, name = path.partition("/")
+        if not (owner and slash and name) or "/" in name:
+            raise ValueError(f"model must look like OWNER/NAME or OWNER/NAME:VERSION, got {text!r}")
+        return cls(owner, name, version or None)
+
+    def __str__(self) -> str:
+        return f"{self.owner}/{self.name}" + (f":{self.version}" if self.version else "")
+
+
+class ReplicateAPI:
+    """Creates and reads predictions. One instance per process; thread-safe like httpx.Client."""
+
+    def __init__(self, client: ReplicateClient) -> None:
+        self._client = client
+
+    @classmethod
+    def connect(cls, token: str, *, base_url: str = DEFAULT_BASE_URL, timeout: float = 30.0) -> ReplicateAPI:
+        return cls(ReplicateClient(api_token=token, base_url=base_url, timeout=httpx.Timeout(timeout)))
+
+    def create_prediction(
+        self, model: ModelRef, input: dict[str, Any], *, webhook: str, events_filter: Sequence[str]
+    ) -> str:
+        """Start a prediction that reports to `webhook`; returns its id."""
+        params: dict[str, Any] = {"input": input, "webhook": webhook, "webhook_events_filter": list(events_filter)}
+        try:
+            if model.version:
+                prediction = self._client.predictions.create(version=model.version, **params)
+            else:
+                prediction = self._client.predictions.create(model=f"{model.owner}/{model.name}", **params)
+        except ReplicateError as error:
+            raise ReplicateAPIError(
+                f"Replicate refused the prediction: {error.detail or error}", status=error.status
+            ) from None
+        except httpx.HTTPError as error:
+            raise ReplicateAPIError(f"cannot reach Replicate: {type(error).__name__}: {error}", status=None) from None
+        return str(prediction.id)
+
+    def get_prediction(self, prediction_id: str) -> bytes:
+        """The prediction's JSON exactly as Replicate returns it (the same body its webhooks carry).
+
+        Read through the client's own authenticated HTTP session rather than
+        `predictions.get()`, whose model rejects statuses it does not list, such as `aborted`.
+        """
+        try:
+            response = self._client._request("GET", f"/v1/predictions/{prediction_id}")
+        except ReplicateError as error:
+            raise ReplicateAPIError(
+                f"cannot read prediction {prediction_id}: {error.detail or error}", status=error.status
+            ) from None
+        except httpx.HTTPError as error:
+            raise ReplicateAPIError(f"cannot reach Replicate: {type(error).__name__}: {error}", status=None) from None
+        return bytes(response.content)

@@ -1,0 +1,151 @@
+"""Submitting a prediction: the job first, then the prediction with the webhook set, then the link."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.cloud import firestore
+
+from relay.config import ConfigError, Env, Secret, project_id
+from relay.jobevents import announce
+from relay.jobs import DEFAULT_POLICY, Job, Policy, cut_input
+from relay.jobstore import JobStore
+from relay.publisher import PublishError, TopicPublisher
+from relay.replicate_api import DEFAULT_BASE_URL, ModelRef, ReplicateAPI, ReplicateAPIError
+
+# The first user's plan: every event, so the job shows progress. Replicate never retries the
+# intermediate ones, and each costs one Pub/Sub message and, at most once a second, one write.
+DEFAULT_EVENTS = ("start", "output", "logs", "completed")
+VALID_EVENTS = frozenset(DEFAULT_EVENTS)
+DEFAULT_MODEL = "flux-kontext-apps/restore-image"
+
+log = logging.getLogger("relay.submit")
+
+
+@dataclass(frozen=True)
+class SubmitSettings:
+    replicate_token: Secret
+    replicate_base_url: str
+    webhook_url: str
+    events_filter: tuple[str, ...]
+    default_model: str
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> SubmitSettings:
+        env = Env(environ)
+        events = env.get_list("RELAY_WEBHOOK_EVENTS", DEFAULT_EVENTS)
+        unknown = sorted(set(events) - VALID_EVENTS)
+        if unknown:
+            raise ConfigError(f"RELAY_WEBHOOK_EVENTS has unknown events {unknown}; use {sorted(VALID_EVENTS)}")
+        if "completed" not in events:
+            raise ConfigError("RELAY_WEBHOOK_EVENTS must include completed, or jobs never learn their outcome")
+        webhook_url = env.get_str("RELAY_WEBHOOK_URL")
+        if not webhook_url.startswith(("https://", "http://")):
+            raise ConfigError(f"RELAY_WEBHOOK_URL must be an http(s) URL, got {webhook_url!r}")
+        return cls(
+            replicate_token=Secret(env.get_str("REPLICATE_API_TOKEN")),
+            replicate_base_url=env.get_str("RELAY_REPLICATE_BASE_URL", DEFAULT_BASE_URL),
+            webhook_url=webhook_url,
+            events_filter=events,
+            default_model=env.get_str("RELAY_DEFAULT_MODEL", DEFAULT_MODEL),
+        )
+
+
+class SubmitFailed(Exception):
+    """Replicate did not accept the prediction; the job is recorded as failed (submit_failed)."""
+
+    def __init__(self, job: Job, message: str) -> None:
+        super().__init__(message)
+        self.job = job
+
+
+@dataclass
+class Submitter:
+    """Creates jobs and their predictions. Clients are created by the caller and shared."""
+
+    store: JobStore
+    replicate: ReplicateAPI
+    webhook_url: str
+    events_filter: Sequence[str] = DEFAULT_EVENTS
+    job_events: TopicPublisher | None = None
+    policy: Policy = field(default=DEFAULT_POLICY)
+
+    def submit(self, model: ModelRef, input: dict[str, Any], *, metadata: Mapping[str, str] | None = None) -> Job:
+        """Create `jobs/{id}` (submitted), then the prediction, then link them; returns the job.
+
+        A crash after the prediction is created but before the link is written loses nothing:
+        the prediction's first webhook creates a job for it (source webhook), and the reconciler
+        marks this submitted job aborted once it has waited long enough.
+        """
+        job = Job(
+            job_id=uuid.uuid4().hex,
+            source="submit",
+            model=str(model),
+            input=cut_input(input, self.policy.input_value_max_chars),
+            metadata=dict(metadata or {}),
+        )
+        self.store.create_submitted(job)
+        try:
+            prediction_id = self.replicate.create_prediction(
+                model, input, webhook=self.webhook_url, events_filter=self.events_filter
+            )
+        except ReplicateAPIError as error:
+            failed = self.store.fail_submission(job.job_id, str(error))
+            self._announce(failed)
+            raise SubmitFailed(failed, str(error)) from error
+        job_id = self.store.attach_prediction(job.job_id, prediction_id)
+        attached = self.store.get(job_id)
+        if attached is None:
+            raise LookupError(f"job {job_id} vanished after its prediction was attached")
+        return attached
+
+    def _announce(self, job: Job) -> None:
+        if self.job_events is None:
+            return
+        try:
+            announce(self.job_events, job)
+            self.store.mark_announced(job.job_id)
+        except PublishError as error:
+            # The job stays final and unannounced; the reconciler announces such jobs.
+            log.warning("could not announce job %s: %s", job.job_id, error)
+
+
+def run_submit(*, model: str | None, inputs: dict[str, Any], metadata: dict[str, str], wait_seconds: float) -> int:
+    """`python -m relay submit`: submit one prediction, print the job, optionally wait for its end."""
+    settings = SubmitSettings.from_env(os.environ)
+    try:
+        ref = ModelRef.parse(model or settings.default_model)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    project = project_id(Env(os.environ))
+    submitter = Submitter(
+        store=JobStore(firestore.Client(project=project)),
+        replicate=ReplicateAPI.connect(settings.replicate_token.value, base_url=settings.replicate_base_url),
+        webhook_url=settings.webhook_url,
+        events_filter=settings.events_filter,
+        job_events=TopicPublisher(f"projects/{project}/topics/job-events", deadline_seconds=10),
+    )
+    try:
+        job = submitter.submit(ref, inputs, metadata=metadata)
+    except SubmitFailed as error:
+        print(f"job {error.job.job_id} failed: {error}")
+        return 1
+    print(f"job {job.job_id} submitted: prediction {job.prediction_id} of {ref}")
+    deadline = time.monotonic() + wait_seconds
+    while wait_seconds and time.monotonic() < deadline:
+        current = submitter.store.get(job.job_id)
+        if current is not None and current.is_terminal:
+            uris = ", ".join(entry["gs_uri"] for entry in current.outputs if entry.get("gs_uri")) or "-"
+            print(f"job {current.job_id} {current.state}: outputs {uris}; error {current.error or '-'}")
+            return 0 if current.state == "succeeded" else 1
+        time.sleep(0.5)
+    if wait_seconds:
+        print(f"job {job.job_id} has not ended after {wait_seconds:g} s")
+        return 1
+    return 0
