@@ -52,9 +52,18 @@ def _parser() -> argparse.ArgumentParser:
         ("--receiver-port", "RELAY_DEV_RECEIVER_PORT", defaults.receiver_port),
         ("--job-status-port", "RELAY_DEV_JOB_STATUS_PORT", defaults.handler_ports["job-status"]),
         ("--archive-outputs-port", "RELAY_DEV_ARCHIVE_OUTPUTS_PORT", defaults.handler_ports["archive-outputs"]),
+        ("--reconciler-port", "RELAY_DEV_RECONCILER_PORT", defaults.reconciler_port),
+        ("--simulator-port", "RELAY_DEV_SIMULATOR_PORT", defaults.simulator_port),
     ]:
         dev.add_argument(flag, type=int, default=int(env.get(variable, default)), help=f"(env {variable})")
     dev.add_argument("--log-dir", type=Path, default=defaults.log_dir, help="where each process logs")
+    dev.add_argument(
+        "--reconcile-every",
+        type=float,
+        default=defaults.reconcile_every,
+        metavar="SECONDS",
+        help="run the reconciler this often, as Cloud Scheduler does in production (0: never)",
+    )
     dev.add_argument("--demo", action="store_true", help="send a signed sample prediction lifecycle once up")
     dev.add_argument("--exit-after-demo", action="store_true", help="stop once the demo is done (for scripts)")
     dev.set_defaults(command=_dev)
@@ -124,6 +133,9 @@ def _dev(args: argparse.Namespace) -> int:
         storage_port=args.storage_port,
         receiver_port=args.receiver_port,
         handler_ports={"job-status": args.job_status_port, "archive-outputs": args.archive_outputs_port},
+        reconciler_port=args.reconciler_port,
+        simulator_port=args.simulator_port,
+        reconcile_every=args.reconcile_every,
         log_dir=args.log_dir,
     )
     stack = LocalStack(config)
@@ -136,12 +148,15 @@ def _dev(args: argparse.Namespace) -> int:
         print(f"Ready in {time.monotonic() - started:.1f} s. Logs in {config.log_dir}/")
         _print_addresses(stack)
         if args.demo:
-            from relay.devstack.demo import run_demo  # noqa: PLC0415 - needs the emulator env set first
+            from relay.devstack.demo import DEMO_JOBS, run_demo  # noqa: PLC0415 - needs the emulator env set first
 
-            job = run_demo(stack)
-            print(f"\nJob {job.job_id} reached {job.state}.")
+            jobs = run_demo(stack)
+            expected = ["succeeded"] + [demo.expected for demo in DEMO_JOBS]
+            ended_as_expected = [job.state for job in jobs] == expected
+            verdict = "every job ended where expected" if ended_as_expected else "NOT every job ended as expected"
+            print(f"\nDemo finished: {verdict}.")
             if args.exit_after_demo:
-                return 0 if job.state == "succeeded" else 1
+                return 0 if ended_as_expected else 1
         print("\nServing; Ctrl-C stops everything.", flush=True)
         return _watch(stack)
     except KeyboardInterrupt:
@@ -157,10 +172,12 @@ def _print_addresses(stack: LocalStack) -> None:
     print(f"  receiver (webhook URL)  {stack.receiver_url}/")
     for name in stack.served_handlers:
         print(f"  {name + ' handler':<23} {stack.handler_url(name)}/")
+    print(f"  reconciler              {stack.reconciler_url}/  (POST; every {stack.config.reconcile_every:g} s here)")
+    print(f"  Replicate simulator     {stack.simulator_url}  (REPLICATE_BASE_URL for the client)")
     print(f"  Pub/Sub emulator        {env['PUBSUB_EMULATOR_HOST']}")
     print(f"  Firestore emulator      {env['FIRESTORE_EMULATOR_HOST']}")
     print(f"  Cloud Storage emulator  {env['STORAGE_EMULATOR_HOST']}")
-    exports = " ".join(f"{name}={value}" for name, value in env.items())
+    exports = " ".join(f"{name}={value}" for name, value in stack.client_env.items())
     print(f"  for other shells:       export {exports}")
 
 

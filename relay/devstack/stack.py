@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from relay.devstack.processes import ManagedProcess, StackError, ensure_port_free, http_answers, log_contains
+from relay.devstack.scheduler import Scheduler, call_reconciler
 from relay.topology import DEFAULT_PATH as DEFAULT_TOPOLOGY
 from relay.topology import Topology, load, provision
 
@@ -39,6 +40,8 @@ class FunctionSpec:
 
 
 RECEIVER = FunctionSpec(source="receiver/main.py", target="receive", asgi=True)
+RECONCILER = FunctionSpec(source="handlers/main.py", target="reconcile")
+DEV_REPLICATE_TOKEN = "r8_local_simulator_token"  # noqa: S105 - the simulator accepts any token
 # The push handler each subscription in the topology names, as served locally.
 HANDLERS: dict[str, FunctionSpec] = {
     "job-status": FunctionSpec(source="handlers/main.py", target="job_status"),
@@ -55,6 +58,10 @@ class StackConfig:
     storage_port: int = 4443
     receiver_port: int = 8080
     handler_ports: Mapping[str, int] = field(default_factory=lambda: {"job-status": 8081, "archive-outputs": 8082})
+    reconciler_port: int = 8083
+    simulator_port: int = 8090
+    # Cloud Scheduler's part: POST the reconciler this often (0: never; tests call it themselves).
+    reconcile_every: float = 15.0
     webhook_secrets: tuple[str, ...] = (DEV_WEBHOOK_SECRET,)
     log_dir: Path = REPO_ROOT / ".relay" / "logs"
     topology_path: Path = DEFAULT_TOPOLOGY
@@ -70,6 +77,7 @@ class LocalStack:
         self.topology: Topology = load(config.topology_path)
         self.emulators: dict[str, ManagedProcess] = {}
         self.functions: dict[str, ManagedProcess] = {}
+        self._scheduler: Scheduler | None = None
 
     # Addresses ----------------------------------------------------------------------------
 
@@ -93,6 +101,24 @@ class LocalStack:
             "STORAGE_EMULATOR_HOST": f"http://{host}:{self.config.storage_port}",
             "RELAY_PROJECT": self.config.project,
             "GOOGLE_CLOUD_PROJECT": self.config.project,
+        }
+
+    @property
+    def simulator_url(self) -> str:
+        return self.url(self.config.simulator_port)
+
+    @property
+    def reconciler_url(self) -> str:
+        return self.url(self.config.reconciler_port)
+
+    @property
+    def client_env(self) -> dict[str, str]:
+        """What `relay submit` and other clients of the stack need: emulators, simulator, webhook URL."""
+        return {
+            **self.emulator_env,
+            "REPLICATE_API_TOKEN": DEV_REPLICATE_TOKEN,
+            "RELAY_REPLICATE_BASE_URL": self.simulator_url,
+            "RELAY_WEBHOOK_URL": self.receiver_url + "/",
         }
 
     @property
@@ -123,6 +149,8 @@ class LocalStack:
             "Firestore emulator": config.firestore_port,
             "Cloud Storage emulator": config.storage_port,
             "receiver": config.receiver_port,
+            "reconciler": config.reconciler_port,
+            "Replicate simulator": config.simulator_port,
         }
         ports.update({f"{name} handler": config.handler_ports[name] for name in self.served_handlers})
         for what, port in ports.items():
@@ -164,19 +192,62 @@ class LocalStack:
                 subscriber.close()
 
     def start_functions(self) -> None:
-        env = {**os.environ, **self.emulator_env, **self.config.extra_env}
+        config = self.config
+        simulator_host = f"{config.host}:{config.simulator_port}"
+        env = {
+            **os.environ,
+            **self.client_env,
+            # Development defaults, each overridable through extra_env.
+            "RELAY_RECONCILE_QUIET_SECONDS": "10",
+            "RELAY_RECONCILE_SUBMITTED_SECONDS": "30",
+            **config.extra_env,
+        }
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-        env["RELAY_WEBHOOK_SECRETS"] = " ".join(self.config.webhook_secrets)
-        env.setdefault("RELAY_BUCKET", self.topology.bucket.name(self.config.project))
-        self.functions["receiver"] = self._function("receiver", RECEIVER, self.config.receiver_port, env)
+        env["RELAY_WEBHOOK_SECRETS"] = " ".join(config.webhook_secrets)
+        env.setdefault("RELAY_BUCKET", self.topology.bucket.name(config.project))
+        # The simulator serves output files over plain HTTP on loopback: allow exactly that host.
+        env["RELAY_DOWNLOAD_LOCAL_HOSTS"] = " ".join(
+            filter(None, [env.get("RELAY_DOWNLOAD_LOCAL_HOSTS"), simulator_host])
+        )
+
+        self.functions["simulator"] = ManagedProcess(
+            "Replicate simulator",
+            [
+                sys.executable,
+                "-m",
+                "relay.simulator",
+                "--host",
+                config.host,
+                "--port",
+                str(config.simulator_port),
+                "--log-level",
+                "warning",
+            ],
+            log_path=config.log_dir / "simulator.log",
+            ready=http_answers(self.simulator_url + "/_sim/health"),
+            env={**env, "RELAY_SIM_WEBHOOK_SECRETS": " ".join(config.webhook_secrets)},
+            cwd=REPO_ROOT,
+        )
+        self.functions["receiver"] = self._function("receiver", RECEIVER, config.receiver_port, env)
         for name in self.served_handlers:
-            self.functions[name] = self._function(name, HANDLERS[name], self.config.handler_ports[name], env)
+            self.functions[name] = self._function(name, HANDLERS[name], config.handler_ports[name], env)
+        self.functions["reconciler"] = self._function("reconciler", RECONCILER, config.reconciler_port, env)
         for process in self.functions.values():
             process.start()
         for process in self.functions.values():
-            process.wait_ready(self.config.start_timeout)
+            process.wait_ready(config.start_timeout)
+        if config.reconcile_every > 0:
+            self._scheduler = Scheduler(self.reconciler_url + "/", every=config.reconcile_every)
+            self._scheduler.start()
+
+    def reconcile(self) -> dict[str, object]:
+        """Run the reconciler once, as Cloud Scheduler would; returns its summary."""
+        return call_reconciler(self.reconciler_url + "/")
 
     def stop(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.stop()
+            self._scheduler = None
         for process in [*reversed(self.functions.values()), *reversed(self.emulators.values())]:
             process.stop()
         self.functions.clear()
@@ -253,7 +324,7 @@ class LocalStack:
             argv,
             log_path=self.config.log_dir / f"{name}.log",
             ready=http_answers(self.url(port) + ready_path),
-            env={**env, "K_SERVICE": name},
+            env={**env, "K_SERVICE": name, "FUNCTION_TARGET": spec.target},
             cwd=REPO_ROOT,
         )
 

@@ -48,6 +48,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, files: FileServer) -> Iterat
         storage_port=free_port(),
         receiver_port=free_port(),
         handler_ports={"job-status": free_port(), "archive-outputs": free_port()},
+        reconciler_port=free_port(),
+        simulator_port=free_port(),
+        reconcile_every=0,  # tests run the reconciler themselves
         log_dir=tmp_path_factory.mktemp("stack-logs"),
         # Short enough that a test of Pub/Sub being down is quick; long enough for a busy CI box.
         extra_env={
@@ -64,7 +67,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, files: FileServer) -> Iterat
     local = LocalStack(config)
     local.start()
     with pytest.MonkeyPatch.context() as patch:
-        for name, value in local.emulator_env.items():
+        for name, value in local.client_env.items():
             patch.setenv(name, value)
         try:
             yield local
