@@ -175,12 +175,10 @@ def _announce_if_owed(clients: Clients, job: Job | None, actor: str) -> bool:
     if job is None or not needs_announcement(job, actor):
         return False
     try:
-        jobevents.announce(clients.job_events, job)
-        clients.store.mark_announced(job.job_id)
+        return jobevents.announce_once(clients.store, clients.job_events, job)
     except PublishError as error:
         # The transition is committed; redelivery of this message announces it then.
         raise TransientError("announce_failed", str(error)) from error
-    return True
 
 
 def _event_fields(envelope: PushEnvelope, source: str) -> dict[str, Any]:

@@ -151,9 +151,7 @@ class Reconciler:
 
     def _announce(self, job: Job) -> bool:
         try:
-            jobevents.announce(self.job_events, job)
-            self.store.mark_announced(job.job_id)
+            return jobevents.announce_once(self.store, self.job_events, job)
         except PublishError as error:
             log.warning("reconciler could not announce job %s: %s", job.job_id, error)
             return False
-        return True

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from relay.jobs import Job
+from relay.jobstore import JobStore
 from relay.publisher import TopicPublisher
 
 SCHEMA_VERSION = "1"
@@ -52,3 +53,18 @@ def announce(publisher: TopicPublisher, job: Job) -> str:
     """Publish the job's final state and wait for Pub/Sub; raises PublishError."""
     data, attributes = job_event(job)
     return publisher.publish(data, attributes)
+
+
+def announce_once(store: JobStore, publisher: TopicPublisher, job: Job) -> bool:
+    """Announce a final job unless it was announced or another process is announcing it.
+
+    Returns whether this call published. Raises PublishError (the claim then lapses, so a retry
+    announces it). A crash between publishing and recording leaves a duplicate, which consumers
+    drop by `event_id`.
+    """
+    claimed = store.claim_announcement(job.job_id)
+    if claimed is None:
+        return False
+    announce(publisher, claimed)
+    store.mark_announced(claimed.job_id)
+    return True

@@ -81,6 +81,7 @@ class Job(BaseModel):
     # Who announces the final state on job-events: the handler whose transaction made it final.
     announcer: str | None = None
     announced_at: datetime | None = None
+    announce_claimed_at: datetime | None = None  # see JobStore.claim_announcement
 
     @property
     def is_terminal(self) -> bool:

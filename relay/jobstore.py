@@ -6,17 +6,21 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
+from google.api_core import exceptions as google_exceptions
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from relay.events import PredictionEvent
 from relay.jobs import DEFAULT_POLICY, Decision, Failure, Job, JobState, Outcome, Policy, apply_event, finish_archive
 
+T = TypeVar("T")
+
 JOBS = "jobs"
 PREDICTIONS = "predictions"
 EVENTS = "events"  # jobs/{job_id}/events/{hash of webhook-id}: dedup and audit record
+_TRANSACTION_ATTEMPTS = 10
 
 
 def utcnow() -> datetime:
@@ -79,6 +83,31 @@ class JobStore:
 
         return self._transact(event, work)
 
+    def claim_announcement(self, job_id: str, *, lease: timedelta = timedelta(seconds=60)) -> Job | None:
+        """Take the right to announce a final job; None if it is announced or someone else holds it.
+
+        Two deliveries of the same final event can be handled at once; only the one holding the
+        claim publishes. A claim not followed by mark_announced lapses after `lease`, so a failed
+        publish is retried by a redelivery or the reconciler.
+        """
+
+        @firestore.transactional
+        def run(transaction: firestore.Transaction) -> Job | None:
+            ref = self._jobs.document(job_id)
+            snapshot = ref.get(transaction=transaction)
+            if not snapshot.exists:
+                return None
+            job = Job.model_validate(snapshot.to_dict())
+            now = self._clock()
+            held = job.announce_claimed_at is not None and now - job.announce_claimed_at < lease
+            if not job.is_terminal or job.announced_at is not None or held:
+                return None
+            transaction.update(ref, {"announce_claimed_at": now})
+            return job
+
+        claimed: Job | None = self._commit(run)
+        return claimed
+
     def mark_announced(self, job_id: str) -> None:
         """Note that the job's final state went out on job-events (a final state never changes)."""
         self._jobs.document(job_id).update({"announced_at": self._clock()})
@@ -122,7 +151,7 @@ class JobStore:
             transaction.delete(job_ref)
             return winner_id
 
-        attached: str = run(self._client.transaction())
+        attached: str = self._commit(run)
         return attached
 
     def fail_submission(self, job_id: str, message: str) -> Job:
@@ -193,7 +222,7 @@ class JobStore:
             transaction.set(ref, aborted.to_document())
             return aborted
 
-        result: Job | None = run(self._client.transaction())
+        result: Job | None = self._commit(run)
         return result
 
     def get(self, job_id: str) -> Job | None:
@@ -235,8 +264,21 @@ class JobStore:
                 transaction.set(job_ref, result.job.to_document())
             return Applied(result.outcome, job_id, result.job or job)
 
-        applied: Applied = run(self._client.transaction())
+        applied: Applied = self._commit(run)
         return applied
+
+    def _commit(self, run: Callable[[firestore.Transaction], T]) -> T:
+        """Run a @transactional function; contention that outlasts its retries becomes `Aborted`.
+
+        The client retries a conflicting transaction at once, without backoff, and raises a bare
+        ValueError when its attempts run out; callers treat Aborted as transient and retry later.
+        """
+        try:
+            return run(self._client.transaction(max_attempts=_TRANSACTION_ATTEMPTS))
+        except ValueError as error:
+            if "Failed to commit transaction" not in str(error):
+                raise
+            raise google_exceptions.Aborted(f"Firestore transaction contended: {error}") from error  # type: ignore[no-untyped-call]
 
     def _event_record(self, event: PredictionEvent, outcome: Outcome, now: datetime) -> dict[str, Any]:
         attributes = event.attributes

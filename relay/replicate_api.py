@@ -70,6 +70,10 @@ class ReplicateAPI:
             raise ReplicateAPIError(f"cannot reach Replicate: {type(error).__name__}: {error}", status=None) from None
         return str(prediction.id)
 
+    def close(self) -> None:
+        """Close the client's HTTP connections (the client itself has no close method)."""
+        self._client._client.close()
+
     def get_prediction(self, prediction_id: str) -> bytes:
         """The prediction's JSON exactly as Replicate returns it (the same body its webhooks carry).
 

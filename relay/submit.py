@@ -13,7 +13,7 @@ from typing import Any
 from google.cloud import firestore
 
 from relay.config import ConfigError, Env, Secret, project_id
-from relay.jobevents import announce
+from relay.jobevents import announce_once
 from relay.jobs import DEFAULT_POLICY, Job, Policy, cut_input
 from relay.jobstore import JobStore
 from relay.publisher import PublishError, TopicPublisher
@@ -109,8 +109,7 @@ class Submitter:
         if self.job_events is None:
             return
         try:
-            announce(self.job_events, job)
-            self.store.mark_announced(job.job_id)
+            announce_once(self.store, self.job_events, job)
         except PublishError as error:
             # The job stays final and unannounced; the reconciler announces such jobs.
             log.warning("could not announce job %s: %s", job.job_id, error)
@@ -136,6 +135,8 @@ def run_submit(*, model: str | None, inputs: dict[str, Any], metadata: dict[str,
     except SubmitFailed as error:
         print(f"job {error.job.job_id} failed: {error}")
         return 1
+    finally:
+        submitter.replicate.close()
     print(f"job {job.job_id} submitted: prediction {job.prediction_id} of {ref}")
     deadline = time.monotonic() + wait_seconds
     while wait_seconds and time.monotonic() < deadline:

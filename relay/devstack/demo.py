@@ -95,6 +95,7 @@ def _submitted_jobs(stack: LocalStack, db: firestore.Client, say: Say, *, timeou
     if stack.config.reconcile_every > 0:
         say(f"  (the reconciler runs every {stack.config.reconcile_every:g} s and checks jobs quiet for 10 s)")
 
+    submitter.replicate.close()
     finals = _follow(db, started, say, timeout)
     say("\n  job                               expected   state      end-to-end  outputs")
     for job_id, (demo, _) in started.items():

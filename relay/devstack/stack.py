@@ -240,6 +240,15 @@ class LocalStack:
             self._scheduler = Scheduler(self.reconciler_url + "/", every=config.reconcile_every)
             self._scheduler.start()
 
+    def stop_function(self, name: str) -> None:
+        """Stop one function process (the receiver, say), keeping its definition for start_function."""
+        self.functions[name].stop()
+
+    def start_function(self, name: str) -> None:
+        process = self.functions[name]
+        process.start()
+        process.wait_ready(self.config.start_timeout)
+
     def reconcile(self) -> dict[str, object]:
         """Run the reconciler once, as Cloud Scheduler would; returns its summary."""
         return call_reconciler(self.reconciler_url + "/")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -62,6 +63,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, files: FileServer) -> Iterat
             "RELAY_DOWNLOAD_LOCAL_HOSTS": files.host,
             "RELAY_DOWNLOAD_MAX_BYTES": str(DOWNLOAD_CAP),
             "RELAY_OUTPUT_VALUE_MAX_BYTES": str(OUTPUT_VALUE_CAP),
+            "RELAY_RECONCILE_QUIET_SECONDS": "3",
+            "RELAY_RECONCILE_SUBMITTED_SECONDS": "3",
         },
     )
     local = LocalStack(config)
@@ -102,18 +105,33 @@ def sign(stack: LocalStack) -> Callable[..., SignedWebhook]:
     return signer
 
 
-Tap = Callable[[], list[pubsub_v1.types.ReceivedMessage]]
+class Tap:
+    """A pull subscription made for one test. Calling it pulls (and acknowledges) what has arrived
+    since; `received` keeps everything pulled so far, whoever asked."""
+
+    def __init__(self, subscriber: pubsub_v1.SubscriberClient, path: str) -> None:
+        self._subscriber = subscriber
+        self._path = path
+        self.received: list[pubsub_v1.types.ReceivedMessage] = []
+
+    def __call__(self) -> list[pubsub_v1.types.ReceivedMessage]:
+        response = self._subscriber.pull(request={"subscription": self._path, "max_messages": 100}, timeout=10)
+        messages = list(response.received_messages)
+        if messages:
+            self._subscriber.acknowledge(request={"subscription": self._path, "ack_ids": [m.ack_id for m in messages]})
+        self.received.extend(messages)
+        return messages
 
 
 @pytest.fixture
 def tap(stack: LocalStack) -> Iterator[Tap]:
-    """A pull subscription on replicate-events made for one test: what the receiver published."""
+    """What the receiver published on replicate-events during one test."""
     yield from _tap(stack, "replicate-events")
 
 
 @pytest.fixture
 def job_events(stack: LocalStack) -> Iterator[Tap]:
-    """A pull subscription on job-events made for one test: what the handlers announced."""
+    """What the handlers announced on job-events during one test."""
     yield from _tap(stack, "job-events")
 
 
@@ -122,18 +140,21 @@ def _tap(stack: LocalStack, topic: str) -> Iterator[Tap]:
     project = stack.config.project
     path = subscriber.subscription_path(project, f"tap-{uuid.uuid4().hex[:8]}")
     subscriber.create_subscription(request={"name": path, "topic": f"projects/{project}/topics/{topic}"})
-
-    def pull() -> list[pubsub_v1.types.ReceivedMessage]:
-        response = subscriber.pull(request={"subscription": path, "max_messages": 100}, timeout=10)
-        if response.received_messages:
-            subscriber.acknowledge(
-                request={"subscription": path, "ack_ids": [m.ack_id for m in response.received_messages]}
-            )
-        return list(response.received_messages)
-
-    yield pull
+    yield Tap(subscriber, path)
     subscriber.delete_subscription(request={"subscription": path})
     subscriber.close()
+
+
+def announcements(job_events: Tap, job_id: str, *, settle: float = 2.0) -> list[dict[str, Any]]:
+    """Every job-events message for `job_id`, waiting `settle` seconds after the first for duplicates."""
+
+    def mine() -> list[dict[str, Any]]:
+        job_events()
+        return [json.loads(m.message.data) for m in job_events.received if m.message.attributes.get("job_id") == job_id]
+
+    wait_for(mine, what=f"an announcement for {job_id}")
+    time.sleep(settle)
+    return mine()
 
 
 def unique_id() -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,9 +20,9 @@ from tests.integration.conftest import (
     DOWNLOAD_CAP,
     OUTPUT_VALUE_CAP,
     Tap,
+    announcements,
     read_job,
     unique_id,
-    wait_for,
     wait_for_job,
 )
 from tests.integration.fileserver import Answer, FileServer
@@ -52,20 +51,6 @@ def succeed(post: Post, sign: Sign) -> Callable[..., SignedWebhook]:
 
 def crc32c(data: bytes) -> str:
     return base64.b64encode(google_crc32c.Checksum(data).digest()).decode()
-
-
-def announcements(job_events: Tap, job_id: str, *, settle: float = 2.0) -> list[dict[str, Any]]:
-    """Every job-events message for `job_id`, waiting `settle` seconds after the first for duplicates."""
-    found: list[dict[str, Any]] = []
-
-    def pull() -> list[dict[str, Any]]:
-        found.extend(json.loads(m.message.data) for m in job_events() if m.message.attributes.get("job_id") == job_id)
-        return found
-
-    wait_for(pull, what=f"an announcement for {job_id}")
-    time.sleep(settle)
-    pull()
-    return found
 
 
 def test_single_file_is_archived_with_content_type_and_checksum_and_announced_once(
@@ -184,7 +169,8 @@ def test_expired_file_fails_the_job_with_output_expired_and_is_acknowledged(
     [event] = announcements(job_events, prediction_id)
     assert (event["type"], event["error_code"]) == ("job.failed", "output_expired")
     lines = _log_lines(stack, "archive-outputs", prediction_id)
-    assert [line["outcome"] for line in lines] == ["applied"]  # answered 200 once: not retried
+    # Answered 200 once, not retried: "created" when it got there before job-status did.
+    assert [line["outcome"] for line in lines] in (["applied"], ["created"])
 
 
 def test_server_error_is_retried_and_files_already_stored_are_not_copied_again(

@@ -146,5 +146,9 @@ def _events_recorded(db: firestore.Client, job_id: str, expected: int) -> list[d
 
 
 def _comparable(document: dict[str, Any], prediction_id: str) -> dict[str, Any]:
-    document = {k: v for k, v in document.items() if k not in {"job_id", "prediction_id", "updated_at", "announced_at"}}
+    document = {
+        k: v
+        for k, v in document.items()
+        if k not in {"job_id", "prediction_id", "updated_at", "announced_at", "announce_claimed_at"}
+    }
     return json.loads(json.dumps(document, default=str).replace(prediction_id, "ID"))
