@@ -93,11 +93,9 @@ class JobStore:
 
         @firestore.transactional
         def run(transaction: firestore.Transaction) -> Job | None:
-            ref = self._jobs.document(job_id)
-            snapshot = ref.get(transaction=transaction)
-            if not snapshot.exists:
+            ref, job = self._read(transaction, job_id)
+            if job is None:
                 return None
-            job = Job.model_validate(snapshot.to_dict())
             now = self._clock()
             held = job.announce_claimed_at is not None and now - job.announce_claimed_at < lease
             if not job.is_terminal or job.announced_at is not None or held:
@@ -202,12 +200,8 @@ class JobStore:
 
         @firestore.transactional
         def run(transaction: firestore.Transaction) -> Job | None:
-            ref = self._jobs.document(job_id)
-            snapshot = ref.get(transaction=transaction)
-            if not snapshot.exists:
-                return None
-            job = Job.model_validate(snapshot.to_dict())
-            if job.state != JobState.SUBMITTED or job.prediction_id is not None:
+            ref, job = self._read(transaction, job_id)
+            if job is None or job.state != JobState.SUBMITTED or job.prediction_id is not None:
                 return None
             aborted = job.model_copy(
                 update={
@@ -266,6 +260,11 @@ class JobStore:
 
         applied: Applied = self._commit(run)
         return applied
+
+    def _read(self, transaction: firestore.Transaction, job_id: str) -> tuple[firestore.DocumentReference, Job | None]:
+        ref = self._jobs.document(job_id)
+        snapshot = ref.get(transaction=transaction)
+        return ref, Job.model_validate(snapshot.to_dict()) if snapshot.exists else None
 
     def _commit(self, run: Callable[[firestore.Transaction], T]) -> T:
         """Run a @transactional function; contention that outlasts its retries becomes `Aborted`.

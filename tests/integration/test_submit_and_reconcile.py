@@ -176,3 +176,18 @@ def test_replicate_api_reports_unknown_predictions_as_permanent(replicate_api: R
     with pytest.raises(ReplicateAPIError) as raised:
         replicate_api.get_prediction("doesnotexist")
     assert (raised.value.status, raised.value.transient) == (404, False)
+
+
+def test_reconciler_on_an_empty_database_checks_nothing_and_succeeds(stack: LocalStack) -> None:
+    # Clear the Firestore emulator (every test uses its own ids, so nothing later depends on it).
+    host = stack.emulator_env["FIRESTORE_EMULATOR_HOST"]
+    url = f"http://{host}/emulator/v1/projects/{stack.config.project}/databases/(default)/documents"
+    httpx.delete(url, timeout=10).raise_for_status()
+    summary = stack.reconcile()
+    assert {key: summary[key] for key in ("checked", "recovered", "aborted", "announced", "errors")} == {
+        "checked": 0,
+        "recovered": 0,
+        "aborted": 0,
+        "announced": 0,
+        "errors": 0,
+    }
