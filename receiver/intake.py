@@ -17,7 +17,7 @@ from receiver.errors import (
 )
 from receiver.limiter import FailureLimiter
 from receiver.settings import ReceiverSettings
-from relay.events import EventAttributes, PayloadError, Source, parse_prediction
+from relay.events import EventAttributes, PayloadError, Source, parse_prediction_ref
 from relay.publisher import AsyncPublisher, PublishError
 from relay.webhooks import VerificationError, verify
 
@@ -84,7 +84,7 @@ class Intake:
             kind = BadRequest if error.malformed else Unauthorized
             raise kind(error.reason, error.message) from None
         try:
-            prediction = parse_prediction(raw)
+            prediction = parse_prediction_ref(raw)
         except PayloadError as error:
             raise BadRequest(error.reason, error.message) from None
 

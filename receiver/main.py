@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -44,20 +45,23 @@ def _get_intake() -> Intake:
 
 async def receive(request: Request) -> Response:
     """Verify one Replicate webhook and answer 200 only once Pub/Sub holds it."""
-    if request.url.path == HEALTH_PATH and request.method in {"GET", "HEAD"}:
+    # scope["path"] rather than request.url: building a URL object costs ~5% of a request here.
+    if request.scope["path"] == HEALTH_PATH and request.method in {"GET", "HEAD"}:
         return JSONResponse({"status": "ok"})  # deliberately does not touch Pub/Sub
 
     started = time.perf_counter()
-    webhook_id = _printable(request.headers.get("webhook-id"))
+    # One pass over the raw ASGI headers (already lower-case) into a dict: Starlette's Headers
+    # scans its list on every lookup, and a webhook needs six of them.
+    headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in request.scope["headers"]}
     client = client_key(
         request.client.host if request.client else None,
-        request.headers.get("x-forwarded-for"),
+        headers.get("x-forwarded-for"),
         SETTINGS.trusted_proxy_hops,
     )
     try:
         if request.method != "POST":
             raise MethodNotAllowed("method_not_allowed", f"{request.method} is not accepted; Replicate POSTs")
-        accepted = await _get_intake().handle(request.headers, request.stream(), client=client)
+        accepted = await _get_intake().handle(headers, request.stream(), client=client)
     except Rejected as rejected:
         level = logging.ERROR if rejected.status >= 500 else logging.WARNING
         log.log(
@@ -68,7 +72,7 @@ async def receive(request: Request) -> Response:
                 outcome="rejected",
                 http_status=rejected.status,
                 reason=rejected.reason,
-                webhook_id=webhook_id,
+                webhook_id=_printable(headers.get("webhook-id")),
                 client=client,
                 latency_ms=_elapsed_ms(started),
             ),
@@ -86,7 +90,11 @@ async def receive(request: Request) -> Response:
             latency_ms=_elapsed_ms(started),
         ),
     )
-    return JSONResponse({"status": "accepted", "message_id": accepted.message_id})
+    return Response(_accepted_body(accepted.message_id), media_type="application/json")
+
+
+def _accepted_body(message_id: str) -> bytes:
+    return b'{"status":"accepted","message_id":' + json.dumps(message_id).encode() + b"}"
 
 
 def _elapsed_ms(started: float) -> float:

@@ -72,16 +72,12 @@ class Prediction(BaseModel):
     @field_validator("id")
     @classmethod
     def _check_id(cls, value: str) -> str:
-        if not _PREDICTION_ID.fullmatch(value):
-            raise ValueError("must be 1-128 letters, digits, '-' or '_'")
-        return value
+        return _check_id(value)
 
     @field_validator("status")
     @classmethod
     def _check_status(cls, value: str) -> str:
-        if not value or len(value) > _MAX_STATUS_LENGTH or not value.isprintable():
-            raise ValueError(f"must be a non-empty printable string of at most {_MAX_STATUS_LENGTH} characters")
-        return value
+        return _check_status(value)
 
     @property
     def is_terminal(self) -> bool:
@@ -93,8 +89,46 @@ TERMINAL_STATUSES = frozenset(
 )
 
 
-def parse_prediction(body: bytes) -> Prediction:
-    """Parse a webhook body or message data into a Prediction, or raise PayloadError."""
+def _check_id(value: str) -> str:
+    if not _PREDICTION_ID.fullmatch(value):
+        raise ValueError("must be 1-128 letters, digits, '-' or '_'")
+    return value
+
+
+def _check_status(value: str) -> str:
+    if not value or len(value) > _MAX_STATUS_LENGTH or not value.isprintable():
+        raise ValueError(f"must be a non-empty printable string of at most {_MAX_STATUS_LENGTH} characters")
+    return value
+
+
+@dataclass(frozen=True)
+class PredictionRef:
+    """What the receiver needs of a body: which prediction, in which status."""
+
+    id: str
+    status: str
+
+
+def parse_prediction_ref(body: bytes) -> PredictionRef:
+    """Check that a body is a JSON object with a valid `id` and `status`, and nothing more.
+
+    The receiver's check: the same rules as `Prediction` for those two fields, without building
+    the whole model (the handlers do that), which halves the receiver's parsing cost.
+    """
+    document = _load_object(body)
+    checked: dict[str, str] = {}
+    for name, check in (("id", _check_id), ("status", _check_status)):
+        value = document.get(name)
+        if not isinstance(value, str):
+            raise PayloadError("invalid_prediction", f"prediction {name}: must be a string")
+        try:
+            checked[name] = check(value)
+        except ValueError as error:
+            raise PayloadError("invalid_prediction", f"prediction {name}: {error}") from None
+    return PredictionRef(checked["id"], checked["status"])
+
+
+def _load_object(body: bytes) -> dict[str, Any]:
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
@@ -107,6 +141,12 @@ def parse_prediction(body: bytes) -> Prediction:
         raise PayloadError("invalid_json", f"body is not valid JSON: {error}") from None
     if not isinstance(document, dict):
         raise PayloadError("not_an_object", "body is not a JSON object")
+    return document
+
+
+def parse_prediction(body: bytes) -> Prediction:
+    """Parse a webhook body or message data into a Prediction, or raise PayloadError."""
+    document = _load_object(body)
     try:
         return Prediction.model_validate(document)
     except RecursionError:

@@ -32,6 +32,7 @@ _METHOD = "/google.pubsub.v1.Publisher/Publish"
 # Pub/Sub's limits on one Publish request: 1,000 messages and 10 MB.
 _MAX_BATCH_MESSAGES = 1000
 _MAX_BATCH_BYTES = 9_000_000
+_MAX_IN_FLIGHT = 2
 _RETRYABLE = frozenset(
     {
         grpc.StatusCode.UNAVAILABLE,
@@ -79,11 +80,11 @@ class AsyncTopicPublisher:
         future: asyncio.Future[str] = loop.create_future()
         size = len(data) + sum(len(k) + len(v) for k, v in attributes.items())
         if self._pending and self._pending_bytes + size > _MAX_BATCH_BYTES:
-            self._flush()
+            self._flush(full=True)
         self._pending.append((_Message(data=data, attributes=dict(attributes)), future))
         self._pending_bytes += size
         if len(self._pending) >= _MAX_BATCH_MESSAGES:
-            self._flush()
+            self._flush(full=True)
         elif not self._flush_scheduled:
             # Everything published until the loop comes round again goes in the same request.
             self._flush_scheduled = True
@@ -98,14 +99,22 @@ class AsyncTopicPublisher:
             await asyncio.gather(*self._sending, return_exceptions=True)
         await self._channel.close()
 
-    def _flush(self) -> None:
+    def _flush(self, *, full: bool = False) -> None:
         self._flush_scheduled = False
-        if not self._pending:
+        # At most _MAX_IN_FLIGHT requests at once: while they are out, new messages gather into
+        # the next batch, so batches grow with load instead of the request count (which costs
+        # CPU on both ends). A full batch goes at once.
+        if not self._pending or (len(self._sending) >= _MAX_IN_FLIGHT and not full):
             return
         batch, self._pending, self._pending_bytes = self._pending, [], 0
         task = asyncio.ensure_future(self._send(batch))
         self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
+        task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._sending.discard(task)
+        if self._pending and not self._flush_scheduled:
+            self._flush()
 
     async def _send(self, batch: list[tuple[object, asyncio.Future[str]]]) -> None:
         request = _Request(topic=self.topic_path, messages=[message for message, _ in batch])

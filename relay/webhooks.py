@@ -134,7 +134,7 @@ def verify(
 
     candidates = _parse_signatures(_header(headers, HEADER_SIGNATURE))
     content = _signed_content(webhook_id, timestamp, body)
-    expected = [hmac.new(key.key, content, hashlib.sha256).digest() for key in keys]
+    expected = [hmac.digest(key.key, content, "sha256") for key in keys]
     # Every candidate is compared with every key, in constant time per comparison, and
     # compare_digest never stops at the shorter input (the CVE-2024-21491 mistake).
     matched = False
