@@ -69,16 +69,6 @@ class Env:
             raise ConfigError(f"{name} must be at least {minimum}, got {raw}")
         return value
 
-    def get_bool(self, name: str, default: bool) -> bool:
-        raw = self._environ.get(name, "").strip().lower()
-        if not raw:
-            return default
-        if raw in {"1", "true", "yes", "on"}:
-            return True
-        if raw in {"0", "false", "no", "off"}:
-            return False
-        raise ConfigError(f"{name} must be true or false, got {raw!r}")
-
     def get_list(self, name: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
         """A comma- or whitespace-separated list."""
         raw = self._environ.get(name, "")

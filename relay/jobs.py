@@ -121,10 +121,6 @@ class Decision:
     outcome: Outcome
     job: Job | None  # the document to write; None when nothing is written
 
-    @property
-    def writes(self) -> bool:
-        return self.job is not None
-
 
 def needs_archive(output: Any, policy: Policy = DEFAULT_POLICY) -> bool:
     """Whether a succeeded prediction's output must be copied to Cloud Storage before the job is done:
