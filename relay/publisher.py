@@ -124,7 +124,9 @@ class AsyncTopicPublisher:
         while True:
             remaining = give_up - loop.time()
             try:
-                response = await self._call(request, timeout=max(remaining, 0.01))
+                # wait_for_ready: while the channel reconnects, wait (within the deadline) rather
+                # than fail at once.
+                response = await self._call(request, timeout=max(remaining, 0.01), wait_for_ready=True)
                 break
             except grpc.aio.AioRpcError as error:
                 if error.code() not in _RETRYABLE or remaining <= delay:
@@ -146,12 +148,23 @@ def _fail(batch: list[tuple[object, asyncio.Future[str]]], error: PublishError) 
             future.set_exception(error)
 
 
+# gRPC backs off reconnecting for up to two minutes by default: after a short Pub/Sub outage the
+# receiver would keep answering 503 long after Pub/Sub is back. Keep reconnect attempts close.
+_CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
 def _default_channel() -> grpc.aio.Channel:
     emulator = os.environ.get("PUBSUB_EMULATOR_HOST")
     if emulator:
-        return grpc.aio.insecure_channel(emulator)
+        return grpc.aio.insecure_channel(emulator, options=_CHANNEL_OPTIONS)
     credentials, _ = google.auth.default(scopes=_SCOPES)
-    return grpc_helpers_async.create_channel(_ENDPOINT, credentials=credentials, scopes=_SCOPES)
+    return grpc_helpers_async.create_channel(
+        _ENDPOINT, credentials=credentials, scopes=_SCOPES, options=_CHANNEL_OPTIONS
+    )
 
 
 class TopicPublisher:

@@ -31,7 +31,7 @@ class FakeChannel:
         assert method == "/google.pubsub.v1.Publisher/Publish"
         return self._publish
 
-    async def _publish(self, request: Any, timeout: float) -> Any:
+    async def _publish(self, request: Any, timeout: float, wait_for_ready: bool = False) -> Any:
         self.requests.append(request)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
