@@ -27,7 +27,6 @@ import hashlib
 import io
 import json
 import os
-import platform
 import pstats
 import re
 import resource
@@ -38,19 +37,20 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# Run as a script, so sys.path[0] is bench/; the project's packages live one level up.
+# Run as a script, so sys.path[0] is bench/ (for `common`); the project's packages live one level up.
 sys.path.insert(0, str(REPO_ROOT))
 
-# Only this light module at import time: the measured children import what their method needs and
+# Only these light modules at import time: the measured children import what their method needs and
 # nothing else (the parent's storage client, the file server's http.server stay out of their RSS).
-from relay.devstack.processes import ManagedProcess, StackError, free_port, http_answers  # noqa: E402
+import common  # noqa: E402
+from common import LOG_DIR, RESULTS_DIR, BenchError, Processes  # noqa: E402
+
+from relay.devstack.processes import ManagedProcess, free_port, http_answers  # noqa: E402
 
 HOST = "127.0.0.1"
 PROJECT = "local-project"
@@ -64,21 +64,14 @@ PIECE_BYTES = MIB  # the file server's write size and the pattern's unit
 UPLOAD_CHUNK_BYTES = 8 * MIB  # the Archiver's default chunk; the direct uploads use the same
 SAMPLE_INTERVAL_S = 0.05
 
-RESULTS_DIR = REPO_ROOT / "bench" / "results"
 RESULTS_JSON = RESULTS_DIR / "archive.json"
-LOG_DIR = RESULTS_DIR / "logs"
 
 START_TIMEOUT = 60.0
-BUSY_WARNING_PERCENT = 15.0
 EMULATOR_BOUND_SHARE = 0.5  # emulator CPU / wall time from which throughput mostly measures the emulator
 
 # Targets for the archiver, relative to the best plain streamed download-then-upload in the same run.
 TARGET_THROUGHPUT_RATIO = 0.80
 TARGET_GROWTH_MIB = 64.0
-
-
-class BenchError(Exception):
-    """The benchmark cannot run or its numbers cannot be trusted; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -364,18 +357,12 @@ def child_main(argv: list[str]) -> int:
 # Processes, in the parent ------------------------------------------------------------------------
 
 
-class Processes:
-    """Every process group this run starts; `stop_all()` ends each one, newest first."""
+class ArchiveProcesses(Processes):
+    """Processes, plus the measuring children: `stop_all()` ends those first, then each process group."""
 
     def __init__(self) -> None:
-        self._running: list[ManagedProcess] = []
+        super().__init__()
         self._children: list[subprocess.Popen[bytes]] = []
-
-    def start(self, process: ManagedProcess, timeout: float) -> ManagedProcess:
-        self._running.append(process)
-        process.start()
-        process.wait_ready(timeout)
-        return process
 
     def run_child(self, argv: list[str], *, env: dict[str, str], log_path: Path, timeout: float) -> str:
         """Run a measuring child in its own process group; its stdout, or BenchError."""
@@ -414,10 +401,7 @@ class Processes:
         for child in reversed(self._children):
             with contextlib.suppress(Exception):
                 self._end_child(child)
-        for process in reversed(self._running):
-            with contextlib.suppress(Exception):
-                process.stop()
-        self._running.clear()
+        super().stop_all()
 
 
 def _tail(path: Path, lines: int = 5) -> str:
@@ -426,13 +410,6 @@ def _tail(path: Path, lines: int = 5) -> str:
     except FileNotFoundError:
         return "(no log)"
     return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:]) or "(empty log)"
-
-
-def _log_path(name: str) -> Path:
-    LOG_DIR.mkdir(parents=True, exist_ok=True)
-    path = LOG_DIR / f"{name}.log"
-    path.unlink(missing_ok=True)
-    return path
 
 
 def cpu_seconds(pid: int | None) -> float | None:
@@ -455,7 +432,7 @@ def start_storage_emulator(processes: Processes, port: int) -> ManagedProcess:
     process = ManagedProcess(
         "Cloud Storage emulator (fake-gcs-server)",
         argv,
-        log_path=_log_path("archive-fake-gcs-server"),
+        log_path=common.fresh_log_path("archive-fake-gcs-server"),
         ready=http_answers(f"{url}/storage/v1/b"),
     )
     return processes.start(process, START_TIMEOUT)
@@ -466,7 +443,7 @@ def start_file_server(processes: Processes, port: int, size: int) -> ManagedProc
     process = ManagedProcess(
         "file server",
         argv,
-        log_path=_log_path("archive-file-server"),
+        log_path=common.fresh_log_path("archive-file-server"),
         ready=http_answers(f"http://{HOST}:{port}/ready"),
         cwd=REPO_ROOT,
     )
@@ -496,7 +473,7 @@ class RunResult:
 
 @dataclass
 class Context:
-    processes: Processes
+    processes: ArchiveProcesses
     emulator: ManagedProcess
     file_server: ManagedProcess
     bucket: Any  # google.cloud.storage.Bucket, in the parent: verification and clean-up only
@@ -661,37 +638,6 @@ def table_rows(results: list[RunResult], runs: int) -> list[list[str]]:
     return rows
 
 
-def print_table(rows: list[list[str]]) -> None:
-    widths = [max(len(row[i]) for row in [HEADERS, *rows]) for i in range(len(HEADERS))]
-    for index, row in enumerate([HEADERS, *rows]):
-        print("  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row)))
-        if index == 0:
-            print("  ".join("-" * width for width in widths))
-
-
-def markdown_table(rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(HEADERS) + " |", "| " + " | ".join(["---"] + ["---:"] * (len(HEADERS) - 1)) + " |"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def busy_cpu_percent(seconds: float = 1.0) -> float | None:
-    """How busy the machine is before the run starts (other work skews every number here)."""
-
-    def sample() -> tuple[int, int]:
-        fields = [int(value) for value in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
-
-    try:
-        total_before, idle_before = sample()
-        time.sleep(seconds)
-        total_after, idle_after = sample()
-    except (OSError, ValueError, IndexError):
-        return None
-    total = total_after - total_before
-    return round(100 * (1 - (idle_after - idle_before) / total), 1) if total else None
-
-
 # Main ------------------------------------------------------------------------------------------
 
 
@@ -726,56 +672,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-@contextlib.contextmanager
-def signals_raise() -> Iterator[None]:
-    """SIGTERM and SIGHUP unwind like Ctrl-C, so every `finally` (and cleanup) runs."""
-
-    def handler(signum: int, _: FrameType | None) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_child"]:
         return child_main(argv[1:])
     args = parse_args(argv)
     started = time.monotonic()
-    processes = Processes()
-    with signals_raise():
-        try:
-            return run(args, processes, started)
-        except (BenchError, StackError) as error:
-            print(f"\nbenchmark failed: {error}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            print("\ninterrupted: stopping everything this run started", file=sys.stderr)
-            return 130
-        finally:
-            # A second Ctrl-C must not cut the cleanup short; each stop is bounded (SIGKILL after 10 s).
-            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-            try:
-                processes.stop_all()
-            finally:
-                signal.signal(signal.SIGINT, previous)
+    processes = ArchiveProcesses()
+    return common.run_guarded(processes, lambda: run(args, processes, started))
 
 
-def setup(args: argparse.Namespace, processes: Processes) -> Context:
+def setup(args: argparse.Namespace, processes: ArchiveProcesses) -> Context:
     size = args.size_mib * MIB
     for method in METHOD_BY_KEY:
-        _log_path(f"archive-{method}")  # one log per method for this run's children
+        common.fresh_log_path(f"archive-{method}")  # one log per method for this run's children
     storage_port = free_port(HOST)
     emulator_url = f"http://{HOST}:{storage_port}"
     print(f"starting fake-gcs-server (memory backend) on {emulator_url} …", flush=True)
     emulator = start_storage_emulator(processes, storage_port)
-    env = {**os.environ, "STORAGE_EMULATOR_HOST": emulator_url, "GOOGLE_CLOUD_PROJECT": PROJECT}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    env = common.project_env({"STORAGE_EMULATOR_HOST": emulator_url, "GOOGLE_CLOUD_PROJECT": PROJECT})
     os.environ["STORAGE_EMULATOR_HOST"] = emulator_url
 
     import google.cloud.storage as storage  # noqa: PLC0415 - only once the emulator runs
@@ -808,14 +723,12 @@ def setup(args: argparse.Namespace, processes: Processes) -> Context:
     )
 
 
-def run(args: argparse.Namespace, processes: Processes, started: float) -> int:
+def run(args: argparse.Namespace, processes: ArchiveProcesses, started: float) -> int:
     print(
         f"settings: {args.size_mib} MiB file, {args.runs} run(s) per method, resumable uploads in "
         f"{UPLOAD_CHUNK_BYTES // MIB} MiB chunks; {os.cpu_count()} CPUs; loopback only"
     )
-    busy = busy_cpu_percent()
-    if busy is not None and busy > BUSY_WARNING_PERCENT:
-        print(f"warning: the machine was {busy:.0f}% busy before the run started; expect low, noisy numbers")
+    busy = common.check_busy()
     context = setup(args, processes)
 
     results: list[RunResult] = []
@@ -860,7 +773,7 @@ def report(
     baseline_label = METHOD_BY_KEY[summary["baseline_method"]].label
     memory_methods = sorted({result.memory_method for result in results})
     print(f"\n== results ({time.monotonic() - started:.0f} s in all)\n")
-    print_table(rows)
+    common.print_table(HEADERS, rows)
     print(f"\narchiver / best direct ({baseline_label}) throughput: {ratio:.0%}")
     throughput = targets["throughput_ratio"]
     print(
@@ -885,7 +798,7 @@ def report(
     )
     print(f"peak RSS measured as: {'; '.join(memory_methods)}")
 
-    markdown = markdown_table(rows)
+    markdown = common.markdown_table(HEADERS, rows)
     print("\nMarkdown:\n")
     print(markdown)
     print(
@@ -895,15 +808,8 @@ def report(
         f"{os.cpu_count()} cores shared with fake-gcs-server and the file server, loopback."
     )
 
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     document = {
-        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "host": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "cpu_busy_before_run_percent": busy,
-        },
+        **common.results_header(busy),
         "settings": {
             "size_mib": args.size_mib,
             "size_bytes": args.size_mib * MIB,
@@ -920,7 +826,7 @@ def report(
         "profiles": profiles,
         "markdown": markdown,
     }
-    RESULTS_JSON.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    common.write_results(RESULTS_JSON, document)
     print(f"\nwrote {RESULTS_JSON.relative_to(REPO_ROOT)}; logs in {LOG_DIR.relative_to(REPO_ROOT)}/")
 
 

@@ -16,10 +16,8 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -27,20 +25,20 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# Run as a script, so sys.path[0] is bench/; the project's packages live one level up.
+# Run as a script, so sys.path[0] is bench/ (for `common`); the project's packages live one level up.
 sys.path.insert(0, str(REPO_ROOT))
+
+import common  # noqa: E402
+from common import LOG_DIR, RESULTS_DIR, BenchError, Processes  # noqa: E402
 
 from relay.devstack.processes import (  # noqa: E402
     ManagedProcess,
-    StackError,
     free_port,
     http_answers,
     log_contains,
@@ -55,24 +53,17 @@ WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # noqa: S105
 SIGNATURE_TOLERANCE_SECONDS = 300  # the receiver's default RELAY_WEBHOOK_TOLERANCE_SECONDS
 RECEIVER_LOG_LEVEL = "WARNING"
 
-RESULTS_DIR = REPO_ROOT / "bench" / "results"
 RESULTS_JSON = RESULTS_DIR / "receiver.json"
-LOG_DIR = RESULTS_DIR / "logs"
 
 WRK_THREADS = 1  # 2 cores: one for wrk, one for the server (and the emulator, for the receiver)
 HEY_CONNECTIONS = 16
 ALLOWED_FAILURES = 5  # "a handful": more non-2xx answers than this from the receiver fails the run
 EMULATOR_START_TIMEOUT = 90.0
 SERVER_START_TIMEOUT = 60.0
-BUSY_WARNING_PERCENT = 15.0
 
 # Targets for the receiver, relative to the --asgi no-op ceiling measured in the same run.
 TARGET_PEAK_RATIO = 0.60
 TARGET_P99_HALF_PEAK_MS = 25.0
-
-
-class BenchError(Exception):
-    """The benchmark cannot run or its numbers cannot be trusted; the message says why."""
 
 
 # Servers ---------------------------------------------------------------------------------------
@@ -309,37 +300,6 @@ def run_hey(hey: str, url: str, webhook: SignedWebhook, body: Path, *, total_rat
 # Processes -------------------------------------------------------------------------------------
 
 
-class Processes:
-    """Every process group this run starts; `stop_all()` ends each one, newest first."""
-
-    def __init__(self) -> None:
-        self._running: list[ManagedProcess] = []
-
-    def start(self, process: ManagedProcess, timeout: float) -> ManagedProcess:
-        self._running.append(process)
-        process.start()
-        process.wait_ready(timeout)
-        return process
-
-    def stop(self, process: ManagedProcess) -> None:
-        process.stop()
-        if process in self._running:
-            self._running.remove(process)
-
-    def stop_all(self) -> None:
-        for process in reversed(self._running):
-            with contextlib.suppress(Exception):
-                process.stop()
-        self._running.clear()
-
-
-def _log_path(name: str) -> Path:
-    LOG_DIR.mkdir(parents=True, exist_ok=True)
-    path = LOG_DIR / f"{name}.log"
-    path.unlink(missing_ok=True)
-    return path
-
-
 def start_emulator(processes: Processes, port: int) -> None:
     if shutil.which("gcloud") is None or shutil.which("java") is None:
         raise BenchError(
@@ -350,7 +310,7 @@ def start_emulator(processes: Processes, port: int) -> None:
     process = ManagedProcess(
         "Pub/Sub emulator",
         argv,
-        log_path=_log_path("pubsub-emulator"),
+        log_path=common.fresh_log_path("pubsub-emulator"),
         ready=log_contains(f"Server started, listening on {port}"),
     )
     processes.start(process, EMULATOR_START_TIMEOUT)
@@ -369,8 +329,7 @@ def create_topic(emulator_host: str) -> None:
 
 
 def start_server(processes: Processes, server: Server, port: int, extra_env: Mapping[str, str]) -> ManagedProcess:
-    env = {**os.environ, **extra_env, "K_SERVICE": server.key}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    env = common.project_env({**extra_env, "K_SERVICE": server.key})
     argv = [sys.executable, "-m", "functions_framework", "--source", server.source, "--target", server.target]
     argv += ["--host", HOST, "--port", str(port)]
     if server.asgi:
@@ -378,7 +337,7 @@ def start_server(processes: Processes, server: Server, port: int, extra_env: Map
     process = ManagedProcess(
         server.label,
         argv,
-        log_path=_log_path(server.key),
+        log_path=common.fresh_log_path(server.key),
         ready=http_answers(f"http://{HOST}:{port}{server.ready_path}"),
         env=env,
         cwd=REPO_ROOT,
@@ -501,37 +460,6 @@ def table_rows(results: list[ServerResult]) -> list[list[str]]:
 HEADERS = ["server", "peak req/s", "p50 @peak", "p99 @peak", "req/s @half", "p50 @half", "p99 @half", "failed"]
 
 
-def print_table(rows: list[list[str]]) -> None:
-    widths = [max(len(row[i]) for row in [HEADERS, *rows]) for i in range(len(HEADERS))]
-    for index, row in enumerate([HEADERS, *rows]):
-        print("  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row)))
-        if index == 0:
-            print("  ".join("-" * width for width in widths))
-
-
-def markdown_table(rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(HEADERS) + " |", "| " + " | ".join(["---"] + ["---:"] * (len(HEADERS) - 1)) + " |"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def busy_cpu_percent(seconds: float = 1.0) -> float | None:
-    """How busy the machine is before the run starts (other work skews every number here)."""
-
-    def sample() -> tuple[int, int]:
-        fields = [int(value) for value in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
-
-    try:
-        total_before, idle_before = sample()
-        time.sleep(seconds)
-        total_after, idle_after = sample()
-    except (OSError, ValueError, IndexError):
-        return None
-    total = total_after - total_before
-    return round(100 * (1 - (idle_after - idle_before) / total), 1) if total else None
-
-
 def tool_version(argv: list[str]) -> str:
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
@@ -560,42 +488,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-@contextlib.contextmanager
-def signals_raise() -> Iterator[None]:
-    """SIGTERM and SIGHUP unwind like Ctrl-C, so every `finally` (and cleanup) runs."""
-
-    def handler(signum: int, _: FrameType | None) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
     processes = Processes()
-    with signals_raise():
-        try:
-            tools = ensure_tools()
-            return run(args, tools, processes, started)
-        except (BenchError, StackError) as error:
-            print(f"\nbenchmark failed: {error}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            print("\ninterrupted: stopping everything this run started", file=sys.stderr)
-            return 130
-        finally:
-            # A second Ctrl-C must not cut the cleanup short; each stop is bounded (SIGKILL after 10 s).
-            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-            try:
-                processes.stop_all()
-            finally:
-                signal.signal(signal.SIGINT, previous)
+    return common.run_guarded(processes, lambda: run(args, ensure_tools(), processes, started))
 
 
 def run(args: argparse.Namespace, tools: Mapping[str, str], processes: Processes, started: float) -> int:
@@ -606,9 +503,7 @@ def run(args: argparse.Namespace, tools: Mapping[str, str], processes: Processes
         f"-c{args.connections}, hey -c{HEY_CONNECTIONS} at half of each server's peak; "
         f"{os.cpu_count()} CPUs, gunicorn workers {os.environ.get('WORKERS', '1')}; loopback only"
     )
-    busy = busy_cpu_percent()
-    if busy is not None and busy > BUSY_WARNING_PERCENT:
-        print(f"warning: the machine was {busy:.0f}% busy before the run started; expect low, noisy numbers")
+    busy = common.check_busy()
     print(
         f"the receiver runs with RELAY_LOG_LEVEL={RECEIVER_LOG_LEVEL}, so its per-request INFO line "
         f"('webhook accepted') is not written and logging does not dominate the measurement"
@@ -647,7 +542,7 @@ def run(args: argparse.Namespace, tools: Mapping[str, str], processes: Processes
     ratio = summary["receiver_vs_noop_asgi_peak"]
     targets = summary["targets"]
     print(f"\n== results ({time.monotonic() - started:.0f} s in all)\n")
-    print_table(rows)
+    common.print_table(HEADERS, rows)
     print(f"\nreceiver / no-op --asgi peak: {ratio:.0%}")
     print(
         f"target: receiver peak >= {TARGET_PEAK_RATIO:.0%} of the --asgi no-op ceiling: "
@@ -659,7 +554,7 @@ def run(args: argparse.Namespace, tools: Mapping[str, str], processes: Processes
         f"{'MET' if latency['met'] else 'MISSED'} ({fmt_ms(latency['value'])})"
     )
 
-    markdown = markdown_table(rows)
+    markdown = common.markdown_table(HEADERS, rows)
     print("\nMarkdown:\n")
     print(markdown)
     print(
@@ -668,17 +563,8 @@ def run(args: argparse.Namespace, tools: Mapping[str, str], processes: Processes
         f"{os.cpu_count()} cores shared with the Pub/Sub emulator, loopback."
     )
 
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     document = {
-        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "host": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "wrk": wrk_version,
-            "gunicorn_workers": int(os.environ.get("WORKERS", "1")),
-            "cpu_busy_before_run_percent": busy,
-        },
+        **common.results_header(busy, wrk=wrk_version, gunicorn_workers=int(os.environ.get("WORKERS", "1"))),
         "settings": {
             "duration_s": args.duration,
             "warmup_s": args.warmup,
@@ -692,7 +578,7 @@ def run(args: argparse.Namespace, tools: Mapping[str, str], processes: Processes
         **summary,
         "markdown": markdown,
     }
-    RESULTS_JSON.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    common.write_results(RESULTS_JSON, document)
     print(f"\nwrote {RESULTS_JSON.relative_to(REPO_ROOT)}; server logs in {LOG_DIR.relative_to(REPO_ROOT)}/")
     return 0
 

@@ -1,0 +1,177 @@
+"""Helpers the benchmarks share: process bookkeeping, signal-safe cleanup, tables and the results file.
+
+Imported by bench/receiver.py and bench/archive.py, which run as scripts (so sys.path[0] is bench/)
+and put the project root on sys.path before importing this module. Only modules both scripts already
+import are imported here: archive.py's measuring children load this module too, and their RSS is measured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from relay.devstack.processes import ManagedProcess, StackError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
+LOG_DIR = RESULTS_DIR / "logs"
+
+BUSY_WARNING_PERCENT = 15.0
+
+
+class BenchError(Exception):
+    """The benchmark cannot run or its numbers cannot be trusted; the message says why."""
+
+
+# Processes -------------------------------------------------------------------------------------
+
+
+class Processes:
+    """Every process group this run starts; `stop_all()` ends each one, newest first."""
+
+    def __init__(self) -> None:
+        self._running: list[ManagedProcess] = []
+
+    def start(self, process: ManagedProcess, timeout: float) -> ManagedProcess:
+        self._running.append(process)
+        process.start()
+        process.wait_ready(timeout)
+        return process
+
+    def stop(self, process: ManagedProcess) -> None:
+        process.stop()
+        if process in self._running:
+            self._running.remove(process)
+
+    def stop_all(self) -> None:
+        for process in reversed(self._running):
+            with contextlib.suppress(Exception):
+                process.stop()
+        self._running.clear()
+
+
+def fresh_log_path(name: str) -> Path:
+    """bench/results/logs/<name>.log, with any previous run's log removed."""
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    path = LOG_DIR / f"{name}.log"
+    path.unlink(missing_ok=True)
+    return path
+
+
+def project_env(extra: Mapping[str, str]) -> dict[str, str]:
+    """This process's environment plus `extra`, with the project root first on PYTHONPATH."""
+    env = {**os.environ, **extra}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    return env
+
+
+# Running ---------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def signals_raise() -> Iterator[None]:
+    """SIGTERM and SIGHUP unwind like Ctrl-C, so every `finally` (and cleanup) runs."""
+
+    def handler(signum: int, _: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def run_guarded(processes: Processes, body: Callable[[], int]) -> int:
+    """`body()`'s exit code; 1 on BenchError or StackError, 130 on Ctrl-C or SIGTERM; `processes` stopped after."""
+    with signals_raise():
+        try:
+            return body()
+        except (BenchError, StackError) as error:
+            print(f"\nbenchmark failed: {error}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("\ninterrupted: stopping everything this run started", file=sys.stderr)
+            return 130
+        finally:
+            # A second Ctrl-C must not cut the cleanup short; each stop is bounded (SIGKILL after 10 s).
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            try:
+                processes.stop_all()
+            finally:
+                signal.signal(signal.SIGINT, previous)
+
+
+def busy_cpu_percent(seconds: float = 1.0) -> float | None:
+    """How busy the machine is before the run starts (other work skews every number here)."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(value) for value in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
+
+    try:
+        total_before, idle_before = sample()
+        time.sleep(seconds)
+        total_after, idle_after = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    total = total_after - total_before
+    return round(100 * (1 - (idle_after - idle_before) / total), 1) if total else None
+
+
+def check_busy() -> float | None:
+    """busy_cpu_percent(), with a warning printed when the machine is already busy."""
+    busy = busy_cpu_percent()
+    if busy is not None and busy > BUSY_WARNING_PERCENT:
+        print(f"warning: the machine was {busy:.0f}% busy before the run started; expect low, noisy numbers")
+    return busy
+
+
+# Output ----------------------------------------------------------------------------------------
+
+
+def print_table(headers: Sequence[str], rows: list[list[str]]) -> None:
+    """A plain table: the first column left-aligned, the others right-aligned, a rule under the headers."""
+    widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
+    for index, row in enumerate([headers, *rows]):
+        print("  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row)))
+        if index == 0:
+            print("  ".join("-" * width for width in widths))
+
+
+def markdown_table(headers: Sequence[str], rows: list[list[str]]) -> str:
+    """The same table in Markdown, numeric columns right-aligned."""
+    lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join(["---"] + ["---:"] * (len(headers) - 1)) + " |"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def results_header(busy: float | None, **host: Any) -> dict[str, Any]:
+    """The start of a results document: when, and on what (`host` adds fields before the CPU load)."""
+    return {
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "host": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            **host,
+            "cpu_busy_before_run_percent": busy,
+        },
+    }
+
+
+def write_results(path: Path, document: Mapping[str, Any]) -> None:
+    """The results document as indented JSON, bench/results/ created if need be."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
