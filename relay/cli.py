@@ -18,6 +18,7 @@ from typing import Any
 from relay.config import ConfigError
 from relay.devstack.processes import StackError
 from relay.devstack.stack import LocalStack, StackConfig
+from relay.ops.commands import add_commands
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -86,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE", help="kept on the job")
     submit.add_argument("--wait", type=float, default=0, metavar="SECONDS", help="wait for the job to end")
     submit.set_defaults(command=_submit)
+    add_commands(commands)
     return parser
 
 

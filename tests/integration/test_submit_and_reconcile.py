@@ -182,7 +182,8 @@ def test_reconciler_on_an_empty_database_checks_nothing_and_succeeds(stack: Loca
     # Clear the Firestore emulator (every test uses its own ids, so nothing later depends on it).
     host = stack.emulator_env["FIRESTORE_EMULATOR_HOST"]
     url = f"http://{host}/emulator/v1/projects/{stack.config.project}/databases/(default)/documents"
-    httpx.delete(url, timeout=10).raise_for_status()
+    # The emulator refuses (409) while a transaction holds a lock; handlers may still be finishing.
+    wait_for(lambda: httpx.delete(url, timeout=10).status_code == 200, what="the emulator to clear its data")
     summary = stack.reconcile()
     assert {key: summary[key] for key in ("checked", "recovered", "aborted", "announced", "errors")} == {
         "checked": 0,

@@ -1,0 +1,192 @@
+"""`python -m relay replay | jobs | reprocess | status`: argparse wiring of the operator functions."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from relay.config import Env
+from relay.jobs import JobState
+from relay.ops import context
+from relay.ops.context import OpsSettings
+from relay.ops.jobs_view import JobFilter, job_detail_json, list_jobs, parse_since, render_job, render_jobs, show_job
+from relay.ops.render import to_json
+from relay.ops.replay import dead_letter_subscription, render_replay, replay
+from relay.ops.status import collect_status, render_status
+from relay.publisher import TopicPublisher
+from relay.topology import load
+
+_CLEAR = "\x1b[H\x1b[2J"
+
+
+def add_commands(subparsers: Any) -> None:
+    """Register the operator commands on the `commands` subparsers of relay/cli.py."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--timeout",
+        type=_positive,
+        default=context.DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help="give up on an unreachable Google API after this long, retries included (default %(default)g)",
+    )
+    json_flag = argparse.ArgumentParser(add_help=False)
+    json_flag.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+    replay_parser = subparsers.add_parser(
+        "replay",
+        parents=[common, json_flag],
+        help="republish dead-lettered messages to replicate-events",
+        description="Pull dead-lettered messages and republish each (data and attributes, webhook_id kept, "
+        "source=replay); acknowledge each only once Pub/Sub confirmed its copy. Safe to interrupt and "
+        "rerun: handlers drop duplicates by webhook_id. Both subscriptions of the topic get the copy.",
+    )
+    replay_parser.add_argument("--from", dest="source", required=True, metavar="DEAD_LETTER_SUBSCRIPTION")
+    replay_parser.add_argument("--limit", type=_positive_int, default=1000, help="at most this many (default 1000)")
+    replay_parser.add_argument("--dry-run", action="store_true", help="show what would be replayed; hand all back")
+    replay_parser.add_argument(
+        "--to", default=None, metavar="TOPIC", help="default RELAY_EVENTS_TOPIC, else replicate-events"
+    )
+    replay_parser.set_defaults(command=_replay)
+
+    jobs_parser = subparsers.add_parser("jobs", help="list or show jobs", description="Read jobs from Firestore.")
+    actions = jobs_parser.add_subparsers(title="actions", required=True, metavar="ACTION")
+    listing = actions.add_parser(
+        "list",
+        parents=[common, json_flag],
+        help="jobs, newest first (oldest first with --state or --stuck)",
+        description="Without --state/--stuck: newest first. With them: oldest first, the order the "
+        "(state, updated_at) index of infra/firestore.indexes.json serves.",
+    )
+    listing.add_argument("--state", choices=[state.value for state in JobState])
+    listing.add_argument(
+        "--stuck", action="store_true", help="not final and not written for RELAY_RECONCILE_QUIET_SECONDS (600)"
+    )
+    listing.add_argument("--since", metavar="WHEN", help="updated since: 2h, 15m, 3d or an ISO 8601 time")
+    listing.add_argument("--limit", type=_positive_int, default=50, help="at most this many (default 50)")
+    listing.set_defaults(command=_jobs_list)
+    show = actions.add_parser("show", parents=[common, json_flag], help="one job with its outputs and events")
+    show.add_argument("id", metavar="ID", help="a job id or a prediction id")
+    show.set_defaults(command=_jobs_show)
+
+    again = subparsers.add_parser(
+        "reprocess",
+        parents=[common, json_flag],
+        help="publish what Replicate knows of a prediction, as the reconciler would",
+        description="GET the prediction from Replicate (REPLICATE_API_TOKEN, RELAY_REPLICATE_BASE_URL) and "
+        "publish its JSON to replicate-events with source=reconciler and a fresh webhook_id.",
+    )
+    again.add_argument("id", metavar="ID", help="a prediction id, or a job id (its prediction is used)")
+    again.set_defaults(command=_reprocess)
+
+    status = subparsers.add_parser("status", parents=[common, json_flag], help="backlogs, jobs by state, stuck jobs")
+    status.add_argument("--watch", type=_positive, metavar="SECONDS", help="redraw this often until Ctrl-C")
+    status.add_argument("--iterations", type=_positive_int, default=None, help=argparse.SUPPRESS)
+    status.set_defaults(command=_status)
+
+
+def _settings(args: argparse.Namespace) -> OpsSettings:
+    return OpsSettings.from_env(os.environ, timeout=args.timeout)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    subscription = dead_letter_subscription(load(), args.source)
+    report = replay(
+        context.subscriber_client(settings),
+        context.publisher_client(settings),
+        settings,
+        subscription,
+        topic=args.to or settings.events_topic,
+        limit=args.limit,
+        dry_run=args.dry_run,
+    )
+    print(to_json(report.as_dict()) if args.json else render_replay(report))
+    return 1 if report.failed else 0
+
+
+def _jobs_list(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    now = _now()
+    since = parse_since(args.since, now) if args.since else None
+    selection = JobFilter(state=args.state, stuck=args.stuck, since=since, limit=args.limit)
+    jobs = list_jobs(context.firestore_client(settings), settings, selection, now=now)
+    print(to_json([job.model_dump(mode="json") for job in jobs]) if args.json else render_jobs(jobs, now=now))
+    return 0
+
+
+def _jobs_show(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    detail = show_job(context.firestore_client(settings), settings, args.id)
+    print(to_json(job_detail_json(detail)) if args.json else render_job(detail, now=_now()))
+    return 0
+
+
+def _reprocess(args: argparse.Namespace) -> int:
+    # Imported here, as relay/cli.py does for submit: keeps `relay dev` free of Replicate imports.
+    from relay.ops.reprocess import render_reprocessed, reprocess, resolve_prediction  # noqa: PLC0415
+    from relay.replicate_api import DEFAULT_BASE_URL, ReplicateAPI  # noqa: PLC0415
+
+    settings = _settings(args)
+    env = Env(os.environ)
+    token = env.get_str("REPLICATE_API_TOKEN")
+    replicate = ReplicateAPI.connect(token, base_url=env.get_str("RELAY_REPLICATE_BASE_URL", DEFAULT_BASE_URL))
+    try:
+        prediction_id, job_id = resolve_prediction(context.firestore_client(settings), settings, args.id)
+        client = context.publisher_client(settings)
+        publisher = TopicPublisher(
+            client.topic_path(settings.project, settings.events_topic), deadline_seconds=settings.timeout, client=client
+        )
+        result = reprocess(replicate, publisher, prediction_id, now=_now(), job_id=job_id)
+    finally:
+        replicate.close()
+    print(to_json(result.as_dict()) if args.json else render_reprocessed(result))
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    subscriber = context.subscriber_client(settings)
+    db = context.firestore_client(settings)
+    topology = load()
+    iteration = 0
+    try:
+        while True:
+            status = collect_status(subscriber, db, topology, settings, now=_now())
+            screen = to_json(status.as_dict()) if args.json else render_status(status)
+            if args.watch and not args.json and sys.stdout.isatty():
+                screen = _CLEAR + screen
+            print(screen, flush=True)
+            iteration += 1
+            if not args.watch or (args.iterations is not None and iteration >= args.iterations):
+                return 0
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
