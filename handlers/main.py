@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from handlers.reconcile import Reconciler, ReconcileSettings
 from handlers.settings import HandlerSettings
 from relay import jobevents, logs
 from relay.archive import Archiver
-from relay.config import ConfigError
+from relay.config import load_or_exit
 from relay.downloads import Downloader
 from relay.jobs import Job, needs_announcement
 from relay.jobstore import JobStore
@@ -37,12 +36,7 @@ log = logging.getLogger("relay.handlers")
 # Google APIs being unavailable, seen from their clients: worth a retry by the caller.
 _TRANSIENT = (GoogleAPIError, ConnectionError, TimeoutError)
 
-try:
-    SETTINGS = HandlerSettings.from_env(os.environ)
-except ConfigError as config_error:
-    logs.configure("handlers")
-    log.critical("handlers cannot start: %s", config_error)
-    sys.exit(2)
+SETTINGS = load_or_exit(lambda: HandlerSettings.from_env(os.environ), "handlers")
 logs.configure(os.environ.get("K_SERVICE", "handlers"), level=SETTINGS.log_level)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import time
 
 from starlette.requests import Request
@@ -15,19 +14,14 @@ from receiver.errors import MethodNotAllowed, Rejected
 from receiver.intake import Intake, client_key
 from receiver.settings import ReceiverSettings
 from relay import logs
-from relay.config import ConfigError
+from relay.config import load_or_exit
 from relay.publisher import AsyncTopicPublisher
 
 HEALTH_PATH = "/health"  # Cloud Run reserves some paths ending in "z", so not /healthz
 
 log = logging.getLogger("relay.receiver")
 
-try:
-    SETTINGS = ReceiverSettings.from_env(os.environ)
-except ConfigError as config_error:
-    logs.configure("receiver")
-    log.critical("receiver cannot start: %s", config_error)
-    sys.exit(2)
+SETTINGS = load_or_exit(lambda: ReceiverSettings.from_env(os.environ), "receiver")
 logs.configure("receiver", level=SETTINGS.log_level)
 
 _intake: Intake | None = None

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
+
+from relay import logs
+
+T = TypeVar("T")
 
 
 class ConfigError(Exception):
@@ -83,3 +90,13 @@ def project_id(env: Env) -> str:
         if value:
             return value
     raise ConfigError("RELAY_PROJECT (or GOOGLE_CLOUD_PROJECT) is required but not set")
+
+
+def load_or_exit(load: Callable[[], T], service: str) -> T:
+    """Build a deployable's settings at start; a ConfigError stops the process with one log line."""
+    try:
+        return load()
+    except ConfigError as error:
+        logs.configure(service)
+        logging.getLogger(f"relay.{service}").critical("%s cannot start: %s", service, error)
+        sys.exit(2)

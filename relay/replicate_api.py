@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,17 +58,11 @@ class ReplicateAPI:
     ) -> str:
         """Start a prediction that reports to `webhook`; returns its id."""
         params: dict[str, Any] = {"input": input, "webhook": webhook, "webhook_events_filter": list(events_filter)}
-        try:
+        with _translated("Replicate refused the prediction"):
             if model.version:
                 prediction = self._client.predictions.create(version=model.version, **params)
             else:
                 prediction = self._client.predictions.create(model=f"{model.owner}/{model.name}", **params)
-        except ReplicateError as error:
-            raise ReplicateAPIError(
-                f"Replicate refused the prediction: {error.detail or error}", status=error.status
-            ) from None
-        except httpx.HTTPError as error:
-            raise ReplicateAPIError(f"cannot reach Replicate: {type(error).__name__}: {error}", status=None) from None
         return str(prediction.id)
 
     def close(self) -> None:
@@ -80,12 +75,17 @@ class ReplicateAPI:
         Read through the client's own authenticated HTTP session rather than
         `predictions.get()`, whose model rejects statuses it does not list, such as `aborted`.
         """
-        try:
+        with _translated(f"cannot read prediction {prediction_id}"):
             response = self._client._request("GET", f"/v1/predictions/{prediction_id}")
-        except ReplicateError as error:
-            raise ReplicateAPIError(
-                f"cannot read prediction {prediction_id}: {error.detail or error}", status=error.status
-            ) from None
-        except httpx.HTTPError as error:
-            raise ReplicateAPIError(f"cannot reach Replicate: {type(error).__name__}: {error}", status=None) from None
         return bytes(response.content)
+
+
+@contextmanager
+def _translated(refused: str) -> Iterator[None]:
+    """The client's errors as ReplicateAPIError: Replicate's answer, or no answer at all."""
+    try:
+        yield
+    except ReplicateError as error:
+        raise ReplicateAPIError(f"{refused}: {error.detail or error}", status=error.status) from None
+    except httpx.HTTPError as error:
+        raise ReplicateAPIError(f"cannot reach Replicate: {type(error).__name__}: {error}", status=None) from None
