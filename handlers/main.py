@@ -212,7 +212,10 @@ def _serve_push(request: flask.Request, handler: str, work: Callable[[PushEnvelo
             ),
         )
         return flask.make_response(({"error": error.reason, "message": error.message}, error.status))
-    log.info(
+    # A job that ended failed because of its outputs (expired, refused) is an ERROR for whoever is on
+    # call, though the message itself is done with and acknowledged.
+    log.log(
+        logging.ERROR if result.get("error_code") else logging.INFO,
         "%s message handled: %s",
         handler,
         result["outcome"],

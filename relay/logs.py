@@ -46,6 +46,8 @@ def configure(service: str, *, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # httpx logs every request's full URL at INFO; an output URL's query string may carry a token.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
     _configured_service = service
 
 

@@ -171,6 +171,7 @@ def test_expired_file_fails_the_job_with_output_expired_and_is_acknowledged(
     lines = _log_lines(stack, "archive-outputs", prediction_id)
     # Answered 200 once, not retried: "created" when it got there before job-status did.
     assert [line["outcome"] for line in lines] in (["applied"], ["created"])
+    assert lines[0]["severity"] == "ERROR"
 
 
 def test_server_error_is_retried_and_files_already_stored_are_not_copied_again(
