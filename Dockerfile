@@ -1,0 +1,47 @@
+# syntax=docker/dockerfile:1
+# One image for every Relay service. The Cloud Run service chooses the function with
+# FUNCTION_SOURCE / FUNCTION_TARGET (and FUNCTION_USE_ASGI=true for the receiver):
+#   receiver         FUNCTION_SOURCE=receiver/main.py FUNCTION_TARGET=receive FUNCTION_USE_ASGI=true
+#   job-status       FUNCTION_SOURCE=handlers/main.py FUNCTION_TARGET=job_status
+#   archive-outputs  FUNCTION_SOURCE=handlers/main.py FUNCTION_TARGET=archive_outputs
+#   reconciler       FUNCTION_SOURCE=handlers/main.py FUNCTION_TARGET=reconcile
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+# ---- builder: compilers are here only, for any wheel that has to be built from source ----
+FROM ${PYTHON_IMAGE} AS builder
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends build-essential \
+    && rm -rf /var/lib/apt/lists/*
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+COPY requirements.txt /tmp/requirements.txt
+RUN pip install --require-virtualenv -r /tmp/requirements.txt
+
+# ---- final: the venv and the code, no build tools, not root ----
+FROM ${PYTHON_IMAGE}
+RUN groupadd --system --gid 10001 relay \
+    && useradd --system --uid 10001 --gid relay --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin relay
+COPY --from=builder /opt/venv /opt/venv
+WORKDIR /app
+COPY --chown=root:root receiver/ /app/receiver/
+COPY --chown=root:root handlers/ /app/handlers/
+COPY --chown=root:root relay/ /app/relay/
+COPY --chown=root:root infra/ /app/infra/
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONPATH=/app \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PORT=8080 \
+    FUNCTION_SOURCE=handlers/main.py \
+    FUNCTION_TARGET=job_status \
+    FUNCTION_SIGNATURE_TYPE=http \
+    FUNCTION_USE_ASGI=false
+USER 10001:10001
+EXPOSE 8080
+# gunicorn (under functions-framework) is PID 1 through `exec`: on SIGTERM it stops accepting,
+# lets in-flight requests finish (graceful_timeout 30 s; Cloud Run allows 10 s) and exits.
+# functions-framework also reads FUNCTION_USE_ASGI itself; --asgi is passed explicitly for clarity.
+CMD ["/bin/sh", "-c", "exec python -m functions_framework --source \"$FUNCTION_SOURCE\" --target \"$FUNCTION_TARGET\" --signature-type \"${FUNCTION_SIGNATURE_TYPE:-http}\" --port \"${PORT:-8080}\" $(if [ \"$FUNCTION_USE_ASGI\" = true ]; then echo --asgi; fi)"]

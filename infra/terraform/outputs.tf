@@ -1,0 +1,34 @@
+output "webhook_url" {
+  description = "The receiver's URL: give it to Replicate as the prediction webhook (RELAY_WEBHOOK_URL)."
+  value       = google_cloud_run_v2_service.service["receiver"].uri
+}
+
+output "service_urls" {
+  description = "URL of every Cloud Run service, by name."
+  value       = { for name, service in google_cloud_run_v2_service.service : name => service.uri }
+}
+
+output "bucket" {
+  description = "The archive bucket (RELAY_BUCKET)."
+  value       = google_storage_bucket.outputs.name
+}
+
+output "image_repository" {
+  description = "Artifact Registry path images are pushed to (cloudbuild.yaml's _REGION and _REPOSITORY)."
+  value       = "${var.region}-docker.pkg.dev/${var.project_id}/${google_artifact_registry_repository.relay.repository_id}"
+}
+
+output "deployer_service_account" {
+  description = "Service account cloudbuild.yaml runs as."
+  value       = google_service_account.deployer.email
+}
+
+output "webhook_secret_id" {
+  description = "Secret Manager secret to add Replicate's signing secret to."
+  value       = google_secret_manager_secret.webhook.secret_id
+}
+
+output "replicate_token_secret_id" {
+  description = "Secret Manager secret to add the Replicate API token to."
+  value       = google_secret_manager_secret.replicate_token.secret_id
+}

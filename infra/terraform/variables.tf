@@ -1,0 +1,105 @@
+# Inputs. Only project_id is required; the rest have production defaults.
+
+variable "project_id" {
+  description = "Google Cloud project id to deploy Relay into."
+  type        = string
+}
+
+variable "region" {
+  description = "Region of the Cloud Run services, the bucket, Artifact Registry and Cloud Scheduler."
+  type        = string
+  default     = "us-central1"
+}
+
+variable "firestore_location" {
+  description = "Firestore location (a region such as us-central1, or a multi-region such as nam5). Defaults to var.region. Cannot change after creation."
+  type        = string
+  default     = null
+}
+
+variable "artifact_repository" {
+  description = "Artifact Registry (Docker) repository the Cloud Build run pushes the image to; cloudbuild.yaml's _REPOSITORY."
+  type        = string
+  default     = "relay"
+}
+
+variable "image" {
+  description = "Image the Cloud Run services start with. Cloud Build deploys the real image afterwards (Terraform ignores later image changes), so the public placeholder is fine for the first apply."
+  type        = string
+  default     = "us-docker.pkg.dev/cloudrun/container/hello"
+}
+
+variable "webhook_secret_id" {
+  description = "Secret Manager secret holding Replicate's webhook signing secret(s), whsec_..., space-separated during a rotation. Value added out of band."
+  type        = string
+  default     = "relay-webhook-secrets"
+}
+
+variable "replicate_token_secret_id" {
+  description = "Secret Manager secret holding the Replicate API token the reconciler uses. Value added out of band."
+  type        = string
+  default     = "relay-replicate-api-token"
+}
+
+variable "output_retention_days" {
+  description = "Archived outputs are deleted from the bucket this many days after upload (lifecycle rule)."
+  type        = number
+  default     = 90
+
+  validation {
+    condition     = var.output_retention_days >= 1
+    error_message = "output_retention_days must be at least 1."
+  }
+}
+
+variable "event_retention_days" {
+  description = "RELAY_EVENT_RETENTION_DAYS: per-event dedup records expire (Firestore TTL on events.expire_at) after this many days."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.event_retention_days >= 1 && var.event_retention_days <= 3650
+    error_message = "event_retention_days must be between 1 and 3650."
+  }
+}
+
+variable "receiver_min_instances" {
+  description = "Warm receiver instances. At least 1: Replicate retries a webhook for only about a minute."
+  type        = number
+  default     = 1
+
+  validation {
+    condition     = var.receiver_min_instances >= 1
+    error_message = "receiver_min_instances must be at least 1 (Replicate retries for only about a minute)."
+  }
+}
+
+variable "max_instances" {
+  description = "Upper bound of instances per receiver/handler service."
+  type        = number
+  default     = 20
+}
+
+variable "log_level" {
+  description = "RELAY_LOG_LEVEL of every service."
+  type        = string
+  default     = "INFO"
+}
+
+variable "alert_email" {
+  description = "Where alerts are sent. Empty: the policies are created without a notification channel."
+  type        = string
+  default     = ""
+}
+
+variable "unacked_age_threshold_seconds" {
+  description = "Alert when a push subscription's oldest unacknowledged message is older than this."
+  type        = number
+  default     = 900
+}
+
+variable "deletion_protection" {
+  description = "Protect the Cloud Run services and the Firestore database from terraform destroy."
+  type        = bool
+  default     = true
+}
