@@ -6,11 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import google.auth.exceptions
-import requests
-from google.api_core import exceptions as google_exceptions
-
-from handlers.errors import TransientError
+from handlers.errors import TRANSIENT_ERRORS, TransientError
 from relay.archive import ArchiveConflict, Archiver
 from relay.downloads import DownloadError, DownloadFailed, DownloadGone
 from relay.events import PredictionEvent, PredictionStatus
@@ -19,15 +15,6 @@ from relay.jobstore import Applied, JobStore
 from relay.outputs import find_files, plain_value
 
 ACTOR = "archive-outputs"
-
-# What "Cloud Storage or Firestore is unavailable" looks like from their clients.
-_STORAGE_ERRORS = (
-    google_exceptions.GoogleAPIError,
-    requests.RequestException,
-    google.auth.exceptions.TransportError,
-    ConnectionError,
-    TimeoutError,
-)
 
 
 @dataclass(frozen=True)
@@ -50,7 +37,7 @@ def archive(event: PredictionEvent, *, store: JobStore, archiver: Archiver, poli
     prediction = event.prediction
     try:
         current = store.find_by_prediction(prediction.id)
-    except _STORAGE_ERRORS as error:
+    except TRANSIENT_ERRORS as error:
         raise TransientError("firestore_unavailable", _describe(error)) from error
     if current is not None and current.is_terminal:
         return ArchiveResult(Outcome.ABSORBED.value, Applied(Outcome.ABSORBED, current.job_id, current))
@@ -76,7 +63,7 @@ def archive(event: PredictionEvent, *, store: JobStore, archiver: Archiver, poli
         if not files:
             outputs.append(archiver.archive_value(prediction.id, plain_value(prediction.output)).to_document())
         applied = store.finish_archive(event, outputs, failure)
-    except _STORAGE_ERRORS as error:
+    except TRANSIENT_ERRORS as error:
         raise TransientError("storage_unavailable", _describe(error)) from error
     return ArchiveResult(applied.outcome.value, applied, outputs, failure)
 

@@ -2,6 +2,19 @@
 
 from __future__ import annotations
 
+import google.auth.exceptions
+import requests
+from google.api_core import exceptions as google_exceptions
+
+# What "Firestore, Cloud Storage or Pub/Sub is unavailable" looks like from their clients.
+TRANSIENT_ERRORS = (
+    google_exceptions.GoogleAPIError,
+    requests.RequestException,
+    google.auth.exceptions.TransportError,
+    ConnectionError,
+    TimeoutError,
+)
+
 
 class HandlerError(Exception):
     """Base of the handlers' errors. `reason` is a stable code for logs and metrics."""

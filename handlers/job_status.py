@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from google.api_core import exceptions as google_exceptions
-
-from handlers.errors import TransientError
+from handlers.errors import TRANSIENT_ERRORS, TransientError
 from relay.events import PredictionEvent
 from relay.jobstore import Applied, JobStore
 
@@ -13,5 +11,5 @@ def apply(store: JobStore, event: PredictionEvent) -> Applied:
     """Apply one event; Firestore being unavailable or contended is a TransientError (retry)."""
     try:
         return store.apply(event)
-    except (google_exceptions.GoogleAPIError, ConnectionError, TimeoutError) as error:
+    except TRANSIENT_ERRORS as error:
         raise TransientError("firestore_unavailable", f"{type(error).__name__}: {error}") from error

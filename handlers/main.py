@@ -13,14 +13,13 @@ from typing import Any
 
 import flask
 import google.cloud.storage as storage
-from google.api_core.exceptions import GoogleAPIError
 from google.cloud import firestore
 
 from handlers import archive_outputs as archive_handler
 from handlers import job_status as job_status_handler
-from handlers.errors import HandlerError, TransientError
+from handlers.errors import TRANSIENT_ERRORS, HandlerError, TransientError
 from handlers.push import PushEnvelope, decode_event, parse_envelope
-from handlers.reconcile import Reconciler, ReconcileSettings
+from handlers.reconcile import Reconciler
 from handlers.settings import HandlerSettings
 from relay import jobevents, logs
 from relay.archive import Archiver
@@ -32,9 +31,6 @@ from relay.publisher import PublishError, TopicPublisher
 from relay.replicate_api import ReplicateAPI
 
 log = logging.getLogger("relay.handlers")
-
-# Google APIs being unavailable, seen from their clients: worth a retry by the caller.
-_TRANSIENT = (GoogleAPIError, ConnectionError, TimeoutError)
 
 SETTINGS = load_or_exit(lambda: HandlerSettings.from_env(os.environ), "handlers")
 logs.configure(os.environ.get("K_SERVICE", "handlers"), level=SETTINGS.log_level)
@@ -108,18 +104,12 @@ def reconcile(request: flask.Request) -> flask.Response:
                 replicate=ReplicateAPI.connect(settings.replicate_token.value, base_url=settings.replicate_base_url),
                 events=TopicPublisher(SETTINGS.events_topic_path, deadline_seconds=deadline),
                 job_events=clients.job_events,
-                settings=ReconcileSettings(
-                    quiet_after=settings.quiet_after,
-                    submitted_after=settings.submitted_after,
-                    max_jobs=settings.max_jobs,
-                    concurrency=settings.concurrency,
-                    requests_per_second=settings.requests_per_second,
-                ),
+                settings=settings.run,
             )
         reconciler = _reconciler
     try:
         summary = reconciler.run().as_dict()
-    except _TRANSIENT as error:
+    except TRANSIENT_ERRORS as error:
         log.warning("reconcile run failed: %s", error, extra=logs.fields(outcome="retry"))
         return flask.make_response(({"error": "unavailable", "message": str(error)[:300]}, 503))
     log.info(

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
+from handlers.reconcile import ReconcileSettings
 from relay.config import ConfigError, Env, Secret, project_id
 from relay.downloads import DownloadPolicy
 from relay.jobs import Policy
@@ -18,22 +19,22 @@ _GCS_CHUNK_UNIT = 256 * 1024  # resumable upload chunks must be multiples of 256
 class ReconcilerSettings:
     replicate_token: Secret
     replicate_base_url: str
-    quiet_after: timedelta
-    submitted_after: timedelta
-    max_jobs: int
-    concurrency: int
-    requests_per_second: float
+    run: ReconcileSettings
 
     @classmethod
     def from_env(cls, env: Env) -> ReconcilerSettings:
         return cls(
             replicate_token=Secret(env.get_str("REPLICATE_API_TOKEN")),
             replicate_base_url=env.get_str("RELAY_REPLICATE_BASE_URL", DEFAULT_BASE_URL),
-            quiet_after=timedelta(seconds=env.get_float("RELAY_RECONCILE_QUIET_SECONDS", 600.0, minimum=1.0)),
-            submitted_after=timedelta(seconds=env.get_float("RELAY_RECONCILE_SUBMITTED_SECONDS", 300.0, minimum=1.0)),
-            max_jobs=env.get_int("RELAY_RECONCILE_MAX_JOBS", 500, minimum=1, maximum=10_000),
-            concurrency=env.get_int("RELAY_RECONCILE_CONCURRENCY", 4, minimum=1, maximum=64),
-            requests_per_second=env.get_float("RELAY_RECONCILE_REQUESTS_PER_SECOND", 5.0, minimum=0.1),
+            run=ReconcileSettings(
+                quiet_after=timedelta(seconds=env.get_float("RELAY_RECONCILE_QUIET_SECONDS", 600.0, minimum=1.0)),
+                submitted_after=timedelta(
+                    seconds=env.get_float("RELAY_RECONCILE_SUBMITTED_SECONDS", 300.0, minimum=1.0)
+                ),
+                max_jobs=env.get_int("RELAY_RECONCILE_MAX_JOBS", 500, minimum=1, maximum=10_000),
+                concurrency=env.get_int("RELAY_RECONCILE_CONCURRENCY", 4, minimum=1, maximum=64),
+                requests_per_second=env.get_float("RELAY_RECONCILE_REQUESTS_PER_SECOND", 5.0, minimum=0.1),
+            ),
         )
 
 
