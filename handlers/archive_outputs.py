@@ -58,7 +58,7 @@ def archive(event: PredictionEvent, *, store: JobStore, archiver: Archiver, poli
                 code, message = _permanent(error)
                 failure = failure or Failure(code, f"output {output.index}: {message}")
                 outputs.append(
-                    {"index": output.index, "source_url": _safe_url(error), "error_code": code, "error": message}
+                    {"index": output.index, "source_url": _source_url(error), "error_code": code, "error": message}
                 )
         if not files:
             outputs.append(archiver.archive_value(prediction.id, plain_value(prediction.output)).to_document())
@@ -76,7 +76,7 @@ def _permanent(error: DownloadError | ArchiveConflict) -> tuple[str, str]:
     return "output_refused", f"{error.reason}: {error.message}"
 
 
-def _safe_url(error: DownloadError | ArchiveConflict) -> str | None:
+def _source_url(error: DownloadError | ArchiveConflict) -> str | None:
     return error.url if isinstance(error, DownloadError) else None
 
 

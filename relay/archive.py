@@ -12,7 +12,7 @@ import google.cloud.storage as storage
 import google_crc32c
 from google.api_core import exceptions as google_exceptions
 
-from relay.downloads import Download, Downloader
+from relay.downloads import Download, Downloader, safe_url
 from relay.outputs import OutputFile
 
 
@@ -54,13 +54,14 @@ class Archiver:
 
     def archive_file(self, prediction_id: str, output: OutputFile) -> ArchivedObject:
         """Copy one output file; raises the downloader's errors, ArchiveConflict or Google API errors."""
+        self._downloader.check(output.url)  # a refused URL stays refused, archived or not
+        name = object_name(prediction_id, output.index, self._downloader.file_name(output.url))
+        existing = self._bucket.get_blob(name)
+        if existing is not None:
+            # A redelivered message: the object is complete (GCS shows only finished uploads), so
+            # the file is not fetched again, which also matters once Replicate has deleted it.
+            return self._describe(existing, output.index, safe_url(output.url), already=True)
         with self._downloader.open(output.url) as download:
-            name = object_name(prediction_id, output.index, download.file_name)
-            existing = self._bucket.get_blob(name)
-            if existing is not None:
-                # A redelivered message: the object is complete (GCS shows only finished uploads),
-                # so the body is not read again.
-                return self._describe(existing, output.index, download.url, already=True)
             reader = ChecksummingReader(download.iter_chunks())
             return self._upload(name, reader, download, output.index)
 

@@ -147,6 +147,18 @@ class Downloader:
         else:
             self._check(url)
 
+    def file_name(self, url: str) -> str:
+        """The `file_name` that `open(url)` gives, known without any request (the archiver names
+        objects by it, so an already archived file is found without fetching it again)."""
+        if _is_data_uri(url):
+            media_type, _ = self._decode_data_uri(url)
+            return "output" + _extension(media_type)
+        try:
+            return _file_name(httpx.URL(url).raw_path)
+        except httpx.InvalidURL:
+            safe = safe_url(url)
+            raise DownloadRefused("bad_url", f"{safe} is not a valid URL", url=safe) from None
+
     @contextmanager
     def open(self, url: str) -> Iterator[Download]:
         """Check `url`, connect to a checked address and yield the Download; each redirect is checked afresh."""
@@ -163,7 +175,7 @@ class Downloader:
                 target = self._redirect_target(target, response, redirects)
                 response.close()
                 response = self._request(target)
-            safe = _safe_url(str(target.url))
+            safe = safe_url(str(target.url))
             _raise_for_status(response.status_code, safe)
             length = _content_length(response)
             if length is not None and length > self._policy.max_bytes:
@@ -182,7 +194,7 @@ class Downloader:
             response.close()
 
     def _check(self, url: str) -> _Target:
-        safe = _safe_url(url)
+        safe = safe_url(url)
         if _UNSAFE_URL_CHARS.search(url):
             raise DownloadRefused("bad_url", f"{safe} has whitespace, a control character or a backslash", url=safe)
         try:
@@ -227,7 +239,7 @@ class Downloader:
         return addresses
 
     def _redirect_target(self, current: _Target, response: httpx.Response, redirects: int) -> _Target:
-        origin = _safe_url(str(current.url))
+        origin = safe_url(str(current.url))
         if redirects > self._policy.max_redirects:
             raise DownloadRefused(
                 "too_many_redirects", f"{origin}: more than {self._policy.max_redirects} redirects", url=origin
@@ -245,7 +257,7 @@ class Downloader:
             target = self._check(next_url)
         except DownloadRefused as exc:
             raise DownloadRefused(exc.reason, f"redirect from {origin} refused: {exc.message}", url=exc.url) from None
-        _log.info("following redirect", extra=fields(source=origin, target=_safe_url(next_url)))
+        _log.info("following redirect", extra=fields(source=origin, target=safe_url(next_url)))
         return target
 
     def _request(self, target: _Target) -> httpx.Response:
@@ -264,7 +276,7 @@ class Downloader:
         extensions: dict[str, object] = {"timeout": self._timeout.as_dict()}
         if not target.ip_literal:
             extensions["sni_hostname"] = target.host
-        safe = _safe_url(str(target.url))
+        safe = safe_url(str(target.url))
         for index, address in enumerate(target.addresses):
             request = httpx.Request("GET", target.url.copy_with(host=address), headers=headers, extensions=extensions)
             try:
@@ -308,7 +320,7 @@ class Downloader:
             yield bytes(buffer)
 
     def _decode_data_uri(self, uri: str) -> tuple[str, bytes]:
-        safe = _safe_url(uri)
+        safe = safe_url(uri)
         limit = self._policy.max_data_uri_bytes
         header, comma, payload = uri[len("data:") :].partition(",")
         if not comma:
@@ -334,7 +346,7 @@ class Downloader:
         media_type, data = self._decode_data_uri(uri)
         size = self._policy.chunk_bytes
         return Download(
-            url=_safe_url(uri),
+            url=safe_url(uri),
             content_type=media_type,
             content_length=len(data),
             file_name="output" + _extension(media_type),
@@ -406,7 +418,7 @@ def _is_data_uri(url: str) -> bool:
     return url[:5].lower() == "data:"
 
 
-def _safe_url(url: str) -> str:
+def safe_url(url: str) -> str:
     """scheme://host[:port]/path of `url`: no user information, query or fragment, safe to log."""
     if _is_data_uri(url):
         return "data:" + _UNSAFE_URL_CHARS.sub("", url[5:].partition(",")[0])[:100]

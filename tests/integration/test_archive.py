@@ -178,7 +178,8 @@ def test_server_error_is_retried_and_files_already_stored_are_not_copied_again(
     files: FileServer, succeed: Callable[..., SignedWebhook], db: firestore.Client
 ) -> None:
     prediction_id = unique_id()
-    first = files.serve(f"/{prediction_id}/a.png", Answer(body=b"first", content_type="image/png"))
+    # Served once, then gone: a second fetch would fail the job as output_expired.
+    first = files.serve(f"/{prediction_id}/a.png", Answer(body=b"first", content_type="image/png"), Answer(404))
     flaky = files.serve(
         f"/{prediction_id}/b.png", Answer(503, b"busy"), Answer(body=b"second", content_type="image/png")
     )
@@ -189,6 +190,7 @@ def test_server_error_is_retried_and_files_already_stored_are_not_copied_again(
     assert job.outputs[0]["already_archived"] is True  # found by name on the second attempt
     assert job.outputs[1]["already_archived"] is False
     assert files.requests[f"/{prediction_id}/b.png"] == 2
+    assert files.requests[f"/{prediction_id}/a.png"] == 1
 
 
 def test_refused_outputs_fail_the_job_without_any_request_to_the_refused_target(
