@@ -112,8 +112,9 @@ def test_dropped_final_webhook_is_recovered_by_the_reconciler(
     assert summary["recovered"] >= 1  # type: ignore[operator]
     final = wait_for_job(db, job.job_id, "succeeded")
     assert final.outputs[0]["gs_uri"].startswith("gs://")
-    sources = {e["source"] for e in _events(db, job.job_id) if e["status"] == "succeeded"}
-    assert sources == {"reconciler"}
+    # archive-outputs may finish the job before job-status records the event: wait for the record.
+    recorded = wait_for(lambda: _succeeded_events(db, job.job_id), what="job-status to record the event")
+    assert {e["source"] for e in recorded} == {"reconciler"}
     assert stuck.updated_at is not None
 
 
