@@ -14,26 +14,37 @@ from typing import Any
 import flask
 import google.cloud.storage as storage
 from google.cloud import firestore
+from opentelemetry import trace
+from opentelemetry.trace import Span
 
 from handlers import archive_outputs as archive_handler
 from handlers import job_status as job_status_handler
 from handlers.errors import TRANSIENT_ERRORS, HandlerError, TransientError
 from handlers.push import PushEnvelope, decode_event, parse_envelope
+from handlers.reconcile import ACTOR as RECONCILER
 from handlers.reconcile import Reconciler
-from handlers.settings import HandlerSettings
-from relay import jobevents, logs
+from handlers.settings import HandlerSettings, ReconcilerSettings
+from relay import jobevents, logs, telemetry
 from relay.archive import Archiver
 from relay.config import load_or_exit
 from relay.downloads import Downloader
 from relay.jobs import Job, needs_announcement
-from relay.jobstore import JobStore
+from relay.jobstore import JobStore, utcnow
 from relay.publisher import PublishError, TopicPublisher
 from relay.replicate_api import ReplicateAPI
+from relay.topology import load as load_topology
 
 log = logging.getLogger("relay.handlers")
 
 SETTINGS = load_or_exit(lambda: HandlerSettings.from_env(os.environ), "handlers")
-logs.configure(os.environ.get("K_SERVICE", "handlers"), level=SETTINGS.log_level)
+logs.configure(SETTINGS.telemetry.service, level=SETTINGS.log_level, project=SETTINGS.project)
+telemetry.setup(SETTINGS.telemetry, instrument=("firestore", "requests", "httpx"))
+# After how many refused deliveries Pub/Sub dead-letters a subscription's message.
+MAX_DELIVERY_ATTEMPTS = {
+    subscription.name: subscription.dead_letter.max_delivery_attempts
+    for subscription in load_topology().subscriptions
+    if subscription.dead_letter
+}
 
 
 @dataclass(frozen=True)
@@ -87,7 +98,6 @@ _reconciler: Reconciler | None = None
 
 def reconcile(request: flask.Request) -> flask.Response:
     """What Cloud Scheduler calls every few minutes: check quiet jobs against Replicate."""
-    global _reconciler
     if request.method != "POST":
         return flask.make_response(({"error": "method_not_allowed"}, 405))
     settings = SETTINGS.reconciler
@@ -95,6 +105,21 @@ def reconcile(request: flask.Request) -> flask.Response:
         log.error("reconcile called but its settings were not loaded: set FUNCTION_TARGET=reconcile")
         return flask.make_response(({"error": "not_configured"}, 500))
     started = time.perf_counter()
+    # Each run is a trace of its own (Cloud Scheduler's request is only linked): a recovered
+    # prediction's trace links back to it.
+    request_context = trace.get_current_span(telemetry.extract_http(_headers(request))).get_span_context()
+    with telemetry.tracer().start_as_current_span(
+        "reconcile run",
+        context=telemetry.new_trace(),
+        links=[trace.Link(request_context)] if request_context.is_valid else [],
+    ) as span:
+        response = _reconcile(settings, span, started)
+    telemetry.flush()
+    return response
+
+
+def _reconcile(settings: ReconcilerSettings, span: Span, started: float) -> flask.Response:
+    global _reconciler
     with _lock:
         if _reconciler is None:
             clients = _get_clients_unlocked()
@@ -110,8 +135,12 @@ def reconcile(request: flask.Request) -> flask.Response:
     try:
         summary = reconciler.run().as_dict()
     except TRANSIENT_ERRORS as error:
+        telemetry.mark_error(span, "unavailable", str(error)[:300])
+        _record_handling(RECONCILER, "retry", started)
         log.warning("reconcile run failed: %s", error, extra=logs.fields(outcome="retry"))
         return flask.make_response(({"error": "unavailable", "message": str(error)[:300]}, 503))
+    span.set_attributes({f"relay.reconcile.{key}": value for key, value in summary.items() if isinstance(value, int)})
+    _record_handling(RECONCILER, "ok", started)
     log.info(
         "reconcile run: %(checked)s checked, %(recovered)s recovered, %(errors)s errors",
         summary,
@@ -120,10 +149,11 @@ def reconcile(request: flask.Request) -> flask.Response:
     return flask.make_response((summary, 200))
 
 
-def _apply_job_status(envelope: PushEnvelope) -> dict[str, Any]:
+def _apply_job_status(envelope: PushEnvelope, span: Span) -> dict[str, Any]:
     event = decode_event(envelope)
     clients = _get_clients()
     applied = job_status_handler.apply(clients.store, event)
+    span.set_attribute(telemetry.JOB_ID, applied.job_id)
     announced = _announce_if_owed(clients, applied.job, "job-status")
     return {
         "outcome": applied.outcome.value,
@@ -134,20 +164,22 @@ def _apply_job_status(envelope: PushEnvelope) -> dict[str, Any]:
     }
 
 
-def _archive_outputs(envelope: PushEnvelope) -> dict[str, Any]:
+def _archive_outputs(envelope: PushEnvelope, span: Span) -> dict[str, Any]:
     event = decode_event(envelope)
     clients = _get_clients()
     result = archive_handler.archive(event, store=clients.store, archiver=clients.archiver, policy=SETTINGS.policy)
     job = result.applied.job if result.applied else None
+    if result.applied:
+        span.set_attribute(telemetry.JOB_ID, result.applied.job_id)
     announced = _announce_if_owed(clients, job, archive_handler.ACTOR)
+    archived_bytes = sum(int(entry.get("size") or 0) for entry in result.outputs if not entry.get("already_archived"))
+    telemetry.METRICS.archive_bytes.add(archived_bytes)
     return {
         "outcome": result.outcome,
         "job_id": result.applied.job_id if result.applied else None,
         "state": job.state if job else None,
         "files": len([entry for entry in result.outputs if entry.get("gs_uri")]),
-        "bytes_archived": sum(
-            int(entry.get("size") or 0) for entry in result.outputs if not entry.get("already_archived")
-        ),
+        "bytes_archived": archived_bytes,
         "error_code": result.failure.code if result.failure else None,
         "announced": announced,
         **_event_fields(envelope, event.attributes.source.value),
@@ -159,10 +191,15 @@ def _announce_if_owed(clients: Clients, job: Job | None, actor: str) -> bool:
     if job is None or not needs_announcement(job, actor):
         return False
     try:
-        return jobevents.announce_once(clients.store, clients.job_events, job)
+        announced = jobevents.announce_once(clients.store, clients.job_events, job)
     except PublishError as error:
         # The transition is committed; redelivery of this message announces it then.
         raise TransientError("announce_failed", str(error)) from error
+    if announced and job.completed_at is not None:
+        # Once per job (the announcement is claimed once): Replicate finished → the job is final.
+        latency = (utcnow() - job.completed_at).total_seconds()
+        telemetry.METRICS.end_to_end.record(max(latency, 0.0), {"state": job.state})
+    return announced
 
 
 def _event_fields(envelope: PushEnvelope, source: str) -> dict[str, Any]:
@@ -175,33 +212,46 @@ def _event_fields(envelope: PushEnvelope, source: str) -> dict[str, Any]:
     }
 
 
-def _serve_push(request: flask.Request, handler: str, work: Callable[[PushEnvelope], dict[str, Any]]) -> flask.Response:
-    """One log line per message; HandlerError decides between acknowledging and retrying."""
+def _serve_push(
+    request: flask.Request, handler: str, work: Callable[[PushEnvelope, Span], dict[str, Any]]
+) -> flask.Response:
+    """One span and one log line per message; HandlerError decides between acknowledging and retrying."""
     started = time.perf_counter()
-    envelope: PushEnvelope | None = None
+    if request.method != "POST":
+        return flask.make_response(({"error": "method_not_allowed"}, 405))
     try:
-        if request.method != "POST":
-            return flask.make_response(({"error": "method_not_allowed"}, 405))
         envelope = parse_envelope(request.get_data(cache=False))
-        result = work(envelope)
     except HandlerError as error:
-        retry = error.status >= 300
-        log.log(
-            logging.WARNING if retry else logging.ERROR,
-            "%s message %s: %s",
-            handler,
-            "will be retried" if retry else "dropped as undeliverable",
-            error.message,
-            extra=logs.fields(
-                handler=handler,
-                outcome="retry" if retry else "permanent_failure",
-                reason=error.reason,
-                message_id=envelope.message.message_id if envelope else None,
-                prediction_id=envelope.message.attributes.get("prediction_id") if envelope else None,
-                latency_ms=_elapsed_ms(started),
-            ),
-        )
-        return flask.make_response(({"error": error.reason, "message": error.message}, error.status))
+        response = _failed(handler, error, None, started)
+    else:
+        with telemetry.consumer_span(
+            envelope.subscription_name or handler,
+            envelope.message.attributes,
+            message_id=envelope.message.message_id,
+            delivery_attempt=envelope.delivery_attempt,
+            request_headers=_headers(request),
+        ) as span:
+            response = _handle(handler, envelope, work, span, started)
+    telemetry.flush()
+    return response
+
+
+def _handle(
+    handler: str,
+    envelope: PushEnvelope,
+    work: Callable[[PushEnvelope, Span], dict[str, Any]],
+    span: Span,
+    started: float,
+) -> flask.Response:
+    try:
+        result = work(envelope, span)
+    except HandlerError as error:
+        telemetry.mark_error(span, error.reason, error.message)
+        return _failed(handler, error, envelope, started)
+    span.set_attribute(telemetry.OUTCOME, result["outcome"])
+    if result.get("error_code"):
+        telemetry.mark_error(span, result["error_code"])
+    _record_handling(handler, result["outcome"], started)
     # A job that ended failed because of its outputs (expired, refused) is an ERROR for whoever is on
     # call, though the message itself is done with and acknowledged.
     log.log(
@@ -214,6 +264,47 @@ def _serve_push(request: flask.Request, handler: str, work: Callable[[PushEnvelo
         ),
     )
     return flask.make_response((result, 200))
+
+
+def _failed(handler: str, error: HandlerError, envelope: PushEnvelope | None, started: float) -> flask.Response:
+    retry = error.status >= 300
+    outcome = "retry" if retry else "permanent_failure"
+    _record_handling(handler, outcome, started)
+    if retry and envelope and _last_attempt(envelope):
+        telemetry.METRICS.dead_lettered.add(1, {"handler": handler})
+    log.log(
+        logging.WARNING if retry else logging.ERROR,
+        "%s message %s: %s",
+        handler,
+        "will be retried" if retry else "dropped as undeliverable",
+        error.message,
+        extra=logs.fields(
+            handler=handler,
+            outcome=outcome,
+            reason=error.reason,
+            message_id=envelope.message.message_id if envelope else None,
+            prediction_id=envelope.message.attributes.get("prediction_id") if envelope else None,
+            delivery_attempt=envelope.delivery_attempt if envelope else None,
+            latency_ms=_elapsed_ms(started),
+        ),
+    )
+    return flask.make_response(({"error": error.reason, "message": error.message}, error.status))
+
+
+def _last_attempt(envelope: PushEnvelope) -> bool:
+    """Whether Pub/Sub dead-letters this message once it is refused (known only where Pub/Sub says
+    which attempt this is: the real service does, the emulator does not)."""
+    limit = MAX_DELIVERY_ATTEMPTS.get(envelope.subscription_name)
+    return limit is not None and envelope.delivery_attempt is not None and envelope.delivery_attempt >= limit
+
+
+def _record_handling(handler: str, outcome: str, started: float) -> None:
+    telemetry.METRICS.handler_duration.record(time.perf_counter() - started, {"handler": handler, "outcome": outcome})
+
+
+def _headers(request: flask.Request) -> dict[str, str]:
+    """Request headers with lower-case names, as the trace propagators look them up."""
+    return {name.lower(): value for name, value in request.headers.items()}
 
 
 def _elapsed_ms(started: float) -> float:

@@ -4,6 +4,7 @@ quiet and publishes what it learns into `replicate-events`, so the same handlers
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -12,7 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from relay import jobevents
+from opentelemetry import trace
+
+from relay import jobevents, telemetry
 from relay.events import EventAttributes, PayloadError, Source, parse_prediction
 from relay.jobs import TERMINAL_STATES, Job, JobState
 from relay.jobstore import JobStore, utcnow
@@ -99,7 +102,10 @@ class Reconciler:
                     summary.error_samples.append(error)
 
         with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
-            list(pool.map(check, quiet))
+            # Each check runs in a copy of this context, so its spans stay in the run's trace.
+            checks = [pool.submit(contextvars.copy_context().run, check, job) for job in quiet]
+            for done in checks:
+                done.result()
         summary.announced = self._announce_lost(now)
         return summary
 
@@ -130,9 +136,10 @@ class Reconciler:
             source=Source.RECONCILER,
         )
         try:
-            self.events.publish(body, attributes.to_message())
+            self._publish_recovery(job, body, attributes)
         except PublishError as error:
             return "errors", f"{job.prediction_id}: {error}"
+        telemetry.METRICS.recovered.add(1)
         log.info(
             "reconciler recovered prediction %s: %s → %s",
             prediction.id,
@@ -141,6 +148,24 @@ class Reconciler:
             extra={"fields": {"job_id": job.job_id, "prediction_id": prediction.id, "status": prediction.status}},
         )
         return "recovered", None
+
+    def _publish_recovery(self, job: Job, body: bytes, attributes: EventAttributes) -> None:
+        """Publish what Replicate said as an event, in a trace of its own, as a webhook would have
+        started one; that trace and the run's link to each other."""
+        run = trace.get_current_span()
+        with telemetry.tracer().start_as_current_span(
+            "reconcile recover",
+            context=telemetry.new_trace(),
+            links=[trace.Link(run.get_span_context(), {"relay.link": "reconcile_run"})],
+            attributes={
+                telemetry.PREDICTION_ID: attributes.prediction_id,
+                telemetry.JOB_ID: job.job_id,
+                telemetry.STATUS: attributes.status,
+                "relay.reconcile.previous_status": job.replicate_status or "",
+            },
+        ) as span:
+            run.add_link(span.get_span_context(), {"relay.link": "recovered_prediction"})
+            self.events.publish(body, attributes.to_message())
 
     def _announce_lost(self, now: datetime) -> int:
         """Announce final jobs whose announcer failed to (for example a submit that Pub/Sub refused)."""

@@ -11,8 +11,12 @@ from relay.config import ConfigError, Env, Secret, project_id
 from relay.downloads import DownloadPolicy
 from relay.jobs import Policy
 from relay.replicate_api import DEFAULT_BASE_URL
+from relay.telemetry import TelemetrySettings
 
 _GCS_CHUNK_UNIT = 256 * 1024  # resumable upload chunks must be multiples of 256 KiB
+# The service name each function target reports its telemetry under, unless K_SERVICE or
+# OTEL_SERVICE_NAME says otherwise.
+_SERVICES = {"job_status": "job-status", "archive_outputs": "archive-outputs", "reconcile": "reconciler"}
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,7 @@ class HandlerSettings:
     events_topic: str
     reconciler: ReconcilerSettings | None  # read only where the reconcile target runs
     log_level: str
+    telemetry: TelemetrySettings
 
     @property
     def events_topic_path(self) -> str:
@@ -64,6 +69,7 @@ class HandlerSettings:
     def from_env(cls, environ: Mapping[str, str]) -> HandlerSettings:
         env = Env(environ)
         project = project_id(env)
+        target = env.get_optional("FUNCTION_TARGET") or ""
         chunk = env.get_int("RELAY_UPLOAD_CHUNK_BYTES", 8 * 1024 * 1024, minimum=_GCS_CHUNK_UNIT)
         if chunk % _GCS_CHUNK_UNIT:
             raise ConfigError("RELAY_UPLOAD_CHUNK_BYTES must be a multiple of 262144 (256 KiB)")
@@ -90,6 +96,9 @@ class HandlerSettings:
             ),
             upload_chunk_bytes=chunk,
             events_topic=env.get_str("RELAY_EVENTS_TOPIC", "replicate-events"),
-            reconciler=ReconcilerSettings.from_env(env) if env.get_optional("FUNCTION_TARGET") == "reconcile" else None,
+            reconciler=ReconcilerSettings.from_env(env) if target == "reconcile" else None,
             log_level=env.get_str("RELAY_LOG_LEVEL", "INFO").upper(),
+            telemetry=TelemetrySettings.from_env(
+                environ, service=env.get_str("K_SERVICE", _SERVICES.get(target, "handlers")), project=project
+            ),
         )

@@ -8,10 +8,11 @@ class Rejected(Exception):
 
     status = 400
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, *, verification: bool = False) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
+        self.verification = verification  # the signature or its timestamp failed, not the request's form
 
 
 class BadRequest(Rejected):

@@ -82,7 +82,7 @@ class Intake:
             )
         except VerificationError as error:
             kind = BadRequest if error.malformed else Unauthorized
-            raise kind(error.reason, error.message) from None
+            raise kind(error.reason, error.message, verification=True) from None
         try:
             prediction = parse_prediction_ref(raw)
         except PayloadError as error:

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import time
 
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from receiver.errors import MethodNotAllowed, Rejected
 from receiver.intake import Intake, client_key
 from receiver.settings import ReceiverSettings
-from relay import logs
+from relay import logs, telemetry
 from relay.config import load_or_exit
 from relay.publisher import AsyncTopicPublisher
 
@@ -22,7 +24,8 @@ HEALTH_PATH = "/health"  # Cloud Run reserves some paths ending in "z", so not /
 log = logging.getLogger("relay.receiver")
 
 SETTINGS = load_or_exit(lambda: ReceiverSettings.from_env(os.environ), "receiver")
-logs.configure("receiver", level=SETTINGS.log_level)
+logs.configure("receiver", level=SETTINGS.log_level, project=SETTINGS.project)
+telemetry.setup(SETTINGS.telemetry)
 
 _intake: Intake | None = None
 
@@ -47,6 +50,20 @@ async def receive(request: Request) -> Response:
     # One pass over the raw ASGI headers (already lower-case) into a dict: Starlette's Headers
     # scans its list on every lookup, and a webhook needs six of them.
     headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in request.scope["headers"]}
+    with telemetry.tracer().start_as_current_span(
+        f"{request.method} /",
+        context=telemetry.extract_http(headers),
+        kind=SpanKind.SERVER,
+        attributes={"http.request.method": request.method, "url.path": request.scope["path"]},
+    ) as span:
+        response = await _receive(request, headers, span, started)
+    if telemetry.flush_each_request():
+        await asyncio.to_thread(telemetry.flush)
+    return response
+
+
+async def _receive(request: Request, headers: dict[str, str], span: Span, started: float) -> Response:
+    """One line of log, one set of metrics and one answer per webhook, whatever its outcome."""
     client = client_key(
         request.client.host if request.client else None,
         headers.get("x-forwarded-for"),
@@ -57,13 +74,18 @@ async def receive(request: Request) -> Response:
             raise MethodNotAllowed("method_not_allowed", f"{request.method} is not accepted; Replicate POSTs")
         accepted = await _get_intake().handle(headers, request.stream(), client=client)
     except Rejected as rejected:
-        level = logging.ERROR if rejected.status >= 500 else logging.WARNING
+        outcome = "unavailable" if rejected.status >= 500 else "rejected"
+        _record(span, started, outcome, rejected.status, rejected.reason)
+        if rejected.verification:
+            telemetry.METRICS.verification_failures.add(1, {"reason": rejected.reason})
+        if rejected.status >= 500:
+            span.set_status(Status(StatusCode.ERROR, rejected.message))
         log.log(
-            level,
+            logging.ERROR if rejected.status >= 500 else logging.WARNING,
             "webhook rejected: %s",
             rejected.message,
             extra=logs.fields(
-                outcome="rejected",
+                outcome=outcome,
                 http_status=rejected.status,
                 reason=rejected.reason,
                 webhook_id=_printable(headers.get("webhook-id")),
@@ -72,6 +94,14 @@ async def receive(request: Request) -> Response:
             ),
         )
         return JSONResponse({"error": rejected.reason, "message": rejected.message}, status_code=rejected.status)
+    _record(span, started, "accepted", 200)
+    span.set_attributes(
+        {
+            telemetry.PREDICTION_ID: accepted.prediction_id,
+            telemetry.STATUS: accepted.status,
+            telemetry.WEBHOOK_ID: accepted.webhook_id,
+        }
+    )
     log.info(
         "webhook accepted",
         extra=logs.fields(
@@ -85,6 +115,18 @@ async def receive(request: Request) -> Response:
         ),
     )
     return Response(_accepted_body(accepted.message_id), media_type="application/json")
+
+
+def _record(span: Span, started: float, outcome: str, status: int, reason: str | None = None) -> None:
+    """The webhook's outcome on its span and in the metrics."""
+    span.set_attribute("http.response.status_code", status)
+    span.set_attribute(telemetry.OUTCOME, outcome)
+    attributes = {"outcome": outcome}
+    if reason:
+        span.set_attribute("error.type", reason)
+        attributes["reason"] = reason
+    telemetry.METRICS.webhooks.add(1, attributes)
+    telemetry.METRICS.webhook_duration.record(time.perf_counter() - started, {"outcome": outcome})
 
 
 def _accepted_body(message_id: str) -> bytes:

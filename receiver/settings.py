@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from relay.config import ConfigError, Env, Secret, project_id
+from relay.telemetry import TelemetrySettings
 from relay.webhooks import DEFAULT_TOLERANCE_SECONDS, SigningKey, parse_secrets
 
 # Pub/Sub takes messages of up to 10 MB; stay well under it, with room for attributes.
@@ -25,6 +26,7 @@ class ReceiverSettings:
     failure_max_clients: int
     trusted_proxy_hops: int
     log_level: str
+    telemetry: TelemetrySettings
 
     @property
     def topic_path(self) -> str:
@@ -43,8 +45,9 @@ class ReceiverSettings:
         max_body = env.get_int("RELAY_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, minimum=1024)
         if max_body > 9_000_000:
             raise ConfigError("RELAY_MAX_BODY_BYTES must be at most 9000000 (Pub/Sub's limit is 10 MB)")
+        project = project_id(env)
         return cls(
-            project=project_id(env),
+            project=project,
             events_topic=env.get_str("RELAY_EVENTS_TOPIC", "replicate-events"),
             signing_keys=keys,
             tolerance_seconds=env.get_int("RELAY_WEBHOOK_TOLERANCE_SECONDS", DEFAULT_TOLERANCE_SECONDS, minimum=1),
@@ -55,4 +58,5 @@ class ReceiverSettings:
             failure_max_clients=env.get_int("RELAY_FAILURE_MAX_CLIENTS", 10_000, minimum=1),
             trusted_proxy_hops=env.get_int("RELAY_TRUSTED_PROXY_HOPS", 0),
             log_level=env.get_str("RELAY_LOG_LEVEL", "INFO").upper(),
+            telemetry=TelemetrySettings.from_env(environ, service="receiver", project=project),
         )

@@ -12,6 +12,7 @@ import google.cloud.storage as storage
 import google_crc32c
 from google.api_core import exceptions as google_exceptions
 
+from relay import telemetry
 from relay.downloads import Download, Downloader, safe_url
 from relay.outputs import OutputFile
 
@@ -54,6 +55,21 @@ class Archiver:
 
     def archive_file(self, prediction_id: str, output: OutputFile) -> ArchivedObject:
         """Copy one output file; raises the downloader's errors, ArchiveConflict or Google API errors."""
+        with telemetry.tracer().start_as_current_span(
+            "archive file",
+            attributes={"relay.output.index": output.index, "relay.output.url": safe_url(output.url)},
+        ) as span:
+            archived = self._archive_file(prediction_id, output)
+            span.set_attributes(
+                {
+                    "relay.output.gs_uri": archived.gs_uri,
+                    "relay.output.size": archived.size,
+                    "relay.output.already_archived": archived.already_archived,
+                }
+            )
+            return archived
+
+    def _archive_file(self, prediction_id: str, output: OutputFile) -> ArchivedObject:
         self._downloader.check(output.url)  # a refused URL stays refused, archived or not
         name = object_name(prediction_id, output.index, self._downloader.file_name(output.url))
         existing = self._bucket.get_blob(name)

@@ -11,7 +11,9 @@ from typing import Any, TypeVar
 from google.api_core import exceptions as google_exceptions
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
+from opentelemetry.trace import SpanKind
 
+from relay import telemetry
 from relay.events import PredictionEvent
 from relay.jobs import DEFAULT_POLICY, Decision, Failure, Job, JobState, Outcome, Policy, apply_event, finish_archive
 
@@ -71,7 +73,7 @@ class JobStore:
             transaction.create(event_ref, self._event_record(event, decision.outcome, now))
             return decision
 
-        return self._transact(event, work)
+        return self._transact("apply_event", event, work)
 
     def finish_archive(self, event: PredictionEvent, outputs: list[dict[str, Any]], failure: Failure | None) -> Applied:
         """Record archived outputs and make the job final: succeeded, or failed with `failure`."""
@@ -81,7 +83,7 @@ class JobStore:
                 job, event, job_id=job_id, outputs=outputs, failure=failure, now=self._clock(), policy=self._policy
             )
 
-        return self._transact(event, work)
+        return self._transact("finish_archive", event, work)
 
     def claim_announcement(self, job_id: str, *, lease: timedelta = timedelta(seconds=60)) -> Job | None:
         """Take the right to announce a final job; None if it is announced or someone else holds it.
@@ -103,7 +105,7 @@ class JobStore:
             transaction.update(ref, {"announce_claimed_at": now})
             return job
 
-        claimed: Job | None = self._commit(run)
+        claimed: Job | None = self._commit("claim_announcement", run)
         return claimed
 
     def mark_announced(self, job_id: str) -> None:
@@ -149,7 +151,7 @@ class JobStore:
             transaction.delete(job_ref)
             return winner_id
 
-        attached: str = self._commit(run)
+        attached: str = self._commit("attach_prediction", run)
         return attached
 
     def fail_submission(self, job_id: str, message: str) -> Job:
@@ -216,7 +218,7 @@ class JobStore:
             transaction.set(ref, aborted.to_document())
             return aborted
 
-        result: Job | None = self._commit(run)
+        result: Job | None = self._commit("abort_unsubmitted", run)
         return result
 
     def get(self, job_id: str) -> Job | None:
@@ -233,6 +235,7 @@ class JobStore:
 
     def _transact(
         self,
+        operation: str,
         event: PredictionEvent,
         work: Callable[[firestore.Transaction, str, Job | None], Applied | Decision],
     ) -> Applied:
@@ -258,7 +261,7 @@ class JobStore:
                 transaction.set(job_ref, result.job.to_document())
             return Applied(result.outcome, job_id, result.job or job)
 
-        applied: Applied = self._commit(run)
+        applied: Applied = self._commit(operation, run)
         return applied
 
     def _read(self, transaction: firestore.Transaction, job_id: str) -> tuple[firestore.DocumentReference, Job | None]:
@@ -266,18 +269,25 @@ class JobStore:
         snapshot = ref.get(transaction=transaction)
         return ref, Job.model_validate(snapshot.to_dict()) if snapshot.exists else None
 
-    def _commit(self, run: Callable[[firestore.Transaction], T]) -> T:
+    def _commit(self, operation: str, run: Callable[[firestore.Transaction], T]) -> T:
         """Run a @transactional function; contention that outlasts its retries becomes `Aborted`.
 
         The client retries a conflicting transaction at once, without backoff, and raises a bare
         ValueError when its attempts run out; callers treat Aborted as transient and retry later.
+        One span covers the whole transaction, its RPCs (traced by the gRPC instrumentation) and
+        retries; no instrumentation knows where a Firestore transaction begins and ends.
         """
-        try:
-            return run(self._client.transaction(max_attempts=_TRANSACTION_ATTEMPTS))
-        except ValueError as error:
-            if "Failed to commit transaction" not in str(error):
-                raise
-            raise google_exceptions.Aborted(f"Firestore transaction contended: {error}") from error  # type: ignore[no-untyped-call]
+        with telemetry.tracer().start_as_current_span(
+            f"firestore transaction {operation}",
+            kind=SpanKind.CLIENT,
+            attributes={"db.system.name": "firestore", "db.operation.name": operation},
+        ):
+            try:
+                return run(self._client.transaction(max_attempts=_TRANSACTION_ATTEMPTS))
+            except ValueError as error:
+                if "Failed to commit transaction" not in str(error):
+                    raise
+                raise google_exceptions.Aborted(f"Firestore transaction contended: {error}") from error  # type: ignore[no-untyped-call]
 
     def _event_record(self, event: PredictionEvent, outcome: Outcome, now: datetime) -> dict[str, Any]:
         attributes = event.attributes

@@ -8,6 +8,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from opentelemetry import trace
+
 _configured_service: str | None = None
 
 
@@ -15,12 +17,14 @@ class CloudLoggingFormatter(logging.Formatter):
     """Formats records as the JSON Cloud Logging parses from a container's stdout.
 
     Structured fields travel in `extra={"fields": {...}}` (see `fields()`), so the message
-    stays human-readable and the fields stay queryable.
+    stays human-readable and the fields stay queryable. A record logged inside a span carries
+    the trace fields Cloud Logging uses to show it beside the trace in Cloud Trace.
     """
 
-    def __init__(self, service: str) -> None:
+    def __init__(self, service: str, project: str | None = None) -> None:
         super().__init__()
         self._service = service
+        self._trace_prefix = f"projects/{project}/traces/" if project else ""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -30,19 +34,24 @@ class CloudLoggingFormatter(logging.Formatter):
             "service": self._service,
             "logger": record.name,
         }
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            entry["logging.googleapis.com/trace"] = f"{self._trace_prefix}{span.trace_id:032x}"
+            entry["logging.googleapis.com/spanId"] = f"{span.span_id:016x}"
+            entry["logging.googleapis.com/trace_sampled"] = span.trace_flags.sampled
         entry.update(getattr(record, "fields", {}))
         if record.exc_info:
             entry["stack_trace"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
-def configure(service: str, *, level: str = "INFO") -> None:
+def configure(service: str, *, level: str = "INFO", project: str | None = None) -> None:
     """Send every log record to stdout as JSON. Idempotent; call once at process start."""
     global _configured_service
     if _configured_service == service:
         return
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(CloudLoggingFormatter(service))
+    handler.setFormatter(CloudLoggingFormatter(service, project))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -26,6 +26,8 @@ from google.api_core import retry as retries
 from google.cloud.pubsub_v1.types import BatchSettings, PublisherOptions
 from google.pubsub_v1.types import pubsub
 
+from relay import telemetry
+
 _SCOPES = ("https://www.googleapis.com/auth/pubsub",)
 _ENDPOINT = "pubsub.googleapis.com:443"
 _METHOD = "/google.pubsub.v1.Publisher/Publish"
@@ -76,6 +78,12 @@ class AsyncTopicPublisher:
 
     async def publish(self, data: bytes, attributes: Mapping[str, str]) -> str:
         """Publish and wait for the server's message id. Raises PublishError on failure or timeout."""
+        with telemetry.publish_span(self.topic_path, attributes, len(data)) as publish:
+            message_id = await self._publish(data, publish.attributes)
+            publish.sent(message_id)
+            return message_id
+
+    async def _publish(self, data: bytes, attributes: Mapping[str, str]) -> str:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[str] = loop.create_future()
         size = len(data) + sum(len(k) + len(v) for k, v in attributes.items())
@@ -184,8 +192,12 @@ class TopicPublisher:
         )
 
     def publish(self, data: bytes, attributes: Mapping[str, str]) -> str:
-        try:
-            future = self._client.publish(self.topic_path, data, **attributes)
-            return str(future.result(timeout=self._deadline))
-        except Exception as error:  # any client or transport failure means "not durably stored"
-            raise PublishError(f"publish failed: {type(error).__name__}: {error}") from error
+        """Publish and block until Pub/Sub has stored the message. Raises PublishError otherwise."""
+        with telemetry.publish_span(self.topic_path, attributes, len(data)) as publish:
+            try:
+                future = self._client.publish(self.topic_path, data, **publish.attributes)
+                message_id = str(future.result(timeout=self._deadline))
+            except Exception as error:  # any client or transport failure means "not durably stored"
+                raise PublishError(f"publish failed: {type(error).__name__}: {error}") from error
+            publish.sent(message_id)
+            return message_id

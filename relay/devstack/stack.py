@@ -64,6 +64,8 @@ class StackConfig:
     reconcile_every: float = 15.0
     webhook_secrets: tuple[str, ...] = (DEV_WEBHOOK_SECRET,)
     log_dir: Path = REPO_ROOT / ".relay" / "logs"
+    # Every process appends its spans and metrics here (OTLP/JSON lines); `relay trace` reads them.
+    telemetry_dir: Path = REPO_ROOT / ".relay" / "telemetry"
     topology_path: Path = DEFAULT_TOPOLOGY
     extra_env: Mapping[str, str] = field(default_factory=dict)
     start_timeout: float = 90.0
@@ -104,6 +106,14 @@ class LocalStack:
         }
 
     @property
+    def trace_file(self) -> Path:
+        return self.config.telemetry_dir / "spans.jsonl"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.config.telemetry_dir / "metrics.jsonl"
+
+    @property
     def simulator_url(self) -> str:
         return self.url(self.config.simulator_port)
 
@@ -117,6 +127,8 @@ class LocalStack:
         return {
             **self.emulator_env,
             "REPLICATE_API_TOKEN": DEV_REPLICATE_TOKEN,
+            "RELAY_TRACE_FILE": str(self.trace_file),
+            "RELAY_METRICS_FILE": str(self.metrics_file),
             "RELAY_REPLICATE_BASE_URL": self.simulator_url,
             "RELAY_WEBHOOK_URL": self.receiver_url + "/",
         }
@@ -200,6 +212,9 @@ class LocalStack:
             # Development defaults, each overridable through extra_env.
             "RELAY_RECONCILE_QUIET_SECONDS": "10",
             "RELAY_RECONCILE_SUBMITTED_SECONDS": "30",
+            "RELAY_METRICS_INTERVAL_SECONDS": "5",
+            # google-cloud-storage traces its uploads only when this is set before it is imported.
+            "ENABLE_GCS_PYTHON_CLIENT_OTEL_TRACES": "true",
             **config.extra_env,
         }
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
@@ -210,6 +225,8 @@ class LocalStack:
             filter(None, [env.get("RELAY_DOWNLOAD_LOCAL_HOSTS"), simulator_host])
         )
 
+        _rotate(self.trace_file)
+        _rotate(self.metrics_file)
         self.functions["simulator"] = ManagedProcess(
             "Replicate simulator",
             [
@@ -336,6 +353,15 @@ class LocalStack:
             env={**env, "K_SERVICE": name, "FUNCTION_TARGET": spec.target},
             cwd=REPO_ROOT,
         )
+
+
+def _rotate(path: Path, *, limit: int = 64 * 1024 * 1024) -> None:
+    """Keep one previous generation of a telemetry file once it passes `limit` bytes."""
+    try:
+        if path.stat().st_size > limit:
+            path.replace(path.with_name(path.name + ".1"))
+    except FileNotFoundError:
+        pass
 
 
 def fake_gcs_server_binary() -> Path:

@@ -53,6 +53,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, files: FileServer) -> Iterat
         simulator_port=free_port(),
         reconcile_every=0,  # tests run the reconciler themselves
         log_dir=tmp_path_factory.mktemp("stack-logs"),
+        telemetry_dir=tmp_path_factory.mktemp("stack-telemetry"),
         # Short enough that a test of Pub/Sub being down is quick; long enough for a busy CI box.
         extra_env={
             "RELAY_PUBLISH_DEADLINE_SECONDS": "3",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -113,7 +114,10 @@ def test_unsigned_and_malformed_requests_are_refused_and_never_published(
     assert [m.message.attributes["webhook_id"] for m in published] == [good.webhook_id]
     message = published[0].message
     assert message.data == good.body  # the exact verified bytes
-    assert dict(message.attributes) == {
+    attributes = dict(message.attributes)
+    # The receiver's publish span, as W3C trace context: the handlers continue its trace.
+    assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-0[0-3]", attributes.pop("traceparent"))
+    assert attributes == {
         "prediction_id": body["id"],
         "status": "starting",
         "webhook_id": good.webhook_id,
