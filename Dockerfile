@@ -38,10 +38,13 @@ ENV PATH=/opt/venv/bin:$PATH \
     FUNCTION_SOURCE=handlers/main.py \
     FUNCTION_TARGET=job_status \
     FUNCTION_SIGNATURE_TYPE=http \
-    FUNCTION_USE_ASGI=false
+    FUNCTION_USE_ASGI=false \
+    ENABLE_GCS_PYTHON_CLIENT_OTEL_TRACES=true
+# (google-cloud-storage traces its uploads only when that is set before it is imported.)
 USER 10001:10001
 EXPOSE 8080
 # gunicorn (under functions-framework) is PID 1 through `exec`: on SIGTERM it stops accepting,
-# lets in-flight requests finish (graceful_timeout 30 s; Cloud Run allows 10 s) and exits.
+# lets in-flight requests finish (graceful_timeout 30 s; Cloud Run allows 10 s) and exits; each
+# worker's exit flushes its telemetry (relay.telemetry registers that with atexit).
 # functions-framework also reads FUNCTION_USE_ASGI itself; --asgi is passed explicitly for clarity.
 CMD ["/bin/sh", "-c", "exec python -m functions_framework --source \"$FUNCTION_SOURCE\" --target \"$FUNCTION_TARGET\" --signature-type \"${FUNCTION_SIGNATURE_TYPE:-http}\" --port \"${PORT:-8080}\" $(if [ \"$FUNCTION_USE_ASGI\" = true ]; then echo --asgi; fi)"]

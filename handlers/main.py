@@ -38,7 +38,6 @@ log = logging.getLogger("relay.handlers")
 
 SETTINGS = load_or_exit(lambda: HandlerSettings.from_env(os.environ), "handlers")
 logs.configure(SETTINGS.telemetry.service, level=SETTINGS.log_level, project=SETTINGS.project)
-telemetry.setup(SETTINGS.telemetry, instrument=("firestore", "requests", "httpx"))
 # After how many refused deliveries Pub/Sub dead-letters a subscription's message.
 MAX_DELIVERY_ATTEMPTS = {
     subscription.name: subscription.dead_letter.max_delivery_attempts
@@ -83,6 +82,12 @@ def _get_clients_unlocked() -> Clients:
     return _clients
 
 
+def _setup_telemetry() -> None:
+    # In the worker, after gunicorn's fork (gRPC channels must not cross it), and before the first
+    # Google client is made, so the instrumentations see it. At once after the first call.
+    telemetry.setup(SETTINGS.telemetry, instrument=("firestore", "requests", "httpx"))
+
+
 def job_status(request: flask.Request) -> flask.Response:
     """Push endpoint of the `job-status` subscription."""
     return _serve_push(request, "job-status", _apply_job_status)
@@ -98,6 +103,7 @@ _reconciler: Reconciler | None = None
 
 def reconcile(request: flask.Request) -> flask.Response:
     """What Cloud Scheduler calls every few minutes: check quiet jobs against Replicate."""
+    _setup_telemetry()
     if request.method != "POST":
         return flask.make_response(({"error": "method_not_allowed"}, 405))
     settings = SETTINGS.reconciler
@@ -114,7 +120,8 @@ def reconcile(request: flask.Request) -> flask.Response:
         links=[trace.Link(request_context)] if request_context.is_valid else [],
     ) as span:
         response = _reconcile(settings, span, started)
-    telemetry.flush()
+    if telemetry.flush_each_request():
+        telemetry.flush()
     return response
 
 
@@ -216,6 +223,7 @@ def _serve_push(
     request: flask.Request, handler: str, work: Callable[[PushEnvelope, Span], dict[str, Any]]
 ) -> flask.Response:
     """One span and one log line per message; HandlerError decides between acknowledging and retrying."""
+    _setup_telemetry()
     started = time.perf_counter()
     if request.method != "POST":
         return flask.make_response(({"error": "method_not_allowed"}, 405))
@@ -232,7 +240,8 @@ def _serve_push(
             request_headers=_headers(request),
         ) as span:
             response = _handle(handler, envelope, work, span, started)
-    telemetry.flush()
+    if telemetry.flush_each_request():
+        telemetry.flush()
     return response
 
 

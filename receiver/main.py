@@ -25,7 +25,6 @@ log = logging.getLogger("relay.receiver")
 
 SETTINGS = load_or_exit(lambda: ReceiverSettings.from_env(os.environ), "receiver")
 logs.configure("receiver", level=SETTINGS.log_level, project=SETTINGS.project)
-telemetry.setup(SETTINGS.telemetry)
 
 _intake: Intake | None = None
 
@@ -42,6 +41,7 @@ def _get_intake() -> Intake:
 
 async def receive(request: Request) -> Response:
     """Verify one Replicate webhook and answer 200 only once Pub/Sub holds it."""
+    telemetry.setup(SETTINGS.telemetry)  # in the worker, after gunicorn's fork; at once after the first
     # scope["path"] rather than request.url: building a URL object costs ~5% of a request here.
     if request.scope["path"] == HEALTH_PATH and request.method in {"GET", "HEAD"}:
         return JSONResponse({"status": "ok"})  # deliberately does not touch Pub/Sub

@@ -1,6 +1,7 @@
 """OpenTelemetry for every process: traces, metrics and the context that ties log lines to them.
 
-Call `setup()` once per process, early (each deployable's main module does). Then:
+Call `setup()` in each serving process before its first span (the deployables call it at the start
+of every request; after the first it returns at once). Then:
 
 - spans: `tracer()`; a webhook is one trace from the receiver's server span, through the publish
   span (W3C `traceparent` in the message attributes, see `inject_message`), to the handlers'
@@ -167,6 +168,9 @@ METRIC_NAMES: Final = (
 # Instruments made through the global API proxy: they start recording once setup() sets the
 # MeterProvider, so modules can import METRICS before (or without) setup.
 METRICS = Metrics(metrics.get_meter(SCOPE))
+# One tracer for the process (a proxy until setup() installs the provider): building one per
+# span would cost about a third of a webhook's telemetry.
+_TRACER = trace.get_tracer(SCOPE)
 
 _lock = threading.Lock()
 _active: _Telemetry | None = None
@@ -177,6 +181,7 @@ class _Telemetry:
     settings: TelemetrySettings
     tracer_provider: TracerProvider
     meter_provider: MeterProvider
+    exporting: bool  # at least one span exporter is configured
 
     def flush(self, timeout_millis: int) -> None:
         self.tracer_provider.force_flush(timeout_millis)
@@ -189,16 +194,23 @@ class _Telemetry:
 def setup(settings: TelemetrySettings, *, instrument: tuple[str, ...] = ()) -> None:
     """Install the providers, exporters and propagators once per process; later calls do nothing.
 
+    Call it in the serving process, not at import: functions-framework imports the module in
+    gunicorn's master before forking the worker, and the Google exporters' gRPC channels must not
+    cross a fork. The deployables call it at the start of each request (cheap after the first).
+
     `instrument` names the library instrumentations this process wants: "firestore" (gRPC),
     "requests" (Cloud Storage) and "httpx" (Replicate, downloads).
     """
     global _active
+    if _active is not None:  # the fast path: every request calls this
+        return
     with _lock:
         if _active is not None:
             return
         resource = _resource(settings)
         tracer_provider = TracerProvider(resource=resource)
-        for exporter in _span_exporters(settings):
+        span_exporters = _span_exporters(settings)
+        for exporter in span_exporters:
             tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
         meter_provider = MeterProvider(resource=resource, metric_readers=_metric_readers(settings))
         trace.set_tracer_provider(tracer_provider)
@@ -207,13 +219,14 @@ def setup(settings: TelemetrySettings, *, instrument: tuple[str, ...] = ()) -> N
         # came). Inject: both, so Google's front ends and other services keep the trace.
         propagate.set_global_textmap(CompositePropagator([_cloud_trace_propagator(), _W3C]))
         _instrument(instrument)
-        _active = _Telemetry(settings, tracer_provider, meter_provider)
+        _active = _Telemetry(settings, tracer_provider, meter_provider, exporting=bool(span_exporters))
         atexit.register(_active.shutdown)  # gunicorn and uvicorn workers exit normally on SIGTERM
 
 
 def flush_each_request() -> bool:
-    """Whether `flush()` should run before each response (RELAY_TELEMETRY_FLUSH_EACH_REQUEST)."""
-    return _active is not None and _active.settings.flush_each_request
+    """Whether `flush()` should run before each response (RELAY_TELEMETRY_FLUSH_EACH_REQUEST, and
+    only when spans go anywhere)."""
+    return _active is not None and _active.settings.flush_each_request and _active.exporting
 
 
 def flush(timeout_millis: int = 5_000) -> None:
@@ -224,7 +237,7 @@ def flush(timeout_millis: int = 5_000) -> None:
 
 
 def tracer() -> trace.Tracer:
-    return trace.get_tracer(SCOPE)
+    return _TRACER
 
 
 def _resource(settings: TelemetrySettings) -> Resource:
