@@ -39,8 +39,10 @@ ENV PATH=/opt/venv/bin:$PATH \
     FUNCTION_TARGET=job_status \
     FUNCTION_SIGNATURE_TYPE=http \
     FUNCTION_USE_ASGI=false \
-    ENABLE_GCS_PYTHON_CLIENT_OTEL_TRACES=true
-# (google-cloud-storage traces its uploads only when that is set before it is imported.)
+    ENABLE_GCS_PYTHON_CLIENT_OTEL_TRACES=true \
+    DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA=true
+# google-cloud-storage traces its uploads only when the first is set before it is imported; the
+# second stops it fetching bucket metadata for span attributes (see relay/telemetry.py).
 USER 10001:10001
 EXPOSE 8080
 # gunicorn (under functions-framework) is PID 1 through `exec`: on SIGTERM it stops accepting,

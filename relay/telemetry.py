@@ -21,7 +21,9 @@ Library instrumentations come from OpenTelemetry where they exist: gRPC (only Fi
 the exporters and Pub/Sub's batch threads speak gRPC too, and tracing those would make spans of
 span exports and orphan traces), requests (Cloud Storage's uploads) and httpx (Replicate's API and
 output downloads); google-cloud-storage traces its own operations when
-`ENABLE_GCS_PYTHON_CLIENT_OTEL_TRACES` is set before it is imported. Written by hand, because no
+`ENABLE_GCS_PYTHON_CLIENT_OTEL_TRACES` is set before it is imported (with
+`DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA` too: otherwise it fetches bucket metadata for span
+attributes on background threads, which needs storage.buckets.get and starts traces of its own). Written by hand, because no
 instrumentation can know them: the receiver's server span (functions-framework builds its Starlette
 app after loading our module, so there is no hook for the ASGI middleware), publish spans (the
 receiver's publisher is our own grpc.aio code), consumer spans (their parent is the message's
@@ -329,7 +331,7 @@ def _instrument(names: tuple[str, ...]) -> None:
         from opentelemetry.instrumentation.grpc import GrpcInstrumentorClient, filters  # noqa: PLC0415
 
         firestore_only = filters.service_prefix("google.firestore")
-        GrpcInstrumentorClient().instrument(filter_=firestore_only)  # type: ignore[no-untyped-call]
+        GrpcInstrumentorClient(filter_=firestore_only).instrument()  # type: ignore[no-untyped-call]
     if "requests" in names:
         from opentelemetry.instrumentation.requests import RequestsInstrumentor  # noqa: PLC0415
 

@@ -213,8 +213,9 @@ class LocalStack:
             "RELAY_RECONCILE_QUIET_SECONDS": "10",
             "RELAY_RECONCILE_SUBMITTED_SECONDS": "30",
             "RELAY_METRICS_INTERVAL_SECONDS": "5",
-            # google-cloud-storage traces its uploads only when this is set before it is imported.
+            # google-cloud-storage's own spans, as in the image (see relay/telemetry.py).
             "ENABLE_GCS_PYTHON_CLIENT_OTEL_TRACES": "true",
+            "DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA": "true",
             **config.extra_env,
         }
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
