@@ -3,9 +3,11 @@
 Starts the Pub/Sub emulator (topic `replicate-events`, no subscriptions), then one server at a
 time on 127.0.0.1 (a no-op `--asgi` function, the receiver, a no-op Flask function), and for each
 measures peak throughput with wrk and latency at half that peak with hey. Every request is one
-realistic, validly signed Replicate webhook. Results go to stdout (plain and Markdown tables) and
-to bench/results/receiver.json. Every process group started here is stopped on the way out,
-including on Ctrl-C and SIGTERM.
+realistic, validly signed Replicate webhook. Percentiles (p50, p90, p99, p99.9, max) come from wrk's
+own microsecond histogram at peak (printed by a Lua `done` hook) and from every request hey timed at
+half peak (`-o csv`, 0.1 ms resolution), whose sorted latencies are kept for the report's CDF.
+Results go to stdout (plain and Markdown tables) and to bench/results/receiver.json. Every process
+group started here is stopped on the way out, including on Ctrl-C and SIGTERM.
 
     .venv/bin/python bench/receiver.py [--duration 10] [--connections 32] [--quick]
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import re
 import shutil
@@ -58,6 +61,10 @@ RESULTS_JSON = RESULTS_DIR / "receiver.json"
 WRK_THREADS = 1  # 2 cores: one for wrk, one for the server (and the emulator, for the receiver)
 HEY_CONNECTIONS = 16
 ALLOWED_FAILURES = 5  # "a handful": more non-2xx answers than this from the receiver fails the run
+# The half-peak run keeps at most this many sorted latencies per server for the report's CDF (evenly
+# spaced ranks beyond it: the shape stays exact to 1/MAX_SAMPLES; the percentiles use every request).
+MAX_SAMPLES = 20_000
+WRK_PERCENTILES = (50.0, 90.0, 99.0, 99.9, 100.0)
 EMULATOR_START_TIMEOUT = 90.0
 SERVER_START_TIMEOUT = 60.0
 
@@ -105,6 +112,12 @@ class LoadResult:
     status_codes: dict[str, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
     target_rate: float | None = None
+    p90_ms: float | None = None
+    p999_ms: float | None = None
+    max_ms: float | None = None
+    # hey at half peak only: every successful request's latency, sorted, in µs (thinned past MAX_SAMPLES).
+    latency_samples_us: list[int] = field(default_factory=list, repr=False)
+    samples_total: int = 0
 
 
 @dataclass
@@ -172,6 +185,12 @@ def write_request_files(webhook: SignedWebhook, folder: Path) -> tuple[Path, Pat
         f"local file = assert(io.open({lua_string(str(body_path))}, 'rb'))",
         "wrk.body = file:read('*a')",
         "file:close()",
+        # wrk's --latency table stops at p99; its histogram (1 µs buckets) answers any percentile.
+        "done = function(summary, latency, requests)",
+        f"  for _, p in ipairs({{{', '.join(f'{p:g}' for p in WRK_PERCENTILES)}}}) do",
+        "    io.write(string.format('relay-bench percentile %g %d\\n', p, latency:percentile(p)))",
+        "  end",
+        "end",
     ]
     script_path = folder / f"{webhook.webhook_id}.lua"
     script_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -217,37 +236,76 @@ def parse_wrk(output: str) -> dict[str, Any]:
     socket_errors = {}
     if sockets:
         socket_errors = dict(zip(("connect", "read", "write", "timeout"), map(int, sockets.groups()), strict=True))
+    # From the Lua done hook (microseconds); the --latency table is the fallback for p50/p99.
+    exact = {float(p): int(us) / 1000 for p, us in re.findall(r"^relay-bench percentile ([\d.]+) (\d+)$", output, re.M)}
     return {
         "requests": int(total.group(1)),
         "duration_s": _wrk_ms(total.group(2)) / 1000,
         "requests_per_s": float(rate.group(1)),
-        "p50_ms": percentiles.get(50),
-        "p99_ms": percentiles.get(99),
+        "p50_ms": exact.get(50.0, percentiles.get(50)),
+        "p90_ms": exact.get(90.0, percentiles.get(90)),
+        "p99_ms": exact.get(99.0, percentiles.get(99)),
+        "p999_ms": exact.get(99.9),
+        "max_ms": exact.get(100.0),
         "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
         "socket_errors": {name: count for name, count in socket_errors.items() if count},
     }
 
 
-def parse_hey(output: str) -> dict[str, Any]:
-    rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
-    total = re.search(r"Total:\s+([\d.]+) secs", output)
-    if not rate or not total:
-        raise BenchError(f"cannot read hey's output: {output.strip()[-400:]}")
-    # hey prints "50%% in 0.0012 secs" (a doubled % from its template); accept either form.
-    percentiles = {int(p): float(v) * 1000 for p, v in re.findall(r"(\d+)%+ in ([\d.]+) secs", output)}
-    status_codes = {code: int(count) for code, count in re.findall(r"\[(\d{3})\]\s+(\d+) responses", output)}
-    errors: dict[str, int] = {}
-    if "Error distribution:" in output:
-        for count, message in re.findall(r"^\s+\[(\d+)\]\s+(.+)$", output.split("Error distribution:", 1)[1], re.M):
-            errors[message.strip()[:200]] = int(count)
+def parse_hey_csv(output: str, *, sent: int) -> dict[str, Any]:
+    """hey's `-o csv`: one line per request that got an answer (response-time,…,status-code,offset, in s).
+
+    hey leaves requests that failed at the socket out of the CSV, so those are `sent` minus the lines.
+    """
+    lines = output.strip().splitlines()
+    if not lines or not lines[0].startswith("response-time,"):
+        raise BenchError(f"cannot read hey's CSV output: {output.strip()[:400]}")
+    latencies: list[float] = []
+    ends: list[float] = []
+    status_codes: dict[str, int] = {}
+    for line in lines[1:]:
+        fields = line.split(",")
+        if len(fields) < 8:
+            raise BenchError(f"cannot read hey's CSV line {line[:200]!r}")
+        seconds, code, offset = float(fields[0]), fields[6], float(fields[7])
+        status_codes[code] = status_codes.get(code, 0) + 1
+        if code.startswith("2"):
+            latencies.append(seconds * 1000)
+        ends.append(offset + seconds)
+    answered = len(lines) - 1
+    duration = max(ends, default=0.0)
+    latencies.sort()
+    failed = max(sent - answered, 0)
     return {
-        "duration_s": float(total.group(1)),
-        "requests_per_s": float(rate.group(1)),
-        "p50_ms": percentiles.get(50),
-        "p99_ms": percentiles.get(99),
-        "status_codes": status_codes,
-        "errors": errors,
+        "requests": answered,
+        "duration_s": round(duration, 3),
+        "requests_per_s": round(answered / duration, 1) if duration else 0.0,
+        "p50_ms": percentile(latencies, 50),
+        "p90_ms": percentile(latencies, 90),
+        "p99_ms": percentile(latencies, 99),
+        "p999_ms": percentile(latencies, 99.9),
+        "max_ms": round(latencies[-1], 3) if latencies else None,
+        "status_codes": dict(sorted(status_codes.items())),
+        "errors": {"no answer (socket error or timeout; hey's CSV omits them)": failed} if failed else {},
+        "latency_samples_us": thin([round(ms * 1000) for ms in latencies], MAX_SAMPLES),
+        "samples_total": len(latencies),
     }
+
+
+def percentile(ordered: list[float], p: float) -> float | None:
+    """Nearest-rank percentile of an ascending list: the smallest value with at least p% at or below it."""
+    if not ordered:
+        return None
+    rank = max(math.ceil(p / 100 * len(ordered)), 1)
+    return round(ordered[rank - 1], 3)
+
+
+def thin(ordered: list[int], limit: int) -> list[int]:
+    """At most `limit` values of an ascending list at evenly spaced ranks, the first and last kept."""
+    if len(ordered) <= limit:
+        return ordered
+    step = (len(ordered) - 1) / (limit - 1)
+    return [ordered[round(index * step)] for index in range(limit)]
 
 
 def run_tool(argv: list[str], timeout: float) -> str:
@@ -276,20 +334,21 @@ def run_wrk(wrk: str, url: str, script: Path, *, connections: int, seconds: floa
 
 def run_hey(hey: str, url: str, webhook: SignedWebhook, body: Path, *, total_rate: float, seconds: float) -> LoadResult:
     per_worker = max(total_rate / HEY_CONNECTIONS, 0.01)
+    # A fixed number of requests (not -z): hey's CSV omits failed requests, so the count shows them.
+    sent = max(round(per_worker * seconds), 1) * HEY_CONNECTIONS
     headers: list[str] = []
     for name, value in webhook.headers.items():
         if name.lower() != "content-type":
             headers += ["-H", f"{name}: {value}"]
-    argv = [hey, "-z", f"{seconds:g}s", "-c", str(HEY_CONNECTIONS), "-q", f"{per_worker:.2f}", "-m", "POST"]
+    argv = [hey, "-n", str(sent), "-c", str(HEY_CONNECTIONS), "-q", f"{per_worker:.2f}", "-m", "POST", "-o", "csv"]
     argv += [*headers, "-T", webhook.headers["content-type"], "-D", str(body), url]
-    parsed = parse_hey(run_tool(argv, timeout=seconds + 60))
+    parsed = parse_hey_csv(run_tool(argv, timeout=seconds * 2 + 60), sent=sent)
     codes: dict[str, int] = parsed["status_codes"]
     return LoadResult(
         tool="hey",
-        command=f"hey -z {seconds:g}s -c {HEY_CONNECTIONS} -q {per_worker:.2f} -m POST -H <webhook headers> "
+        command=f"hey -n {sent} -c {HEY_CONNECTIONS} -q {per_worker:.2f} -m POST -o csv -H <webhook headers> "
         f"-T application/json -D <signed body> {url}",
         connections=HEY_CONNECTIONS,
-        requests=sum(codes.values()),
         non_2xx=sum(count for code, count in codes.items() if not code.startswith("2")),
         socket_errors=sum(parsed["errors"].values()),
         target_rate=round(per_worker * HEY_CONNECTIONS, 1),
@@ -371,7 +430,8 @@ def bench_server(
 
         peak = run_wrk(tools["wrk"], url, script, connections=args.connections, seconds=args.duration)
         print(
-            f"   peak: {peak.requests_per_s:,.0f} req/s, p50 {fmt_ms(peak.p50_ms)}, p99 {fmt_ms(peak.p99_ms)} "
+            f"   peak: {peak.requests_per_s:,.0f} req/s, p50 {fmt_ms(peak.p50_ms)}, p99 {fmt_ms(peak.p99_ms)}, "
+            f"p99.9 {fmt_ms(peak.p999_ms)} "
             f"(wrk, {args.connections} connections, {peak.requests:,} requests)",
             flush=True,
         )
@@ -382,7 +442,8 @@ def bench_server(
         half = run_hey(tools["hey"], url, webhook, body, total_rate=peak.requests_per_s / 2, seconds=args.duration)
         print(
             f"   half peak: target {half.target_rate:,.0f} req/s, got {half.requests_per_s:,.0f} req/s, "
-            f"p50 {fmt_ms(half.p50_ms)}, p99 {fmt_ms(half.p99_ms)} (hey, {HEY_CONNECTIONS} connections); "
+            f"p50 {fmt_ms(half.p50_ms)}, p99 {fmt_ms(half.p99_ms)}, p99.9 {fmt_ms(half.p999_ms)} "
+            f"(hey, {HEY_CONNECTIONS} connections, {half.requests:,} requests); "
             f"status codes {half.status_codes or '{}'}",
             flush=True,
         )
@@ -448,16 +509,29 @@ def table_rows(results: list[ServerResult]) -> list[list[str]]:
                 f"{peak.requests_per_s:,.0f}",
                 fmt_ms(peak.p50_ms),
                 fmt_ms(peak.p99_ms),
+                fmt_ms(peak.p999_ms),
                 f"{half.requests_per_s:,.0f}",
                 fmt_ms(half.p50_ms),
                 fmt_ms(half.p99_ms),
+                fmt_ms(half.p999_ms),
                 str(peak.non_2xx + peak.socket_errors + half.non_2xx + half.socket_errors),
             ]
         )
     return rows
 
 
-HEADERS = ["server", "peak req/s", "p50 @peak", "p99 @peak", "req/s @half", "p50 @half", "p99 @half", "failed"]
+HEADERS = [
+    "server",
+    "peak req/s",
+    "p50 @peak",
+    "p99 @peak",
+    "p99.9 @peak",
+    "req/s @half",
+    "p50 @half",
+    "p99 @half",
+    "p99.9 @half",
+    "failed",
+]
 
 
 def tool_version(argv: list[str]) -> str:
@@ -573,6 +647,9 @@ def run(args: argparse.Namespace, tools: Mapping[str, str], processes: Processes
             "hey_connections": HEY_CONNECTIONS,
             "receiver_log_level": RECEIVER_LOG_LEVEL,
             "quick": args.quick,
+            "percentiles": "peak: wrk's histogram (1 µs buckets) through a Lua done hook; half peak: nearest rank "
+            "over every 2xx request hey timed (-o csv, 0.1 ms resolution); latency_samples_us: those, sorted, "
+            f"at most {MAX_SAMPLES:,} evenly spaced ranks",
         },
         "servers": [asdict(result) for result in results],
         **summary,

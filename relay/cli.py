@@ -54,10 +54,17 @@ def _parser() -> argparse.ArgumentParser:
         ("--job-status-port", "RELAY_DEV_JOB_STATUS_PORT", defaults.handler_ports["job-status"]),
         ("--archive-outputs-port", "RELAY_DEV_ARCHIVE_OUTPUTS_PORT", defaults.handler_ports["archive-outputs"]),
         ("--reconciler-port", "RELAY_DEV_RECONCILER_PORT", defaults.reconciler_port),
+        ("--status-page-port", "RELAY_DEV_STATUS_PAGE_PORT", defaults.status_page_port),
         ("--simulator-port", "RELAY_DEV_SIMULATOR_PORT", defaults.simulator_port),
     ]:
         dev.add_argument(flag, type=int, default=int(env.get(variable, default)), help=f"(env {variable})")
     dev.add_argument("--log-dir", type=Path, default=defaults.log_dir, help="where each process logs")
+    dev.add_argument(
+        "--telemetry-dir",
+        type=Path,
+        default=defaults.telemetry_dir,
+        help="where each process appends its spans and metrics (read by `relay trace`)",
+    )
     dev.add_argument(
         "--reconcile-every",
         type=float,
@@ -88,7 +95,30 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--wait", type=float, default=0, metavar="SECONDS", help="wait for the job to end")
     submit.set_defaults(command=_submit)
     add_commands(commands)
+
+    trace = commands.add_parser(
+        "trace",
+        help="draw the waterfall of a trace, prediction or job from the local span file",
+        description="Find every trace of ID (a trace id, a prediction id or a job id) in the span file the "
+        "dev stack's processes append to, or in Cloud Trace with --gcp, and draw each as a tree of timed spans.",
+    )
+    trace.add_argument("id", metavar="ID", help="a trace id (32 hex digits), a prediction id or a job id")
+    trace.add_argument("--file", metavar="PATH", help="default RELAY_TRACE_FILE, else .relay/telemetry/spans.jsonl")
+    trace.add_argument("--html", metavar="FILE", help="write one self-contained HTML page instead")
+    trace.add_argument("--gcp", action="store_true", help="read Cloud Trace instead of the file")
+    trace.add_argument("--project", help="with --gcp; default GOOGLE_CLOUD_PROJECT, else the credentials' project")
+    trace.add_argument("--since", metavar="WHEN", help="with --gcp: traces since 2h, 3d or an ISO time (default 7d)")
+    trace.add_argument("--width", type=int, default=100, metavar="N", help="columns of text (default 100)")
+    trace.add_argument("--no-color", action="store_true", help="no ANSI colour (also when NO_COLOR is set)")
+    trace.add_argument("--json", action="store_true", help="print the matched spans as JSON for scripts")
+    trace.set_defaults(command=_trace)
     return parser
+
+
+def _trace(args: argparse.Namespace) -> int:
+    from relay.traceview.command import run_trace  # noqa: PLC0415 - only `relay trace` needs it
+
+    return run_trace(args)
 
 
 def _submit(args: argparse.Namespace) -> int:
@@ -136,9 +166,11 @@ def _dev(args: argparse.Namespace) -> int:
         receiver_port=args.receiver_port,
         handler_ports={"job-status": args.job_status_port, "archive-outputs": args.archive_outputs_port},
         reconciler_port=args.reconciler_port,
+        status_page_port=args.status_page_port,
         simulator_port=args.simulator_port,
         reconcile_every=args.reconcile_every,
         log_dir=args.log_dir,
+        telemetry_dir=args.telemetry_dir,
     )
     stack = LocalStack(config)
     signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -175,6 +207,7 @@ def _print_addresses(stack: LocalStack) -> None:
     for name in stack.served_handlers:
         print(f"  {name + ' handler':<23} {stack.handler_url(name)}/")
     print(f"  reconciler              {stack.reconciler_url}/  (POST; every {stack.config.reconcile_every:g} s here)")
+    print(f"  status page             {stack.status_page_url}/")
     print(f"  Replicate simulator     {stack.simulator_url}  (REPLICATE_BASE_URL for the client)")
     print(f"  Pub/Sub emulator        {env['PUBSUB_EMULATOR_HOST']}")
     print(f"  Firestore emulator      {env['FIRESTORE_EMULATOR_HOST']}")

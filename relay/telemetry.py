@@ -23,11 +23,12 @@ span exports and orphan traces), requests (Cloud Storage's uploads) and httpx (R
 output downloads); google-cloud-storage traces its own operations when
 `ENABLE_GCS_PYTHON_CLIENT_OTEL_TRACES` is set before it is imported (with
 `DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA` too: otherwise it fetches bucket metadata for span
-attributes on background threads, which needs storage.buckets.get and starts traces of its own). Written by hand, because no
-instrumentation can know them: the receiver's server span (functions-framework builds its Starlette
-app after loading our module, so there is no hook for the ASGI middleware), publish spans (the
-receiver's publisher is our own grpc.aio code), consumer spans (their parent is the message's
-context, not the push request's), Firestore transactions, archive files and the reconciler's runs.
+attributes on background threads, which needs storage.buckets.get and starts traces of its own).
+Written by hand, because no instrumentation can know them: the receiver's server span
+(functions-framework builds its Starlette app after loading our module, so there is no hook for the
+ASGI middleware), publish spans (the receiver's publisher is our own grpc.aio code), consumer spans
+(their parent is the message's context, not the push request's), Firestore transactions, archive
+files and the reconciler's runs.
 """
 
 from __future__ import annotations
@@ -261,7 +262,9 @@ def _span_exporters(settings: TelemetrySettings) -> list[Any]:
     if settings.gcp:
         from opentelemetry.exporter.cloud_trace import CloudTraceSpanExporter  # noqa: PLC0415
 
-        exporters.append(CloudTraceSpanExporter(project_id=settings.project))  # type: ignore[no-untyped-call]
+        # service.name as a label too: Cloud Trace shows (and `relay trace --gcp` reads) each span's service.
+        exporter = CloudTraceSpanExporter(project_id=settings.project, resource_regex=r"service\.name")  # type: ignore[no-untyped-call]
+        exporters.append(exporter)
     if settings.otlp:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # noqa: PLC0415
 

@@ -1,6 +1,7 @@
 # One service account per service, each with only what it needs, granted on the resource
-# itself wherever Google allows it. Firestore has no per-database IAM, so datastore.user is
-# granted on the project to the three services that read and write jobs.
+# itself wherever Google allows it. Project-level grants are the exceptions Google leaves no
+# narrower scope for: Firestore has no per-database IAM, and Cloud Trace and Cloud Monitoring
+# take writes per project.
 
 locals {
   runtime_accounts = {
@@ -9,10 +10,40 @@ locals {
   }
   # job-status / archive-outputs, named after the topology's push handlers
   handler_accounts = { for name, _ in local.handler_services : name => "Relay ${name} push handler" }
+  service_accounts = merge(local.runtime_accounts, local.handler_accounts)
+
+  # Every account exports traces and metrics (RELAY_GCP_TELEMETRY, run.tf); those that keep jobs
+  # in Firestore also get datastore.user.
+  telemetry_roles = ["roles/cloudtrace.agent", "roles/monitoring.metricWriter"]
+  firestore_users = concat(keys(local.handler_services), ["reconciler"])
+  project_grants = merge(
+    {
+      for pair in setproduct(keys(local.service_accounts), local.telemetry_roles) :
+      "${pair[0]} ${pair[1]}" => { account = pair[0], role = pair[1] }
+    },
+    {
+      for account in local.firestore_users :
+      "${account} roles/datastore.user" => { account = account, role = "roles/datastore.user" }
+    },
+  )
+
+  # Who publishes where: the receiver and the reconciler into the events topic, the handlers and
+  # the reconciler (jobs it aborts) announce on job-events.
+  topic_publishers = merge(
+    { "receiver ${local.events_topic}" = { account = "receiver", topic = local.events_topic } },
+    { for topic in [local.events_topic, local.job_events_topic] : "reconciler ${topic}" => { account = "reconciler", topic = topic } },
+    { for name in keys(local.handler_services) : "${name} ${local.job_events_topic}" => { account = name, topic = local.job_events_topic } },
+  )
+
+  # Handlers write outputs under deterministic names and read them back by name on redelivery.
+  bucket_roles = {
+    for pair in setproduct(keys(local.handler_services), ["roles/storage.objectCreator", "roles/storage.objectViewer"]) :
+    "${pair[0]} ${pair[1]}" => { account = pair[0], role = pair[1] }
+  }
 }
 
 resource "google_service_account" "service" {
-  for_each     = merge(local.runtime_accounts, local.handler_accounts)
+  for_each     = local.service_accounts
   account_id   = "relay-${each.key}"
   display_name = each.value
 }
@@ -32,69 +63,27 @@ resource "google_service_account" "deployer" {
   display_name = "Relay Cloud Build deployer (cloudbuild.yaml)"
 }
 
-# ---- receiver: publish to the events topic, read its signing secret ----
+# ---- runtime accounts: project roles, topics, the bucket (secrets: secrets.tf) ----
 
-resource "google_pubsub_topic_iam_member" "receiver_publishes_events" {
-  topic  = google_pubsub_topic.topic[local.events_topic].id
-  role   = "roles/pubsub.publisher"
-  member = google_service_account.service["receiver"].member
-}
-
-resource "google_secret_manager_secret_iam_member" "receiver_reads_webhook_secret" {
-  secret_id = google_secret_manager_secret.webhook.id
-  role      = "roles/secretmanager.secretAccessor"
-  member    = google_service_account.service["receiver"].member
-}
-
-# ---- handlers: Firestore, the bucket (create + read back by name), announce on job-events ----
-
-resource "google_project_iam_member" "handler_firestore" {
-  for_each = local.handler_services
+resource "google_project_iam_member" "service" {
+  for_each = local.project_grants
   project  = var.project_id
-  role     = "roles/datastore.user"
-  member   = google_service_account.service[each.key].member
+  role     = each.value.role
+  member   = google_service_account.service[each.value.account].member
 }
 
-resource "google_storage_bucket_iam_member" "handler_creates_objects" {
-  for_each = local.handler_services
-  bucket   = google_storage_bucket.outputs.name
-  role     = "roles/storage.objectCreator"
-  member   = google_service_account.service[each.key].member
-}
-
-resource "google_storage_bucket_iam_member" "handler_reads_objects" {
-  for_each = local.handler_services
-  bucket   = google_storage_bucket.outputs.name
-  role     = "roles/storage.objectViewer"
-  member   = google_service_account.service[each.key].member
-}
-
-resource "google_pubsub_topic_iam_member" "handler_publishes_job_events" {
-  for_each = local.handler_services
-  topic    = google_pubsub_topic.topic[local.job_events_topic].id
+resource "google_pubsub_topic_iam_member" "service_publishes" {
+  for_each = local.topic_publishers
+  topic    = google_pubsub_topic.topic[each.value.topic].id
   role     = "roles/pubsub.publisher"
-  member   = google_service_account.service[each.key].member
+  member   = google_service_account.service[each.value.account].member
 }
 
-# ---- reconciler: Firestore, publish recovered events and aborted jobs, the Replicate token ----
-
-resource "google_project_iam_member" "reconciler_firestore" {
-  project = var.project_id
-  role    = "roles/datastore.user"
-  member  = google_service_account.service["reconciler"].member
-}
-
-resource "google_pubsub_topic_iam_member" "reconciler_publishes" {
-  for_each = toset([local.events_topic, local.job_events_topic])
-  topic    = google_pubsub_topic.topic[each.value].id
-  role     = "roles/pubsub.publisher"
-  member   = google_service_account.service["reconciler"].member
-}
-
-resource "google_secret_manager_secret_iam_member" "reconciler_reads_replicate_token" {
-  secret_id = google_secret_manager_secret.replicate_token.id
-  role      = "roles/secretmanager.secretAccessor"
-  member    = google_service_account.service["reconciler"].member
+resource "google_storage_bucket_iam_member" "handler_objects" {
+  for_each = local.bucket_roles
+  bucket   = google_storage_bucket.outputs.name
+  role     = each.value.role
+  member   = google_service_account.service[each.value.account].member
 }
 
 # ---- callers: Scheduler invokes the reconciler only; Pub/Sub push invokes the handlers only ----

@@ -15,6 +15,8 @@ locals {
 
   # Handler services are named by push_handler; their function is the same name in snake case.
   handler_services = { for s in local.topology.subscriptions : s.push_handler => s }
+  # The push handler whose subscription carries a filter (status = "succeeded") archives outputs.
+  archive_service = one([for s in local.topology.subscriptions : s.push_handler if try(s.filter, null) != null])
 
   bucket_name = "${var.project_id}-${local.topology.bucket.name_suffix}"
 

@@ -25,10 +25,10 @@ output "deployer_service_account" {
 
 output "webhook_secret_id" {
   description = "Secret Manager secret to add Replicate's signing secret to."
-  value       = google_secret_manager_secret.webhook.secret_id
+  value       = google_secret_manager_secret.secret["webhook"].secret_id
 }
 
 output "replicate_token_secret_id" {
   description = "Secret Manager secret to add the Replicate API token to."
-  value       = google_secret_manager_secret.replicate_token.secret_id
+  value       = google_secret_manager_secret.secret["replicate_token"].secret_id
 }

@@ -6,6 +6,10 @@ locals {
     RELAY_PROJECT           = var.project_id
     RELAY_LOG_LEVEL         = var.log_level
     FUNCTION_SIGNATURE_TYPE = "http"
+    # Traces to Cloud Trace, metrics to Cloud Monitoring (workload.googleapis.com/relay.*, read by
+    # monitoring.tf). OTEL_SERVICE_NAME (per service, below) becomes the metrics' resource label
+    # `job` (generic_task) and the traces' service name.
+    RELAY_GCP_TELEMETRY = "true"
   }
 
   handler_env = {
@@ -14,6 +18,25 @@ locals {
     RELAY_JOB_EVENTS_TOPIC     = google_pubsub_topic.topic[local.job_events_topic].name
     RELAY_EVENT_RETENTION_DAYS = tostring(var.event_retention_days)
   }
+
+  # CPU allocation (cpu_idle). OpenTelemetry exports metrics every 60 s from a background thread;
+  # with cpu_idle = true Cloud Run throttles the CPU outside requests, so that export waits for the
+  # next request or for shutdown (SIGTERM gets CPU; the SDK flushes at exit). The metrics are
+  # cumulative, so a late export loses nothing, it only arrives late. Always-allocated CPU is
+  # billed for the instance's whole life (instance-based billing), including up to ~15 idle
+  # minutes before Cloud Run stops it: about 50 USD a month per instance kept alive (1 vCPU).
+  # - receiver: always allocated. It has a warm instance anyway (billed at the idle rate
+  #   otherwise), the webhook metrics drive the verification-failure alert, and Replicate's
+  #   requests no longer wait for their spans to be exported (RELAY_TELEMETRY_FLUSH_EACH_REQUEST).
+  # - handlers: throttled by default. No alert waits on their metrics (dead letters and archive
+  #   failures alert from Pub/Sub's own metrics and from logs), and a trickle of messages would
+  #   keep an always-allocated instance billed around the clock. Set
+  #   handlers_cpu_always_allocated = true once traffic is steady: busy instances cost less under
+  #   instance-based billing and the dashboard is then current to the minute.
+  # - reconciler: throttled. Scheduler calls it every 5 minutes, so its instance never idles long
+  #   enough to stop: always-allocated CPU would bill it 24/7 for seconds of work. Its recovered
+  #   count is exported during the next run at the latest, inside the alert's one-hour window.
+  handler_cpu_idle = !var.handlers_cpu_always_allocated
 
   services = merge(
     {
@@ -31,11 +54,11 @@ locals {
         min         = var.receiver_min_instances
         max         = var.max_instances
         memory      = "512Mi"
+        cpu_idle    = false
         env = {
           RELAY_EVENTS_TOPIC       = google_pubsub_topic.topic[local.events_topic].name
           RELAY_TRUSTED_PROXY_HOPS = "1" # Cloud Run's front end appends one X-Forwarded-For hop
         }
-        secrets = { RELAY_WEBHOOK_SECRETS = google_secret_manager_secret.webhook.secret_id }
       }
       # Private, called by Cloud Scheduler every 5 minutes. One run at a time per instance and
       # one instance: runs must not overlap; its own concurrency setting bounds Replicate calls.
@@ -49,8 +72,8 @@ locals {
         min         = 0
         max         = 1
         memory      = "512Mi"
+        cpu_idle    = true
         env         = local.handler_env
-        secrets     = { REPLICATE_API_TOKEN = google_secret_manager_secret.replicate_token.secret_id }
       }
     },
     {
@@ -68,8 +91,19 @@ locals {
         min         = 0
         max         = var.max_instances
         memory      = "1Gi"
-        env         = merge(local.handler_env, { THREADS = "8" })
-        secrets     = {}
+        cpu_idle    = local.handler_cpu_idle
+        env = merge(
+          local.handler_env,
+          { THREADS = "8" },
+          # google-cloud-storage's own OpenTelemetry spans (uploads, object lookups), read when the
+          # library is imported, without its background bucket-metadata fetches (relay/telemetry.py).
+          # The image sets both for every service; stated here for the Storage-heavy handler so
+          # its traces do not depend on the image's defaults.
+          name == local.archive_service ? {
+            ENABLE_GCS_PYTHON_CLIENT_OTEL_TRACES           = "true"
+            DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA = "true"
+          } : {},
+        )
       }
     },
   )
@@ -102,7 +136,7 @@ resource "google_cloud_run_v2_service" "service" {
           cpu    = "1"
           memory = each.value.memory
         }
-        cpu_idle          = true
+        cpu_idle          = each.value.cpu_idle # see the comment on local.handler_cpu_idle
         startup_cpu_boost = true
       }
 
@@ -111,6 +145,10 @@ resource "google_cloud_run_v2_service" "service" {
           FUNCTION_SOURCE   = each.value.source
           FUNCTION_TARGET   = each.value.target
           FUNCTION_USE_ASGI = tostring(each.value.asgi)
+          OTEL_SERVICE_NAME = each.key
+          # Export a request's spans before answering only where the CPU is throttled after the
+          # answer; with CPU always allocated the batch exporter sends them in the background.
+          RELAY_TELEMETRY_FLUSH_EACH_REQUEST = tostring(each.value.cpu_idle)
         })
         content {
           name  = env.key
@@ -118,8 +156,9 @@ resource "google_cloud_run_v2_service" "service" {
         }
       }
 
+      # The secrets this service reads (secrets.tf), each as one environment variable.
       dynamic "env" {
-        for_each = each.value.secrets
+        for_each = { for key, secret in local.secrets : secret.env => google_secret_manager_secret.secret[key].secret_id if secret.service == each.key }
         content {
           name = env.key
           value_source {
@@ -144,7 +183,6 @@ resource "google_cloud_run_v2_service" "service" {
 
   depends_on = [
     google_project_service.apis,
-    google_secret_manager_secret_iam_member.receiver_reads_webhook_secret,
-    google_secret_manager_secret_iam_member.reconciler_reads_replicate_token,
+    google_secret_manager_secret_iam_member.reader,
   ]
 }

@@ -86,16 +86,66 @@ variable "log_level" {
   default     = "INFO"
 }
 
+variable "handlers_cpu_always_allocated" {
+  description = "Keep CPU allocated outside requests on the push handlers (cpu_idle = false, instance-based billing), so their metrics are exported on time. Cheaper than the default once traffic is steady; see run.tf."
+  type        = bool
+  default     = false
+}
+
 variable "alert_email" {
-  description = "Where alerts are sent. Empty: the policies are created without a notification channel."
+  description = "Where alerts are sent. Empty: no e-mail channel is created."
   type        = string
   default     = ""
 }
 
+variable "notification_channels" {
+  description = "Ids of existing Cloud Monitoring notification channels (projects/PROJECT/notificationChannels/ID) every alert policy notifies, in addition to alert_email. Empty: the policies open incidents in the console only."
+  type        = list(string)
+  default     = []
+}
+
 variable "unacked_age_threshold_seconds" {
-  description = "Alert when a push subscription's oldest unacknowledged message is older than this."
+  description = "Alert when a push subscription's oldest unacknowledged message has been older than this for 5 minutes. Outputs expire at Replicate one hour after completion."
   type        = number
   default     = 900
+
+  validation {
+    condition     = var.unacked_age_threshold_seconds >= 60
+    error_message = "unacked_age_threshold_seconds must be at least 60 (Pub/Sub reports the age once a minute)."
+  }
+}
+
+variable "verification_failures_per_minute" {
+  description = "Alert when webhooks fail signature or timestamp verification faster than this, averaged over 5 minutes."
+  type        = number
+  default     = 10
+
+  validation {
+    condition     = var.verification_failures_per_minute > 0
+    error_message = "verification_failures_per_minute must be positive."
+  }
+}
+
+variable "reconciler_recovered_per_hour" {
+  description = "Alert when the reconciler recovers more jobs than this in an hour (their final webhook never arrived). 0: any recovery."
+  type        = number
+  default     = 0
+
+  validation {
+    condition     = var.reconciler_recovered_per_hour >= 0
+    error_message = "reconciler_recovered_per_hour must not be negative."
+  }
+}
+
+variable "archive_failures_per_10_minutes" {
+  description = "Alert when more archive-outputs messages than this end in a permanent failure (output_expired, output_refused, undecodable message, ...) within 10 minutes. 0: any."
+  type        = number
+  default     = 0
+
+  validation {
+    condition     = var.archive_failures_per_10_minutes >= 0
+    error_message = "archive_failures_per_10_minutes must not be negative."
+  }
 }
 
 variable "deletion_protection" {

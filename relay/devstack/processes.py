@@ -138,6 +138,15 @@ class ManagedProcess:
         process.wait()
         self._process = None
 
+    def kill(self) -> None:
+        """SIGKILL the whole group at once: a crash, not a shutdown (the fault suite's)."""
+        process = self._process
+        if process is None:
+            return
+        self._signal_group(process.pid, signal.SIGKILL)
+        process.wait()
+        self._process = None
+
     def log_tail(self, lines: int = 5) -> str:
         try:
             text = self.log_path.read_text(encoding="utf-8", errors="replace")

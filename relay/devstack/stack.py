@@ -41,6 +41,7 @@ class FunctionSpec:
 
 RECEIVER = FunctionSpec(source="receiver/main.py", target="receive", asgi=True)
 RECONCILER = FunctionSpec(source="handlers/main.py", target="reconcile")
+STATUS_PAGE = FunctionSpec(source="relay/ops/statuspage.py", target="status_page")
 DEV_REPLICATE_TOKEN = "r8_local_simulator_token"  # noqa: S105 - the simulator accepts any token
 # The push handler each subscription in the topology names, as served locally.
 HANDLERS: dict[str, FunctionSpec] = {
@@ -59,6 +60,7 @@ class StackConfig:
     receiver_port: int = 8080
     handler_ports: Mapping[str, int] = field(default_factory=lambda: {"job-status": 8081, "archive-outputs": 8082})
     reconciler_port: int = 8083
+    status_page_port: int = 8084
     simulator_port: int = 8090
     # Cloud Scheduler's part: POST the reconciler this often (0: never; tests call it themselves).
     reconcile_every: float = 15.0
@@ -122,6 +124,10 @@ class LocalStack:
         return self.url(self.config.reconciler_port)
 
     @property
+    def status_page_url(self) -> str:
+        return self.url(self.config.status_page_port)
+
+    @property
     def client_env(self) -> dict[str, str]:
         """What `relay submit` and other clients of the stack need: emulators, simulator, webhook URL."""
         return {
@@ -162,6 +168,7 @@ class LocalStack:
             "Cloud Storage emulator": config.storage_port,
             "receiver": config.receiver_port,
             "reconciler": config.reconciler_port,
+            "status page": config.status_page_port,
             "Replicate simulator": config.simulator_port,
         }
         ports.update({f"{name} handler": config.handler_ports[name] for name in self.served_handlers})
@@ -250,6 +257,7 @@ class LocalStack:
         for name in self.served_handlers:
             self.functions[name] = self._function(name, HANDLERS[name], config.handler_ports[name], env)
         self.functions["reconciler"] = self._function("reconciler", RECONCILER, config.reconciler_port, env)
+        self.functions["status-page"] = self._function("status-page", STATUS_PAGE, config.status_page_port, env)
         for process in self.functions.values():
             process.start()
         for process in self.functions.values():

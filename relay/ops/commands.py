@@ -9,11 +9,12 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from relay.config import Env
+from relay.config import ConfigError, Env
 from relay.jobs import JobState
 from relay.ops import context
 from relay.ops.context import OpsSettings
 from relay.ops.jobs_view import JobFilter, job_detail_json, list_jobs, parse_since, render_job, render_jobs, show_job
+from relay.ops.monitoring import monitoring_client
 from relay.ops.render import to_json
 from relay.ops.replay import dead_letter_subscription, render_replay, replay
 from relay.ops.status import collect_status, render_status
@@ -83,7 +84,15 @@ def add_commands(subparsers: Any) -> None:
     again.set_defaults(command=_reprocess)
 
     status = subparsers.add_parser("status", parents=[common, json_flag], help="backlogs, jobs by state, stuck jobs")
-    status.add_argument("--watch", type=_positive, metavar="SECONDS", help="redraw this often until Ctrl-C")
+    shown = status.add_mutually_exclusive_group()
+    shown.add_argument("--watch", type=_positive, metavar="SECONDS", help="redraw this often until Ctrl-C")
+    shown.add_argument(
+        "--serve",
+        action="store_true",
+        help="serve the status page (the same figures, recent jobs, a latency chart) until Ctrl-C",
+    )
+    status.add_argument("--host", default="127.0.0.1", help="with --serve: the address to listen on (%(default)s)")
+    status.add_argument("--port", type=_port, default=8084, help="with --serve: the port (default %(default)s)")
     status.add_argument("--iterations", type=_positive_int, default=None, help=argparse.SUPPRESS)
     status.set_defaults(command=_status)
 
@@ -152,14 +161,17 @@ def _reprocess(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    if args.serve:
+        return _serve_status_page(args)
     settings = _settings(args)
     subscriber = context.subscriber_client(settings)
     db = context.firestore_client(settings)
+    metrics = None if settings.on_emulators else monitoring_client()
     topology = load()
     iteration = 0
     try:
         while True:
-            status = collect_status(subscriber, db, topology, settings, now=_now())
+            status = collect_status(subscriber, db, topology, settings, now=_now(), metrics=metrics)
             screen = to_json(status.as_dict()) if args.json else render_status(status)
             if args.watch and not args.json and sys.stdout.isatty():
                 screen = _CLEAR + screen
@@ -170,6 +182,25 @@ def _status(args: argparse.Namespace) -> int:
             time.sleep(args.watch)
     except KeyboardInterrupt:
         return 0
+
+
+def _serve_status_page(args: argparse.Namespace) -> int:
+    if args.json:
+        raise ConfigError("--serve and --json do not go together: the page serves its JSON at /status.json")
+    # Imported here: only this command needs the web stack (Flask, Jinja, functions-framework).
+    from relay.ops import statuspage  # noqa: PLC0415
+
+    # The page is configured by its environment, as when deployed; --timeout reaches it that way.
+    os.environ[statuspage.TIMEOUT_VARIABLE] = f"{args.timeout:g}"
+    statuspage.serve(args.host, args.port)
+    return 0
+
+
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"not a port: {text}")
+    return value
 
 
 def _positive(text: str) -> float:

@@ -114,7 +114,7 @@ def show_job(db: firestore.Client, settings: OpsSettings, identifier: str) -> Jo
 
 
 def trace_hint(job_id: str) -> str:
-    return f"trace: python -m relay trace {job_id}   (the trace command comes with a later issue)"
+    return f"trace: python -m relay trace {job_id}   (--html FILE for a page, --gcp for Cloud Trace)"
 
 
 def render_jobs(jobs: list[Job], *, now: datetime) -> str:
@@ -128,14 +128,15 @@ def render_jobs(jobs: list[Job], *, now: datetime) -> str:
             job.prediction_id,
             job.model,
             age(job.updated_at, now),
-            _outcome(job),
+            outcome_summary(job),
         ]
         for job in jobs
     ]
     return table(["job", "state", "replicate", "prediction", "model", "updated", "outputs / error"], rows)
 
 
-def _outcome(job: Job) -> str:
+def outcome_summary(job: Job) -> str:
+    """The error, the number of files, or the plain output, on one line."""
     if job.error_code or job.error:
         return f"{job.error_code or 'error'}: {_one_line(job.error)}"
     if job.outputs:

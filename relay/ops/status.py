@@ -1,9 +1,11 @@
-"""One screen on the pipeline: subscription backlogs, jobs by state, stuck jobs, the last event."""
+"""One screen on the pipeline: backlogs, jobs by state, stuck jobs, the last event, verification failures."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import google.cloud.pubsub_v1 as pubsub_v1
@@ -13,6 +15,7 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 
 from relay.jobs import Job, JobState
 from relay.jobstore import JOBS
+from relay.ops import metrics_file, monitoring
 from relay.ops.context import OpsSettings
 from relay.ops.errors import OpsError
 from relay.ops.jobs_view import OPEN_STATES
@@ -22,11 +25,8 @@ from relay.topology import Topology
 
 COUNT_CAP = 1000  # dead letters counted by pulling; beyond this the backlog shows as "1000+"
 PUSH_LOCALLY = "n/a locally (Cloud Monitoring in production)"
-PUSH_IN_PRODUCTION = (
-    "n/a (Cloud Monitoring: pubsub.googleapis.com/subscription/num_undelivered_messages; "
-    "google-cloud-monitoring is not a dependency)"
-)
-VERIFICATION_FAILURES = "n/a (in the receiver's logs: outcome=rejected)"
+NO_MONITORING = "n/a (no Cloud Monitoring client)"
+FAILURES_WINDOW = timedelta(hours=1)  # describe_failures says "hour"
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,8 @@ class Status:
     stuck_jobs: int
     stuck_after_seconds: float
     last_event_at: datetime | None
-    verification_failures: str
+    verification_failures: str  # as shown: a count in the last hour with its reasons, or why there is none
+    verification_failures_by_reason: dict[str, int] | None = None  # None: not obtainable
 
     def as_dict(self) -> dict[str, Any]:
         document = asdict(self)
@@ -65,14 +66,16 @@ def collect_status(
     settings: OpsSettings,
     *,
     now: datetime,
+    metrics: monitoring.MetricQuery | None = None,
+    metrics_path: Path | None = None,
 ) -> Status:
     """Everything `relay status` shows. Dead-letter backlogs are counted by pulling and handing
-    every message straight back (nothing is acknowledged); push backlogs need Cloud Monitoring."""
-    subscriptions: list[SubscriptionStatus] = []
+    every message straight back (nothing is acknowledged). Push backlogs and verification failures
+    come from Cloud Monitoring (`metrics`) in production; on the emulators, which have no metrics,
+    push backlogs are not available and failures come from the local metrics file (`metrics_path`,
+    default RELAY_METRICS_FILE)."""
+    subscriptions = push_subscriptions(metrics, settings, [s.name for s in topology.subscriptions], now=now)
     with settings.pubsub_errors():
-        for subscription in topology.subscriptions:
-            note = PUSH_LOCALLY if settings.on_emulators else PUSH_IN_PRODUCTION
-            subscriptions.append(SubscriptionStatus(subscription.name, "push", None, False, None, note))
         for subscription in topology.subscriptions:
             subscriptions.append(dead_letter_backlog(subscriber, settings, subscription.dead_letter.subscription, now))
     with settings.firestore_errors():
@@ -89,6 +92,7 @@ def collect_status(
         )
         latest = list(jobs.order_by("last_event_at", direction="DESCENDING").limit(1).stream(**settings.rpc()))
     last_event_at = Job.model_validate(latest[0].to_dict()).last_event_at if latest else None
+    failures_text, by_reason = recent_verification_failures(metrics, settings, metrics_path, now=now)
     return Status(
         project=settings.project,
         at=now,
@@ -97,8 +101,58 @@ def collect_status(
         stuck_jobs=stuck,
         stuck_after_seconds=settings.quiet.total_seconds(),
         last_event_at=last_event_at,
-        verification_failures=VERIFICATION_FAILURES,
+        verification_failures=failures_text,
+        verification_failures_by_reason=by_reason,
     )
+
+
+def push_subscriptions(
+    metrics: monitoring.MetricQuery | None, settings: OpsSettings, names: list[str], *, now: datetime
+) -> list[SubscriptionStatus]:
+    if settings.on_emulators:
+        return [SubscriptionStatus(name, "push", None, False, None, PUSH_LOCALLY) for name in names]
+    if metrics is None:
+        return [SubscriptionStatus(name, "push", None, False, None, NO_MONITORING) for name in names]
+    return [
+        SubscriptionStatus(b.subscription, "push", b.undelivered, False, b.oldest_age_seconds, b.note)
+        for b in monitoring.push_backlogs(metrics, settings, names, now=now)
+    ]
+
+
+def recent_verification_failures(
+    metrics: monitoring.MetricQuery | None, settings: OpsSettings, path: Path | None, *, now: datetime
+) -> tuple[str, dict[str, int] | None]:
+    """What the status shows for the receiver's verification failures in the last hour, and the
+    counts by reason (None when they cannot be had; the text then says why)."""
+    if settings.on_emulators:
+        return _local_failures(path or metrics_file.metrics_file_path(os.environ), now=now)
+    if metrics is None:
+        return NO_MONITORING, None
+    try:
+        by_reason = monitoring.verification_failures(metrics, settings, now=now, window=FAILURES_WINDOW)
+    except google_exceptions.NotFound:
+        # The counter reaches Cloud Monitoring with its first failure; no metric yet means none yet.
+        return describe_failures({}, "Cloud Monitoring: none recorded yet"), {}
+    except monitoring.MONITORING_ERRORS as error:
+        return monitoring.explain(error, settings.timeout), None
+    return describe_failures(by_reason, "Cloud Monitoring"), by_reason
+
+
+def _local_failures(path: Path, *, now: datetime) -> tuple[str, dict[str, int] | None]:
+    try:
+        counted = metrics_file.read_failures(path, now=now, window=FAILURES_WINDOW)
+    except FileNotFoundError:
+        return f"n/a: no local metrics file (dev stack not running?) at {path}", None
+    except OSError as error:
+        return f"n/a: cannot read {path}: {error.strerror}", None
+    return describe_failures(counted.by_reason, "local metrics file"), counted.by_reason
+
+
+def describe_failures(by_reason: dict[str, int], source: str) -> str:
+    """'3 in the last hour (bad_signature 2, stale_timestamp 1; local metrics file)'."""
+    total = sum(by_reason.values())
+    reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(by_reason.items()) if count)
+    return f"{total} in the last hour ({reasons + '; ' if reasons else ''}{source})"
 
 
 def _count(query: Any, settings: OpsSettings) -> int:
@@ -137,16 +191,16 @@ def render_status(status: Status) -> str:
     rows: list[list[object]] = []
     for sub in status.subscriptions:
         if sub.backlog is None:
-            rows.append([sub.name, sub.kind, sub.note, ""])
+            rows.append([sub.name, sub.kind, sub.note, "", ""])
             continue
         oldest = duration(timedelta(seconds=sub.oldest_age_seconds)) if sub.oldest_age_seconds is not None else "-"
-        rows.append([sub.name, sub.kind, f"{sub.backlog}{'+' if sub.backlog_capped else ''}", oldest])
+        rows.append([sub.name, sub.kind, f"{sub.backlog}{'+' if sub.backlog_capped else ''}", oldest, sub.note])
     quiet = duration(timedelta(seconds=status.stuck_after_seconds))
     states = [[state, count] for state, count in status.jobs_by_state.items()]
     lines = [
         f"Relay status: project {status.project}, {iso(now)}",
         "",
-        table(["subscription", "kind", "backlog", "oldest unacked"], rows),
+        table(["subscription", "kind", "backlog", "oldest unacked", "source"], rows),
         "",
         table(["jobs by state", "count"], states),
         "",

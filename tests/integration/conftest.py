@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -11,6 +12,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
+from google.api_core import exceptions as google_exceptions
 from google.cloud import firestore, pubsub_v1
 
 from relay.devstack.processes import free_port
@@ -50,6 +52,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, files: FileServer) -> Iterat
         receiver_port=free_port(),
         handler_ports={"job-status": free_port(), "archive-outputs": free_port()},
         reconciler_port=free_port(),
+        status_page_port=free_port(),
         simulator_port=free_port(),
         reconcile_every=0,  # tests run the reconciler themselves
         log_dir=tmp_path_factory.mktemp("stack-logs"),
@@ -110,10 +113,16 @@ class Tap:
     """A pull subscription made for one test. Calling it pulls (and acknowledges) what has arrived
     since; `received` keeps everything pulled so far, whoever asked."""
 
-    def __init__(self, subscriber: pubsub_v1.SubscriberClient, path: str) -> None:
+    def __init__(self, subscriber: pubsub_v1.SubscriberClient, path: str, topic: str) -> None:
         self._subscriber = subscriber
         self._path = path
+        self._topic = topic
         self.received: list[pubsub_v1.types.ReceivedMessage] = []
+        self.subscribe()
+
+    def subscribe(self) -> None:
+        """Make the subscription (again, after a Pub/Sub emulator restart forgot it)."""
+        self._subscriber.create_subscription(request={"name": self._path, "topic": self._topic})
 
     def __call__(self) -> list[pubsub_v1.types.ReceivedMessage]:
         response = self._subscriber.pull(request={"subscription": self._path, "max_messages": 100}, timeout=10)
@@ -140,9 +149,9 @@ def _tap(stack: LocalStack, topic: str) -> Iterator[Tap]:
     subscriber = pubsub_v1.SubscriberClient()
     project = stack.config.project
     path = subscriber.subscription_path(project, f"tap-{uuid.uuid4().hex[:8]}")
-    subscriber.create_subscription(request={"name": path, "topic": f"projects/{project}/topics/{topic}"})
-    yield Tap(subscriber, path)
-    subscriber.delete_subscription(request={"subscription": path})
+    yield Tap(subscriber, path, f"projects/{project}/topics/{topic}")
+    with contextlib.suppress(google_exceptions.NotFound):
+        subscriber.delete_subscription(request={"subscription": path})
     subscriber.close()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ class Answer:
     body: bytes = b""
     content_type: str = "application/octet-stream"
     headers: dict[str, str] = field(default_factory=dict)
+    chunk_delay: float = 0.0  # seconds between 64 KiB chunks of the body: a slow download
 
 
 class FileServer:
@@ -35,7 +37,15 @@ class FileServer:
                 for name, value in answer.headers.items():
                     self.send_header(name, value)
                 self.end_headers()
-                self.wfile.write(answer.body)
+                if not answer.chunk_delay:
+                    self.wfile.write(answer.body)
+                    return
+                for start in range(0, len(answer.body), 65536):
+                    try:
+                        self.wfile.write(answer.body[start : start + 65536])
+                    except OSError:  # the client went away (killed, in the fault suite)
+                        return
+                    time.sleep(answer.chunk_delay)
 
             def log_message(self, format: str, *args: object) -> None:
                 pass

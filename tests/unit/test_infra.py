@@ -6,7 +6,10 @@ production to the local topology (infra/topology.yaml) and to the security invar
 
 from __future__ import annotations
 
+import functools
+import json
 import re
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,12 @@ from typing import Any
 import hcl2
 import pytest
 import yaml
+from google.api.metric_pb2 import MetricDescriptor
+from google.cloud import monitoring_v3
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from relay import telemetry
 
 ROOT = Path(__file__).resolve().parents[2]
 TERRAFORM = ROOT / "infra" / "terraform"
@@ -21,7 +30,28 @@ TOPOLOGY = yaml.safe_load((ROOT / "infra" / "topology.yaml").read_text())
 TF_FILES = sorted(TERRAFORM.glob("*.tf"))
 _OPTIONS = hcl2.SerializationOptions(with_comments=False, explicit_blocks=False, strip_string_quotes=True)
 
+# Mirrors relay/telemetry.py (METRIC_NAMES, and the attributes each instrument is recorded with):
+# the only workload.googleapis.com/relay.* metrics the dashboard and the alerts may name, and the
+# only metric labels they may group or filter them by. To be pointed at the telemetry module's
+# own constant; until then test_the_metric_list_mirrors_relay_telemetry keeps the two equal.
+RELAY_METRICS: dict[str, frozenset[str]] = {
+    "relay.webhooks": frozenset({"outcome", "reason"}),
+    "relay.webhook.verification_failures": frozenset({"reason"}),
+    "relay.webhook.duration": frozenset({"outcome"}),
+    "relay.publish.duration": frozenset({"topic", "outcome"}),
+    "relay.handler.duration": frozenset({"handler", "outcome"}),
+    "relay.job.end_to_end_latency": frozenset({"state"}),
+    "relay.archive.bytes": frozenset(),
+    "relay.messages.dead_lettered": frozenset({"handler"}),
+    "relay.reconciler.recovered": frozenset(),
+}
+RELAY_HISTOGRAMS = frozenset(
+    {"relay.webhook.duration", "relay.publish.duration", "relay.handler.duration", "relay.job.end_to_end_latency"}
+)
+TELEMETRY_ROLES = {"roles/cloudtrace.agent", "roles/monitoring.metricWriter"}
 
+
+@functools.cache  # python-hcl2 takes a while per file; the tests only read what it returns
 def _parse(path: Path) -> dict[str, Any]:
     with path.open() as file:
         return hcl2.load(file, serialization_options=_OPTIONS)
@@ -245,6 +275,325 @@ def test_no_iam_grant_gives_owner_or_editor() -> None:
     for rtype, name, body in grants:
         roles = {body.get("role")} | set(re.findall(r"roles/[a-zA-Z.]+", str(body)))
         assert not roles & forbidden, f"{rtype}.{name} grants {roles & forbidden}"
+    # Most grants take their role from a local map (for_each): no role string anywhere may be one.
+    for path in TF_FILES:
+        assert not set(re.findall(r"roles/[a-zA-Z.]+", path.read_text())) & forbidden, path.name
+
+
+# ---- telemetry: every service exports traces and metrics, and may ----
+
+
+def _service_locals() -> dict[str, Any]:
+    return _parse(TERRAFORM / "run.tf")["locals"][0]
+
+
+def _locals(path: Path) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for block in _parse(path).get("locals", []):
+        merged.update(block)
+    return merged
+
+
+def test_every_cloud_run_service_account_may_write_traces_and_metrics() -> None:
+    service = _resource("google_cloud_run_v2_service", "service")
+    assert _block(service, "template")["service_account"] == "${google_service_account.service[each.key].email}"
+    assert _resource("google_service_account", "service")["for_each"] == "${local.service_accounts}"
+    iam = _locals(TERRAFORM / "iam.tf")
+    # Each service runs as the account of its own name, and every account gets both roles.
+    assert iam["service_accounts"] == "${merge(local.runtime_accounts, local.handler_accounts)}"
+    assert "local.handler_services" in iam["handler_accounts"]
+    assert "for name, sub in local.handler_services" in _service_locals()["services"]
+    named = set(re.findall(r"(?:\{|, )([\w-]+) = \{source = ", _service_locals()["services"]))
+    assert named == set(iam["runtime_accounts"]), "a Cloud Run service without a runtime account of its name"
+    assert set(iam["telemetry_roles"]) == TELEMETRY_ROLES
+    assert "setproduct(keys(local.service_accounts), local.telemetry_roles)" in iam["project_grants"]
+    grants = _resource("google_project_iam_member", "service")
+    assert grants["for_each"] == "${local.project_grants}"
+    assert grants["member"] == "${google_service_account.service[each.value.account].member}"
+
+
+def test_every_service_exports_telemetry_under_its_own_name() -> None:
+    run = _service_locals()
+    assert run["common_env"]["RELAY_GCP_TELEMETRY"] == "true"
+    env_blocks = _block(_block(_resource("google_cloud_run_v2_service", "service"), "template"), "containers")[
+        "dynamic"
+    ]
+    plain_env = next(block["env"] for block in env_blocks if "local.common_env" in block["env"]["for_each"])
+    assert "OTEL_SERVICE_NAME = each.key" in plain_env["for_each"]
+    assert "RELAY_TELEMETRY_FLUSH_EACH_REQUEST = tostring(each.value.cpu_idle)" in plain_env["for_each"]
+    assert re.search(
+        r"name == local.archive_service \? \{[^}]*ENABLE_GCS_PYTHON_CLIENT_OTEL_TRACES = \"true\"", run["services"]
+    )
+
+
+def test_the_receiver_keeps_its_cpu_between_requests() -> None:
+    """Metrics are exported every 60 s from a background thread; a throttled CPU would delay them."""
+    receiver = re.search(r"receiver = \{(?:[^{}]|\{[^{}]*\})*\}", _service_locals()["services"])
+    assert receiver, "no receiver entry in local.services"
+    assert "cpu_idle = false" in receiver.group(0)
+    resources = _block(
+        _block(_block(_resource("google_cloud_run_v2_service", "service"), "template"), "containers"), "resources"
+    )
+    assert resources["cpu_idle"] == "${each.value.cpu_idle}"
+
+
+# ---- monitoring: the dashboard and the alerts name only what the services and Pub/Sub write ----
+
+MONITORING = TERRAFORM / "monitoring.tf"
+WORKLOAD_METRIC = re.compile(r"workload\.googleapis\.com/(relay\.\w[\w.]*\w)")  # not "relay.*" in prose
+CUMULATIVE_ALIGNERS = {"ALIGN_DELTA", "ALIGN_RATE"}
+GAUGE_ALIGNERS = {"ALIGN_MAX", "ALIGN_MIN", "ALIGN_MEAN", "ALIGN_SUM", "ALIGN_NEXT_OLDER", "ALIGN_INTERPOLATE"}
+DELTA_ALIGNERS = {"ALIGN_DELTA", "ALIGN_RATE", "ALIGN_SUM"}
+PUBSUB_KINDS = {
+    "pubsub.googleapis.com/subscription/oldest_unacked_message_age": GAUGE_ALIGNERS,
+    "pubsub.googleapis.com/subscription/num_undelivered_messages": GAUGE_ALIGNERS,
+    "pubsub.googleapis.com/subscription/dead_letter_message_count": DELTA_ALIGNERS,
+}
+
+
+def _charts() -> list[dict[str, Any]]:
+    charts = _locals(MONITORING)["dashboard_charts"]
+    assert isinstance(charts, list)
+    assert charts, "the dashboard has no charts"
+    return charts
+
+
+def _metric_alerts() -> dict[str, dict[str, Any]]:
+    alerts = _locals(MONITORING)["metric_alerts"]
+    assert isinstance(alerts, dict)
+    return alerts
+
+
+def _threshold(policy: str) -> dict[str, Any]:
+    """The one threshold condition of a google_monitoring_alert_policy resource."""
+    return _block(_block(_resource("google_monitoring_alert_policy", policy), "conditions"), "condition_threshold")
+
+
+def _queries() -> list[tuple[str, str, dict[str, Any]]]:
+    """(where, filter, aggregation in the API's camelCase) of every chart data set and alert condition."""
+    queries = []
+    for chart in _charts():
+        for data_set in chart["data_sets"]:
+            queries.append((chart["title"], data_set["filter"], data_set["aggregation"]))
+    for name, alert in _metric_alerts().items():
+        aggregation = {
+            "alignmentPeriod": alert["window"],
+            "perSeriesAligner": alert["aligner"],
+            "crossSeriesReducer": _block(_threshold("metric"), "aggregations")["cross_series_reducer"],
+            "groupByFields": alert["group_by"],
+        }
+        queries.append((f"alert {name}", alert["filter"], aggregation))
+    for policy in ("dead_lettered", "unacked_age"):
+        condition = _threshold(policy)
+        aggregation = _block(condition, "aggregations")
+        camel = {
+            "alignmentPeriod": aggregation["alignment_period"],
+            "perSeriesAligner": aggregation["per_series_aligner"],
+        }
+        queries.append((f"alert {policy}", condition["filter"], camel))
+    return queries
+
+
+def _metric_type(filter_: str) -> str:
+    types = re.findall(r'metric\.type = "([^"]+)"', filter_)
+    assert len(types) == 1, f"a filter names exactly one metric type: {filter_}"
+    return types[0]
+
+
+def _resolve_log_metric(metric_type: str) -> str:
+    """logging.googleapis.com/user/${google_logging_metric.X.name} -> .../user/<X's name>."""
+    match = re.fullmatch(r"logging\.googleapis\.com/user/\$\{google_logging_metric\.(\w+)\.name\}", metric_type)
+    assert match, f"log-based metrics are referenced through their resource: {metric_type}"
+    return _resource("google_logging_metric", match.group(1))["name"]
+
+
+def test_the_dashboard_is_json_built_with_jsonencode_from_hcl() -> None:
+    dashboard = _resource("google_monitoring_dashboard", "relay")
+    assert dashboard["dashboard_json"].startswith("${jsonencode(")
+    assert "local.dashboard_widgets" in dashboard["dashboard_json"]
+    assert "file(" not in dashboard["dashboard_json"]
+    for chart in _charts():
+        assert chart["title"], chart
+        assert chart["plot"] in {"LINE", "STACKED_AREA", "STACKED_BAR"}, chart["title"]
+        assert chart["data_sets"], chart["title"]
+        # The API leaves empty lists, empty strings and zeros out of what it returns; sending them
+        # would make the provider plan a change to the dashboard every time.
+        for data_set in chart["data_sets"]:
+            assert data_set["aggregation"].get("groupByFields", ["given"]), f"{chart['title']}: empty groupByFields"
+    widgets = _locals(MONITORING)["dashboard_widgets"]
+    assert 'data_set.legend == "" ? {} : {legendTemplate = data_set.legend}' in widgets
+    tiles = dashboard["dashboard_json"]
+    assert "index % 2 == 0 ? {} : {xPos = 24}" in tiles
+    assert "index < 2 ? {} : {yPos = floor(index / 2) * 16}" in tiles
+
+
+@pytest.mark.parametrize(("where", "aggregation"), [(where, aggregation) for where, _, aggregation in _queries()])
+def test_every_aggregation_is_valid_for_the_monitoring_api(where: str, aggregation: dict[str, Any]) -> None:
+    # The Dashboards API's Aggregation is field for field Monitoring v3's: proto JSON parsing
+    # refuses unknown fields and enum values (ParseError).
+    parsed = monitoring_v3.Aggregation.from_json(json.dumps(aggregation))
+    assert parsed.alignment_period.total_seconds() >= 60, where
+
+
+def test_aggregations_suit_each_metric_kind() -> None:
+    for where, filter_, aggregation in _queries():
+        metric = _metric_type(filter_)
+        aligner = aggregation["perSeriesAligner"]
+        reducer = aggregation.get("crossSeriesReducer", "")
+        if name := next(iter(WORKLOAD_METRIC.findall(metric)), None):
+            # The exporter writes counters and histograms as CUMULATIVE series.
+            assert aligner in CUMULATIVE_ALIGNERS, f"{where}: {aligner} on cumulative {name}"
+            if name in RELAY_HISTOGRAMS:
+                assert aligner == "ALIGN_DELTA", f"{where}: a distribution cannot be ALIGN_RATE"
+                assert reducer.startswith("REDUCE_PERCENTILE_"), f"{where}: chart a percentile of {name}"
+        elif metric.startswith("logging.googleapis.com/user/"):
+            assert _resolve_log_metric(metric).startswith("relay/"), where
+            assert aligner in DELTA_ALIGNERS, f"{where}: {aligner} on a DELTA log-based metric"
+        else:
+            assert metric in PUBSUB_KINDS, f"{where}: unexpected metric {metric}"
+            assert aligner in PUBSUB_KINDS[metric], f"{where}: {aligner} on {metric}"
+
+
+def test_dashboard_and_alerts_name_only_metrics_relay_emits_with_their_labels() -> None:
+    named = set(WORKLOAD_METRIC.findall(MONITORING.read_text()))
+    assert named <= set(RELAY_METRICS), f"not emitted by relay: {named - set(RELAY_METRICS)}"
+    charted = {name for _, filter_, _ in _queries() for name in WORKLOAD_METRIC.findall(filter_)}
+    assert charted == set(RELAY_METRICS), f"not on the dashboard or an alert: {set(RELAY_METRICS) - charted}"
+    for where, filter_, aggregation in _queries():
+        labels = set(re.findall(r"metric\.labels?\.(\w+)", filter_ + " ".join(aggregation.get("groupByFields", []))))
+        for name in WORKLOAD_METRIC.findall(filter_):
+            assert "${local.otel_resource}" in filter_, f"{where}: {name} without the exporter's resource"
+            assert labels <= RELAY_METRICS[name], f"{where}: {name} has no label {labels - RELAY_METRICS[name]}"
+
+
+class _RecordingMetricClient:
+    """Stands in for MetricServiceClient: keeps what the exporter would write."""
+
+    def __init__(self) -> None:
+        self.descriptors: dict[str, Any] = {}
+        self.series: list[Any] = []
+
+    def common_project_path(self, project: str) -> str:
+        return f"projects/{project}"
+
+    def create_metric_descriptor(self, request: Any) -> Any:
+        self.descriptors[request.metric_descriptor.type] = request.metric_descriptor
+        return request.metric_descriptor
+
+    def create_time_series(self, request: Any) -> None:
+        self.series.extend(request.time_series)
+
+
+@pytest.mark.parametrize("function_target", ["archive_outputs", None], ids=["functions-framework", "plain-cloud-run"])
+def test_relay_metrics_reach_cloud_monitoring_as_the_filters_select_them(
+    monkeypatch: pytest.MonkeyPatch, function_target: str | None
+) -> None:
+    from opentelemetry.exporter.cloud_monitoring import CloudMonitoringMetricsExporter  # noqa: PLC0415
+    from opentelemetry.resourcedetector.gcp_resource_detector import _metadata  # noqa: PLC0415
+
+    # Cloud Run as the GCP resource detector sees it: K_* variables and the metadata server. With
+    # FUNCTION_TARGET set (functions-framework) it reports gcp_cloud_functions, else gcp_cloud_run.
+    for name in ("KUBERNETES_SERVICE_HOST", "OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES", "FUNCTION_TARGET"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("K_CONFIGURATION", "archive-outputs")
+    monkeypatch.setenv("K_SERVICE", "archive-outputs")
+    monkeypatch.setenv("K_REVISION", "archive-outputs-00007-abc")
+    if function_target:
+        monkeypatch.setenv("FUNCTION_TARGET", function_target)
+    metadata = {"instance": {"id": "0069c7a9", "region": "projects/123/regions/us-central1"}}
+    monkeypatch.setattr(_metadata, "is_available", lambda: True)
+    monkeypatch.setattr(_metadata, "get_metadata", lambda: {**metadata, "project": {"projectId": "p"}})
+
+    resource = telemetry._resource(telemetry.TelemetrySettings(service="archive-outputs", gcp=True))
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(resource=resource, metric_readers=[reader])
+    instruments = telemetry.Metrics(provider.get_meter(telemetry.SCOPE))
+    for instrument in vars(instruments).values():
+        attributes = dict.fromkeys(RELAY_METRICS[instrument.name], "x")
+        (instrument.record if instrument.name in RELAY_HISTOGRAMS else instrument.add)(1, attributes)
+    client = _RecordingMetricClient()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the exporter class is marked deprecated
+        exporter = CloudMonitoringMetricsExporter(project_id="p", client=client)
+    exporter.export(reader.get_metrics_data())
+    provider.shutdown()
+
+    wanted = dict(re.findall(r'(resource\.(?:type|labels\.\w+)) = "([^"]+)"', _locals(MONITORING)["otel_resource"]))
+    assert {series.metric.type for series in client.series} == {f"workload.googleapis.com/{n}" for n in RELAY_METRICS}
+    for series in client.series:
+        name = series.metric.type.removeprefix("workload.googleapis.com/")
+        written = {"resource.type": series.resource.type} | {
+            f"resource.labels.{key}": value for key, value in series.resource.labels.items()
+        }
+        assert wanted.items() <= written.items(), f"{name} written as {written}"
+        assert series.resource.labels["job"] == "archive-outputs"  # OTEL_SERVICE_NAME, the service
+        assert set(series.metric.labels) == RELAY_METRICS[name]
+        descriptor = client.descriptors[series.metric.type]
+        assert descriptor.metric_kind == MetricDescriptor.MetricKind.CUMULATIVE
+        assert (descriptor.value_type == MetricDescriptor.ValueType.DISTRIBUTION) == (name in RELAY_HISTOGRAMS)
+
+
+def test_the_metric_list_mirrors_relay_telemetry() -> None:
+    assert set(RELAY_METRICS) == set(telemetry.METRIC_NAMES)
+
+
+def test_every_alert_policy_has_documentation_saying_what_to_do() -> None:
+    policies = [(name, body) for rtype, name, body in _resources() if rtype == "google_monitoring_alert_policy"]
+    assert {name for name, _ in policies} == {"dead_lettered", "unacked_age", "metric"}
+    texts = []
+    for name, body in policies:
+        documentation = _block(body, "documentation")
+        assert documentation["mime_type"] == "text/markdown", name
+        content = documentation["content"]
+        if content == "${each.value.documentation}":
+            contents = [(f"{name}[{key}]", alert["documentation"]) for key, alert in _metric_alerts().items()]
+        else:
+            contents = [(name, content)]
+        for where, text in contents:
+            assert "What it means." in text, where
+            assert "What to do." in text, where
+            assert "python -m relay " in text, f"{where} names no operator command"
+            texts.append(text)
+    everything = "\n".join(texts)
+    for command in ("python -m relay status", "python -m relay replay --from ", "python -m relay jobs list --stuck"):
+        assert command in everything, f"no alert tells the operator about `{command}`"
+
+
+def test_the_alerts_issue_6_asks_for_exist_with_configurable_thresholds() -> None:
+    assert _resource("google_monitoring_alert_policy", "dead_lettered")["for_each"] == "${local.dead_letters}"
+    condition = _threshold("dead_lettered")
+    assert "subscription/num_undelivered_messages" in condition["filter"]
+    assert "google_pubsub_subscription.dead_letter[each.key].name" in condition["filter"]
+    assert (condition["comparison"], condition["threshold_value"]) == ("COMPARISON_GT", 0)
+
+    # every push subscription
+    assert _resource("google_monitoring_alert_policy", "unacked_age")["for_each"] == "${local.subscriptions}"
+    condition = _threshold("unacked_age")
+    assert "subscription/oldest_unacked_message_age" in condition["filter"]
+    assert condition["threshold_value"] == "${var.unacked_age_threshold_seconds}"
+
+    alerts = _metric_alerts()
+    assert set(alerts) == {"verification_failures", "reconciler_recovered", "archive_failures"}
+    assert "relay.webhook.verification_failures" in alerts["verification_failures"]["filter"]
+    assert alerts["verification_failures"]["aligner"] == "ALIGN_RATE"
+    assert "relay.reconciler.recovered" in alerts["reconciler_recovered"]["filter"]
+    assert "google_logging_metric.archive_failures" in alerts["archive_failures"]["filter"]
+    archive_log = _resource("google_logging_metric", "archive_failures")["filter"]
+    assert "local.archive_service" in archive_log
+    assert "jsonPayload.error_code:*" in archive_log  # jobs failed because of their outputs
+    assert "permanent_failure" in archive_log  # messages dropped as undeliverable
+
+    variables = {_unquote(k): v for block in _parse(TERRAFORM / "variables.tf")["variable"] for k, v in block.items()}
+    for alert in alerts.values():
+        threshold = re.fullmatch(r"\$\{var\.(\w+)(?: / 60)?\}", str(alert["threshold"]))
+        assert threshold, f"{alert['display_name']}: the threshold is not a variable"
+        assert "default" in variables[threshold.group(1)], threshold.group(1)
+    assert variables["notification_channels"]["default"] == []
+    for policy in ("dead_lettered", "unacked_age", "metric"):
+        assert _resource("google_monitoring_alert_policy", policy)["notification_channels"] == (
+            "${local.notification_channels}"
+        )
+    assert "var.notification_channels" in _locals(MONITORING)["notification_channels"]
 
 
 # ---- cloudbuild.yaml ----

@@ -181,7 +181,7 @@ def test_job_rendering_shows_error_outputs_and_the_trace_hint() -> None:
 
     assert "error            failed: CUDA out of memory" in text
     assert "  0  image/png  9      gs://b/predictions/p1/0-out.png" in text
-    assert text.endswith("trace: python -m relay trace j1   (the trace command comes with a later issue)")
+    assert text.endswith("trace: python -m relay trace j1   (--html FILE for a page, --gcp for Cloud Trace)")
     assert listing.splitlines()[1].split()[:5] == ["j1", "failed", "-", "p1", "-"]
     assert render_jobs([], now=NOW) == "No jobs match."
 

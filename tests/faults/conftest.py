@@ -1,0 +1,128 @@
+"""The fault suite's stack: the whole local pipeline with a fast retry budget and Cloud Storage
+behind a fault-injecting proxy. `make test-faults` runs this folder (CI too)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from google.cloud import firestore, storage
+
+from relay.devstack.processes import free_port
+from relay.devstack.stack import DEV_REPLICATE_TOKEN, LocalStack, StackConfig
+from relay.testing import SignedWebhook, sign_webhook
+from tests.faults.harness import Invariants, Load
+from tests.faults.proxy import FaultProxy
+from tests.integration import fileserver
+from tests.integration.conftest import Tap, _tap
+from tests.integration.fileserver import FileServer
+
+FAULT_TOPOLOGY = Path(__file__).with_name("topology.yaml")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.faults)
+
+
+@pytest.fixture(scope="session")
+def files() -> Iterator[FileServer]:
+    yield from fileserver.running()
+
+
+@pytest.fixture(scope="session")
+def gcs_proxy() -> Iterator[FaultProxy]:
+    """In front of fake-gcs-server's port, which the stack fixture then gives fake-gcs-server."""
+    port = free_port()
+    proxy = FaultProxy("127.0.0.1", port)
+    proxy.start()
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, files: FileServer, gcs_proxy: FaultProxy) -> Iterator[LocalStack]:
+    config = StackConfig(
+        pubsub_port=free_port(),
+        firestore_port=free_port(),
+        storage_port=gcs_proxy.backend_port,
+        receiver_port=free_port(),
+        handler_ports={"job-status": free_port(), "archive-outputs": free_port()},
+        reconciler_port=free_port(),
+        status_page_port=free_port(),
+        simulator_port=free_port(),
+        reconcile_every=0,  # the cases run the reconciler, as Cloud Scheduler would
+        log_dir=tmp_path_factory.mktemp("fault-logs"),
+        telemetry_dir=tmp_path_factory.mktemp("fault-telemetry"),
+        topology_path=FAULT_TOPOLOGY,
+        extra_env={
+            # The handlers reach Cloud Storage through the proxy; the tests read it directly.
+            "STORAGE_EMULATOR_HOST": gcs_proxy.url,
+            "RELAY_PUBLISH_DEADLINE_SECONDS": "3",
+            "RELAY_DOWNLOAD_LOCAL_HOSTS": files.host,
+            "RELAY_DOWNLOAD_READ_TIMEOUT_SECONDS": "10",
+            "RELAY_RECONCILE_QUIET_SECONDS": "4",
+            "RELAY_RECONCILE_SUBMITTED_SECONDS": "30",
+            "RELAY_COALESCE_SECONDS": "0.5",
+        },
+    )
+    local = LocalStack(config)
+    local.start()
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in local.client_env.items():
+            patch.setenv(name, value)
+        try:
+            yield local
+        finally:
+            local.stop()
+
+
+@pytest.fixture(scope="session")
+def db(stack: LocalStack) -> firestore.Client:
+    return firestore.Client(project=stack.config.project)
+
+
+@pytest.fixture(scope="session")
+def bucket(stack: LocalStack) -> storage.Bucket:
+    return storage.Client(project=stack.config.project).bucket(stack.topology.bucket.name(stack.config.project))
+
+
+@pytest.fixture
+def simulator(stack: LocalStack) -> Iterator[httpx.Client]:
+    """The simulator's control API; its switches are put back after each case."""
+    with httpx.Client(base_url=stack.simulator_url, timeout=10) as client:
+        defaults = client.get("/_sim/config").json()
+        yield client
+        client.post("/_sim/config", json=defaults)
+
+
+@pytest.fixture
+def job_events(stack: LocalStack) -> Iterator[Tap]:
+    yield from _tap(stack, "job-events")
+
+
+@pytest.fixture
+def load(stack: LocalStack, db: firestore.Client) -> Iterator[Load]:
+    driver = Load(db, stack.simulator_url, stack.receiver_url + "/", DEV_REPLICATE_TOKEN)
+    yield driver
+    driver.close()
+
+
+@pytest.fixture
+def invariants(
+    stack: LocalStack, db: firestore.Client, bucket: storage.Bucket, simulator: httpx.Client, job_events: Tap
+) -> Invariants:
+    return Invariants(db=db, bucket=bucket, simulator=simulator, job_events=job_events, reconcile=stack.reconcile)
+
+
+@pytest.fixture
+def sign(stack: LocalStack) -> Callable[..., SignedWebhook]:
+    def signer(prediction: dict[str, Any], **options: Any) -> SignedWebhook:
+        return sign_webhook(prediction, stack.config.webhook_secrets, **options)
+
+    return signer
