@@ -5,8 +5,7 @@
 #   job-status       FUNCTION_SOURCE=handlers/main.py FUNCTION_TARGET=job_status
 #   archive-outputs  FUNCTION_SOURCE=handlers/main.py FUNCTION_TARGET=archive_outputs
 #   reconciler       FUNCTION_SOURCE=handlers/main.py FUNCTION_TARGET=reconcile
-#   status page      FUNCTION_SOURCE=relay/ops/statuspage.py FUNCTION_TARGET=status_page (private; not in
-#                    infra/terraform yet: deploy it with gcloud run deploy, see README "Operate")
+#   status-page      FUNCTION_SOURCE=relay/ops/statuspage.py FUNCTION_TARGET=status_page (private)
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 

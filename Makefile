@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 CHECKOV_VENV  := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 
-.PHONY: help venv run test lint typecheck checkov unit integration bench clean
+.PHONY: help venv run test test-faults lint typecheck checkov unit integration bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -50,8 +50,11 @@ unit: venv  ## unit tests (nothing running needed)
 integration: venv chromium  ## integration tests against the emulators (started by the tests)
 	$(BIN)/python -m pytest tests/integration
 
-test: lint typecheck checkov chromium  ## lint, type checks, checkov and the whole suite
+test: lint typecheck checkov chromium  ## lint, type checks, checkov and the whole suite (faults aside)
 	$(BIN)/python -m pytest
+
+test-faults: venv  ## the fault suite: kills and fails parts of a local stack of its own (~6 min)
+	$(BIN)/python -m pytest tests/faults
 
 # The status page's browser test runs Debian's Chromium headless; sudo only when not already root.
 .PHONY: chromium

@@ -31,6 +31,8 @@ _MEDIA_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+")
 _MAX_FILE_NAME = 100
 _DEFAULT_CONTENT_TYPE = "application/octet-stream"
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# IETF protocol assignments, not globally reachable; Python before 3.11.10 / 3.12.4 calls most of it global.
+_IETF_PROTOCOL_ASSIGNMENTS = ipaddress.ip_network("192.0.0.0/24")
 # Common model outputs first; then the interpreter's built-in table only, so the extension does not depend on
 # the machine's /etc/mime.types.
 _EXTENSIONS = {"image/jpeg": ".jpg", "audio/wav": ".wav", "audio/x-wav": ".wav", "audio/mpeg": ".mp3"}
@@ -388,6 +390,10 @@ def _is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
             return False
         if address in _NAT64 and not _is_public(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)):
             return False
+        if address.is_site_local:  # fec0::/10: deprecated, not global, and not in is_private
+            return False
+    elif address in _IETF_PROTOCOL_ASSIGNMENTS:
+        return False
     return address.is_global and not (
         address.is_private
         or address.is_loopback

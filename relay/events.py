@@ -128,15 +128,34 @@ def parse_prediction_ref(body: bytes) -> PredictionRef:
     return PredictionRef(checked["id"], checked["status"])
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all different. json.loads would keep the last of a repeated
+    key, so `{"status":"failed",…,"status":"succeeded"}` would mean whatever a parser picks."""
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return document
+
+
 def _load_object(body: bytes) -> dict[str, Any]:
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise PayloadError("invalid_utf8", "body is not valid UTF-8") from None
     try:
-        document = json.loads(text)
+        document = json.loads(text, object_pairs_hook=_unique_keys)
     except RecursionError:
         raise PayloadError("json_too_deep", "body nests JSON too deeply") from None
+    except _DuplicateKey as error:
+        raise PayloadError("duplicate_key", f"body repeats the key {error.args[0][:64]!r} in one object") from None
     except ValueError as error:
         raise PayloadError("invalid_json", f"body is not valid JSON: {error}") from None
     if not isinstance(document, dict):

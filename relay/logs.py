@@ -42,7 +42,8 @@ class CloudLoggingFormatter(logging.Formatter):
         entry.update(getattr(record, "fields", {}))
         if record.exc_info:
             entry["stack_trace"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        # ASCII only: U+0085, U+2028 and the like would split a line for some readers.
+        return json.dumps(entry, default=str)
 
 
 def configure(service: str, *, level: str = "INFO", project: str | None = None) -> None:

@@ -5,8 +5,9 @@
 
 locals {
   runtime_accounts = {
-    receiver   = "Relay receiver: publishes verified webhooks"
-    reconciler = "Relay reconciler: asks Replicate about quiet jobs"
+    receiver      = "Relay receiver: publishes verified webhooks"
+    reconciler    = "Relay reconciler: asks Replicate about quiet jobs"
+    "status-page" = "Relay status page: reads jobs, dead letters and metrics, writes nothing"
   }
   # job-status / archive-outputs, named after the topology's push handlers
   handler_accounts = { for name, _ in local.handler_services : name => "Relay ${name} push handler" }
@@ -16,6 +17,10 @@ locals {
   # in Firestore also get datastore.user.
   telemetry_roles = ["roles/cloudtrace.agent", "roles/monitoring.metricWriter"]
   firestore_users = concat(keys(local.handler_services), ["reconciler"])
+  # The status page only reads: jobs in Firestore (counts by state, stuck jobs, the latest) and
+  # the push subscriptions' backlogs and the receiver's verification failures in Cloud Monitoring
+  # (time series). Its dead-letter counts are grants on those subscriptions (below).
+  status_page_roles = ["roles/datastore.viewer", "roles/monitoring.viewer"]
   project_grants = merge(
     {
       for pair in setproduct(keys(local.service_accounts), local.telemetry_roles) :
@@ -25,6 +30,7 @@ locals {
       for account in local.firestore_users :
       "${account} roles/datastore.user" => { account = account, role = "roles/datastore.user" }
     },
+    { for role in local.status_page_roles : "status-page ${role}" => { account = "status-page", role = role } },
   )
 
   # Who publishes where: the receiver and the reconciler into the events topic, the handlers and
@@ -86,6 +92,17 @@ resource "google_storage_bucket_iam_member" "handler_objects" {
   member   = google_service_account.service[each.value.account].member
 }
 
+# The status page counts each dead-letter backlog by pulling and handing every message straight
+# back (relay/ops/status.py: pull, then modifyAckDeadline 0; nothing is acknowledged, and it never
+# gets or lists subscriptions, so no pubsub.viewer). subscriber is the narrowest predefined role
+# with pubsub.subscriptions.consume, granted on these two subscriptions only.
+resource "google_pubsub_subscription_iam_member" "status_page_counts_dead_letters" {
+  for_each     = local.dead_letters
+  subscription = google_pubsub_subscription.dead_letter[each.key].id
+  role         = "roles/pubsub.subscriber"
+  member       = google_service_account.service["status-page"].member
+}
+
 # ---- callers: Scheduler invokes the reconciler only; Pub/Sub push invokes the handlers only ----
 
 resource "google_cloud_run_v2_service_iam_member" "scheduler_invokes_reconciler" {
@@ -103,12 +120,30 @@ resource "google_cloud_run_v2_service_iam_member" "push_invokes_handler" {
   member   = google_service_account.push.member
 }
 
-# The receiver is Replicate's webhook endpoint: public by design, authenticated by signature.
+# Operators open the status page through `gcloud run services proxy`, as themselves: the only
+# callers it has. Project owners may invoke it already; anyone else is listed here.
+resource "google_cloud_run_v2_service_iam_member" "status_page_viewers" {
+  for_each = toset(var.status_page_viewers)
+  name     = google_cloud_run_v2_service.service["status-page"].name
+  location = var.region
+  role     = "roles/run.invoker"
+  member   = each.value
+}
+
+# The services marked public in run.tf, that is the receiver alone: Replicate's webhook endpoint,
+# public by design, authenticated by signature.
 resource "google_cloud_run_v2_service_iam_member" "receiver_public" {
-  name     = google_cloud_run_v2_service.service["receiver"].name
+  for_each = toset([for name, service in local.services : name if service.public])
+  name     = google_cloud_run_v2_service.service[each.key].name
   location = var.region
   role     = "roles/run.invoker"
   member   = "allUsers"
+}
+
+# It was one resource before run.tf's `public` chose it: keep the grant in place, not re-created.
+moved {
+  from = google_cloud_run_v2_service_iam_member.receiver_public
+  to   = google_cloud_run_v2_service_iam_member.receiver_public["receiver"]
 }
 
 # ---- Pub/Sub service agent: mint the push OIDC tokens, dead-letter undeliverable messages ----

@@ -32,3 +32,8 @@ output "replicate_token_secret_id" {
   description = "Secret Manager secret to add the Replicate API token to."
   value       = google_secret_manager_secret.secret["replicate_token"].secret_id
 }
+
+output "status_page_command" {
+  description = "Opens the private status page on http://localhost:8084 (as the dev stack does) as your gcloud account (project owner, or listed in status_page_viewers)."
+  value       = "gcloud run services proxy ${google_cloud_run_v2_service.service["status-page"].name} --region=${var.region} --project=${var.project_id} --port=8084"
+}

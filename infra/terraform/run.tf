@@ -1,5 +1,8 @@
-# The four Cloud Run services, all from the one image; FUNCTION_SOURCE / FUNCTION_TARGET pick the
+# The five Cloud Run services, all from the one image; FUNCTION_SOURCE / FUNCTION_TARGET pick the
 # function (Dockerfile). Cloud Build deploys new images; Terraform owns everything else.
+#
+# Who may reach each one is two settings: `ingress` (where requests may come from) and `public`
+# (whether they need a run.invoker identity token at all; iam.tf grants allUsers only where true).
 
 locals {
   common_env = {
@@ -36,6 +39,7 @@ locals {
   # - reconciler: throttled. Scheduler calls it every 5 minutes, so its instance never idles long
   #   enough to stop: always-allocated CPU would bill it 24/7 for seconds of work. Its recovered
   #   count is exported during the next run at the latest, inside the alert's one-hour window.
+  # - status-page: throttled. It records no metrics, and it is idle but for an operator's visit.
   handler_cpu_idle = !var.handlers_cpu_always_allocated
 
   services = merge(
@@ -48,6 +52,7 @@ locals {
         source      = "receiver/main.py"
         target      = "receive"
         asgi        = true
+        ingress     = "INGRESS_TRAFFIC_ALL"
         public      = true
         concurrency = 80
         timeout     = 30
@@ -66,6 +71,7 @@ locals {
         source      = "handlers/main.py"
         target      = "reconcile"
         asgi        = false
+        ingress     = "INGRESS_TRAFFIC_INTERNAL_ONLY" # Cloud Scheduler counts as internal
         public      = false
         concurrency = 1
         timeout     = 300
@@ -74,6 +80,33 @@ locals {
         memory      = "512Mi"
         cpu_idle    = true
         env         = local.handler_env
+      }
+      # Private, the operators' status page (relay/ops/statuspage.py; README, "Operate"): read-only,
+      # opened with `gcloud run services proxy status-page`, which runs on the operator's machine
+      # and sends each request to the service's URL with the operator's identity token. So its
+      # ingress is ALL (internal-only ingress would refuse the proxy from outside the VPC) and IAM
+      # is what keeps it private: run.invoker only for var.status_page_viewers (iam.tf). Nothing
+      # but the URL's existence is exposed to a caller without a token (Cloud Run answers 403).
+      # One instance, billed only while a page is served: each request counts the dead letters by
+      # pulling and handing them back, so a few viewers refreshing every 10 s need no more; 4 at a
+      # time (THREADS = 4, so none waits for a thread), 60 s for the 5 s-bounded API calls of a
+      # refresh. 512Mi: the smallest size both Cloud Run execution environments accept.
+      "status-page" = {
+        source      = "relay/ops/statuspage.py"
+        target      = "status_page"
+        asgi        = false
+        ingress     = "INGRESS_TRAFFIC_ALL"
+        public      = false
+        concurrency = 4
+        timeout     = 60
+        min         = 0
+        max         = 1
+        memory      = "512Mi"
+        cpu_idle    = true
+        # RELAY_PROJECT comes from common_env and the topology from infra/topology.yaml in the
+        # image; the stuck-job threshold is the reconciler's default (RELAY_RECONCILE_QUIET_SECONDS
+        # is set on neither service), so both judge "stuck" alike.
+        env = { THREADS = "4" }
       }
     },
     {
@@ -85,6 +118,7 @@ locals {
         source      = "handlers/main.py"
         target      = replace(name, "-", "_")
         asgi        = false
+        ingress     = "INGRESS_TRAFFIC_INTERNAL_ONLY" # Pub/Sub push counts as internal
         public      = false
         concurrency = 8
         timeout     = sub.ack_deadline_seconds
@@ -94,7 +128,14 @@ locals {
         cpu_idle    = local.handler_cpu_idle
         env = merge(
           local.handler_env,
-          { THREADS = "8" },
+          {
+            THREADS = "8"
+            # The account whose OIDC token Pub/Sub pushes with (pubsub.tf, oidc_token): the
+            # handlers accept no other (RELAY_PUSH_AUTH, default oidc). The token's audience is
+            # the service's own URL, which the handler derives from the Host header, so the URI
+            # is not passed here (it would make each service depend on itself).
+            RELAY_PUSH_SERVICE_ACCOUNT = google_service_account.push.email
+          },
           # google-cloud-storage's own OpenTelemetry spans (uploads, object lookups), read when the
           # library is imported, without its background bucket-metadata fetches (relay/telemetry.py).
           # The image sets both for every service; stated here for the Storage-heavy handler so
@@ -115,8 +156,9 @@ resource "google_cloud_run_v2_service" "service" {
   location            = var.region
   deletion_protection = var.deletion_protection
   # Handlers and the reconciler take requests only from Pub/Sub and Cloud Scheduler (both count
-  # as internal traffic in the same project) and then only with a run.invoker OIDC token.
-  ingress = each.value.public ? "INGRESS_TRAFFIC_ALL" : "INGRESS_TRAFFIC_INTERNAL_ONLY"
+  # as internal traffic in the same project) and then only with a run.invoker OIDC token; the
+  # status page takes them from the internet, and likewise only with a run.invoker token.
+  ingress = each.value.ingress
 
   template {
     service_account                  = google_service_account.service[each.key].email

@@ -92,6 +92,17 @@ variable "handlers_cpu_always_allocated" {
   default     = false
 }
 
+variable "status_page_viewers" {
+  description = "IAM members (user:..., group:..., serviceAccount:..., domain:...) who may open the private status-page service, with `gcloud run services proxy status-page`: roles/run.invoker on that service only. Project owners may already."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for member in var.status_page_viewers : can(regex("^(user|group|serviceAccount|domain):[^:\\s]+$", member))])
+    error_message = "status_page_viewers takes user:, group:, serviceAccount: or domain: members; the status page is never public (no allUsers or allAuthenticatedUsers)."
+  }
+}
+
 variable "alert_email" {
   description = "Where alerts are sent. Empty: no e-mail channel is created."
   type        = string

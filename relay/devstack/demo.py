@@ -13,7 +13,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
@@ -48,7 +48,11 @@ def run_demo(stack: LocalStack, *, say: Say = print, timeout: float = 90.0) -> l
     os.environ.update(stack.client_env)
     db = firestore.Client(project=stack.config.project)
     sample = _signed_lifecycle(stack, db, say, timeout=30.0)
-    return [sample, *_submitted_jobs(stack, db, say, timeout=timeout)]
+    submitted = _submitted_jobs(stack, db, say, timeout=timeout)
+    archived = next((job for job in submitted if job.outputs), None)
+    if archived is not None:
+        _draw_trace(stack, archived, say)
+    return [sample, *submitted]
 
 
 def _signed_lifecycle(stack: LocalStack, db: firestore.Client, say: Say, *, timeout: float) -> Job:
@@ -130,6 +134,29 @@ def _follow(
                 finals[job_id] = job
         time.sleep(0.25)
     return finals
+
+
+def _draw_trace(stack: LocalStack, job: Job, say: Say, *, timeout: float = 10.0) -> None:
+    """The trace of the job's final webhook: receiver → Pub/Sub → both handlers → Cloud Storage."""
+    from relay.traceview.lookup import find_in_file  # noqa: PLC0415 - only the demo draws
+    from relay.traceview.text import render_text  # noqa: PLC0415
+
+    say(f"\n3. The trace of job {job.job_id}'s final webhook (all of its traces: python -m relay trace {job.job_id})")
+    deadline = time.monotonic() + timeout
+    while True:
+        found = find_in_file(stack.trace_file, job.job_id)
+        final = [
+            trace
+            for trace in found.traces
+            if {"archive file", "process archive-outputs"} <= {span.name for span in trace.spans}
+        ]
+        if final or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)  # each process writes its spans as it answers; the last may be a moment behind
+    if not final:
+        say(f"  (no trace with its archive spans in {stack.trace_file} yet)")
+        return
+    say(render_text(replace(found, traces=(final[-1],)), width=110))
 
 
 def _wait_for_status(db: firestore.Client, job_id: str, status: str, timeout: float) -> Job:

@@ -252,20 +252,33 @@ def test_the_pubsub_service_agent_may_dead_letter_every_subscription() -> None:
 
 def test_no_cloud_run_service_but_the_receiver_is_public() -> None:
     public_members = {"allUsers", "allAuthenticatedUsers"}
+    public_grants = []
     for rtype, name, body in _resources():
         if not rtype.startswith("google_cloud_run_v2_service_iam_"):
             continue
         members = {body.get("member")} | set(body.get("members", []))
         if members & public_members:
-            assert body["name"] == '${google_cloud_run_v2_service.service["receiver"].name}', f"{rtype}.{name}"
+            public_grants.append(f"{rtype}.{name}")
+            # Granted to the services run.tf marks public, and to no other.
+            assert body["for_each"] == "${toset([for name, service in local.services : name if service.public])}"
+            assert body["name"] == "${google_cloud_run_v2_service.service[each.key].name}", f"{rtype}.{name}"
+    assert public_grants == ["google_cloud_run_v2_service_iam_member.receiver_public"]
+    assert {name for name, entry in _services().items() if entry["public"] == "true"} == {"receiver"}
+    # The grant changed from a single resource to for_each: state moves, the grant is not re-created.
+    moved = [block for path in TF_FILES for block in _parse(path).get("moved", [])]
+    assert {
+        "from": "${google_cloud_run_v2_service_iam_member.receiver_public}",
+        "to": '${google_cloud_run_v2_service_iam_member.receiver_public["receiver"]}',
+    } in moved
 
 
-def test_only_the_receiver_accepts_traffic_from_the_internet() -> None:
-    service = _resource("google_cloud_run_v2_service", "service")
-    assert service["ingress"] == '${each.value.public ? "INGRESS_TRAFFIC_ALL" : "INGRESS_TRAFFIC_INTERNAL_ONLY"}'
-    services = _parse(TERRAFORM / "run.tf")["locals"][0]["services"]
-    assert services.count("public = true") == 1
-    assert re.search(r"receiver = \{[^{}]*public = true", services)
+def test_only_the_receiver_and_the_status_page_accept_traffic_from_the_internet() -> None:
+    """The status page needs internet ingress for `gcloud run services proxy` (run on the operator's
+    machine); it stays private through IAM: no public invoker, run.invoker for named viewers only."""
+    assert _resource("google_cloud_run_v2_service", "service")["ingress"] == "${each.value.ingress}"
+    ingress = {name: entry["ingress"] for name, entry in _services().items()}
+    assert set(ingress.values()) <= {'"INGRESS_TRAFFIC_ALL"', '"INGRESS_TRAFFIC_INTERNAL_ONLY"'}, ingress
+    assert {name for name, value in ingress.items() if value == '"INGRESS_TRAFFIC_ALL"'} == {"receiver", "status-page"}
 
 
 def test_no_iam_grant_gives_owner_or_editor() -> None:
@@ -280,11 +293,166 @@ def test_no_iam_grant_gives_owner_or_editor() -> None:
         assert not set(re.findall(r"roles/[a-zA-Z.]+", path.read_text())) & forbidden, path.name
 
 
+# ---- the status page (issue #8): a private, read-only Cloud Run service ----
+
+STATUS_PAGE_MEMBER = '${google_service_account.service["status-page"].member}'
+WRITE_ROLES = {
+    "roles/pubsub.publisher",
+    "roles/pubsub.editor",
+    "roles/pubsub.admin",
+    "roles/datastore.user",
+    "roles/datastore.owner",
+    "roles/storage.objectCreator",
+    "roles/storage.objectUser",
+    "roles/storage.objectAdmin",
+    "roles/storage.admin",
+    "roles/secretmanager.secretAccessor",
+    "roles/run.invoker",
+}
+
+
+def _variables() -> dict[str, dict[str, Any]]:
+    return {_unquote(k): v for block in _parse(TERRAFORM / "variables.tf")["variable"] for k, v in block.items()}
+
+
+def test_the_status_page_is_a_private_cloud_run_service() -> None:
+    entry = _services()["status-page"]
+    assert (entry["source"], entry["target"], entry["asgi"]) == ('"relay/ops/statuspage.py"', '"status_page"', "false")
+    assert re.search(r"^def status_page\(", (ROOT / "relay/ops/statuspage.py").read_text(), flags=re.MULTILINE)
+    assert entry["public"] == "false"
+    assert (entry["min"], entry["max"], entry["cpu_idle"], entry["timeout"]) == ("0", "1", "true", "60")
+    assert 1 <= int(entry["concurrency"]) <= 8
+    assert f'THREADS = "{entry["concurrency"]}"' in entry["env"]
+    # Its only invokers: the members of var.status_page_viewers, with run.invoker on this service.
+    invokers = [
+        (name, body)
+        for rtype, name, body in _resources()
+        if rtype.startswith("google_cloud_run_v2_service_iam_") and '["status-page"]' in body.get("name", "")
+    ]
+    assert [name for name, _ in invokers] == ["status_page_viewers"]
+    grant = invokers[0][1]
+    assert (grant["role"], grant["for_each"], grant["member"]) == (
+        "roles/run.invoker",
+        "${toset(var.status_page_viewers)}",
+        "${each.value}",
+    )
+
+
+def test_status_page_viewers_default_to_nobody_and_can_never_be_public() -> None:
+    variable = _variables()["status_page_viewers"]
+    assert (variable["type"], variable["default"]) == ("${list(string)}", [])
+    condition = _block(variable, "validation")["condition"]
+    assert condition.startswith("${alltrue([for member in var.status_page_viewers : can(regex(")
+    literal = re.search(r'regex\(("(?:[^"\\]|\\.)*")', condition)
+    assert literal, condition
+    pattern = re.compile(json.loads(literal.group(1)))  # the HCL string's escapes are JSON's here
+    for member in ("user:ops@example.com", "group:relay-ops@example.com", "serviceAccount:a@p.iam.gserviceaccount.com"):
+        assert pattern.search(member), member
+    for member in ("allUsers", "allAuthenticatedUsers", "ops@example.com", "user:", "user:a@example.com allUsers"):
+        assert not pattern.search(member), member
+
+
+def test_the_status_page_account_reads_and_writes_nothing() -> None:
+    iam = _locals(TERRAFORM / "iam.tf")
+    assert "status-page" in iam["runtime_accounts"]
+    # Grants reach a runtime account either through a map keyed by account (project, topics,
+    # bucket, secrets) or by naming the account; nothing else may name one.
+    by_map = {
+        "${google_service_account.service[each.value.account].member}",
+        "${google_service_account.service[each.value.service].member}",
+    }
+    direct = []
+    for rtype, name, body in _resources():
+        member = str(body.get("member", ""))
+        if "google_service_account.service[" in member:
+            assert member in by_map or member.startswith('${google_service_account.service["'), f"{rtype}.{name}"
+            if member == STATUS_PAGE_MEMBER:
+                direct.append((rtype, name, body))
+    # Project level: the telemetry roles every account has (checked below), and its own list.
+    assert (
+        '{for role in local.status_page_roles : "status-page ${role}" => {account = "status-page", role = role}}'
+        in iam["project_grants"]
+    )
+    assert iam["firestore_users"] == '${concat(keys(local.handler_services), ["reconciler"])}'  # not datastore.user
+    roles = TELEMETRY_ROLES | set(iam["status_page_roles"])
+    for local in ("topic_publishers", "bucket_roles"):
+        assert "status-page" not in str(iam[local]), f"the status page appears in {local}"
+    assert all(secret["service"] != "status-page" for secret in _locals(TERRAFORM / "secrets.tf")["secrets"].values())
+    # On the resources themselves: subscriber on the two dead-letter subscriptions, to count them.
+    assert [(rtype, name) for rtype, name, _ in direct] == [
+        ("google_pubsub_subscription_iam_member", "status_page_counts_dead_letters")
+    ]
+    dead_letters = direct[0][2]
+    assert dead_letters["for_each"] == "${local.dead_letters}"
+    assert dead_letters["subscription"] == "${google_pubsub_subscription.dead_letter[each.key].id}"
+    roles.add(dead_letters["role"])
+    assert roles == TELEMETRY_ROLES | {"roles/datastore.viewer", "roles/monitoring.viewer", "roles/pubsub.subscriber"}
+    assert not roles & WRITE_ROLES
+
+
+# ---- the push handlers check Pub/Sub's OIDC token against the push account ----
+
+
+def test_push_handlers_get_the_account_their_subscriptions_push_as() -> None:
+    push_config = _block(_resource("google_pubsub_subscription", "push"), "push_config")
+    oidc = _block(push_config, "oidc_token")
+    assert oidc["service_account_email"] == "${google_service_account.push.email}"
+    # The handler takes the expected audience from its Host header: the push endpoint's host.
+    assert oidc["audience"] == push_config["push_endpoint"]
+    account = oidc["service_account_email"].removeprefix("${").removesuffix("}")
+    for name, entry in _services().items():
+        if name in _push_handlers():
+            assert f"RELAY_PUSH_SERVICE_ACCOUNT = {account}" in entry["env"], name
+        else:
+            assert "RELAY_PUSH_SERVICE_ACCOUNT" not in entry["env"], name
+    run = _service_locals()
+    assert "RELAY_PUSH_SERVICE_ACCOUNT" not in str(run["handler_env"]) + str(run["common_env"])  # reconciler's
+    # Checking stays on (RELAY_PUSH_AUTH defaults to oidc), and no service's settings name a Cloud
+    # Run service, such as its URI: the for_each resource would depend on itself.
+    assert not re.search(r'RELAY_PUSH_AUTH = (?!"oidc")', run["services"])
+    assert "google_cloud_run_v2_service" not in json.dumps(run)
+
+
 # ---- telemetry: every service exports traces and metrics, and may ----
 
 
 def _service_locals() -> dict[str, Any]:
     return _parse(TERRAFORM / "run.tf")["locals"][0]
+
+
+def _push_handlers() -> list[str]:
+    return [sub["push_handler"] for sub in TOPOLOGY["subscriptions"]]
+
+
+def _balanced(text: str, start: int) -> str:
+    """The {...} expression opening at text[start]."""
+    depth = 0
+    for index in range(start, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[index], 0)
+        if depth == 0:
+            return text[start : index + 1]
+    raise AssertionError(f"unbalanced braces from {text[start : start + 60]!r}")
+
+
+def _services() -> dict[str, dict[str, str]]:
+    """local.services (run.tf) by service name: each entry's attributes as HCL expression text, `env`
+    the whole env expression. The push handlers' entry, written once in a for expression over
+    local.handler_services, stands for each of the topology's push handlers."""
+    text = _service_locals()["services"]
+    entries: dict[str, str] = {}
+    for match in re.finditer(r'(?<=[{ ])(?:"?([\w-]+)"? =|name =>) (\{)source = ', text):
+        body = _balanced(text, match.start(2))
+        if match.group(1):
+            entries[match.group(1)] = body
+        else:  # name => {...}
+            entries |= dict.fromkeys(_push_handlers(), body)
+    parsed = {}
+    for name, body in entries.items():
+        head, _, env = body[1:-1].partition(", env = ")
+        attributes = dict(re.findall(r'(?:^|, )(\w+) = ("[^"]*"|[\w.]+\([^()]*\)|[^,]+)', head))
+        parsed[name] = {**attributes, "env": env}
+    assert parsed, "no service entries found in local.services"
+    return parsed
 
 
 def _locals(path: Path) -> dict[str, Any]:
@@ -303,7 +471,7 @@ def test_every_cloud_run_service_account_may_write_traces_and_metrics() -> None:
     assert iam["service_accounts"] == "${merge(local.runtime_accounts, local.handler_accounts)}"
     assert "local.handler_services" in iam["handler_accounts"]
     assert "for name, sub in local.handler_services" in _service_locals()["services"]
-    named = set(re.findall(r"(?:\{|, )([\w-]+) = \{source = ", _service_locals()["services"]))
+    named = set(_services()) - set(_push_handlers())
     assert named == set(iam["runtime_accounts"]), "a Cloud Run service without a runtime account of its name"
     assert set(iam["telemetry_roles"]) == TELEMETRY_ROLES
     assert "setproduct(keys(local.service_accounts), local.telemetry_roles)" in iam["project_grants"]
@@ -622,11 +790,38 @@ def test_cloudbuild_deploys_functions_that_exist_in_their_sources() -> None:
         target = re.search(r"FUNCTION_TARGET=([^,\s]+)", string)
         if source and target:
             deployed.append((source.group(1), target.group(1)))
-    assert len(deployed) == 4, deployed
+    assert len(deployed) == len(_services()), deployed
     for source, target in deployed:
         assert re.search(rf"^(async )?def {target}\(", (ROOT / source).read_text(), flags=re.MULTILINE), (
             f"{source} defines no function {target}"
         )
+
+
+def test_cloudbuild_deploys_every_terraform_service_as_terraform_defines_it() -> None:
+    assert _resource("google_service_account", "service")["account_id"] == "relay-${each.key}"
+    image = "${_REGION}-docker.pkg.dev/$PROJECT_ID/${_REPOSITORY}/relay:${_TAG}"
+    deploys: dict[str, tuple[dict[str, Any], dict[str, str]]] = {}
+    for step in _cloudbuild()["steps"]:
+        args = [str(arg) for arg in step.get("args", [])]
+        if args[:2] == ["run", "deploy"]:
+            flags = dict(arg.removeprefix("--").partition("=")[::2] for arg in args[3:])
+            deploys[args[2]] = (step, flags)
+    services = _services()
+    assert set(deploys) == set(services), "cloudbuild.yaml and run.tf deploy different services"
+    for name, (step, flags) in deploys.items():
+        entry = services[name]
+        assert (step["id"], step["waitFor"]) == (f"deploy-{name}", ["push"]), name
+        assert (flags["region"], flags["image"]) == ("${_REGION}", image), name
+        assert flags["service-account"] == f"relay-{name}@$PROJECT_ID.iam.gserviceaccount.com", name
+        target = name.replace("-", "_") if entry["target"] == 'replace(name, "-", "_")' else entry["target"].strip('"')
+        env = dict(pair.split("=", 1) for pair in flags["update-env-vars"].split(","))
+        assert env == {
+            "FUNCTION_SOURCE": entry["source"].strip('"'),
+            "FUNCTION_TARGET": target,
+            "FUNCTION_USE_ASGI": entry["asgi"],
+        }
+        public = entry["public"] == "true"
+        assert ("allow-unauthenticated" in flags, "no-allow-unauthenticated" in flags) == (public, not public), name
 
 
 def test_cloudbuild_substitutions_have_defaults_and_the_image_uses_them() -> None:
