@@ -39,3 +39,15 @@ class PermanentError(HandlerError):
     is not redelivered forever."""
 
     status = 200
+
+
+class Unauthenticated(HandlerError):
+    """The push request lacks the OIDC token Pub/Sub signs (401), or its token was made for another
+    audience or sender (403). Nothing is processed; a real message refused so (a misconfiguration)
+    is redelivered by Pub/Sub, then dead-lettered, never lost."""
+
+    status = 401
+
+    def __init__(self, reason: str, message: str, *, status: int = 401) -> None:
+        super().__init__(reason, message)
+        self.status = status

@@ -19,6 +19,7 @@ from opentelemetry.trace import Span
 
 from handlers import archive_outputs as archive_handler
 from handlers import job_status as job_status_handler
+from handlers.auth import PushAuthenticator
 from handlers.errors import TRANSIENT_ERRORS, HandlerError, TransientError
 from handlers.push import PushEnvelope, decode_event, parse_envelope
 from handlers.reconcile import ACTOR as RECONCILER
@@ -44,6 +45,10 @@ MAX_DELIVERY_ATTEMPTS = {
     for subscription in load_topology().subscriptions
     if subscription.dead_letter
 }
+# Checks Pub/Sub's OIDC token on each push request (or not, with RELAY_PUSH_AUTH=off). None where
+# FUNCTION_TARGET names no push target (functions-framework sets it to the target it serves): such a
+# process refuses push requests rather than serve them unchecked.
+PUSH_AUTH = PushAuthenticator(SETTINGS.push) if SETTINGS.push else None
 
 
 @dataclass(frozen=True)
@@ -228,6 +233,7 @@ def _serve_push(
     if request.method != "POST":
         return flask.make_response(({"error": "method_not_allowed"}, 405))
     try:
+        _authenticate(request)  # before the body is read: a refused request is not processed at all
         envelope = parse_envelope(request.get_data(cache=False))
     except HandlerError as error:
         response = _failed(handler, error, None, started)
@@ -243,6 +249,13 @@ def _serve_push(
     if telemetry.flush_each_request():
         telemetry.flush()
     return response
+
+
+def _authenticate(request: flask.Request) -> None:
+    """Unauthenticated (401/403) unless the request carries Pub/Sub's token for this service."""
+    if PUSH_AUTH is None:
+        raise HandlerError("not_configured", "push settings not loaded: FUNCTION_TARGET must name the push target")
+    PUSH_AUTH.authenticate(request.headers.get("Authorization"), host=request.headers.get("Host"))
 
 
 def _handle(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Literal
 
 from handlers.reconcile import ReconcileSettings
 from relay.config import ConfigError, Env, Secret, project_id
@@ -17,6 +18,41 @@ _GCS_CHUNK_UNIT = 256 * 1024  # resumable upload chunks must be multiples of 256
 # The service name each function target reports its telemetry under, unless K_SERVICE or
 # OTEL_SERVICE_NAME says otherwise.
 _SERVICES = {"job_status": "job-status", "archive_outputs": "archive-outputs", "reconcile": "reconciler"}
+# The targets Pub/Sub pushes to. The reconciler is not one: Cloud Scheduler calls it with an OIDC
+# token that Cloud Run's IAM invoker check verifies before the request reaches the code.
+_PUSH_TARGETS = frozenset({"job_status", "archive_outputs"})
+_PUSH_AUTH_MODES = ("oidc", "off")
+
+
+@dataclass(frozen=True)
+class PushAuthSettings:
+    """How a push request proves Pub/Sub sent it (handlers/auth.py)."""
+
+    mode: Literal["oidc", "off"]
+    service_account: str | None  # the e-mail Pub/Sub's token must carry; set whenever mode is oidc
+    audience: str | None  # None: `https://<Host header>`, the service's own Cloud Run URL
+
+    @classmethod
+    def from_env(cls, env: Env) -> PushAuthSettings:
+        mode = env.get_str("RELAY_PUSH_AUTH", "oidc").lower()
+        if mode == "off":
+            if env.get_optional("K_REVISION") and env.get_optional("K_CONFIGURATION"):
+                raise ConfigError(
+                    "RELAY_PUSH_AUTH=off is for the local Pub/Sub emulator only, never on Cloud Run "
+                    "(K_REVISION and K_CONFIGURATION are set): remove it so Pub/Sub's OIDC token is verified"
+                )
+            return cls(mode="off", service_account=None, audience=None)
+        if mode != "oidc":
+            raise ConfigError(f"RELAY_PUSH_AUTH must be one of {', '.join(_PUSH_AUTH_MODES)}, got {mode!r}")
+        service_account = env.get_optional("RELAY_PUSH_SERVICE_ACCOUNT")
+        if service_account is None:
+            raise ConfigError(
+                "RELAY_PUSH_SERVICE_ACCOUNT is required when RELAY_PUSH_AUTH=oidc (the default): the e-mail "
+                "of the service account Pub/Sub signs push requests as"
+            )
+        if "@" not in service_account:
+            raise ConfigError(f"RELAY_PUSH_SERVICE_ACCOUNT must be a service account e-mail, got {service_account!r}")
+        return cls(mode="oidc", service_account=service_account, audience=env.get_optional("RELAY_PUSH_AUDIENCE"))
 
 
 @dataclass(frozen=True)
@@ -54,6 +90,7 @@ class HandlerSettings:
     upload_chunk_bytes: int
     events_topic: str
     reconciler: ReconcilerSettings | None  # read only where the reconcile target runs
+    push: PushAuthSettings | None  # read only where a push target (job_status, archive_outputs) runs
     log_level: str
     telemetry: TelemetrySettings
 
@@ -97,6 +134,7 @@ class HandlerSettings:
             upload_chunk_bytes=chunk,
             events_topic=env.get_str("RELAY_EVENTS_TOPIC", "replicate-events"),
             reconciler=ReconcilerSettings.from_env(env) if target == "reconcile" else None,
+            push=PushAuthSettings.from_env(env) if target in _PUSH_TARGETS else None,
             log_level=env.get_str("RELAY_LOG_LEVEL", "INFO").upper(),
             telemetry=TelemetrySettings.from_env(
                 environ, service=env.get_str("K_SERVICE", _SERVICES.get(target, "handlers")), project=project
