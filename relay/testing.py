@@ -1,15 +1,17 @@
-"""Helpers for tests, the demo and benchmarks: Replicate-shaped predictions and signed webhooks."""
+"""Helpers for tests, the demo and benchmarks: Replicate-shaped predictions, signed webhooks, and
+the receiver's stand-ins for Pub/Sub and a request body."""
 
 from __future__ import annotations
 
 import json
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from relay.publisher import PublishError
 from relay.webhooks import parse_secret, signed_headers
 
 
@@ -89,3 +91,35 @@ def prediction_lifecycle(
 
 def _iso(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
+
+
+class RecordingPublisher:
+    """Stands in for AsyncTopicPublisher in the receiver's tests: records every publish and can be
+    told to fail."""
+
+    def __init__(self, *, fail: bool = False) -> None:
+        self.fail = fail
+        self.calls: list[tuple[bytes, dict[str, str]]] = []
+
+    async def publish(self, data: bytes, attributes: Mapping[str, str]) -> str:
+        self.calls.append((data, dict(attributes)))
+        if self.fail:
+            raise PublishError("Pub/Sub did not acknowledge within 5 s")
+        return f"message-{len(self.calls)}"
+
+
+class ChunkStream:
+    """An async iterator of body chunks that counts how many were pulled."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = list(chunks)
+        self.pulled = 0
+
+    def __aiter__(self) -> ChunkStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self.pulled >= len(self._chunks):
+            raise StopAsyncIteration
+        self.pulled += 1
+        return self._chunks[self.pulled - 1]

@@ -19,7 +19,7 @@ import os
 import sys
 import types
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from receiver.intake import Accepted, Intake
 from receiver.settings import ReceiverSettings
 from relay.events import PayloadError, parse_prediction
 from relay.logs import CloudLoggingFormatter
-from relay.testing import SignedWebhook, sign_webhook
+from relay.testing import ChunkStream, RecordingPublisher, SignedWebhook, sign_webhook
 from relay.webhooks import MAX_ID_LENGTH
 from relay.webhooks import MAX_SIGNATURE_ENTRIES as MAX_ENTRIES
 
@@ -59,34 +59,6 @@ CLIENT = "203.0.113.9"
 WEBHOOK_ID = "msg_hostile_1"
 PREDICTION: dict[str, Any] = {"id": "ufawqhfynnddngldkgtslldrkq", "status": "processing", "logs": "step 1"}
 KIND: dict[int, type[Rejected]] = {400: BadRequest, 401: Unauthorized, 413: PayloadTooLarge, 415: UnsupportedMediaType}
-
-
-class RecordingPublisher:
-    """Stands in for AsyncTopicPublisher: records every publish."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[bytes, dict[str, str]]] = []
-
-    async def publish(self, data: bytes, attributes: Mapping[str, str]) -> str:
-        self.calls.append((data, dict(attributes)))
-        return f"message-{len(self.calls)}"
-
-
-class ChunkStream:
-    """An async iterator of body chunks that counts how many were pulled."""
-
-    def __init__(self, chunks: Iterable[bytes]) -> None:
-        self._chunks = list(chunks)
-        self.pulled = 0
-
-    def __aiter__(self) -> ChunkStream:
-        return self
-
-    async def __anext__(self) -> bytes:
-        if self.pulled >= len(self._chunks):
-            raise StopAsyncIteration
-        self.pulled += 1
-        return self._chunks[self.pulled - 1]
 
 
 def make_intake(publisher: RecordingPublisher) -> Intake:

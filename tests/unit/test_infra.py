@@ -51,6 +51,11 @@ RELAY_HISTOGRAMS = frozenset(
 TELEMETRY_ROLES = {"roles/cloudtrace.agent", "roles/monitoring.metricWriter"}
 
 
+def test_the_metrics_named_here_are_the_ones_relay_emits() -> None:
+    """RELAY_METRICS adds the label names the filters may use; the names are relay.telemetry's."""
+    assert set(RELAY_METRICS) == set(telemetry.METRIC_NAMES)
+
+
 @functools.cache  # python-hcl2 takes a while per file; the tests only read what it returns
 def _parse(path: Path) -> dict[str, Any]:
     with path.open() as file:

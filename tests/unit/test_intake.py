@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Iterable
 from typing import Any
 
 import pytest
@@ -20,8 +19,7 @@ from receiver.errors import (
 )
 from receiver.intake import Accepted, Intake, client_key
 from receiver.settings import ReceiverSettings
-from relay.publisher import PublishError
-from relay.testing import SignedWebhook, sign_webhook
+from relay.testing import ChunkStream, RecordingPublisher, SignedWebhook, sign_webhook
 
 SECRET = "whsec_" + base64.b64encode(b"receiver-unit-test-secret-32byte").decode("ascii")
 OTHER_SECRET = "whsec_" + base64.b64encode(b"a-secret-the-receiver-never-saw!").decode("ascii")
@@ -48,37 +46,6 @@ EXPECTED_ATTRIBUTES = {
     "webhook_timestamp": str(NOW),
     "source": "webhook",
 }
-
-
-class RecordingPublisher:
-    """Stands in for AsyncTopicPublisher: records every publish and can be told to fail."""
-
-    def __init__(self, *, fail: bool = False) -> None:
-        self.fail = fail
-        self.calls: list[tuple[bytes, dict[str, str]]] = []
-
-    async def publish(self, data: bytes, attributes: dict[str, str]) -> str:
-        self.calls.append((data, attributes))
-        if self.fail:
-            raise PublishError("Pub/Sub did not acknowledge within 5 s")
-        return f"message-{len(self.calls)}"
-
-
-class ChunkStream:
-    """An async iterator of body chunks that counts how many were pulled."""
-
-    def __init__(self, chunks: Iterable[bytes]) -> None:
-        self._chunks = list(chunks)
-        self.pulled = 0
-
-    def __aiter__(self) -> ChunkStream:
-        return self
-
-    async def __anext__(self) -> bytes:
-        if self.pulled >= len(self._chunks):
-            raise StopAsyncIteration
-        self.pulled += 1
-        return self._chunks[self.pulled - 1]
 
 
 class Clock:
