@@ -20,10 +20,11 @@ class EmulatorLimit:
 EMULATOR_LIMITS = (
     EmulatorLimit(
         "OIDC tokens on push",
-        "The Pub/Sub emulator pushes without an `Authorization` header and enforces no IAM, so nothing here "
-        "shows that only Pub/Sub's service account can reach the handlers. In production the handlers are "
-        "private Cloud Run services and Cloud Run's IAM check refuses any other caller; the handlers' own "
-        "token check is not built yet (README, What is not built yet).",
+        "The Pub/Sub emulator pushes without an `Authorization` header and enforces no IAM, so the dev stack "
+        "runs the handlers with `RELAY_PUSH_AUTH=off` and nothing here shows that only Pub/Sub's service "
+        "account can reach them. In production the handlers are private Cloud Run services (Cloud Run's IAM "
+        "check refuses any other caller) and check the token themselves (`handlers/auth.py`: Google's "
+        "signature, issuer, audience, sender), which unit tests show with locally minted tokens only.",
         (
             "Each push subscription sends a token for the right account: `gcloud pubsub subscriptions describe "
             "job-status --format='value(pushConfig.oidcToken.serviceAccountEmail,pushConfig.oidcToken.audience)'` "
@@ -32,7 +33,8 @@ EMULATOR_LIMITS = (
             "\"$(gcloud run services describe job-status --region=$REGION --format='value(status.url)')\"` "
             "must print 403.",
             "No refused pushes from Pub/Sub itself: metric `pubsub.googleapis.com/subscription/push_request_count` "
-            "grouped by `response_code`, on `job-status` and `archive-outputs`, shows no 401/403.",
+            "grouped by `response_code`, on `job-status` and `archive-outputs`, shows no 401/403; the handlers' "
+            "refusals, if any: `gcloud logging read 'jsonPayload.reason=\"wrong_audience\"' --freshness=1d`.",
         ),
     ),
     EmulatorLimit(
