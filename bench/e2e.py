@@ -59,7 +59,7 @@ from common import LOG_DIR, RESULTS_DIR, BenchError, Processes  # noqa: E402
 
 from relay.devstack.processes import free_port  # noqa: E402
 from relay.devstack.stack import LocalStack, StackConfig  # noqa: E402
-from relay.jobstore import EVENTS, JOBS, PREDICTIONS, _event_key  # noqa: E402
+from relay.jobstore import EVENTS, JOBS, PREDICTIONS, event_key  # noqa: E402
 
 RESULTS_JSON = RESULTS_DIR / "e2e.json"
 STACK_LOG_DIR = LOG_DIR / "e2e"
@@ -393,7 +393,7 @@ def read_event_records(db: Any, mapping: Mapping[str, str], logs: Mapping[str, M
     for prediction_id, log in logs.items():
         job_id = mapping.get(prediction_id, prediction_id)
         events = db.collection(JOBS).document(job_id).collection(EVENTS)
-        refs += [events.document(_event_key(webhook_id)) for webhook_id in acknowledged_ids(log)]
+        refs += [events.document(event_key(webhook_id)) for webhook_id in acknowledged_ids(log)]
     return read_documents(db, refs)
 
 
@@ -706,7 +706,7 @@ def assess(
     with_record = superseded = 0
     lost: list[str] = []
     for webhook_id, status in acknowledged.items():
-        if f"{JOBS}/{job_id}/{EVENTS}/{_event_key(webhook_id)}" in records:
+        if f"{JOBS}/{job_id}/{EVENTS}/{event_key(webhook_id)}" in records:
             with_record += 1
         elif STATE_RANK.get(str(state), -1) >= STATUS_RANK.get(status, 99):
             superseded += 1

@@ -68,7 +68,7 @@ class JobStore:
         """
 
         def work(transaction: firestore.Transaction, job_id: str, job: Job | None) -> Applied | Decision:
-            event_ref = self._jobs.document(job_id).collection(EVENTS).document(_event_key(event.attributes.webhook_id))
+            event_ref = self._jobs.document(job_id).collection(EVENTS).document(event_key(event.attributes.webhook_id))
             if event_ref.get(transaction=transaction).exists:
                 return Applied(Outcome.DUPLICATE, job_id, job)
             now = self._clock()
@@ -314,6 +314,7 @@ class JobStore:
         }
 
 
-def _event_key(webhook_id: str) -> str:
-    # webhook-ids are any printable ASCII; Firestore ids may not contain "/" nor be "." or "..".
+def event_key(webhook_id: str) -> str:
+    """The id of a webhook's record under `jobs/{job}/events/`: webhook-ids are any printable
+    ASCII, and Firestore ids may not contain "/" nor be "." or ".."."""
     return hashlib.sha256(webhook_id.encode("utf-8")).hexdigest()[:40]

@@ -27,7 +27,7 @@ import httpx
 from google.cloud import firestore, storage
 
 from relay.jobs import TERMINAL_STATES, Job, JobState
-from relay.jobstore import EVENTS, JOBS, PREDICTIONS, JobStore, _event_key
+from relay.jobstore import EVENTS, JOBS, PREDICTIONS, JobStore, event_key
 from relay.replicate_api import ModelRef, ReplicateAPI
 from relay.submit import Submitter
 from tests.integration.conftest import Tap
@@ -180,7 +180,7 @@ class Invariants:
                 acknowledged = [{"webhook_id": webhook_id, "event": "posted", "at": 0.0} for webhook_id in case.posted]
             records = self.db.collection(JOBS).document(job_id).collection(EVENTS)
             for delivery in acknowledged:
-                if records.document(_event_key(delivery["webhook_id"])).get().exists:
+                if records.document(event_key(delivery["webhook_id"])).get().exists:
                     continue
                 if exempt(delivery):
                     exempted += 1
