@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from google.api_core import exceptions as google_exceptions
 from google.cloud import firestore, pubsub_v1
 
 from relay import cli
@@ -275,9 +276,22 @@ def open_jobs(db: firestore.Client) -> Iterator[Callable[..., Job]]:
 
     yield make
     for job in made:
-        db.collection(JOBS).document(job.job_id).delete()
+        _delete(db.collection(JOBS).document(job.job_id))
         if job.prediction_id:
-            db.collection(PREDICTIONS).document(job.prediction_id).delete()
+            _delete(db.collection(PREDICTIONS).document(job.prediction_id))
+
+
+def _delete(document: firestore.DocumentReference) -> None:
+    """Delete, waiting out the emulator's lock on a document a handler's transaction still holds
+    (it answers 'Transaction lock timeout' rather than queueing the write)."""
+    for attempt in range(5):
+        try:
+            document.delete()
+            return
+        except google_exceptions.Aborted:
+            if attempt == 4:
+                raise
+            time.sleep(0.5 * (attempt + 1))
 
 
 def test_jobs_show_finds_a_submitted_job_by_its_prediction_id(

@@ -13,6 +13,7 @@ import logging
 import sys
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
@@ -76,6 +77,14 @@ OTHER_KEY = _private_key()
 CERTS = {KEY_ID: _certificate_pem(GOOGLE_KEY)}
 
 
+@dataclass(frozen=True)
+class FromNow:
+    """A time claim relative to the moment the token is minted (parameters are made at collection,
+    which may be long before the test runs)."""
+
+    seconds: int
+
+
 def mint(*, key: rsa.RSAPrivateKey = GOOGLE_KEY, key_id: str = KEY_ID, **changes: Any) -> str:
     """A token as Pub/Sub sends it for this service; a claim changed to ... is left out."""
     now = int(time.time())
@@ -90,7 +99,11 @@ def mint(*, key: rsa.RSAPrivateKey = GOOGLE_KEY, key_id: str = KEY_ID, **changes
         "exp": now + 3600,
         **changes,
     }
-    claims = {name: value for name, value in claims.items() if value is not ...}
+    claims = {
+        name: now + value.seconds if isinstance(value, FromNow) else value
+        for name, value in claims.items()
+        if value is not ...
+    }
     return jwt.encode(_signer(key, key_id), claims).decode("ascii")
 
 
@@ -189,8 +202,8 @@ def test_the_bearer_scheme_is_case_insensitive(endpoint: FakeGoogle, scheme: str
 @pytest.mark.parametrize(
     "changes",
     [
-        pytest.param({"exp": int(time.time()) - 30}, id="expired-30s-ago"),
-        pytest.param({"iat": int(time.time()) + 30}, id="issued-30s-ahead"),
+        pytest.param({"exp": FromNow(-30)}, id="expired-30s-ago"),
+        pytest.param({"iat": FromNow(30)}, id="issued-30s-ahead"),
     ],
 )
 def test_clocks_may_disagree_by_up_to_a_minute(endpoint: FakeGoogle, changes: dict[str, Any]) -> None:
@@ -226,8 +239,8 @@ def test_switched_off_every_request_passes_without_a_fetch(endpoint: FakeGoogle)
 @pytest.mark.parametrize(
     ("changes", "reason", "status"),
     [
-        pytest.param({"exp": int(time.time()) - 120}, "invalid_token", 401, id="expired"),
-        pytest.param({"iat": int(time.time()) + 600, "exp": int(time.time()) + 4200}, "invalid_token", 401, id="early"),
+        pytest.param({"exp": FromNow(-120)}, "invalid_token", 401, id="expired"),
+        pytest.param({"iat": FromNow(600), "exp": FromNow(4200)}, "invalid_token", 401, id="early"),
         pytest.param({"exp": ...}, "invalid_token", 401, id="no-exp"),
         pytest.param({"iss": "https://evil.example"}, "wrong_issuer", 401, id="issuer"),
         pytest.param({"iss": ...}, "wrong_issuer", 401, id="no-issuer"),
