@@ -25,7 +25,7 @@ JOBS = "jobs"
 PREDICTIONS = "predictions"
 EVENTS = "events"  # jobs/{job_id}/events/{hash of webhook-id}: dedup and audit record
 _TRANSACTION_ATTEMPTS = 10
-_CONTENTION_ROUNDS = 3  # of _TRANSACTION_ATTEMPTS each, with a pause between
+_CONTENTION_ROUNDS = 5  # of _TRANSACTION_ATTEMPTS each, with a pause between (about 3 s in all)
 
 
 def utcnow() -> datetime:

@@ -1,5 +1,8 @@
 """The fault suite's stack: the whole local pipeline with a fast retry budget and Cloud Storage
-behind a fault-injecting proxy. `make test-faults` runs this folder (CI too)."""
+behind a fault-injecting proxy. `make test-faults` runs this folder (CI too).
+
+Each case gets a stack of its own (about 15 s to start): a case leaves redeliveries, locks and
+backlogs behind it, and the next case's invariants must not depend on them."""
 
 from __future__ import annotations
 
@@ -37,16 +40,16 @@ def files() -> Iterator[FileServer]:
 
 @pytest.fixture(scope="session")
 def gcs_proxy() -> Iterator[FaultProxy]:
-    """In front of fake-gcs-server's port, which the stack fixture then gives fake-gcs-server."""
-    port = free_port()
-    proxy = FaultProxy("127.0.0.1", port)
+    """In front of fake-gcs-server; each case's stack points it at its own fake-gcs-server port."""
+    proxy = FaultProxy("127.0.0.1", free_port())
     proxy.start()
     yield proxy
     proxy.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def stack(tmp_path_factory: pytest.TempPathFactory, files: FileServer, gcs_proxy: FaultProxy) -> Iterator[LocalStack]:
+    gcs_proxy.retarget(free_port())  # a fresh port: the last stack's may still be in TIME_WAIT
     config = StackConfig(
         pubsub_port=free_port(),
         firestore_port=free_port(),
@@ -82,12 +85,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory, files: FileServer, gcs_proxy
             local.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def db(stack: LocalStack) -> firestore.Client:
     return firestore.Client(project=stack.config.project)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def bucket(stack: LocalStack) -> storage.Bucket:
     return storage.Client(project=stack.config.project).bucket(stack.topology.bucket.name(stack.config.project))
 

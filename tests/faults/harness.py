@@ -96,6 +96,7 @@ class Load:
     def join(self, timeout: float = 60) -> None:
         if self._thread:
             self._thread.join(timeout)
+            assert not self._thread.is_alive(), f"submitting took over {timeout:g} s"
         assert not self.errors, self.errors
 
     def close(self) -> None:

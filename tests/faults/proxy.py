@@ -45,6 +45,12 @@ class FaultProxy:
     def backend_port(self) -> int:
         return self._backend[1]
 
+    def retarget(self, port: int) -> None:
+        """Forward new connections to another backend port (a new stack's fake-gcs-server)."""
+        with self._lock:
+            self._backend = (self._backend[0], port)
+            self._generation += 1
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
@@ -78,15 +84,15 @@ class FaultProxy:
             except OSError:
                 return
             with self._lock:
-                mode, generation = self._mode, self._generation
+                mode, generation, backend = self._mode, self._generation, self._backend
                 self.counts[mode] += 1
-            threading.Thread(target=self._serve, args=(client, mode, generation), daemon=True).start()
+            threading.Thread(target=self._serve, args=(client, mode, generation, backend), daemon=True).start()
 
     def _current(self, generation: int) -> bool:
         with self._lock:
             return generation == self._generation and not self._stopping.is_set()
 
-    def _serve(self, client: socket.socket, mode: Mode, generation: int) -> None:
+    def _serve(self, client: socket.socket, mode: Mode, generation: int, backend_address: tuple[str, int]) -> None:
         with client:
             if mode == "unavailable":
                 with contextlib.suppress(OSError):
@@ -99,7 +105,7 @@ class FaultProxy:
                     self._stopping.wait(0.1)
                 return
             try:
-                backend = socket.create_connection(self._backend, timeout=5)
+                backend = socket.create_connection(backend_address, timeout=5)
             except OSError:
                 return
             with backend:

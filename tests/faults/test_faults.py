@@ -53,16 +53,23 @@ def test_pubsub_emulator_killed_and_restarted_under_load(
     started = time.time()
     with StateSampler(db, lambda: [case.job_id for case in load.submitted]) as sampler:
         load.start(count=10, per_second=2, files=1, duration=1.5)
-        time.sleep(2.5)
+        wait_for(lambda: len(load.submitted) >= 3, timeout=60, what="the first predictions")
         invariants.job_events()  # what was announced so far, before the emulator forgets it
         stack.emulators["pubsub"].stop()
         killed = time.time()
+        # Down until the receiver has turned webhooks away for a while (4 s at least).
         time.sleep(4)
+        wait_for(
+            lambda: _answered_since(invariants, load.submitted, killed, 503),
+            timeout=60,
+            what="a webhook answered 503 while Pub/Sub is down",
+        )
         stack.restart_emulator("pubsub")
         stack.provision()
         invariants.job_events.subscribe()
         back = time.time()
-        load.join()
+        load.join(timeout=120)
+        assert len(load.submitted) == 10
         wait_all_final(db, load.submitted, timeout=150, reconcile=stack.reconcile)
     report = invariants.check(load.submitted, sampler, exempt=lambda delivery: delivery["at"] < back, lost_before=back)
     outage = [
@@ -267,6 +274,14 @@ def test_poison_message_is_dead_lettered_then_replayed_once_fixed(
 def _job(db: firestore.Client, job_id: str) -> Job | None:
     snapshot = db.collection(JOBS).document(job_id).get()
     return Job.model_validate(snapshot.to_dict()) if snapshot.exists else None
+
+
+def _answered_since(invariants: Invariants, cases: list[Submitted], since: float, status: int) -> bool:
+    return any(
+        d["at"] >= since and d["status_code"] == status
+        for case in list(cases)
+        for d in invariants.deliveries(case.prediction_id)
+    )
 
 
 def _final(simulator: httpx.Client, prediction_id: str) -> str:
