@@ -463,8 +463,3 @@ def new_trace() -> otel_context.Context:
 def mark_error(span: Span, reason: str, message: str | None = None) -> None:
     span.set_attribute("error.type", reason)
     span.set_status(Status(StatusCode.ERROR, message or reason))
-
-
-def current_trace_id() -> str | None:
-    context = trace.get_current_span().get_span_context()
-    return format(context.trace_id, "032x") if context.is_valid else None
