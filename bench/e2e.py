@@ -57,7 +57,6 @@ sys.path.insert(0, str(REPO_ROOT))
 import common  # noqa: E402
 from common import LOG_DIR, RESULTS_DIR, BenchError, Processes  # noqa: E402
 
-from relay.devstack.processes import free_port  # noqa: E402
 from relay.devstack.stack import LocalStack, StackConfig  # noqa: E402
 from relay.jobstore import EVENTS, JOBS, PREDICTIONS, event_key  # noqa: E402
 
@@ -212,14 +211,7 @@ def fmt_s(value: float | None) -> str:
 def stack_config(args: argparse.Namespace) -> StackConfig:
     if STACK_LOG_DIR.exists():
         shutil.rmtree(STACK_LOG_DIR)  # the processes append to their logs: start each run clean
-    return StackConfig(
-        pubsub_port=free_port(),
-        firestore_port=free_port(),
-        storage_port=free_port(),
-        receiver_port=free_port(),
-        handler_ports={"job-status": free_port(), "archive-outputs": free_port()},
-        reconciler_port=free_port(),
-        simulator_port=free_port(),
+    return StackConfig.on_free_ports(
         reconcile_every=0,  # no reconciler runs: every job must end through its webhooks alone
         log_dir=STACK_LOG_DIR,
         telemetry_dir=STACK_LOG_DIR / "telemetry",

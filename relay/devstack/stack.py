@@ -10,8 +10,16 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from relay.devstack.processes import ManagedProcess, StackError, ensure_port_free, http_answers, log_contains
+from relay.devstack.processes import (
+    ManagedProcess,
+    StackError,
+    ensure_port_free,
+    free_port,
+    http_answers,
+    log_contains,
+)
 from relay.devstack.scheduler import Scheduler, call_reconciler
 from relay.topology import DEFAULT_PATH as DEFAULT_TOPOLOGY
 from relay.topology import Topology, load, provision
@@ -71,6 +79,25 @@ class StackConfig:
     topology_path: Path = DEFAULT_TOPOLOGY
     extra_env: Mapping[str, str] = field(default_factory=dict)
     start_timeout: float = 90.0
+
+    @classmethod
+    def on_free_ports(cls, **settings: Any) -> StackConfig:
+        """Every port a free one (unless `settings` names it), for test and benchmark stacks that
+        must not collide with a running dev stack or with each other."""
+        ports: dict[str, Any] = {
+            name: free_port()
+            for name in (
+                "pubsub_port",
+                "firestore_port",
+                "storage_port",
+                "receiver_port",
+                "reconciler_port",
+                "status_page_port",
+                "simulator_port",
+            )
+        }
+        ports["handler_ports"] = {"job-status": free_port(), "archive-outputs": free_port()}
+        return cls(**{**ports, **settings})
 
 
 class LocalStack:

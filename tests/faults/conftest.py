@@ -19,6 +19,7 @@ from relay.devstack.stack import DEV_REPLICATE_TOKEN, LocalStack, StackConfig
 from relay.testing import SignedWebhook, sign_webhook
 from tests.faults.harness import Invariants, Load
 from tests.faults.proxy import FaultProxy
+from tests.integration import conftest as integration
 from tests.integration import fileserver
 from tests.integration.conftest import Tap, _tap
 from tests.integration.fileserver import FileServer
@@ -50,15 +51,8 @@ def gcs_proxy() -> Iterator[FaultProxy]:
 @pytest.fixture
 def stack(tmp_path_factory: pytest.TempPathFactory, files: FileServer, gcs_proxy: FaultProxy) -> Iterator[LocalStack]:
     gcs_proxy.retarget(free_port())  # a fresh port: the last stack's may still be in TIME_WAIT
-    config = StackConfig(
-        pubsub_port=free_port(),
-        firestore_port=free_port(),
+    config = StackConfig.on_free_ports(
         storage_port=gcs_proxy.backend_port,
-        receiver_port=free_port(),
-        handler_ports={"job-status": free_port(), "archive-outputs": free_port()},
-        reconciler_port=free_port(),
-        status_page_port=free_port(),
-        simulator_port=free_port(),
         reconcile_every=0,  # the cases run the reconciler, as Cloud Scheduler would
         log_dir=tmp_path_factory.mktemp("fault-logs"),
         telemetry_dir=tmp_path_factory.mktemp("fault-telemetry"),
@@ -95,13 +89,8 @@ def bucket(stack: LocalStack) -> storage.Bucket:
     return storage.Client(project=stack.config.project).bucket(stack.topology.bucket.name(stack.config.project))
 
 
-@pytest.fixture
-def simulator(stack: LocalStack) -> Iterator[httpx.Client]:
-    """The simulator's control API; its switches are put back after each case."""
-    with httpx.Client(base_url=stack.simulator_url, timeout=10) as client:
-        defaults = client.get("/_sim/config").json()
-        yield client
-        client.post("/_sim/config", json=defaults)
+# The simulator's control API, as the integration tests have it.
+simulator = integration.simulator
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ import pytest
 from google.api_core import exceptions as google_exceptions
 from google.cloud import firestore, pubsub_v1
 
-from relay.devstack.processes import free_port
 from relay.devstack.stack import LocalStack, StackConfig
 from relay.jobs import Job
 from relay.jobstore import JOBS
@@ -45,15 +44,7 @@ def files() -> Iterator[FileServer]:
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory, files: FileServer) -> Iterator[LocalStack]:
-    config = StackConfig(
-        pubsub_port=free_port(),
-        firestore_port=free_port(),
-        storage_port=free_port(),
-        receiver_port=free_port(),
-        handler_ports={"job-status": free_port(), "archive-outputs": free_port()},
-        reconciler_port=free_port(),
-        status_page_port=free_port(),
-        simulator_port=free_port(),
+    config = StackConfig.on_free_ports(
         reconcile_every=0,  # tests run the reconciler themselves
         log_dir=tmp_path_factory.mktemp("stack-logs"),
         telemetry_dir=tmp_path_factory.mktemp("stack-telemetry"),
@@ -80,6 +71,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory, files: FileServer) -> Iterat
             yield local
         finally:
             local.stop()
+
+
+@pytest.fixture
+def simulator(stack: LocalStack) -> Iterator[httpx.Client]:
+    """The simulator's control API; its switches are put back after each test."""
+    with httpx.Client(base_url=stack.simulator_url, timeout=10) as client:
+        defaults = client.get("/_sim/config").json()
+        yield client
+        client.post("/_sim/config", json=defaults)
 
 
 @pytest.fixture(scope="session")

@@ -24,15 +24,6 @@ FAST = {"input_image": "https://example.com/old.jpg", "seed": 1, "sim_duration":
 
 
 @pytest.fixture
-def simulator(stack: LocalStack) -> Iterator[httpx.Client]:
-    """The simulator's control API; its switches are put back after each test."""
-    with httpx.Client(base_url=stack.simulator_url, timeout=10) as client:
-        defaults = client.get("/_sim/config").json()
-        yield client
-        client.post("/_sim/config", json=defaults)
-
-
-@pytest.fixture
 def replicate_api(stack: LocalStack) -> Iterator[ReplicateAPI]:
     api = ReplicateAPI.connect(stack.client_env["REPLICATE_API_TOKEN"], base_url=stack.simulator_url)
     yield api
