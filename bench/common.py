@@ -113,6 +113,25 @@ def run_guarded(processes: Processes, body: Callable[[], int]) -> int:
                 signal.signal(signal.SIGINT, previous)
 
 
+def group_cpu_seconds(pgid: int | None) -> float:
+    """CPU seconds (user + system) used so far by the live processes of one process group.
+
+    Every process a benchmark starts leads a group of its own (`ManagedProcess`), so this is the
+    server with its workers, or the emulator's gcloud wrapper with its JVM.
+    """
+    if pgid is None:
+        return 0.0
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # the process ended while we looked
+        if int(fields[2]) == pgid:  # fields after the name: state, ppid, pgrp, ..., utime (11), stime (12)
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def busy_cpu_percent(seconds: float = 1.0) -> float | None:
     """How busy the machine is before the run starts (other work skews every number here)."""
 

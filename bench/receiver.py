@@ -84,12 +84,33 @@ class Server:
     target: str
     asgi: bool
     ready_path: str
-    publishes: bool  # the real receiver: must answer 200 {"status": "accepted"} to count
+    publishes: bool  # a receiver: gets the receiver's settings; must answer 200 {"status": "accepted"} to count
+    env: tuple[tuple[str, str], ...] = ()  # on top of the receiver's settings
 
 
 SERVERS = (
     Server("noop-asgi", "no-op, --asgi (ceiling)", "bench/noop.py", "noop_async", True, "/", False),
     Server("receiver", "receiver, --asgi", "receiver/main.py", "receive", True, "/health", True),
+    # Two rows that take one part out of the receiver each, to show where its time goes.
+    Server(
+        "receiver-no-pubsub",
+        "receiver, Pub/Sub replaced by an instant publisher",
+        "bench/receiver_no_pubsub.py",
+        "receive",
+        True,
+        "/health",
+        True,
+    ),
+    Server(
+        "receiver-no-telemetry",
+        "receiver, OTEL_SDK_DISABLED=true",
+        "receiver/main.py",
+        "receive",
+        True,
+        "/health",
+        True,
+        env=(("OTEL_SDK_DISABLED", "true"),),
+    ),
     Server("noop-flask", "no-op, Flask (default mode)", "bench/noop.py", "noop_sync", False, "/", False),
 )
 
@@ -121,12 +142,23 @@ class LoadResult:
 
 
 @dataclass
+class CpuUse:
+    """CPU used during the peak run, from /proc: by the server's process group and the emulator's."""
+
+    server_cores: float
+    server_us_per_request: float
+    emulator_cores: float
+    emulator_us_per_request: float
+
+
+@dataclass
 class ServerResult:
     key: str
     label: str
     mode: str
     peak: LoadResult
     half: LoadResult
+    cpu: CpuUse | None = None
 
 
 # Tools -----------------------------------------------------------------------------------------
@@ -359,7 +391,7 @@ def run_hey(hey: str, url: str, webhook: SignedWebhook, body: Path, *, total_rat
 # Processes -------------------------------------------------------------------------------------
 
 
-def start_emulator(processes: Processes, port: int) -> None:
+def start_emulator(processes: Processes, port: int) -> ManagedProcess:
     if shutil.which("gcloud") is None or shutil.which("java") is None:
         raise BenchError(
             "gcloud or java was not found on PATH: install google-cloud-cli, google-cloud-cli-pubsub-emulator "
@@ -372,7 +404,7 @@ def start_emulator(processes: Processes, port: int) -> None:
         log_path=common.fresh_log_path("pubsub-emulator"),
         ready=log_contains(f"Server started, listening on {port}"),
     )
-    processes.start(process, EMULATOR_START_TIMEOUT)
+    return processes.start(process, EMULATOR_START_TIMEOUT)
 
 
 def create_topic(emulator_host: str) -> None:
@@ -412,6 +444,7 @@ def bench_server(
     *,
     processes: Processes,
     tools: Mapping[str, str],
+    emulator: ManagedProcess,
     workdir: Path,
     args: argparse.Namespace,
     extra_env: Mapping[str, str],
@@ -419,7 +452,8 @@ def bench_server(
     port = free_port(HOST)
     url = f"http://{HOST}:{port}/"
     print(f"\n== {server.label}: {server.source} {server.target} on {url}", flush=True)
-    process = start_server(processes, server, port, extra_env if server.publishes else {})
+    env = {**extra_env, **dict(server.env)} if server.publishes else {}
+    process = start_server(processes, server, port, env)
     try:
         # Signed just before use: the signature is valid for 300 s, and each phase is re-signed.
         webhook = signed_webhook()
@@ -428,11 +462,16 @@ def bench_server(
         print(f"   warm-up {args.warmup:g} s ({len(webhook.body)}-byte signed webhook)", flush=True)
         run_wrk(tools["wrk"], url, script, connections=args.connections, seconds=args.warmup)
 
+        cpu_before = common.group_cpu_seconds(process.pid), common.group_cpu_seconds(emulator.pid)
         peak = run_wrk(tools["wrk"], url, script, connections=args.connections, seconds=args.duration)
+        cpu_after = common.group_cpu_seconds(process.pid), common.group_cpu_seconds(emulator.pid)
+        cpu = cpu_use(cpu_before, cpu_after, peak)
         print(
             f"   peak: {peak.requests_per_s:,.0f} req/s, p50 {fmt_ms(peak.p50_ms)}, p99 {fmt_ms(peak.p99_ms)}, "
             f"p99.9 {fmt_ms(peak.p999_ms)} "
-            f"(wrk, {args.connections} connections, {peak.requests:,} requests)",
+            f"(wrk, {args.connections} connections, {peak.requests:,} requests); CPU: server "
+            f"{cpu.server_cores:.2f} cores, {cpu.server_us_per_request:,.0f} µs a request; emulator "
+            f"{cpu.emulator_cores:.2f} cores, {cpu.emulator_us_per_request:,.0f} µs a request",
             flush=True,
         )
         report_failures(server, peak)
@@ -452,7 +491,18 @@ def bench_server(
             raise BenchError(f"the {server.label} exited during the run; its log ends with: {process.log_tail()}")
     finally:
         processes.stop(process)
-    return ServerResult(server.key, server.label, "asgi" if server.asgi else "flask", peak, half)
+    return ServerResult(server.key, server.label, "asgi" if server.asgi else "flask", peak, half, cpu)
+
+
+def cpu_use(before: tuple[float, float], after: tuple[float, float], peak: LoadResult) -> CpuUse:
+    server, emulator = after[0] - before[0], after[1] - before[1]
+    seconds, requests = peak.duration_s or 1.0, max(peak.requests, 1)
+    return CpuUse(
+        server_cores=round(server / seconds, 3),
+        server_us_per_request=round(server / requests * 1e6, 1),
+        emulator_cores=round(emulator / seconds, 3),
+        emulator_us_per_request=round(emulator / requests * 1e6, 1),
+    )
 
 
 def report_failures(server: Server, result: LoadResult) -> None:
@@ -484,6 +534,7 @@ def summarise(results: list[ServerResult]) -> dict[str, Any]:
     p99 = receiver.half.p99_ms
     return {
         "receiver_vs_noop_asgi_peak": round(ratio, 3),
+        "budget": cpu_budget(results, ceiling),
         "targets": {
             "peak_ratio": {
                 "target": f">= {TARGET_PEAK_RATIO:.0%}",
@@ -497,6 +548,49 @@ def summarise(results: list[ServerResult]) -> dict[str, Any]:
             },
         },
     }
+
+
+def cpu_budget(results: list[ServerResult], ceiling: ServerResult) -> dict[str, Any]:
+    """What the peak target leaves a webhook, against what each receiver row spent.
+
+    One worker runs one event loop, on at most one core: at the target rate it has at most
+    1 s / (TARGET_PEAK_RATIO × ceiling) of CPU for each request, the framework's own share included.
+    """
+    target_rps = TARGET_PEAK_RATIO * ceiling.peak.requests_per_s
+    allowed = 1e6 / target_rps if target_rps else 0.0
+    rows = {
+        result.key: {
+            "label": result.label,
+            "vs_ceiling": round(result.peak.requests_per_s / ceiling.peak.requests_per_s, 3)
+            if ceiling.peak.requests_per_s
+            else 0.0,
+            "server_us_per_request": result.cpu.server_us_per_request if result.cpu else None,
+            "emulator_us_per_request": result.cpu.emulator_us_per_request if result.cpu else None,
+        }
+        for result in results
+        if result.key == "noop-asgi" or result.key.startswith("receiver")
+    }
+    return {"target_rps": round(target_rps), "server_us_per_request_allowed": round(allowed, 1), "rows": rows}
+
+
+def budget_lines(budget: Mapping[str, Any]) -> list[str]:
+    """The budget in sentences, for stdout and the report."""
+    allowed = budget["server_us_per_request_allowed"]
+    lines = [
+        f"{TARGET_PEAK_RATIO:.0%} of the ceiling is {budget['target_rps']:,} req/s: one worker (one core) has at most "
+        f"{allowed:,.0f} µs of CPU per request at that rate, the framework's own share included."
+    ]
+    for row in budget["rows"].values():
+        spent = row["server_us_per_request"]
+        if spent is None:
+            continue
+        verdict = "within" if spent <= allowed else f"{spent / allowed:.1f}× over"
+        emulator = row["emulator_us_per_request"] or 0.0
+        lines.append(
+            f"- {row['label']}: {row['vs_ceiling']:.0%} of the ceiling; server {spent:,.0f} µs a request ({verdict})"
+            + (f", emulator {emulator:,.0f} µs" if emulator >= 1 else "")
+        )
+    return lines
 
 
 def table_rows(results: list[ServerResult]) -> list[list[str]]:
@@ -586,7 +680,7 @@ def run(args: argparse.Namespace, tools: Mapping[str, str], processes: Processes
     emulator_port = free_port(HOST)
     emulator_host = f"{HOST}:{emulator_port}"
     print(f"\nstarting the Pub/Sub emulator on {emulator_host} …", flush=True)
-    start_emulator(processes, emulator_port)
+    emulator = start_emulator(processes, emulator_port)
     create_topic(emulator_host)
     print(f"emulator ready after {time.monotonic() - started:.0f} s; topic {TOPIC} created (no subscriptions)")
 
@@ -604,6 +698,7 @@ def run(args: argparse.Namespace, tools: Mapping[str, str], processes: Processes
                     server,
                     processes=processes,
                     tools=tools,
+                    emulator=emulator,
                     workdir=Path(folder),
                     args=args,
                     extra_env=receiver_env,
@@ -627,6 +722,8 @@ def run(args: argparse.Namespace, tools: Mapping[str, str], processes: Processes
         f"target: receiver p99 < {TARGET_P99_HALF_PEAK_MS:g} ms at half its own peak: "
         f"{'MET' if latency['met'] else 'MISSED'} ({fmt_ms(latency['value'])})"
     )
+    print("\nCPU at peak, where the time goes:")
+    print("\n".join(budget_lines(summary["budget"])))
 
     markdown = common.markdown_table(HEADERS, rows)
     print("\nMarkdown:\n")

@@ -39,7 +39,13 @@ from matplotlib.ticker import FuncFormatter  # noqa: E402
 DOCS_DIR = REPO_ROOT / "docs"
 POLL_EVERY_S = 30.0
 BUSY_PERCENT = 15.0
-COLOURS = {"noop-asgi": "#2b8a3e", "receiver": "#1c7ed6", "noop-flask": "#868e96"}
+COLOURS = {
+    "noop-asgi": "#2b8a3e",
+    "receiver": "#1c7ed6",
+    "receiver-no-pubsub": "#74c0fc",
+    "receiver-no-telemetry": "#9775fa",
+    "noop-flask": "#868e96",
+}
 
 
 # Reading ----------------------------------------------------------------------------------------------
@@ -309,6 +315,7 @@ def receiver_section(receiver: Mapping[str, Any] | None, image: str | None) -> l
         f"{'met' if latency['met'] else 'missed'}).",
         "",
     ]
+    out += cpu_section(receiver)
     if image:
         out += [f"![Receiver latency CDF]({image})", ""]
         out += [
@@ -317,6 +324,42 @@ def receiver_section(receiver: Mapping[str, Any] | None, image: str | None) -> l
             "",
         ]
     return out
+
+
+def cpu_section(receiver: Mapping[str, Any]) -> list[str]:
+    """CPU per request at peak, and what the peak target leaves a request (runs before this had no CPU figures)."""
+    budget = receiver.get("budget")
+    servers = [server for server in receiver["servers"] if server.get("cpu")]
+    if not budget or not servers:
+        return []
+    rows = [
+        [
+            server["label"],
+            f"{server['cpu']['server_cores']:.2f}",
+            f"{server['cpu']['server_us_per_request']:,.0f}",
+            f"{server['cpu']['emulator_cores']:.2f}",
+            f"{server['cpu']['emulator_us_per_request']:,.0f}",
+        ]
+        for server in servers
+    ]
+    headers = ["server", "server cores", "server µs / request", "emulator cores", "emulator µs / request"]
+    allowed = budget["server_us_per_request_allowed"]
+    return [
+        "### Where the receiver's time goes",
+        "",
+        "CPU during the peak run, from `/proc`, for each server's process group and the Pub/Sub emulator's. "
+        "Two rows take one part out of the receiver each: `bench/receiver_no_pubsub.py` answers every publish "
+        "at once in process (inside the same publish span and metric), and `OTEL_SDK_DISABLED=true` turns "
+        "OpenTelemetry off.",
+        "",
+        markdown_table(headers, rows),
+        "",
+        f"One worker runs one event loop on at most one core. The peak target, {budget['target_rps']:,} req/s, "
+        f"leaves a request at most **{allowed:,.0f} µs** of CPU, the framework's own share included. "
+        "No publisher can take the receiver past the no-Pub/Sub row, so where that row is over the budget, "
+        "the target cannot be met on this machine by any change to the publisher.",
+        "",
+    ]
 
 
 def e2e_section(e2e: Mapping[str, Any] | None, images: Mapping[str, str]) -> list[str]:

@@ -37,14 +37,21 @@ def _get_intake() -> Intake:
     if _intake is None:
         publisher = AsyncTopicPublisher(SETTINGS.topic_path, deadline_seconds=SETTINGS.publish_deadline_seconds)
         _intake = Intake(SETTINGS, publisher)
-        # Everything made so far (modules, clients, the telemetry SDK) lives as long as the worker:
-        # frozen, collections stop walking it. And a webhook's spans allocate enough that the
-        # default threshold (700) ran a collection every few requests. Measured with
-        # bench/receiver.py --quick, telemetry on: 977 → 1,251 req/s at peak, p99 at half peak
-        # 81 → 26 ms. Reference counting still frees almost everything at once; only cycles wait.
-        gc.freeze()
-        gc.set_threshold(50_000, 20, 100)
+        tune_gc()
     return _intake
+
+
+def tune_gc() -> None:
+    """Call once the worker has made its long-lived objects.
+
+    Everything made so far (modules, clients, the telemetry SDK) lives as long as the worker:
+    frozen, collections stop walking it. And a webhook's spans allocate enough that the default
+    threshold (700) ran a collection every few requests. Measured with bench/receiver.py --quick,
+    telemetry on: 977 → 1,251 req/s at peak, p99 at half peak 81 → 26 ms. Reference counting still
+    frees almost everything at once; only cycles wait.
+    """
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 async def receive(request: Request) -> Response:
@@ -102,13 +109,16 @@ async def _receive(request: Request, headers: dict[str, str], span: Span, starte
             ),
         )
         return JSONResponse({"error": rejected.reason, "message": rejected.message}, status_code=rejected.status)
-    _record(span, started, "accepted", 200)
-    span.set_attributes(
-        {
+    _record(
+        span,
+        started,
+        "accepted",
+        200,
+        prediction={
             telemetry.PREDICTION_ID: accepted.prediction_id,
             telemetry.STATUS: accepted.status,
             telemetry.WEBHOOK_ID: accepted.webhook_id,
-        }
+        },
     )
     log.info(
         "webhook accepted",
@@ -125,14 +135,23 @@ async def _receive(request: Request, headers: dict[str, str], span: Span, starte
     return Response(_accepted_body(accepted.message_id), media_type="application/json")
 
 
-def _record(span: Span, started: float, outcome: str, status: int, reason: str | None = None) -> None:
-    """The webhook's outcome on its span and in the metrics."""
-    span.set_attribute("http.response.status_code", status)
-    span.set_attribute(telemetry.OUTCOME, outcome)
+def _record(
+    span: Span,
+    started: float,
+    outcome: str,
+    status: int,
+    reason: str | None = None,
+    *,
+    prediction: dict[str, str] | None = None,
+) -> None:
+    """The webhook's outcome on its span (in one call: each one takes the span's lock and checks
+    every value) and in the metrics."""
+    span_attributes: dict[str, str | int] = {"http.response.status_code": status, telemetry.OUTCOME: outcome}
     attributes = {"outcome": outcome}
     if reason:
-        span.set_attribute("error.type", reason)
+        span_attributes["error.type"] = reason
         attributes["reason"] = reason
+    span.set_attributes({**span_attributes, **(prediction or {})})
     telemetry.METRICS.webhooks.add(1, attributes)
     telemetry.METRICS.webhook_duration.record(time.perf_counter() - started, {"outcome": outcome})
 

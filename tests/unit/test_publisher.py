@@ -103,3 +103,36 @@ def test_a_permanent_error_fails_every_waiter_of_the_batch(code: grpc.StatusCode
 def test_no_answer_within_the_deadline_is_a_publish_error() -> None:
     results = publish_many(FakeChannel(delay=1.0), 2, deadline=0.1)
     assert all(isinstance(result, PublishError) and "did not acknowledge" in str(result) for result in results)
+
+
+def test_a_cancelled_caller_does_not_fail_the_rest_of_its_batch() -> None:
+    """A client that hangs up cancels its own wait; the batch it joined still goes, and the others get ids."""
+    channel = FakeChannel(delay=0.05)
+
+    async def run() -> tuple[list[str], bool]:
+        publisher = AsyncTopicPublisher("projects/p/topics/t", deadline_seconds=2.0, channel=channel)
+        waiters = [asyncio.ensure_future(publisher.publish(b"%d" % i, {})) for i in range(3)]
+        await asyncio.sleep(0.01)  # the batch is in flight
+        waiters[1].cancel()
+        results = await asyncio.gather(waiters[0], waiters[2])
+        cancelled = waiters[1].cancelled()
+        await publisher.close()
+        return list(results), cancelled
+
+    results, cancelled = asyncio.run(run())
+    assert results == ["0", "2"]
+    assert cancelled
+    assert [m.data for m in channel.requests[0].messages] == [b"0", b"1", b"2"]
+
+
+def test_the_deadline_timer_is_cancelled_once_answered() -> None:
+    """A message answered in time leaves no timer behind to fire later (one per webhook would pile up)."""
+
+    async def run() -> int:
+        publisher = AsyncTopicPublisher("projects/p/topics/t", deadline_seconds=60.0, channel=FakeChannel())
+        await asyncio.gather(*(publisher.publish(b"x", {}) for _ in range(20)))
+        await publisher.close()
+        loop = asyncio.get_running_loop()
+        return sum(1 for handle in loop._scheduled if not handle.cancelled())  # type: ignore[attr-defined]
+
+    assert asyncio.run(run()) == 0
