@@ -570,7 +570,29 @@ def cpu_budget(results: list[ServerResult], ceiling: ServerResult) -> dict[str, 
         for result in results
         if result.key == "noop-asgi" or result.key.startswith("receiver")
     }
-    return {"target_rps": round(target_rps), "server_us_per_request_allowed": round(allowed, 1), "rows": rows}
+    return {
+        "target_rps": round(target_rps),
+        "server_us_per_request_allowed": round(allowed, 1),
+        "rows": rows,
+        "split_us": cpu_split(rows),
+    }
+
+
+def cpu_split(rows: Mapping[str, Mapping[str, Any]]) -> dict[str, float] | None:
+    """The receiver's CPU per request in parts, by difference between the rows (each part is noisy)."""
+    spent = {key: row["server_us_per_request"] for key, row in rows.items()}
+    needed = ("noop-asgi", "receiver", "receiver-no-pubsub", "receiver-no-telemetry")
+    if any(spent.get(key) is None for key in needed):
+        return None
+    framework, receiver = spent["noop-asgi"], spent["receiver"]
+    publishing = receiver - spent["receiver-no-pubsub"]
+    telemetry = receiver - spent["receiver-no-telemetry"]
+    return {
+        "framework": round(framework, 1),
+        "publishing": round(publishing, 1),
+        "telemetry": round(telemetry, 1),
+        "the_rest": round(receiver - framework - publishing - telemetry, 1),
+    }
 
 
 def budget_lines(budget: Mapping[str, Any]) -> list[str]:
@@ -589,6 +611,13 @@ def budget_lines(budget: Mapping[str, Any]) -> list[str]:
         lines.append(
             f"- {row['label']}: {row['vs_ceiling']:.0%} of the ceiling; server {spent:,.0f} µs a request ({verdict})"
             + (f", emulator {emulator:,.0f} µs" if emulator >= 1 else "")
+        )
+    split = budget.get("split_us")
+    if split:
+        lines.append(
+            f"The receiver's {sum(split.values()):,.0f} µs, by difference between the rows: the framework (the "
+            f"no-op) {split['framework']:,.0f}, publishing to Pub/Sub {split['publishing']:,.0f}, OpenTelemetry "
+            f"{split['telemetry']:,.0f}, verifying, checking and answering {split['the_rest']:,.0f}."
         )
     return lines
 

@@ -359,6 +359,27 @@ def cpu_section(receiver: Mapping[str, Any]) -> list[str]:
         "No publisher can take the receiver past the no-Pub/Sub row, so where that row is over the budget, "
         "the target cannot be met on this machine by any change to the publisher.",
         "",
+        *split_lines(budget.get("split_us")),
+    ]
+
+
+def split_lines(split: Mapping[str, float] | None) -> list[str]:
+    if not split:
+        return []
+    total = sum(split.values())
+    parts = (
+        ("framework", "functions-framework, uvicorn and the HTTP exchange (the no-op)"),
+        ("publishing", "publishing to Pub/Sub and waiting for it (receiver − no-Pub/Sub row)"),
+        ("telemetry", "OpenTelemetry: two spans, three metric records, context in and out (receiver − SDK-off row)"),
+        ("the_rest", "verifying, checking and answering the webhook (what is left)"),
+    )
+    rows = [[label, f"{split[key]:,.0f}", f"{split[key] / total:.0%}"] for key, label in parts]
+    return [
+        f"The receiver's {total:,.0f} µs a request, split by difference between the rows (each difference "
+        "carries the noise of two runs):",
+        "",
+        markdown_table(["part", "µs / request", "share"], rows),
+        "",
     ]
 
 
