@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from relay import rotation
 from relay.devstack.processes import (
     ManagedProcess,
     StackError,
@@ -261,8 +262,8 @@ class LocalStack:
             filter(None, [env.get("RELAY_DOWNLOAD_LOCAL_HOSTS"), simulator_host])
         )
 
-        _rotate(self.trace_file)
-        _rotate(self.metrics_file)
+        rotation.rotate(self.trace_file)
+        rotation.rotate(self.metrics_file)
         self.functions["simulator"] = ManagedProcess(
             "Replicate simulator",
             [
@@ -390,15 +391,6 @@ class LocalStack:
             env={**env, "K_SERVICE": name, "FUNCTION_TARGET": spec.target},
             cwd=REPO_ROOT,
         )
-
-
-def _rotate(path: Path, *, limit: int = 64 * 1024 * 1024) -> None:
-    """Keep one previous generation of a telemetry file once it passes `limit` bytes."""
-    try:
-        if path.stat().st_size > limit:
-            path.replace(path.with_name(path.name + ".1"))
-    except FileNotFoundError:
-        pass
 
 
 def fake_gcs_server_binary() -> Path:

@@ -9,12 +9,15 @@ before an hour ago, or minus nothing when the series began within the hour.
 
 from __future__ import annotations
 
+import errno
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from relay import rotation
 
 METRIC = "relay.webhook.verification_failures"
 ENV_VARIABLE = "RELAY_METRICS_FILE"
@@ -51,9 +54,18 @@ class _Series:
 
 
 def read_failures(path: Path, *, now: datetime, window: timedelta = timedelta(hours=1)) -> FailureCount:
-    """Failures per reason within `window` before `now`, read line by line (FileNotFoundError if absent)."""
-    with path.open("rb") as lines:
-        return count_failures(lines, now=now, window=window)
+    """Failures per reason within `window` before `now`, read line by line from `path` and the previous
+    generation the dev stack keeps when it rotates it (FileNotFoundError if neither exists)."""
+    files = rotation.generations(path)
+    if not files:
+        raise FileNotFoundError(errno.ENOENT, "no metrics file", str(path))
+    return count_failures(_lines(files), now=now, window=window)
+
+
+def _lines(files: Iterable[Path]) -> Iterator[bytes]:
+    for file in files:
+        with file.open("rb") as lines:
+            yield from lines
 
 
 def count_failures(lines: Iterable[bytes], *, now: datetime, window: timedelta) -> FailureCount:

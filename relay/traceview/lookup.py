@@ -6,8 +6,9 @@ import re
 from pathlib import Path
 
 from relay.ops.errors import OpsError
+from relay.rotation import generations
 from relay.traceview.model import Span, Trace, TraceSet, printable
-from relay.traceview.spanfile import ReadStats, read_spans, span_files
+from relay.traceview.spanfile import ReadStats, read_spans
 
 _VERBATIM = re.compile(r"[A-Za-z0-9_.:@-]+")
 PREDICTION_ID = "relay.prediction_id"
@@ -21,7 +22,7 @@ def find_in_file(path: Path, ident: str) -> TraceSet:
     The first pass parses every line (counting spans and corrupt lines) to find the matching traces; later
     passes only parse lines that contain an id they look for: the other predictions of a job, the traces'
     spans, and the far ends of their links."""
-    files = span_files(path)
+    files = generations(path)
     if not files:
         raise OpsError(f"no span file at {printable(str(path))}: start the dev stack (make run) or pass --file")
     stats = ReadStats()

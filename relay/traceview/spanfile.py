@@ -34,12 +34,6 @@ class ReadStats:
     corrupt: int = 0
 
 
-def span_files(path: Path) -> list[Path]:
-    """`path` and, first, the previous generation the dev stack keeps when it rotates it (`PATH.1`)."""
-    previous = path.with_name(path.name + ".1")
-    return [file for file in (previous, path) if file.is_file()]
-
-
 def read_spans(
     paths: Sequence[Path], *, stats: ReadStats | None = None, needles: Collection[str] = ()
 ) -> Iterator[Span]:

@@ -141,6 +141,31 @@ def test_lines_written_by_opentelemetrys_file_exporter_are_read_as_written(tmp_p
     assert counted.unreadable_lines == 0
 
 
+def test_a_rotated_files_previous_generation_counts_too(tmp_path: Path) -> None:
+    """The dev stack rotated the file at a restart within the hour: the window's start is in `.1`."""
+    path = tmp_path / "metrics.jsonl"
+    started = NOW - 2 * HOUR
+    (tmp_path / "metrics.jsonl.1").write_bytes(
+        otlp_line("a", started, ago(90), {"bad_signature": 5}) + otlp_line("a", started, ago(30), {"bad_signature": 7})
+    )
+    path.write_bytes(otlp_line("b", ago(20), NOW, {"stale_timestamp": 3}))
+
+    # Process a: 7 - 5 = 2 within the hour, from the old generation alone; process b: 3, from the new.
+    assert read_failures(path, now=NOW).by_reason == {"bad_signature": 2, "stale_timestamp": 3}
+
+
+def test_only_a_previous_generation_is_still_read(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    (tmp_path / "metrics.jsonl.1").write_bytes(otlp_line("a", ago(30), NOW, {"bad_signature": 4}))
+
+    assert read_failures(path, now=NOW).by_reason == {"bad_signature": 4}
+
+
+def test_no_metrics_file_at_all_is_file_not_found(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        read_failures(tmp_path / "metrics.jsonl", now=NOW)
+
+
 def test_the_metrics_file_is_relay_metrics_file_or_the_dev_stacks_default() -> None:
     assert metrics_file_path({"RELAY_METRICS_FILE": "/srv/m.jsonl"}) == Path("/srv/m.jsonl")
     assert metrics_file_path({}).parts[-3:] == (".relay", "telemetry", "metrics.jsonl")
