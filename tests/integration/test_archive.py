@@ -153,6 +153,22 @@ def test_redelivery_archives_once_transitions_once_and_announces_once(
     assert again.announced_at is not None
 
 
+def test_an_object_whose_name_extends_the_files_is_not_taken_for_it(
+    files: FileServer, succeed: Callable[..., SignedWebhook], db: firestore.Client, bucket: storage.Bucket
+) -> None:
+    """Whether a file is archived already is looked up by listing with its name as the prefix."""
+    prediction_id = unique_id()
+    path = f"/{prediction_id}/out.png"
+    bucket.blob(f"predictions/{prediction_id}/0-out.png.partial").upload_from_string(b"something else")
+
+    succeed(prediction_id, files.serve(path, Answer(body=PNG, content_type="image/png")))
+    job = wait_for_job(db, prediction_id, "succeeded")
+
+    assert files.requests[path] == 1
+    assert job.outputs[0]["gs_uri"].endswith(f"/predictions/{prediction_id}/0-out.png")
+    assert bucket.blob(f"predictions/{prediction_id}/0-out.png").download_as_bytes() == PNG
+
+
 def test_expired_file_fails_the_job_with_output_expired_and_is_acknowledged(
     stack: LocalStack,
     files: FileServer,
