@@ -96,7 +96,11 @@ EMULATOR_LIMITS = (
     EmulatorLimit(
         "Firestore contention limits, quotas, indexes and TTL",
         "The Firestore emulator accepts any write rate on one document, needs no composite indexes and never "
-        "deletes expired documents; its transactions take about 10-15 ms here. The real database sustains "
+        "deletes expired documents; its transactions take about 10-15 ms here. When two transactions that "
+        "read the same job both commit (job-status and archive-outputs handling one `succeeded` webhook at "
+        "once), it holds the locks until a 2 s timeout and then aborts one (`ABORTED: Transaction lock "
+        "timeout`; the aborted Commit spans last 2.0-2.1 s), so locally such a webhook can take 2 s longer; "
+        "the handlers retry it, and the trace shows the aborted Commit. The real database sustains "
         "about one write a second per document (hence coalescing), aborts contended transactions, enforces "
         "quotas, needs the indexes in `infra/firestore.indexes.json`, and applies the TTL policy on `expire_at`.",
         (
