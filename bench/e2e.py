@@ -476,8 +476,12 @@ def read_logs(log_dir: Path) -> LogFacts:
     return facts
 
 
+_STATUS_ERROR = 2  # OTLP/JSON's status code for STATUS_CODE_ERROR
+
+
 def firestore_rpcs(span_file: Path) -> Counter[str]:
-    """Firestore RPC method → calls made by the handlers, from their span file (gRPC client spans)."""
+    """Firestore RPC method → calls made by the handlers, from their span file (gRPC client spans);
+    "METHOD failed" counts those that ended in an error (a Commit aborted on contention, say)."""
     counter: Counter[str] = Counter()
     with contextlib.suppress(FileNotFoundError), span_file.open(encoding="utf-8", errors="replace") as lines:
         for line in lines:
@@ -489,7 +493,10 @@ def firestore_rpcs(span_file: Path) -> Counter[str]:
                         for span in scope.get("spans", []):
                             name = str(span.get("name", ""))
                             if name.startswith("/google.firestore."):
-                                counter[name.rsplit("/", 1)[-1]] += 1
+                                method = name.rsplit("/", 1)[-1]
+                                counter[method] += 1
+                                if span.get("status", {}).get("code") == _STATUS_ERROR:
+                                    counter[f"{method} failed"] += 1
     return counter
 
 
@@ -856,6 +863,7 @@ def summarise(
             "event_record_outcomes": dict(outcomes),
             "handler_rpcs": dict(rpcs),
             "handler_commits_per_prediction": round(rpcs.get("Commit", 0) * per, 2),
+            "handler_commits_failed": rpcs.get("Commit failed", 0),
             "method": "derived from what the run left in Firestore (see firestore_writes() in bench/e2e.py); "
             "Commit RPCs counted from the handlers' gRPC client spans as a cross-check",
         },
@@ -921,7 +929,8 @@ def report(document: Mapping[str, Any]) -> None:
         [
             "Firestore writes",
             f"{firestore['writes_per_prediction']} per prediction {firestore['writes']}; handler Commit RPCs "
-            f"{firestore['handler_commits_per_prediction']} per prediction",
+            f"{firestore['handler_commits_per_prediction']} per prediction, {firestore['handler_commits_failed']} of "
+            f"them failed (contention: retried)",
         ],
         [
             "lost",

@@ -423,7 +423,12 @@ def e2e_section(e2e: Mapping[str, Any] | None, images: Mapping[str, str]) -> lis
          f"job updates by events "
          f"{writes['job_updates_by_events']}, archive {writes['archive_finish']}, announcements "
          f"{writes['announcements']}); handler Commit RPCs "
-         f"{firestore['handler_commits_per_prediction']} per prediction"],
+         f"{firestore['handler_commits_per_prediction']} per prediction"
+         + (
+             f", {firestore['handler_commits_failed']:,} of them failed and were retried (contention)"
+             if "handler_commits_failed" in firestore
+             else ""
+         )],
         ["**lost**", f"**{lost['lost']}** of {lost['acknowledged_webhook_ids']:,} acknowledged webhook ids "
          f"({lost['with_event_record']:,} with their event record, {lost['superseded_without_record']} superseded)"],
     ]  # fmt: skip
