@@ -158,7 +158,7 @@ class ServerResult:
     mode: str
     peak: LoadResult
     half: LoadResult
-    cpu: CpuUse | None = None
+    cpu: CpuUse
 
 
 # Tools -----------------------------------------------------------------------------------------
@@ -564,8 +564,8 @@ def cpu_budget(results: list[ServerResult], ceiling: ServerResult) -> dict[str, 
             "vs_ceiling": round(result.peak.requests_per_s / ceiling.peak.requests_per_s, 3)
             if ceiling.peak.requests_per_s
             else 0.0,
-            "server_us_per_request": result.cpu.server_us_per_request if result.cpu else None,
-            "emulator_us_per_request": result.cpu.emulator_us_per_request if result.cpu else None,
+            "server_us_per_request": result.cpu.server_us_per_request,
+            "emulator_us_per_request": result.cpu.emulator_us_per_request,
         }
         for result in results
         if result.key == "noop-asgi" or result.key.startswith("receiver")
@@ -581,8 +581,7 @@ def cpu_budget(results: list[ServerResult], ceiling: ServerResult) -> dict[str, 
 def cpu_split(rows: Mapping[str, Mapping[str, Any]]) -> dict[str, float] | None:
     """The receiver's CPU per request in parts, by difference between the rows (each part is noisy)."""
     spent = {key: row["server_us_per_request"] for key, row in rows.items()}
-    needed = ("noop-asgi", "receiver", "receiver-no-pubsub", "receiver-no-telemetry")
-    if any(spent.get(key) is None for key in needed):
+    if not {"noop-asgi", "receiver", "receiver-no-pubsub", "receiver-no-telemetry"} <= spent.keys():
         return None
     framework, receiver = spent["noop-asgi"], spent["receiver"]
     publishing = receiver - spent["receiver-no-pubsub"]
@@ -604,8 +603,6 @@ def budget_lines(budget: Mapping[str, Any]) -> list[str]:
     ]
     for row in budget["rows"].values():
         spent = row["server_us_per_request"]
-        if spent is None:
-            continue
         verdict = "within" if spent <= allowed else f"{spent / allowed:.1f}× over"
         emulator = row["emulator_us_per_request"] or 0.0
         lines.append(
