@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -20,8 +20,8 @@ from relay.events import PredictionEvent
 from relay.jobs import DEFAULT_POLICY, Decision, Failure, Job, JobState, Outcome, Policy, apply_event, finish_archive
 
 T = TypeVar("T")
-# What a transaction's `work` reads a document it asked for with: `read(ref)`, a snapshot.
-_Read = Callable[[firestore.DocumentReference], "firestore.DocumentSnapshot[firestore.DocumentReference]"]
+# The snapshots of the documents a transaction's `work` asked for besides the job (see _transact).
+_Others = Sequence["firestore.DocumentSnapshot[Any]"]
 
 JOBS = "jobs"
 PREDICTIONS = "predictions"
@@ -69,27 +69,26 @@ class JobStore:
         A webhook-id seen before is a no-op: the per-event record is the dedup key.
         """
 
-        def record_ref(job_id: str) -> firestore.DocumentReference:
-            ref: firestore.DocumentReference = (
-                self._jobs.document(job_id).collection(EVENTS).document(event_key(event.attributes.webhook_id))
-            )
-            return ref
+        def record_refs(job_id: str) -> list[firestore.DocumentReference]:
+            return [self._jobs.document(job_id).collection(EVENTS).document(event_key(event.attributes.webhook_id))]
 
-        def work(transaction: firestore.Transaction, job_id: str, job: Job | None, read: _Read) -> Applied | Decision:
-            ref = record_ref(job_id)
-            if read(ref).exists:
+        def work(
+            transaction: firestore.Transaction, job_id: str, job: Job | None, others: _Others
+        ) -> Applied | Decision:
+            [record] = others
+            if record.exists:
                 return Applied(Outcome.DUPLICATE, job_id, job)
             now = self._clock()
             decision = apply_event(job, event, job_id=job_id, now=now, policy=self._policy, actor=actor)
-            transaction.create(ref, self._event_record(event, decision.outcome, now))
+            transaction.create(record.reference, self._event_record(event, decision.outcome, now))
             return decision
 
-        return self._transact("apply_event", event, work, also_read=record_ref)
+        return self._transact("apply_event", event, work, also_read=record_refs)
 
     def finish_archive(self, event: PredictionEvent, outputs: list[dict[str, Any]], failure: Failure | None) -> Applied:
         """Record archived outputs and make the job final: succeeded, or failed with `failure`."""
 
-        def work(transaction: firestore.Transaction, job_id: str, job: Job | None, read: _Read) -> Decision:
+        def work(transaction: firestore.Transaction, job_id: str, job: Job | None, _: _Others) -> Decision:
             return finish_archive(
                 job, event, job_id=job_id, outputs=outputs, failure=failure, now=self._clock(), policy=self._policy
             )
@@ -248,15 +247,15 @@ class JobStore:
         self,
         operation: str,
         event: PredictionEvent,
-        work: Callable[[firestore.Transaction, str, Job | None, _Read], Applied | Decision],
+        work: Callable[[firestore.Transaction, str, Job | None, _Others], Applied | Decision],
         *,
-        also_read: Callable[[str], firestore.DocumentReference] | None = None,
+        also_read: Callable[[str], list[firestore.DocumentReference]] = lambda _: [],
     ) -> Applied:
         """Read the mapping and the job, let `work` decide, write what it decided — atomically.
 
-        `also_read(job_id)` names one more document `work` needs: it is fetched in the same
+        `also_read(job_id)` names the other documents `work` needs: they are fetched in the same
         request as the job (one round trip fewer inside the transaction, whose locks are held
-        that much less long), and `work` gets it through its `read` argument.
+        that much less long), and `work` gets their snapshots, in the same order.
         """
 
         @firestore.transactional
@@ -268,12 +267,12 @@ class JobStore:
             # the prediction id, so no event is ever dropped.
             job_id: str = mapping.get("job_id") if mapping.exists else prediction_id
             job_ref = self._jobs.document(job_id)
-            refs = [job_ref] if also_read is None else [job_ref, also_read(job_id)]
+            other_refs = also_read(job_id)
             # get_all answers in any order.
-            snapshots = {snapshot.reference.path: snapshot for snapshot in transaction.get_all(refs)}
+            snapshots = {snapshot.reference.path: snapshot for snapshot in transaction.get_all([job_ref, *other_refs])}
             snapshot = snapshots[job_ref.path]
             job = Job.model_validate(snapshot.to_dict()) if snapshot.exists else None
-            result = work(transaction, job_id, job, lambda ref: snapshots[ref.path])
+            result = work(transaction, job_id, job, [snapshots[ref.path] for ref in other_refs])
             if isinstance(result, Applied):
                 return result
             if not mapping.exists:
