@@ -44,13 +44,21 @@ checkov: $(CHECKOV_STAMP)  ## checkov on infra/terraform, offline; every skip ha
 		$(CHECKOV_VENV)/bin/checkov -d infra/terraform --framework terraform --quiet --compact \
 		--skip-download --download-external-modules false
 
+# Offline from the committed index (infra/checks/google-provider.schema.json.gz); see that module's docstring.
+.PHONY: check-terraform terraform-schema
+check-terraform: venv  ## check infra/terraform against the google provider's schema, and terraform fmt
+	$(BIN)/python -m infra.checks.terraform_schema check infra/terraform
+
+terraform-schema: venv  ## regenerate that schema index from the pinned cdktf google bindings (49 MB download)
+	$(BIN)/python -m infra.checks.terraform_schema index
+
 unit: venv  ## unit tests (nothing running needed)
 	$(BIN)/python -m pytest tests/unit
 
 integration: venv chromium  ## integration tests against the emulators (started by the tests)
 	$(BIN)/python -m pytest tests/integration
 
-test: lint typecheck checkov chromium  ## lint, type checks, checkov and the whole suite (faults aside)
+test: lint typecheck checkov check-terraform chromium  ## lint, type checks, checkov and the whole suite (faults aside)
 	$(BIN)/python -m pytest
 
 test-faults: venv  ## the fault suite: kills and fails parts of a local stack of its own (~6 min)
