@@ -11,11 +11,13 @@ of every request; after the first it returns at once). Then:
 - flushing: `flush()` before a response is returned (Cloud Run may throttle the CPU once it is),
   and at exit.
 
-Exporters, any combination: Cloud Trace and Cloud Monitoring (`RELAY_GCP_TELEMETRY`, on by
-default on Cloud Run), OTLP over HTTP (`OTEL_EXPORTER_OTLP_ENDPOINT`), and OTLP/JSON lines in local
-files that every dev-stack process appends to (`RELAY_TRACE_FILE`, `RELAY_METRICS_FILE`), which
-`python -m relay trace` reads. Sampling follows OpenTelemetry's own variables
-(`OTEL_TRACES_SAMPLER`, default parent-based always-on).
+Exporters, any combination: Google Cloud (`RELAY_GCP_TELEMETRY`, on by default on Cloud Run: spans
+over OTLP/HTTP to the Telemetry API, `telemetry.googleapis.com`, with Google credentials, which
+stores them in Cloud Trace; metrics to Cloud Monitoring), OTLP over HTTP to a collector
+(`OTEL_EXPORTER_OTLP_ENDPOINT`), and OTLP/JSON lines in local files that every dev-stack process
+appends to (`RELAY_TRACE_FILE`, `RELAY_METRICS_FILE`), which `python -m relay trace` reads.
+Sampling follows OpenTelemetry's own variables (`OTEL_TRACES_SAMPLER`, default parent-based
+always-on).
 
 Library instrumentations come from OpenTelemetry where they exist: gRPC (only Firestore's calls:
 the exporters and Pub/Sub's batch threads speak gRPC too, and tracing those would make spans of
@@ -40,9 +42,10 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, Any, Final, cast
+from typing import IO, TYPE_CHECKING, Any, Final, cast
+from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
@@ -56,6 +59,11 @@ from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from relay.config import ConfigError, Env
+
+if TYPE_CHECKING:
+    import requests
+    from google.auth.credentials import Credentials
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
 log = logging.getLogger("relay.telemetry")
 
@@ -74,6 +82,14 @@ SOURCE: Final = "relay.source"
 _W3C = TraceContextTextMapPropagator()
 _OTLP_ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 
+# Spans on Google Cloud: the Telemetry API's OTLP/HTTP endpoint (https://cloud.google.com/stackdriver/
+# docs/reference/telemetry/api: POST https://telemetry.googleapis.com/v1/traces, protobuf body).
+TELEMETRY_API_TRACES: Final = "https://telemetry.googleapis.com/v1/traces"
+# The narrower of the two scopes the endpoint accepts (the other is cloud-platform). Cloud Run's
+# metadata server ignores requested scopes; a key file or impersonation honours them.
+TRACE_APPEND_SCOPE: Final = "https://www.googleapis.com/auth/trace.append"
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
+
 
 @dataclass(frozen=True)
 class TelemetrySettings:
@@ -81,7 +97,8 @@ class TelemetrySettings:
 
     service: str
     project: str | None = None
-    gcp: bool = False  # Cloud Trace + Cloud Monitoring
+    gcp: bool = False  # spans to the Telemetry API (Cloud Trace), metrics to Cloud Monitoring
+    gcp_traces_endpoint: str = TELEMETRY_API_TRACES  # RELAY_GCP_TRACES_ENDPOINT: loopback in tests
     otlp: bool = False  # OTEL_EXPORTER_OTLP_ENDPOINT (the exporters read the endpoint themselves)
     trace_file: Path | None = None
     metrics_file: Path | None = None
@@ -98,12 +115,25 @@ class TelemetrySettings:
             service=env.get_str("OTEL_SERVICE_NAME", service),
             project=project,
             gcp=_flag(env, "RELAY_GCP_TELEMETRY", default=on_cloud_run),
+            gcp_traces_endpoint=_traces_endpoint(env),
             otlp=any(env.get_optional(name) for name in _OTLP_ENDPOINTS),
             trace_file=Path(trace_file) if trace_file else None,
             metrics_file=Path(metrics_file) if metrics_file else None,
             metrics_interval_seconds=env.get_float("RELAY_METRICS_INTERVAL_SECONDS", 60.0, minimum=1.0),
             flush_each_request=_flag(env, "RELAY_TELEMETRY_FLUSH_EACH_REQUEST", default=True),
         )
+
+
+def _traces_endpoint(env: Env) -> str:
+    """RELAY_GCP_TRACES_ENDPOINT: a full OTLP/HTTP traces URL. The requests carry a Google access
+    token, so plain http is allowed to loopback only (a test's receiver)."""
+    url = env.get_str("RELAY_GCP_TRACES_ENDPOINT", TELEMETRY_API_TRACES)
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return url
+    if parts.scheme == "http" and parts.hostname in _LOOPBACK:
+        return url
+    raise ConfigError(f"RELAY_GCP_TRACES_ENDPOINT must be an https URL (or http to loopback), got {url!r}")
 
 
 def _flag(env: Env, name: str, *, default: bool) -> bool:
@@ -194,15 +224,19 @@ class _Telemetry:
         self.meter_provider.shutdown()
 
 
-def setup(settings: TelemetrySettings, *, instrument: tuple[str, ...] = ()) -> None:
+def setup(
+    settings: TelemetrySettings, *, instrument: tuple[str, ...] = (), credentials: Credentials | None = None
+) -> None:
     """Install the providers, exporters and propagators once per process; later calls do nothing.
 
     Call it in the serving process, not at import: functions-framework imports the module in
-    gunicorn's master before forking the worker, and the Google exporters' gRPC channels must not
-    cross a fork. The deployables call it at the start of each request (cheap after the first).
+    gunicorn's master before forking the worker, and the Cloud Monitoring exporter's gRPC channel
+    must not cross a fork (nor should the span exporter's HTTP connections and token). The
+    deployables call it at the start of each request (cheap after the first).
 
     `instrument` names the library instrumentations this process wants: "firestore" (gRPC),
-    "requests" (Cloud Storage) and "httpx" (Replicate, downloads).
+    "requests" (Cloud Storage) and "httpx" (Replicate, downloads). `credentials` sign the span
+    exports to the Telemetry API (with `settings.gcp`); application-default credentials when None.
     """
     global _active
     if _active is not None:  # the fast path: every request calls this
@@ -210,9 +244,13 @@ def setup(settings: TelemetrySettings, *, instrument: tuple[str, ...] = ()) -> N
     with _lock:
         if _active is not None:
             return
+        if settings.gcp:
+            credentials, project = _google_credentials(credentials)
+            if not settings.project:  # the Telemetry API files spans under the gcp.project_id attribute
+                settings = replace(settings, project=project)
         resource = _resource(settings)
         tracer_provider = TracerProvider(resource=resource)
-        span_exporters = _span_exporters(settings)
+        span_exporters = _span_exporters(settings, credentials)
         for exporter in span_exporters:
             tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
         meter_provider = MeterProvider(resource=resource, metric_readers=_metric_readers(settings))
@@ -257,14 +295,12 @@ def _resource(settings: TelemetrySettings) -> Resource:
     return resource
 
 
-def _span_exporters(settings: TelemetrySettings) -> list[Any]:
+def _span_exporters(settings: TelemetrySettings, credentials: Credentials | None = None) -> list[Any]:
     exporters: list[Any] = []
     if settings.gcp:
-        from opentelemetry.exporter.cloud_trace import CloudTraceSpanExporter  # noqa: PLC0415
-
-        # service.name as a label too: Cloud Trace shows (and `relay trace --gcp` reads) each span's service.
-        exporter = CloudTraceSpanExporter(project_id=settings.project, resource_regex=r"service\.name")  # type: ignore[no-untyped-call]
-        exporters.append(exporter)
+        if credentials is None:
+            credentials, _ = _google_credentials(None)
+        exporters.append(_telemetry_api_exporter(settings.gcp_traces_endpoint, _google_session(credentials)))
     if settings.otlp:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # noqa: PLC0415
 
@@ -272,6 +308,62 @@ def _span_exporters(settings: TelemetrySettings) -> list[Any]:
     if settings.trace_file:
         exporters.append(_file_exporter("span", settings.trace_file))
     return exporters
+
+
+# Spans on Google Cloud, and why this way:
+# - OTLP/HTTP with protobuf (the exporter already used for collectors), not OTLP/gRPC to
+#   telemetry.googleapis.com:443: both are documented, but HTTP adds no gRPC channel (no channel to
+#   keep from crossing gunicorn's fork, no gRPC instrumentation to filter out) and no dependency.
+#   The exporter and its session are made in setup(), in the serving worker. Like any OTLP
+#   exporter it still reads OTEL_EXPORTER_OTLP_[TRACES_]HEADERS, _TIMEOUT and _COMPRESSION: headers
+#   meant for a collector (OTEL_EXPORTER_OTLP_ENDPOINT) would reach Google too.
+# - Credentials from google-auth directly (pinned already): an AuthorizedSession as the exporter's
+#   session adds `authorization: Bearer <token>` to each export and refreshes the token itself
+#   (on expiry, and once on a 401). opentelemetry-exporter-credential-provider-gcp 0.66b1 resolves
+#   against our pins, but it is these same two lines (AuthorizedSession over google.auth.default(),
+#   without scopes) behind an entry point for auto-instrumentation's
+#   OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER; we build the exporter ourselves and
+#   want the credentials injectable (tests), so it would add a package for nothing.
+# - Project: the Telemetry API files spans under the `gcp.project_id` resource attribute
+#   (`_resource`). No x-goog-user-project header of our own: the Telemetry API is client-billed, and
+#   for a service account (Cloud Run) the quota project is the account's own project, this one, so
+#   no serviceusage.services.use grant is needed. google-auth still sends the header when the
+#   credentials carry a quota project (user ADC after `gcloud auth application-default
+#   set-quota-project`), which is what user credentials need.
+# - Writing needs telemetry.traces.write (roles/telemetry.tracesWriter, infra/terraform/iam.tf), the
+#   telemetry.googleapis.com API enabled, and Cloud Trace's API left enabled (Google discards
+#   Telemetry API spans for projects without it).
+#
+# Metrics stay on Cloud Monitoring's own exporter. The Telemetry API takes OTLP metrics too
+# (POST /v1/metrics), but it writes every point the way Managed Service for Prometheus does:
+# monitored resource prometheus_target, Prometheus-format prometheus.googleapis.com/... metric
+# types (https://docs.cloud.google.com/stackdriver/docs/reference/telemetry/v1.metrics). The
+# dashboard and alerts (infra/terraform/monitoring.tf) read workload.googleapis.com/relay.* on
+# generic_task, as this exporter writes them; moving would mean rewriting every query.
+
+
+def _google_credentials(credentials: Credentials | None) -> tuple[Credentials, str | None]:
+    """`credentials` (with no project of their own), else application-default ones and their project."""
+    if credentials is not None:
+        return credentials, None
+    import google.auth  # noqa: PLC0415
+
+    found, project = google.auth.default(scopes=[TRACE_APPEND_SCOPE])
+    return found, project
+
+
+def _google_session(credentials: Credentials) -> requests.Session:
+    """A requests session that signs every request with `credentials` (refreshing them as needed)."""
+    from google.auth.transport.requests import AuthorizedSession  # noqa: PLC0415
+
+    return AuthorizedSession(credentials)  # type: ignore[no-untyped-call]
+
+
+def _telemetry_api_exporter(endpoint: str, session: requests.Session) -> OTLPSpanExporter:
+    """OpenTelemetry's OTLP/HTTP (protobuf) span exporter, sending through `session`."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # noqa: PLC0415
+
+    return OTLPSpanExporter(endpoint=endpoint, session=session)
 
 
 def _metric_readers(settings: TelemetrySettings) -> list[MetricReader]:

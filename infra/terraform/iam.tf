@@ -1,7 +1,7 @@
 # One service account per service, each with only what it needs, granted on the resource
 # itself wherever Google allows it. Project-level grants are the exceptions Google leaves no
-# narrower scope for: Firestore has no per-database IAM, and Cloud Trace and Cloud Monitoring
-# take writes per project.
+# narrower scope for: Firestore has no per-database IAM, and the Telemetry API (traces) and Cloud
+# Monitoring take writes per project.
 
 locals {
   runtime_accounts = {
@@ -14,8 +14,10 @@ locals {
   service_accounts = merge(local.runtime_accounts, local.handler_accounts)
 
   # Every account exports traces and metrics (RELAY_GCP_TELEMETRY, run.tf); those that keep jobs
-  # in Firestore also get datastore.user.
-  telemetry_roles = ["roles/cloudtrace.agent", "roles/monitoring.metricWriter"]
+  # in Firestore also get datastore.user. Spans go through the Telemetry API (telemetry.traces.write
+  # only; cloudtrace.agent would add the Cloud Trace API's write, which nothing uses any more),
+  # metrics to Cloud Monitoring.
+  telemetry_roles = ["roles/telemetry.tracesWriter", "roles/monitoring.metricWriter"]
   firestore_users = concat(keys(local.handler_services), ["reconciler"])
   # The status page only reads: jobs in Firestore (counts by state, stuck jobs, the latest) and
   # the push subscriptions' backlogs and the receiver's verification failures in Cloud Monitoring

@@ -32,6 +32,9 @@ resource "google_project_service" "apis" {
     "artifactregistry.googleapis.com",
     "cloudbuild.googleapis.com",
     "cloudscheduler.googleapis.com",
+    # Spans go to the Telemetry API (relay/telemetry.py), which drops them unless Cloud Trace's API
+    # is enabled too; `relay trace --gcp` reads them back through Cloud Trace's API.
+    "cloudtrace.googleapis.com",
     "firestore.googleapis.com",
     "iam.googleapis.com",
     "logging.googleapis.com",
@@ -40,6 +43,7 @@ resource "google_project_service" "apis" {
     "run.googleapis.com",
     "secretmanager.googleapis.com",
     "storage.googleapis.com",
+    "telemetry.googleapis.com",
   ])
   service            = each.value
   disable_on_destroy = false

@@ -48,7 +48,8 @@ RELAY_METRICS: dict[str, frozenset[str]] = {
 RELAY_HISTOGRAMS = frozenset(
     {"relay.webhook.duration", "relay.publish.duration", "relay.handler.duration", "relay.job.end_to_end_latency"}
 )
-TELEMETRY_ROLES = {"roles/cloudtrace.agent", "roles/monitoring.metricWriter"}
+# Traces through the Telemetry API (telemetry.traces.write), metrics to Cloud Monitoring.
+TELEMETRY_ROLES = {"roles/telemetry.tracesWriter", "roles/monitoring.metricWriter"}
 
 
 def test_the_metrics_named_here_are_the_ones_relay_emits() -> None:

@@ -6,9 +6,14 @@ import json
 import logging
 import multiprocessing
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
+import requests
+from google.auth.credentials import Credentials
 from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -174,30 +179,140 @@ def test_metric_names_are_the_ones_the_dashboards_read() -> None:
     assert {instrument._name for instrument in instruments} == set(telemetry.METRIC_NAMES)
 
 
-# The Google exporters (1.15) call themselves deprecated in favour of OTLP to Google's endpoint
-# (README, "What is not built yet"); the issue names them, and they work.
-@pytest.mark.filterwarnings("ignore:CloudTraceSpanExporter is deprecated:DeprecationWarning")
+class TokenCredentials(Credentials):
+    """Google credentials that always hold `token`: no metadata server, no token endpoint."""
+
+    def __init__(self, token: str = "test-token", *, quota_project: str | None = None) -> None:  # noqa: S107
+        super().__init__()
+        self.token = token
+        self._quota_project_id = quota_project
+        self.refreshes = 0
+
+    def refresh(self, request: Any) -> None:
+        self.refreshes += 1
+
+    @property
+    def expired(self) -> bool:
+        return False
+
+
+class CapturingAdapter(requests.adapters.HTTPAdapter):
+    """A transport adapter that records each request and answers 200 without touching the network."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[requests.PreparedRequest] = []
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
+        self.requests.append(request)
+        response = requests.Response()
+        response.status_code = 200
+        response.request = request
+        response._content = b""
+        return response
+
+
+def test_gcp_traces_endpoint_defaults_to_the_telemetry_api_and_refuses_plain_http_off_loopback() -> None:
+    settings = telemetry.TelemetrySettings.from_env({}, service="receiver", project="p")
+    assert (
+        settings.gcp_traces_endpoint == telemetry.TELEMETRY_API_TRACES == "https://telemetry.googleapis.com/v1/traces"
+    )
+    local = {"RELAY_GCP_TRACES_ENDPOINT": "http://127.0.0.1:4318/v1/traces"}
+    assert telemetry.TelemetrySettings.from_env(local, service="r", project="p").gcp_traces_endpoint == (
+        "http://127.0.0.1:4318/v1/traces"
+    )
+    for url in ("http://collector:4318/v1/traces", "telemetry.googleapis.com:443", "ftp://127.0.0.1/v1/traces"):
+        with pytest.raises(ConfigError, match="RELAY_GCP_TRACES_ENDPOINT"):
+            telemetry.TelemetrySettings.from_env({"RELAY_GCP_TRACES_ENDPOINT": url}, service="r", project="p")
+
+
+def test_spans_go_to_the_telemetry_api_signed_with_the_google_credentials() -> None:
+    """What the Telemetry API exporter sends, captured at the session's transport (no network)."""
+    credentials = TokenCredentials("ya29.test")
+    session = telemetry._google_session(credentials)
+    wire = CapturingAdapter()
+    session.mount("https://", wire)
+    exporter = telemetry._telemetry_api_exporter(telemetry.TELEMETRY_API_TRACES, session)
+    provider = TracerProvider(
+        resource=telemetry._resource(telemetry.TelemetrySettings("receiver", project="my-project"))
+    )
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with provider.get_tracer("relay").start_as_current_span("POST /"):
+        pass
+    provider.shutdown()
+
+    [sent] = wire.requests
+    assert (sent.method, sent.url) == ("POST", "https://telemetry.googleapis.com/v1/traces")
+    assert sent.headers["authorization"] == "Bearer ya29.test"
+    assert sent.headers["content-type"] == "application/x-protobuf"
+    assert "x-goog-user-project" not in sent.headers  # a service account bills its own project
+    body = ExportTraceServiceRequest.FromString(cast(bytes, sent.body))
+    [resource_spans] = body.resource_spans
+    attributes = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+    assert attributes["gcp.project_id"] == "my-project"  # where the Telemetry API files the spans
+    assert attributes["service.name"] == "receiver"
+    assert [span.name for span in resource_spans.scope_spans[0].spans] == ["POST /"]
+
+
+def test_credentials_with_a_quota_project_name_it_on_each_export() -> None:
+    """User credentials (local ADC with a quota project) need x-goog-user-project; google-auth sends it."""
+    credentials = TokenCredentials(quota_project="billing-project")
+    session = telemetry._google_session(credentials)
+    wire = CapturingAdapter()
+    session.mount("https://", wire)
+    exporter = telemetry._telemetry_api_exporter(telemetry.TELEMETRY_API_TRACES, session)
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    provider.get_tracer("relay").start_span("s").end()
+    provider.shutdown()
+    [sent] = wire.requests
+    assert sent.headers["x-goog-user-project"] == "billing-project"
+
+
 @pytest.mark.filterwarnings("ignore:CloudMonitoringMetricsExporter is deprecated:DeprecationWarning")
-def test_on_google_cloud_spans_go_to_cloud_trace_and_metrics_to_cloud_monitoring(
+def test_on_google_cloud_spans_go_to_the_telemetry_api_and_metrics_to_cloud_monitoring(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """The exporters a Cloud Run service gets, built offline (anonymous credentials, no call made)."""
+    """The exporters a Cloud Run service gets, built offline (no call made). Cloud Monitoring's exporter
+    (1.15) calls itself deprecated; the Telemetry API would write the metrics under other names."""
     import google.auth  # noqa: PLC0415
     from google.auth.credentials import AnonymousCredentials  # noqa: PLC0415
     from opentelemetry.exporter.cloud_monitoring import CloudMonitoringMetricsExporter  # noqa: PLC0415
-    from opentelemetry.exporter.cloud_trace import CloudTraceSpanExporter  # noqa: PLC0415
     from opentelemetry.exporter.otlp.json.file import FileSpanExporter  # noqa: PLC0415
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # noqa: PLC0415
 
+    # The metrics exporter still finds its own credentials; the span exporter gets ours.
     monkeypatch.setattr(google.auth, "default", lambda *_, **__: (AnonymousCredentials(), "my-project"))
     settings = telemetry.TelemetrySettings(
         service="receiver", project="my-project", gcp=True, otlp=True, trace_file=tmp_path / "spans.jsonl"
     )
-    exporters = telemetry._span_exporters(settings)
-    assert [type(e) for e in exporters] == [CloudTraceSpanExporter, OTLPSpanExporter, FileSpanExporter]
-    assert exporters[0].project_id == "my-project"
+    exporters = telemetry._span_exporters(settings, TokenCredentials())
+    assert [type(e) for e in exporters] == [OTLPSpanExporter, OTLPSpanExporter, FileSpanExporter]
+    assert exporters[0]._endpoint == "https://telemetry.googleapis.com/v1/traces"
+    assert exporters[1]._endpoint == "http://localhost:4318/v1/traces"  # the collector's (OTEL_EXPORTER_OTLP_*)
+    with pytest.raises(ImportError):  # the deprecated Cloud Trace exporter is gone, not merely unused
+        __import__("opentelemetry.exporter.cloud_trace")
     readers = telemetry._metric_readers(settings)
     assert isinstance(readers[0]._exporter, CloudMonitoringMetricsExporter)
     assert all(reader._export_interval_millis == 60_000 for reader in readers)
     for reader in readers:
         reader.shutdown()
+    for exporter in exporters:
+        exporter.shutdown()
+
+
+def test_without_credentials_given_setup_asks_for_application_default_ones_with_the_trace_scope(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import google.auth  # noqa: PLC0415
+
+    asked: list[Any] = []
+
+    def default(*, scopes: list[str]) -> tuple[Credentials, str]:
+        asked.append(scopes)
+        return TokenCredentials(), "adc-project"
+
+    monkeypatch.setattr(google.auth, "default", default)
+    _, project = telemetry._google_credentials(None)
+    assert (asked, project) == ([["https://www.googleapis.com/auth/trace.append"]], "adc-project")
+    given = TokenCredentials()
+    assert telemetry._google_credentials(given) == (given, None)
