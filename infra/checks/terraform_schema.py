@@ -489,39 +489,41 @@ def check_files(files: Iterable[Path], index: Index, relative_to: Path | None = 
     problems: list[Problem] = []
     resources = data_sources = 0
     for path in files:
-        shown = _shown(path, relative_to)
+        check = _FileCheck(_shown(path, relative_to), index)
         try:
             document = parse_file(path)
         except Exception as error:  # python-hcl2 raises lark's many error types
-            problems.append(Problem(shown, "(file)", "", f"cannot parse: {error}"))
+            problems.append(Problem(check.file, "(file)", "", f"cannot parse: {error}"))
             continue
         for rtype, name, body in _labelled(document, "resource"):
             resources += 1
-            schema = index.resource(rtype)
-            problems.extend(_check_construct(shown, f"{rtype}.{name}", body, schema=schema, meta=RESOURCE_META))
+            problems.extend(check.construct(f"{rtype}.{name}", body, index.resource(rtype), RESOURCE_META))
         for dtype, name, body in _labelled(document, "data"):
             data_sources += 1
-            schema = index.data_source(dtype)
-            problems.extend(_check_construct(shown, f"data.{dtype}.{name}", body, schema=schema, meta=DATA_META))
+            problems.extend(check.construct(f"data.{dtype}.{name}", body, index.data_source(dtype), DATA_META))
         for entry in _blocks(document.get("provider")):
             for label, body in entry.items():
                 if _unquote(label) == "google" and isinstance(body, dict):
-                    checked = _check_construct(
-                        shown, "provider.google", body, schema=index.provider, meta=PROVIDER_META
-                    )
-                    problems.extend(checked)
+                    problems.extend(check.construct("provider.google", body, index.provider, PROVIDER_META))
     return Report(problems=tuple(problems), resources=resources, data_sources=data_sources)
 
 
-def _check_construct(
-    file: str, address: str, body: Mapping[str, Any], *, schema: Block | None, meta: frozenset[str]
-) -> Iterator[Problem]:
-    if schema is None:
-        kind = "data source" if address.startswith("data.") else "resource"
-        yield Problem(file, address, "", f"unknown {kind} type (not in {PROVIDER_SOURCE}'s schema)")
-        return
-    for path, message in check_body(body, schema, meta=meta):
-        yield Problem(file, address, path, message)
+@dataclass(frozen=True)
+class _FileCheck:
+    """Turns what check_body finds in one file's constructs into located problems."""
+
+    file: str
+    index: Index
+
+    def construct(
+        self, address: str, body: Mapping[str, Any], schema: Block | None, meta: frozenset[str]
+    ) -> Iterator[Problem]:
+        if schema is None:
+            kind = "data source" if address.startswith("data.") else "resource"
+            yield Problem(self.file, address, "", f"unknown {kind} type (not in {self.index.name})")
+            return
+        for path, message in check_body(body, schema, meta=meta):
+            yield Problem(self.file, address, path, message)
 
 
 def _shown(path: Path, relative_to: Path | None) -> str:
