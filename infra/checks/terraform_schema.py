@@ -657,21 +657,39 @@ def check_fmt(directory: Path) -> bool:
 
 def run_check(directory: Path, index_path: Path = INDEX_PATH) -> int:
     index = load_index(index_path)
-    files = sorted(directory.rglob("*.tf"))
+    files = terraform_files(directory)
     shown_from = Path.cwd().resolve()
     report = check_files(files, index, relative_to=shown_from)
     problems = [*report.problems, *check_constraint(files, index, relative_to=shown_from)]
     for problem in problems:
         print(problem)
-    outcome = "OK" if not problems else f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
-    print(f"{report.resources} resources, {report.data_sources} data sources checked against {index.name}: {outcome}")
+    outcome = "OK" if not problems else _count(len(problems), "problem")
+    counted = f"{_count(report.resources, 'resource')}, {_count(report.data_sources, 'data source')}"
+    print(f"{counted} checked against {index.name}: {outcome}")
     fmt_ok = check_fmt(directory)
     return 0 if not problems and fmt_ok else 1
+
+
+def terraform_files(directory: Path) -> list[Path]:
+    """The .tf files under a directory, leaving out hidden ones such as .terraform/ (`terraform init`'s copies)."""
+    found = directory.rglob("*.tf")
+    return sorted(path for path in found if not any(part.startswith(".") for part in path.relative_to(directory).parts))
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def run_index(cache: Path, output: Path) -> int:
     wheel = download_wheel(cache)
     index = read_wheel(wheel)
+    if output.exists():
+        # PyPI never changes a released file: another hash for the same version is not the same wheel.
+        with gzip.open(output, "rt", encoding="utf-8") as file:
+            previous = json.load(file)["wheel"]
+        if previous["version"] == WHEEL_VERSION and previous["sha256"] != index["wheel"]["sha256"]:
+            print(f"{wheel}: sha256 {index['wheel']['sha256']}, but {output} recorded {previous['sha256']}")
+            return 1
     write_index(index, output)
     print(f"{output}: {PROVIDER_SOURCE} {index['provider_version']}, {output.stat().st_size} bytes")
     print(f"  from {wheel.name}, sha256 {index['wheel']['sha256']}")

@@ -285,3 +285,12 @@ def test_the_index_takes_names_from_the_generated_javascript_and_requiredness_fr
         "attributes": {"name": True},
         "blocks": {"build": {"required": False, "attributes": {"layer_7_config": True}}},
     }
+
+
+def test_the_check_leaves_out_hidden_directories_such_as_terraform_inits_copies(tmp_path: Path) -> None:
+    (tmp_path / "main.tf").write_text("")
+    (tmp_path / "modules" / "x").mkdir(parents=True)
+    (tmp_path / "modules" / "x" / "x.tf").write_text("")
+    (tmp_path / ".terraform" / "modules").mkdir(parents=True)
+    (tmp_path / ".terraform" / "modules" / "copy.tf").write_text("")
+    assert ts.terraform_files(tmp_path) == [tmp_path / "main.tf", tmp_path / "modules" / "x" / "x.tf"]
