@@ -31,6 +31,9 @@ COPY --chown=root:root receiver/ /app/receiver/
 COPY --chown=root:root handlers/ /app/handlers/
 COPY --chown=root:root relay/ /app/relay/
 COPY --chown=root:root infra/ /app/infra/
+# Compiled at build time: a cold start would otherwise compile every module of the app again, and
+# could not keep the result (PYTHONDONTWRITEBYTECODE; the root may be read-only).
+RUN python -m compileall -q /app
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONPATH=/app \
     PYTHONUNBUFFERED=1 \
@@ -46,8 +49,7 @@ ENV PATH=/opt/venv/bin:$PATH \
 # second stops it fetching bucket metadata for span attributes (see relay/telemetry.py).
 USER 10001:10001
 EXPOSE 8080
-# gunicorn (under functions-framework) is PID 1 through `exec`: on SIGTERM it stops accepting,
-# lets in-flight requests finish (graceful_timeout 30 s; Cloud Run allows 10 s) and exits; each
-# worker's exit flushes its telemetry (relay.telemetry registers that with atexit).
-# functions-framework also reads FUNCTION_USE_ASGI itself; --asgi is passed explicitly for clarity.
-CMD ["/bin/sh", "-c", "exec python -m functions_framework --source \"$FUNCTION_SOURCE\" --target \"$FUNCTION_TARGET\" --signature-type \"${FUNCTION_SIGNATURE_TYPE:-http}\" --port \"${PORT:-8080}\" $(if [ \"$FUNCTION_USE_ASGI\" = true ]; then echo --asgi; fi)"]
+# relay.serve is PID 1 (exec form): functions-framework's app under gunicorn with Cloud Run's settings
+# (no control socket, heartbeat files in /dev/shm, 8 s to finish requests after SIGTERM; see
+# relay/serve.py). Each worker's exit flushes its telemetry (relay.telemetry registers that with atexit).
+CMD ["python", "-m", "relay.serve"]

@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 CHECKOV_VENV  := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 
-.PHONY: help venv run test test-faults lint typecheck checkov unit integration bench clean
+.PHONY: help venv run test test-faults test-image image podman lint typecheck checkov unit integration bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -63,6 +63,21 @@ test: lint typecheck checkov check-terraform chromium  ## lint, type checks, che
 
 test-faults: venv  ## the fault suite: kills and fails parts of a local stack of its own (~6 min)
 	$(BIN)/python -m pytest tests/faults
+
+# The image: docker where a daemon answers, else podman (installed here if missing, with runc and
+# mmdebstrap for a base made from Debian's packages where no registry can be reached).
+IMAGE ?= localhost/replicate-relay:local
+image: venv podman  ## build the Dockerfile into $(IMAGE) (docker, else podman; cached)
+	IMAGE=$(IMAGE) $(BIN)/python -m relay.devstack.containers build
+
+test-image: image  ## run every Cloud Run service as a container of $(IMAGE) against the emulators (~3 min)
+	RELAY_IMAGE=$(IMAGE) $(BIN)/python -m pytest tests/image
+
+podman:  ## install podman, runc and mmdebstrap if no container engine is here
+	@{ command -v docker >/dev/null && docker info >/dev/null 2>&1; } || \
+	{ command -v podman >/dev/null && command -v runc >/dev/null && command -v mmdebstrap >/dev/null; } || { \
+	  SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc mmdebstrap; }
 
 # The status page's browser test runs Debian's Chromium headless; sudo only when not already root.
 .PHONY: chromium

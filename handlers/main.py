@@ -33,6 +33,7 @@ from relay.jobs import Job, needs_announcement
 from relay.jobstore import JobStore, utcnow
 from relay.publisher import PublishError, TopicPublisher
 from relay.replicate_api import ReplicateAPI
+from relay.serve import flask_health
 from relay.topology import load as load_topology
 
 log = logging.getLogger("relay.handlers")
@@ -108,6 +109,8 @@ _reconciler: Reconciler | None = None
 
 def reconcile(request: flask.Request) -> flask.Response:
     """What Cloud Scheduler calls every few minutes: check quiet jobs against Replicate."""
+    if (health := flask_health(request)) is not None:
+        return health
     _setup_telemetry()
     if request.method != "POST":
         return flask.make_response(({"error": "method_not_allowed"}, 405))
@@ -228,6 +231,8 @@ def _serve_push(
     request: flask.Request, handler: str, work: Callable[[PushEnvelope, Span], dict[str, Any]]
 ) -> flask.Response:
     """One span and one log line per message; HandlerError decides between acknowledging and retrying."""
+    if (health := flask_health(request)) is not None:
+        return health
     _setup_telemetry()
     started = time.perf_counter()
     if request.method != "POST":

@@ -19,8 +19,7 @@ from receiver.settings import ReceiverSettings
 from relay import logs, telemetry
 from relay.config import load_or_exit
 from relay.publisher import AsyncTopicPublisher
-
-HEALTH_PATH = "/health"  # Cloud Run reserves some paths ending in "z", so not /healthz
+from relay.serve import HEALTH_PATH
 
 log = logging.getLogger("relay.receiver")
 

@@ -85,6 +85,9 @@ class ManagedProcess:
         self._env = dict(env) if env is not None else None
         self._cwd = cwd
         self._process: subprocess.Popen[bytes] | None = None
+        # Monotonic times of the last start and of the first ready check that passed after it.
+        self.started_at: float | None = None
+        self.ready_at: float | None = None
 
     @property
     def pid(self) -> int | None:
@@ -93,6 +96,7 @@ class ManagedProcess:
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log_file:
+            self.started_at, self.ready_at = time.monotonic(), None
             try:
                 # A session of its own, so that stop() reaches every descendant (gcloud starts
                 # a Java child that would otherwise outlive it).
@@ -116,20 +120,29 @@ class ManagedProcess:
                     f"the {self.name} exited during start-up; its log {self.log_path} ends with: {self.log_tail()}"
                 )
             if self._ready(self.log_path):
+                self.ready_at = time.monotonic()
                 return
             time.sleep(0.2)
         raise StackError(
             f"the {self.name} was not ready after {timeout:g} s; its log {self.log_path} ends with: {self.log_tail()}"
         )
 
+    @property
+    def start_seconds(self) -> float | None:
+        """From the last start to ready (None until then)."""
+        if self.started_at is None or self.ready_at is None:
+            return None
+        return self.ready_at - self.started_at
+
     def alive(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM the whole group, then SIGKILL whatever is left after `timeout`."""
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM the whole group, then SIGKILL whatever is left after `timeout`; returns the leader's
+        exit status (negative: the signal that ended it), None when it was not running."""
         process = self._process
         if process is None:
-            return
+            return None
         self._signal_group(process.pid, signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=timeout)
@@ -137,6 +150,7 @@ class ManagedProcess:
         self._signal_group(process.pid, signal.SIGKILL)
         process.wait()
         self._process = None
+        return process.returncode
 
     def kill(self) -> None:
         """SIGKILL the whole group at once: a crash, not a shutdown (the fault suite's)."""

@@ -6,11 +6,11 @@ import os
 import platform
 import shutil
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from relay import rotation
 from relay.devstack.processes import (
@@ -22,6 +22,7 @@ from relay.devstack.processes import (
     log_contains,
 )
 from relay.devstack.scheduler import Scheduler, call_reconciler
+from relay.serve import HEALTH_PATH
 from relay.topology import DEFAULT_PATH as DEFAULT_TOPOLOGY
 from relay.topology import Topology, load, provision
 
@@ -59,6 +60,23 @@ HANDLERS: dict[str, FunctionSpec] = {
 }
 
 
+class FunctionLauncher(Protocol):
+    """Makes the process that serves one function (the default: functions-framework on this machine;
+    the image test: a container of the image, relay.devstack.containers.ContainerLauncher)."""
+
+    def __call__(
+        self,
+        name: str,
+        spec: FunctionSpec,
+        *,
+        host: str,
+        port: int,
+        env: Mapping[str, str],
+        log_path: Path,
+        ready: Callable[[Path], bool],
+    ) -> ManagedProcess: ...
+
+
 @dataclass(frozen=True)
 class StackConfig:
     project: str = "local-project"
@@ -80,6 +98,7 @@ class StackConfig:
     topology_path: Path = DEFAULT_TOPOLOGY
     extra_env: Mapping[str, str] = field(default_factory=dict)
     start_timeout: float = 90.0
+    launcher: FunctionLauncher | None = None  # None: each function a local functions-framework process
 
     @classmethod
     def on_free_ports(cls, **settings: Any) -> StackConfig:
@@ -367,28 +386,27 @@ class LocalStack:
         raise ValueError(f"unknown emulator {name}")
 
     def _function(self, name: str, spec: FunctionSpec, port: int, env: Mapping[str, str]) -> ManagedProcess:
-        argv = [
-            sys.executable,
-            "-m",
-            "functions_framework",
-            "--source",
-            spec.source,
-            "--target",
-            spec.target,
-            "--host",
-            self.config.host,
-            "--port",
-            str(port),
-        ]
-        if spec.asgi:
-            argv.append("--asgi")
-        ready_path = "/health" if spec is RECEIVER else "/"
+        log_path = self.config.log_dir / f"{name}.log"
+        ready = http_answers(self.url(port) + HEALTH_PATH)
+        if self.config.launcher is not None:
+            return self.config.launcher(
+                name, spec, host=self.config.host, port=port, env=env, log_path=log_path, ready=ready
+            )
+        # The image's own entry point (relay/serve.py), so a local function runs as it does on Cloud Run.
         return ManagedProcess(
             name,
-            argv,
-            log_path=self.config.log_dir / f"{name}.log",
-            ready=http_answers(self.url(port) + ready_path),
-            env={**env, "K_SERVICE": name, "FUNCTION_TARGET": spec.target},
+            [sys.executable, "-m", "relay.serve"],
+            log_path=log_path,
+            ready=ready,
+            env={
+                **env,
+                "K_SERVICE": name,
+                "FUNCTION_SOURCE": spec.source,
+                "FUNCTION_TARGET": spec.target,
+                "FUNCTION_USE_ASGI": str(spec.asgi).lower(),
+                "HOST": self.config.host,
+                "PORT": str(port),
+            },
             cwd=REPO_ROOT,
         )
 

@@ -33,6 +33,7 @@ from relay.ops.errors import OpsError
 from relay.ops.jobs_view import JobFilter, list_jobs, outcome_summary
 from relay.ops.render import age, duration, iso, to_json
 from relay.ops.status import Status, SubscriptionStatus, collect_status
+from relay.serve import flask_health
 from relay.topology import Topology, load
 
 log = logging.getLogger("relay.ops.statuspage")
@@ -172,7 +173,13 @@ def _get_clients() -> Clients:
 
 
 def status_page(request: flask.Request) -> flask.Response:
-    """functions-framework entry point: `/` the page, `/status.json` the status as JSON; GET and HEAD only."""
+    """functions-framework entry point: `/` the page, `/status.json` the status as JSON, `/health`;
+    GET and HEAD only."""
+    health = flask_health(request)
+    return health if health is not None else _page(request)
+
+
+def _page(request: flask.Request) -> flask.Response:
     if request.method not in ("GET", "HEAD"):
         return flask.Response("only GET and HEAD\n", status=405, headers={"Allow": "GET, HEAD"}, mimetype="text/plain")
     as_json = request.path == "/status.json"
