@@ -16,6 +16,7 @@ import contextlib
 import json
 import platform
 import re
+import statistics
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -551,6 +552,39 @@ def archive_section(archive: Mapping[str, Any] | None) -> list[str]:
     return [*out, ""]
 
 
+def image_section(image: Mapping[str, Any] | None) -> list[str]:
+    out = ["## The image", ""]
+    if not image:
+        return [
+            *out,
+            "Not measured: `bench/results/image.json` is missing (run `make image`, then `bench/image.py`).",
+            "",
+        ]
+    sizes = image["sizes"]
+    rounds = image["settings"]["rounds"]
+    rows = [["engine: `run` of `python -c pass` (baseline)", *_start_figures(image["baseline_seconds"])]]
+    rows += [[name, *_start_figures(times)] for name, times in image["start_seconds"].items()]
+    return [
+        *out,
+        f"`{image['host'].get('image')}`, built by `make image` with {image['host'].get('engine')}: "
+        f"**{sizes['image_mb']:.0f} MB** ({sizes['venv_mb']:.0f} MB of it the virtualenv, {sizes['app_mb']:.1f} MB "
+        "Relay's own code with its bytecode). "
+        f"{provenance(image)}",
+        "",
+        f"Each service started alone, {rounds} times, as `make test-image` runs it (read-only root, the image's user, "
+        "the environment infra/terraform gives it): seconds from `run` to the first 200 on `/health`. The baseline "
+        "is what any container of this image costs before Relay's code runs. On Cloud Run, add the image pull and "
+        "the sandbox start, and take away the engine's own start.",
+        "",
+        text_table(["service", "median s", "max s"], rows),
+        "",
+    ]
+
+
+def _start_figures(times: Sequence[float]) -> list[str]:
+    return [f"{statistics.median(times):.2f}", f"{max(times):.2f}"]
+
+
 def faults_section(runs: list[dict[str, Any]], images: Mapping[str, str]) -> list[str]:
     out = ["## Fault runs: throughput over time", ""]
     if not runs:
@@ -640,6 +674,7 @@ def write_report(results: Path, docs: Path) -> Path:
     receiver = load(results / "receiver.json")
     archive = load(results / "archive.json")
     e2e = load(results / "e2e.json")
+    image = load(results / "image.json")
     faults = load_faults(results / "faults")
 
     images: dict[str, str] = {}
@@ -658,7 +693,7 @@ def write_report(results: Path, docs: Path) -> Path:
         plot_fault(run, images_dir / name)
         images[run["file"]] = f"bench/{name}"
 
-    documents = {"receiver": receiver, "archive": archive, "e2e": e2e}
+    documents = {"receiver": receiver, "archive": archive, "e2e": e2e, "image": image}
     quick = [name for name, doc in documents.items() if doc and doc.get("settings", {}).get("quick")]
     lines = [
         "# Benchmarks",
@@ -684,6 +719,7 @@ def write_report(results: Path, docs: Path) -> Path:
         ".venv/bin/python bench/receiver.py    # receiver vs no-op: wrk + hey (from Debian if missing)",
         ".venv/bin/python bench/archive.py     # archiver vs direct streamed upload, 1 GiB (--quick: 128 MiB)",
         ".venv/bin/python bench/e2e.py         # 200 predictions at 5/s through the whole stack (--quick: 40)",
+        ".venv/bin/python bench/image.py       # the image's size, each service's start as a container (make image)",
         ".venv/bin/python bench/report.py      # this file and docs/bench/*.png from bench/results/",
         "```",
         "",
@@ -694,6 +730,7 @@ def write_report(results: Path, docs: Path) -> Path:
         *receiver_section(receiver, images.get("receiver")),
         *e2e_section(e2e, images),
         *archive_section(archive),
+        *image_section(image),
         *faults_section(faults, images),
         *limits_section(),
     ]

@@ -1,0 +1,148 @@
+"""Image benchmark: the image's size, and each Cloud Run service's start time as a container of it.
+
+Each service starts alone (one after the other, `--rounds` times), with the environment
+infra/terraform gives it, read-only, as the image's user, exactly as `make test-image` runs it; start
+= from `run` to the first 200 on /health. Nothing it starts needs the emulators: every Google client
+is made on first use. The baseline, measured in the same run: the engine running `python -c pass`
+in the same image, which is what any container of it costs before our code runs.
+
+Writes bench/results/image.json; bench/report.py puts it in docs/BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+# Run as a script, so sys.path[0] is bench/ (for `common`); the project's packages live one level up.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import RESULTS_DIR, check_busy, print_table, results_header, write_results
+
+from relay.devstack.containers import DEFAULT_IMAGE, ContainerLauncher, Engine, detect_engine
+from relay.devstack.processes import free_port
+from relay.devstack.stack import (
+    DEV_REPLICATE_TOKEN,
+    DEV_WEBHOOK_SECRET,
+    HANDLERS,
+    RECEIVER,
+    RECONCILER,
+    REPO_ROOT,
+    STATUS_PAGE,
+    FunctionSpec,
+)
+from relay.devstack.terraform_env import service_environments
+from relay.serve import HEALTH_PATH
+
+SPECS: dict[str, FunctionSpec] = {
+    "receiver": RECEIVER,
+    **HANDLERS,
+    "reconciler": RECONCILER,
+    "status-page": STATUS_PAGE,
+}
+# Addresses nothing listens on: a service must start without reaching any of them.
+UNREACHABLE = {
+    "PUBSUB_EMULATOR_HOST": "127.0.0.1:9",
+    "FIRESTORE_EMULATOR_HOST": "127.0.0.1:9",
+    "STORAGE_EMULATOR_HOST": "http://127.0.0.1:9",
+    "RELAY_REPLICATE_BASE_URL": "http://127.0.0.1:9",
+    "RELAY_WEBHOOK_SECRETS": DEV_WEBHOOK_SECRET,
+    "REPLICATE_API_TOKEN": DEV_REPLICATE_TOKEN,
+}
+START_LIMIT = 60.0
+
+
+def first_200(url: str, limit: float) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - loopback http only
+                if response.status == 200:
+                    return time.monotonic()
+        except (OSError, urllib.error.URLError):
+            pass
+        time.sleep(0.02)
+    raise RuntimeError(f"{url} gave no 200 within {limit:g} s")
+
+
+def start_once(launcher: ContainerLauncher, name: str, folder: Path) -> float:
+    port = free_port()
+    process = launcher(
+        name,
+        SPECS[name],
+        host="127.0.0.1",
+        port=port,
+        env=UNREACHABLE,
+        log_path=folder / f"{name}-{port}.log",
+        ready=lambda _: True,
+    )
+    process.start()
+    try:
+        assert process.started_at is not None
+        return first_200(f"http://127.0.0.1:{port}{HEALTH_PATH}", START_LIMIT) - process.started_at
+    finally:
+        process.stop()
+
+
+def engine_baseline(engine: Engine, image: str) -> float:
+    started = time.monotonic()
+    engine.run("run", "--rm", "--network", "none", image, "python", "-c", "pass")
+    return time.monotonic() - started
+
+
+def sizes(engine: Engine, image: str) -> dict[str, float]:
+    total = int(engine.run("image", "inspect", "--format", "{{.Size}}", image).strip())
+    out = engine.run("run", "--rm", "--network", "none", image, "du", "-sk", "/opt/venv", "/app")
+    parts = {Path(path).name: int(kib) * 1024 for kib, path in (line.split() for line in out.splitlines())}
+    return {"image_mb": total / 1e6, "venv_mb": parts["venv"] / 1e6, "app_mb": parts["app"] / 1e6}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--image", default=os.environ.get("RELAY_IMAGE", DEFAULT_IMAGE))
+    parser.add_argument("--rounds", type=int, default=5, help="starts per service")
+    parser.add_argument("--quick", action="store_true", help="2 rounds: a smoke run")
+    args = parser.parse_args(argv)
+    rounds = 2 if args.quick else args.rounds
+    engine = detect_engine()
+    if not engine.image_exists(args.image):
+        print(f"error: no image {args.image} in {engine.name}: run `make image` first", file=sys.stderr)
+        return 1
+    busy = check_busy()
+    environments = service_environments(
+        REPO_ROOT / "infra" / "terraform",
+        variables={"project_id": "local-project", "image": args.image},
+        resources={"google_service_account.push.email": "relay-push@local-project.iam.gserviceaccount.com"},
+    )
+    results: dict[str, Any] = {
+        **results_header(busy, engine=engine.name, image=args.image),
+        "settings": {"rounds": rounds, "quick": args.quick},
+        "sizes": sizes(engine, args.image),
+    }
+    with tempfile.TemporaryDirectory(prefix="relay-bench-image-") as scratch:
+        folder = Path(scratch)
+        launcher = ContainerLauncher(engine, args.image, environments=environments, telemetry_dir=folder / "telemetry")
+        baseline = [engine_baseline(engine, args.image) for _ in range(rounds)]
+        starts = {name: [start_once(launcher, name, folder) for _ in range(rounds)] for name in SPECS}
+    results["baseline_seconds"] = baseline
+    results["start_seconds"] = starts
+    write_results(RESULTS_DIR / "image.json", results)
+
+    rows = [["engine: run `python -c pass`", f"{statistics.median(baseline):.2f}", f"{max(baseline):.2f}"]]
+    rows += [[name, f"{statistics.median(times):.2f}", f"{max(times):.2f}"] for name, times in starts.items()]
+    print(f"image {args.image}: " + ", ".join(f"{key} {value:.0f}" for key, value in results["sizes"].items()))
+    print_table(["start to first 200 on /health", f"median s ({rounds})", "max s"], rows)
+    print(f"wrote {(RESULTS_DIR / 'image.json').relative_to(REPO_ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
