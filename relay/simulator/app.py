@@ -21,7 +21,6 @@ from relay.simulator.requests import parse_create
 from relay.simulator.settings import number
 from relay.simulator.state import Simulator
 
-PAGE_SIZE = 100
 MAX_BODY_BYTES = 1024 * 1024
 MAX_WAIT_SECONDS = 60
 _PREFER_WAIT = re.compile(r"\s*wait(?:\s*=\s*(\d{1,3}))?\s*")
@@ -101,21 +100,22 @@ async def cancel_prediction(request: Request) -> Response:
 
 
 async def list_predictions(request: Request) -> Response:
-    """Newest first, PAGE_SIZE a page; `next` and `previous` are full URLs, as the client expects."""
+    """Newest first, `page_size` (a /_sim/config switch) a page; `next` and `previous` are full URLs
+    carrying the cursor, as the client expects. A prediction created meanwhile shifts the offsets by
+    one, so a walk may see an entry twice but never misses one."""
     sim = _sim(request)
     cursor = request.query_params.get("cursor", "0")
     if not cursor.isdigit():
         raise ApiError(400, "cursor is not valid")
     start = int(cursor)
+    size = sim.config.page_size
     newest_first = list(reversed(sim.runs.values()))
     base = _base_url(request)
     return JSONResponse(
         {
-            "next": f"{base}/v1/predictions?cursor={start + PAGE_SIZE}"
-            if start + PAGE_SIZE < len(newest_first)
-            else None,
-            "previous": f"{base}/v1/predictions?cursor={max(start - PAGE_SIZE, 0)}" if start else None,
-            "results": [sim.to_json(run.prediction) for run in newest_first[start : start + PAGE_SIZE]],
+            "next": f"{base}/v1/predictions?cursor={start + size}" if start + size < len(newest_first) else None,
+            "previous": f"{base}/v1/predictions?cursor={max(start - size, 0)}" if start else None,
+            "results": [sim.to_json(run.prediction) for run in newest_first[start : start + size]],
         }
     )
 
@@ -193,12 +193,17 @@ async def deliveries(request: Request) -> Response:
 
 
 def _authenticated(handler: Handler) -> Handler:
-    """Any non-empty `Bearer` or `Token` credential is accepted; none is a 401, as on Replicate."""
+    """Any non-empty `Bearer` or `Token` credential is accepted; none is a 401, as on Replicate.
+    While the `throttle_requests` switch counts down, requests are throttled as Replicate does."""
 
     async def guarded(request: Request) -> Response:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() not in ("bearer", "token") or not token.strip():
             raise ApiError(401, "You did not pass a valid authentication token", title="Unauthenticated")
+        sim = _sim(request)
+        if sim.config.throttle_requests > 0:
+            sim.configure({"throttle_requests": sim.config.throttle_requests - 1})
+            raise ApiError(429, "Request was throttled. Your rate limit resets in ~1s.", headers={"Retry-After": "1"})
         return await handler(request)
 
     return guarded
@@ -235,7 +240,7 @@ def _prefer_wait(header: str | None) -> float:
 
 async def _api_error(_: Request, error: Exception) -> Response:
     assert isinstance(error, ApiError)  # noqa: S101 - registered for ApiError only
-    return JSONResponse(error.body(), status_code=error.status)
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
 async def _http_error(_: Request, error: Exception) -> Response:

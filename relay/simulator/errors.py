@@ -8,10 +8,11 @@ from typing import Any
 class ApiError(Exception):
     """Answered as `status` with `{"detail": ..., **extra}`, the shape Replicate's API uses."""
 
-    def __init__(self, status: int, detail: str, **extra: Any) -> None:
+    def __init__(self, status: int, detail: str, *, headers: dict[str, str] | None = None, **extra: Any) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
+        self.headers = headers or {}
         self.extra = extra
 
     def body(self) -> dict[str, Any]:

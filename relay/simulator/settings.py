@@ -32,6 +32,8 @@ class SimConfig:
     webhook_timeout_seconds: float = 5.0
     throttle_seconds: float = 0.5  # at most one output/logs webhook per prediction per this interval
     timestamp_skew_seconds: int = 0  # added to webhook-timestamp, to test receivers' tolerance
+    page_size: int = 100  # predictions per page of GET /v1/predictions
+    throttle_requests: int = 0  # the next this many /v1 requests answer 429 with Retry-After: 1 (counts down)
 
     def to_json(self) -> dict[str, Any]:
         body = dataclasses.asdict(self)
@@ -131,4 +133,6 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "webhook_timeout_seconds": lambda raw: number(raw, low=0.001, high=300.0),
     "throttle_seconds": lambda raw: number(raw, low=0.0, high=60.0),
     "timestamp_skew_seconds": lambda raw: integer(raw, low=-(10**9), high=10**9),
+    "page_size": lambda raw: integer(raw, low=1, high=1000),
+    "throttle_requests": lambda raw: integer(raw, low=0, high=10_000),
 }

@@ -293,6 +293,37 @@ def test_official_client_gets_lists_and_reads_the_webhook_secret(client: replica
     assert client.webhooks.default.secret().key == SECRET
 
 
+def test_list_pages_newest_first_through_the_next_cursor_until_next_is_null(
+    client: replicate.Client, sim: httpx.Client
+) -> None:
+    sim.post("/_sim/config", json={"page_size": 2}).raise_for_status()
+    created = [client.predictions.create(version="e" * 64, input={"sim_duration": 0.1}).id for _ in range(5)]
+
+    pages = [client.predictions.list()]
+    while pages[-1].next is not None and len(pages) < 100:
+        pages.append(client.predictions.list(cursor=pages[-1].next))
+    listed = [prediction.id for page in pages for prediction in page.results]
+
+    assert all(len(page.results) <= 2 for page in pages)
+    assert pages[0].previous is None
+    assert pages[1].previous is not None
+    assert "cursor=" in (pages[0].next or "")
+    assert listed[:5] == list(reversed(created))
+    assert len(listed) == len(set(listed))
+    assert pages[-1].next is None
+
+
+def test_throttle_switch_answers_429_with_retry_after_then_serves_again(api: httpx.Client, sim: httpx.Client) -> None:
+    sim.post("/_sim/config", json={"throttle_requests": 2}).raise_for_status()
+
+    answers = [api.get("/v1/predictions") for _ in range(3)]
+
+    assert [answer.status_code for answer in answers] == [429, 429, 200]
+    assert answers[0].headers["retry-after"] == "1"
+    assert "throttled" in answers[0].json()["detail"]
+    assert sim.get("/_sim/config").json()["throttle_requests"] == 0
+
+
 def test_official_client_run_waits_for_the_output(client: replicate.Client) -> None:
     # run() sends `Prefer: wait`; the create request is held until the prediction ends.
     output = client.run("acme/writer", input={"sim_duration": 0.3, "sim_files": 0, "sim_tokens": 4})
