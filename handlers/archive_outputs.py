@@ -10,7 +10,7 @@ from handlers.errors import TRANSIENT_ERRORS, TransientError
 from relay.archive import ArchiveConflict, Archiver
 from relay.downloads import DownloadError, DownloadFailed, DownloadGone
 from relay.events import PredictionEvent, PredictionStatus
-from relay.jobs import Failure, Outcome, Policy, needs_archive
+from relay.jobs import Failure, Outcome, Policy, needs_archive, outputs_removed
 from relay.jobstore import Applied, JobStore
 from relay.outputs import find_files, plain_value
 
@@ -41,6 +41,8 @@ def archive(event: PredictionEvent, *, store: JobStore, archiver: Archiver, poli
         raise TransientError("firestore_unavailable", _describe(error)) from error
     if current is not None and current.is_terminal:
         return ArchiveResult(Outcome.ABSORBED.value, Applied(Outcome.ABSORBED, current.job_id, current))
+    if outputs_removed(event):
+        return _expired(event, store)
 
     files = find_files(prediction.output)
     if not files and not needs_archive(prediction.output, policy):
@@ -66,6 +68,16 @@ def archive(event: PredictionEvent, *, store: JobStore, archiver: Archiver, poli
     except TRANSIENT_ERRORS as error:
         raise TransientError("storage_unavailable", _describe(error)) from error
     return ArchiveResult(applied.outcome.value, applied, outputs, failure)
+
+
+def _expired(event: PredictionEvent, store: JobStore) -> ArchiveResult:
+    """A succeeded prediction whose outputs Replicate had already removed: nothing to fetch, the job fails."""
+    failure = Failure("output_expired", "Replicate had removed the outputs (data_removed) before Relay read them")
+    try:
+        applied = store.finish_archive(event, [], failure)
+    except TRANSIENT_ERRORS as error:
+        raise TransientError("firestore_unavailable", _describe(error)) from error
+    return ArchiveResult(applied.outcome.value, applied, [], failure)
 
 
 def _permanent(error: DownloadError | ArchiveConflict) -> tuple[str, str]:

@@ -130,6 +130,16 @@ def needs_archive(output: Any, policy: Policy = DEFAULT_POLICY) -> bool:
     return bool(find_files(output)) or encoded_size(plain_value(output)) > policy.output_value_max_bytes
 
 
+def outputs_removed(event: PredictionEvent) -> bool:
+    """Whether a succeeded prediction was read after Replicate's data retention (an hour for API
+    predictions: `data_removed`, output null), as adopting or reconciling an old one does. Its job
+    goes to archiving, where the archive handler ends it `failed`/`output_expired`, rather than
+    passing for succeeded with nothing in it."""
+    prediction = event.prediction
+    removed = prediction.status == PredictionStatus.SUCCEEDED and bool(prediction.data_removed)
+    return removed and prediction.output is None
+
+
 def target_state(status: str, output: Any, policy: Policy = DEFAULT_POLICY) -> JobState | None:
     """The job state a prediction status leads to; None for a status this version does not know."""
     if status == PredictionStatus.SUCCEEDED:
@@ -155,6 +165,8 @@ def apply_event(  # noqa: PLR0911 - one return per rule reads better than a chai
     """
     prediction = event.prediction
     target = target_state(prediction.status, prediction.output, policy)
+    if outputs_removed(event):
+        target = JobState.ARCHIVING
     if job is None:
         fresh = Job(job_id=job_id, prediction_id=prediction.id, source="webhook", created_at=prediction.created_at)
         return Decision(

@@ -190,6 +190,31 @@ def test_job_submitted_through_us_keeps_its_metadata_and_source() -> None:
     assert (decision.job.state, decision.job.source, decision.job.metadata) == ("starting", "submit", {"order": "A-1"})
 
 
+def test_adopted_job_keeps_its_source_through_its_events() -> None:
+    *_, succeeded = lifecycle_events()
+    adopted = Job(job_id="p1", prediction_id="p1", source="adopted")
+    decision = apply_event(adopted, succeeded, job_id="p1", now=T0)
+    assert decision.job is not None
+    assert (decision.job.state, decision.job.source) == ("succeeded", "adopted")
+
+
+@pytest.mark.parametrize(
+    ("status", "data_removed", "expected"),
+    [
+        ("succeeded", True, JobState.ARCHIVING),  # read after Replicate's retention: the archive handler fails it
+        ("succeeded", False, JobState.SUCCEEDED),  # a succeeded prediction whose output is genuinely empty
+        ("failed", True, JobState.FAILED),
+    ],
+)
+def test_succeeded_prediction_whose_data_was_removed_goes_to_archiving_not_succeeded(
+    status: str, data_removed: bool, expected: JobState
+) -> None:
+    *_, final = lifecycle_events(final={"status": status, "output": None, "data_removed": data_removed, "logs": ""})
+    decision = apply_event(None, final, job_id="p1", now=T0)
+    assert decision.job is not None
+    assert decision.job.state == expected
+
+
 @pytest.mark.parametrize(
     ("status", "output", "expected"),
     [
