@@ -89,10 +89,11 @@ chromium:  ## install Debian's chromium if it is missing (for the status page te
 # Benchmarks, not tests (make test runs none): receiver, archive streaming (128 MiB; the 1 GiB run is
 # `bench/archive.py` alone, ~11 min), end to end, then docs/BENCHMARKS.md. BENCH_FLAGS=--quick: smoke run.
 BENCH_FLAGS ?=
-bench: venv  ## benchmarks (receiver, archive, end to end), then docs/BENCHMARKS.md and docs/bench/*.png
+bench: venv image  ## benchmarks (receiver, archive, end to end, image), then docs/BENCHMARKS.md and docs/bench/*.png
 	$(BIN)/python bench/receiver.py $(BENCH_FLAGS)
 	$(BIN)/python bench/archive.py --quick $(BENCH_FLAGS)
 	$(BIN)/python bench/e2e.py $(BENCH_FLAGS)
+	RELAY_IMAGE=$(IMAGE) $(BIN)/python bench/image.py $(BENCH_FLAGS)
 	$(BIN)/python bench/report.py
 	@echo "report: docs/BENCHMARKS.md (plots in docs/bench/, raw results in bench/results/)"
 

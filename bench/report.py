@@ -568,8 +568,8 @@ def image_section(image: Mapping[str, Any] | None) -> list[str]:
         *out,
         f"`{image['host'].get('image')}`, built by `make image` with {image['host'].get('engine')}: "
         f"**{sizes['image_mb']:.0f} MB** ({sizes['venv_mb']:.0f} MB of it the virtualenv, {sizes['app_mb']:.1f} MB "
-        "Relay's own code with its bytecode). "
-        f"{provenance(image)}",
+        "Relay's own code with its bytecode; "
+        f"{provenance(image)}).",
         "",
         f"Each service started alone, {rounds} times, as `make test-image` runs it (read-only root, the image's user, "
         "the environment infra/terraform gives it): seconds from `run` to the first 200 on `/health`. The baseline "

@@ -32,6 +32,9 @@ _OPEN_STATES = [JobState.SUBMITTED.value, JobState.STARTING.value, JobState.PROC
 @dataclass(frozen=True)
 class ReconcileSettings:
     quiet_after: timedelta = timedelta(minutes=10)  # a running job silent this long is checked
+    # Adopted jobs (`relay adopt`) belong to predictions created without a webhook: silence is all
+    # they will ever send, so they are polled after this much shorter wait.
+    adopted_after: timedelta = timedelta(seconds=60)
     submitted_after: timedelta = timedelta(minutes=5)  # a job never linked to a prediction is aborted
     max_jobs: int = 500
     concurrency: int = 4
@@ -90,7 +93,7 @@ class Reconciler:
         now = self.clock()
         summary = Summary()
         lock = threading.Lock()
-        quiet = self.store.find_quiet(_OPEN_STATES, now - self.settings.quiet_after, limit=self.settings.max_jobs)
+        quiet = self._find_quiet(now)
         limiter = _RateLimit(self.settings.requests_per_second)
 
         def check(job: Job) -> None:
@@ -108,6 +111,18 @@ class Reconciler:
                 done.result()
         summary.announced = self._announce_lost(now)
         return summary
+
+    def _find_quiet(self, now: datetime) -> list[Job]:
+        """Open jobs quiet for `quiet_after`, then adopted ones quiet for `adopted_after`; at most `max_jobs`."""
+        limit = self.settings.max_jobs
+        quiet = self.store.find_quiet(_OPEN_STATES, now - self.settings.quiet_after, limit=limit)
+        if self.settings.adopted_after >= self.settings.quiet_after or len(quiet) >= limit:
+            return quiet
+        seen = {job.job_id for job in quiet}
+        adopted = self.store.find_quiet(
+            _OPEN_STATES, now - self.settings.adopted_after, limit=limit, source=Source.ADOPTED.value
+        )
+        return (quiet + [job for job in adopted if job.job_id not in seen])[:limit]
 
     def _check(self, job: Job, now: datetime, limiter: _RateLimit) -> tuple[str, str | None]:
         if job.prediction_id is None:

@@ -71,6 +71,7 @@ class ReconcilerSettings:
                 submitted_after=timedelta(
                     seconds=env.get_float("RELAY_RECONCILE_SUBMITTED_SECONDS", 300.0, minimum=1.0)
                 ),
+                adopted_after=timedelta(seconds=env.get_float("RELAY_RECONCILE_ADOPTED_SECONDS", 60.0, minimum=1.0)),
                 max_jobs=env.get_int("RELAY_RECONCILE_MAX_JOBS", 500, minimum=1, maximum=10_000),
                 concurrency=env.get_int("RELAY_RECONCILE_CONCURRENCY", 4, minimum=1, maximum=64),
                 requests_per_second=env.get_float("RELAY_RECONCILE_REQUESTS_PER_SECOND", 5.0, minimum=0.1),

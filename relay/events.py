@@ -34,6 +34,7 @@ class Source(StrEnum):
     WEBHOOK = "webhook"
     RECONCILER = "reconciler"
     REPLAY = "replay"
+    ADOPTED = "adopted"  # `relay adopt`: a prediction created without a webhook (the old polling worker's)
 
 
 class PayloadError(Exception):

@@ -180,18 +180,41 @@ class JobStore:
             raise LookupError(f"job {job_id} vanished")
         return job
 
-    def find_quiet(self, states: list[str], quiet_since: datetime, *, limit: int) -> list[Job]:
-        """Jobs in `states` not written since `quiet_since`, oldest first.
+    def find_quiet(
+        self, states: list[str], quiet_since: datetime, *, limit: int, source: str | None = None
+    ) -> list[Job]:
+        """Jobs in `states` (and of `source`, if given) not written since `quiet_since`, oldest first.
 
-        Needs the composite index (state, updated_at) declared in infra/firestore.indexes.json.
+        Needs the composite index (state, updated_at), or (source, state, updated_at) with `source`,
+        declared in infra/firestore.indexes.json.
         """
-        query = (
-            self._jobs.where(filter=FieldFilter("state", "in", states))
-            .where(filter=FieldFilter("updated_at", "<", quiet_since))
-            .order_by("updated_at")
-            .limit(limit)
-        )
+        query = self._jobs.where(filter=FieldFilter("state", "in", states))
+        if source is not None:
+            query = query.where(filter=FieldFilter("source", "==", source))
+        query = query.where(filter=FieldFilter("updated_at", "<", quiet_since)).order_by("updated_at").limit(limit)
         return [Job.model_validate(snapshot.to_dict()) for snapshot in query.stream()]
+
+    def adopt(self, job: Job) -> bool:
+        """Store the job of a prediction Relay has never heard of (`relay adopt`), linked as a first
+        webhook's job is: `predictions/{id}` → `jobs/{job_id}`, atomically. Returns False, writing
+        nothing, when the prediction is mapped or the job exists already, so adopting twice is a no-op.
+        """
+        if job.prediction_id is None:
+            raise ValueError("an adopted job needs its prediction id")
+        mapping_ref = self._client.collection(PREDICTIONS).document(job.prediction_id)
+        job_ref = self._jobs.document(job.job_id)
+
+        @firestore.transactional
+        def run(transaction: firestore.Transaction) -> bool:
+            if any(snapshot.exists for snapshot in transaction.get_all([mapping_ref, job_ref])):
+                return False
+            now = self._clock()
+            transaction.set(mapping_ref, {"job_id": job.job_id, "created_at": now})
+            transaction.set(job_ref, job.model_copy(update={"updated_at": now}).to_document())
+            return True
+
+        adopted: bool = self._commit("adopt", run)
+        return adopted
 
     def find_unannounced(self, states: list[str], quiet_since: datetime, *, limit: int) -> list[Job]:
         """Final jobs never announced on job-events and not written since `quiet_since`.
