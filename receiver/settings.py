@@ -11,6 +11,9 @@ from relay.webhooks import DEFAULT_TOLERANCE_SECONDS, SigningKey, parse_secrets
 
 # Pub/Sub takes messages of up to 10 MB; stay well under it, with room for attributes.
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+SECRETS_VARIABLE = "RELAY_WEBHOOK_SECRETS"
+# The polling worker's name for the signing secret, accepted so its environment can be reused (docs/MIGRATION.md).
+LEGACY_SECRET_VARIABLE = "REPLICATE_WEBHOOK_SECRET"  # noqa: S105 - a variable's name, not a secret
 
 
 @dataclass(frozen=True)
@@ -35,13 +38,7 @@ class ReceiverSettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> ReceiverSettings:
         env = Env(environ)
-        secrets = env.get_list("RELAY_WEBHOOK_SECRETS")
-        if not secrets:
-            raise ConfigError("RELAY_WEBHOOK_SECRETS is required but not set")
-        try:
-            keys = parse_secrets(Secret(value) for value in secrets)
-        except ConfigError as error:
-            raise ConfigError(f"RELAY_WEBHOOK_SECRETS: {error}") from None
+        keys = _signing_keys(env)
         max_body = env.get_int("RELAY_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, minimum=1024)
         if max_body > 9_000_000:
             raise ConfigError("RELAY_MAX_BODY_BYTES must be at most 9000000 (Pub/Sub's limit is 10 MB)")
@@ -60,3 +57,28 @@ class ReceiverSettings:
             log_level=env.get_str("RELAY_LOG_LEVEL", "INFO").upper(),
             telemetry=TelemetrySettings.from_env(environ, service="receiver", project=project),
         )
+
+
+def _signing_keys(env: Env) -> tuple[SigningKey, ...]:
+    """RELAY_WEBHOOK_SECRETS, or the old worker's REPLICATE_WEBHOOK_SECRET; both only if they agree."""
+    found = {
+        name: _parse_keys(name, secrets)
+        for name in (SECRETS_VARIABLE, LEGACY_SECRET_VARIABLE)
+        if (secrets := env.get_list(name))
+    }
+    if not found:
+        raise ConfigError(f"{SECRETS_VARIABLE} (or {LEGACY_SECRET_VARIABLE}) is required but not set")
+    if len(found) == 2 and set(found[SECRETS_VARIABLE]) != set(found[LEGACY_SECRET_VARIABLE]):
+        # Which one is meant cannot be guessed, and a wrong guess rejects every webhook.
+        raise ConfigError(
+            f"{SECRETS_VARIABLE} and {LEGACY_SECRET_VARIABLE} are both set and hold different secrets: "
+            f"keep one (put every secret to accept in {SECRETS_VARIABLE})"
+        )
+    return found.get(SECRETS_VARIABLE) or found[LEGACY_SECRET_VARIABLE]
+
+
+def _parse_keys(name: str, secrets: tuple[str, ...]) -> tuple[SigningKey, ...]:
+    try:
+        return parse_secrets(Secret(value) for value in secrets)
+    except ConfigError as error:
+        raise ConfigError(f"{name}: {error}") from None

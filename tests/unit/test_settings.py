@@ -163,6 +163,43 @@ def test_settings_repr_never_shows_a_secret() -> None:
     assert repr(settings.signing_keys[0].key) not in text
 
 
+def test_old_workers_replicate_webhook_secret_alone_is_accepted() -> None:
+    env = {**RECEIVER_ENV, "RELAY_WEBHOOK_SECRETS": UNSET, "REPLICATE_WEBHOOK_SECRET": SECRET}
+    settings = ReceiverSettings.from_env({name: value for name, value in env.items() if value is not None})
+    assert settings.signing_keys == (parse_secret(SECRET),)
+
+
+@pytest.mark.parametrize(
+    "legacy", [SECRET, SECRET.removeprefix("whsec_"), f" {SECRET} "], ids=["same", "without-prefix", "spaces"]
+)
+def test_both_secret_variables_holding_the_same_secret_are_accepted(legacy: str) -> None:
+    settings = ReceiverSettings.from_env({**RECEIVER_ENV, "REPLICATE_WEBHOOK_SECRET": legacy})
+    assert settings.signing_keys == (parse_secret(SECRET),)
+
+
+@pytest.mark.parametrize(
+    "relay_secrets", [SECOND_SECRET, f"{SECRET} {SECOND_SECRET}"], ids=["other-secret", "superset-for-rotation"]
+)
+def test_both_secret_variables_differing_is_a_config_error_naming_both_and_showing_neither(relay_secrets: str) -> None:
+    error = receiver_error(RELAY_WEBHOOK_SECRETS=relay_secrets, REPLICATE_WEBHOOK_SECRET=SECRET)
+    assert "RELAY_WEBHOOK_SECRETS" in str(error)
+    assert "REPLICATE_WEBHOOK_SECRET" in str(error)
+    text = shown(error)
+    for secret in (SECRET, SECOND_SECRET):
+        assert secret.removeprefix("whsec_") not in text
+
+
+def test_neither_secret_variable_set_names_both() -> None:
+    error = receiver_error(RELAY_WEBHOOK_SECRETS=UNSET)
+    assert "RELAY_WEBHOOK_SECRETS" in str(error)
+    assert "REPLICATE_WEBHOOK_SECRET" in str(error)
+
+
+def test_malformed_old_worker_secret_is_named_by_its_own_variable() -> None:
+    error = receiver_error(RELAY_WEBHOOK_SECRETS=UNSET, REPLICATE_WEBHOOK_SECRET="whsec_Zm9vYmFy!!notbase64")
+    assert "REPLICATE_WEBHOOK_SECRET:" in str(error)
+
+
 # --- HandlerSettings ---------------------------------------------------------------------------
 
 
@@ -191,6 +228,18 @@ def test_handler_reads_every_variable() -> None:
     )
     assert settings.event_retention == timedelta(days=7)
     assert settings.log_level == "WARNING"
+
+
+def test_reconciler_polls_adopted_jobs_after_their_own_shorter_threshold() -> None:
+    env = {**HANDLER_ENV, "FUNCTION_TARGET": "reconcile", "REPLICATE_API_TOKEN": "r8_test"}
+    defaults = HandlerSettings.from_env(env).reconciler
+    assert defaults is not None
+    assert (defaults.run.quiet_after, defaults.run.adopted_after) == (timedelta(minutes=10), timedelta(seconds=60))
+    tuned = HandlerSettings.from_env({**env, "RELAY_RECONCILE_ADOPTED_SECONDS": "15"}).reconciler
+    assert tuned is not None
+    assert tuned.run.adopted_after == timedelta(seconds=15)
+    error = handler_error(**env, RELAY_RECONCILE_ADOPTED_SECONDS="0")
+    assert "RELAY_RECONCILE_ADOPTED_SECONDS" in str(error)
 
 
 def test_handlers_do_not_need_the_webhook_secret() -> None:
