@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from google.api_core import exceptions as google_exceptions
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
+from google.cloud.firestore_v1.watch import Watch
 from opentelemetry.trace import SpanKind
 
 from relay import telemetry
@@ -257,6 +258,22 @@ class JobStore:
     def get(self, job_id: str) -> Job | None:
         snapshot = self._jobs.document(job_id).get()
         return Job.model_validate(snapshot.to_dict()) if snapshot.exists else None
+
+    def listen(self, job_id: str, on_change: Callable[[dict[str, Any] | None], None]) -> Watch:
+        """A Firestore snapshot listener on `jobs/{job_id}`: `on_change` gets the document's data
+        (None while there is no such document) once at the start and again after every change.
+
+        It runs on the listener's own thread, so it should only hand the data over (the caller
+        parses it where errors can reach someone). Each listener holds a gRPC stream and a thread
+        until `unsubscribe()` on the returned Watch, which must not be called from `on_change`.
+        """
+
+        def on_snapshot(documents: list[firestore.DocumentSnapshot[Any]], _changes: Any, _read_time: Any) -> None:
+            # A document listener's snapshot holds the document, or nothing once it is absent.
+            snapshot = documents[0] if documents else None
+            on_change(snapshot.to_dict() if snapshot is not None and snapshot.exists else None)
+
+        return self._jobs.document(job_id).on_snapshot(on_snapshot)
 
     def find_by_prediction(self, prediction_id: str) -> Job | None:
         mapping = self._client.collection(PREDICTIONS).document(prediction_id).get()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -12,6 +11,7 @@ from typing import Any
 
 from google.cloud import firestore
 
+from relay.client import JobFailed, JobWaitTimeout, RelayClient
 from relay.config import ConfigError, Env, Secret, project_id
 from relay.jobevents import announce_once
 from relay.jobs import DEFAULT_POLICY, Job, Policy, cut_input
@@ -138,15 +138,17 @@ def run_submit(*, model: str | None, inputs: dict[str, Any], metadata: dict[str,
     finally:
         submitter.replicate.close()
     print(f"job {job.job_id} submitted: prediction {job.prediction_id} of {ref}")
-    deadline = time.monotonic() + wait_seconds
-    while wait_seconds and time.monotonic() < deadline:
-        current = submitter.store.get(job.job_id)
-        if current is not None and current.is_terminal:
-            uris = ", ".join(entry["gs_uri"] for entry in current.outputs if entry.get("gs_uri")) or "-"
-            print(f"job {current.job_id} {current.state}: outputs {uris}; error {current.error or '-'}")
-            return 0 if current.state == "succeeded" else 1
-        time.sleep(0.5)
-    if wait_seconds:
-        print(f"job {job.job_id} has not ended after {wait_seconds:g} s")
-        return 1
-    return 0
+    if not wait_seconds:
+        return 0
+    # One Firestore listener on the job, told of each change: no re-reading.
+    with RelayClient(submitter.store) as client:
+        try:
+            final = client.wait(job.job_id, timeout=wait_seconds)
+        except JobFailed as failed:
+            final = failed.job
+        except JobWaitTimeout as error:
+            print(f"job {job.job_id} has not ended after {wait_seconds:g} s (last seen: {error.last_state or '-'})")
+            return 1
+    uris = ", ".join(entry["gs_uri"] for entry in final.outputs if entry.get("gs_uri")) or "-"
+    print(f"job {final.job_id} {final.state}: outputs {uris}; error {final.error or '-'}")
+    return 0 if final.state == "succeeded" else 1
