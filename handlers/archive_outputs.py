@@ -12,7 +12,7 @@ from relay.downloads import DownloadError, DownloadFailed, DownloadGone
 from relay.events import PredictionEvent, PredictionStatus
 from relay.jobs import Failure, Outcome, Policy, needs_archive, outputs_removed
 from relay.jobstore import Applied, JobStore
-from relay.outputs import find_files, plain_value
+from relay.outputs import FailedOutput, find_files, plain_value
 
 ACTOR = "archive-outputs"
 
@@ -59,9 +59,8 @@ def archive(event: PredictionEvent, *, store: JobStore, archiver: Archiver, poli
             except (DownloadError, ArchiveConflict) as error:
                 code, message = _permanent(error)
                 failure = failure or Failure(code, f"output {output.index}: {message}")
-                outputs.append(
-                    {"index": output.index, "source_url": _source_url(error), "error_code": code, "error": message}
-                )
+                failed = FailedOutput(index=output.index, source_url=_source_url(error), error_code=code, error=message)
+                outputs.append(failed.to_document())
         if not files:
             outputs.append(archiver.archive_value(prediction.id, plain_value(prediction.output)).to_document())
         applied = store.finish_archive(event, outputs, failure)

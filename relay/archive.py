@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import google.cloud.storage as storage
@@ -14,27 +13,11 @@ from google.api_core import exceptions as google_exceptions
 
 from relay import telemetry
 from relay.downloads import Download, Downloader, safe_url
-from relay.outputs import OutputFile
+from relay.outputs import ArchivedObject, OutputFile
 
 
 class ArchiveConflict(Exception):
     """A different object already sits at the deterministic name: never overwritten, never retried."""
-
-
-@dataclass(frozen=True)
-class ArchivedObject:
-    """One entry of a job's `outputs`."""
-
-    index: int | None
-    source_url: str | None  # scheme://host/path only: a query string may carry a token
-    gs_uri: str
-    content_type: str
-    size: int
-    crc32c: str  # base64 big-endian CRC32C, as Cloud Storage reports it
-    already_archived: bool
-
-    def to_document(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def object_name(prediction_id: str, index: int, file_name: str) -> str:

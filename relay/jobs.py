@@ -11,12 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, TypeAdapter
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from relay.events import PredictionEvent, PredictionStatus
-from relay.outputs import encoded_size, find_files, plain_value
+from relay.outputs import ArchivedObject, FailedOutput, encoded_size, find_files, plain_value
 
 
 class JobState(StrEnum):
@@ -51,37 +53,108 @@ _STATE_FOR_STATUS = {
 }
 
 
+class _OutputEntries:
+    """The schema of `Job.outputs`: entries stay plain dicts in Python (what Firestore stores and
+    returns), but the published schema types them as the models that write them."""
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, _: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return handler(TypeAdapter(list[ArchivedObject | FailedOutput]).core_schema)
+
+
 class Job(BaseModel):
-    """`jobs/{job_id}` in Firestore."""
+    """`jobs/{job_id}` in Firestore: one Replicate prediction, as Relay last saw it.
 
-    model_config = ConfigDict(frozen=True, use_enum_values=True)
+    Every field is written on every write, null when unknown. Timestamps are Firestore timestamps
+    (UTC, microseconds); this schema shows them as their JSON form, RFC 3339 strings.
+    """
 
-    job_id: str
-    prediction_id: str | None = None
-    source: str = "webhook"
-    model: str | None = None
-    version: str | None = None
-    input: dict[str, Any] | None = None
-    state: JobState = JobState.SUBMITTED
-    replicate_status: str | None = None
-    outputs: list[dict[str, Any]] = []
-    output_value: Any = None
-    output_value_too_large: bool = False  # the value is archived to Cloud Storage instead (see outputs)
-    error: Any = None
-    error_code: str | None = None  # "failed" etc. from Replicate; "output_expired", "output_refused" from us
-    logs_tail: str = ""
-    logs_length: int = 0
-    metrics: dict[str, Any] | None = None
-    metadata: dict[str, str] = {}
-    created_at: datetime | None = None
-    started_at: datetime | None = None
-    completed_at: datetime | None = None
-    updated_at: datetime | None = None
-    last_event_at: datetime | None = None
+    # The field descriptions are the published contract (schemas/job.v1.schema.json, docs/SCHEMAS.md):
+    # python -m relay.schemas regenerates both from them.
+    model_config = ConfigDict(frozen=True, use_enum_values=True, json_schema_serialization_defaults_required=True)
+
+    job_id: str = Field(
+        description="The document's id: a UUID hex for a job submitted through Relay, else the prediction's id."
+    )
+    prediction_id: str | None = Field(
+        default=None, description="Replicate's prediction id; null while a submitted job has no prediction yet."
+    )
+    source: str = Field(
+        default="webhook",
+        description="How the job came to be: `submit` (created by Relay's submit) or `webhook` (created by the "
+        "first webhook of a prediction nobody submitted through Relay).",
+    )
+    model: str | None = Field(default=None, description="The model, `owner/name` (Replicate's) or as submitted.")
+    version: str | None = Field(default=None, description="The model version id Replicate reports.")
+    input: dict[str, Any] | None = Field(
+        default=None,
+        description="The prediction's input. Strings longer than RELAY_INPUT_VALUE_MAX_CHARS (data: URIs above all) "
+        "are cut and end in `… [N characters cut]`.",
+    )
+    state: JobState = Field(
+        default=JobState.SUBMITTED,
+        description="Where the job is. It only moves forward: submitted → starting → processing → archiving → "
+        "succeeded; failed, canceled and aborted are final too. A final state never changes.",
+    )
+    replicate_status: str | None = Field(
+        default=None,
+        description="The prediction's status as Replicate last reported it, passed through even when this version "
+        "does not know it.",
+    )
+    outputs: Annotated[list[dict[str, Any]], _OutputEntries] = Field(
+        default=[],
+        description="The archived copies of the output, in order: one entry per file found in the output, or one "
+        "entry (index null, `output.json`) for a plain output too large for this document. Empty otherwise.",
+    )
+    output_value: Any = Field(
+        default=None,
+        description="The prediction's output when it has no files and is small (at most RELAY_OUTPUT_VALUE_MAX_BYTES "
+        "as JSON); a list of strings (streamed text) is joined into one string. Null otherwise.",
+    )
+    output_value_too_large: bool = Field(
+        default=False, description="True when the plain output was too large for `output_value`: see `outputs`."
+    )
+    error: Any = Field(
+        default=None,
+        description="What went wrong: Replicate's `error` (usually a string) or Relay's message; null if nothing did.",
+    )
+    error_code: str | None = Field(
+        default=None,
+        description="Why the job did not succeed: `failed`, `canceled` or `aborted` from Replicate; "
+        "`output_expired`, `output_refused`, `archive_conflict`, `submit_failed` or `submit_incomplete` from Relay. "
+        "Other values may be added within v1.",
+    )
+    logs_tail: str = Field(
+        default="", description="The last RELAY_LOGS_TAIL_CHARS characters of the prediction's logs."
+    )
+    logs_length: int = Field(default=0, description="The length of the whole logs, in characters.")
+    metrics: dict[str, Any] | None = Field(
+        default=None, description="Replicate's `metrics` (e.g. `predict_time` in seconds), as reported."
+    )
+    metadata: dict[str, str] = Field(
+        default={}, description="The submitter's own string key/values (e.g. an order number), returned untouched."
+    )
+    created_at: datetime | None = Field(default=None, description="When Replicate created the prediction.")
+    started_at: datetime | None = Field(default=None, description="When the prediction started running.")
+    completed_at: datetime | None = Field(default=None, description="When Replicate finished the prediction.")
+    updated_at: datetime | None = Field(
+        default=None, description="When Relay last wrote the job (its own clock); quiet jobs are found by it."
+    )
+    last_event_at: datetime | None = Field(
+        default=None, description="The `webhook-timestamp` of the newest event applied."
+    )
     # Who announces the final state on job-events: the handler whose transaction made it final.
-    announcer: str | None = None
-    announced_at: datetime | None = None
-    announce_claimed_at: datetime | None = None  # see JobStore.claim_announcement
+    announcer: str | None = Field(
+        default=None,
+        description="Who made the job final and so announces it on job-events: `job-status`, `archive-outputs`, "
+        "`submit` or `reconciler`.",
+    )
+    announced_at: datetime | None = Field(
+        default=None, description="When the final state was published on job-events; null until then."
+    )
+    announce_claimed_at: datetime | None = Field(  # see JobStore.claim_announcement
+        default=None, description="When a process last claimed the right to announce (internal, a 60 s lease)."
+    )
 
     @property
     def is_terminal(self) -> bool:
