@@ -94,6 +94,24 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE", help="kept on the job")
     submit.add_argument("--wait", type=float, default=0, metavar="SECONDS", help="wait for the job to end")
     submit.set_defaults(command=_submit)
+
+    adopt = commands.add_parser(
+        "adopt",
+        help="make jobs for predictions created without a webhook (a polling worker's), and bring them up to date",
+        description="List the account's predictions newest first down to --since; for each one Relay has no job "
+        "for, create jobs/{prediction id} (source adopted) and publish the prediction to replicate-events "
+        "(source adopted), so the handlers finish and archive it; the reconciler finishes those still running. "
+        "Rerunning changes nothing already adopted. Needs REPLICATE_API_TOKEN, Firestore and Pub/Sub.",
+    )
+    adopt.add_argument("--since", default="2h", metavar="WHEN", help="created since: 2h, 90m, 1d or an ISO 8601 time")
+    adopt.add_argument("--model", metavar="OWNER/NAME", help="only this model's predictions")
+    adopt.add_argument("--dry-run", action="store_true", help="print what would be done; write and publish nothing")
+    adopt.add_argument(
+        "--requests-per-second", type=float, default=10.0, metavar="N", help="cap on Replicate calls (default 10)"
+    )
+    adopt.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="per Google API call")
+    adopt.add_argument("--json", action="store_true", help="print JSON for scripts")
+    adopt.set_defaults(command=_adopt)
     add_commands(commands)
 
     trace = commands.add_parser(
@@ -129,6 +147,21 @@ def _submit(args: argparse.Namespace) -> int:
         inputs=_pairs(args.input, "--input", parse_values=True),
         metadata={key: str(value) for key, value in _pairs(args.metadata, "--metadata").items()},
         wait_seconds=args.wait,
+    )
+
+
+def _adopt(args: argparse.Namespace) -> int:
+    from relay.adopt import run_adopt  # noqa: PLC0415 - keeps `relay dev` free of Replicate imports
+
+    if not (args.requests_per_second > 0 and args.timeout > 0):
+        raise ConfigError("--requests-per-second and --timeout must be more than 0")
+    return run_adopt(
+        since=args.since,
+        model=args.model,
+        dry_run=args.dry_run,
+        as_json=args.json,
+        requests_per_second=args.requests_per_second,
+        timeout=args.timeout,
     )
 
 

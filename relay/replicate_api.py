@@ -43,6 +43,14 @@ class ModelRef:
         return f"{self.owner}/{self.name}" + (f":{self.version}" if self.version else "")
 
 
+@dataclass(frozen=True)
+class PredictionPage:
+    """One page of `GET /v1/predictions`: newest first, each prediction's JSON as Replicate lists it."""
+
+    results: list[dict[str, Any]]
+    next: str | None  # the next page's full URL (it carries Replicate's cursor); None on the last page
+
+
 class ReplicateAPI:
     """Creates and reads predictions. One instance per process; thread-safe like httpx.Client."""
 
@@ -78,6 +86,32 @@ class ReplicateAPI:
         with _translated(f"cannot read prediction {prediction_id}"):
             response = self._client._request("GET", f"/v1/predictions/{prediction_id}")
         return bytes(response.content)
+
+    def list_predictions(self, cursor: str | None = None) -> PredictionPage:
+        """One page of the account's predictions, newest first; `cursor` is the previous page's `next`.
+
+        Read raw, as get_prediction is. The client's transport already retries a GET answered 429,
+        503 or 504 (Retry-After honoured) before an error reaches here. The `next` URL must point at
+        the API this client talks to: the token is sent with it.
+        """
+        base = self._client._client.base_url
+        if cursor is not None:
+            url = httpx.URL(cursor)
+            if (url.scheme, url.host, url.port) != (base.scheme, base.host, base.port):
+                raise ReplicateAPIError(f"refusing a next page on another host: {url.scheme}://{url.host}", status=None)
+        with _translated("cannot list predictions"):
+            response = self._client._request("GET", cursor or "/v1/predictions")
+        try:
+            document = response.json()
+        except ValueError:
+            raise ReplicateAPIError("the prediction list is not JSON", status=response.status_code) from None
+        results = document.get("results") if isinstance(document, dict) else None
+        following = document.get("next") if isinstance(document, dict) else None
+        if not isinstance(results, list) or not all(isinstance(item, dict) for item in results):
+            raise ReplicateAPIError("the prediction list has no list of results", status=response.status_code)
+        if following is not None and not isinstance(following, str):
+            raise ReplicateAPIError("the prediction list's next is not a URL", status=response.status_code)
+        return PredictionPage(results=results, next=following or None)
 
 
 @contextmanager

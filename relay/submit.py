@@ -35,6 +35,15 @@ class SubmitSettings:
     webhook_url: str
     events_filter: tuple[str, ...]
     default_model: str
+    # The polling worker's REPLICATE_OUTPUT_FORMAT and REPLICATE_SAFETY_TOLERANCE: inputs added to a
+    # prediction of the default model unless given explicitly.
+    default_input: Mapping[str, Any] = field(default_factory=dict)
+
+    def input_for(self, model: ModelRef, given: Mapping[str, Any]) -> dict[str, Any]:
+        """`given`, with the default inputs under it when `model` is the default model (any version)."""
+        default = ModelRef.parse(self.default_model)
+        same = (model.owner, model.name) == (default.owner, default.name)
+        return {**self.default_input, **given} if same else dict(given)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> SubmitSettings:
@@ -53,8 +62,34 @@ class SubmitSettings:
             replicate_base_url=env.get_str("RELAY_REPLICATE_BASE_URL", DEFAULT_BASE_URL),
             webhook_url=webhook_url,
             events_filter=events,
-            default_model=env.get_str("RELAY_DEFAULT_MODEL", DEFAULT_MODEL),
+            default_model=_default_model(env),
+            default_input=_default_input(env),
         )
+
+
+def _default_model(env: Env) -> str:
+    """RELAY_DEFAULT_MODEL, or the polling worker's REPLICATE_MODEL; both only if they agree."""
+    relay, legacy = env.get_optional("RELAY_DEFAULT_MODEL"), env.get_optional("REPLICATE_MODEL")
+    if relay and legacy and relay != legacy:
+        raise ConfigError(f"RELAY_DEFAULT_MODEL ({relay}) and REPLICATE_MODEL ({legacy}) are both set and differ")
+    chosen, name = (relay, "RELAY_DEFAULT_MODEL") if relay else (legacy, "REPLICATE_MODEL")
+    if chosen is None:
+        return DEFAULT_MODEL
+    try:
+        ModelRef.parse(chosen)
+    except ValueError as error:
+        raise ConfigError(f"{name}: {error}") from None
+    return chosen
+
+
+def _default_input(env: Env) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    output_format = env.get_optional("REPLICATE_OUTPUT_FORMAT")
+    if output_format is not None:
+        values["output_format"] = output_format
+    if env.get_optional("REPLICATE_SAFETY_TOLERANCE") is not None:
+        values["safety_tolerance"] = env.get_int("REPLICATE_SAFETY_TOLERANCE", 0)
+    return values
 
 
 class SubmitFailed(Exception):
@@ -131,7 +166,7 @@ def run_submit(*, model: str | None, inputs: dict[str, Any], metadata: dict[str,
         job_events=TopicPublisher(f"projects/{project}/topics/job-events", deadline_seconds=10),
     )
     try:
-        job = submitter.submit(ref, inputs, metadata=metadata)
+        job = submitter.submit(ref, settings.input_for(ref, inputs), metadata=metadata)
     except SubmitFailed as error:
         print(f"job {error.job.job_id} failed: {error}")
         return 1

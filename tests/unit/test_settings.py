@@ -12,6 +12,8 @@ from handlers.settings import HandlerSettings
 from receiver.settings import DEFAULT_MAX_BODY_BYTES, ReceiverSettings
 from relay.config import ConfigError
 from relay.jobs import Policy
+from relay.replicate_api import ModelRef
+from relay.submit import SubmitSettings
 from relay.webhooks import DEFAULT_TOLERANCE_SECONDS, parse_secret
 
 SECRET = "whsec_" + base64.b64encode(b"settings-unit-test-secret-32byte").decode("ascii")
@@ -273,3 +275,59 @@ def test_infinite_coalesce_window_raises_config_error_naming_it() -> None:
 
 def test_retention_beyond_what_timedelta_holds_raises_config_error_naming_it() -> None:
     assert "RELAY_EVENT_RETENTION_DAYS" in str(handler_error(RELAY_EVENT_RETENTION_DAYS="1000000000"))
+
+
+# --- SubmitSettings: the polling worker's variables ------------------------------------------------
+
+SUBMIT_ENV = {"REPLICATE_API_TOKEN": "r8_test", "RELAY_WEBHOOK_URL": "https://relay.example.com/"}
+RESTORE = ModelRef.parse("flux-kontext-apps/restore-image")
+
+
+def test_old_workers_model_output_format_and_safety_tolerance_give_submit_its_defaults() -> None:
+    settings = SubmitSettings.from_env(
+        {
+            **SUBMIT_ENV,
+            "REPLICATE_MODEL": "flux-kontext-apps/restore-image",
+            "REPLICATE_OUTPUT_FORMAT": "jpg",
+            "REPLICATE_SAFETY_TOLERANCE": "2",
+        }
+    )
+    assert settings.default_model == "flux-kontext-apps/restore-image"
+    given = {"input_image": "https://example.com/a.jpg", "seed": 7}
+    assert settings.input_for(RESTORE, given) == {**given, "output_format": "jpg", "safety_tolerance": 2}
+    explicit = {**given, "output_format": "png", "safety_tolerance": 0}
+    assert settings.input_for(RESTORE, explicit) == explicit
+    # Another model does not get the old worker's inputs.
+    assert settings.input_for(ModelRef.parse("acme/other"), given) == given
+
+
+def test_without_the_old_workers_variables_submit_adds_no_inputs() -> None:
+    settings = SubmitSettings.from_env(SUBMIT_ENV)
+    assert settings.default_model == "flux-kontext-apps/restore-image"
+    assert settings.input_for(RESTORE, {"seed": 1}) == {"seed": 1}
+
+
+def test_replicate_model_alone_is_the_default_model_and_agreeing_with_relay_default_model_is_accepted() -> None:
+    assert SubmitSettings.from_env({**SUBMIT_ENV, "REPLICATE_MODEL": "acme/old"}).default_model == "acme/old"
+    both = {**SUBMIT_ENV, "REPLICATE_MODEL": "acme/old", "RELAY_DEFAULT_MODEL": "acme/old"}
+    assert SubmitSettings.from_env(both).default_model == "acme/old"
+
+
+@pytest.mark.parametrize(
+    ("changes", "variables"),
+    [
+        pytest.param(
+            {"REPLICATE_MODEL": "acme/old", "RELAY_DEFAULT_MODEL": "acme/new"},
+            ["RELAY_DEFAULT_MODEL", "REPLICATE_MODEL"],
+            id="models-differ",
+        ),
+        pytest.param({"REPLICATE_MODEL": "not-a-model"}, ["REPLICATE_MODEL"], id="model-malformed"),
+        pytest.param({"REPLICATE_SAFETY_TOLERANCE": "high"}, ["REPLICATE_SAFETY_TOLERANCE"], id="tolerance-text"),
+        pytest.param({"REPLICATE_SAFETY_TOLERANCE": "-1"}, ["REPLICATE_SAFETY_TOLERANCE"], id="tolerance-negative"),
+    ],
+)
+def test_bad_old_worker_variable_raises_config_error_naming_it(changes: dict[str, str], variables: list[str]) -> None:
+    with pytest.raises(ConfigError) as caught:
+        SubmitSettings.from_env({**SUBMIT_ENV, **changes})
+    for variable in variables:
+        assert variable in str(caught.value)
