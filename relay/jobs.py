@@ -81,8 +81,9 @@ class Job(BaseModel):
     )
     source: str = Field(
         default="webhook",
-        description="How the job came to be: `submit` (created by Relay's submit) or `webhook` (created by the "
-        "first webhook of a prediction nobody submitted through Relay).",
+        description="How the job came to be: `submit` (created by Relay's submit), `webhook` (created by the "
+        "first webhook of a prediction nobody submitted through Relay) or `adopted` (created by `relay adopt` for "
+        "a prediction made without a webhook).",
     )
     model: str | None = Field(default=None, description="The model, `owner/name` (Replicate's) or as submitted.")
     version: str | None = Field(default=None, description="The model version id Replicate reports.")
