@@ -37,3 +37,8 @@ output "status_page_command" {
   description = "Opens the private status page on http://localhost:8084 (as the dev stack does) as your gcloud account (project owner, or listed in status_page_viewers)."
   value       = "gcloud run services proxy ${google_cloud_run_v2_service.service["status-page"].name} --region=${var.region} --project=${var.project_id} --port=8084"
 }
+
+output "app_pull_subscriptions" {
+  description = "Each app pull subscription on job-events, by name: the path JobEventsConsumer takes (projects/PROJECT/subscriptions/NAME)."
+  value       = { for name, subscription in google_pubsub_subscription.app : name => subscription.id }
+}

@@ -164,3 +164,31 @@ variable "deletion_protection" {
   type        = bool
   default     = true
 }
+
+variable "app_pull_subscriptions" {
+  description = "Pull subscriptions on job-events for applications (relay.consumer.JobEventsConsumer), by subscription name, each with the IAM members (serviceAccount:..., group:..., user:...) given roles/pubsub.subscriber on that subscription alone. Each also gets a dead-letter topic and subscription named <name>-dead-letter. Empty: none."
+  type        = map(list(string))
+  default     = {}
+
+  validation {
+    # Pub/Sub's name rules, leaving room for the "-dead-letter" suffix; "goog" is reserved.
+    condition     = alltrue([for name, _ in var.app_pull_subscriptions : can(regex("^[a-zA-Z][-a-zA-Z0-9_.~+%]{2,241}$", name)) && !startswith(lower(name), "goog")])
+    error_message = "app_pull_subscriptions names start with a letter, have 3 to 242 of letters, digits and - _ . ~ + %, and do not start with goog."
+  }
+
+  validation {
+    condition     = alltrue(flatten([for _, members in var.app_pull_subscriptions : [for member in members : can(regex("^(user|group|serviceAccount|domain):[^:\\s]+$", member))]]))
+    error_message = "app_pull_subscriptions members are user:, group:, serviceAccount: or domain: members; never allUsers or allAuthenticatedUsers."
+  }
+}
+
+variable "app_subscription_max_delivery_attempts" {
+  description = "Deliveries of a job-events message to an app subscription (its callback raising each time) before it goes to that subscription's dead-letter topic."
+  type        = number
+  default     = 10
+
+  validation {
+    condition     = var.app_subscription_max_delivery_attempts >= 5 && var.app_subscription_max_delivery_attempts <= 100
+    error_message = "app_subscription_max_delivery_attempts must be between 5 and 100 (Pub/Sub's limits)."
+  }
+}

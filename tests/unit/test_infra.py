@@ -877,3 +877,39 @@ def test_dockerfile_command_is_relays_server_in_exec_form() -> None:
     makes it PID 1, so SIGTERM reaches gunicorn without a shell in between."""
     cmd = next(line for line in _dockerfile_lines() if line.upper().startswith("CMD "))
     assert json.loads(cmd[len("CMD ") :]) == ["python", "-m", "relay.serve"]
+
+
+def test_app_pull_subscriptions_default_to_none_and_read_job_events_with_a_dead_letter_and_no_expiry() -> None:
+    variable = _variables()["app_pull_subscriptions"]
+    assert (variable["type"], variable["default"]) == ("${map(list(string))}", {})
+    app = _resource("google_pubsub_subscription", "app")
+    assert app["for_each"] == "${local.app_subscriptions}"
+    assert app["topic"] == "${google_pubsub_topic.topic[local.job_events_topic].id}"
+    assert "push_config" not in app  # pulled by the app (relay.consumer), not pushed
+    assert _block(app, "expiration_policy")["ttl"] == ""
+    assert _block(app, "retry_policy")["minimum_backoff"]
+    dead_letter = _block(app, "dead_letter_policy")
+    assert dead_letter["dead_letter_topic"] == "${google_pubsub_topic.app_dead_letter[each.key].id}"
+    kept = _resource("google_pubsub_subscription", "app_dead_letter")
+    assert kept["topic"] == "${google_pubsub_topic.app_dead_letter[each.key].id}"
+    assert _block(kept, "expiration_policy")["ttl"] == ""
+    # The Pub/Sub service agent may move messages to each app's dead-letter topic.
+    publisher = _resource("google_pubsub_topic_iam_member", "pubsub_agent_publishes_app_dead_letters")
+    forwarder = _resource("google_pubsub_subscription_iam_member", "pubsub_agent_forwards_from_app")
+    assert publisher["member"] == forwarder["member"] == "${local.pubsub_service_agent}"
+
+
+def test_each_app_may_consume_its_own_subscription_only_and_never_publicly() -> None:
+    grant = _resource("google_pubsub_subscription_iam_member", "app_consumes")
+    assert grant["role"] == "roles/pubsub.subscriber"
+    assert grant["subscription"] == "${google_pubsub_subscription.app[each.value.subscription].id}"
+    assert grant["member"] == "${each.value.member}"
+    [members] = [
+        v["condition"] for v in _variables()["app_pull_subscriptions"]["validation"] if "member" in v["condition"]
+    ]
+    literal = re.search(r'regex\(("(?:[^"\\]|\\.)*")', members)
+    assert literal, members
+    pattern = re.compile(json.loads(literal.group(1)))
+    assert pattern.search("serviceAccount:orders@p.iam.gserviceaccount.com")
+    for member in ("allUsers", "allAuthenticatedUsers", "orders@p.iam.gserviceaccount.com"):
+        assert not pattern.search(member), member
