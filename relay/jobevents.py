@@ -109,6 +109,16 @@ class JobEventAttributes(BaseModel):
     prediction_id: Annotated[str | None, WithJsonSchema({"type": "string"})] = Field(
         default=None, description="As in the data; absent when the job has no prediction."
     )
+    # Added by the publisher (relay.telemetry.inject_message), not by job_event: documented here
+    # because consumers see them.
+    traceparent: Annotated[str | None, WithJsonSchema({"type": "string"})] = Field(
+        default=None,
+        description="W3C Trace Context of the span that published the message (`00-{trace-id}-{span-id}-{flags}`): "
+        "a consumer that continues it joins Relay's trace of the job. Absent when the publisher was not tracing.",
+    )
+    tracestate: Annotated[str | None, WithJsonSchema({"type": "string"})] = Field(
+        default=None, description="W3C tracestate accompanying `traceparent`, when the trace has one."
+    )
 
     @classmethod
     def of(cls, event: JobEvent) -> JobEventAttributes:
