@@ -310,7 +310,18 @@ class ContainerProcess(ManagedProcess):
         super().start()
 
     def stop(self, timeout: float = 10.0) -> int | None:
-        status = super().stop(timeout)
+        """Cloud Run's contract: SIGTERM, then SIGKILL `timeout` seconds later, both timed by the engine
+        (not by this process, whose own start and stop add seconds on a busy machine). Returns the
+        container's exit status: 0 when it exited by itself, 137 when the engine had to kill it."""
+        if self.alive():
+            subprocess.run(
+                self.engine.command("stop", "--time", str(round(timeout)), self.container),
+                check=False,
+                env=self.engine.env,
+                capture_output=True,
+            )
+            self.wait_exit(30.0)  # `run` then exits with the container's status
+        status = super().stop(timeout=30.0)
         # The container outlives a killed `run` (its monitor is not in that process group).
         subprocess.run(
             self.engine.command("rm", "--force", self.container), check=False, env=self.engine.env, capture_output=True

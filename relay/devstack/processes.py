@@ -137,6 +137,15 @@ class ManagedProcess:
     def alive(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    def wait_exit(self, timeout: float) -> int | None:
+        """The exit status once the process ends by itself within `timeout`; None if it is still running."""
+        if self._process is None:
+            return None
+        try:
+            return self._process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM the whole group, then SIGKILL whatever is left after `timeout`; returns the leader's
         exit status (negative: the signal that ended it), None when it was not running."""

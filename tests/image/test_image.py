@@ -182,10 +182,9 @@ def test_sigterm_lets_archive_outputs_finish_a_slow_copy(
         assert http.post(stack.receiver_url, content=webhook.body, headers=webhook.headers).status_code == 200
     wait_for(lambda: files.requests[path] >= 1, timeout=PIPELINE_WAIT, what="the copy to start")
     stopped = _stop_in_background(stack.functions["archive-outputs"])
-    stopped.join(CLOUD_RUN_KILL_SECONDS + 5)
+    stopped.join(CLOUD_RUN_KILL_SECONDS + 40)
     log = stack.functions["archive-outputs"].log_path.read_text()
-    assert stopped.status == 0, f"archive-outputs exited with {stopped.status} after SIGTERM"
-    assert stopped.seconds < CLOUD_RUN_KILL_SECONDS
+    assert stopped.status == 0, f"archive-outputs exited with {stopped.status} after SIGTERM (137: killed at 10 s)"
     assert any(prediction_id in line and '"outcome": "applied"' in line for line in log.splitlines()), log[-2000:]
     assert files.requests[path] == 1  # finished in the first attempt, not redelivered
     job_id = wait_for(lambda: _job_id(db, prediction_id), timeout=PIPELINE_WAIT, what="the job")
@@ -214,10 +213,9 @@ def test_sigterm_lets_the_receivers_request_in_flight_finish_and_flushes_its_spa
         time.sleep(1.0)  # SIGTERM has arrived; the request goes on
         connection.sendall(webhook.body[half:])
         answer = connection.makefile("rb").read()
-    stopped.join(CLOUD_RUN_KILL_SECONDS + 5)
+    stopped.join(CLOUD_RUN_KILL_SECONDS + 40)
     assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
-    assert stopped.status == 0, f"the receiver exited with {stopped.status} after SIGTERM"
-    assert stopped.seconds < CLOUD_RUN_KILL_SECONDS
+    assert stopped.status == 0, f"the receiver exited with {stopped.status} after SIGTERM (137: killed at 10 s)"
     # Its spans were exported at exit (the receiver batches spans; nothing flushed them per request).
     assert any(
         span.service == "receiver"
@@ -229,26 +227,23 @@ def test_sigterm_lets_the_receivers_request_in_flight_finish_and_flushes_its_spa
 @pytest.mark.parametrize("service", ["job-status", "reconciler", "status-page"])
 def test_sigterm_stops_each_service_before_cloud_runs_kill(image_stack: ImageStack, service: str) -> None:
     stopped = _stop_in_background(image_stack.stack.functions[service])
-    stopped.join(CLOUD_RUN_KILL_SECONDS + 5)
+    stopped.join(CLOUD_RUN_KILL_SECONDS + 40)
     log = image_stack.stack.functions[service].log_path.read_text()
-    assert stopped.status == 0, f"{service} exited with {stopped.status} after SIGTERM"
-    assert stopped.seconds < CLOUD_RUN_KILL_SECONDS
+    assert stopped.status == 0, f"{service} exited with {stopped.status} after SIGTERM (137: killed at 10 s)"
     assert _error_lines(log) == []
 
 
 class _Stop(threading.Thread):
-    """SIGTERM to the container (through the engine's `run`), then its exit status and how long it took."""
+    """Stops the container as Cloud Run does (SIGTERM, SIGKILL 10 s later, timed by the engine), then
+    holds its exit status: 0 if it exited by itself in time."""
 
     def __init__(self, process: Any) -> None:
         super().__init__(daemon=True)
         self._process = process
         self.status: int | None = None
-        self.seconds = float("inf")
 
     def run(self) -> None:
-        started = time.monotonic()
         self.status = self._process.stop(timeout=CLOUD_RUN_KILL_SECONDS)
-        self.seconds = time.monotonic() - started
 
 
 def _stop_in_background(process: Any) -> _Stop:
