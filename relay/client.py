@@ -53,21 +53,33 @@ class JobGone(LookupError):
     returns its id, so waiting on what `submit` returned never ends here)."""
 
 
+class ClientClosed(RuntimeError):
+    """`RelayClient.close()` closed the listener this wait or watch was blocked on (from another thread)."""
+
+
+class _Closed:
+    """What a closed listener's queue ends with, so a thread blocked on it wakes up."""
+
+
 class _Listener:
     """One snapshot listener on a job, its snapshots handed from the listener's thread to the waiting one."""
 
     def __init__(self, store: JobStore, job_id: str) -> None:
-        self._snapshots: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        self._snapshots: queue.SimpleQueue[dict[str, Any] | _Closed | None] = queue.SimpleQueue()
         self._watch: Watch = store.listen(job_id, self._snapshots.put)
 
     def next(self, deadline: float | None) -> dict[str, Any] | None:
         """Block until the listener is told of the next snapshot; raises queue.Empty at `deadline`."""
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        return self._snapshots.get(timeout=remaining)
+        snapshot = self._snapshots.get(timeout=remaining)
+        if isinstance(snapshot, _Closed):
+            raise ClientClosed("the RelayClient was closed while this call waited")
+        return snapshot
 
     def close(self) -> None:
         # Idempotent; stops the stream and joins the listener's thread (google-cloud-firestore leaves it untyped).
         self._watch.unsubscribe()  # type: ignore[no-untyped-call]
+        self._snapshots.put(_Closed())
 
 
 class RelayClient:
@@ -155,7 +167,10 @@ class RelayClient:
 
         Raises JobFailed (with the job) if it ended failed, canceled or aborted, JobWaitTimeout
         (a TimeoutError, with the last state seen) after `timeout` seconds, JobGone if its document
-        is deleted. A job id not there yet is waited for: a job made by a webhook may appear later.
+        is deleted, ClientClosed if close() is called meanwhile. A job id not there yet is waited
+        for: a job made by a webhook may appear later. A listener whose stream Firestore ends for
+        good (not a transient error: those reconnect) is told nothing more, so the call ends at
+        its timeout: give one.
         """
         with closing(self.watch(job_id, timeout)) as states:
             for job in states:

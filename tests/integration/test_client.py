@@ -14,7 +14,7 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.document import DocumentReference
 
 from relay import cli
-from relay.client import JobFailed, JobWaitTimeout, RelayClient
+from relay.client import ClientClosed, JobFailed, JobWaitTimeout, RelayClient
 from relay.devstack.stack import LocalStack
 from relay.jobs import Job, JobState
 from relay.jobstore import JobStore
@@ -195,6 +195,30 @@ def test_a_watch_started_before_the_job_exists_waits_for_it(
     reader.join(WAIT_SECONDS)
     assert result[-1] == "failed"
     assert result[0] in {"submitted", "failed"}
+    no_listener_left()
+
+
+def test_closing_the_client_wakes_a_wait_blocked_on_another_thread(
+    client: RelayClient, no_listener_left: Callable[[], None]
+) -> None:
+    job = client.submit(MODEL, {**FAST, "sim_duration": 20})
+    raised: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            client.wait(job.job_id, timeout=WAIT_SECONDS)
+        except BaseException as error:  # handed to the test's thread
+            raised.append(error)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    wait_for(lambda: client.open_listeners == 1, timeout=5, what="the listener to open")
+    started = time.monotonic()
+    client.close()
+    waiter.join(5)
+    assert not waiter.is_alive()
+    assert time.monotonic() - started < 5
+    assert [type(error) for error in raised] == [ClientClosed]
     no_listener_left()
 
 
