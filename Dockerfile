@@ -39,12 +39,12 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PORT=8080 \
-    FUNCTION_SOURCE=handlers/main.py \
-    FUNCTION_TARGET=job_status \
     FUNCTION_SIGNATURE_TYPE=http \
     FUNCTION_USE_ASGI=false \
     ENABLE_GCS_PYTHON_CLIENT_OTEL_TRACES=true \
     DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA=true
+# No FUNCTION_SOURCE / FUNCTION_TARGET default: a service that does not set them stops at start
+# naming the variable, instead of serving another service's function.
 # google-cloud-storage traces its uploads only when the first is set before it is imported; the
 # second stops it fetching bucket metadata for span attributes (see relay/telemetry.py).
 USER 10001:10001

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import json
 import socket
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import google_crc32c
@@ -21,7 +23,8 @@ import httpx
 import pytest
 from google.cloud import firestore, pubsub_v1, storage
 
-from relay.devstack.stack import DEV_WEBHOOK_SECRET
+from relay.devstack.processes import StackError, free_port, http_answers
+from relay.devstack.stack import DEV_WEBHOOK_SECRET, HANDLERS, RECEIVER
 from relay.testing import prediction_lifecycle, sign_webhook
 from relay.traceview.lookup import find_in_file
 from relay.traceview.model import Trace
@@ -29,6 +32,7 @@ from tests.image.conftest import PROJECT, SERVICES, ImageStack
 from tests.integration.conftest import Tap, unique_id, wait_for, wait_for_job
 from tests.integration.fileserver import Answer, FileServer
 
+SPECS = {"receiver": RECEIVER, **HANDLERS}
 CLOUD_RUN_KILL_SECONDS = 10.0  # Cloud Run sends SIGKILL this long after SIGTERM
 PIPELINE_WAIT = 90.0  # bound on waiting for the pipeline, not a figure it must meet
 
@@ -70,6 +74,53 @@ def test_each_container_runs_read_only_as_the_images_own_user(image_stack: Image
         refused = engine.run("exec", container, "python", "-c", probe, path, check=False)
         assert refused == "", f"{service} could write {path}"
         assert engine.run("exec", container, "test", "-e", path, check=False) == ""
+
+
+@pytest.mark.parametrize(
+    ("service", "variable"), [("archive-outputs", "RELAY_PROJECT"), ("receiver", "FUNCTION_TARGET")]
+)
+def test_a_variable_terraform_forgot_stops_the_container_at_start_naming_it(
+    image_stack: ImageStack, tmp_path: Path, service: str, variable: str
+) -> None:
+    """What the test would meet if infra/terraform dropped or misspelt one of a service's variables."""
+    stack = image_stack.stack
+    terraform = image_stack.launcher.environments[service]
+    values = {name: value for name, value in terraform.values.items() if name != variable}
+    launcher = dataclasses.replace(
+        image_stack.launcher,
+        environments={service: dataclasses.replace(terraform, values=values)},
+    )
+    spec = SPECS[service]
+    port = free_port()
+    process = launcher(
+        service,
+        spec,
+        host=stack.config.host,
+        port=port,
+        env={**stack.client_env, "RELAY_WEBHOOK_SECRETS": DEV_WEBHOOK_SECRET},
+        log_path=tmp_path / f"{service}.log",
+        ready=http_answers(stack.url(port) + "/health"),
+    )
+    process.start()
+    try:
+        with pytest.raises(StackError, match="exited during start-up"):
+            process.wait_ready(60)
+    finally:
+        process.stop()
+    log = (tmp_path / f"{service}.log").read_text()
+    assert "required but not set" in log
+    assert variable in log
+
+
+def test_every_variable_terraform_sets_is_read_by_code_in_the_image(image_stack: ImageStack) -> None:
+    """A misspelt name starts fine (the code falls back to its default) but is read by nothing: look
+    for each name in the image's code and libraries."""
+    names = sorted({name for env in image_stack.launcher.environments.values() for name in [*env.values, *env.secrets]})
+    script = 'for n in "$@"; do grep -rqF --include=*.py "$n" /app /opt/venv/lib || echo "$n"; done'
+    unread = image_stack.engine.run(
+        "run", "--rm", "--network", "none", image_stack.image, "sh", "-c", script, "sh", *names
+    )
+    assert unread.split() == []
 
 
 def test_start_times_are_recorded(image_stack: ImageStack) -> None:
