@@ -1,6 +1,6 @@
 """What the local stack cannot show about the real services, and how to check each on Google Cloud.
 
-Data for bench/report.py's last section (shared/design/EMULATORS.md lists what each emulator does
+Data for bench/report.py's last section (docs/EMULATORS.md lists what each emulator does
 and does not do). Service, subscription and bucket names are those of infra/topology.yaml and
 infra/terraform; `$REGION` and `$PROJECT` as in the README's Deploy section.
 """

@@ -395,7 +395,7 @@ def start_emulator(processes: Processes, port: int) -> ManagedProcess:
     if shutil.which("gcloud") is None or shutil.which("java") is None:
         raise BenchError(
             "gcloud or java was not found on PATH: install google-cloud-cli, google-cloud-cli-pubsub-emulator "
-            "and openjdk-17-jre-headless (see shared/design/EMULATORS.md)"
+            "and openjdk-17-jre-headless (see docs/EMULATORS.md)"
         )
     argv = ["gcloud", "beta", "emulators", "pubsub", "start", f"--host-port={HOST}:{port}", f"--project={PROJECT}"]
     process = ManagedProcess(

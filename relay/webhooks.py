@@ -2,7 +2,7 @@
 
 Written here rather than taken from `standardwebhooks` or `replicate.webhooks` because both
 raise non-validation exceptions on malformed input, and the first hard-codes its tolerance
-(see shared/design/REPLICATE.md, "Gotchas"). Every failure here is a `VerificationError`
+(see docs/REPLICATE.md, "Gotchas in the libraries"). Every failure here is a `VerificationError`
 with a stable `reason` code, so the receiver can map each one to a 4xx and a precise log line.
 """
 

@@ -13,7 +13,7 @@ from relay.simulator.errors import ApiError, InvalidFields
 from relay.simulator.settings import boolean, integer, number
 
 EVENTS = ("start", "output", "logs", "completed")
-# "With no filter Replicate sends on new output and on completion" (shared/design/REPLICATE.md).
+# "With no filter Replicate sends on new output and on completion" (docs/REPLICATE.md).
 DEFAULT_EVENTS = frozenset({"output", "completed"})
 OUTCOMES = ("succeeded", "failed", "canceled", "aborted")
 CONTENT_TYPES = {"png": "image/png", "webp": "image/webp", "jpg": "image/jpeg"}

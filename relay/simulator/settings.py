@@ -12,7 +12,7 @@ from typing import Any
 from relay.simulator.errors import InvalidFields
 
 # Replicate retries the final webhook with exponential backoff, the last retry about one minute
-# after completion (shared/design/REPLICATE.md): waits of 1 + 2 + 4 + 8 + 16 + 30 s.
+# after completion (docs/REPLICATE.md): waits of 1 + 2 + 4 + 8 + 16 + 30 s.
 DEFAULT_RETRY_DELAYS: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 MAX_RETRIES = 20
 

@@ -30,7 +30,7 @@ from relay.webhooks import (
     verify,
 )
 
-# The Standard Webhooks reference test vector (shared/design/REPLICATE.md).
+# The Standard Webhooks reference test vector (docs/REPLICATE.md).
 KNOWN_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 KNOWN_ID = "msg_p5jXN8AQM9LWM0D4loKWxJek"
 KNOWN_TIMESTAMP = 1614265330
