@@ -55,6 +55,7 @@ def create_app(simulator: Simulator) -> Starlette:
         Route("/_sim/reset", reset, methods=["POST"]),
         Route("/_sim/advance", advance, methods=["POST"]),
         Route("/_sim/predictions/{id}/deliveries", deliveries, methods=["GET"]),
+        Route("/_sim/stats", stats, methods=["GET"]),
     ]
     app = Starlette(
         routes=routes,
@@ -189,14 +190,22 @@ async def deliveries(request: Request) -> Response:
     )
 
 
+async def stats(request: Request) -> Response:
+    """The /v1 API calls received since start, by handler (`create_prediction`, `get_prediction`, …) and,
+    for calls whose path names a prediction, by prediction. The public `web` URL (/p/{id}) is not counted."""
+    return JSONResponse(_sim(request).stats())
+
+
 # Helpers ----------------------------------------------------------------------------------------
 
 
 def _authenticated(handler: Handler) -> Handler:
     """Any non-empty `Bearer` or `Token` credential is accepted; none is a 401, as on Replicate.
-    While the `throttle_requests` switch counts down, requests are throttled as Replicate does."""
+    While the `throttle_requests` switch counts down, requests are throttled as Replicate does.
+    Every call is counted first (GET /_sim/stats), refused ones too: each is a request Replicate serves."""
 
     async def guarded(request: Request) -> Response:
+        _sim(request).count_call(handler.__name__, request.path_params.get("id"))
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() not in ("bearer", "token") or not token.strip():
             raise ApiError(401, "You did not pass a valid authentication token", title="Unauthenticated")

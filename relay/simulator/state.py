@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,6 +30,9 @@ class Simulator:
         self.config = self.initial_config
         self.clock = clock or Clock()
         self.runs: dict[str, Run] = {}  # in creation order
+        # API calls received (throttled and refused ones too), so a test can count what a client cost.
+        self.calls: Counter[str] = Counter()
+        self.calls_by_prediction: dict[str, Counter[str]] = {}
         self.tasks = TaskSet()
         self._ids = random.Random(self.config.seed)  # noqa: S311 - simulated ids, not secrets
         self._sender: Sender | None = None
@@ -40,7 +44,7 @@ class Simulator:
             self._ids.seed(self.config.seed)
 
     def reset(self) -> None:
-        """Start-up switches and no clock offset again; predictions are kept."""
+        """Start-up switches and no clock offset again; predictions and call counts are kept."""
         self.config = self.initial_config
         self._ids.seed(self.config.seed)
         self.clock.offset = 0.0
@@ -54,6 +58,18 @@ class Simulator:
         await self.tasks.close()
         if self._client is not None:
             await self._client.aclose()
+
+    def count_call(self, call: str, prediction_id: str | None) -> None:
+        """One API call received; `prediction_id` when its path names one (get, cancel)."""
+        self.calls[call] += 1
+        if prediction_id is not None:
+            self.calls_by_prediction.setdefault(prediction_id, Counter())[call] += 1
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "calls": dict(self.calls),
+            "calls_by_prediction": {key: dict(counts) for key, counts in self.calls_by_prediction.items()},
+        }
 
     def create(self, request: CreateRequest, base_url: str) -> Run:
         if self._sender is None:

@@ -785,6 +785,23 @@ def test_health_answers_ok(sim: httpx.Client) -> None:
     assert sim.get("/_sim/health").json()["status"] == "ok"
 
 
+def test_stats_count_every_api_call_by_handler_and_by_prediction(api: httpx.Client, sim: httpx.Client) -> None:
+    before = sim.get("/_sim/stats").json()["calls"]
+    prediction_id = create(api, duration=0.1)
+    for _ in range(3):
+        api.get(f"/v1/predictions/{prediction_id}").raise_for_status()
+    assert api.get("/v1/predictions/nosuchprediction").status_code == 404
+    assert httpx.get(f"{sim.base_url}/v1/predictions/{prediction_id}").status_code == 401  # refused: still a call
+    sim.get(f"/p/{prediction_id}").raise_for_status()  # the public web URL is not an API call
+
+    stats = sim.get("/_sim/stats").json()
+
+    added = {call: count - before.get(call, 0) for call, count in stats["calls"].items()}
+    assert {call: count for call, count in added.items() if count} == {"create_prediction": 1, "get_prediction": 5}
+    assert stats["calls_by_prediction"][prediction_id] == {"get_prediction": 4}
+    assert stats["calls_by_prediction"]["nosuchprediction"] == {"get_prediction": 1}
+
+
 def test_plan_spreads_logs_and_outputs_between_processing_and_the_finish() -> None:
     steps = plan(Behaviour(duration=2.0, files=3, logs=4))
 
