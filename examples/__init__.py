@@ -1,0 +1,1 @@
+"""Examples of apps that use Relay; each folder has a README.md."""

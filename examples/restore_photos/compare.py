@@ -1,0 +1,158 @@
+"""Both workers on the simulator, same photos: Replicate API calls and how late each learnt of every end.
+
+    python examples/restore_photos/compare.py PHOTOS_DIR [--interval 2] [--duration 6] [--out DIR]
+
+Counts come from the simulator's GET /_sim/stats; a delay is from the prediction's `completed_at`
+to the moment the worker knew it had ended.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+if __name__ == "__main__" and not __package__:
+    # Run as a file: the repository root makes `relay` and this package importable.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import httpx
+from replicate.client import Client as ReplicateClient
+
+from examples.restore_photos.photos import Photo, UsageError, find_photos
+from examples.restore_photos.polling_worker import DEFAULT_INTERVAL_SECONDS, connect, poll
+from examples.restore_photos.report import PhotoResult, table
+from examples.restore_photos.worker import DEFAULT_SUBSCRIPTION, restore
+from relay.client import RelayClient
+from relay.config import ConfigError, Env, project_id
+
+
+@dataclass(frozen=True)
+class Way:
+    """One worker's run: what it did to each photo, and the Replicate calls it cost."""
+
+    label: str
+    results: list[PhotoResult]
+    creates: int
+    gets: int  # GET /v1/predictions/{id} of this run's predictions
+
+    @property
+    def delays(self) -> list[float]:
+        return [r.known_at - r.completed_at for r in self.results if r.known_at and r.completed_at]
+
+
+def simulator_stats(simulator_url: str) -> dict[str, Any]:
+    stats: dict[str, Any] = httpx.get(f"{simulator_url}/_sim/stats", timeout=10).raise_for_status().json()
+    return stats
+
+
+def _way(label: str, results: list[PhotoResult], before: dict[str, Any], after: dict[str, Any]) -> Way:
+    creates = after["calls"].get("create_prediction", 0) - before["calls"].get("create_prediction", 0)
+    by_prediction = after["calls_by_prediction"]
+    gets = sum(by_prediction.get(r.prediction_id, {}).get("get_prediction", 0) for r in results if r.prediction_id)
+    return Way(label, results, creates=creates, gets=gets)
+
+
+def measure(
+    relay: RelayClient,
+    replicate_client: ReplicateClient,
+    photos: Sequence[Photo],
+    out_dir: Path,
+    *,
+    simulator_url: str,
+    project: str,
+    interval: float = 2.0,
+    duration: float = 6.0,
+    subscription: str = DEFAULT_SUBSCRIPTION,
+    timeout: float = 120.0,
+) -> list[Way]:
+    """Run worker.py's restore, then the polling loop, on `photos`; each prediction runs `duration` s."""
+    steer = {"sim_duration": duration}
+    relay_dir, polling_dir = out_dir / "relay", out_dir / "polling"
+    relay_dir.mkdir(parents=True, exist_ok=True)
+    polling_dir.mkdir(parents=True, exist_ok=True)
+    start = simulator_stats(simulator_url)
+    relayed = restore(
+        relay, photos, relay_dir, project=project, subscription=subscription, timeout=timeout, extra_inputs=steer
+    )
+    middle = simulator_stats(simulator_url)
+    polled = poll(replicate_client, photos, polling_dir, interval=interval, timeout=timeout, extra_inputs=steer)
+    end = simulator_stats(simulator_url)
+    return [
+        _way("relay (job-events)", relayed, start, middle),
+        _way(f"polling every {interval:g} s", polled, middle, end),
+    ]
+
+
+def render(ways: Sequence[Way], *, interval: float, duration: float) -> str:
+    """The comparison table, and what polling predicts for the interval used and for production's 30 s."""
+    rows = []
+    for way in ways:
+        count = len(way.results)
+        delays = way.delays
+        rows.append(
+            [
+                way.label,
+                str(count),
+                str(way.creates),
+                str(way.gets),
+                f"{way.gets / max(count, 1):.1f}",
+                f"{statistics.mean(delays):.2f} s" if delays else "-",
+                f"{max(delays):.2f} s" if delays else "-",
+            ]
+        )
+    headers = ["worker", "predictions", "creates", "GETs", "GETs/prediction", "delay mean", "delay max"]
+    production = DEFAULT_INTERVAL_SECONDS
+    notes = [
+        f"each prediction ran {duration:g} s on the simulator; GETs: GET /v1/predictions/{{id}} of those predictions;",
+        "delay: from the prediction's completed_at to the moment the worker knew it had ended (relay: archived too).",
+        f"polling every {interval:g} s expects ≈ {interval / 2:g} s of delay on average (at most {interval:g} s) and "
+        f"≈ {duration / interval:g} GETs per prediction (duration / interval).",
+        f"production polled every {production:g} s: ≈ {production / 2:g} s of delay on average, "
+        f"up to {production:g} s, and duration / {production:g} GETs per prediction, at least 1.",
+    ]
+    return table(headers, rows, right=range(1, 7)) + "\n\n" + "\n".join(notes)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="compare.py", description=__doc__.splitlines()[0])
+    parser.add_argument("photos_dir", type=Path, metavar="PHOTOS_DIR")
+    parser.add_argument("--interval", type=float, default=2.0, help="the polling worker's interval (default 2)")
+    parser.add_argument("--duration", type=float, default=6.0, help="each simulated prediction's seconds (default 6)")
+    parser.add_argument("--out", type=Path, help="where both workers write (default: a temporary folder)")
+    parser.add_argument("--subscription", default=DEFAULT_SUBSCRIPTION)
+    args = parser.parse_args(argv)
+    simulator_url = os.environ.get("RELAY_REPLICATE_BASE_URL", "")
+    try:
+        photos = find_photos(args.photos_dir)
+        if not simulator_url.startswith("http://"):
+            raise UsageError("compare.py measures on the local simulator: export the dev stack's variables first")
+        project = project_id(Env(os.environ))
+        replicate_client, transport = connect()
+        with transport, RelayClient.from_env() as relay, tempfile.TemporaryDirectory() as scratch:
+            ways = measure(
+                relay,
+                replicate_client,
+                photos,
+                args.out or Path(scratch),
+                simulator_url=simulator_url,
+                project=project,
+                interval=args.interval,
+                duration=args.duration,
+                subscription=args.subscription,
+            )
+    except (UsageError, ConfigError) as error:
+        print(f"compare.py: {error}", file=sys.stderr)
+        return 2
+    print(render(ways, interval=args.interval, duration=args.duration))
+    return 0 if all(result.succeeded for way in ways for result in way.results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
