@@ -9,12 +9,13 @@ to the moment the worker knew it had ended.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ if __name__ == "__main__" and not __package__:
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import httpx
+from google.auth.exceptions import DefaultCredentialsError
 from replicate.client import Client as ReplicateClient
 
 from examples.restore_photos.photos import Photo, UsageError, find_photos
@@ -59,6 +61,19 @@ def _way(label: str, results: list[PhotoResult], before: dict[str, Any], after: 
     return Way(label, results, creates=creates, gets=gets)
 
 
+def steered(photos: Sequence[Photo], *, duration: float, interval: float) -> list[Photo]:
+    """Each photo's prediction made to run `duration` s plus a different part of one polling interval.
+
+    Real predictions end anywhere between two polls; equal durations would all end at the same
+    point of the polling cycle and measure that point, not the average.
+    """
+    count = len(photos)
+    return [
+        replace(photo, extra={**photo.extra, "sim_duration": round(duration + interval * (i + 0.5) / count, 3)})
+        for i, photo in enumerate(photos)
+    ]
+
+
 def measure(
     relay: RelayClient,
     replicate_client: ReplicateClient,
@@ -72,17 +87,15 @@ def measure(
     subscription: str = DEFAULT_SUBSCRIPTION,
     timeout: float = 120.0,
 ) -> list[Way]:
-    """Run worker.py's restore, then the polling loop, on `photos`; each prediction runs `duration` s."""
-    steer = {"sim_duration": duration}
+    """Run worker.py's restore, then the polling loop, on the same photos, steered by `steered`."""
+    same = steered(photos, duration=duration, interval=interval)
     relay_dir, polling_dir = out_dir / "relay", out_dir / "polling"
     relay_dir.mkdir(parents=True, exist_ok=True)
     polling_dir.mkdir(parents=True, exist_ok=True)
     start = simulator_stats(simulator_url)
-    relayed = restore(
-        relay, photos, relay_dir, project=project, subscription=subscription, timeout=timeout, extra_inputs=steer
-    )
+    relayed = restore(relay, same, relay_dir, project=project, subscription=subscription, timeout=timeout)
     middle = simulator_stats(simulator_url)
-    polled = poll(replicate_client, photos, polling_dir, interval=interval, timeout=timeout, extra_inputs=steer)
+    polled = poll(replicate_client, same, polling_dir, interval=interval, timeout=timeout)
     end = simulator_stats(simulator_url)
     return [
         _way("relay (job-events)", relayed, start, middle),
@@ -110,10 +123,11 @@ def render(ways: Sequence[Way], *, interval: float, duration: float) -> str:
     headers = ["worker", "predictions", "creates", "GETs", "GETs/prediction", "delay mean", "delay max"]
     production = DEFAULT_INTERVAL_SECONDS
     notes = [
-        f"each prediction ran {duration:g} s on the simulator; GETs: GET /v1/predictions/{{id}} of those predictions;",
+        f"each prediction ran {duration:g} s plus a different part of {interval:g} s on the simulator;",
+        "GETs: GET /v1/predictions/{id} of those predictions, counted by the simulator (GET /_sim/stats);",
         "delay: from the prediction's completed_at to the moment the worker knew it had ended (relay: archived too).",
         f"polling every {interval:g} s expects ≈ {interval / 2:g} s of delay on average (at most {interval:g} s) and "
-        f"≈ {duration / interval:g} GETs per prediction (duration / interval).",
+        f"one GET per interval a prediction runs, ⌈run time / interval⌉ ≈ {math.ceil(duration / interval + 0.5)} each.",
         f"production polled every {production:g} s: ≈ {production / 2:g} s of delay on average, "
         f"up to {production:g} s, and duration / {production:g} GETs per prediction, at least 1.",
     ]
@@ -149,6 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
     except (UsageError, ConfigError) as error:
         print(f"compare.py: {error}", file=sys.stderr)
+        return 2
+    except DefaultCredentialsError as error:
+        print(f"compare.py: no Google credentials ({error})", file=sys.stderr)
         return 2
     print(render(ways, interval=args.interval, duration=args.duration))
     return 0 if all(result.succeeded for way in ways for result in way.results) else 1

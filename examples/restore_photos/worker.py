@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -25,6 +26,7 @@ if __name__ == "__main__" and not __package__:
 import google.cloud.pubsub_v1 as pubsub_v1
 import google.cloud.storage as storage
 from google.api_core import exceptions as google_exceptions
+from google.auth.exceptions import DefaultCredentialsError
 
 from examples.restore_photos.photos import (
     MODEL,
@@ -153,7 +155,8 @@ def restore(
     mine = {result.job_id for result in results if result.job_id}
     if ignored := announcements.others(mine):
         print(f"(acknowledged {ignored} announcement(s) of jobs this run did not submit)", file=sys.stderr)
-    _download_all(storage.Client(project=project), results, photos, out_dir)
+    with closing(storage.Client(project=project)) as client:
+        _download_all(client, results, photos, out_dir)
     return results
 
 
@@ -273,6 +276,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
     except (UsageError, ConfigError) as error:
         print(f"worker.py: {error}", file=sys.stderr)
+        return 2
+    except DefaultCredentialsError as error:
+        print(f"worker.py: no Google credentials ({error}); locally, export the dev stack's variables", file=sys.stderr)
         return 2
     write_json(results, out_dir / SUMMARY_FILE)
     print(summary(results))
