@@ -106,6 +106,10 @@ def ensure_subscription(subscriber: pubsub_v1.SubscriberClient, path: str, topic
             ) from None
         subscriber.create_subscription(request={"name": path, "topic": topic, "ack_deadline_seconds": 60})
         return True
+    except google_exceptions.PermissionDenied:
+        # roles/pubsub.subscriber, which Terraform grants the app, consumes but cannot read the
+        # subscription's settings: a missing one then fails the stream (logged at its end).
+        return False
     if found.topic != topic:
         raise ConfigError(f"subscription {path} is on {found.topic}, not {topic}")
     return False
