@@ -2,7 +2,7 @@
 
 Data for bench/report.py's last section (docs/EMULATORS.md lists what each emulator does
 and does not do). Service, subscription and bucket names are those of infra/topology.yaml and
-infra/terraform; `$REGION` and `$PROJECT` as in the README's Deploy section.
+infra/terraform; `$REGION` and `$PROJECT` as in docs/DEPLOY.md.
 """
 
 from __future__ import annotations

@@ -658,7 +658,7 @@ def limits_section() -> list[str]:
         "",
         "Every figure above comes from Google's emulators, fake-gcs-server and a simulator on one machine's "
         "loopback. These properties of the real services are not exercised here; each comes with how to check "
-        "it on Google Cloud once deployed (issue #6; `$REGION`, `$PROJECT` as in the README's Deploy section).",
+        "it on Google Cloud once deployed (issue #6; `$REGION`, `$PROJECT` as in docs/DEPLOY.md).",
         "",
     ]
     for limit in EMULATOR_LIMITS:
@@ -723,7 +723,7 @@ def write_report(results: Path, docs: Path) -> Path:
         ".venv/bin/python bench/report.py      # this file and docs/bench/*.png from bench/results/",
         "```",
         "",
-        "Needs `gcloud` with the Pub/Sub and Firestore emulators and Java 17 (README, Quickstart). Raw results: "
+        "Needs `gcloud` with the Pub/Sub and Firestore emulators and Java 17 (docs/EMULATORS.md). Raw results: "
         "`bench/results/*.json`; logs of every process: `bench/results/logs/`.",
         "",
         *machine_section(machine(), documents),

@@ -102,7 +102,7 @@ class RelayClient:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, submitting: bool = True) -> RelayClient:
-        """A client configured like `relay submit` (see README, Configuration).
+        """A client configured like `relay submit` (see docs/CONFIGURATION.md).
 
         With `submitting=False` only Firestore is needed (RELAY_PROJECT): for processes that only
         wait for or watch jobs submitted elsewhere.

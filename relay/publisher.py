@@ -6,7 +6,7 @@ Two publishers, for two kinds of caller:
   during one loop iteration in a single Publish call over a grpc.aio channel. Written by hand
   because google-cloud-pubsub's PublisherClient batches on threads behind a lock: measured here
   it spent about 330 µs of CPU and 20 ms of latency per message, against about 75 µs and 2.4 ms
-  for this (see README, Benchmarks). It uses the raw protobuf classes the library ships.
+  for this (see docs/PERFORMANCE.md). It uses the raw protobuf classes the library ships.
 - `TopicPublisher` (handlers, command line): the library's PublisherClient, blocking.
 """
 

@@ -1,5 +1,5 @@
 # Cloud Monitoring: the Relay dashboard, the alert policies, and the two log-based metrics they
-# read. Every policy's documentation says what it means and what to do (README, Operate).
+# read. Every policy's documentation says what it means and what to do (docs/OPERATIONS.md).
 #
 # Where the numbers come from:
 # - workload.googleapis.com/relay.*: the services' OpenTelemetry instruments (relay/telemetry.py,
@@ -420,7 +420,7 @@ locals {
         **What to do.**
         1. The receiver's logs: `jsonPayload.outcome="rejected"` lines show `reason` and the client; Replicate's requests come from its own addresses, a probe from anywhere.
         2. If real webhooks fail, jobs stop moving: `python -m relay status` (time since the last event) and `python -m relay jobs list --stuck`.
-        3. Compare the secret with Replicate's (`GET https://api.replicate.com/v1/webhooks/default/secret`), add a version that holds the right one (both, space-separated, during a rotation: README, Deploy) and start new receiver instances: `gcloud run services update receiver --update-labels=rotated=$(date +%s)`.
+        3. Compare the secret with Replicate's (`GET https://api.replicate.com/v1/webhooks/default/secret`), add a version that holds the right one (both, space-separated, during a rotation: docs/DEPLOY.md) and start new receiver instances: `gcloud run services update receiver --update-labels=rotated=$(date +%s)`.
         4. Final webhooks refused meanwhile are not lost for good: Replicate retries them for about a minute, then the reconciler recovers their jobs within `RELAY_RECONCILE_QUIET_SECONDS` (10 min).
       EOT
     }

@@ -81,7 +81,7 @@ locals {
         cpu_idle    = true
         env         = local.handler_env
       }
-      # Private, the operators' status page (relay/ops/statuspage.py; README, "Operate"): read-only,
+      # Private, the operators' status page (relay/ops/statuspage.py; docs/OPERATIONS.md): read-only,
       # opened with `gcloud run services proxy status-page`, which runs on the operator's machine
       # and sends each request to the service's URL with the operator's identity token. So its
       # ingress is ALL (internal-only ingress would refuse the proxy from outside the VPC) and IAM
@@ -206,7 +206,7 @@ resource "google_cloud_run_v2_service" "service" {
           value_source {
             secret_key_ref {
               secret  = env.value
-              version = "latest" # resolved when an instance starts; see README, rotating the secret
+              version = "latest" # resolved when an instance starts; see docs/DEPLOY.md, rotating the secret
             }
           }
         }

@@ -1,4 +1,4 @@
-# Secret containers only: values are added out of band (README, Deploy), never in state.
+# Secret containers only: values are added out of band (docs/DEPLOY.md), never in state.
 # Each secret is read by exactly one service, which gets it as one environment variable (run.tf)
 # and is the only account allowed to access it.
 

@@ -36,7 +36,7 @@ INSTALL_HINT = (
     "install the Google Cloud SDK with its emulators and Java 17: the Debian packages "
     "google-cloud-cli, google-cloud-cli-pubsub-emulator, google-cloud-cli-firestore-emulator "
     "and openjdk-17-jre-headless, or `gcloud components install pubsub-emulator "
-    "cloud-firestore-emulator` (see README, Develop)"
+    "cloud-firestore-emulator` (see docs/EMULATORS.md)"
 )
 
 

@@ -511,8 +511,8 @@ def test_unknown_status_is_accepted_and_passed_on(status: str) -> None:
 def test_wrongly_typed_optional_field_is_passed_on_by_the_receiver_and_refused_by_the_handlers(
     field: str, value: Any
 ) -> None:
-    # README "Benchmarks": the receiver checks only id and status; the handlers parse the whole prediction and
-    # log and acknowledge what they cannot decode (README "Permanent vs transient").
+    # docs/PERFORMANCE.md: the receiver checks only id and status; the handlers parse the whole prediction and
+    # log and acknowledge what they cannot decode (docs/ARCHITECTURE.md, "Permanent vs transient").
     webhook = signed({**PREDICTION, field: value})
     assert_accepted(webhook.headers, webhook.body)
     with pytest.raises(PayloadError) as caught:
