@@ -141,15 +141,7 @@ class Reconciler:
             return "errors", f"{job.prediction_id}: {error}"
         if prediction.status == job.replicate_status and not prediction.is_terminal:
             return "still_running", None
-        attributes = EventAttributes(
-            prediction_id=prediction.id,
-            status=prediction.status,
-            # Deterministic per observed state, so two reconcilers publishing the same thing
-            # are one event to the handlers.
-            webhook_id=f"reconciler:{prediction.id}:{prediction.status}:{len(prediction.logs or '')}",
-            webhook_timestamp=int(now.timestamp()),
-            source=Source.RECONCILER,
-        )
+        attributes = EventAttributes.observed(prediction, Source.RECONCILER, now)
         try:
             self._publish_recovery(job, body, attributes)
         except PublishError as error:

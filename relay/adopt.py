@@ -221,15 +221,7 @@ class Adopter:
         if not self.store.adopt(job):
             return _row(prediction, Action.KNOWN, "a job appeared meanwhile")
         now = self.clock()
-        attributes = EventAttributes(
-            prediction_id=prediction.id,
-            status=prediction.status,
-            # Deterministic per observed state, as the reconciler's: the same state published twice
-            # is one event to the handlers.
-            webhook_id=f"adopt:{prediction.id}:{prediction.status}:{len(prediction.logs or '')}",
-            webhook_timestamp=int(now.timestamp()),
-            source=Source.ADOPTED,
-        )
+        attributes = EventAttributes.observed(prediction, Source.ADOPTED, now)
         try:
             self.events.publish(body, attributes.to_message())
         except PublishError as error:

@@ -201,6 +201,19 @@ class EventAttributes:
         return attributes
 
     @classmethod
+    def observed(cls, prediction: Prediction, source: Source, now: datetime) -> EventAttributes:
+        """The attributes of a prediction Relay read from Replicate's API instead of a webhook
+        (the reconciler, `relay adopt`). The webhook id is deterministic per observed state, so the
+        same state published twice, by two runs or two reconcilers, is one event to the handlers."""
+        return cls(
+            prediction_id=prediction.id,
+            status=prediction.status,
+            webhook_id=f"{source.value}:{prediction.id}:{prediction.status}:{len(prediction.logs or '')}",
+            webhook_timestamp=int(now.timestamp()),
+            source=source,
+        )
+
+    @classmethod
     def from_message(cls, attributes: dict[str, str]) -> EventAttributes:
         """Read the attributes of a message; raises PayloadError when one is missing or wrong."""
         try:

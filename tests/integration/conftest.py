@@ -18,6 +18,7 @@ from google.cloud import firestore, pubsub_v1
 from relay.devstack.stack import LocalStack, StackConfig
 from relay.jobs import Job
 from relay.jobstore import JOBS
+from relay.replicate_api import ReplicateAPI
 from relay.testing import SignedWebhook, sign_webhook
 from tests.integration import fileserver
 from tests.integration.fileserver import FileServer
@@ -80,6 +81,14 @@ def simulator(stack: LocalStack) -> Iterator[httpx.Client]:
         defaults = client.get("/_sim/config").json()
         yield client
         client.post("/_sim/config", json=defaults)
+
+
+@pytest.fixture
+def replicate_api(stack: LocalStack) -> Iterator[ReplicateAPI]:
+    """Replicate's API as Relay's adapter speaks it, pointed at the simulator."""
+    api = ReplicateAPI.connect(stack.client_env["REPLICATE_API_TOKEN"], base_url=stack.simulator_url)
+    yield api
+    api.close()
 
 
 @pytest.fixture(scope="session")

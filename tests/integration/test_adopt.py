@@ -45,13 +45,6 @@ def old_worker(stack: LocalStack) -> Iterator[replicate.Client]:
 
 
 @pytest.fixture
-def replicate_api(stack: LocalStack) -> Iterator[ReplicateAPI]:
-    api = ReplicateAPI.connect(stack.client_env["REPLICATE_API_TOKEN"], base_url=stack.simulator_url)
-    yield api
-    api.close()
-
-
-@pytest.fixture
 def events(stack: LocalStack) -> TopicPublisher:
     return TopicPublisher(f"projects/{stack.config.project}/topics/replicate-events", deadline_seconds=10)
 

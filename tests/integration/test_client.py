@@ -68,13 +68,6 @@ def listener_threads() -> int:
 
 
 @pytest.fixture
-def replicate_api(stack: LocalStack) -> Iterator[ReplicateAPI]:
-    api = ReplicateAPI.connect(stack.client_env["REPLICATE_API_TOKEN"], base_url=stack.simulator_url)
-    yield api
-    api.close()
-
-
-@pytest.fixture
 def client(stack: LocalStack, db: firestore.Client, replicate_api: ReplicateAPI) -> Iterator[RelayClient]:
     submitter = Submitter(store=JobStore(db), replicate=replicate_api, webhook_url=stack.receiver_url + "/")
     with RelayClient(JobStore(db), submitter=submitter) as relay:

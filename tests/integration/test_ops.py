@@ -354,13 +354,6 @@ def test_jobs_list_rejects_a_stuck_final_state_and_a_malformed_since(relay: Call
     assert "--since takes a duration such as 2h" in malformed.err
 
 
-@pytest.fixture
-def replicate_api(stack: LocalStack) -> Iterator[ReplicateAPI]:
-    api = ReplicateAPI.connect(stack.client_env["REPLICATE_API_TOKEN"], base_url=stack.simulator_url)
-    yield api
-    api.close()
-
-
 def test_reprocess_publishes_what_replicate_knows_and_the_handlers_apply_it(
     relay: Callable[..., Run], replicate_api: ReplicateAPI, db: firestore.Client
 ) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -21,13 +20,6 @@ from tests.integration.conftest import Tap, announcements, read_job, wait_for, w
 
 MODEL = ModelRef.parse("flux-kontext-apps/restore-image")
 FAST = {"input_image": "https://example.com/old.jpg", "seed": 1, "sim_duration": 0.5}
-
-
-@pytest.fixture
-def replicate_api(stack: LocalStack) -> Iterator[ReplicateAPI]:
-    api = ReplicateAPI.connect(stack.client_env["REPLICATE_API_TOKEN"], base_url=stack.simulator_url)
-    yield api
-    api.close()
 
 
 @pytest.fixture
