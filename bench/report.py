@@ -618,6 +618,158 @@ def faults_section(runs: list[dict[str, Any]], images: Mapping[str, str]) -> lis
     return out
 
 
+# Soak (bench/soak.py) ---------------------------------------------------------------------------------
+
+
+def _plot_soak(soak: Mapping[str, Any], images_dir: Path) -> dict[str, str]:
+    """RSS and fds over time per process (relay's, then the emulators and simulator), latency per minute."""
+    start, end = soak["judged_window_s"]
+    images: dict[str, str] = {}
+    for index, (label, scale) in enumerate((("RSS (MiB)", 1024 * 1024), ("open file descriptors", 1))):
+        figure, panels = plt.subplots(1, 2, figsize=(13, 4.6))
+        for axes, kinds, title in zip(
+            panels,
+            (("relay",), ("simulator", "emulator")),
+            ("relay's processes", "simulator and emulators"),
+            strict=True,
+        ):
+            for name, series in soak["samples"].items():
+                if series["kind"] in kinds:
+                    points = series["t_rss_fds_threads"]
+                    axes.plot([p[0] / 60 for p in points], [p[1 + index] / scale for p in points], label=name, lw=1.2)
+            axes.axvspan(start / 60, end / 60, color="#e9ecef", zorder=0, label="judged window")
+            axes.set_title(f"{label}: {title}")
+            axes.set_xlabel("minutes since the first submit")
+            axes.grid(True, alpha=0.3)
+            axes.legend(loc="upper left", fontsize=6, ncol=2)
+        figure.tight_layout()
+        name = f"soak-{'rss' if index == 0 else 'fds'}.png"
+        figure.savefig(images_dir / name, dpi=110)
+        plt.close(figure)
+        images["rss" if index == 0 else "fds"] = f"bench/{name}"
+    figure, axes = plt.subplots(figsize=(9, 3.6))
+    rows = soak["latency_per_minute"]
+    for key, colour in (("p50", "#1c7ed6"), ("p99", "#e8590c")):
+        axes.plot([r["minute"] + 0.5 for r in rows], [r[key] for r in rows], marker="o", label=key, color=colour)
+    twin = axes.twinx()
+    twin.bar([r["minute"] + 0.5 for r in rows], [r["count"] for r in rows], width=0.8, color="#dee2e6", zorder=0)
+    twin.set_ylabel("jobs completed in the minute")
+    axes.set_zorder(twin.get_zorder() + 1)
+    axes.patch.set_visible(False)
+    axes.set_xlabel("minute (by Replicate's completed_at, since the first submit)")
+    axes.set_ylabel("seconds, completed_at → job final")
+    axes.set_title("End-to-end latency per minute (jobs ended by their webhooks)")
+    axes.grid(True, alpha=0.3)
+    axes.legend(loc="upper left", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(images_dir / "soak-latency.png", dpi=110)
+    plt.close(figure)
+    images["latency"] = "bench/soak-latency.png"
+    return images
+
+
+def soak_section(soak: Mapping[str, Any] | None, images_dir: Path) -> list[str]:
+    """The soak's section, with its three plots written to `images_dir`."""
+    out = ["## Soak: a steady load through the whole stack, watched for leaks", ""]
+    if soak is None:
+        return [*out, "Not measured: `bench/results/soak.json` is missing (run `make soak`).", ""]
+    s, jobs, flat = soak["settings"], soak["jobs"], soak["flat"]
+    start, end = soak["judged_window_s"]
+    images = _plot_soak(soak, images_dir)
+    out += [f"_{provenance(soak)}._", ""]
+    if s["smoke"]:
+        out += [
+            f"> **Smoke run ({s['minutes']:g} minutes), not the 30-minute soak.** It shows that the pipeline works; "
+            "its judged window is too short to call anything flat or leaking. Replace it with `make soak` "
+            "(30 minutes) on a quiet machine.",
+            "",
+        ]
+    out += [
+        f"`bench/soak.py`: the local stack on free ports, {s['rate_per_s']:g} predictions a second for "
+        f"{s['minutes']:g} minutes with relay's `Submitter`, each running {s['prediction_duration_s']:g} s; mix by "
+        f"index: 1 in 50 loses its final webhook (`sim_drop_final`), 1 in 10 fails, the rest succeed with 1 or 2 "
+        f"files of {s['file_bytes']:,} bytes. Simulator chaos: duplicates {s['duplicate_probability']:g}, "
+        f"reorders {s['reorder_probability']:g}. The reconciler is called every {s['reconcile_every_s']:g} s "
+        f"(quiet threshold {s['reconcile_quiet_s']} s). RSS, open fds and threads of every process of the "
+        f"stack are read from `/proc` every {s['sample_every_s']:g} s. Growth is judged over the last 2/3 of the "
+        f"load ({start / 60:g}–{end / 60:g} min): the least-squares line's rise over the window, and the median of "
+        f"its last sixth minus that of its first sixth. Bound for relay's processes: both under 5% or under "
+        f"10 MiB (fds: 5% or 10); the emulators (JVM heaps grow until collected, and they keep every document, "
+        f"message and object) and the simulator (it keeps every prediction) are reported and judged apart.",
+        "",
+        text_table(
+            ["figure", "value"],
+            [
+                [
+                    "predictions",
+                    f"{jobs['submitted']:,} submitted, {jobs['final']:,} final; by kind "
+                    + "; ".join(
+                        f"{k}: {', '.join(f'{st} {n}' for st, n in v.items())}"
+                        for k, v in jobs["states_by_kind"].items()
+                    ),
+                ],
+                ["not as steered", f"**{jobs['not_as_steered']}**"],
+                ["**lost**", f"**{jobs['lost']}** of {jobs['acknowledged_webhook_ids']:,} acknowledged webhook ids"],
+                [
+                    "relay's processes flat",
+                    f"**{'met' if flat['met'] else 'not met'}** ({flat['relay_processes']} "
+                    f"processes{'; growing: ' + ', '.join(flat['not_flat']) if flat['not_flat'] else ''})",
+                ],
+                [
+                    "reconciled jobs (final webhook dropped)",
+                    f"{soak['reconciled_end_to_end_s']['count']}, p50 {secs(soak['reconciled_end_to_end_s']['p50'])}, "
+                    f"max {secs(soak['reconciled_end_to_end_s']['max'])} after completed_at",
+                ],
+                [
+                    "webhook-ended jobs",
+                    f"p50 {secs(soak['end_to_end_s']['p50'])}, p99 "
+                    f"{secs(soak['end_to_end_s']['p99'])}, max {secs(soak['end_to_end_s']['max'])}",
+                ],
+            ],
+        ),
+        "",
+    ]
+
+    def mib(value: float | None) -> str:
+        return "n/a" if value is None else f"{value / 1024 / 1024:+.1f}"
+
+    rows = [
+        [
+            p["name"],
+            p["kind"],
+            f"{p['rss']['first'] / 1024 / 1024:.1f}" if p["rss"]["first"] is not None else "n/a",
+            mib(p["rss"]["fitted"]),
+            mib(p["rss"]["first_to_last"]),
+            f"{p['rss']['relative'] * 100:+.1f}%" if p["rss"]["relative"] is not None else "n/a",
+            f"{p['fds']['first']:g}" if p["fds"]["first"] is not None else "n/a",
+            f"{p['fds']['fitted']:+.1f}" if p["fds"]["fitted"] is not None else "n/a",
+            {True: "flat", False: "**grows**", None: "n/a"}[p["flat"]] + ("" if p["judged"] else " (apart)"),
+        ]
+        for p in soak["processes"]
+    ]
+    headers = ["process", "kind", "RSS MiB", "fit MiB", "last−first MiB", "growth", "fds", "fds fit", "verdict"]
+    out += [f"Growth per process over {start / 60:g}–{end / 60:g} min:", "", markdown_table(headers, rows), ""]
+    latency_rows = [
+        [str(r["minute"]), str(r["count"]), secs(r["p50"]), secs(r["p99"]), str(q["count"]), secs(q["p99"])]
+        for r, q in zip(soak["latency_per_minute"], soak["reconciled_per_minute"], strict=True)
+    ]
+    out += [
+        "End-to-end latency per minute (Replicate's `completed_at` → the job final; by the minute of `completed_at`):",
+        "",
+        markdown_table(["minute", "jobs", "p50", "p99", "reconciled", "reconciled p99"], latency_rows),
+        "",
+        f"![RSS per process over time]({images['rss']})",
+        "",
+        f"![Open fds per process over time]({images['fds']})",
+        "",
+        f"![Latency per minute]({images['latency']})",
+        "",
+    ]
+    if soak.get("problems"):
+        out += ["**Problems in this run:** " + "; ".join(soak["problems"]), ""]
+    return out
+
+
 def machine_section(info: Mapping[str, str], documents: Mapping[str, Mapping[str, Any] | None]) -> list[str]:
     cores = {str(doc["host"].get("cpus")) for doc in documents.values() if doc and "host" in doc}
     rows = [
@@ -732,6 +884,7 @@ def write_report(results: Path, docs: Path) -> Path:
         *archive_section(archive),
         *image_section(image),
         *faults_section(faults, images),
+        *soak_section(load(results / "soak.json"), images_dir),
         *limits_section(),
     ]
     path = docs / "BENCHMARKS.md"
