@@ -88,7 +88,9 @@ TERMINAL = frozenset({"succeeded", "failed", "canceled", "aborted"})
 # the record itself, plus the job document, plus the predictions/{id} mapping when the event created the job.
 WRITES_BY_OUTCOME = {"created": 3, "applied": 2}
 SUBMIT_WRITES = 3  # jobs/{id} created; then predictions/{id} set and the job updated in one transaction
-ANNOUNCE_WRITES = 2  # the announcement claimed, then marked sent (relay/jobevents.py announce_once)
+# The announcement marked sent; its claim rides on the write that made the job final (relay/jobstore.py
+# _transact). A redelivery or the reconciler claiming it again after a failed publish adds one, not counted.
+ANNOUNCE_WRITES = 1
 
 
 # Processes -----------------------------------------------------------------------------------------
@@ -500,6 +502,76 @@ def firestore_rpcs(span_file: Path) -> Counter[str]:
     return counter
 
 
+def read_spans(span_file: Path, service: str) -> list[dict[str, Any]]:
+    """Every span one service exported to the span file (OTLP/JSON lines)."""
+    found: list[dict[str, Any]] = []
+    with contextlib.suppress(FileNotFoundError), span_file.open(encoding="utf-8", errors="replace") as lines:
+        for line in lines:
+            if f'"{service}"' not in line:
+                continue
+            with contextlib.suppress(json.JSONDecodeError):
+                for resource in json.loads(line).get("resourceSpans", []):
+                    attributes = resource.get("resource", {}).get("attributes", [])
+                    names = [a["value"].get("stringValue") for a in attributes if a.get("key") == "service.name"]
+                    if names == [service]:
+                        found += [span for scope in resource.get("scopeSpans", []) for span in scope.get("spans", [])]
+    return found
+
+
+def _span_ms(span: Mapping[str, Any]) -> float:
+    return (int(span["endTimeUnixNano"]) - int(span["startTimeUnixNano"])) / 1e6
+
+
+def _summary_ms(values: list[float]) -> dict[str, float | int | None]:
+    return {
+        "count": len(values),
+        "p50_ms": round(p, 1) if (p := percentile(values, 50)) is not None else None,
+        "p90_ms": round(p, 1) if (p := percentile(values, 90)) is not None else None,
+        "p99_ms": round(p, 1) if (p := percentile(values, 99)) is not None else None,
+    }
+
+
+def archive_breakdown(span_file: Path) -> dict[str, Any]:
+    """archive-outputs's messages that copied files, from its spans: the whole message (its consumer
+    span) and each step under it, in milliseconds. Steps: the copies ("archive file", each, and all of
+    a message's from the first start to the last end), the job lookup and the records outside a
+    transaction (Firestore RPCs straight under the message), each Firestore transaction by name, the
+    job-events publish."""
+    spans = read_spans(span_file, "archive-outputs")
+    children: dict[str, list[dict[str, Any]]] = {}
+    for span in spans:
+        children.setdefault(str(span.get("parentSpanId", "")), []).append(span)
+    messages: list[float] = []
+    steps: dict[str, list[float]] = {}
+    for span in spans:
+        under = children.get(str(span["spanId"]), [])
+        if not span["name"].startswith("process ") or not any(c["name"] == "archive file" for c in under):
+            continue
+        messages.append(_span_ms(span))
+        copies = [c for c in under if c["name"] == "archive file"]
+        first = min(int(c["startTimeUnixNano"]) for c in copies)
+        steps.setdefault("copies, all of the message's", []).append(
+            (max(int(c["endTimeUnixNano"]) for c in copies) - first) / 1e6
+        )
+        per_message: dict[str, float] = {}
+        for child in under:
+            name = str(child["name"])
+            if name.startswith("/google.firestore."):
+                name = "Firestore RPCs outside transactions (lookup, mark announced)"
+            per_message[name] = per_message.get(name, 0.0) + _span_ms(child)
+            if name == "archive file":
+                steps.setdefault("archive file (each)", []).append(_span_ms(child))
+        for name, total in per_message.items():
+            if name != "archive file":
+                steps.setdefault(name, []).append(total)
+    return {
+        "message": _summary_ms(messages),
+        "steps": {name: _summary_ms(values) for name, values in sorted(steps.items())},
+        "method": "archive-outputs's consumer spans with at least one 'archive file' span under them; a step's "
+        "figure sums its spans within one message",
+    }
+
+
 def firestore_writes(
     submitted: int, jobs: Mapping[str, Mapping[str, Any]], records: Mapping[str, list[dict[str, Any]]]
 ) -> dict[str, int]:
@@ -655,6 +727,7 @@ def run(args: argparse.Namespace, processes: StackProcesses) -> int:  # noqa: PL
         if record.prediction_id
     ]
     rpcs = firestore_rpcs(stack.trace_file)
+    archive_steps = archive_breakdown(stack.trace_file)
     processes.stop_all()  # the stack: not needed for the report
 
     document = summarise(
@@ -669,6 +742,7 @@ def run(args: argparse.Namespace, processes: StackProcesses) -> int:  # noqa: PL
         counts=facts.outcomes,
         services={process: facts.service(process) for process in facts.spans},
         rpcs=rpcs,
+        archive_steps=archive_steps,
         wall_begin=wall_begin,
         timings={
             "stack_start_s": round(stack_ready - started, 1),
@@ -755,6 +829,7 @@ def summarise(
     counts: Mapping[str, Counter[str]],
     services: Mapping[str, Mapping[str, Any]],
     rpcs: Counter[str],
+    archive_steps: Mapping[str, Any],
     wall_begin: float,
     timings: dict[str, Any],
 ) -> dict[str, Any]:
@@ -839,6 +914,7 @@ def summarise(
             "receiver_outcomes": dict(counts["receiver"]),
         },
         "services": dict(services),
+        "archive_outputs_spans": dict(archive_steps),
         "end_to_end_s": distribution(e2e),
         "stages_s": {
             stage: distribution([v for r in results if (v := r.stages.get(stage)) is not None])
@@ -959,6 +1035,17 @@ def report(document: Mapping[str, Any]) -> None:
             ),
         ]
     )
+    archive = document.get("archive_outputs_spans", {})
+    if archive.get("message", {}).get("count"):
+        message = archive["message"]
+        rows.append(
+            [
+                "archive-outputs",
+                f"{message['count']} messages that copied files, from their spans: p50 {message['p50_ms']} ms, p90 "
+                f"{message['p90_ms']} ms, p99 {message['p99_ms']} ms; steps p50: "
+                + ", ".join(f"{name} {step['p50_ms']} ms" for name, step in archive["steps"].items()),
+            ]
+        )
     for label, value in rows:
         print(f"{label:<20}{value}")
     print(

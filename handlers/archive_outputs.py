@@ -3,6 +3,9 @@ makes its job final. Replicate deletes the files an hour after completion; this 
 
 from __future__ import annotations
 
+import contextvars
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,10 +14,16 @@ from relay.archive import ArchiveConflict, Archiver
 from relay.downloads import DownloadError, DownloadFailed, DownloadGone
 from relay.events import PredictionEvent, PredictionStatus
 from relay.jobs import Failure, Outcome, Policy, needs_archive, outputs_removed
-from relay.jobstore import Applied, JobStore
-from relay.outputs import FailedOutput, find_files, plain_value
+from relay.jobstore import Applied, JobStore, Located
+from relay.outputs import ArchivedObject, FailedOutput, find_files, plain_value
 
 ACTOR = "archive-outputs"
+# A job's files are copied side by side (two 16 KiB files: ~25 ms instead of ~45 ms here), on one
+# pool per process, so at most COPY_THREADS copies stream at once whatever the number of messages
+# and files: what the service's memory was sized for (infra/terraform/run.tf: 8 at ~48 MiB each in
+# 1 GiB). Threads start on the first copy, in the serving process (after gunicorn's fork).
+COPY_THREADS = 8
+_COPIES = ThreadPoolExecutor(max_workers=COPY_THREADS, thread_name_prefix="archive-copy")
 
 
 @dataclass(frozen=True)
@@ -35,25 +44,35 @@ def archive(event: PredictionEvent, *, store: JobStore, archiver: Archiver, poli
     if event.attributes.status != PredictionStatus.SUCCEEDED:
         return ArchiveResult("ignored")  # the production subscription filters these out already
     prediction = event.prediction
-    try:
-        current = store.find_by_prediction(prediction.id)
-    except TRANSIENT_ERRORS as error:
-        raise TransientError("firestore_unavailable", _describe(error)) from error
-    if current is not None and current.is_terminal:
-        return ArchiveResult(Outcome.ABSORBED.value, Applied(Outcome.ABSORBED, current.job_id, current))
     if outputs_removed(event):
         return _expired(event, store)
-
     files = find_files(prediction.output)
     if not files and not needs_archive(prediction.output, policy):
         return ArchiveResult("nothing_to_archive")  # job-status makes such a job final by itself
 
+    # The copies run on the shared pool while this thread looks the job up: neither waits for the other.
+    if files:
+        copies = [_copy(archiver.archive_file, prediction.id, output) for output in files]
+    else:
+        copies = [_copy(archiver.archive_value, prediction.id, plain_value(prediction.output))]
+    try:
+        located: Located | None = store.locate(prediction.id)
+    except TRANSIENT_ERRORS:
+        located = None  # the transaction reads it again, and raises if Firestore is still away
+    wait(copies)
+    if located is not None and located.job is not None and located.job.is_terminal:
+        # A redelivery of a job already final: whatever the copies found changes nothing.
+        current = located.job
+        return ArchiveResult(Outcome.ABSORBED.value, Applied(Outcome.ABSORBED, current.job_id, current))
+
     outputs: list[dict[str, Any]] = []
     failure: Failure | None = None
     try:
-        for output in files:
+        if not files:
+            outputs.append(copies[0].result().to_document())
+        for output, copy in zip(files, copies, strict=False):
             try:
-                outputs.append(archiver.archive_file(prediction.id, output).to_document())
+                outputs.append(copy.result().to_document())
             except DownloadFailed as error:
                 raise TransientError("download_failed", error.message) from error
             except (DownloadError, ArchiveConflict) as error:
@@ -61,12 +80,15 @@ def archive(event: PredictionEvent, *, store: JobStore, archiver: Archiver, poli
                 failure = failure or Failure(code, f"output {output.index}: {message}")
                 failed = FailedOutput(index=output.index, source_url=_source_url(error), error_code=code, error=message)
                 outputs.append(failed.to_document())
-        if not files:
-            outputs.append(archiver.archive_value(prediction.id, plain_value(prediction.output)).to_document())
-        applied = store.finish_archive(event, outputs, failure)
+        applied = store.finish_archive(event, outputs, failure, located=located)
     except TRANSIENT_ERRORS as error:
         raise TransientError("storage_unavailable", _describe(error)) from error
     return ArchiveResult(applied.outcome.value, applied, outputs, failure)
+
+
+def _copy(copy: Callable[..., ArchivedObject], *args: Any) -> Future[ArchivedObject]:
+    # In a copy of this context, so each copy's spans stay in the message's trace.
+    return _COPIES.submit(contextvars.copy_context().run, copy, *args)
 
 
 def _expired(event: PredictionEvent, store: JobStore) -> ArchiveResult:

@@ -29,8 +29,8 @@ from relay import jobevents, logs, telemetry
 from relay.archive import Archiver
 from relay.config import load_or_exit
 from relay.downloads import Downloader
-from relay.jobs import Job, needs_announcement
-from relay.jobstore import JobStore, utcnow
+from relay.jobs import needs_announcement
+from relay.jobstore import Applied, JobStore, utcnow
 from relay.publisher import PublishError, TopicPublisher
 from relay.replicate_api import ReplicateAPI
 from relay.serve import flask_health
@@ -169,7 +169,7 @@ def _apply_job_status(envelope: PushEnvelope, span: Span) -> dict[str, Any]:
     clients = _get_clients()
     applied = job_status_handler.apply(clients.store, event)
     span.set_attribute(telemetry.JOB_ID, applied.job_id)
-    announced = _announce_if_owed(clients, applied.job, "job-status")
+    announced = _announce_if_owed(clients, applied, "job-status")
     return {
         "outcome": applied.outcome.value,
         "job_id": applied.job_id,
@@ -186,7 +186,7 @@ def _archive_outputs(envelope: PushEnvelope, span: Span) -> dict[str, Any]:
     job = result.applied.job if result.applied else None
     if result.applied:
         span.set_attribute(telemetry.JOB_ID, result.applied.job_id)
-    announced = _announce_if_owed(clients, job, archive_handler.ACTOR)
+    announced = _announce_if_owed(clients, result.applied, archive_handler.ACTOR)
     archived_bytes = sum(int(entry.get("size") or 0) for entry in result.outputs if not entry.get("already_archived"))
     telemetry.METRICS.archive_bytes.add(archived_bytes)
     return {
@@ -201,12 +201,20 @@ def _archive_outputs(envelope: PushEnvelope, span: Span) -> dict[str, Any]:
     }
 
 
-def _announce_if_owed(clients: Clients, job: Job | None, actor: str) -> bool:
-    """Publish the final state on job-events if this handler made the job final and has not yet."""
-    if job is None or not needs_announcement(job, actor):
+def _announce_if_owed(clients: Clients, applied: Applied | None, actor: str) -> bool:
+    """Publish the final state on job-events if this handler made the job final and has not yet.
+
+    The transaction that made the job final claimed the announcement in the same write (claimed);
+    a redelivery after a failed publish claims it on its own (announce_once)."""
+    job = applied.job if applied else None
+    if applied is None or job is None or not needs_announcement(job, actor):
         return False
     try:
-        announced = jobevents.announce_once(clients.store, clients.job_events, job)
+        if applied.claimed:
+            jobevents.announce_claimed(clients.store, clients.job_events, job)
+            announced = True
+        else:
+            announced = jobevents.announce_once(clients.store, clients.job_events, job)
     except PublishError as error:
         # The transition is committed; redelivery of this message announces it then.
         raise TransientError("announce_failed", str(error)) from error

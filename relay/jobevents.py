@@ -164,6 +164,13 @@ def announce_once(store: JobStore, publisher: TopicPublisher, job: Job) -> bool:
     claimed = store.claim_announcement(job.job_id)
     if claimed is None:
         return False
-    announce(publisher, claimed)
-    store.mark_announced(claimed.job_id)
+    announce_claimed(store, publisher, claimed)
     return True
+
+
+def announce_claimed(store: JobStore, publisher: TopicPublisher, job: Job) -> None:
+    """Announce a job whose claim the caller holds already: taken in the transaction that made it
+    final (jobstore.Applied.claimed), or by claim_announcement. Raises PublishError (the claim
+    then lapses, as in announce_once)."""
+    announce(publisher, job)
+    store.mark_announced(job.job_id)

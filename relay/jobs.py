@@ -188,6 +188,9 @@ class Outcome(StrEnum):
     ABSORBED = "absorbed"  # the job is already terminal
     UNKNOWN_STATUS = "unknown_status"  # a status this version does not know; state kept
     DUPLICATE = "duplicate"  # this webhook-id was applied before
+    # A succeeded event whose outputs must be archived first: job-status records it and leaves the
+    # job to archive-outputs, the one writer of that final transition (see left_to_archive).
+    DEFERRED = "deferred"
 
 
 @dataclass(frozen=True)
@@ -212,6 +215,30 @@ def outputs_removed(event: PredictionEvent) -> bool:
     prediction = event.prediction
     removed = prediction.status == PredictionStatus.SUCCEEDED and bool(prediction.data_removed)
     return removed and prediction.output is None
+
+
+def left_to_archive(event: PredictionEvent, policy: Policy = DEFAULT_POLICY) -> bool:
+    """Whether only archive-outputs moves the job for this event: a succeeded prediction whose
+    outputs must be copied first (or were removed before Relay read them).
+
+    Both subscriptions get the succeeded event. If job-status also wrote the job (to `archiving`),
+    the two handlers would write one document in overlapping transactions on every such job, and
+    contended transactions wait: the Firestore emulator holds their locks 2 s, real Firestore
+    retries them with backoff. archive-outputs's transaction applies the event itself, so the job
+    loses nothing; until then it shows its earlier state, and a quiet open job is what the
+    reconciler checks.
+    """
+    if event.prediction.status != PredictionStatus.SUCCEEDED:
+        return False
+    return outputs_removed(event) or target_state(event.prediction.status, event.prediction.output, policy) == (
+        JobState.ARCHIVING
+    )
+
+
+def newly_final(before: Job | None, after: Job | None) -> bool:
+    """Whether a write takes the job from open (or absent) to final: the one write that may also
+    claim its announcement, since no other process can have claimed a job that was not final."""
+    return after is not None and after.is_terminal and (before is None or not before.is_terminal)
 
 
 def target_state(status: str, output: Any, policy: Policy = DEFAULT_POLICY) -> JobState | None:

@@ -18,7 +18,19 @@ from opentelemetry.trace import SpanKind
 
 from relay import telemetry
 from relay.events import PredictionEvent
-from relay.jobs import DEFAULT_POLICY, Decision, Failure, Job, JobState, Outcome, Policy, apply_event, finish_archive
+from relay.jobs import (
+    DEFAULT_POLICY,
+    Decision,
+    Failure,
+    Job,
+    JobState,
+    Outcome,
+    Policy,
+    apply_event,
+    finish_archive,
+    left_to_archive,
+    newly_final,
+)
 
 T = TypeVar("T")
 # The snapshots of the documents a transaction's `work` asked for besides the job (see _transact).
@@ -36,12 +48,24 @@ def utcnow() -> datetime:
 
 
 @dataclass(frozen=True)
+class Located:
+    """Where a prediction's job is, read outside any transaction."""
+
+    job_id: str
+    mapped: bool  # predictions/{id} exists: it never changes once written, so job_id is settled
+    job: Job | None
+
+
+@dataclass(frozen=True)
 class Applied:
     """What applying one event did, for the handler's log line and response."""
 
     outcome: Outcome
     job_id: str
     job: Job | None  # the job as it stands after the transaction
+    # The transaction made the job final and, in the same write, claimed its announcement (no one
+    # else can hold a claim on a job that was open): the caller publishes without claiming again.
+    claimed: bool = False
 
     @property
     def state(self) -> str | None:
@@ -67,11 +91,17 @@ class JobStore:
     def apply(self, event: PredictionEvent, *, actor: str = "job-status") -> Applied:
         """Apply one event to its job in a transaction (retried by the client on contention).
 
-        A webhook-id seen before is a no-op: the per-event record is the dedup key.
+        A webhook-id seen before is a no-op: the per-event record is the dedup key. A succeeded
+        event left to archive-outputs (relay.jobs.left_to_archive) is only recorded, outside any
+        transaction, when its job exists: see _defer.
         """
+        if left_to_archive(event, self._policy):
+            deferred = self._defer(event)
+            if deferred is not None:
+                return deferred
 
         def record_refs(job_id: str) -> list[firestore.DocumentReference]:
-            return [self._jobs.document(job_id).collection(EVENTS).document(event_key(event.attributes.webhook_id))]
+            return [self._record_ref(job_id, event.attributes.webhook_id)]
 
         def work(
             transaction: firestore.Transaction, job_id: str, job: Job | None, others: _Others
@@ -86,15 +116,62 @@ class JobStore:
 
         return self._transact("apply_event", event, work, also_read=record_refs)
 
-    def finish_archive(self, event: PredictionEvent, outputs: list[dict[str, Any]], failure: Failure | None) -> Applied:
-        """Record archived outputs and make the job final: succeeded, or failed with `failure`."""
+    def _defer(self, event: PredictionEvent) -> Applied | None:
+        """Record a succeeded event whose job archive-outputs finishes, without touching the job.
+
+        No transaction: nothing is decided about the job, so the record alone is written, and
+        `create` fails if the webhook-id was recorded meanwhile (the dedup stays exact). The job
+        document is only read, outside any transaction, so it holds no lock against
+        archive-outputs's write. None when there is no job yet (a prediction nobody submitted,
+        whose succeeded webhook came first): the caller's transaction creates it in `archiving`,
+        so the job exists, and the reconciler can find it, even while archive-outputs is down.
+        """
+        attributes = event.attributes
+        with telemetry.tracer().start_as_current_span(
+            "firestore record deferred event",
+            kind=SpanKind.CLIENT,
+            attributes={"db.system.name": "firestore", "db.operation.name": "defer_event"},
+        ):
+            located = self.locate(attributes.prediction_id)
+            if located.job is None:
+                return None
+            record_ref = self._record_ref(located.job_id, attributes.webhook_id)
+            if record_ref.get().exists:
+                return Applied(Outcome.DUPLICATE, located.job_id, located.job)
+            try:
+                record_ref.create(self._event_record(event, Outcome.DEFERRED, self._clock()))
+            except google_exceptions.AlreadyExists:  # another delivery of the same webhook, just now
+                return Applied(Outcome.DUPLICATE, located.job_id, located.job)
+            return Applied(Outcome.DEFERRED, located.job_id, located.job)
+
+    def locate(self, prediction_id: str) -> Located:
+        """The prediction's job id and job, read without a transaction (no locks held)."""
+        mapping = self._client.collection(PREDICTIONS).document(prediction_id).get()
+        job_id: str = mapping.get("job_id") if mapping.exists else prediction_id
+        return Located(job_id, mapping.exists, self.get(job_id))
+
+    def finish_archive(
+        self,
+        event: PredictionEvent,
+        outputs: list[dict[str, Any]],
+        failure: Failure | None,
+        *,
+        located: Located | None = None,
+    ) -> Applied:
+        """Record archived outputs and make the job final: succeeded, or failed with `failure`.
+
+        `located`, when the caller read it, spares the transaction its read of `predictions/{id}`
+        if that mapping existed (it never changes once written). The announcement is claimed in
+        the same write that makes the job final (Applied.claimed).
+        """
 
         def work(transaction: firestore.Transaction, job_id: str, job: Job | None, _: _Others) -> Decision:
             return finish_archive(
                 job, event, job_id=job_id, outputs=outputs, failure=failure, now=self._clock(), policy=self._policy
             )
 
-        return self._transact("finish_archive", event, work)
+        mapped = located.job_id if located is not None and located.mapped else None
+        return self._transact("finish_archive", event, work, mapped_job_id=mapped)
 
     def claim_announcement(self, job_id: str, *, lease: timedelta = timedelta(seconds=60)) -> Job | None:
         """Take the right to announce a final job; None if it is announced or someone else holds it.
@@ -283,6 +360,12 @@ class JobStore:
     def _jobs(self) -> firestore.CollectionReference:
         return self._client.collection(JOBS)
 
+    def _record_ref(self, job_id: str, webhook_id: str) -> firestore.DocumentReference:
+        record: firestore.DocumentReference = (
+            self._jobs.document(job_id).collection(EVENTS).document(event_key(webhook_id))
+        )
+        return record
+
     def _transact(
         self,
         operation: str,
@@ -290,22 +373,29 @@ class JobStore:
         work: Callable[[firestore.Transaction, str, Job | None, _Others], Applied | Decision],
         *,
         also_read: Callable[[str], list[firestore.DocumentReference]] = lambda _: [],
+        mapped_job_id: str | None = None,
     ) -> Applied:
         """Read the mapping and the job, let `work` decide, write what it decided — atomically.
 
         `also_read(job_id)` names the other documents `work` needs: they are fetched in the same
         request as the job (one round trip fewer inside the transaction, whose locks are held
-        that much less long), and `work` gets their snapshots, in the same order.
+        that much less long), and `work` gets their snapshots, in the same order. `mapped_job_id`:
+        the job id from a `predictions/{id}` the caller saw exist, which is then not read again.
+        A write that makes the job final also claims its announcement (see claim_announcement).
         """
 
         @firestore.transactional
         def run(transaction: firestore.Transaction) -> Applied:
             prediction_id = event.attributes.prediction_id
             mapping_ref = self._client.collection(PREDICTIONS).document(prediction_id)
-            mapping = mapping_ref.get(transaction=transaction)
-            # A webhook for a prediction nobody submitted through us still gets a job, keyed by
-            # the prediction id, so no event is ever dropped.
-            job_id: str = mapping.get("job_id") if mapping.exists else prediction_id
+            if mapped_job_id is not None:
+                job_id, mapping_exists = mapped_job_id, True
+            else:
+                mapping = mapping_ref.get(transaction=transaction)
+                # A webhook for a prediction nobody submitted through us still gets a job, keyed by
+                # the prediction id, so no event is ever dropped.
+                job_id = mapping.get("job_id") if mapping.exists else prediction_id
+                mapping_exists = mapping.exists
             job_ref = self._jobs.document(job_id)
             other_refs = also_read(job_id)
             # get_all answers in any order.
@@ -315,11 +405,15 @@ class JobStore:
             result = work(transaction, job_id, job, [snapshots[ref.path] for ref in other_refs])
             if isinstance(result, Applied):
                 return result
-            if not mapping.exists:
+            if not mapping_exists:
                 transaction.set(mapping_ref, {"job_id": job_id, "created_at": self._clock()})
-            if result.job is not None:
-                transaction.set(job_ref, result.job.to_document())
-            return Applied(result.outcome, job_id, result.job or job)
+            written, claimed = result.job, newly_final(job, result.job)
+            if written is not None:
+                if claimed:
+                    # The claim rides on the final write: one transaction fewer before announcing.
+                    written = written.model_copy(update={"announce_claimed_at": self._clock()})
+                transaction.set(job_ref, written.to_document())
+            return Applied(result.outcome, job_id, written or job, claimed=claimed)
 
         applied: Applied = self._commit(operation, run)
         return applied

@@ -15,6 +15,7 @@ from google.cloud import firestore
 
 from relay.devstack.stack import LocalStack
 from relay.jobs import Job
+from relay.jobstore import EVENTS, JOBS, event_key
 from relay.testing import SignedWebhook, prediction_lifecycle
 from tests.integration.conftest import (
     DOWNLOAD_CAP,
@@ -23,6 +24,7 @@ from tests.integration.conftest import (
     announcements,
     read_job,
     unique_id,
+    wait_for,
     wait_for_job,
 )
 from tests.integration.fileserver import Answer, FileServer
@@ -151,6 +153,29 @@ def test_redelivery_archives_once_transitions_once_and_announces_once(
     assert again is not None
     assert (again.updated_at, again.announced_at) == (job.updated_at, again.announced_at)
     assert again.announced_at is not None
+
+
+def test_job_with_files_is_made_final_by_archive_outputs_alone_and_announced_once(
+    files: FileServer, post: Post, sign: Sign, db: firestore.Client, job_events: Tap
+) -> None:
+    """job-status records the succeeded webhook (`deferred`) but leaves the job to archive-outputs: one
+    writer of the final transition, so the two handlers never contend for the job document."""
+    prediction_id = unique_id()
+    urls = [files.serve(f"/{prediction_id}/{n}.png", Answer(body=PNG, content_type="image/png")) for n in "ab"]
+    *progress, final = prediction_lifecycle(prediction_id, output=urls)
+    for body in progress:
+        assert post(sign(body)).status_code == 200
+    wait_for_job(db, prediction_id, "processing")
+    webhook = sign(final)
+    assert post(webhook).status_code == 200
+
+    job = wait_for_job(db, prediction_id, "succeeded")
+    assert job.announcer == "archive-outputs"
+    assert [entry["index"] for entry in job.outputs] == [0, 1]  # in order, though copied side by side
+    record = db.collection(JOBS).document(prediction_id).collection(EVENTS).document(event_key(webhook.webhook_id))
+    recorded = wait_for(lambda: record.get().to_dict(), what="job-status's record of the succeeded webhook")
+    assert recorded["outcome"] == "deferred"
+    assert len(announcements(job_events, prediction_id)) == 1
 
 
 def test_an_object_whose_name_extends_the_files_is_not_taken_for_it(

@@ -1,0 +1,99 @@
+"""JobStore on the Firestore emulator: which writer makes a job final, and the announcement claimed with it."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from google.cloud import firestore
+
+from relay.events import EventAttributes, Prediction, PredictionEvent, Source
+from relay.jobs import Outcome
+from relay.jobstore import EVENTS, JOBS, JobStore, event_key
+from relay.testing import prediction_lifecycle
+from tests.integration.conftest import read_job, unique_id
+
+FILE = "https://replicate.delivery/p/out-0.png"
+
+
+def events(prediction_id: str, output: Any) -> list[PredictionEvent]:
+    """starting, processing, succeeded: one event each, as job-status and archive-outputs get them."""
+    now = int(datetime.now(UTC).timestamp())
+    return [
+        PredictionEvent(
+            attributes=EventAttributes(
+                prediction_id, body["status"], f"msg_{prediction_id}_{i}", now + i, Source.WEBHOOK
+            ),
+            prediction=Prediction.model_validate(body),
+        )
+        for i, body in enumerate(prediction_lifecycle(prediction_id, output=output))
+    ]
+
+
+def record(db: firestore.Client, job_id: str, event: PredictionEvent) -> dict[str, Any] | None:
+    ref = db.collection(JOBS).document(job_id).collection(EVENTS).document(event_key(event.attributes.webhook_id))
+    return ref.get().to_dict()
+
+
+def test_succeeded_event_with_files_is_recorded_but_the_job_is_left_to_archive_outputs(db: firestore.Client) -> None:
+    store = JobStore(db)
+    prediction_id = unique_id()
+    starting, processing, succeeded = events(prediction_id, [FILE])
+    assert store.apply(starting).outcome == Outcome.CREATED
+    assert store.apply(processing).outcome == Outcome.APPLIED
+
+    deferred = store.apply(succeeded)
+    assert (deferred.outcome, deferred.state, deferred.claimed) == (Outcome.DEFERRED, "processing", False)
+    assert read_job(db, prediction_id).state == "processing"  # type: ignore[union-attr]
+    assert (record(db, prediction_id, succeeded) or {})["outcome"] == "deferred"
+    assert store.apply(succeeded).outcome == Outcome.DUPLICATE
+
+
+def test_the_write_that_makes_a_job_final_claims_its_announcement_once(db: firestore.Client) -> None:
+    store = JobStore(db)
+    prediction_id = unique_id()
+    starting, _, succeeded = events(prediction_id, [FILE])
+    store.apply(starting)
+
+    finished = store.finish_archive(succeeded, [], None)
+    assert (finished.outcome, finished.state, finished.claimed) == (Outcome.APPLIED, "succeeded", True)
+    assert finished.job is not None
+    assert finished.job.announce_claimed_at is not None
+    assert store.claim_announcement(prediction_id) is None  # held: no second announcer
+
+    again = store.finish_archive(succeeded, [], None)
+    assert (again.outcome, again.claimed) == (Outcome.ABSORBED, False)
+    assert store.apply(succeeded).outcome == Outcome.DEFERRED  # recorded; the job stays final
+    assert read_job(db, prediction_id).updated_at == finished.job.updated_at  # type: ignore[union-attr]
+
+
+def test_a_final_event_applied_by_job_status_claims_the_announcement_in_the_same_write(db: firestore.Client) -> None:
+    store = JobStore(db)
+    prediction_id = unique_id()
+    *_, succeeded = events(prediction_id, "a short text")  # no files: job-status makes it final
+    applied = store.apply(succeeded)
+    assert (applied.outcome, applied.state, applied.claimed) == (Outcome.CREATED, "succeeded", True)
+    assert applied.job is not None
+    assert applied.job.announcer == "job-status"
+    assert store.claim_announcement(prediction_id) is None
+
+
+def test_succeeded_event_with_files_for_no_known_job_creates_it_archiving(db: firestore.Client) -> None:
+    """While archive-outputs is down or behind, the job exists (archiving) for the reconciler to find."""
+    store = JobStore(db)
+    prediction_id = unique_id()
+    *_, succeeded = events(prediction_id, [FILE])
+    created = store.apply(succeeded)
+    assert (created.outcome, created.state, created.claimed) == (Outcome.CREATED, "archiving", False)
+    finished = store.finish_archive(succeeded, [], None)
+    assert (finished.state, finished.claimed) == ("succeeded", True)
+
+
+def test_claim_lapses_after_its_lease_when_the_announcement_was_not_marked(db: firestore.Client) -> None:
+    store = JobStore(db)
+    prediction_id = unique_id()
+    *_, succeeded = events(prediction_id, "text")
+    store.apply(succeeded)  # final and claimed, never marked announced (a publish that failed)
+    time.sleep(0.2)
+    assert store.claim_announcement(prediction_id, lease=timedelta(milliseconds=100)) is not None
