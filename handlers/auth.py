@@ -2,129 +2,33 @@
 
 from __future__ import annotations
 
-import json
-import math
-import re
-import threading
-import time
-from collections.abc import Callable, Mapping
-from typing import Any
-
-import google.auth.exceptions
-import google.auth.transport
 import google.auth.transport.requests
-from google.auth import jwt
 
 from handlers.errors import TransientError, Unauthenticated
 from handlers.settings import PushAuthSettings
 
-# Where Google publishes the certificates (key id → PEM) its ID tokens are signed with: the URL
-# google.oauth2.id_token.verify_oauth2_token uses.
-GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
-GOOGLE_ISSUERS = frozenset({"https://accounts.google.com", "accounts.google.com"})
-CLOCK_SKEW_SECONDS = 60
-CERTS_TIMEOUT_SECONDS = 5.0  # connect and read; a push request waits for it
-# Without a Cache-Control max-age, keep the certificates this long (Google's is several hours).
-_DEFAULT_MAX_AGE_SECONDS = 300.0
-# A token naming a key id the cached certificates lack refetches them (Google rotated its keys),
-# but at most this often, so tokens with made-up key ids cannot make every request fetch.
-_UNKNOWN_KEY_REFETCH_SECONDS = 30.0
-# After a failed fetch, requests in this window are answered 503 at once instead of each waiting
-# out its own timeout behind the lock.
-_FAILED_FETCH_BACKOFF_SECONDS = 5.0
-_MAX_TOKEN_CHARS = 16 * 1024
-_MAX_AGE = re.compile(r"(?:^|[,\s])max-age\s*=\s*\"?(\d+)", re.IGNORECASE)
+# The generic part (Google's certificates, the token's checks) lives in relay/oidc.py, shared with
+# the API; these names stay importable from here.
+from relay.oidc import (
+    CERTS_TIMEOUT_SECONDS,
+    CLOCK_SKEW_SECONDS,
+    GOOGLE_CERTS_URL,
+    GOOGLE_ISSUERS,
+    CertsUnavailable,
+    GoogleCerts,
+    IdTokenVerifier,
+    TokenRejected,
+)
 
-
-class CertsUnavailable(Exception):
-    """Google's signing certificates could not be fetched: retrying later can help."""
-
-
-class GoogleCerts:
-    """Google's signing certificates, fetched with a timeout and kept for their Cache-Control
-    max-age, so a message costs no fetch. Thread-safe: one fetch at a time per process.
-
-    Written here rather than with CacheControl (google-auth's suggestion): it is not installed,
-    and one cached document needs only its max-age, not an HTTP cache.
-    """
-
-    def __init__(
-        self,
-        request: google.auth.transport.Request,
-        *,
-        url: str = GOOGLE_CERTS_URL,
-        timeout_seconds: float = CERTS_TIMEOUT_SECONDS,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._request = request
-        self._url = url
-        self._timeout = timeout_seconds
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._certs: Mapping[str, str] = {}
-        self._fresh_until = -math.inf
-        self._fetched_at = -math.inf
-        self._failed_at = -math.inf
-
-    def get(self, key_id: str | None) -> Mapping[str, str]:
-        """The certificates by key id; fetched again when stale or when `key_id` is new to them.
-
-        Raises CertsUnavailable when a needed fetch fails.
-        """
-        with self._lock:
-            now = self._clock()
-            stale = now >= self._fresh_until
-            unknown_key = (
-                key_id is not None
-                and key_id not in self._certs
-                and now - self._fetched_at >= _UNKNOWN_KEY_REFETCH_SECONDS
-            )
-            if stale or unknown_key:
-                if now - self._failed_at < _FAILED_FETCH_BACKOFF_SECONDS:
-                    raise CertsUnavailable(f"fetching {self._url} failed {now - self._failed_at:.1f} s ago")
-                try:
-                    self._certs, max_age = self._fetch()
-                except CertsUnavailable:
-                    self._failed_at = now
-                    raise
-                self._fetched_at = now
-                self._fresh_until = now + max_age
-            return self._certs
-
-    def _fetch(self) -> tuple[Mapping[str, str], float]:
-        try:
-            response: Any = self._request(url=self._url, method="GET", timeout=self._timeout)
-        except google.auth.exceptions.TransportError as error:
-            raise CertsUnavailable(f"cannot fetch {self._url}: {error}") from error
-        if response.status != 200:
-            raise CertsUnavailable(f"{self._url} answered HTTP {response.status}")
-        try:
-            certs = json.loads(response.data)
-        except ValueError:
-            raise CertsUnavailable(f"{self._url} did not answer JSON") from None
-        if (
-            not isinstance(certs, dict)
-            or not certs
-            or not all(isinstance(key, str) and isinstance(cert, str) for key, cert in certs.items())
-        ):
-            raise CertsUnavailable(f"{self._url} did not answer an object of key ids to certificates")
-        return certs, _max_age(response.headers)
-
-
-def _max_age(headers: Mapping[str, str]) -> float:
-    """Seconds the response stays fresh: Cache-Control max-age less the Age a cache added."""
-    found = _MAX_AGE.search(_header(headers, "cache-control") or "")
-    if not found:
-        return _DEFAULT_MAX_AGE_SECONDS
-    age = _header(headers, "age") or "0"
-    return max(0.0, float(found.group(1)) - (float(age) if age.isdigit() else 0.0))
-
-
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    for key, value in headers.items():
-        if key.lower() == name:
-            return value
-    return None
+__all__ = [
+    "CERTS_TIMEOUT_SECONDS",
+    "CLOCK_SKEW_SECONDS",
+    "GOOGLE_CERTS_URL",
+    "GOOGLE_ISSUERS",
+    "CertsUnavailable",
+    "GoogleCerts",
+    "PushAuthenticator",
+]
 
 
 class PushAuthenticator:
@@ -140,6 +44,11 @@ class PushAuthenticator:
     def __init__(self, settings: PushAuthSettings, *, certs: GoogleCerts | None = None) -> None:
         self._settings = settings
         self._certs = certs or GoogleCerts(google.auth.transport.requests.Request())
+        self._verifier = IdTokenVerifier(
+            self._certs,
+            what="push token",
+            missing="no Authorization header: push requests carry Pub/Sub's OIDC token",
+        )
 
     def authenticate(self, authorization: str | None, *, host: str | None) -> None:
         """Check one request's Authorization and Host headers.
@@ -151,63 +60,11 @@ class PushAuthenticator:
         settings = self._settings
         if settings.mode == "off":
             return
-        token = _bearer_token(authorization)
+        audience = settings.audience or (f"https://{host}" if host else None)
+        allowed = [settings.service_account] if settings.service_account else []
         try:
-            header = jwt.decode_header(token)  # type: ignore[no-untyped-call]  # untyped upstream
-        except (ValueError, TypeError):
-            raise Unauthenticated("malformed_token", "the bearer token is not a JWT") from None
-        if not isinstance(header, Mapping):
-            raise Unauthenticated("malformed_token", "the bearer token's header is not a JSON object")
-        key_id = header.get("kid")
-        try:
-            certs = self._certs.get(key_id if isinstance(key_id, str) else None)
+            self._verifier.verify(authorization, audience=audience, allowed=allowed)
+        except TokenRejected as rejected:
+            raise Unauthenticated(rejected.reason, rejected.message, status=rejected.status) from None
         except CertsUnavailable as error:
             raise TransientError("push_auth_unavailable", f"cannot verify the push token: {error}") from None
-        try:
-            claims: Any = jwt.decode(token, certs=certs, audience=None, clock_skew_in_seconds=CLOCK_SKEW_SECONDS)  # type: ignore[no-untyped-call]  # untyped upstream
-        except (ValueError, TypeError, google.auth.exceptions.GoogleAuthError) as error:
-            # google-auth's messages name the key id or the times, but one of them quotes the whole
-            # token: never let it through.
-            detail = str(error).replace(token, "<token>")[:200]
-            raise Unauthenticated("invalid_token", f"the push token is not valid: {detail}") from None
-        _check_claims(claims, settings, host)
-
-
-def _bearer_token(authorization: str | None) -> str:
-    if not authorization or not authorization.strip():
-        raise Unauthenticated("missing_token", "no Authorization header: push requests carry Pub/Sub's OIDC token")
-    scheme, _, token = authorization.strip().partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token or " " in token or len(token) > _MAX_TOKEN_CHARS:
-        raise Unauthenticated("malformed_token", "the Authorization header is not `Bearer <token>`")
-    return token
-
-
-def _check_claims(claims: Any, settings: PushAuthSettings, host: str | None) -> None:
-    if not isinstance(claims, Mapping):
-        raise Unauthenticated("invalid_token", "the push token's claims are not a JSON object")
-    issuer = claims.get("iss")
-    if issuer not in GOOGLE_ISSUERS:
-        raise Unauthenticated("wrong_issuer", f"the push token was issued by {_shown(issuer)}, not Google")
-    expected = settings.audience or (f"https://{host}" if host else None)
-    audience = claims.get("aud")
-    if expected is None or audience != expected:
-        raise Unauthenticated(
-            "wrong_audience",
-            f"the push token is for audience {_shown(audience)}, expected {_shown(expected)}",
-            status=403,
-        )
-    email = claims.get("email")
-    # Google's ID tokens carry a JSON boolean; its tokeninfo endpoint has used the string "true".
-    verified = claims.get("email_verified") in (True, "true")
-    if not isinstance(email, str) or email.casefold() != (settings.service_account or "").casefold() or not verified:
-        raise Unauthenticated(
-            "wrong_sender",
-            f"the push token's e-mail {_shown(email)} (verified: {verified}) is not {settings.service_account}",
-            status=403,
-        )
-
-
-def _shown(value: object) -> str:
-    """A claim in a message: quoted, and short however long the sender made it."""
-    return repr(value)[:120]
