@@ -19,6 +19,7 @@ from relay.config import ConfigError
 from relay.devstack.processes import StackError
 from relay.devstack.stack import LocalStack, StackConfig
 from relay.ops.commands import add_commands
+from relay.topology import AppEndpoint, parse_app_endpoint
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -71,6 +72,15 @@ def _parser() -> argparse.ArgumentParser:
         default=defaults.reconcile_every,
         metavar="SECONDS",
         help="run the reconciler this often, as Cloud Scheduler does in production (0: never)",
+    )
+    dev.add_argument(
+        "--app-endpoint",
+        action="append",
+        default=[],
+        type=_app_endpoint,
+        metavar="NAME=URL",
+        help="also push job-events to URL through a subscription NAME (with NAME-dead-letter), as Terraform's "
+        "app_event_endpoints does, without an OIDC token: the emulator sends none; http only to loopback; repeatable",
     )
     dev.add_argument("--demo", action="store_true", help="send a signed sample prediction lifecycle once up")
     dev.add_argument("--exit-after-demo", action="store_true", help="stop once the demo is done (for scripts)")
@@ -212,6 +222,9 @@ def _dev(args: argparse.Namespace) -> int:
     try:
         for line in stack.start():
             print(f"  {line}")
+        for endpoint in args.app_endpoint:
+            for line in stack.add_app_endpoint(endpoint.name, endpoint.url):
+                print(f"  {line}")
         print(f"Ready in {time.monotonic() - started:.1f} s. Logs in {config.log_dir}/")
         _print_addresses(stack)
         if args.demo:
@@ -232,6 +245,13 @@ def _dev(args: argparse.Namespace) -> int:
     finally:
         stack.stop()
         print("Stopped every process of the local stack.", flush=True)
+
+
+def _app_endpoint(text: str) -> AppEndpoint:
+    try:
+        return parse_app_endpoint(text)
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _print_addresses(stack: LocalStack) -> None:

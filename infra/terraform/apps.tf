@@ -1,9 +1,18 @@
-# Applications' own pull subscriptions on job-events (var.app_pull_subscriptions), read with
-# relay.consumer.JobEventsConsumer: each with a retry backoff for nacked messages, a dead-letter
-# topic kept for a week, and roles/pubsub.subscriber for its app's members on it alone.
+# Applications' own subscriptions on job-events: pull subscriptions (var.app_pull_subscriptions),
+# read with relay.consumer.JobEventsConsumer, and push subscriptions (var.app_event_endpoints) to
+# an app's HTTPS URL, signed with an OIDC token of relay-app-push. Both kinds are one resource
+# over one map, so they share everything but push_config: a retry backoff for nacked (pull) or
+# non-2xx (push) deliveries, a dead-letter topic and subscription kept for a week, and the Pub/Sub
+# service agent's grants to dead-letter. Pull subscribers get roles/pubsub.subscriber on their
+# subscription alone; a push app needs no Pub/Sub grant at all.
 
 locals {
-  app_subscriptions = var.app_pull_subscriptions
+  # name => its push endpoint, null for a pull subscription. A name in both variables is refused
+  # by the precondition below rather than one silently replacing the other.
+  app_subscriptions = merge(
+    { for name, _ in var.app_pull_subscriptions : name => { push_endpoint = null } },
+    { for name, url in var.app_event_endpoints : name => { push_endpoint = url } },
+  )
   app_subscribers = merge([
     for name, members in var.app_pull_subscriptions : {
       for member in members : "${name} ${member}" => { subscription = name, member = member }
@@ -15,13 +24,30 @@ resource "google_pubsub_subscription" "app" {
   for_each = local.app_subscriptions
   name     = each.key
   topic    = google_pubsub_topic.topic[local.job_events_topic].id
-  # Streaming pull extends the lease of a message while its callback runs; this bounds how long
-  # a consumer that died holding one keeps it from everyone else.
+  # Pull: streaming pull extends the lease of a message while its callback runs; this bounds how
+  # long a consumer that died holding one keeps it from everyone else. Push: how long Pub/Sub
+  # waits for the app's answer before it counts the delivery as failed.
   ack_deadline_seconds       = 60
   message_retention_duration = "604800s" # the maximum, 7 days: an app down for days misses nothing
   retain_acked_messages      = false
 
-  # A nacked message (the app's callback raised) comes back after a growing pause, not at once.
+  dynamic "push_config" {
+    for_each = each.value.push_endpoint == null ? [] : [each.value.push_endpoint]
+    content {
+      push_endpoint = push_config.value
+
+      # The app checks the token's e-mail against this account and its audience against its own
+      # URL, exactly as given (the audience Pub/Sub would default to), so a token minted for one
+      # app is refused by every other.
+      oidc_token {
+        service_account_email = google_service_account.app_push.email
+        audience              = push_config.value
+      }
+    }
+  }
+
+  # A nacked message (the app's callback raised) or a push the app did not answer with 2xx comes
+  # back after a growing pause, not at once.
   retry_policy {
     minimum_backoff = "10s"
     maximum_backoff = "600s"
@@ -36,7 +62,17 @@ resource "google_pubsub_subscription" "app" {
     ttl = "" # never expires, however long the app stays away
   }
 
-  depends_on = [google_pubsub_topic_iam_member.pubsub_agent_publishes_app_dead_letters]
+  lifecycle {
+    precondition {
+      condition     = length(setintersection(keys(var.app_pull_subscriptions), keys(var.app_event_endpoints))) == 0
+      error_message = "A name is in both app_pull_subscriptions and app_event_endpoints; each subscription is either pulled or pushed."
+    }
+  }
+
+  depends_on = [
+    google_pubsub_topic_iam_member.pubsub_agent_publishes_app_dead_letters,
+    google_service_account_iam_member.pubsub_agent_mints_app_push_tokens,
+  ]
 }
 
 resource "google_pubsub_topic" "app_dead_letter" {

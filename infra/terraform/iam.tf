@@ -61,6 +61,15 @@ resource "google_service_account" "push" {
   display_name = "Relay Pub/Sub push identity (OIDC tokens to the handlers)"
 }
 
+# Signs the OIDC token of every push to an app (var.app_event_endpoints, apps.tf), apart from
+# relay-push: apps check the token's e-mail against this account, which holds no grant anywhere,
+# so granting it run.invoker on an app's Cloud Run service lets Pub/Sub into that app without
+# letting it into Relay's handlers, and the handlers refuse tokens of this account.
+resource "google_service_account" "app_push" {
+  account_id   = "relay-app-push"
+  display_name = "Relay Pub/Sub push identity for apps (OIDC tokens on job-events pushes)"
+}
+
 resource "google_service_account" "scheduler" {
   account_id   = "relay-scheduler"
   display_name = "Relay Cloud Scheduler identity (OIDC token to the reconciler)"
@@ -152,6 +161,13 @@ moved {
 
 resource "google_service_account_iam_member" "pubsub_agent_mints_push_tokens" {
   service_account_id = google_service_account.push.name
+  role               = "roles/iam.serviceAccountTokenCreator"
+  member             = local.pubsub_service_agent
+  depends_on         = [google_project_service.apis]
+}
+
+resource "google_service_account_iam_member" "pubsub_agent_mints_app_push_tokens" {
+  service_account_id = google_service_account.app_push.name
   role               = "roles/iam.serviceAccountTokenCreator"
   member             = local.pubsub_service_agent
   depends_on         = [google_project_service.apis]

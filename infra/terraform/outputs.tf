@@ -40,5 +40,22 @@ output "status_page_command" {
 
 output "app_pull_subscriptions" {
   description = "Each app pull subscription on job-events, by name: the path JobEventsConsumer takes (projects/PROJECT/subscriptions/NAME)."
-  value       = { for name, subscription in google_pubsub_subscription.app : name => subscription.id }
+  value       = { for name, subscription in google_pubsub_subscription.app : name => subscription.id if length(subscription.push_config) == 0 }
+}
+
+output "app_event_push_subscriptions" {
+  description = "Each app push subscription on job-events, by name: its path, the URL it pushes to, the OIDC audience the app checks, and the pull subscription keeping what the app never accepted."
+  value = {
+    for name, subscription in google_pubsub_subscription.app : name => {
+      subscription = subscription.id
+      endpoint     = one(subscription.push_config).push_endpoint
+      audience     = one(one(subscription.push_config).oidc_token).audience
+      dead_letter  = google_pubsub_subscription.app_dead_letter[name].id
+    } if length(subscription.push_config) > 0
+  }
+}
+
+output "app_event_push_service_account" {
+  description = "The e-mail an app's push endpoint checks in the OIDC token (claim email, email_verified true); grant it roles/run.invoker on an app on Cloud Run that requires authentication."
+  value       = google_service_account.app_push.email
 }

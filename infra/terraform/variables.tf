@@ -182,8 +182,28 @@ variable "app_pull_subscriptions" {
   }
 }
 
+variable "app_event_endpoints" {
+  description = "Push subscriptions on job-events for applications, by subscription name: the app's HTTPS URL each job-events message is POSTed to, with an OIDC token signed as the relay-app-push service account (output app_event_push_service_account) for the audience of that same URL. Each also gets a dead-letter topic and subscription named <name>-dead-letter. Names must differ from app_pull_subscriptions'. Empty: none."
+  type        = map(string)
+  default     = {}
+
+  validation {
+    # As app_pull_subscriptions: Pub/Sub's name rules, room for "-dead-letter", no "goog".
+    condition     = alltrue([for name, _ in var.app_event_endpoints : can(regex("^[a-zA-Z][-a-zA-Z0-9_.~+%]{2,241}$", name)) && !startswith(lower(name), "goog")])
+    error_message = "app_event_endpoints names start with a letter, have 3 to 242 of letters, digits and - _ . ~ + %, and do not start with goog."
+  }
+
+  validation {
+    # https only: the OIDC token is a bearer credential for the app, never sent in the clear. No
+    # user:password@ (a credential in the subscription, readable by anyone who may view it), no
+    # #fragment (never sent, so the audience would differ from what the app sees).
+    condition     = alltrue([for _, url in var.app_event_endpoints : can(regex("^https://[a-zA-Z0-9.-]+(:[0-9]{1,5})?(/[^\\s#]*)?$", url))])
+    error_message = "app_event_endpoints URLs are https://host[:port][/path][?query], without user info or #fragment."
+  }
+}
+
 variable "app_subscription_max_delivery_attempts" {
-  description = "Deliveries of a job-events message to an app subscription (its callback raising each time) before it goes to that subscription's dead-letter topic."
+  description = "Deliveries of a job-events message to an app subscription (its callback raising, or its push endpoint not answering 2xx, each time) before it goes to that subscription's dead-letter topic."
   type        = number
   default     = 10
 

@@ -24,7 +24,7 @@ from relay.devstack.processes import (
 from relay.devstack.scheduler import Scheduler, call_reconciler
 from relay.serve import HEALTH_PATH
 from relay.topology import DEFAULT_PATH as DEFAULT_TOPOLOGY
-from relay.topology import Topology, load, provision
+from relay.topology import Topology, app_endpoint, load, provision, provision_app_endpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -253,6 +253,30 @@ class LocalStack:
                     publisher=publisher,
                     subscriber=subscriber,
                     storage_client=storage_client,
+                )
+            finally:
+                subscriber.close()
+
+    def add_app_endpoint(self, name: str, url: str, **retry: int) -> list[str]:
+        """Push job-events to an app's `url` through a subscription `name` (with its dead letter), as
+        Terraform's app_event_endpoints does; http only to loopback. The emulator sends no OIDC
+        token, so the app must not require one locally. `retry` takes provision_app_endpoint's
+        minimum_backoff_seconds, maximum_backoff_seconds and max_delivery_attempts (default
+        production's). Returns what provisioning did."""
+        import google.cloud.pubsub_v1 as pubsub_v1  # noqa: PLC0415 - imported only when provisioning
+
+        endpoint = app_endpoint(name, url)
+        with _environment(self.emulator_env):
+            publisher = pubsub_v1.PublisherClient()
+            subscriber = pubsub_v1.SubscriberClient()
+            try:
+                return provision_app_endpoint(
+                    self.topology,
+                    self.config.project,
+                    endpoint,
+                    publisher=publisher,
+                    subscriber=subscriber,
+                    **retry,
                 )
             finally:
                 subscriber.close()

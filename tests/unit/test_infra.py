@@ -228,15 +228,25 @@ def test_the_bucket_name_comes_from_the_topology_suffix() -> None:
 # ---- invariants ----
 
 
+def _push_config(body: dict[str, Any]) -> dict[str, Any] | None:
+    """A subscription's push_config block, written out or made by `dynamic "push_config"` (the app
+    subscriptions, pushed or pulled per entry: its content is what every pushed one gets)."""
+    if "push_config" in body:
+        return _block(body, "push_config")
+    dynamic = [entry["push_config"] for entry in body.get("dynamic", []) if "push_config" in entry]
+    assert len(dynamic) <= 1, "more than one dynamic push_config"
+    return _block(dynamic[0], "content") if dynamic else None
+
+
 def test_every_push_subscription_has_oidc_a_retry_policy_and_a_dead_letter_topic() -> None:
     subscriptions = [(name, body) for rtype, name, body in _resources() if rtype == "google_pubsub_subscription"]
-    push_subscriptions = [(name, body) for name, body in subscriptions if "push_config" in body]
-    assert push_subscriptions, "no push subscription found"
+    push_subscriptions = [(name, body) for name, body in subscriptions if _push_config(body) is not None]
+    assert {name for name, _ in push_subscriptions} == {"push", "app"}, "the handlers' and the apps' pushes"
     # "${google_pubsub_topic.dead_letter[each.key].id}" -> "${google_pubsub_topic.dead_letter"
-    pull_subscriptions = [body for _, body in subscriptions if "push_config" not in body]
+    pull_subscriptions = [body for _, body in subscriptions if _push_config(body) is None]
     dead_letter_topics_with_subscriptions = {body["topic"].split("[")[0] for body in pull_subscriptions}
     for name, body in push_subscriptions:
-        oidc = _block(_block(body, "push_config"), "oidc_token")
+        oidc = _block(_push_config(body) or {}, "oidc_token")
         assert oidc.get("service_account_email"), f"{name}: OIDC token without a service account"
         assert oidc.get("audience"), f"{name}: OIDC token without an audience"
         retry = _block(body, "retry_policy")
@@ -913,3 +923,108 @@ def test_each_app_may_consume_its_own_subscription_only_and_never_publicly() -> 
     assert pattern.search("serviceAccount:orders@p.iam.gserviceaccount.com")
     for member in ("allUsers", "allAuthenticatedUsers", "orders@p.iam.gserviceaccount.com"):
         assert not pattern.search(member), member
+
+
+# ---- job-events pushed to apps (issue #17) ----
+
+
+def _validation_pattern(variable: str, needle: str) -> re.Pattern[str]:
+    """The regex literal of the variable's validation whose condition mentions `needle`."""
+    [condition] = [v["condition"] for v in _variables()[variable]["validation"] if needle in v["condition"]]
+    literal = re.search(r'regex\(("(?:[^"\\]|\\.)*")', condition)
+    assert literal, condition
+    return re.compile(json.loads(literal.group(1)))
+
+
+def test_app_event_endpoints_default_to_none_and_share_the_app_subscription_and_its_dead_letter() -> None:
+    variable = _variables()["app_event_endpoints"]
+    assert (variable["type"], variable["default"]) == ("${map(string)}", {})
+    locals_ = _locals(TERRAFORM / "apps.tf")["app_subscriptions"]
+    assert "var.app_pull_subscriptions" in locals_
+    assert "var.app_event_endpoints" in locals_
+    app = _resource("google_pubsub_subscription", "app")
+    assert app["for_each"] == "${local.app_subscriptions}"
+    assert app["topic"] == "${google_pubsub_topic.topic[local.job_events_topic].id}"
+    # Pulled and pushed app subscriptions are one resource: every dead-letter piece covers both.
+    for rtype, name in [
+        ("google_pubsub_topic", "app_dead_letter"),
+        ("google_pubsub_subscription", "app_dead_letter"),
+        ("google_pubsub_topic_iam_member", "pubsub_agent_publishes_app_dead_letters"),
+        ("google_pubsub_subscription_iam_member", "pubsub_agent_forwards_from_app"),
+    ]:
+        assert _resource(rtype, name)["for_each"] == "${local.app_subscriptions}", f"{rtype}.{name}"
+    [dynamic] = [entry["push_config"] for entry in app["dynamic"]]
+    assert dynamic["for_each"] == "${each.value.push_endpoint == null ? [] : [each.value.push_endpoint]}"
+    # A name in both variables would make one silently replace the other in the merge.
+    [precondition] = _block(app, "lifecycle")["precondition"]
+    assert (
+        "setintersection(keys(var.app_pull_subscriptions), keys(var.app_event_endpoints))"
+        in (precondition["condition"])
+    )
+
+
+def test_app_pushes_are_signed_by_their_own_account_for_the_apps_own_url() -> None:
+    oidc = _block(_push_config(_resource("google_pubsub_subscription", "app")) or {}, "oidc_token")
+    assert oidc["service_account_email"] == "${google_service_account.app_push.email}"
+    assert oidc["audience"] == "${push_config.value}"  # the push endpoint: each app's own
+    assert _resource("google_service_account", "app_push")["account_id"] == "relay-app-push"
+    # Pub/Sub mints its tokens, and the account is granted nothing else anywhere in the module.
+    mints = _resource("google_service_account_iam_member", "pubsub_agent_mints_app_push_tokens")
+    assert mints["service_account_id"] == "${google_service_account.app_push.name}"
+    assert (mints["role"], mints["member"]) == ("roles/iam.serviceAccountTokenCreator", "${local.pubsub_service_agent}")
+    granted = [
+        f"{rtype}.{name}"
+        for rtype, name, body in _resources()
+        if re.search(r"_iam_(member|binding)$", rtype) and "app_push" in str(body.get("member", ""))
+    ]
+    assert granted == []
+    depends = _resource("google_pubsub_subscription", "app")["depends_on"]
+    assert "${google_service_account_iam_member.pubsub_agent_mints_app_push_tokens}" in depends
+
+
+def test_app_event_endpoints_take_https_urls_only_and_pubsub_names() -> None:
+    url = _validation_pattern("app_event_endpoints", "url")
+    for good in (
+        "https://orders.example.com/relay/job-events",
+        "https://orders-abc-uc.a.run.app",
+        "https://h:8443/p?q=1",
+    ):
+        assert url.search(good), good
+    for bad in (
+        "http://orders.example.com/relay",
+        "orders.example.com/relay",
+        "https://user:secret@orders.example.com/",
+        "https://orders.example.com/relay#frag",
+        "https://",
+        "ftp://orders.example.com",
+        "https://orders.example.com/a b",
+    ):
+        assert not url.search(bad), bad
+    names = _validation_pattern("app_event_endpoints", "name")
+    assert names.pattern == _validation_pattern("app_pull_subscriptions", "name").pattern
+    assert names.search("orders-app")
+    for bad in ("ab", "1orders", "orders app"):
+        assert not names.search(bad), bad
+
+
+def test_outputs_list_app_push_subscriptions_and_the_account_apps_check() -> None:
+    outputs = {_unquote(k): v for block in _parse(TERRAFORM / "outputs.tf")["output"] for k, v in block.items()}
+    pushed = outputs["app_event_push_subscriptions"]["value"]
+    for field in ("subscription", "endpoint", "audience", "dead_letter", "if length(subscription.push_config) > 0"):
+        assert field in pushed, field
+    assert "if length(subscription.push_config) == 0" in outputs["app_pull_subscriptions"]["value"]
+    assert outputs["app_event_push_service_account"]["value"] == "${google_service_account.app_push.email}"
+
+
+def test_the_local_stack_gives_app_subscriptions_terraforms_retry_and_dead_letter_settings() -> None:
+    from relay import topology  # noqa: PLC0415
+
+    app = _resource("google_pubsub_subscription", "app")
+    retry = _block(app, "retry_policy")
+    assert retry["minimum_backoff"] == f"{topology.APP_MINIMUM_BACKOFF_SECONDS}s"
+    assert retry["maximum_backoff"] == f"{topology.APP_MAXIMUM_BACKOFF_SECONDS}s"
+    assert app["ack_deadline_seconds"] == topology.APP_ACK_DEADLINE_SECONDS
+    attempts = _variables()["app_subscription_max_delivery_attempts"]["default"]
+    assert attempts == topology.APP_MAX_DELIVERY_ATTEMPTS
+    assert _resource("google_pubsub_topic", "app_dead_letter")["name"] == "${each.key}-dead-letter"
+    assert topology.app_endpoint("orders-app", "https://o.example.com/").dead_letter == "orders-app-dead-letter"
