@@ -111,15 +111,25 @@ class Submitter:
     job_events: TopicPublisher | None = None
     policy: Policy = field(default=DEFAULT_POLICY)
 
-    def submit(self, model: ModelRef, input: dict[str, Any], *, metadata: Mapping[str, str] | None = None) -> Job:
+    def submit(
+        self,
+        model: ModelRef,
+        input: dict[str, Any],
+        *,
+        metadata: Mapping[str, str] | None = None,
+        job_id: str | None = None,
+    ) -> Job:
         """Create `jobs/{id}` (submitted), then the prediction, then link them; returns the job.
+
+        `job_id`, when the caller chose it beforehand (the API records it with the request's
+        Idempotency-Key, so a retry finds what this call created), else a new UUID hex.
 
         A crash after the prediction is created but before the link is written loses nothing:
         the prediction's first webhook creates a job for it (source webhook), and the reconciler
         marks this submitted job aborted once it has waited long enough.
         """
         job = Job(
-            job_id=uuid.uuid4().hex,
+            job_id=job_id or uuid.uuid4().hex,
             source="submit",
             model=str(model),
             input=cut_input(input, self.policy.input_value_max_chars),

@@ -1,0 +1,220 @@
+"""What the API does with a request, apart from HTTP: parse, check, submit or read, answer.
+
+api/main.py adapts Flask's request to these calls and maps ApiError to a problem response; the
+Google clients are passed in, so tests run this against the emulators without a server.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from google.api_core import exceptions as google_exceptions
+from google.cloud import firestore
+from pydantic import ValidationError
+
+from api import errors
+from api.idempotency import MAX_KEY_CHARS, IdempotencyStore, InProgress, Proceed, Replay, Resume, Reused, fingerprint
+from api.listing import DEFAULT_LIMIT, MAX_LIMIT, Cursor, InvalidCursor, list_jobs
+from api.models import CreateJob, JobList
+from relay.jobs import Job, JobState
+from relay.jobstore import JobStore
+from relay.replicate_api import ModelRef, ReplicateAPIError
+from relay.submit import SubmitFailed, Submitter
+
+JOBS_PATH = "/v1/jobs"
+# Firestore document ids: no "/", not "." or "..", at most 1,500 bytes. Relay's ids are UUID hex
+# or Replicate's prediction ids; anything else cannot name a job, so it is a 404 without a read.
+_JOB_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")
+_JSON_TYPE = re.compile(r"^application/(?:[\w.+-]+\+)?json$")
+_KEY = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII without spaces, as HTTP header tokens go
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A successful (or replayed) answer: status, JSON body, extra headers."""
+
+    status: int
+    body: Mapping[str, Any]
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+def job_json(job: Job) -> dict[str, Any]:
+    """The job document's JSON form (schemas/job.v1.schema.json): RFC 3339 timestamps."""
+    return job.model_dump(mode="json")
+
+
+def parse_create(body: bytes, content_type: str | None) -> tuple[CreateJob, Any]:
+    """The request model and the parsed JSON (for the idempotency fingerprint); raises ApiError."""
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    if not _JSON_TYPE.match(media_type):
+        raise errors.UnsupportedMediaType(f"send the body as application/json, not {media_type or 'no Content-Type'}")
+    try:
+        parsed = json.loads(body, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise errors.MalformedJson("the JSON is nested too deeply") from None
+    except ValueError as error:  # JSONDecodeError, bad UTF-8, NaN, an integer of thousands of digits
+        raise errors.MalformedJson(f"the body is not valid JSON: {str(error)[:200]}") from None
+    try:
+        return CreateJob.model_validate(parsed, strict=True), parsed
+    except ValidationError as error:
+        raise errors.ValidationFailed(
+            f"{error.error_count()} field(s) are not valid", errors=field_errors(error)
+        ) from None
+    except RecursionError:
+        raise errors.ValidationFailed(
+            "the input is nested too deeply", errors=[{"field": "input", "message": "too deep"}]
+        ) from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def field_errors(error: ValidationError) -> list[dict[str, str]]:
+    """Pydantic's errors as {field, message}: `field` the dotted path (`input.prompt`,
+    `webhook_events.1`), `body` for the body itself."""
+    found = []
+    for entry in error.errors(include_url=False, include_input=False):
+        path = ".".join(str(part) for part in entry["loc"]) or "body"
+        message = str(entry["msg"]).removeprefix("Value error, ")
+        found.append({"field": path, "message": message})
+    return found
+
+
+def check_idempotency_key(key: str | None) -> str | None:
+    if key is None:
+        return None
+    if not (1 <= len(key) <= MAX_KEY_CHARS) or not _KEY.match(key):
+        raise errors.InvalidParameter(
+            f"Idempotency-Key must be 1 to {MAX_KEY_CHARS} printable ASCII characters without spaces (a UUID, say)",
+            errors=[{"field": "Idempotency-Key", "message": "not a valid key"}],
+        )
+    return key
+
+
+@dataclass
+class JobsApi:
+    """The three operations. Clients are created by the caller and shared across requests."""
+
+    store: JobStore
+    submitter: Submitter
+    idempotency: IdempotencyStore
+    firestore: firestore.Client
+
+    def create(self, body: bytes, *, content_type: str | None, idempotency_key: str | None) -> Answer:
+        """`POST /v1/jobs`. Every check of the request comes before its key is claimed, so a bad
+        request never uses a key up."""
+        key = check_idempotency_key(idempotency_key)
+        request, parsed = parse_create(body, content_type)
+        if key is None:
+            return self._submit(request, job_id=None)
+        claimed = self._claim(key, fingerprint("POST", JOBS_PATH, parsed))
+        if isinstance(claimed, Replay):
+            headers = {"Idempotency-Replayed": "true"}
+            if claimed.status == 201:
+                headers["Location"] = f"{JOBS_PATH}/{claimed.body['job_id']}"
+            return Answer(claimed.status, claimed.body, headers)
+        if isinstance(claimed, InProgress):
+            raise errors.IdempotencyInProgress(
+                "the first request with this Idempotency-Key has not been answered yet: retry after a moment",
+                headers={"Retry-After": str(claimed.retry_after_seconds)},
+            )
+        if isinstance(claimed, Reused):
+            raise errors.IdempotencyKeyReused(
+                "this Idempotency-Key was sent with a different request body: use a new key for a new request",
+                errors=[{"field": "Idempotency-Key", "message": "already used with another body"}],
+            )
+        if isinstance(claimed, Resume):
+            # The first attempt died after recording its job id. If its job exists, the prediction
+            # may too: answer with the job rather than risk a second prediction.
+            existing = self.store.get(claimed.job_id)
+            if existing is not None:
+                answer = self._created(existing)
+                self.idempotency.answer(key, answer.status, answer.body)
+                return answer
+        job_id = claimed.job_id  # Proceed, or a Resume whose first attempt created nothing
+        try:
+            answer = self._submit(request, job_id=job_id)
+        except errors.ApiError as refused:
+            # Replicate's refusal is the answer (its job exists, failed): replayed like a success.
+            self.idempotency.answer(key, refused.status, refused.problem(JOBS_PATH))
+            raise
+        self.idempotency.answer(key, answer.status, answer.body)
+        return answer
+
+    def get(self, job_id: str) -> Answer:
+        """`GET /v1/jobs/{job_id}`."""
+        job = self.store.get(job_id) if _JOB_ID.match(job_id) and job_id not in {".", ".."} else None
+        if job is None:
+            raise errors.NotFound(f"there is no job {job_id[:200]!r}")
+        return Answer(200, job_json(job))
+
+    def list(self, args: Mapping[str, str]) -> Answer:
+        """`GET /v1/jobs?state=&limit=&cursor=`."""
+        state = _state(args.get("state"))
+        limit = _limit(args.get("limit"))
+        cursor = None
+        if args.get("cursor"):
+            try:
+                cursor = Cursor.decode(args["cursor"], state=state.value if state else None)
+            except InvalidCursor as error:
+                raise errors.InvalidParameter(str(error), errors=[{"field": "cursor", "message": str(error)}]) from None
+        page = list_jobs(self.firestore, state=state, limit=limit, cursor=cursor)
+        body = JobList(jobs=page.jobs, next_cursor=page.next_cursor).model_dump(mode="json")
+        return Answer(200, body)
+
+    def _claim(self, key: str, request: str) -> Proceed | Resume | Replay | InProgress | Reused:
+        try:
+            return self.idempotency.claim(key, request)
+        except google_exceptions.AlreadyExists:
+            # Another request created the record between this one's read and its commit: decide
+            # again with that record in sight.
+            return self.idempotency.claim(key, request)
+
+    def _submit(self, request: CreateJob, *, job_id: str | None) -> Answer:
+        submitter = self.submitter
+        if request.webhook_events is not None:
+            submitter = replace(submitter, events_filter=tuple(request.webhook_events))
+        try:
+            job = submitter.submit(
+                ModelRef.parse(request.model), dict(request.input), metadata=request.metadata, job_id=job_id
+            )
+        except SubmitFailed as failed:
+            cause = failed.__cause__
+            transient = not isinstance(cause, ReplicateAPIError) or cause.transient
+            problem = errors.ReplicateUnavailable if transient else errors.SubmitRefused
+            raise problem(
+                f"{failed} (job {failed.job.job_id} is recorded as failed, submit_failed)",
+                extra={"job_id": failed.job.job_id},
+            ) from None
+        return self._created(job)
+
+    def _created(self, job: Job) -> Answer:
+        return Answer(201, job_json(job), {"Location": f"{JOBS_PATH}/{job.job_id}"})
+
+
+def _state(value: str | None) -> JobState | None:
+    if value is None or value == "":
+        return None
+    try:
+        return JobState(value)
+    except ValueError:
+        allowed = ", ".join(state.value for state in JobState)
+        raise errors.InvalidParameter(
+            f"state must be one of {allowed}", errors=[{"field": "state", "message": f"one of {allowed}"}]
+        ) from None
+
+
+def _limit(value: str | None) -> int:
+    if value is None or value == "":
+        return DEFAULT_LIMIT
+    if not (value.isdigit() and len(value) <= 3) or not 1 <= int(value) <= MAX_LIMIT:
+        raise errors.InvalidParameter(
+            f"limit must be an integer from 1 to {MAX_LIMIT}",
+            errors=[{"field": "limit", "message": f"an integer from 1 to {MAX_LIMIT}"}],
+        )
+    return int(value)

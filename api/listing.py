@@ -1,0 +1,95 @@
+"""`GET /v1/jobs`: jobs newest first, a page at a time, with an opaque cursor.
+
+A Firestore query rather than a JobStore method (JobStore belongs to the pipeline's writers):
+`jobs` ordered by `created_at` then the document id, both descending, optionally where
+`state == S`. With a state it needs the composite index (state, created_at desc) declared in
+infra/firestore.indexes.json; without one, Firestore's single-field index serves it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
+
+from relay.jobs import Job, JobState
+from relay.jobstore import JOBS
+
+DEFAULT_LIMIT = 20
+MAX_LIMIT = 100
+_CURSOR_VERSION = 1
+
+
+class InvalidCursor(ValueError):
+    """The cursor was not made by this API for this query."""
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where the last page ended: its last job's `created_at` and id, and the query's state."""
+
+    created_at: datetime | None
+    job_id: str
+    state: str | None
+
+    def encode(self) -> str:
+        data = {
+            "v": _CURSOR_VERSION,
+            "c": self.created_at.isoformat() if self.created_at else None,
+            "i": self.job_id,
+            "s": self.state,
+        }
+        raw = json.dumps(data, separators=(",", ":")).encode()
+        return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str, *, state: str | None) -> Cursor:
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            data = json.loads(raw)
+            if not isinstance(data, dict) or data.get("v") != _CURSOR_VERSION:
+                raise InvalidCursor("not a cursor of this API")
+            created = data.get("c")
+            cursor = cls(
+                created_at=datetime.fromisoformat(created) if created is not None else None,
+                job_id=str(data["i"]),
+                state=data.get("s"),
+            )
+        except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError):
+            raise InvalidCursor("not a cursor of this API") from None
+        if cursor.state != state:
+            raise InvalidCursor("this cursor belongs to a listing with another state filter")
+        return cursor
+
+
+@dataclass(frozen=True)
+class Page:
+    jobs: list[Job]
+    next_cursor: str | None
+
+
+def list_jobs(client: firestore.Client, *, state: JobState | None, limit: int, cursor: Cursor | None) -> Page:
+    """One page: `limit` jobs after `cursor`, newest `created_at` first (jobs whose prediction
+    Replicate has not yet reported, `created_at` null, come after all others)."""
+    query: Any = client.collection(JOBS)
+    if state is not None:
+        query = query.where(filter=FieldFilter("state", "==", state.value))
+    query = query.order_by("created_at", direction=firestore.Query.DESCENDING).order_by(
+        "__name__", direction=firestore.Query.DESCENDING
+    )
+    if cursor is not None:
+        query = query.start_after({"created_at": cursor.created_at, "__name__": cursor.job_id})
+    # One more than asked: whether a next page exists, without a second query.
+    snapshots = list(query.limit(limit + 1).stream())
+    jobs = [Job.model_validate(snapshot.to_dict()) for snapshot in snapshots[:limit]]
+    if len(snapshots) <= limit or not jobs:
+        return Page(jobs, None)
+    last = jobs[-1]
+    state_value = state.value if state is not None else None
+    return Page(jobs, Cursor(last.created_at, snapshots[limit - 1].id, state_value).encode())

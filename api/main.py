@@ -1,0 +1,215 @@
+"""functions-framework entry point (`--target api`): routes the request, maps errors to problem details.
+
+Flask (functions-framework's default mode) rather than ASGI like the receiver: each request's work
+is blocking calls (Firestore transactions, Replicate's HTTP API through the synchronous Submitter
+and JobStore) that gunicorn's threads serve well; ASGI would only push them onto a thread pool.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import flask
+import google.auth.exceptions
+import requests
+from google.api_core import exceptions as google_exceptions
+from google.cloud import firestore
+from opentelemetry.trace import SpanKind
+
+from api import errors
+from api.auth import ApiAuthenticator
+from api.core import JOBS_PATH, Answer, JobsApi
+from api.idempotency import IdempotencyStore
+from api.settings import ApiSettings
+from relay import logs, telemetry
+from relay.config import load_or_exit
+from relay.jobstore import JobStore
+from relay.replicate_api import ReplicateAPI
+from relay.serve import flask_health
+from relay.submit import Submitter
+
+log = logging.getLogger("relay.api")
+
+SETTINGS = load_or_exit(lambda: ApiSettings.from_env(os.environ), "api")
+logs.configure(SETTINGS.telemetry.service, level=SETTINGS.log_level, project=SETTINGS.project)
+AUTH = ApiAuthenticator(SETTINGS.auth)
+if SETTINGS.auth.mode == "oidc" and not SETTINGS.auth.invokers:
+    # Not a start-up error: Terraform's default api_invokers is empty, and a service that cannot
+    # start would fail the first `terraform apply`. It answers every request 403 until one is listed.
+    log.warning("RELAY_API_INVOKERS is empty: every request will be refused (403); list the callers in api_invokers")
+
+OPENAPI_PATH = "/v1/openapi.json"
+_JOB_PATH = re.compile(r"^/v1/jobs/(?P<job_id>[^/]+)/?$")
+# What "Firestore or Replicate's network is unavailable" looks like from the clients.
+_TRANSIENT = (
+    google_exceptions.GoogleAPIError,
+    google.auth.exceptions.TransportError,
+    requests.RequestException,
+    ConnectionError,
+    TimeoutError,
+)
+_READ_CHUNK = 64 * 1024
+
+_lock = threading.Lock()
+_jobs_api: JobsApi | None = None
+
+
+def _get_api() -> JobsApi:
+    # Created on first use in the serving process: gRPC channels must not cross gunicorn's fork.
+    global _jobs_api
+    with _lock:
+        if _jobs_api is None:
+            client = firestore.Client(project=SETTINGS.project)
+            store = JobStore(client, policy=SETTINGS.policy)
+            submit = SETTINGS.submit
+            _jobs_api = JobsApi(
+                store=store,
+                submitter=Submitter(
+                    store=store,
+                    replicate=ReplicateAPI.connect(submit.replicate_token.value, base_url=submit.replicate_base_url),
+                    webhook_url=submit.webhook_url,
+                    events_filter=submit.events_filter,
+                    # No job-events publisher: the API's account has no Pub/Sub role. A submission
+                    # Replicate refuses is answered at once; the reconciler announces its job.
+                    job_events=None,
+                    policy=SETTINGS.policy,
+                ),
+                idempotency=IdempotencyStore(
+                    client, retention=SETTINGS.idempotency_retention, lease=SETTINGS.idempotency_lease
+                ),
+                firestore=client,
+            )
+        return _jobs_api
+
+
+def api(request: flask.Request) -> flask.Response:
+    """Every request of the API service: /health, then /v1/… behind the ID-token check."""
+    health = flask_health(request)
+    if health is not None:
+        return health
+    telemetry.setup(SETTINGS.telemetry, instrument=("firestore", "httpx"))
+    started = time.perf_counter()
+    route = _route_name(request.path)
+    with telemetry.tracer().start_as_current_span(
+        f"{request.method} {route}",
+        context=telemetry.extract_http(dict(request.headers)),
+        kind=SpanKind.SERVER,
+        attributes={"http.request.method": request.method, "http.route": route},
+    ) as span:
+        caller: str | None = None
+        try:
+            caller = AUTH.authenticate(request.headers.get("Authorization"), host=request.host)
+            response = _answer(_dispatch(request))
+        except errors.ApiError as error:
+            response = problem_response(error, request.path)
+        except _TRANSIENT as error:
+            log.warning("unavailable: %s", error)
+            response = problem_response(errors.Unavailable(f"try again shortly: {type(error).__name__}"), request.path)
+        except Exception:
+            log.exception("request failed unexpectedly")
+            response = problem_response(errors.InternalError("the API failed unexpectedly"), request.path)
+        status = response.status_code
+        span.set_attribute("http.response.status_code", status)
+        if status >= 500:
+            telemetry.mark_error(span, str(status))
+        level = logging.WARNING if status >= 400 else logging.INFO
+        log.log(
+            level,
+            "%s %s → %d",
+            request.method,
+            route,
+            status,
+            extra=logs.fields(
+                http_status=status,
+                route=route,
+                caller=caller,
+                problem=response.headers.get("X-Relay-Problem"),
+                latency_ms=round((time.perf_counter() - started) * 1000, 2),
+            ),
+        )
+    if telemetry.flush_each_request():
+        telemetry.flush()
+    return response
+
+
+def _dispatch(request: flask.Request) -> Answer:
+    path, method = request.path, request.method
+    if path in (JOBS_PATH, JOBS_PATH + "/"):
+        if method == "POST":
+            body = read_body(request, SETTINGS.max_body_bytes)
+            return _get_api().create(
+                body,
+                content_type=request.headers.get("Content-Type"),
+                idempotency_key=request.headers.get("Idempotency-Key"),
+            )
+        if method in ("GET", "HEAD"):
+            return _get_api().list(request.args)
+        raise errors.MethodNotAllowed(f"{method} is not accepted here", headers={"Allow": "GET, HEAD, POST"})
+    found = _JOB_PATH.match(path)
+    if found:
+        if method in ("GET", "HEAD"):
+            return _get_api().get(found["job_id"])
+        raise errors.MethodNotAllowed(f"{method} is not accepted here", headers={"Allow": "GET, HEAD"})
+    if path == OPENAPI_PATH and method in ("GET", "HEAD"):
+        from api.openapi import document  # noqa: PLC0415 - only this route needs the generator
+
+        return Answer(200, document())
+    raise errors.NotFound(f"no such resource: {path[:200]}")
+
+
+def read_body(request: flask.Request, limit: int) -> bytes:
+    """The body, refused with 413 past `limit` bytes: by Content-Length before reading, and while
+    reading (a chunked body has none)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise errors.PayloadTooLarge(f"the body is {request.content_length} bytes; at most {limit} are accepted")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = request.stream.read(_READ_CHUNK)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > limit:
+            raise errors.PayloadTooLarge(f"the body is larger than {limit} bytes")
+        chunks.append(chunk)
+
+
+def _answer(answer: Answer) -> flask.Response:
+    media_type = errors.PROBLEM_MEDIA_TYPE if answer.status >= 400 else "application/json"
+    response = flask.Response(_json(answer.body), status=answer.status, mimetype=media_type)
+    response.headers.update(dict(answer.headers))
+    if answer.status >= 400:
+        response.headers["X-Relay-Problem"] = str(answer.body.get("type", ""))
+    return response
+
+
+def problem_response(error: errors.ApiError, instance: str) -> flask.Response:
+    """The one place an ApiError becomes an HTTP answer: RFC 9457 problem details."""
+    response = flask.Response(
+        _json(error.problem(instance[:500])), status=error.status, mimetype=errors.PROBLEM_MEDIA_TYPE
+    )
+    response.headers.update(error.headers)
+    response.headers["X-Relay-Problem"] = error.type  # for the log line
+    if error.status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="relay-api"'
+    return response
+
+
+def _json(body: Mapping[str, Any]) -> str:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")) + "\n"
+
+
+def _route_name(path: str) -> str:
+    """The route template, for span names and logs (never the job id: unbounded cardinality)."""
+    if path.rstrip("/") == JOBS_PATH:
+        return JOBS_PATH
+    if _JOB_PATH.match(path):
+        return JOBS_PATH + "/{job_id}"
+    return path if path == OPENAPI_PATH else "(unknown)"

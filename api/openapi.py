@@ -1,0 +1,229 @@
+"""The API's OpenAPI 3.1 document, generated from the code: `python -m api.openapi` writes
+schemas/openapi.v1.json, `--check` fails when the checked-in file differs (make test runs it
+through tests/unit/test_api.py). `make schemas` runs both generators.
+
+Bodies come from the pydantic models (api/models.py, relay.jobs.Job); each error status lists the
+problem types (api/errors.py) the API answers it with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic.json_schema import GenerateJsonSchema, models_json_schema
+from pydantic_core import CoreSchema, core_schema
+
+from api import errors
+from api.idempotency import MAX_KEY_CHARS
+from api.listing import DEFAULT_LIMIT, MAX_LIMIT
+from api.models import CreateJob, JobList, Problem
+from relay.jobs import Job, JobState
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCUMENT = ROOT / "schemas" / "openapi.v1.json"
+_REF = "#/components/schemas/{model}"
+_PROBLEM = errors.PROBLEM_MEDIA_TYPE
+
+
+class _Schema(GenerateJsonSchema):
+    """No per-field titles derived from names ("Job Id"), as in the published schemas."""
+
+    def field_title_should_be_set(self, schema: CoreSchema | core_schema.ModelField) -> bool:
+        return False
+
+
+def _components() -> dict[str, Any]:
+    _, generated = models_json_schema(
+        [(CreateJob, "validation"), (Job, "serialization"), (JobList, "serialization"), (Problem, "serialization")],
+        ref_template=_REF,
+        schema_generator=_Schema,
+    )
+    schemas: dict[str, Any] = generated["$defs"]
+    return dict(sorted(schemas.items()))
+
+
+def _problems(*kinds: type[errors.ApiError]) -> dict[str, Any]:
+    """The error responses of an operation: per status, the problem types it may carry."""
+    by_status: dict[int, list[type[errors.ApiError]]] = {}
+    common: tuple[type[errors.ApiError], ...] = (
+        errors.Unauthenticated,
+        errors.Forbidden,
+        errors.Unavailable,
+        errors.InternalError,
+    )
+    for kind in (*kinds, *common):
+        by_status.setdefault(kind.status, []).append(kind)
+    responses = {}
+    for status, found in sorted(by_status.items()):
+        types = [errors.problem_type(kind.slug) for kind in found]
+        responses[str(status)] = {
+            "description": "; ".join(f"`{kind.slug}`: {kind.title}" for kind in found),
+            "content": {
+                _PROBLEM: {
+                    "schema": {
+                        "allOf": [{"$ref": _REF.format(model="Problem")}],
+                        "properties": {"type": {"enum": types}, "status": {"const": status}},
+                    }
+                }
+            },
+        }
+    return responses
+
+
+def _json(model: str) -> dict[str, Any]:
+    return {"application/json": {"schema": {"$ref": _REF.format(model=model)}}}
+
+
+def document() -> dict[str, Any]:
+    """The whole OpenAPI document."""
+    job_id = {
+        "name": "job_id",
+        "in": "path",
+        "required": True,
+        "description": "The job's id (`job_id` of the job document).",
+        "schema": {"type": "string"},
+    }
+    location = {"Location": {"description": "`/v1/jobs/{job_id}` of the job.", "schema": {"type": "string"}}}
+    return {
+        "openapi": "3.1.0",
+        "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
+        "info": {
+            "title": "Replicate Relay API",
+            "version": "1",
+            "description": "Submit Replicate predictions and read their jobs over HTTP (docs/API.md). Every "
+            "error is an RFC 9457 problem (`application/problem+json`) whose `type` is stable.",
+        },
+        "security": [{"googleIdToken": []}],
+        "paths": {
+            "/v1/jobs": {
+                "post": {
+                    "operationId": "createJob",
+                    "summary": "Submit a prediction: the job, then the prediction with Relay's webhook.",
+                    "parameters": [{"$ref": "#/components/parameters/IdempotencyKey"}],
+                    "requestBody": {"required": True, "content": _json("CreateJob")},
+                    "responses": {
+                        "201": {
+                            "description": "The job, linked to its prediction (a replay also carries "
+                            "`Idempotency-Replayed: true`).",
+                            "headers": location,
+                            "content": _json("Job"),
+                        },
+                        **_problems(
+                            errors.MalformedJson,
+                            errors.InvalidParameter,
+                            errors.IdempotencyInProgress,
+                            errors.PayloadTooLarge,
+                            errors.UnsupportedMediaType,
+                            errors.ValidationFailed,
+                            errors.IdempotencyKeyReused,
+                            errors.SubmitRefused,
+                            errors.ReplicateUnavailable,
+                        ),
+                    },
+                },
+                "get": {
+                    "operationId": "listJobs",
+                    "summary": "Jobs, newest `created_at` first, a page at a time.",
+                    "parameters": [
+                        {
+                            "name": "state",
+                            "in": "query",
+                            "description": "Only jobs in this state.",
+                            "schema": {"enum": [state.value for state in JobState]},
+                        },
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "description": f"Jobs per page (default {DEFAULT_LIMIT}).",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
+                        },
+                        {
+                            "name": "cursor",
+                            "in": "query",
+                            "description": "`next_cursor` of the previous page, with the same `state`.",
+                            "schema": {"type": "string"},
+                        },
+                    ],
+                    "responses": {
+                        "200": {"description": "One page of jobs.", "content": _json("JobList")},
+                        **_problems(errors.InvalidParameter),
+                    },
+                },
+            },
+            "/v1/jobs/{job_id}": {
+                "get": {
+                    "operationId": "getJob",
+                    "summary": "The job document (schemas/job.v1.schema.json), timestamps as RFC 3339.",
+                    "parameters": [job_id],
+                    "responses": {
+                        "200": {"description": "The job.", "content": _json("Job")},
+                        **_problems(errors.NotFound),
+                    },
+                }
+            },
+            "/health": {
+                "get": {
+                    "operationId": "health",
+                    "summary": "200 once the service serves; needs no token.",
+                    "security": [],
+                    "responses": {
+                        "200": {"description": "`ok`", "content": {"text/plain": {"schema": {"type": "string"}}}}
+                    },
+                }
+            },
+        },
+        "components": {
+            "schemas": _components(),
+            "parameters": {
+                "IdempotencyKey": {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "required": False,
+                    "description": "Any unique string (a UUID): a retry with the same key and body gets the first "
+                    "answer and never makes a second prediction; the same key with another body is a 422 "
+                    "(`idempotency-key-reused`); while the first is in progress, a 409 with Retry-After. "
+                    "Remembered for RELAY_API_IDEMPOTENCY_HOURS (24 by default).",
+                    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_CHARS, "pattern": "^[!-~]+$"},
+                }
+            },
+            "securitySchemes": {
+                "googleIdToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "A Google-signed ID token whose audience is the service's URL (or "
+                    "RELAY_API_AUDIENCE) and whose e-mail is one of RELAY_API_INVOKERS (Terraform's api_invokers).",
+                }
+            },
+        },
+    }
+
+
+def render() -> str:
+    return json.dumps(document(), indent=2, ensure_ascii=False) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m api.openapi", description=__doc__)
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if the checked-in file differs")
+    args = parser.parse_args(argv)
+    expected = render()
+    current = DOCUMENT.read_text(encoding="utf-8") if DOCUMENT.exists() else None
+    if args.check:
+        if current != expected:
+            print(f"{DOCUMENT.relative_to(ROOT)} is out of date: run python -m api.openapi", file=sys.stderr)
+            return 1
+        return 0
+    if current != expected:
+        DOCUMENT.write_text(expected, encoding="utf-8")
+        print(f"wrote {DOCUMENT.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

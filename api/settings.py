@@ -1,0 +1,89 @@
+"""The API's configuration, read once from the environment at start."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Literal
+
+from relay.config import ConfigError, Env, project_id
+from relay.jobs import Policy
+from relay.submit import SubmitSettings
+from relay.telemetry import TelemetrySettings
+
+_AUTH_MODES = ("oidc", "off")
+# Replicate takes JSON inputs of a few MB at most and recommends URLs over data: URIs above 256 KB;
+# 1 MiB keeps one request's work (and its idempotency record) small.
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+_MAX_BODY_CAP = 10 * 1024 * 1024
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
+
+
+@dataclass(frozen=True)
+class ApiAuthSettings:
+    """How a caller proves who it is (api/auth.py): a Google ID token, checked in code."""
+
+    mode: Literal["oidc", "off"]
+    invokers: tuple[str, ...]  # the e-mails a token may carry; empty: nobody passes
+    audience: str | None  # None: `https://<Host header>`, the service's own Cloud Run URL
+
+    @classmethod
+    def from_env(cls, env: Env) -> ApiAuthSettings:
+        mode = env.get_str("RELAY_API_AUTH", "oidc").lower()
+        if mode == "off":
+            if env.get_optional("K_REVISION") and env.get_optional("K_CONFIGURATION"):
+                raise ConfigError(
+                    "RELAY_API_AUTH=off is for the local stack only, never on Cloud Run (K_REVISION and "
+                    "K_CONFIGURATION are set): remove it so callers' ID tokens are verified"
+                )
+            return cls(mode="off", invokers=(), audience=None)
+        if mode != "oidc":
+            raise ConfigError(f"RELAY_API_AUTH must be one of {', '.join(_AUTH_MODES)}, got {mode!r}")
+        invokers = env.get_list("RELAY_API_INVOKERS")
+        wrong = [entry for entry in invokers if not _EMAIL.match(entry)]
+        if wrong:
+            raise ConfigError(
+                f"RELAY_API_INVOKERS holds e-mails (space- or comma-separated), got {', '.join(map(repr, wrong))}"
+            )
+        audience = env.get_optional("RELAY_API_AUDIENCE")
+        if audience is not None and not audience.startswith("https://"):
+            raise ConfigError(f"RELAY_API_AUDIENCE must be the service's https:// URL, got {audience!r}")
+        return cls(mode="oidc", invokers=invokers, audience=audience)
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    project: str
+    submit: SubmitSettings
+    auth: ApiAuthSettings
+    policy: Policy
+    max_body_bytes: int
+    idempotency_retention: timedelta  # how long a key's answer is replayed
+    idempotency_lease: timedelta  # how long a request holds its key before another may take over
+    log_level: str
+    telemetry: TelemetrySettings
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> ApiSettings:
+        env = Env(environ)
+        project = project_id(env)
+        max_body = env.get_int("RELAY_API_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, minimum=1024)
+        if max_body > _MAX_BODY_CAP:
+            raise ConfigError(f"RELAY_API_MAX_BODY_BYTES must be at most {_MAX_BODY_CAP}")
+        return cls(
+            project=project,
+            submit=SubmitSettings.from_env(environ),
+            auth=ApiAuthSettings.from_env(env),
+            policy=Policy(input_value_max_chars=env.get_int("RELAY_INPUT_VALUE_MAX_CHARS", 1000, minimum=16)),
+            max_body_bytes=max_body,
+            idempotency_retention=timedelta(
+                hours=env.get_int("RELAY_API_IDEMPOTENCY_HOURS", 24, minimum=1, maximum=24 * 30)
+            ),
+            idempotency_lease=timedelta(
+                seconds=env.get_int("RELAY_API_IDEMPOTENCY_LEASE_SECONDS", 60, minimum=5, maximum=3600)
+            ),
+            log_level=env.get_str("RELAY_LOG_LEVEL", "INFO").upper(),
+            telemetry=TelemetrySettings.from_env(environ, service=env.get_str("K_SERVICE", "api"), project=project),
+        )
