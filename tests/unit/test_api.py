@@ -1,0 +1,499 @@
+"""The API (api/): hostile input, the ID-token check, idempotency decisions, the cursor, the
+settings and the checked-in OpenAPI document, all in process.
+
+api/main.py is served by functions-framework's Flask app as deployed; behind it, JobsApi runs with
+an in-memory idempotency store and a submitter that records calls (the Firestore and Replicate
+paths run for real in tests/integration/test_api.py). Tokens are minted with a local RSA key and
+served by a fake of Google's certificate endpoint, as in test_push_auth.py.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from types import ModuleType, SimpleNamespace
+from typing import Any
+
+import flask
+import functions_framework
+import pytest
+
+from api import errors
+from api.auth import ApiAuthenticator
+from api.core import JobsApi, field_errors, parse_create
+from api.idempotency import (
+    Claimed,
+    InProgress,
+    Proceed,
+    Replay,
+    Resume,
+    Reused,
+    decide,
+    fingerprint,
+)
+from api.listing import Cursor, InvalidCursor
+from api.openapi import DOCUMENT, render
+from api.settings import ApiSettings
+from relay import logs, telemetry
+from relay.config import ConfigError
+from relay.jobs import Job
+from relay.oidc import GoogleCerts
+from relay.replicate_api import ModelRef
+from tests.unit.test_push_auth import REPO_ROOT, FakeGoogle, mint
+
+AUDIENCE = "https://api-abcdefghij-uc.a.run.app"
+APP_ACCOUNT = "next-app@unit-test-project.iam.gserviceaccount.com"
+MAX_BODY = 4096
+ENV = {
+    "RELAY_PROJECT": "unit-test-project",
+    "REPLICATE_API_TOKEN": "r8_unit",
+    "RELAY_WEBHOOK_URL": "https://receiver.example/",
+    "RELAY_API_INVOKERS": APP_ACCOUNT,
+    "RELAY_API_AUDIENCE": AUDIENCE,
+    "RELAY_API_MAX_BODY_BYTES": str(MAX_BODY),
+}
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+BODY = {"model": "acme/upscaler", "input": {"image": "https://example.com/a.png"}, "metadata": {"order": "A-1"}}
+
+
+# ---- in-memory stand-ins for the two boundaries JobsApi writes through ----
+
+
+@dataclass
+class MemoryIdempotency:
+    """IdempotencyStore's contract over a dict, deciding with the same pure `decide`."""
+
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    now: datetime = NOW
+
+    def claim(self, key: str, request: str) -> Claimed:
+        decided = decide(self.records.get(key), request, self.now)
+        if decided is not None:
+            return decided
+        job_id = f"job{len(self.records) + 1}"
+        self.records[key] = {
+            "fingerprint": request,
+            "state": "in_progress",
+            "job_id": job_id,
+            "lease_until": self.now + timedelta(seconds=60),
+            "expire_at": self.now + timedelta(hours=24),
+        }
+        return Proceed(job_id)
+
+    def answer(self, key: str, status: int, body: Mapping[str, Any]) -> None:
+        self.records[key].update(state="answered", status=status, body=json.dumps(body))
+
+
+@dataclass
+class RecordingSubmitter:
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    events_filter: tuple[str, ...] = ("start", "output", "logs", "completed")
+
+    def submit(self, model: ModelRef, input: dict[str, Any], *, metadata: Mapping[str, str], job_id: str | None) -> Job:
+        self.calls.append({"model": str(model), "input": input, "metadata": dict(metadata), "job_id": job_id})
+        return Job(
+            job_id=job_id or "j1", prediction_id=f"p{len(self.calls)}", source="submit", model=str(model), input=input
+        )
+
+
+@dataclass
+class MemoryStore:
+    jobs: dict[str, Job] = field(default_factory=dict)
+
+    def get(self, job_id: str) -> Job | None:
+        return self.jobs.get(job_id)
+
+
+FUNCTIONS_FRAMEWORK_ENV = ("FUNCTION_TARGET", "FUNCTION_NAME", "FUNCTION_SIGNATURE_TYPE", "FUNCTION_TRIGGER_TYPE")
+
+
+@dataclass
+class Served:
+    client: flask.testing.FlaskClient
+    module: ModuleType
+    submitter: RecordingSubmitter
+    idempotency: MemoryIdempotency
+    endpoint: FakeGoogle
+
+
+def serve(monkeypatch: pytest.MonkeyPatch, environ: Mapping[str, str]) -> Served:
+    for name in (*FUNCTIONS_FRAMEWORK_ENV, "RELAY_API_AUTH", "K_REVISION", "K_CONFIGURATION"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(logs, "configure", lambda *args, **kwargs: None)
+    monkeypatch.setattr(telemetry, "setup", lambda *args, **kwargs: None)
+    monkeypatch.setattr(sys, "path", [*sys.path])
+    monkeypatch.setitem(sys.modules, "main", None)
+    app = functions_framework.create_app(target="api", source=str(REPO_ROOT / "api/main.py"))
+    module = sys.modules["main"]
+    endpoint = FakeGoogle()
+    monkeypatch.setattr(module, "AUTH", ApiAuthenticator(module.SETTINGS.auth, certs=GoogleCerts(endpoint)))
+    submitter, idempotency = RecordingSubmitter(), MemoryIdempotency()
+    jobs_api = JobsApi(store=MemoryStore(), submitter=submitter, idempotency=idempotency, firestore=None)  # type: ignore[arg-type]
+    monkeypatch.setattr(module, "_jobs_api", jobs_api)
+    return Served(app.test_client(), module, submitter, idempotency, endpoint)
+
+
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch) -> Served:
+    return serve(monkeypatch, ENV)
+
+
+def token(**changes: Any) -> dict[str, str]:
+    claims = {"aud": AUDIENCE, "email": APP_ACCOUNT, **changes}
+    return {"Authorization": f"Bearer {mint(**claims)}"}
+
+
+def post(served: Served, body: bytes | Any, *, headers: Mapping[str, str] | None = None, **options: Any) -> Any:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return served.client.post(
+        "/v1/jobs",
+        data=data,
+        headers={"Content-Type": "application/json", **token(), **(headers or {})},
+        **options,
+    )
+
+
+def problem(response: Any, status: int, slug: str) -> dict[str, Any]:
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/problem+json"
+    body: dict[str, Any] = response.get_json(force=True)
+    assert body["type"] == f"urn:replicate-relay:problem:{slug}"
+    assert body["status"] == status
+    assert {"title", "detail", "instance"} <= set(body)
+    return body
+
+
+# ---- the happy path in process ----
+
+
+def test_a_valid_submission_with_a_valid_token_is_created_201_with_the_job_and_its_location(served: Served) -> None:
+    response = post(served, BODY)
+    assert response.status_code == 201
+    body = response.get_json()
+    assert (body["job_id"], body["prediction_id"], body["state"]) == ("j1", "p1", "submitted")
+    assert response.headers["Location"] == "/v1/jobs/j1"
+    assert served.submitter.calls == [
+        {"model": "acme/upscaler", "input": BODY["input"], "metadata": {"order": "A-1"}, "job_id": None}
+    ]
+
+
+def test_health_needs_no_token(served: Served) -> None:
+    assert served.client.get("/health").status_code == 200
+
+
+# ---- hostile input: a precise 4xx naming the field, never a 500, never a submission ----
+
+
+@pytest.mark.parametrize(
+    ("raw", "detail"),
+    [
+        (b"{", "not valid JSON"),
+        (b'{"model": "a/b", "input": {}', "not valid JSON"),
+        (b"\xff\xfe{}", "not valid JSON"),
+        (b'{"model": "a/b", "input": {"x": NaN}}', "NaN"),
+        (b'{"model": "a/b", "input": {"x": 1' + b"9" * 5000 + b"}}", "not valid JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, "too deeply"),
+        (b"", "not valid JSON"),
+    ],
+    ids=["truncated", "unclosed", "not-utf8", "nan", "huge-integer", "deep-nesting", "empty"],
+)
+def test_bad_json_is_a_400(monkeypatch: pytest.MonkeyPatch, raw: bytes, detail: str) -> None:
+    served = serve(monkeypatch, {**ENV, "RELAY_API_MAX_BODY_BYTES": str(1024 * 1024)})
+    body = problem(post(served, raw), 400, "malformed-json")
+    assert detail in body["detail"]
+    assert served.submitter.calls == []
+
+
+@pytest.mark.parametrize(
+    ("sent", "field_name"),
+    [
+        ({**BODY, "model": "upscaler"}, "model"),
+        ({**BODY, "model": "acme/up/scaler"}, "model"),
+        ({**BODY, "model": "acme/upscaler:"}, "model"),
+        ({**BODY, "model": "acme /upscaler"}, "model"),
+        ({**BODY, "model": "../../etc/passwd"}, "model"),
+        ({**BODY, "model": 42}, "model"),
+        ({"input": {}}, "model"),
+        ({"model": "acme/upscaler"}, "input"),
+        ({**BODY, "input": ["not", "an", "object"]}, "input"),
+        ({**BODY, "metadata": {"order": 7}}, "metadata.order"),
+        ({**BODY, "metadata": {str(i): "x" for i in range(65)}}, "metadata"),
+        ({**BODY, "webhook_events": ["start"]}, "webhook_events"),
+        ({**BODY, "webhook_events": ["completed", "everything"]}, "webhook_events.1"),
+        ({**BODY, "webhook": "https://attacker.example/"}, "webhook"),
+        (["a", "list"], "body"),
+        ("a string", "body"),
+    ],
+    ids=[
+        "model-no-owner",
+        "model-two-slashes",
+        "model-empty-version",
+        "model-space",
+        "model-traversal",
+        "model-number",
+        "model-missing",
+        "input-missing",
+        "input-list",
+        "metadata-number",
+        "metadata-too-many",
+        "events-without-completed",
+        "events-unknown",
+        "unknown-field",
+        "body-list",
+        "body-string",
+    ],
+)
+def test_an_invalid_field_is_a_422_naming_it(served: Served, sent: Any, field_name: str) -> None:
+    body = problem(post(served, sent), 422, "validation-error")
+    assert field_name in [entry["field"] for entry in body["errors"]], body
+    assert served.submitter.calls == []
+
+
+def test_an_unknown_model_format_names_model_and_says_what_it_should_look_like(served: Served) -> None:
+    body = problem(post(served, {**BODY, "model": "upscaler"}), 422, "validation-error")
+    assert body["errors"] == [{"field": "model", "message": "must look like OWNER/NAME or OWNER/NAME:VERSION"}]
+
+
+def test_a_body_over_the_limit_is_a_413_by_content_length(served: Served) -> None:
+    huge = {**BODY, "input": {"image": "data:image/png;base64," + "A" * MAX_BODY}}
+    problem(post(served, huge), 413, "payload-too-large")
+    assert served.submitter.calls == []
+
+
+def test_a_chunked_body_over_the_limit_is_a_413_while_reading(served: Served) -> None:
+    """No Content-Length (chunked): the limit is enforced on what is read, and reading stops there."""
+    stream = io.BytesIO(b'{"model": "a/b", "input": {"x": "' + b"A" * (10 * MAX_BODY) + b'"}}')
+    chunked = SimpleNamespace(content_length=None, stream=stream)
+    with pytest.raises(errors.PayloadTooLarge):
+        served.module.read_body(chunked, MAX_BODY)
+    assert stream.tell() <= MAX_BODY + 64 * 1024
+    small = SimpleNamespace(content_length=None, stream=io.BytesIO(b"{}"))
+    assert served.module.read_body(small, MAX_BODY) == b"{}"
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data", ""])
+def test_a_body_that_is_not_json_by_content_type_is_a_415(served: Served, content_type: str) -> None:
+    response = served.client.post("/v1/jobs", data=json.dumps(BODY), headers={"Content-Type": content_type, **token()})
+    problem(response, 415, "unsupported-media-type")
+
+
+def test_json_with_a_charset_or_a_json_suffix_type_is_accepted(served: Served) -> None:
+    for content_type in ("application/json; charset=utf-8", "application/vnd.relay+json"):
+        response = served.client.post(
+            "/v1/jobs", data=json.dumps(BODY), headers={"Content-Type": content_type, **token()}
+        )
+        assert response.status_code == 201, content_type
+
+
+@pytest.mark.parametrize(
+    ("path", "method", "status", "slug"),
+    [
+        ("/v1/jobs", "DELETE", 405, "method-not-allowed"),
+        ("/v1/jobs/j1", "POST", 405, "method-not-allowed"),
+        ("/v1/jobs/nope", "GET", 404, "not-found"),
+        ("/v1/jobs/..", "GET", 404, "not-found"),
+        ("/v1/jobs/" + "x" * 2000, "GET", 404, "not-found"),
+        ("/v2/jobs", "GET", 404, "not-found"),
+        ("/v1/jobs?limit=0", "GET", 400, "invalid-parameter"),
+        ("/v1/jobs?limit=101", "GET", 400, "invalid-parameter"),
+        ("/v1/jobs?limit=" + "9" * 5000, "GET", 400, "invalid-parameter"),
+        ("/v1/jobs?state=done", "GET", 400, "invalid-parameter"),
+        ("/v1/jobs?cursor=not-a-cursor", "GET", 400, "invalid-parameter"),
+    ],
+)
+def test_bad_paths_and_parameters_are_precise_problems(
+    served: Served, path: str, method: str, status: int, slug: str
+) -> None:
+    problem(served.client.open(path, method=method, headers=token()), status, slug)
+
+
+def test_a_405_names_the_allowed_methods(served: Served) -> None:
+    assert served.client.delete("/v1/jobs", headers=token()).headers["Allow"] == "GET, HEAD, POST"
+
+
+# ---- the ID token ----
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "slug", "reason"),
+    [
+        ({}, 401, "unauthenticated", "missing_token"),
+        ({"Authorization": "Basic dXNlcjpwYXNz"}, 401, "unauthenticated", "malformed_token"),
+        ({"Authorization": "Bearer not.a.jwt"}, 401, "unauthenticated", "malformed_token"),
+        (
+            {"Authorization": f"Bearer {mint(aud=AUDIENCE, email=APP_ACCOUNT, exp=1)}"},
+            401,
+            "unauthenticated",
+            "invalid_token",
+        ),
+        (
+            {"Authorization": f"Bearer {mint(aud=AUDIENCE, email=APP_ACCOUNT, iss='https://evil.example')}"},
+            401,
+            "unauthenticated",
+            "wrong_issuer",
+        ),
+        (
+            {"Authorization": f"Bearer {mint(aud='https://other.a.run.app', email=APP_ACCOUNT)}"},
+            403,
+            "forbidden",
+            "wrong_audience",
+        ),
+        (
+            {"Authorization": f"Bearer {mint(aud=AUDIENCE, email='someone@evil.example')}"},
+            403,
+            "forbidden",
+            "wrong_sender",
+        ),
+        (
+            {"Authorization": f"Bearer {mint(aud=AUDIENCE, email=APP_ACCOUNT, email_verified=False)}"},
+            403,
+            "forbidden",
+            "wrong_sender",
+        ),
+    ],
+    ids=["missing", "basic", "not-jwt", "expired", "issuer", "audience", "caller", "unverified"],
+)
+def test_a_missing_or_invalid_token_is_refused_before_anything_is_read(
+    served: Served, headers: dict[str, str], status: int, slug: str, reason: str
+) -> None:
+    response = served.client.post(
+        "/v1/jobs", data=json.dumps(BODY), headers={"Content-Type": "application/json", **headers}
+    )
+    body = problem(response, status, slug)
+    assert body["reason"] == reason
+    assert served.submitter.calls == []
+    # Nothing about the resources leaks to an unauthenticated caller: 404s and 405s look alike.
+    assert served.client.get("/v1/jobs/j1", headers=headers).status_code == status
+    if status == 401:
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_certificates_that_cannot_be_fetched_are_a_503(served: Served) -> None:
+    served.endpoint.failure = ConnectionError("down")  # type: ignore[assignment]
+    problem(post(served, BODY), 503, "unavailable")
+
+
+def test_with_auth_off_no_token_is_needed(monkeypatch: pytest.MonkeyPatch) -> None:
+    served = serve(monkeypatch, {**ENV, "RELAY_API_AUTH": "off"})
+    response = served.client.post("/v1/jobs", data=json.dumps(BODY), headers={"Content-Type": "application/json"})
+    assert response.status_code == 201
+
+
+# ---- idempotency ----
+
+
+def test_a_retry_with_the_same_key_and_body_gets_the_first_answer_and_no_second_prediction(served: Served) -> None:
+    first = post(served, BODY, headers={"Idempotency-Key": "k-1"})
+    # The same body serialised differently (key order, spacing) is the same request.
+    reordered = json.dumps(dict(reversed(list(BODY.items()))), indent=2).encode()
+    again = post(served, reordered, headers={"Idempotency-Key": "k-1"})
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert again.get_json() == first.get_json()
+    assert again.headers["Idempotency-Replayed"] == "true"
+    assert again.headers["Location"] == first.headers["Location"]
+    assert len(served.submitter.calls) == 1
+    assert served.submitter.calls[0]["job_id"] == first.get_json()["job_id"]  # chosen before submitting
+
+
+def test_the_same_key_with_a_different_body_is_a_422(served: Served) -> None:
+    assert post(served, BODY, headers={"Idempotency-Key": "k-2"}).status_code == 201
+    body = problem(
+        post(served, {**BODY, "input": {"image": "other"}}, headers={"Idempotency-Key": "k-2"}),
+        422,
+        "idempotency-key-reused",
+    )
+    assert body["errors"][0]["field"] == "Idempotency-Key"
+    assert len(served.submitter.calls) == 1
+
+
+def test_a_request_while_the_first_with_its_key_is_in_progress_is_a_409_with_retry_after(served: Served) -> None:
+    request = fingerprint("POST", "/v1/jobs", BODY)
+    served.idempotency.claim("k-3", request)  # claimed, never answered: still in progress
+    response = post(served, BODY, headers={"Idempotency-Key": "k-3"})
+    problem(response, 409, "idempotency-key-in-progress")
+    assert 1 <= int(response.headers["Retry-After"]) <= 60
+    assert served.submitter.calls == []
+
+
+def test_an_invalid_request_does_not_use_its_key_up(served: Served) -> None:
+    problem(post(served, {**BODY, "model": "bad"}, headers={"Idempotency-Key": "k-4"}), 422, "validation-error")
+    assert post(served, BODY, headers={"Idempotency-Key": "k-4"}).status_code == 201
+
+
+@pytest.mark.parametrize("key", ["", "has space", "x" * 256, "naïve"])
+def test_a_malformed_idempotency_key_is_a_400(served: Served, key: str) -> None:
+    problem(post(served, BODY, headers={"Idempotency-Key": key}), 400, "invalid-parameter")
+
+
+def test_decide_covers_every_state_of_a_key_record() -> None:
+    request = fingerprint("POST", "/v1/jobs", BODY)
+    live = {"fingerprint": request, "expire_at": NOW + timedelta(hours=1), "job_id": "j9"}
+    assert decide(None, request, NOW) is None
+    assert decide({**live, "expire_at": NOW}, request, NOW) is None  # expired, not yet removed by the TTL
+    assert decide({**live, "fingerprint": "other"}, request, NOW) == Reused()
+    assert decide({**live, "state": "answered", "status": 201, "body": '{"job_id":"j9"}'}, request, NOW) == Replay(
+        201, {"job_id": "j9"}
+    )
+    leased = {**live, "state": "in_progress", "lease_until": NOW + timedelta(seconds=10)}
+    assert decide(leased, request, NOW) == InProgress(10)
+    assert decide({**leased, "lease_until": NOW}, request, NOW) == Resume("j9")
+
+
+# ---- pieces ----
+
+
+def test_a_cursor_round_trips_and_refuses_another_filter_or_tampering() -> None:
+    cursor = Cursor(NOW, "abc", "succeeded")
+    assert Cursor.decode(cursor.encode(), state="succeeded") == cursor
+    assert Cursor.decode(Cursor(None, "abc", None).encode(), state=None) == Cursor(None, "abc", None)
+    for text, state in [(cursor.encode(), None), ("e30", None), ("!!!", None), (cursor.encode()[:-3], "succeeded")]:
+        with pytest.raises(InvalidCursor):
+            Cursor.decode(text, state=state)
+
+
+def test_field_errors_are_dotted_paths() -> None:
+    with pytest.raises(errors.ValidationFailed) as raised:
+        parse_create(json.dumps({"model": "a/b", "input": {}, "metadata": {"k": []}}).encode(), "application/json")
+    assert raised.value.errors == [{"field": "metadata.k", "message": "Input should be a valid string"}]
+    assert callable(field_errors)
+
+
+def test_auth_off_is_refused_on_cloud_run_naming_the_variable() -> None:
+    with pytest.raises(ConfigError, match=r"RELAY_API_AUTH=off .* never on Cloud Run"):
+        ApiSettings.from_env({**ENV, "RELAY_API_AUTH": "off", "K_REVISION": "api-00001", "K_CONFIGURATION": "api"})
+
+
+@pytest.mark.parametrize(
+    ("changes", "variable"),
+    [
+        ({"RELAY_API_AUTH": "maybe"}, "RELAY_API_AUTH"),
+        ({"RELAY_API_INVOKERS": "not-an-email"}, "RELAY_API_INVOKERS"),
+        ({"RELAY_API_AUDIENCE": "http://plain"}, "RELAY_API_AUDIENCE"),
+        ({"RELAY_API_MAX_BODY_BYTES": "99999999"}, "RELAY_API_MAX_BODY_BYTES"),
+        ({"RELAY_WEBHOOK_URL": ""}, "RELAY_WEBHOOK_URL"),
+    ],
+)
+def test_a_bad_setting_stops_the_start_naming_its_variable(changes: dict[str, str], variable: str) -> None:
+    with pytest.raises(ConfigError, match=variable):
+        ApiSettings.from_env({**ENV, **changes})
+
+
+def test_invokers_are_read_from_a_space_or_comma_separated_list() -> None:
+    settings = ApiSettings.from_env({**ENV, "RELAY_API_INVOKERS": "a@p.iam.gserviceaccount.com, b@example.com"})
+    assert settings.auth.invokers == ("a@p.iam.gserviceaccount.com", "b@example.com")
+
+
+def test_the_checked_in_openapi_document_is_what_the_code_generates() -> None:
+    assert DOCUMENT.read_text(encoding="utf-8") == render(), "run python -m api.openapi (make schemas)"
+
+
+def test_every_problem_type_is_documented_in_docs_api_md() -> None:
+    text = (REPO_ROOT / "docs/API.md").read_text(encoding="utf-8")
+    for kind in errors.ALL_PROBLEMS:
+        assert f"urn:replicate-relay:problem:{kind.slug}" in text, kind.slug
