@@ -75,6 +75,7 @@ BOUND_FRACTION = 0.05
 BOUND_RSS_BYTES = 10 * 1024 * 1024
 BOUND_FDS = 10
 MIB = 1024 * 1024
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 # Process groups by what they are: relay's services are judged against the bound; the others are
 # reported and judged separately (see the module docstring).
@@ -222,7 +223,8 @@ class Series:
     role: str  # master, worker-1, java, gcloud, fake-gcs-server, ...
     pid: int
     kind: str  # relay, emulator or simulator
-    samples: list[tuple[float, int, int, int]] = field(default_factory=list)  # t, rss bytes, fds, threads
+    # t, RSS bytes, open fds, threads, CPU seconds used so far (user + system)
+    samples: list[tuple[float, int, int, int, float]] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -235,8 +237,8 @@ def kind_of(group: str) -> str:
     return "emulator" if group in EMULATOR_GROUPS else "simulator"
 
 
-def read_proc(pid: int) -> tuple[int, int, int, int, str] | None:
-    """(pgid, RSS bytes, open fds, threads, comm) of one process; None once it is gone."""
+def read_proc(pid: int) -> tuple[int, int, int, int, float, str] | None:
+    """(pgid, RSS bytes, open fds, threads, CPU seconds, comm) of one process; None once it is gone."""
     base = Path("/proc") / str(pid)
     try:
         stat = (base / "stat").read_text()
@@ -245,11 +247,13 @@ def read_proc(pid: int) -> tuple[int, int, int, int, str] | None:
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
     comm = stat[stat.index("(") + 1 : stat.rindex(")")]
-    pgid = int(stat.rsplit(")", 1)[1].split()[2])
+    after = stat.rsplit(")", 1)[1].split()  # state, ppid, pgrp, ..., utime (11), stime (12)
+    pgid = int(after[2])
+    cpu_s = (int(after[11]) + int(after[12])) / CLOCK_TICKS
     fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
     rss = int(fields.get("VmRSS", "0 kB").split()[0]) * 1024
     threads = int(fields.get("Threads", "0").strip())
-    return pgid, rss, fds, threads, comm
+    return pgid, rss, fds, threads, cpu_s, comm
 
 
 class Sampler:
@@ -260,6 +264,10 @@ class Sampler:
         self.every = every
         self.origin = origin  # monotonic time of t = 0 (the first submit)
         self.series: dict[int, Series] = {}
+        # The whole machine's CPU busy % since the previous round: other work on these shared cores
+        # slows the stack, and this tells such a slowdown from one of relay's own.
+        self.machine: list[tuple[float, float | None]] = []
+        self._cpu_before = cpu_totals()
         self.rounds = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="soak-sampler", daemon=True)
@@ -285,11 +293,14 @@ class Sampler:
             read = read_proc(int(entry))
             if read is None or read[0] not in self.groups:
                 continue
-            pgid, rss, fds, threads, comm = read
+            pgid, rss, fds, threads, cpu_s, comm = read
             series = self.series.get(int(entry))
             if series is None:
                 series = self.series[int(entry)] = self._new_series(int(entry), pgid, comm)
-            series.samples.append((t, rss, fds, threads))
+            series.samples.append((t, rss, fds, threads, round(cpu_s, 2)))
+        now = cpu_totals()
+        self.machine.append((t, busy_between(self._cpu_before, now)))
+        self._cpu_before = now
         self.rounds += 1
 
     def _new_series(self, pid: int, pgid: int, comm: str) -> Series:
@@ -304,6 +315,21 @@ class Sampler:
         return Series(group=group, role=role, pid=pid, kind=kind_of(group))
 
 
+def cpu_totals() -> tuple[int, int]:
+    """(all, idle + iowait) jiffies of the machine so far, from /proc/stat's first line."""
+    try:
+        fields = [int(value) for value in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return 0, 0
+    return sum(fields), fields[3] + fields[4]
+
+
+def busy_between(before: tuple[int, int], after: tuple[int, int]) -> float | None:
+    """The machine's CPU busy % between two cpu_totals() readings."""
+    total = after[0] - before[0]
+    return round(100 * (1 - (after[1] - before[1]) / total), 1) if total > 0 else None
+
+
 def stack_groups(stack: LocalStack) -> dict[str, int]:
     """The stack's name for each process group → its pgid (each ManagedProcess leads its own)."""
     groups = {name: process.pid for name, process in stack.emulators.items()}
@@ -314,11 +340,19 @@ def stack_groups(stack: LocalStack) -> dict[str, int]:
 # Judging ---------------------------------------------------------------------------------------------
 
 
+def cores_used(samples: Sequence[tuple[float, int, int, int, float]], start: float, end: float) -> float | None:
+    """Mean CPU cores one process used over [start, end]: CPU seconds gained over wall seconds passed."""
+    window = [(t, cpu) for t, _, _, _, cpu in samples if start <= t <= end]
+    if len(window) < 2 or window[-1][0] <= window[0][0]:
+        return None
+    return round((window[-1][1] - window[0][1]) / (window[-1][0] - window[0][0]), 3)
+
+
 def judge_series(series: Series, start: float, end: float) -> dict[str, Any]:
-    """One process's growth over [start, end], in RSS and fds, with the bound's verdict."""
-    rss = growth([(t, float(r)) for t, r, _, _ in series.samples], start, end)
-    fds = growth([(t, float(f)) for t, _, f, _ in series.samples], start, end)
-    threads = growth([(t, float(n)) for t, _, _, n in series.samples], start, end)
+    """One process's growth over [start, end], in RSS, fds and threads, with the bound's verdict."""
+    rss = growth([(t, float(rss)) for t, rss, _, _, _ in series.samples], start, end)
+    fds = growth([(t, float(fds)) for t, _, fds, _, _ in series.samples], start, end)
+    threads = growth([(t, float(threads)) for t, _, _, threads, _ in series.samples], start, end)
     rss_ok = within_bound(rss, fraction=BOUND_FRACTION, absolute=BOUND_RSS_BYTES)
     fds_ok = within_bound(fds, fraction=BOUND_FRACTION, absolute=BOUND_FDS)
     verdicts = [ok for ok in (rss_ok, fds_ok) if ok is not None]
@@ -335,8 +369,9 @@ def judge_series(series: Series, start: float, end: float) -> dict[str, Any]:
         "rss_within_bound": rss_ok,
         "fds_within_bound": fds_ok,
         "flat": all(verdicts) if verdicts else None,
-        "rss_mib_max": round(max((r for _, r, _, _ in series.samples), default=0) / MIB, 1),
-        "fds_max": max((f for _, _, f, _ in series.samples), default=0),
+        "rss_mib_max": round(max((sample[1] for sample in series.samples), default=0) / MIB, 1),
+        "fds_max": max((sample[2] for sample in series.samples), default=0),
+        "cores": cores_used(series.samples, start, end),
     }
 
 
@@ -424,6 +459,7 @@ class Outcome:
     results: list[e2e.PredictionResult]
     jobs: dict[str, dict[str, Any]]
     submitted: list[e2e.Submitted]
+    facts: e2e.LogFacts
 
 
 def read_back(stack: LocalStack, db: Any, submitted: list[e2e.Submitted], drain_until: float) -> Outcome:
@@ -454,7 +490,7 @@ def read_back(stack: LocalStack, db: Any, submitted: list[e2e.Submitted], drain_
         for record in ok
         if record.prediction_id
     ]
-    return Outcome(results=results, jobs=jobs, submitted=submitted)
+    return Outcome(results=results, jobs=jobs, submitted=submitted, facts=facts)
 
 
 def check_jobs(outcome: Outcome) -> dict[str, Any]:
@@ -513,6 +549,41 @@ def reconciler_runs(log_path: Path) -> dict[str, Any]:
     return {"runs": runs, **totals}
 
 
+def services(facts: e2e.LogFacts) -> dict[str, dict[str, Any]]:
+    """Receiver and handlers from their one log line per request: latency, the slowest, outcomes.
+
+    The Pub/Sub emulator pushes at most 2 messages at a time per subscription, so one handler
+    request stuck for a minute holds half of its subscription's pipeline for that minute.
+    """
+    found = {}
+    for process in ("receiver", "job-status", "archive-outputs"):
+        slowest = max((end - start for start, end in facts.spans.get(process, [])), default=None)
+        found[process] = {
+            **facts.service(process),
+            "max_ms": round(slowest * 1000, 1) if slowest is not None else None,
+            "over_10s": sum(1 for start, end in facts.spans.get(process, []) if end - start > 10),
+            "outcomes": dict(facts.outcomes.get(process, {})),
+        }
+    return found
+
+
+def code_version() -> dict[str, Any]:
+    """The commit measured, and the files that differed from it (a shared tree changes under a long run)."""
+    import subprocess  # noqa: PLC0415
+
+    def git(*argv: str) -> str:
+        try:
+            done = subprocess.run(
+                ["git", *argv], cwd=REPO_ROOT, capture_output=True, text=True, timeout=30, check=False
+            )
+        except (OSError, subprocess.SubprocessError):
+            return ""
+        return done.stdout.strip()
+
+    dirty = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()]
+    return {"commit": git("rev-parse", "--short", "HEAD") or None, "modified": dirty}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--minutes", type=float, default=30.0, help="minutes of steady load (default 30)")
@@ -561,6 +632,7 @@ def run(args: argparse.Namespace, processes: e2e.StackProcesses) -> int:
         f"every {args.sample_every:g} s; drain at most {args.drain:g} s; global timeout {args.timeout:.0f} s"
     )
     busy = common.check_busy()
+    code = code_version()  # as the stack starts: its processes load the code now
     stack = LocalStack(stack_config(args))
     processes.stack = stack
     print("starting the local stack …", flush=True)
@@ -587,6 +659,7 @@ def run(args: argparse.Namespace, processes: e2e.StackProcesses) -> int:
     processes.stop_all()  # the stack: not needed for the report
 
     document = summarise(args, busy=busy, sampler=sampler, outcome=outcome, wall_begin=wall_begin, stats=stats)
+    document["code"] = code
     document["timings"] = {"load_s": round(load_end, 1), "total_s": round(time.monotonic() - started, 1)}
     common.write_results(RESULTS_JSON, document)  # first: a failing printout must not lose the run
     report(document)
@@ -611,6 +684,7 @@ def summarise(
     processes.sort(key=lambda p: (["relay", "simulator", "emulator"].index(p["kind"]), p["name"]))
     judged = [p for p in processes if p["judged"]]
     jobs = check_jobs(outcome)
+    busy_values = [value for _, value in sampler.machine if value is not None]
     webhook_points = latency_points(outcome, wall_begin, reconciled=False)
     reconciled_points = latency_points(outcome, wall_begin, reconciled=True)
     # One row per minute for both tables, up to the last job completed (late ones finish in the drain).
@@ -664,6 +738,12 @@ def summarise(
         "reconciled_end_to_end_s": e2e.distribution([latency for _, latency in reconciled_points]),
         "simulator_calls": dict(stats),
         "reconciler": reconciler_runs(STACK_LOG_DIR / "reconciler.log"),
+        "services": services(outcome.facts),
+        "machine_busy_percent": {
+            "mean": round(statistics.fmean(busy_values), 1) if busy_values else None,
+            "max": max(busy_values, default=None),
+            "series": sampler.machine,
+        },
         "sample_rounds": sampler.rounds,
         "processes": processes,
         "samples": {
@@ -702,6 +782,13 @@ def report(document: Mapping[str, Any]) -> None:
     common.print_table(["process", "kind", "RSS MiB", "RSS fit", "RSS last-first", "fds", "fds fit", "verdict"], rows)
     flat = document["flat"]
     print(f"\nreconciler: {document['reconciler']}; simulator /v1 calls: {document['simulator_calls']}")
+    for process, info in document["services"].items():
+        print(
+            f"{process}: {info['requests']} requests, p50 {info['p50_ms']} ms, p99 {info['p99_ms']} ms, slowest "
+            f"{info['max_ms']} ms, {info['over_10s']} over 10 s; {info['outcomes']}"
+        )
+    machine = document["machine_busy_percent"]
+    print(f"machine CPU busy during the run: mean {machine['mean']}%, max {machine['max']}% (2 cores, shared)")
     print(f"\nrelay's processes flat (bound < 5% or < 10 MiB / 10 fds): {flat['met']} {flat['not_flat'] or ''}")
     print("\nlatency per minute (webhook-ended jobs; completed_at → final):")
     common.print_table(

@@ -156,8 +156,20 @@ def test_processes_are_judged_by_kind() -> None:
     assert soak.kind_of("firestore") == "emulator"
     assert soak.kind_of("simulator") == "simulator"
     series = soak.Series(group="pubsub", role="java", pid=1, kind="emulator")
-    series.samples = [(60.0, 100 * MIB, 50, 30), (180.0, 300 * MIB, 50, 30)]
+    series.samples = [(60.0, 100 * MIB, 50, 30, 10.0), (180.0, 300 * MIB, 50, 30, 70.0)]
     judged = soak.judge_series(series, 60, 180)
     assert judged["judged"] is False  # reported, judged apart
     assert judged["rss_within_bound"] is False
     assert judged["fds_within_bound"] is True
+    assert judged["cores"] == 0.5  # 60 CPU seconds in 120 s
+
+
+def test_cores_used_over_the_window() -> None:
+    samples = [(0.0, 1, 1, 1, 0.0), (60.0, 1, 1, 1, 3.0), (120.0, 1, 1, 1, 33.0), (180.0, 1, 1, 1, 63.0)]
+    assert soak.cores_used(samples, 60, 180) == 0.5
+    assert soak.cores_used(samples, 200, 300) is None
+
+
+def test_machine_busy_between_two_readings() -> None:
+    assert soak.busy_between((1000, 400), (2000, 650)) == 75.0  # 1000 jiffies, 250 of them idle
+    assert soak.busy_between((1000, 400), (1000, 400)) is None
