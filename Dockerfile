@@ -29,6 +29,7 @@ COPY --from=builder /opt/venv /opt/venv
 WORKDIR /app
 COPY --chown=root:root receiver/ /app/receiver/
 COPY --chown=root:root handlers/ /app/handlers/
+COPY --chown=root:root api/ /app/api/
 COPY --chown=root:root relay/ /app/relay/
 COPY --chown=root:root infra/ /app/infra/
 # Compiled at build time: a cold start would otherwise compile every module of the app again, and

@@ -8,6 +8,7 @@ locals {
     receiver      = "Relay receiver: publishes verified webhooks"
     reconciler    = "Relay reconciler: asks Replicate about quiet jobs"
     "status-page" = "Relay status page: reads jobs, dead letters and metrics, writes nothing"
+    api           = "Relay API: submits predictions and reads jobs for apps"
   }
   # job-status / archive-outputs, named after the topology's push handlers
   handler_accounts = { for name, _ in local.handler_services : name => "Relay ${name} push handler" }
@@ -18,7 +19,9 @@ locals {
   # only; cloudtrace.agent would add the Cloud Trace API's write, which nothing uses any more),
   # metrics to Cloud Monitoring.
   telemetry_roles = ["roles/telemetry.tracesWriter", "roles/monitoring.metricWriter"]
-  firestore_users = concat(keys(local.handler_services), ["reconciler"])
+  # The API writes jobs and idempotency keys; it publishes nothing (a submission Replicate refuses
+  # is announced by the reconciler) and touches no bucket.
+  firestore_users = concat(keys(local.handler_services), ["reconciler", "api"])
   # The status page only reads: jobs in Firestore (counts by state, stuck jobs, the latest) and
   # the push subscriptions' backlogs and the receiver's verification failures in Cloud Monitoring
   # (time series). Its dead-letter counts are grants on those subscriptions (below).
@@ -136,6 +139,16 @@ resource "google_cloud_run_v2_service_iam_member" "push_invokes_handler" {
 resource "google_cloud_run_v2_service_iam_member" "status_page_viewers" {
   for_each = toset(var.status_page_viewers)
   name     = google_cloud_run_v2_service.service["status-page"].name
+  location = var.region
+  role     = "roles/run.invoker"
+  member   = each.value
+}
+
+# The apps that call the API (docs/API.md), as themselves: its only callers. The service checks
+# each caller's ID token against the same list (RELAY_API_INVOKERS, run.tf).
+resource "google_cloud_run_v2_service_iam_member" "api_invokers" {
+  for_each = toset(var.api_invokers)
+  name     = google_cloud_run_v2_service.service["api"].name
   location = var.region
   role     = "roles/run.invoker"
   member   = each.value

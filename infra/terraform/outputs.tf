@@ -8,6 +8,11 @@ output "service_urls" {
   value       = { for name, service in google_cloud_run_v2_service.service : name => service.uri }
 }
 
+output "api_url" {
+  description = "The API's URL (docs/API.md): callers listed in api_invokers send ID tokens with this audience."
+  value       = google_cloud_run_v2_service.service["api"].uri
+}
+
 output "bucket" {
   description = "The archive bucket (RELAY_BUCKET)."
   value       = google_storage_bucket.outputs.name

@@ -1,4 +1,4 @@
-# The five Cloud Run services, all from the one image; FUNCTION_SOURCE / FUNCTION_TARGET pick the
+# The six Cloud Run services, all from the one image; FUNCTION_SOURCE / FUNCTION_TARGET pick the
 # function (Dockerfile). Cloud Build deploys new images; Terraform owns everything else.
 #
 # Who may reach each one is two settings: `ingress` (where requests may come from) and `public`
@@ -108,6 +108,36 @@ locals {
         # is set on neither service), so both judge "stuck" alike.
         env = { THREADS = "4" }
       }
+
+      # Private, the apps' HTTP API (api/main.py, docs/API.md): submit and read jobs from any
+      # language. Ingress ALL, private through IAM like the status page: an app outside Google
+      # Cloud (the first user's Next.js app may run anywhere) can reach only an ALL-ingress service,
+      # and an app on Cloud Run counts as internal only when its egress goes through a VPC (Direct
+      # VPC egress or a connector), which Relay cannot assume. run.invoker goes to
+      # var.api_invokers alone (iam.tf), and the service checks the caller's ID token itself
+      # against the same list (RELAY_API_INVOKERS). Flask under gunicorn threads: each request
+      # blocks on Firestore and Replicate; concurrency 8 = THREADS, 60 s covers Replicate's 30 s
+      # client timeout. RELAY_WEBHOOK_URL is the receiver's deterministic URL
+      # (https://SERVICE-PROJECT_NUMBER.REGION.run.app): its `uri` attribute would make the
+      # for_each resource depend on itself.
+      api = {
+        source      = "api/main.py"
+        target      = "api"
+        asgi        = false
+        ingress     = "INGRESS_TRAFFIC_ALL"
+        public      = false
+        concurrency = 8
+        timeout     = 60
+        min         = 0
+        max         = var.max_instances
+        memory      = "512Mi"
+        cpu_idle    = true
+        env = {
+          THREADS            = "8"
+          RELAY_WEBHOOK_URL  = "https://receiver-${data.google_project.this.number}.${var.region}.run.app/"
+          RELAY_API_INVOKERS = join(" ", [for member in var.api_invokers : split(":", member)[1]])
+        }
+      }
     },
     {
       # Private, Pub/Sub push handlers (Flask under gunicorn threads: blocking Firestore and
@@ -200,7 +230,7 @@ resource "google_cloud_run_v2_service" "service" {
 
       # The secrets this service reads (secrets.tf), each as one environment variable.
       dynamic "env" {
-        for_each = { for key, secret in local.secrets : secret.env => google_secret_manager_secret.secret[key].secret_id if secret.service == each.key }
+        for_each = { for key, secret in local.secrets : secret.env => google_secret_manager_secret.secret[key].secret_id if contains(secret.services, each.key) }
         content {
           name = env.key
           value_source {

@@ -103,6 +103,19 @@ variable "status_page_viewers" {
   }
 }
 
+variable "api_invokers" {
+  description = "Who may call the private api service (docs/API.md): serviceAccount:... members (an app's runtime account) or user:... (a developer trying it with an impersonated token). Each gets roles/run.invoker on that service only, and the service accepts ID tokens of exactly these e-mails (RELAY_API_INVOKERS). Empty: nobody."
+  type        = list(string)
+  default     = []
+
+  validation {
+    # Only members whose ID token names them: the service compares the token's e-mail, so a
+    # group: or domain: member would pass Cloud Run's check and then be refused in code.
+    condition     = alltrue([for member in var.api_invokers : can(regex("^(serviceAccount|user):[^:\\s@]+@[^:\\s@]+$", member))])
+    error_message = "api_invokers takes serviceAccount: or user: members with an e-mail; never allUsers or allAuthenticatedUsers, and no group: or domain: (the service checks the caller's own e-mail)."
+  }
+}
+
 variable "alert_email" {
   description = "Where alerts are sent. Empty: no e-mail channel is created."
   type        = string

@@ -21,10 +21,11 @@ from tests.integration.fileserver import FileServer
 
 PROJECT = "local-project"
 TERRAFORM = REPO_ROOT / "infra" / "terraform"
-SERVICES = ("receiver", "job-status", "archive-outputs", "reconciler", "status-page")
+SERVICES = ("receiver", "job-status", "archive-outputs", "reconciler", "status-page", "api")
 # What the provider computes at apply time, for the addresses the services' environments read.
 COMPUTED = {
     "google_service_account.push.email": f"relay-push@{PROJECT}.iam.gserviceaccount.com",
+    "data.google_project.this.number": "123456789012",
 }
 
 

@@ -288,13 +288,18 @@ def test_no_cloud_run_service_but_the_receiver_is_public() -> None:
     } in moved
 
 
-def test_only_the_receiver_and_the_status_page_accept_traffic_from_the_internet() -> None:
+def test_only_the_receiver_the_status_page_and_the_api_accept_traffic_from_the_internet() -> None:
     """The status page needs internet ingress for `gcloud run services proxy` (run on the operator's
-    machine); it stays private through IAM: no public invoker, run.invoker for named viewers only."""
+    machine), the API for apps outside Google Cloud; both stay private through IAM: no public
+    invoker, run.invoker for named members only."""
     assert _resource("google_cloud_run_v2_service", "service")["ingress"] == "${each.value.ingress}"
     ingress = {name: entry["ingress"] for name, entry in _services().items()}
     assert set(ingress.values()) <= {'"INGRESS_TRAFFIC_ALL"', '"INGRESS_TRAFFIC_INTERNAL_ONLY"'}, ingress
-    assert {name for name, value in ingress.items() if value == '"INGRESS_TRAFFIC_ALL"'} == {"receiver", "status-page"}
+    assert {name for name, value in ingress.items() if value == '"INGRESS_TRAFFIC_ALL"'} == {
+        "receiver",
+        "status-page",
+        "api",
+    }
 
 
 def test_no_iam_grant_gives_owner_or_editor() -> None:
@@ -389,11 +394,15 @@ def test_the_status_page_account_reads_and_writes_nothing() -> None:
         '{for role in local.status_page_roles : "status-page ${role}" => {account = "status-page", role = role}}'
         in iam["project_grants"]
     )
-    assert iam["firestore_users"] == '${concat(keys(local.handler_services), ["reconciler"])}'  # not datastore.user
+    assert (
+        iam["firestore_users"] == '${concat(keys(local.handler_services), ["reconciler", "api"])}'
+    )  # not datastore.user
     roles = TELEMETRY_ROLES | set(iam["status_page_roles"])
     for local in ("topic_publishers", "bucket_roles"):
         assert "status-page" not in str(iam[local]), f"the status page appears in {local}"
-    assert all(secret["service"] != "status-page" for secret in _locals(TERRAFORM / "secrets.tf")["secrets"].values())
+    assert all(
+        "status-page" not in secret["services"] for secret in _locals(TERRAFORM / "secrets.tf")["secrets"].values()
+    )
     # On the resources themselves: subscriber on the two dead-letter subscriptions, to count them.
     assert [(rtype, name) for rtype, name, _ in direct] == [
         ("google_pubsub_subscription_iam_member", "status_page_counts_dead_letters")

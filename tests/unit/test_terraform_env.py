@@ -23,8 +23,10 @@ FIXTURE = Path(__file__).resolve().parent / "fixtures" / "terraform_env"
 
 PROJECT = "local-project"
 PUSH_ACCOUNT = f"relay-push@{PROJECT}.iam.gserviceaccount.com"
-# The one computed attribute the services' env needs: the push identity's e-mail (handlers).
-COMPUTED = {"google_service_account.push.email": PUSH_ACCOUNT}
+PROJECT_NUMBER = "123456789012"
+# The computed attributes the services' env needs: the push identity's e-mail (handlers) and the
+# project number (the receiver's deterministic URL, the API's RELAY_WEBHOOK_URL).
+COMPUTED = {"google_service_account.push.email": PUSH_ACCOUNT, "data.google_project.this.number": PROJECT_NUMBER}
 
 EVENTS_TOPIC = next(s["topic"] for s in TOPOLOGY["subscriptions"])
 JOB_EVENTS_TOPIC = next(t for t in TOPOLOGY["topics"] if t != EVENTS_TOPIC)
@@ -53,7 +55,7 @@ def _real(**variables: object) -> dict[str, ServiceEnv]:
 
 def test_every_service_of_run_tf_gets_its_environment() -> None:
     envs = _real()
-    assert set(envs) == {"receiver", "reconciler", "status-page", "job-status", "archive-outputs"}
+    assert set(envs) == {"receiver", "reconciler", "status-page", "job-status", "archive-outputs", "api"}
     for name, env in envs.items():
         assert env.name == name
         assert set(env.values) >= COMMON
@@ -107,6 +109,17 @@ def test_the_other_services() -> None:
     assert job_status.secrets == status_page.secrets == {}
 
 
+def test_the_api_gets_the_receivers_url_its_invokers_e_mails_and_the_replicate_token() -> None:
+    members = ["serviceAccount:next-app@p.iam.gserviceaccount.com", "user:dev@example.com"]
+    api = _real(api_invokers=members, region="europe-west1")["api"]
+    assert set(api.values) == COMMON | {"THREADS", "RELAY_WEBHOOK_URL", "RELAY_API_INVOKERS"}
+    assert api.values["FUNCTION_TARGET"] == "api"
+    assert api.values["RELAY_WEBHOOK_URL"] == f"https://receiver-{PROJECT_NUMBER}.europe-west1.run.app/"
+    assert api.values["RELAY_API_INVOKERS"] == "next-app@p.iam.gserviceaccount.com dev@example.com"
+    assert api.secrets == {"REPLICATE_API_TOKEN": "relay-replicate-api-token"}
+    assert _real()["api"].values["RELAY_API_INVOKERS"] == ""  # nobody by default
+
+
 def test_variables_reach_the_environment() -> None:
     envs = _real(log_level="DEBUG", event_retention_days=7, handlers_cpu_always_allocated=True)
     assert {env.values["RELAY_LOG_LEVEL"] for env in envs.values()} == {"DEBUG"}
@@ -116,7 +129,11 @@ def test_variables_reach_the_environment() -> None:
 
 def test_the_push_account_must_be_given() -> None:
     with pytest.raises(TerraformEvalError, match=r"google_service_account\.push\.email"):
-        service_environments(TERRAFORM, variables={"project_id": PROJECT}, resources={})
+        service_environments(
+            TERRAFORM,
+            variables={"project_id": PROJECT},
+            resources={"data.google_project.this.number": PROJECT_NUMBER},
+        )
 
 
 def test_the_project_id_must_be_given() -> None:
