@@ -1,16 +1,24 @@
-"""App push endpoints for the local stack (relay dev --app-endpoint): checked as Terraform checks
-them, except that plain http is allowed to loopback, where the local apps run."""
+"""App push endpoints: the local stack's (relay dev --app-endpoint), checked as Terraform checks
+them except that plain http is allowed to loopback, where local apps run; and docs/APP.md's
+example of how an app verifies a push."""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import re
+import time
+from pathlib import Path
+from typing import Any
 
+import google.auth.exceptions
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from relay.cli import _parser
 from relay.config import ConfigError
 from relay.topology import app_endpoint, parse_app_endpoint
+from tests.unit.test_push_auth import FakeGoogle, mint
 
 
 @pytest.mark.parametrize(
@@ -73,3 +81,37 @@ def test_relay_dev_takes_app_endpoints_repeatedly_and_refuses_a_public_http_one(
     with contextlib.redirect_stderr(stderr), pytest.raises(SystemExit):
         _parser().parse_args(["dev", "--app-endpoint", "orders=http://orders.example.com/"])
     assert "not loopback" in stderr.getvalue()
+
+
+def _app_md_python_verifier() -> dict[str, Any]:
+    """docs/APP.md's Python example of verifying a push, run as written."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "APP.md").read_text(encoding="utf-8")
+    [source] = [
+        block for block in re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL) if "def verify_push" in block
+    ]
+    namespace: dict[str, Any] = {}
+    exec(compile(source, "docs/APP.md", "exec"), namespace)  # noqa: S102 - the repository's own documentation
+    namespace["_request"] = FakeGoogle()  # Google's certificate endpoint, serving the test key's
+    return namespace
+
+
+def test_app_mds_python_verification_accepts_the_push_token_and_refuses_any_other() -> None:
+    app = _app_md_python_verifier()
+    verify = app["verify_push"]
+    ours = {"aud": app["AUDIENCE"], "email": app["PUSHER"]}
+    verify(f"Bearer {mint(**ours)}")
+    refused: list[tuple[dict[str, Any], type[Exception]]] = [
+        ({**ours, "email": "someone@evil.iam.gserviceaccount.com"}, PermissionError),
+        ({**ours, "email_verified": False}, PermissionError),
+        ({**ours, "aud": "https://other-app.example.com/relay/job-events"}, ValueError),
+        ({**ours, "iss": "https://evil.example.com"}, google.auth.exceptions.GoogleAuthError),
+        ({**ours, "exp": int(time.time()) - 600}, ValueError),
+    ]
+    for claims, error in refused:
+        with pytest.raises(error):
+            verify(f"Bearer {mint(**claims)}")
+    with pytest.raises(ValueError, match="signature"):  # signed by a key that is not Google's
+        verify(f"Bearer {mint(key=rsa.generate_private_key(public_exponent=65537, key_size=2048), **ours)}")
+    for header in (None, "", "Basic dXNlcjpwYXNz"):
+        with pytest.raises(PermissionError):
+            verify(header)
