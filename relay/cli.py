@@ -56,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
         ("--archive-outputs-port", "RELAY_DEV_ARCHIVE_OUTPUTS_PORT", defaults.handler_ports["archive-outputs"]),
         ("--reconciler-port", "RELAY_DEV_RECONCILER_PORT", defaults.reconciler_port),
         ("--status-page-port", "RELAY_DEV_STATUS_PAGE_PORT", defaults.status_page_port),
+        ("--api-port", "RELAY_DEV_API_PORT", defaults.api_port),
         ("--simulator-port", "RELAY_DEV_SIMULATOR_PORT", defaults.simulator_port),
     ]:
         dev.add_argument(flag, type=int, default=int(env.get(variable, default)), help=f"(env {variable})")
@@ -210,6 +211,7 @@ def _dev(args: argparse.Namespace) -> int:
         handler_ports={"job-status": args.job_status_port, "archive-outputs": args.archive_outputs_port},
         reconciler_port=args.reconciler_port,
         status_page_port=args.status_page_port,
+        api_port=args.api_port,
         simulator_port=args.simulator_port,
         reconcile_every=args.reconcile_every,
         log_dir=args.log_dir,
@@ -261,6 +263,7 @@ def _print_addresses(stack: LocalStack) -> None:
         print(f"  {name + ' handler':<23} {stack.handler_url(name)}/")
     print(f"  reconciler              {stack.reconciler_url}/  (POST; every {stack.config.reconcile_every:g} s here)")
     print(f"  status page             {stack.status_page_url}/")
+    print(f"  API (no token needed)   {stack.api_url}/v1/jobs  (docs/API.md)")
     print(f"  Replicate simulator     {stack.simulator_url}  (REPLICATE_BASE_URL for the client)")
     print(f"  Pub/Sub emulator        {env['PUBSUB_EMULATOR_HOST']}")
     print(f"  Firestore emulator      {env['FIRESTORE_EMULATOR_HOST']}")

@@ -195,6 +195,7 @@ LOCAL_NAMES = (
     "STORAGE_EMULATOR_HOST",
     "RELAY_REPLICATE_BASE_URL",  # the simulator stands in for api.replicate.com
     "RELAY_DOWNLOAD_LOCAL_HOSTS",  # the loopback host(s) serving output files over plain HTTP
+    "RELAY_WEBHOOK_URL",  # the local receiver, where the API's predictions send their webhooks
 )
 CONTAINER_TELEMETRY_DIR = "/telemetry"
 
@@ -207,8 +208,9 @@ class ContainerLauncher:
     Cloud Run's own variables are added as Cloud Run sets them (PORT, K_SERVICE), then only what the
     local stack must change: the emulator hosts and local URLs (LOCAL_NAMES), the secrets' local
     values, and where telemetry goes. Two of Cloud Run's variables are left out on purpose:
-    K_REVISION and K_CONFIGURATION, because with them a handler refuses RELAY_PUSH_AUTH=off, and
-    the Pub/Sub emulator pushes without the OIDC token a handler checks in production.
+    K_REVISION and K_CONFIGURATION, because with them a handler refuses RELAY_PUSH_AUTH=off (and the
+    API RELAY_API_AUTH=off), and the Pub/Sub emulator pushes without the OIDC token a handler checks
+    in production, as the test calls the API without an ID token.
     """
 
     engine: Engine
@@ -269,6 +271,7 @@ class ContainerLauncher:
                 "HOST": host,
                 "K_SERVICE": name,
                 "RELAY_PUSH_AUTH": "off",
+                "RELAY_API_AUTH": "off",  # nothing here can mint Google's ID tokens
                 # No Google credentials here: spans and metrics go to files the test reads.
                 "RELAY_GCP_TELEMETRY": "false",
                 "RELAY_TRACE_FILE": f"{CONTAINER_TELEMETRY_DIR}/spans.jsonl",

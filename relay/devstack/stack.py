@@ -52,6 +52,7 @@ class FunctionSpec:
 RECEIVER = FunctionSpec(source="receiver/main.py", target="receive", asgi=True)
 RECONCILER = FunctionSpec(source="handlers/main.py", target="reconcile")
 STATUS_PAGE = FunctionSpec(source="relay/ops/statuspage.py", target="status_page")
+API = FunctionSpec(source="api/main.py", target="api")
 DEV_REPLICATE_TOKEN = "r8_local_simulator_token"  # noqa: S105 - the simulator accepts any token
 # The push handler each subscription in the topology names, as served locally.
 HANDLERS: dict[str, FunctionSpec] = {
@@ -88,6 +89,7 @@ class StackConfig:
     handler_ports: Mapping[str, int] = field(default_factory=lambda: {"job-status": 8081, "archive-outputs": 8082})
     reconciler_port: int = 8083
     status_page_port: int = 8084
+    api_port: int = 8087  # 8085 and 8086 are the emulators'
     simulator_port: int = 8090
     # Cloud Scheduler's part: POST the reconciler this often (0: never; tests call it themselves).
     reconcile_every: float = 15.0
@@ -113,6 +115,7 @@ class StackConfig:
                 "receiver_port",
                 "reconciler_port",
                 "status_page_port",
+                "api_port",
                 "simulator_port",
             )
         }
@@ -175,6 +178,10 @@ class LocalStack:
         return self.url(self.config.status_page_port)
 
     @property
+    def api_url(self) -> str:
+        return self.url(self.config.api_port)
+
+    @property
     def client_env(self) -> dict[str, str]:
         """What `relay submit` and other clients of the stack need: emulators, simulator, webhook URL."""
         return {
@@ -216,6 +223,7 @@ class LocalStack:
             "receiver": config.receiver_port,
             "reconciler": config.reconciler_port,
             "status page": config.status_page_port,
+            "API": config.api_port,
             "Replicate simulator": config.simulator_port,
         }
         ports.update({f"{name} handler": config.handler_ports[name] for name in self.served_handlers})
@@ -330,6 +338,8 @@ class LocalStack:
             self.functions[name] = self._function(name, HANDLERS[name], config.handler_ports[name], env)
         self.functions["reconciler"] = self._function("reconciler", RECONCILER, config.reconciler_port, env)
         self.functions["status-page"] = self._function("status-page", STATUS_PAGE, config.status_page_port, env)
+        # Without ID tokens here, and only here: nothing on loopback can mint Google's (docs/API.md).
+        self.functions["api"] = self._function("api", API, config.api_port, {**env, "RELAY_API_AUTH": "off"})
         for process in self.functions.values():
             process.start()
         for process in self.functions.values():

@@ -24,7 +24,7 @@ import pytest
 from google.cloud import firestore, pubsub_v1, storage
 
 from relay.devstack.processes import StackError, free_port, http_answers
-from relay.devstack.stack import DEV_WEBHOOK_SECRET, HANDLERS, RECEIVER
+from relay.devstack.stack import API, DEV_WEBHOOK_SECRET, HANDLERS, RECEIVER
 from relay.testing import prediction_lifecycle, sign_webhook
 from relay.traceview.lookup import find_in_file
 from relay.traceview.model import Trace
@@ -32,7 +32,7 @@ from tests.image.conftest import PROJECT, SERVICES, ImageStack
 from tests.integration.conftest import Tap, unique_id, wait_for, wait_for_job
 from tests.integration.fileserver import Answer, FileServer
 
-SPECS = {"receiver": RECEIVER, **HANDLERS}
+SPECS = {"receiver": RECEIVER, **HANDLERS, "api": API}
 CLOUD_RUN_KILL_SECONDS = 10.0  # Cloud Run sends SIGKILL this long after SIGTERM
 PIPELINE_WAIT = 90.0  # bound on waiting for the pipeline, not a figure it must meet
 
@@ -128,7 +128,7 @@ def test_start_times_are_recorded(image_stack: ImageStack) -> None:
     for service in SERVICES:
         assert image_stack.start_seconds[service] > 0
     print(  # shown with pytest -s; docs/BENCHMARKS.md records bench/image.py's figures
-        "start to first 200 (all five starting at once): "
+        "start to first 200 (all six starting at once): "
         + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in image_stack.start_seconds.items())
     )
 
@@ -216,6 +216,33 @@ def _crc32c(data: bytes) -> str:
     return base64.b64encode(checksum.digest()).decode()
 
 
+def test_the_api_container_submits_to_the_simulator_and_reads_the_job_the_pipeline_finished(
+    image_stack: ImageStack,
+) -> None:
+    """Terraform's environment for the api service, with auth off (no Google tokens here; the
+    launcher sets RELAY_API_AUTH=off as it does RELAY_PUSH_AUTH): a submission through it becomes a
+    prediction whose webhooks reach the receiver's container and finish the job."""
+    stack = image_stack.stack
+    with httpx.Client(base_url=stack.api_url, timeout=30) as api:
+        assert api.get("/health").status_code == 200
+        created = api.post(
+            "/v1/jobs",
+            json={"model": "acme/upscaler", "input": {"sim_duration": 0.2, "sim_files": 0}},
+            headers={"Idempotency-Key": uuid.uuid4().hex},
+        )
+        assert created.status_code == 201, created.text
+        job_id = created.json()["job_id"]
+        assert created.json()["prediction_id"]
+        final = wait_for(
+            lambda: (body := api.get(f"/v1/jobs/{job_id}").json())["state"] == "succeeded" and body or None,
+            timeout=PIPELINE_WAIT,
+            what="the api's job to succeed",
+        )
+        assert final["created_at"]
+        refused = api.post("/v1/jobs", content=b"{", headers={"Content-Type": "application/json"})
+        assert (refused.status_code, refused.headers["content-type"]) == (400, "application/problem+json")
+
+
 # ---- SIGTERM: requests in flight finish, telemetry is flushed, the container exits before the kill ----
 
 
@@ -275,7 +302,7 @@ def test_sigterm_lets_the_receivers_request_in_flight_finish_and_flushes_its_spa
     )
 
 
-@pytest.mark.parametrize("service", ["job-status", "reconciler", "status-page"])
+@pytest.mark.parametrize("service", ["job-status", "reconciler", "status-page", "api"])
 def test_sigterm_stops_each_service_before_cloud_runs_kill(image_stack: ImageStack, service: str) -> None:
     stopped = _stop_in_background(image_stack.stack.functions[service])
     stopped.join(CLOUD_RUN_KILL_SECONDS + 40)
