@@ -234,7 +234,7 @@ def test_the_api_container_submits_to_the_simulator_and_reads_the_job_the_pipeli
         job_id = created.json()["job_id"]
         assert created.json()["prediction_id"]
         final = wait_for(
-            lambda: (body := api.get(f"/v1/jobs/{job_id}").json())["state"] == "succeeded" and body or None,
+            lambda: ((body := api.get(f"/v1/jobs/{job_id}").json())["state"] == "succeeded" and body) or None,
             timeout=PIPELINE_WAIT,
             what="the api's job to succeed",
         )
