@@ -52,11 +52,13 @@ check-terraform: venv  ## check infra/terraform against the google provider's sc
 terraform-schema: venv  ## regenerate that schema index from the pinned cdktf google bindings (49 MB download)
 	$(BIN)/python -m infra.checks.terraform_schema index
 
-# The published contracts (schemas/*.schema.json, docs/SCHEMAS.md) from the models; tests/unit/test_schemas.py
-# fails `make test` when they differ.
+# The published contracts (schemas/*.schema.json, docs/SCHEMAS.md) and the API's OpenAPI document
+# (schemas/openapi.v1.json) from the models; tests/unit/test_schemas.py and test_api.py fail `make test`
+# when they differ.
 .PHONY: schemas
-schemas: venv  ## regenerate schemas/ and the field tables of docs/SCHEMAS.md from the models
+schemas: venv  ## regenerate schemas/ (the contracts, the API's OpenAPI document) and docs/SCHEMAS.md's tables from the models
 	$(BIN)/python -m relay.schemas
+	$(BIN)/python -m api.openapi
 
 unit: venv  ## unit tests (nothing running needed)
 	$(BIN)/python -m pytest tests/unit
