@@ -1,8 +1,8 @@
 """Property-based tests of the pure core, on inputs hypothesis makes up: verifier, receiver intake, payload parser,
 output-file extraction, job state machine and download URL checks.
 
-Each property is what the code's docstrings and "Design notes" in docs/ARCHITECTURE.md promise, no more. The example-based
-suites (test_webhooks.py, test_events.py, test_jobs.py, test_downloads.py, test_hostile_input.py) pin single cases;
+Each property is what the code's docstrings and the "Design notes" of docs/ARCHITECTURE.md promise, no more. The
+example-based suites (test_webhooks.py, test_events.py, test_jobs.py, test_downloads.py, test_hostile_input.py) pin single cases;
 these look for the case nobody wrote down. HYPOTHESIS_PROFILE=ci (tests/conftest.py) runs 500 examples each.
 """
 
@@ -627,8 +627,8 @@ def test_any_order_and_duplication_of_events_moves_the_job_forward_only_to_the_s
     received = replay(deliveries(events, data))
     assert sent is not None
     assert received is not None
-    # State changes are never coalesced (docs/ARCHITECTURE.md, "Coalescing"), so the job ends in the furthest state any event
-    # leads to, whatever the order; with a final event, that is its state.
+    # State changes are never coalesced (docs/ARCHITECTURE.md, "Coalescing"), so the job ends in the furthest state
+    # any event leads to, whatever the order; with a final event, that is its state.
     assert sent.state == received.state == expected
     finals = [e.prediction for e in events if e.prediction.status in FINAL_STATUSES]
     if finals:  # a final event was sent: what the job reports of Replicate is that event's, in any order
