@@ -35,6 +35,8 @@ from relay.jobs import (
 T = TypeVar("T")
 # The snapshots of the documents a transaction's `work` asked for besides the job (see _transact).
 _Others = Sequence["firestore.DocumentSnapshot[Any]"]
+# Where `work` adds its own writes: the transaction, or the batch of a job's first write (_create_first).
+_Writer = firestore.Transaction | firestore.WriteBatch
 
 JOBS = "jobs"
 PREDICTIONS = "predictions"
@@ -103,9 +105,7 @@ class JobStore:
         def record_refs(job_id: str) -> list[firestore.DocumentReference]:
             return [self._record_ref(job_id, event.attributes.webhook_id)]
 
-        def work(
-            transaction: firestore.Transaction, job_id: str, job: Job | None, others: _Others
-        ) -> Applied | Decision:
+        def work(transaction: _Writer, job_id: str, job: Job | None, others: _Others) -> Applied | Decision:
             [record] = others
             if record.exists:
                 return Applied(Outcome.DUPLICATE, job_id, job)
@@ -165,7 +165,7 @@ class JobStore:
         the same write that makes the job final (Applied.claimed).
         """
 
-        def work(transaction: firestore.Transaction, job_id: str, job: Job | None, _: _Others) -> Decision:
+        def work(_: _Writer, job_id: str, job: Job | None, __: _Others) -> Decision:
             return finish_archive(
                 job, event, job_id=job_id, outputs=outputs, failure=failure, now=self._clock(), policy=self._policy
             )
@@ -210,7 +210,21 @@ class JobStore:
         If a webhook got there first and created a job of its own for the prediction, that job is
         kept (it already holds the events) and takes over this one's metadata; this one is deleted.
         Returns the id of the job that now stands for the prediction.
+
+        First as one batch that creates the mapping (no read locks, so no 2 s stand-off with the
+        prediction's first webhooks, see _create_first); if the mapping exists, the transaction.
         """
+        now = self._clock()
+        batch = self._client.batch()
+        mapping_ref = self._client.collection(PREDICTIONS).document(prediction_id)
+        batch.create(mapping_ref, {"job_id": job_id, "created_at": now})
+        batch.update(self._jobs.document(job_id), {"prediction_id": prediction_id, "updated_at": now})
+        try:
+            batch.commit()
+        except google_exceptions.Conflict:  # AlreadyExists: a webhook (or a retry of ours) mapped it first
+            pass
+        else:
+            return job_id
 
         @firestore.transactional
         def run(transaction: firestore.Transaction) -> str:
@@ -370,7 +384,7 @@ class JobStore:
         self,
         operation: str,
         event: PredictionEvent,
-        work: Callable[[firestore.Transaction, str, Job | None, _Others], Applied | Decision],
+        work: Callable[[_Writer, str, Job | None, _Others], Applied | Decision],
         *,
         also_read: Callable[[str], list[firestore.DocumentReference]] = lambda _: [],
         mapped_job_id: str | None = None,
@@ -382,7 +396,17 @@ class JobStore:
         that much less long), and `work` gets their snapshots, in the same order. `mapped_job_id`:
         the job id from a `predictions/{id}` the caller saw exist, which is then not read again.
         A write that makes the job final also claims its announcement (see claim_announcement).
+
+        The mapping is first read outside the transaction: once written it never changes, so the
+        transaction need not lock it, and when it is missing the job's first write is made without
+        a transaction (_create_first).
         """
+        if mapped_job_id is None:
+            mapping = self._client.collection(PREDICTIONS).document(event.attributes.prediction_id).get()
+            if mapping.exists:
+                mapped_job_id = mapping.get("job_id")
+            elif (created := self._create_first(operation, event, work, also_read)) is not None:
+                return created
 
         @firestore.transactional
         def run(transaction: firestore.Transaction) -> Applied:
@@ -417,6 +441,52 @@ class JobStore:
 
         applied: Applied = self._commit(operation, run)
         return applied
+
+    def _create_first(
+        self,
+        operation: str,
+        event: PredictionEvent,
+        work: Callable[[_Writer, str, Job | None, _Others], Applied | Decision],
+        also_read: Callable[[str], list[firestore.DocumentReference]],
+    ) -> Applied | None:
+        """The first write of a prediction nobody has mapped yet, as one batch of `create`s.
+
+        The first webhooks of a prediction race the submitter's attach_prediction (Replicate sends
+        `starting` as it creates the prediction) and each other (two pushes at once). In
+        transactions all of them read the missing `predictions/{id}` and then write it: on the
+        emulator they hold each other's locks until its 2 s timeout, chains of them cost a job
+        10 s. A batch takes no read locks: the first to commit creates the mapping, and every
+        other batch fails whole on that `create` (nothing written), whereupon the caller runs
+        the ordinary transaction, which finds the mapping. None sends it there.
+        """
+        prediction_id = event.attributes.prediction_id
+        job_ref = self._jobs.document(prediction_id)
+        other_refs = also_read(prediction_id)
+        snapshots = {snapshot.reference.path: snapshot for snapshot in self._client.get_all([job_ref, *other_refs])}
+        if snapshots[job_ref.path].exists:
+            return None  # a job without its mapping: the transaction decides (and writes the mapping)
+        with telemetry.tracer().start_as_current_span(
+            f"firestore batch {operation} (first write)",
+            kind=SpanKind.CLIENT,
+            attributes={"db.system.name": "firestore", "db.operation.name": operation},
+        ):
+            batch = self._client.batch()
+            result = work(batch, prediction_id, None, [snapshots[ref.path] for ref in other_refs])
+            if isinstance(result, Applied):
+                return result
+            if result.job is None:
+                return None
+            written, claimed = result.job, newly_final(None, result.job)
+            if claimed:
+                written = written.model_copy(update={"announce_claimed_at": self._clock()})
+            mapping_ref = self._client.collection(PREDICTIONS).document(prediction_id)
+            batch.create(mapping_ref, {"job_id": prediction_id, "created_at": self._clock()})
+            batch.create(job_ref, written.to_document())
+            try:
+                batch.commit()
+            except google_exceptions.Conflict:  # AlreadyExists: someone mapped it first; Aborted: contended
+                return None
+        return Applied(result.outcome, prediction_id, written, claimed=claimed)
 
     def _read(self, transaction: firestore.Transaction, job_id: str) -> tuple[firestore.DocumentReference, Job | None]:
         ref = self._jobs.document(job_id)

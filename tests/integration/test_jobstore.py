@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.cloud import firestore
 
 from relay.events import EventAttributes, Prediction, PredictionEvent, Source
-from relay.jobs import Outcome
-from relay.jobstore import EVENTS, JOBS, JobStore, event_key
+from relay.jobs import Job, Outcome
+from relay.jobstore import EVENTS, JOBS, PREDICTIONS, JobStore, event_key
 from relay.testing import prediction_lifecycle
 from tests.integration.conftest import read_job, unique_id
 
@@ -97,3 +98,30 @@ def test_claim_lapses_after_its_lease_when_the_announcement_was_not_marked(db: f
     store.apply(succeeded)  # final and claimed, never marked announced (a publish that failed)
     time.sleep(0.2)
     assert store.claim_announcement(prediction_id, lease=timedelta(milliseconds=100)) is not None
+
+
+def test_first_webhooks_racing_the_submitters_link_leave_one_job_holding_every_event(db: firestore.Client) -> None:
+    """Replicate sends `starting` as it creates the prediction, so the first webhooks and the
+    submitter's attach_prediction each try to write `predictions/{id}` first: whoever loses
+    (their batch's create fails whole) goes on through a transaction that finds the mapping."""
+    store = JobStore(db)
+    prediction_id = unique_id()
+    submitted = Job(job_id=f"sub{prediction_id}", source="submit", metadata={"order": "42"})
+    store.create_submitted(submitted)
+    starting, processing, _ = events(prediction_id, [FILE])
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        applied = [pool.submit(store.apply, event) for event in (starting, processing)]
+        attached = pool.submit(store.attach_prediction, submitted.job_id, prediction_id)
+        outcomes = {future.result().outcome for future in applied}
+        job_id = attached.result()
+
+    mapping = db.collection(PREDICTIONS).document(prediction_id).get()
+    assert mapping.get("job_id") == job_id
+    job = read_job(db, job_id)
+    assert job is not None
+    assert (job.state, job.metadata) == ("processing", {"order": "42"})
+    assert outcomes <= {Outcome.CREATED, Outcome.APPLIED, Outcome.STALE}
+    assert all(record(db, job_id, event) for event in (starting, processing))
+    others = {submitted.job_id, prediction_id} - {job_id}
+    assert all(read_job(db, other) is None for other in others)  # the loser's job was merged away
