@@ -3,7 +3,8 @@ output-file extraction, job state machine and download URL checks.
 
 Each property is what the code's docstrings and the "Design notes" of docs/ARCHITECTURE.md promise, no more. The
 example-based suites (test_webhooks.py, test_events.py, test_jobs.py, test_downloads.py, test_hostile_input.py) pin
-single cases; these look for the case nobody wrote down. HYPOTHESIS_PROFILE=ci (tests/conftest.py) runs 500 examples each.
+single cases; these look for the case nobody wrote down. HYPOTHESIS_PROFILE=ci (tests/conftest.py) runs 500
+examples each.
 """
 
 from __future__ import annotations
