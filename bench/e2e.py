@@ -579,7 +579,7 @@ def firestore_writes(
 
     The emulator keeps no write counter, so each write is inferred from the code path that leaves a
     trace: SUBMIT_WRITES per job submitted; per event record, the record plus the job and mapping
-    documents its transaction wrote (WRITES_BY_OUTCOME; coalesced, stale, absorbed: the record alone;
+    documents its transaction wrote (WRITES_BY_OUTCOME; coalesced, stale, absorbed, deferred: the record alone;
     a duplicate webhook-id writes nothing and leaves nothing); one job write per archive finished
     (outputs with a gs:// URI); ANNOUNCE_WRITES per job announced on job-events. Transactions retried
     on contention count once, as Firestore bills only commits that succeed.

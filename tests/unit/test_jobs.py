@@ -20,6 +20,8 @@ from relay.jobs import (
     Policy,
     apply_event,
     cut_input,
+    left_to_archive,
+    newly_final,
     target_state,
 )
 from relay.testing import prediction_lifecycle
@@ -262,3 +264,36 @@ def test_long_inputs_and_data_uris_are_cut() -> None:
     assert "5022 characters cut" in cut["image"]
     assert len(cut["prompt"]) < 300
     assert cut["seed"] == 7
+
+
+@pytest.mark.parametrize(
+    ("final", "left"),
+    [
+        ({"output": ["https://replicate.delivery/x/out.png"]}, True),  # files to copy
+        ({"output": "x" * (DEFAULT_POLICY.output_value_max_bytes + 1)}, True),  # too large for the document
+        ({"output": None, "data_removed": True}, True),  # removed: archive-outputs fails it output_expired
+        ({"output": "a short text"}, False),  # job-status makes it final itself
+        ({"output": None}, False),
+        ({"status": "failed", "output": None, "error": "boom"}, False),
+        ({"status": "canceled", "output": ["https://replicate.delivery/x/out.png"]}, False),
+    ],
+)
+def test_only_succeeded_events_with_something_to_archive_are_left_to_archive_outputs(
+    final: dict[str, Any], left: bool
+) -> None:
+    *progress, last = lifecycle_events(final)
+    assert left_to_archive(last) is left
+    assert not any(left_to_archive(e) for e in progress)
+    # What job-status leaves is what the state machine would have sent to archiving.
+    assert left == (apply_event(None, last, job_id="p1", now=T0).job.state == JobState.ARCHIVING)  # type: ignore[union-attr]
+
+
+def test_only_the_write_that_makes_a_job_final_is_newly_final() -> None:
+    starting, *_, last = lifecycle_events({"output": "text"})
+    opened = apply_event(None, starting, job_id="p1", now=T0).job
+    final = apply_event(opened, last, job_id="p1", now=T0).job
+    assert newly_final(opened, final)
+    assert newly_final(None, final)
+    assert not newly_final(None, opened)
+    assert not newly_final(final, final)  # a final job rewritten (announced_at) claims nothing again
+    assert not newly_final(opened, None)
