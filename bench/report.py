@@ -626,22 +626,29 @@ def _plot_soak(soak: Mapping[str, Any], images_dir: Path) -> dict[str, str]:
     start, end = soak["judged_window_s"]
     images: dict[str, str] = {}
     for index, (label, scale) in enumerate((("RSS (MiB)", 1024 * 1024), ("open file descriptors", 1))):
-        figure, panels = plt.subplots(1, 2, figsize=(13, 4.6))
+        figure, panels = plt.subplots(1, 2, figsize=(13, 5.6))
         for axes, kinds, title in zip(
             panels,
             (("relay",), ("simulator", "emulator")),
             ("relay's processes", "simulator and emulators"),
             strict=True,
         ):
-            for name, series in soak["samples"].items():
-                if series["kind"] in kinds:
-                    points = series["t_rss_fds_threads"]
-                    axes.plot([p[0] / 60 for p in points], [p[1 + index] / scale for p in points], label=name, lw=1.2)
+            chosen = [(name, series) for name, series in soak["samples"].items() if series["kind"] in kinds]
+            colours = plt.get_cmap("tab20")  # 20 distinct colours: one per process of a panel
+            for number, (name, series) in enumerate(chosen):
+                points = series["t_rss_fds_threads"]
+                axes.plot(
+                    [p[0] / 60 for p in points],
+                    [p[1 + index] / scale for p in points],
+                    label=name,
+                    lw=1.2,
+                    color=colours(number % 20),
+                )
             axes.axvspan(start / 60, end / 60, color="#e9ecef", zorder=0, label="judged window")
             axes.set_title(f"{label}: {title}")
             axes.set_xlabel("minutes since the first submit")
             axes.grid(True, alpha=0.3)
-            axes.legend(loc="upper left", fontsize=6, ncol=2)
+            axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=7, ncol=3)
         figure.tight_layout()
         name = f"soak-{'rss' if index == 0 else 'fds'}.png"
         figure.savefig(images_dir / name, dpi=110)
@@ -657,7 +664,8 @@ def _plot_soak(soak: Mapping[str, Any], images_dir: Path) -> dict[str, str]:
     axes.set_zorder(twin.get_zorder() + 1)
     axes.patch.set_visible(False)
     axes.set_xlabel("minute (by Replicate's completed_at, since the first submit)")
-    axes.set_ylabel("seconds, completed_at → job final")
+    axes.set_yscale("log")  # milliseconds when healthy, minutes when stalled: both readable
+    axes.set_ylabel("seconds, completed_at → job final (log)")
     axes.set_title("End-to-end latency per minute (jobs ended by their webhooks)")
     axes.grid(True, alpha=0.3)
     axes.legend(loc="upper left", fontsize=8)
@@ -676,7 +684,15 @@ def soak_section(soak: Mapping[str, Any] | None, images_dir: Path) -> list[str]:
     s, jobs, flat = soak["settings"], soak["jobs"], soak["flat"]
     start, end = soak["judged_window_s"]
     images = _plot_soak(soak, images_dir)
-    out += [f"_{provenance(soak)}._", ""]
+    code, machine_busy = soak.get("code", {}), soak.get("machine_busy_percent", {})
+    modified = ", ".join(code.get("modified", [])) or "none"
+    busy = soak.get("host", {}).get("cpu_busy_before_run_percent")
+    out += [
+        f"_measured {soak.get('generated_at', '?')}; {s['minutes']:g} minutes; CPU {busy}% busy before the run; "
+        f"commit {code.get('commit')}, files modified in the tree: {modified}; machine CPU busy "
+        f"during the run: mean {machine_busy.get('mean')}%, max {machine_busy.get('max')}%._",
+        "",
+    ]
     if s["smoke"]:
         out += [
             f"> **Smoke run ({s['minutes']:g} minutes), not the 30-minute soak.** It shows that the pipeline works; "
@@ -694,8 +710,15 @@ def soak_section(soak: Mapping[str, Any] | None, images_dir: Path) -> list[str]:
         f"stack are read from `/proc` every {s['sample_every_s']:g} s. Growth is judged over the last 2/3 of the "
         f"load ({start / 60:g}–{end / 60:g} min): the least-squares line's rise over the window, and the median of "
         f"its last sixth minus that of its first sixth. Bound for relay's processes: both under 5% or under "
-        f"10 MiB (fds: 5% or 10); the emulators (JVM heaps grow until collected, and they keep every document, "
-        f"message and object) and the simulator (it keeps every prediction) are reported and judged apart.",
+        f"10 MiB; for open fds, which swing by tens with the connections in flight, the floor (the last sixth's "
+        f"minimum minus the first sixth's: a leaked descriptor is never closed) under 5% or 10; the emulators "
+        f"(JVM heaps grow until collected, and they keep every document, message and object) and the simulator "
+        f"(it keeps every prediction) are reported and judged apart.",
+        "",
+        "```sh",
+        "make soak                                        # 30 minutes; not in CI",
+        ".venv/bin/python bench/soak.py --minutes 3       # a smoke run of the same pipeline",
+        "```",
         "",
         text_table(
             ["figure", "value"],
@@ -743,12 +766,49 @@ def soak_section(soak: Mapping[str, Any] | None, images_dir: Path) -> list[str]:
             f"{p['rss']['relative'] * 100:+.1f}%" if p["rss"]["relative"] is not None else "n/a",
             f"{p['fds']['first']:g}" if p["fds"]["first"] is not None else "n/a",
             f"{p['fds']['fitted']:+.1f}" if p["fds"]["fitted"] is not None else "n/a",
+            f"{p['fds']['floor_growth']:+g}" if p["fds"].get("floor_growth") is not None else "n/a",
+            f"{p['cores']:.2f}" if p.get("cores") is not None else "n/a",
             {True: "flat", False: "**grows**", None: "n/a"}[p["flat"]] + ("" if p["judged"] else " (apart)"),
         ]
         for p in soak["processes"]
     ]
-    headers = ["process", "kind", "RSS MiB", "fit MiB", "last−first MiB", "growth", "fds", "fds fit", "verdict"]
+    headers = [
+        "process",
+        "kind",
+        "RSS MiB",
+        "fit MiB",
+        "last−first MiB",
+        "growth",
+        "fds",
+        "fds fit",
+        "fds floor",
+        "cores",
+        "verdict",
+    ]
     out += [f"Growth per process over {start / 60:g}–{end / 60:g} min:", "", markdown_table(headers, rows), ""]
+    reconciler, dropped = soak.get("reconciler", {}), soak["reconciled_end_to_end_s"]["count"]
+    service_rows = [
+        [name, f"{info['requests']:,}", ms(info["p50_ms"]), ms(info["p99_ms"]), ms(info["max_ms"]),
+         str(info["over_10s"]), ", ".join(f"{k} {v}" for k, v in info["outcomes"].items())]
+        for name, info in soak.get("services", {}).items()
+    ]  # fmt: skip
+    services_lines: list[str] = []
+    if service_rows:
+        services_lines = [
+            "Receiver and handlers, from their one log line per request (the Pub/Sub emulator pushes at most 2 "
+            "messages at a time per subscription, so a stuck request holds half of a handler's pipeline):",
+            "",
+            markdown_table(["process", "requests", "p50", "p99", "slowest", "> 10 s", "outcomes"], service_rows),
+            "",
+        ]
+    out += [
+        f"The reconciler ran {reconciler.get('runs', 0)} times: {reconciler.get('checked', 0)} checks, "
+        f"{reconciler.get('recovered', 0)} recoveries, {reconciler.get('errors', 0)} errors, for {dropped} jobs whose "
+        f"final webhook was dropped; recoveries beyond those are jobs whose webhooks were still queued after the "
+        f"{s['reconcile_quiet_s']} s quiet threshold (or one job recovered again while its handlers were stuck).",
+        "",
+        *services_lines,
+    ]
     latency_rows = [
         [str(r["minute"]), str(r["count"]), secs(r["p50"]), secs(r["p99"]), str(q["count"]), secs(q["p99"])]
         for r, q in zip(soak["latency_per_minute"], soak["reconciled_per_minute"], strict=True)

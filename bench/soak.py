@@ -82,6 +82,7 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 RELAY_GROUPS = ("receiver", "job-status", "archive-outputs", "reconciler", "status-page")
 EMULATOR_GROUPS = ("pubsub", "firestore", "storage")
 SIMULATOR_GROUPS = ("simulator",)
+ROLE_NAMES = {"python3": "gcloud", "cloud_firestore": "launcher", "java": "jvm"}  # by /proc comm
 
 
 # The mix -------------------------------------------------------------------------------------------
@@ -149,6 +150,7 @@ class Growth:
     fitted: float | None  # least-squares slope × the window's length
     per_minute: float | None  # the slope, per minute
     relative: float | None  # the larger of fitted and first_to_last, over first
+    floor_growth: float | None = None  # the last sixth's minimum minus the first sixth's
 
 
 def growth(
@@ -157,7 +159,7 @@ def growth(
     """Growth of the samples with start <= t <= end: fitted line and first-vs-last edges."""
     window = sorted((t, y) for t, y in points if start <= t <= end)
     if not window:
-        return Growth(0, None, None, None, None, None, None)
+        return Growth(0, None, None, None, None, None, None, None)
     edge = (end - start) * edge_fraction
     # At least one sample at each edge, so a short smoke window still compares something.
     first_values = [y for t, y in window if t <= start + edge] or [window[0][1]]
@@ -174,6 +176,7 @@ def growth(
         fitted=fitted,
         per_minute=slope * 60 if slope is not None else None,
         relative=worst / first if first else None,
+        floor_growth=min(last_values) - min(first_values),
     )
 
 
@@ -186,6 +189,17 @@ def within_bound(grown: Growth, *, fraction: float, absolute: float) -> bool | N
         return None
     allowed = max(fraction * grown.first, absolute)
     return max(grown.fitted, grown.first_to_last) < allowed
+
+
+def floor_within_bound(grown: Growth, *, fraction: float, absolute: float) -> bool | None:
+    """Flat when the floor (each edge's minimum) rose less than fraction × first or `absolute`.
+
+    For open fds: connections in flight make them swing by tens from one sample to the next, which
+    a fitted line or a median follows; a leaked descriptor is never closed, so it raises the floor.
+    """
+    if grown.samples < 2 or grown.first is None or grown.floor_growth is None:
+        return None
+    return grown.floor_growth < max(fraction * grown.first, absolute)
 
 
 # Latency per minute ----------------------------------------------------------------------------------
@@ -310,8 +324,10 @@ class Sampler:
             workers = sum(1 for s in self.series.values() if s.group == group and s.role.startswith("worker"))
             role = "master" if pid == pgid else f"worker-{workers + 1}"
         else:
-            same = sum(1 for s in self.series.values() if s.group == group and s.role.split("-")[0] == comm)
-            role = comm if not same else f"{comm}-{same + 1}"
+            # gcloud's Python wrapper and the emulator's shell script sit above each JVM.
+            base = "simulator" if group == "simulator" else ROLE_NAMES.get(comm, comm)
+            same = sum(1 for s in self.series.values() if s.group == group and s.role.split("-")[0] == base)
+            role = base if not same else f"{base}-{same + 1}"
         return Series(group=group, role=role, pid=pid, kind=kind_of(group))
 
 
@@ -354,7 +370,7 @@ def judge_series(series: Series, start: float, end: float) -> dict[str, Any]:
     fds = growth([(t, float(fds)) for t, _, fds, _, _ in series.samples], start, end)
     threads = growth([(t, float(threads)) for t, _, _, threads, _ in series.samples], start, end)
     rss_ok = within_bound(rss, fraction=BOUND_FRACTION, absolute=BOUND_RSS_BYTES)
-    fds_ok = within_bound(fds, fraction=BOUND_FRACTION, absolute=BOUND_FDS)
+    fds_ok = floor_within_bound(fds, fraction=BOUND_FRACTION, absolute=BOUND_FDS)
     verdicts = [ok for ok in (rss_ok, fds_ok) if ok is not None]
     return {
         "name": series.name,
@@ -722,9 +738,10 @@ def summarise(
             "rss_bytes": BOUND_RSS_BYTES,
             "fds": BOUND_FDS,
             "edge_fraction": EDGE_FRACTION,
-            "rule": "relay's processes: the fitted growth (slope × window) and the last sixth's median minus the "
-            "first sixth's must both stay under 5% of the first sixth's median or under the absolute bound; "
-            "emulators and simulator reported, judged separately",
+            "rule": "relay's processes: RSS's fitted growth (slope × window) and the last sixth's median minus the "
+            "first sixth's must both stay under 5% of the first sixth's median or under 10 MiB; open fds' floor "
+            "(the last sixth's minimum minus the first sixth's) under 5% or 10 (connections in flight make fds "
+            "swing; a leak raises the floor); emulators and simulator reported, judged separately",
         },
         "flat": {
             "relay_processes": len(judged),
@@ -775,11 +792,14 @@ def report(document: Mapping[str, Any]) -> None:
             mib(p["rss"]["first_to_last"]),
             f"{p['fds']['first']:g}" if p["fds"]["first"] is not None else "n/a",
             f"{p['fds']['fitted']:+.1f}" if p["fds"]["fitted"] is not None else "n/a",
+            f"{p['fds']['floor_growth']:+g}" if p["fds"].get("floor_growth") is not None else "n/a",
             {True: "flat", False: "GROWS", None: "n/a"}[p["flat"]] + ("" if p["judged"] else " (apart)"),
         ]
         for p in document["processes"]
     ]
-    common.print_table(["process", "kind", "RSS MiB", "RSS fit", "RSS last-first", "fds", "fds fit", "verdict"], rows)
+    common.print_table(
+        ["process", "kind", "RSS MiB", "RSS fit", "RSS last-first", "fds", "fds fit", "fds floor", "verdict"], rows
+    )
     flat = document["flat"]
     print(f"\nreconciler: {document['reconciler']}; simulator /v1 calls: {document['simulator_calls']}")
     for process, info in document["services"].items():

@@ -173,3 +173,23 @@ def test_cores_used_over_the_window() -> None:
 def test_machine_busy_between_two_readings() -> None:
     assert soak.busy_between((1000, 400), (2000, 650)) == 75.0  # 1000 jiffies, 250 of them idle
     assert soak.busy_between((1000, 400), (1000, 400)) is None
+
+
+def test_fds_are_judged_by_their_floor() -> None:
+    # The smoke run's job-status worker: connections in flight swing fds from 20 to 84 and back.
+    swinging = [41, 42, 39, 20, 22, 31, 34, 24, 84, 46, 43, 40, 40]
+    points = [(60.0 + 10 * i, float(fds)) for i, fds in enumerate(swinging)]
+    grown = soak.growth(points, 60, 180)
+    assert grown.fitted is not None
+    assert grown.fitted > 10  # a fitted line calls it growth
+    assert grown.floor_growth == 1  # the floor hardly moved: 41, 42, 39 → 43, 40, 40
+    assert soak.floor_within_bound(grown, fraction=0.05, absolute=10) is True
+
+
+def test_a_leak_raises_the_floor() -> None:
+    # Two descriptors leaked every 10 s, under swings of 30: the floor rises with the leak.
+    points = [(60.0 + 10 * i, float(20 + 2 * i + (30 if i % 3 == 0 else 0))) for i in range(13)]
+    grown = soak.growth(points, 60, 180)
+    assert grown.floor_growth == 18  # the first sixth's minimum 22 (50, 22, 24), the last's 40 (40, 42, 74)
+    assert soak.floor_within_bound(grown, fraction=0.05, absolute=10) is False
+    assert soak.floor_within_bound(soak.growth([], 60, 180), fraction=0.05, absolute=10) is None
