@@ -25,7 +25,7 @@ PAGES = sorted(
         ROOT / "README.md",
         ROOT / "CHANGELOG.md",
         *(ROOT / "docs").glob("*.md"),
-        *(ROOT / "examples").glob("**/README.md"),
+        *(page for page in (ROOT / "examples").glob("**/README.md") if "node_modules" not in page.parts),
         ROOT / "bench" / "README.md",
     ]
 )
