@@ -102,6 +102,7 @@ bench: venv image  ## benchmarks (receiver, archive, end to end, image), then do
 	$(BIN)/python bench/archive.py --quick $(BENCH_FLAGS)
 	$(BIN)/python bench/e2e.py $(BENCH_FLAGS)
 	RELAY_IMAGE=$(IMAGE) $(BIN)/python bench/image.py $(BENCH_FLAGS)
+	$(BIN)/python bench/api.py $(BENCH_FLAGS)
 	$(BIN)/python bench/report.py
 	@echo "report: docs/BENCHMARKS.md (plots in docs/bench/, raw results in bench/results/)"
 

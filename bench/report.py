@@ -581,6 +581,28 @@ def image_section(image: Mapping[str, Any] | None) -> list[str]:
     ]
 
 
+def api_section(api: Mapping[str, Any] | None) -> list[str]:
+    out = ["## The api service: submits per second", ""]
+    if not api:
+        return [*out, "Not measured: `bench/results/api.json` is missing (run `bench/api.py`).", ""]
+    settings = api["settings"]
+    paths = (("`RelayClient.submit` in process (baseline)", api["library"]), ("`POST /v1/jobs`", api["api"]))
+    rows = [
+        [name, f"{row['per_second']:.1f}", ms(row["p50_ms"]), ms(row["p99_ms"]), str(row["errors"])]
+        for name, row in paths
+    ]
+    return [
+        *out,
+        f"{settings['count']} submissions per row, {settings['concurrency']} in flight, on the local stack (the "
+        "Replicate simulator, the Firestore and Pub/Sub emulators); each is the whole path: the job, the prediction "
+        "created with the webhook set, the link. The API adds the HTTP hop, its `Idempotency-Key` record and the "
+        f"service's threads to the same Submitter ({provenance(api)}).",
+        "",
+        text_table(["path", "submits/s", "p50", "p99", "errors"], rows),
+        "",
+    ]
+
+
 def _start_figures(times: Sequence[float]) -> list[str]:
     return [f"{statistics.median(times):.2f}", f"{max(times):.2f}"]
 
@@ -887,6 +909,7 @@ def write_report(results: Path, docs: Path) -> Path:
     archive = load(results / "archive.json")
     e2e = load(results / "e2e.json")
     image = load(results / "image.json")
+    api = load(results / "api.json")
     faults = load_faults(results / "faults")
 
     images: dict[str, str] = {}
@@ -905,7 +928,7 @@ def write_report(results: Path, docs: Path) -> Path:
         plot_fault(run, images_dir / name)
         images[run["file"]] = f"bench/{name}"
 
-    documents = {"receiver": receiver, "archive": archive, "e2e": e2e, "image": image}
+    documents = {"receiver": receiver, "archive": archive, "e2e": e2e, "image": image, "api": api}
     quick = [name for name, doc in documents.items() if doc and doc.get("settings", {}).get("quick")]
     lines = [
         "# Benchmarks",
@@ -932,6 +955,7 @@ def write_report(results: Path, docs: Path) -> Path:
         ".venv/bin/python bench/archive.py     # archiver vs direct streamed upload, 1 GiB (--quick: 128 MiB)",
         ".venv/bin/python bench/e2e.py         # 200 predictions at 5/s through the whole stack (--quick: 40)",
         ".venv/bin/python bench/image.py       # the image's size, each service's start as a container (make image)",
+        ".venv/bin/python bench/api.py         # submits per second through the api service, against the library",
         ".venv/bin/python bench/report.py      # this file and docs/bench/*.png from bench/results/",
         "```",
         "",
@@ -943,6 +967,7 @@ def write_report(results: Path, docs: Path) -> Path:
         *e2e_section(e2e, images),
         *archive_section(archive),
         *image_section(image),
+        *api_section(api),
         *faults_section(faults, images),
         *soak_section(load(results / "soak.json"), images_dir),
         *limits_section(),
