@@ -77,9 +77,9 @@ BOUND_FDS = 10
 MIB = 1024 * 1024
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
-# Process groups by what they are: relay's services are judged against the bound; the others are
-# reported and judged separately (see the module docstring).
-RELAY_GROUPS = ("receiver", "job-status", "archive-outputs", "reconciler", "status-page")
+# Process groups by what they are: relay's services (every function the stack serves: receiver,
+# handlers, reconciler, status page, API, and any added later) are judged against the bound; the
+# emulators and the simulator are reported and judged separately (see the module docstring).
 EMULATOR_GROUPS = ("pubsub", "firestore", "storage")
 SIMULATOR_GROUPS = ("simulator",)
 ROLE_NAMES = {"python3": "gcloud", "cloud_firestore": "launcher", "java": "jvm"}  # by /proc comm
@@ -246,9 +246,9 @@ class Series:
 
 
 def kind_of(group: str) -> str:
-    if group in RELAY_GROUPS:
-        return "relay"
-    return "emulator" if group in EMULATOR_GROUPS else "simulator"
+    if group in EMULATOR_GROUPS:
+        return "emulator"
+    return "simulator" if group in SIMULATOR_GROUPS else "relay"
 
 
 def read_proc(pid: int) -> tuple[int, int, int, int, float, str] | None:

@@ -153,6 +153,7 @@ def test_the_mix_is_fixed_by_the_index() -> None:
 def test_processes_are_judged_by_kind() -> None:
     assert soak.kind_of("receiver") == "relay"
     assert soak.kind_of("archive-outputs") == "relay"
+    assert soak.kind_of("api") == "relay"  # a function added to the stack later is relay's too
     assert soak.kind_of("firestore") == "emulator"
     assert soak.kind_of("simulator") == "simulator"
     series = soak.Series(group="pubsub", role="java", pid=1, kind="emulator")
