@@ -820,7 +820,7 @@ def soak_section(soak: Mapping[str, Any] | None, images_dir: Path) -> list[str]:
             "Receiver and handlers, from their one log line per request (the Pub/Sub emulator pushes at most 2 "
             "messages at a time per subscription, so a stuck request holds half of a handler's pipeline):",
             "",
-            markdown_table(["process", "requests", "p50", "p99", "slowest", "> 10 s", "outcomes"], service_rows),
+            text_table(["process", "requests", "p50", "p99", "slowest", "> 10 s", "outcomes"], service_rows),
             "",
         ]
     out += [

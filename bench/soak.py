@@ -594,10 +594,11 @@ def code_version() -> dict[str, Any]:
             )
         except (OSError, subprocess.SubprocessError):
             return ""
-        return done.stdout.strip()
+        return done.stdout
 
-    dirty = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()]
-    return {"commit": git("rev-parse", "--short", "HEAD") or None, "modified": dirty}
+    # Porcelain lines are "XY path": the status's leading blank is part of the line, so no strip().
+    dirty = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines() if line]
+    return {"commit": git("rev-parse", "--short", "HEAD").strip() or None, "modified": dirty}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
