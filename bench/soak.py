@@ -14,12 +14,16 @@ then checks with bench/e2e.py's helpers that no acknowledged webhook was lost an
 ended in the state its inputs steered it to, and reports:
 
 - growth per process over the last 2/3 of the load (least-squares slope, and the median of the
-  window's first sixth against its last sixth), against a stated bound for relay's own processes
-  (< 5% or < 10 MiB RSS, < 5% or < 10 fds); the emulators and the simulator are reported and
+  window's first sixth against its last sixth), against a stated bound for relay's own processes:
+  RSS < 5% or < 10 MiB; open fds, which swing by tens with the connections in flight, by their
+  floor (each sixth's minimum), < 5% or < 10. The emulators and the simulator are reported and
   judged separately (a JVM heap grows until it collects; the emulators and the simulator keep
   every object, document and prediction by design);
 - end-to-end latency per minute (Replicate's `completed_at` → the job final): p50, p99, count,
-  for jobs ended by their webhooks, and the reconciled ones apart.
+  for jobs ended by their webhooks, and the reconciled ones apart;
+- what explains a slowdown: CPU per process and the machine's CPU busy each round, the
+  handlers' slowest requests and outcomes, the reconciler's runs and recoveries, the commit
+  measured and the files modified in the tree.
 
 Results: stdout, bench/results/soak.json (every sample, for the plots of bench/report.py), the
 stack's logs in bench/results/logs/soak/. Bounded by a global timeout; everything started is
@@ -34,7 +38,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -396,8 +402,6 @@ def judge_series(series: Series, start: float, end: float) -> dict[str, Any]:
 
 def stack_config(args: argparse.Namespace) -> StackConfig:
     if STACK_LOG_DIR.exists():
-        import shutil  # noqa: PLC0415
-
         shutil.rmtree(STACK_LOG_DIR)  # the processes append to their logs: start each run clean
     return StackConfig.on_free_ports(
         reconcile_every=args.reconcile_every,  # Cloud Scheduler's part: the stack's own scheduler
@@ -585,7 +589,6 @@ def services(facts: e2e.LogFacts) -> dict[str, dict[str, Any]]:
 
 def code_version() -> dict[str, Any]:
     """The commit measured, and the files that differed from it (a shared tree changes under a long run)."""
-    import subprocess  # noqa: PLC0415
 
     def git(*argv: str) -> str:
         try:
