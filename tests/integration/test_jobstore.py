@@ -125,3 +125,42 @@ def test_first_webhooks_racing_the_submitters_link_leave_one_job_holding_every_e
     assert all(record(db, job_id, event) for event in (starting, processing))
     others = {submitted.job_id, prediction_id} - {job_id}
     assert all(read_job(db, other) is None for other in others)  # the loser's job was merged away
+
+
+def test_finish_written_on_a_stale_read_is_decided_again_in_a_transaction(db: firestore.Client) -> None:
+    """archive-outputs reads the job while it copies, then writes the final state only if the job
+    is unchanged since; a write in between (here: metadata) sends it through the transaction,
+    which keeps that write."""
+    store = JobStore(db)
+    prediction_id = unique_id()
+    starting, _, succeeded = events(prediction_id, [FILE])
+    store.apply(starting)
+    located = store.locate(prediction_id)
+    db.collection(JOBS).document(prediction_id).update({"metadata": {"late": "write"}})
+
+    finished = store.finish_archive(succeeded, [], None, located=located)
+    assert (finished.state, finished.claimed) == ("succeeded", True)
+    job = read_job(db, prediction_id)
+    assert job is not None
+    assert (job.state, job.metadata) == ("succeeded", {"late": "write"})
+
+
+def test_finish_on_an_unchanged_read_is_one_conditional_write(db: firestore.Client) -> None:
+    store = JobStore(db)
+    prediction_id = unique_id()
+    starting, _, succeeded = events(prediction_id, [FILE])
+    store.apply(starting)
+    located = store.locate(prediction_id)
+    finished = store.finish_archive(succeeded, [{"index": 0, "gs_uri": "gs://b/o"}], None, located=located)
+    assert (finished.outcome, finished.state, finished.claimed) == (Outcome.APPLIED, "succeeded", True)
+    job = read_job(db, prediction_id)
+    assert job is not None
+    assert (job.state, job.outputs, job.announcer) == (
+        "succeeded",
+        [{"index": 0, "gs_uri": "gs://b/o"}],
+        "archive-outputs",
+    )
+    # A second finish on the same (now stale) read changes nothing: the transaction absorbs it.
+    again = store.finish_archive(succeeded, [], None, located=located)
+    assert (again.outcome, again.claimed) == (Outcome.ABSORBED, False)
+    assert read_job(db, prediction_id) == job

@@ -106,9 +106,11 @@ def test_one_webhook_is_one_trace_from_the_receiver_through_both_handlers(
         assert consumer.attributes["relay.job_id"] == job.job_id
         assert consumer.attributes["messaging.message.id"] == send.attributes["messaging.message.id"]
 
-    # Under the handlers: Firestore transactions with their RPCs, the download, the Cloud Storage write.
+    # Under the handlers: Firestore writes with their RPCs, the download, the Cloud Storage write. Which
+    # write applies an event depends on the race (relay/jobstore.py): the job's first write as a batch, a
+    # transaction, or (the job exists: archive-outputs finishes it) the deferred event's record alone.
     status_work = _descendants(spans, status)
-    assert any(span.name == "firestore transaction apply_event" for span in status_work)
+    assert {"apply_event", "defer_event"} & {span.attributes.get("db.operation.name") for span in status_work}
     assert any(span.name.startswith("/google.firestore.v1.Firestore/Commit") for span in status_work)
     archive_work = _descendants(spans, archive)
     archived = _one(archive_work, "archive file", "archive-outputs")
@@ -116,7 +118,7 @@ def test_one_webhook_is_one_trace_from_the_receiver_through_both_handlers(
     upload = [span for span in _descendants(spans, archived) if span.kind is SpanKind.CLIENT]
     assert any(span.name.startswith("Storage.") for span in upload), [s.name for s in upload]
     assert any(span.name == "GET" for span in upload)  # the download, through httpx
-    assert any(span.name == "firestore transaction finish_archive" for span in archive_work)
+    assert any(span.attributes.get("db.operation.name") == "finish_archive" for span in archive_work)
     # Whichever handler made the job final announced it, in the same trace.
     assert len([span for span in spans if span.name == "send job-events"]) == 1
     # Copying a file shows no failed call (checking that it was not archived yet used to be a 404
