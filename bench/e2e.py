@@ -479,11 +479,14 @@ def read_logs(log_dir: Path) -> LogFacts:
 
 
 _STATUS_ERROR = 2  # OTLP/JSON's status code for STATUS_CODE_ERROR
+_REFUSED = ("StatusCode.ALREADY_EXISTS", "StatusCode.FAILED_PRECONDITION")
 
 
 def firestore_rpcs(span_file: Path) -> Counter[str]:
     """Firestore RPC method → calls made by the handlers, from their span file (gRPC client spans);
-    "METHOD failed" counts those that ended in an error (a Commit aborted on contention, say)."""
+    "METHOD failed" counts those that ended in an error (a Commit aborted on contention, say), except
+    a write refused by its own precondition ("METHOD refused": ALREADY_EXISTS, FAILED_PRECONDITION),
+    which is how a lost first-write race or a stale conditional write ends by design (relay/jobstore.py)."""
     counter: Counter[str] = Counter()
     with contextlib.suppress(FileNotFoundError), span_file.open(encoding="utf-8", errors="replace") as lines:
         for line in lines:
@@ -497,8 +500,11 @@ def firestore_rpcs(span_file: Path) -> Counter[str]:
                             if name.startswith("/google.firestore."):
                                 method = name.rsplit("/", 1)[-1]
                                 counter[method] += 1
-                                if span.get("status", {}).get("code") == _STATUS_ERROR:
-                                    counter[f"{method} failed"] += 1
+                                status = span.get("status", {})
+                                if status.get("code") == _STATUS_ERROR:
+                                    message = str(status.get("message", ""))
+                                    refused = any(code in message for code in _REFUSED)
+                                    counter[f"{method} {'refused' if refused else 'failed'}"] += 1
     return counter
 
 
@@ -940,6 +946,7 @@ def summarise(
             "handler_rpcs": dict(rpcs),
             "handler_commits_per_prediction": round(rpcs.get("Commit", 0) * per, 2),
             "handler_commits_failed": rpcs.get("Commit failed", 0),
+            "handler_commits_refused_by_precondition": rpcs.get("Commit refused", 0),
             "method": "derived from what the run left in Firestore (see firestore_writes() in bench/e2e.py); "
             "Commit RPCs counted from the handlers' gRPC client spans as a cross-check",
         },
@@ -1006,7 +1013,8 @@ def report(document: Mapping[str, Any]) -> None:
             "Firestore writes",
             f"{firestore['writes_per_prediction']} per prediction {firestore['writes']}; handler Commit RPCs "
             f"{firestore['handler_commits_per_prediction']} per prediction, {firestore['handler_commits_failed']} of "
-            f"them failed (contention: retried)",
+            f"them failed (contention: retried); {firestore.get('handler_commits_refused_by_precondition', 0)} "
+            f"refused by their precondition (a lost first-write race, a stale conditional write: by design)",
         ],
         [
             "lost",
