@@ -63,10 +63,10 @@ schemas: venv  ## regenerate schemas/ (the contracts, the API's OpenAPI document
 unit: venv  ## unit tests (nothing running needed)
 	$(BIN)/python -m pytest tests/unit
 
-integration: venv chromium  ## integration tests against the emulators (started by the tests)
+integration: venv chromium node  ## integration tests against the emulators (started by the tests)
 	$(BIN)/python -m pytest tests/integration
 
-test: lint typecheck checkov check-terraform chromium  ## lint, type checks, checkov and the whole suite (faults aside)
+test: lint typecheck checkov check-terraform chromium node  ## lint, type checks, checkov and the whole suite (faults aside)
 	$(BIN)/python -m pytest
 
 test-faults: venv  ## the fault suite: kills and fails parts of a local stack of its own (~6 min)
@@ -93,6 +93,13 @@ chromium:  ## install Debian's chromium if it is missing (for the status page te
 	@command -v chromium >/dev/null || { \
 	  SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
 	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+# examples/typescript needs Node 20+ and npm (its integration test runs `npm ci` itself); Debian's if missing.
+.PHONY: node
+node:  ## install Debian's nodejs and npm if node is missing (for examples/typescript's test)
+	@command -v node >/dev/null && command -v npm >/dev/null || { \
+	  SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
 
 # Benchmarks, not tests (make test runs none): receiver, archive streaming (128 MiB; the 1 GiB run is
 # `bench/archive.py` alone, ~11 min), end to end, then docs/BENCHMARKS.md. BENCH_FLAGS=--quick: smoke run.
