@@ -3,24 +3,54 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
 
 from relay.events import EventAttributes, Prediction, PredictionEvent, Source
-from relay.jobs import Job, Outcome
+from relay.jobs import TERMINAL_STATES, Job, Outcome
 from relay.jobstore import EVENTS, JOBS, PREDICTIONS, JobStore, event_key
+from relay.outputs import ArchivedObject
 from relay.testing import prediction_lifecycle
 from tests.integration.conftest import read_job, unique_id
 
 FILE = "https://replicate.delivery/p/out-0.png"
+ARCHIVED = ArchivedObject(
+    index=0,
+    source_url=FILE,
+    gs_uri="gs://bucket/predictions/p/0-out-0.png",
+    content_type="image/png",
+    size=3,
+    crc32c="AAAAAA==",
+    already_archived=False,
+).to_document()
+
+
+@pytest.fixture
+def store(db: firestore.Client) -> Iterator[JobStore]:
+    """A JobStore whose final jobs are marked announced afterwards: these tests publish nothing, and
+    the reconciler of later tests (same database) would otherwise announce them."""
+    made = JobStore(db)
+    yield made
+    unannounced = db.collection(JOBS).where(filter=FieldFilter("announced_at", "==", None))
+    for snapshot in unannounced.where(filter=FieldFilter("job_id", "in", sorted(_MADE) or ["-"])).stream():
+        if snapshot.get("state") in TERMINAL_STATES:
+            made.mark_announced(snapshot.id)
+    _MADE.clear()
+
+
+_MADE: set[str] = set()
 
 
 def events(prediction_id: str, output: Any) -> list[PredictionEvent]:
     """starting, processing, succeeded: one event each, as job-status and archive-outputs get them."""
     now = int(datetime.now(UTC).timestamp())
+    _MADE.add(prediction_id)
     return [
         PredictionEvent(
             attributes=EventAttributes(
@@ -37,8 +67,9 @@ def record(db: firestore.Client, job_id: str, event: PredictionEvent) -> dict[st
     return ref.get().to_dict()
 
 
-def test_succeeded_event_with_files_is_recorded_but_the_job_is_left_to_archive_outputs(db: firestore.Client) -> None:
-    store = JobStore(db)
+def test_succeeded_event_with_files_is_recorded_but_the_job_is_left_to_archive_outputs(
+    db: firestore.Client, store: JobStore
+) -> None:
     prediction_id = unique_id()
     starting, processing, succeeded = events(prediction_id, [FILE])
     assert store.apply(starting).outcome == Outcome.CREATED
@@ -51,8 +82,7 @@ def test_succeeded_event_with_files_is_recorded_but_the_job_is_left_to_archive_o
     assert store.apply(succeeded).outcome == Outcome.DUPLICATE
 
 
-def test_the_write_that_makes_a_job_final_claims_its_announcement_once(db: firestore.Client) -> None:
-    store = JobStore(db)
+def test_the_write_that_makes_a_job_final_claims_its_announcement_once(db: firestore.Client, store: JobStore) -> None:
     prediction_id = unique_id()
     starting, _, succeeded = events(prediction_id, [FILE])
     store.apply(starting)
@@ -69,8 +99,9 @@ def test_the_write_that_makes_a_job_final_claims_its_announcement_once(db: fires
     assert read_job(db, prediction_id).updated_at == finished.job.updated_at  # type: ignore[union-attr]
 
 
-def test_a_final_event_applied_by_job_status_claims_the_announcement_in_the_same_write(db: firestore.Client) -> None:
-    store = JobStore(db)
+def test_a_final_event_applied_by_job_status_claims_the_announcement_in_the_same_write(
+    db: firestore.Client, store: JobStore
+) -> None:
     prediction_id = unique_id()
     *_, succeeded = events(prediction_id, "a short text")  # no files: job-status makes it final
     applied = store.apply(succeeded)
@@ -80,9 +111,10 @@ def test_a_final_event_applied_by_job_status_claims_the_announcement_in_the_same
     assert store.claim_announcement(prediction_id) is None
 
 
-def test_succeeded_event_with_files_for_no_known_job_creates_it_archiving(db: firestore.Client) -> None:
+def test_succeeded_event_with_files_for_no_known_job_creates_it_archiving(
+    db: firestore.Client, store: JobStore
+) -> None:
     """While archive-outputs is down or behind, the job exists (archiving) for the reconciler to find."""
-    store = JobStore(db)
     prediction_id = unique_id()
     *_, succeeded = events(prediction_id, [FILE])
     created = store.apply(succeeded)
@@ -91,8 +123,9 @@ def test_succeeded_event_with_files_for_no_known_job_creates_it_archiving(db: fi
     assert (finished.state, finished.claimed) == ("succeeded", True)
 
 
-def test_claim_lapses_after_its_lease_when_the_announcement_was_not_marked(db: firestore.Client) -> None:
-    store = JobStore(db)
+def test_claim_lapses_after_its_lease_when_the_announcement_was_not_marked(
+    db: firestore.Client, store: JobStore
+) -> None:
     prediction_id = unique_id()
     *_, succeeded = events(prediction_id, "text")
     store.apply(succeeded)  # final and claimed, never marked announced (a publish that failed)
@@ -100,11 +133,12 @@ def test_claim_lapses_after_its_lease_when_the_announcement_was_not_marked(db: f
     assert store.claim_announcement(prediction_id, lease=timedelta(milliseconds=100)) is not None
 
 
-def test_first_webhooks_racing_the_submitters_link_leave_one_job_holding_every_event(db: firestore.Client) -> None:
+def test_first_webhooks_racing_the_submitters_link_leave_one_job_holding_every_event(
+    db: firestore.Client, store: JobStore
+) -> None:
     """Replicate sends `starting` as it creates the prediction, so the first webhooks and the
     submitter's attach_prediction each try to write `predictions/{id}` first: whoever loses
     (their batch's create fails whole) goes on through a transaction that finds the mapping."""
-    store = JobStore(db)
     prediction_id = unique_id()
     submitted = Job(job_id=f"sub{prediction_id}", source="submit", metadata={"order": "42"})
     store.create_submitted(submitted)
@@ -127,11 +161,12 @@ def test_first_webhooks_racing_the_submitters_link_leave_one_job_holding_every_e
     assert all(read_job(db, other) is None for other in others)  # the loser's job was merged away
 
 
-def test_finish_written_on_a_stale_read_is_decided_again_in_a_transaction(db: firestore.Client) -> None:
+def test_finish_written_on_a_stale_read_is_decided_again_in_a_transaction(
+    db: firestore.Client, store: JobStore
+) -> None:
     """archive-outputs reads the job while it copies, then writes the final state only if the job
     is unchanged since; a write in between (here: metadata) sends it through the transaction,
     which keeps that write."""
-    store = JobStore(db)
     prediction_id = unique_id()
     starting, _, succeeded = events(prediction_id, [FILE])
     store.apply(starting)
@@ -145,19 +180,18 @@ def test_finish_written_on_a_stale_read_is_decided_again_in_a_transaction(db: fi
     assert (job.state, job.metadata) == ("succeeded", {"late": "write"})
 
 
-def test_finish_on_an_unchanged_read_is_one_conditional_write(db: firestore.Client) -> None:
-    store = JobStore(db)
+def test_finish_on_an_unchanged_read_is_one_conditional_write(db: firestore.Client, store: JobStore) -> None:
     prediction_id = unique_id()
     starting, _, succeeded = events(prediction_id, [FILE])
     store.apply(starting)
     located = store.locate(prediction_id)
-    finished = store.finish_archive(succeeded, [{"index": 0, "gs_uri": "gs://b/o"}], None, located=located)
+    finished = store.finish_archive(succeeded, [ARCHIVED], None, located=located)
     assert (finished.outcome, finished.state, finished.claimed) == (Outcome.APPLIED, "succeeded", True)
     job = read_job(db, prediction_id)
     assert job is not None
     assert (job.state, job.outputs, job.announcer) == (
         "succeeded",
-        [{"index": 0, "gs_uri": "gs://b/o"}],
+        [ARCHIVED],
         "archive-outputs",
     )
     # A second finish on the same (now stale) read changes nothing: the transaction absorbs it.
