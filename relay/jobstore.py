@@ -137,11 +137,9 @@ class JobStore:
             if located.job is None:
                 return None
             record_ref = self._record_ref(located.job_id, attributes.webhook_id)
-            if record_ref.get().exists:
-                return Applied(Outcome.DUPLICATE, located.job_id, located.job)
-            try:
+            try:  # no read first: `create` is the dedup check
                 record_ref.create(self._event_record(event, Outcome.DEFERRED, self._clock()))
-            except google_exceptions.AlreadyExists:  # another delivery of the same webhook, just now
+            except google_exceptions.AlreadyExists:  # this webhook-id was recorded before
                 return Applied(Outcome.DUPLICATE, located.job_id, located.job)
             return Applied(Outcome.DEFERRED, located.job_id, located.job)
 
