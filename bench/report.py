@@ -476,8 +476,10 @@ def e2e_section(e2e: Mapping[str, Any] | None, images: Mapping[str, str]) -> lis
         "- **Firestore writes**: the emulator keeps no counter, so each write is inferred from the trace its code "
         "path leaves: 3 per submit (the job, then mapping + job in one transaction); per event record, the record "
         "plus the job document when its outcome was `applied` (and the mapping when `created`); one per archive "
-        "finished; 2 per announcement (claim, then mark sent). The handlers' Commit RPCs, counted from their gRPC "
-        "client spans, cross-check it (a transaction that writes nothing still commits).",
+        "finished; 1 per announcement (`announced_at`: the claim rides on the write that made the job final); a "
+        "`deferred` record (a succeeded event job-status leaves to archive-outputs) is the record alone. The "
+        "handlers' Commit RPCs, counted from their gRPC client spans, cross-check it (a transaction that writes "
+        "nothing still commits).",
         f"- **Lost**: for every webhook id the simulator got a 2xx for, the record "
         f"`jobs/{{job}}/events/{{sha256(webhook_id)[:40]}}` must exist (it is written in the same transaction as "
         f"the event's effect on the job), or the job must show a state at least as far as that webhook's status. "
