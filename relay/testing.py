@@ -4,8 +4,10 @@ the receiver's stand-ins for Pub/Sub and a request body."""
 from __future__ import annotations
 
 import json
+import struct
 import time
 import uuid
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -123,3 +125,14 @@ class ChunkStream:
             raise StopAsyncIteration
         self.pulled += 1
         return self._chunks[self.pulled - 1]
+
+
+def png(seed: int) -> bytes:
+    """A valid 2×2 RGB PNG whose pixels depend on `seed`."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\x00" + bytes((seed * 40 + row * 7 + i) % 256 for i in range(6)) for row in range(2))
+    header = struct.pack(">IIBBBBB", 2, 2, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import re
-import struct
 import threading
 import uuid
-import zlib
 from pathlib import Path
 
 import google.cloud.pubsub_v1 as pubsub_v1
@@ -19,6 +17,7 @@ from examples.restore_photos import compare, polling_worker, worker
 from examples.restore_photos.photos import find_photos
 from relay.client import RelayClient
 from relay.devstack.stack import LocalStack
+from relay.testing import png
 from tests.integration.conftest import WAIT_SECONDS, wait_for
 
 # The threads a streaming pull (google-api-core, google-cloud-pubsub) or a Firestore listener runs
@@ -30,17 +29,6 @@ STREAM_THREADS = (
     "Thread-CallbackRequestDispatcher",
     "relay-job-events",
 )
-
-
-def png(seed: int) -> bytes:
-    """A valid 2×2 RGB PNG whose pixels depend on `seed`."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    rows = b"".join(b"\x00" + bytes((seed * 40 + row * 7 + i) % 256 for i in range(6)) for row in range(2))
-    header = struct.pack(">IIBBBBB", 2, 2, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
 
 
 def photo_folder(root: Path, names: list[str]) -> Path:

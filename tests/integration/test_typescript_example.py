@@ -18,10 +18,8 @@ import json
 import os
 import shutil
 import signal
-import struct
 import subprocess
 import uuid
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +34,7 @@ from google.cloud import pubsub_v1
 
 from relay.devstack.processes import free_port
 from relay.devstack.stack import LocalStack
+from relay.testing import png
 from tests.integration.conftest import WAIT_SECONDS, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,17 +56,6 @@ EXAMPLE_VARIABLES = (
     "PORT",
     "HOST",
 )
-
-
-def png(seed: int) -> bytes:
-    """A valid 2×2 RGB PNG whose pixels depend on `seed`."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    rows = b"".join(b"\x00" + bytes((seed * 40 + row * 7 + i) % 256 for i in range(6)) for row in range(2))
-    header = struct.pack(">IIBBBBB", 2, 2, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
 
 
 def _example_env(**values: str) -> dict[str, str]:
