@@ -8,12 +8,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
 
-from relay.config import ConfigError, Env, project_id
+from relay.config import ConfigError, Env, project_id, token_check_mode
 from relay.jobs import Policy
 from relay.submit import SubmitSettings
 from relay.telemetry import TelemetrySettings
 
-_AUTH_MODES = ("oidc", "off")
 # Replicate takes JSON inputs of a few MB at most and recommends URLs over data: URIs above 256 KB;
 # 1 MiB keeps one request's work (and its idempotency record) small.
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
@@ -31,16 +30,9 @@ class ApiAuthSettings:
 
     @classmethod
     def from_env(cls, env: Env) -> ApiAuthSettings:
-        mode = env.get_str("RELAY_API_AUTH", "oidc").lower()
+        mode = token_check_mode(env, "RELAY_API_AUTH", off_is_for="the local stack", checks="callers' ID tokens are")
         if mode == "off":
-            if env.get_optional("K_REVISION") and env.get_optional("K_CONFIGURATION"):
-                raise ConfigError(
-                    "RELAY_API_AUTH=off is for the local stack only, never on Cloud Run (K_REVISION and "
-                    "K_CONFIGURATION are set): remove it so callers' ID tokens are verified"
-                )
             return cls(mode="off", invokers=(), audience=None)
-        if mode != "oidc":
-            raise ConfigError(f"RELAY_API_AUTH must be one of {', '.join(_AUTH_MODES)}, got {mode!r}")
         invokers = env.get_list("RELAY_API_INVOKERS")
         wrong = [entry for entry in invokers if not _EMAIL.match(entry)]
         if wrong:

@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Literal
 
 from handlers.reconcile import ReconcileSettings
-from relay.config import ConfigError, Env, Secret, project_id
+from relay.config import ConfigError, Env, Secret, project_id, token_check_mode
 from relay.downloads import DownloadPolicy
 from relay.jobs import Policy
 from relay.replicate_api import DEFAULT_BASE_URL
@@ -21,7 +21,6 @@ _SERVICES = {"job_status": "job-status", "archive_outputs": "archive-outputs", "
 # The targets Pub/Sub pushes to. The reconciler is not one: Cloud Scheduler calls it with an OIDC
 # token that Cloud Run's IAM invoker check verifies before the request reaches the code.
 _PUSH_TARGETS = frozenset({"job_status", "archive_outputs"})
-_PUSH_AUTH_MODES = ("oidc", "off")
 
 
 @dataclass(frozen=True)
@@ -34,16 +33,11 @@ class PushAuthSettings:
 
     @classmethod
     def from_env(cls, env: Env) -> PushAuthSettings:
-        mode = env.get_str("RELAY_PUSH_AUTH", "oidc").lower()
+        mode = token_check_mode(
+            env, "RELAY_PUSH_AUTH", off_is_for="the local Pub/Sub emulator", checks="Pub/Sub's OIDC token is"
+        )
         if mode == "off":
-            if env.get_optional("K_REVISION") and env.get_optional("K_CONFIGURATION"):
-                raise ConfigError(
-                    "RELAY_PUSH_AUTH=off is for the local Pub/Sub emulator only, never on Cloud Run "
-                    "(K_REVISION and K_CONFIGURATION are set): remove it so Pub/Sub's OIDC token is verified"
-                )
             return cls(mode="off", service_account=None, audience=None)
-        if mode != "oidc":
-            raise ConfigError(f"RELAY_PUSH_AUTH must be one of {', '.join(_PUSH_AUTH_MODES)}, got {mode!r}")
         service_account = env.get_optional("RELAY_PUSH_SERVICE_ACCOUNT")
         if service_account is None:
             raise ConfigError(

@@ -7,7 +7,7 @@ import math
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from relay import logs
 
@@ -81,6 +81,27 @@ class Env:
         raw = self._environ.get(name, "")
         items = tuple(item for item in raw.replace(",", " ").split() if item)
         return items or default
+
+
+def on_cloud_run(env: Env) -> bool:
+    """Whether this process runs on Cloud Run, which sets K_REVISION and K_CONFIGURATION in every container."""
+    return bool(env.get_optional("K_REVISION") and env.get_optional("K_CONFIGURATION"))
+
+
+def token_check_mode(env: Env, name: str, *, off_is_for: str, checks: str) -> Literal["oidc", "off"]:
+    """The mode of a Google-token check read from `name`: `oidc` (the default) or `off`, which only a
+    local stack may ask for: on Cloud Run it stops the process, naming what would go unchecked."""
+    mode = env.get_str(name, "oidc").lower()
+    if mode == "off":
+        if on_cloud_run(env):
+            raise ConfigError(
+                f"{name}=off is for {off_is_for} only, never on Cloud Run (K_REVISION and K_CONFIGURATION "
+                f"are set): remove it so {checks} verified"
+            )
+        return "off"
+    if mode != "oidc":
+        raise ConfigError(f"{name} must be one of oidc, off, got {mode!r}")
+    return "oidc"
 
 
 def project_id(env: Env) -> str:

@@ -58,7 +58,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from relay.config import ConfigError, Env
+from relay.config import ConfigError, Env, on_cloud_run
 
 if TYPE_CHECKING:
     import requests
@@ -108,13 +108,12 @@ class TelemetrySettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str], *, service: str, project: str | None) -> TelemetrySettings:
         env = Env(environ)
-        on_cloud_run = bool(env.get_optional("K_REVISION") and env.get_optional("K_CONFIGURATION"))
         trace_file = env.get_optional("RELAY_TRACE_FILE")
         metrics_file = env.get_optional("RELAY_METRICS_FILE")
         return cls(
             service=env.get_str("OTEL_SERVICE_NAME", service),
             project=project,
-            gcp=_flag(env, "RELAY_GCP_TELEMETRY", default=on_cloud_run),
+            gcp=_flag(env, "RELAY_GCP_TELEMETRY", default=on_cloud_run(env)),
             gcp_traces_endpoint=_traces_endpoint(env),
             otlp=any(env.get_optional(name) for name in _OTLP_ENDPOINTS),
             trace_file=Path(trace_file) if trace_file else None,
