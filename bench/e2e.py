@@ -654,7 +654,7 @@ def main(argv: list[str] | None = None) -> int:
     return common.run_guarded(processes, body)
 
 
-def run(args: argparse.Namespace, processes: StackProcesses) -> int:  # noqa: PLR0915 - one straight script
+def run(args: argparse.Namespace, processes: StackProcesses) -> int:
     started = time.monotonic()
     deadline = started + args.timeout - 15  # cooperative; the alarm at args.timeout is the backstop
     print(
@@ -695,22 +695,9 @@ def run(args: argparse.Namespace, processes: StackProcesses) -> int:  # noqa: PL
             print(f"   ! submit {record.index}: {record.error}")
 
         print("\n== waiting for every job to be final", flush=True)
-        jobs = wait_for_jobs(db, [record.job_id for record in ok if record.job_id], deadline)
+        wait_for_jobs(db, [record.job_id for record in ok if record.job_id], deadline)
         all_final = time.monotonic()
-        prediction_ids = [record.prediction_id for record in ok if record.prediction_id]
-        logs = fetch_deliveries(stack.simulator_url, prediction_ids, deadline)
-        mappings = read_documents(db, [db.collection(PREDICTIONS).document(pid) for pid in prediction_ids])
-        mapping = {path.split("/")[-1]: str(data["job_id"]) for path, data in mappings.items()}
-        print("   reading back event records …", flush=True)
-        records = settle_event_records(db, mapping, logs, deadline)
-        # Jobs again: a job may have moved since (the settle wait), and the final read is what counts.
-        jobs = {
-            path.split("/")[-1]: data
-            for path, data in read_documents(
-                db, [db.collection(JOBS).document(j) for j in set(mapping.values())]
-            ).items()
-        }
-        by_job_records = all_event_records(db)
+        back = read_back(db, stack.simulator_url, ok, deliveries_until=deadline, records_until=deadline)
         for tap in taps.values():
             tap.drain(deadline)
     finally:
@@ -719,19 +706,7 @@ def run(args: argparse.Namespace, processes: StackProcesses) -> int:  # noqa: PL
     ended = time.monotonic()
 
     facts = read_logs(STACK_LOG_DIR)
-    results = [
-        assess(
-            record,
-            log=logs.get(record.prediction_id or ""),
-            mapping=mapping,
-            jobs=jobs,
-            records=records,
-            by_job_records=by_job_records,
-            facts=facts,
-        )
-        for record in ok
-        if record.prediction_id
-    ]
+    results = back.assess(ok, facts)
     rpcs = firestore_rpcs(stack.trace_file)
     archive_steps = archive_breakdown(stack.trace_file)
     processes.stop_all()  # the stack: not needed for the report
@@ -741,9 +716,9 @@ def run(args: argparse.Namespace, processes: StackProcesses) -> int:  # noqa: PL
         busy=busy,
         submitted=submitted,
         results=results,
-        logs=logs,
-        jobs=jobs,
-        by_job_records=by_job_records,
+        logs=back.logs,
+        jobs=back.jobs,
+        by_job_records=back.by_job_records,
         taps=taps,
         counts=facts.outcomes,
         services={process: facts.service(process) for process in facts.spans},
@@ -764,6 +739,49 @@ def run(args: argparse.Namespace, processes: StackProcesses) -> int:  # noqa: PL
     for problem in problems:
         print(f"FAILED: {problem}", file=sys.stderr)
     return 1 if problems else 0
+
+
+@dataclass
+class ReadBack:
+    """What the lost check reads once every job is final: each prediction's webhook deliveries (the
+    simulator's), its job, the event records, and the jobs again after the records settled."""
+
+    logs: dict[str, dict[str, Any]]
+    mapping: dict[str, str]  # prediction id → job id
+    records: dict[str, Any]
+    jobs: dict[str, dict[str, Any]]
+    by_job_records: dict[str, list[dict[str, Any]]]
+
+    def assess(self, submitted: list[Submitted], facts: LogFacts) -> list[PredictionResult]:
+        return [
+            assess(
+                record,
+                log=self.logs.get(record.prediction_id or ""),
+                mapping=self.mapping,
+                jobs=self.jobs,
+                records=self.records,
+                by_job_records=self.by_job_records,
+                facts=facts,
+            )
+            for record in submitted
+            if record.prediction_id
+        ]
+
+
+def read_back(
+    db: Any, simulator_url: str, submitted: list[Submitted], *, deliveries_until: float, records_until: float
+) -> ReadBack:
+    """Read what `ReadBack` holds for the predictions `submitted` made (bench/soak.py uses it too)."""
+    prediction_ids = [record.prediction_id for record in submitted if record.prediction_id]
+    logs = fetch_deliveries(simulator_url, prediction_ids, deliveries_until)
+    mappings = read_documents(db, [db.collection(PREDICTIONS).document(pid) for pid in prediction_ids])
+    mapping = {path.split("/")[-1]: str(data["job_id"]) for path, data in mappings.items()}
+    print("   reading back event records …", flush=True)
+    records = settle_event_records(db, mapping, logs, records_until)
+    # Jobs again: a job may have moved since (the settle wait), and the final read is what counts.
+    refs = [db.collection(JOBS).document(job_id) for job_id in set(mapping.values())]
+    jobs = {path.split("/")[-1]: data for path, data in read_documents(db, refs).items()}
+    return ReadBack(logs, mapping, records, jobs, all_event_records(db))
 
 
 def assess(

@@ -60,7 +60,6 @@ import e2e  # noqa: E402
 from common import LOG_DIR, RESULTS_DIR, BenchError  # noqa: E402
 
 from relay.devstack.stack import LocalStack, StackConfig  # noqa: E402
-from relay.jobstore import JOBS, PREDICTIONS  # noqa: E402
 
 RESULTS_JSON = RESULTS_DIR / "soak.json"
 STACK_LOG_DIR = LOG_DIR / "soak"
@@ -485,32 +484,12 @@ class Outcome:
 def read_back(stack: LocalStack, db: Any, submitted: list[e2e.Submitted], drain_until: float) -> Outcome:
     """Wait (bounded) for every job to be final, then run bench/e2e.py's lost check on every prediction."""
     ok = [record for record in submitted if record.prediction_id and record.job_id]
-    jobs = e2e.wait_for_jobs(db, [record.job_id for record in ok if record.job_id], drain_until)
-    prediction_ids = [record.prediction_id for record in ok if record.prediction_id]
-    logs = e2e.fetch_deliveries(stack.simulator_url, prediction_ids, drain_until + 60)
-    mappings = e2e.read_documents(db, [db.collection(PREDICTIONS).document(pid) for pid in prediction_ids])
-    mapping = {path.split("/")[-1]: str(data["job_id"]) for path, data in mappings.items()}
-    print("   reading back event records …", flush=True)
-    records = e2e.settle_event_records(db, mapping, logs, drain_until + 120)
-    # Jobs again, by the ids the mapping names: what counts is their state after the settle wait.
-    refs = [db.collection(JOBS).document(job_id) for job_id in set(mapping.values())]
-    jobs = {path.split("/")[-1]: data for path, data in e2e.read_documents(db, refs).items()}
-    by_job_records = e2e.all_event_records(db)
+    e2e.wait_for_jobs(db, [record.job_id for record in ok if record.job_id], drain_until)
+    back = e2e.read_back(
+        db, stack.simulator_url, ok, deliveries_until=drain_until + 60, records_until=drain_until + 120
+    )
     facts = e2e.read_logs(STACK_LOG_DIR)
-    results = [
-        e2e.assess(
-            record,
-            log=logs.get(record.prediction_id or ""),
-            mapping=mapping,
-            jobs=jobs,
-            records=records,
-            by_job_records=by_job_records,
-            facts=facts,
-        )
-        for record in ok
-        if record.prediction_id
-    ]
-    return Outcome(results=results, jobs=jobs, submitted=submitted, facts=facts)
+    return Outcome(results=back.assess(ok, facts), jobs=back.jobs, submitted=submitted, facts=facts)
 
 
 def check_jobs(outcome: Outcome) -> dict[str, Any]:
