@@ -4,29 +4,15 @@ the autoscaler's instance count, the Firestore ramp, which limit binds first, an
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from tests.unit.bench_scripts import load
 
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_capacity", BENCH / "capacity.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_capacity"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-capacity = _load()
+capacity = load("bench_capacity", "capacity.py")
 DOC = capacity.DOCUMENTED_COUNTS
 A = capacity.assumed()
 

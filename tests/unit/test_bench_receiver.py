@@ -6,32 +6,15 @@ numbers is tested here.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 import time
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from tests.unit.bench_scripts import load
 
-
-def _load(name: str, filename: str) -> ModuleType:
-    """bench/ scripts import `common` as a sibling; bench/receiver.py would shadow the receiver package."""
-    if str(BENCH) not in sys.path:
-        sys.path.append(str(BENCH))
-    spec = importlib.util.spec_from_file_location(name, BENCH / filename)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load("bench_receiver", "receiver.py")
+bench = load("bench_receiver", "receiver.py")
 common = sys.modules["common"]
 
 

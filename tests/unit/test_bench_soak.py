@@ -6,32 +6,16 @@ samples is tested here.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections import Counter
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from tests.unit.bench_scripts import load
+
 MIB = 1024 * 1024
 
 
-def _load(name: str, filename: str) -> ModuleType:
-    """bench/ scripts import `common` and `e2e` as siblings."""
-    if str(BENCH) not in sys.path:
-        sys.path.append(str(BENCH))
-    spec = importlib.util.spec_from_file_location(name, BENCH / filename)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-soak = _load("bench_soak", "soak.py")
+soak = load("bench_soak", "soak.py")
 
 
 def test_linear_slope_is_the_least_squares_slope() -> None:
