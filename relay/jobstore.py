@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -41,8 +42,10 @@ _Writer = firestore.Transaction | firestore.WriteBatch
 JOBS = "jobs"
 PREDICTIONS = "predictions"
 EVENTS = "events"  # jobs/{job_id}/events/{hash of webhook-id}: dedup and audit record
-_TRANSACTION_ATTEMPTS = 10
-_CONTENTION_ROUNDS = 5  # of _TRANSACTION_ATTEMPTS each, with a pause between (about 3 s in all)
+# How long a transaction keeps retrying on contention before the caller is told (Aborted): a
+# handler then answers 503 and Pub/Sub redelivers after its backoff, instead of holding a push slot.
+CONTENTION_BUDGET = timedelta(seconds=10)
+_TRANSACTION_ATTEMPTS = 10  # per round: the client's immediate retries, which keep their place in line
 
 
 def utcnow() -> datetime:
@@ -85,11 +88,13 @@ class JobStore:
         policy: Policy = DEFAULT_POLICY,
         event_retention: timedelta = timedelta(days=30),
         clock: Callable[[], datetime] = utcnow,
+        contention_budget: timedelta = CONTENTION_BUDGET,
     ) -> None:
         self._client = client
         self._policy = policy
         self._event_retention = event_retention
         self._clock = clock
+        self._contention_budget = contention_budget.total_seconds()
 
     def apply(self, event: PredictionEvent, *, actor: str = "job-status") -> Applied:
         """Apply one event to its job in a transaction (retried by the client on contention).
@@ -218,7 +223,6 @@ class JobStore:
         publish is retried by a redelivery or the reconciler.
         """
 
-        @firestore.transactional
         def run(transaction: firestore.Transaction) -> Job | None:
             ref, job = self._read(transaction, job_id)
             if job is None:
@@ -263,7 +267,6 @@ class JobStore:
         else:
             return job_id
 
-        @firestore.transactional
         def run(transaction: firestore.Transaction) -> str:
             mapping_ref = self._client.collection(PREDICTIONS).document(prediction_id)
             mapping = mapping_ref.get(transaction=transaction)
@@ -333,7 +336,6 @@ class JobStore:
         mapping_ref = self._client.collection(PREDICTIONS).document(job.prediction_id)
         job_ref = self._jobs.document(job.job_id)
 
-        @firestore.transactional
         def run(transaction: firestore.Transaction) -> bool:
             if any(snapshot.exists for snapshot in transaction.get_all([mapping_ref, job_ref])):
                 return False
@@ -362,7 +364,6 @@ class JobStore:
     def abort_unsubmitted(self, job_id: str) -> Job | None:
         """Abort a job still `submitted` with no prediction; None if it moved on meanwhile."""
 
-        @firestore.transactional
         def run(transaction: firestore.Transaction) -> Job | None:
             ref, job = self._read(transaction, job_id)
             if job is None or job.state != JobState.SUBMITTED or job.prediction_id is not None:
@@ -445,7 +446,6 @@ class JobStore:
             elif (created := self._create_first(operation, event, work, also_read)) is not None:
                 return created
 
-        @firestore.transactional
         def run(transaction: firestore.Transaction) -> Applied:
             prediction_id = event.attributes.prediction_id
             mapping_ref = self._client.collection(PREDICTIONS).document(prediction_id)
@@ -530,34 +530,59 @@ class JobStore:
         snapshot = ref.get(transaction=transaction)
         return ref, Job.model_validate(snapshot.to_dict()) if snapshot.exists else None
 
-    def _commit(self, operation: str, run: Callable[[firestore.Transaction], T]) -> T:
-        """Run a @transactional function; contention that outlasts our retries becomes `Aborted`.
+    def _commit(self, operation: str, work: Callable[[firestore.Transaction], T]) -> T:
+        """Run `work` in a transaction, retried on contention for at most the contention budget.
 
-        The client retries a conflicting transaction at once, without backoff, and raises a bare
-        ValueError when its attempts run out. Under load (the fault suite shows it on the emulator)
-        all of them can land while the other transaction still holds the documents, so a few more
-        rounds follow after a jittered, growing pause; past those, callers treat Aborted as
-        transient (a handler answers 503 and Pub/Sub redelivers).
+        The client retries a conflicting transaction at once, up to its max_attempts, keeping its
+        place in line, and raises a bare ValueError when they run out. Under load all of them can
+        land while another transaction still holds the documents (the Firestore emulator holds a
+        conflicting lock 2 s per attempt), so rounds of attempts follow after a jittered, growing
+        pause. No attempt starts once the budget is spent: contention is then `Aborted`, which
+        callers treat as transient (a handler answers 503 and Pub/Sub redelivers), so one request
+        is held about the budget and a lock's 2 s at most, however many transactions fight.
         One span covers the whole transaction, its RPCs (traced by the gRPC instrumentation) and
         retries; no instrumentation knows where a Firestore transaction begins and ends.
         """
+        started = time.monotonic()
+        deadline = started + self._contention_budget
+        attempts = 0
+
+        def attempt(transaction: firestore.Transaction) -> T:
+            nonlocal attempts
+            if attempts and time.monotonic() >= deadline:
+                raise _OutOfTime
+            attempts += 1
+            return work(transaction)
+
+        run = firestore.transactional(attempt)
         with telemetry.tracer().start_as_current_span(
             f"firestore transaction {operation}",
             kind=SpanKind.CLIENT,
             attributes={"db.system.name": "firestore", "db.operation.name": operation},
         ) as span:
-            for round_ in range(_CONTENTION_ROUNDS):
+            last: ValueError | _OutOfTime
+            for round_ in itertools.count():
                 try:
-                    return run(self._client.transaction(max_attempts=_TRANSACTION_ATTEMPTS))
+                    result: T = run(self._client.transaction(max_attempts=_TRANSACTION_ATTEMPTS))
+                    return result
                 except ValueError as error:
                     if "Failed to commit transaction" not in str(error):
                         raise
-                    if round_ == _CONTENTION_ROUNDS - 1:
-                        message = f"Firestore transaction contended: {error}"
-                        raise google_exceptions.Aborted(message) from error  # type: ignore[no-untyped-call]
-                    span.add_event("contended", {"round": round_ + 1})
-                    time.sleep(random.uniform(0.05, 0.2) * 2**round_)  # noqa: S311 - jitter, not security
-            raise AssertionError("unreachable")  # pragma: no cover
+                    last = error
+                except _OutOfTime as error:
+                    last = error
+                    break
+                pause = random.uniform(0.05, 0.2) * 2**round_  # noqa: S311 - jitter, not security
+                if time.monotonic() + pause >= deadline:
+                    break
+                span.add_event("contended", {"round": round_ + 1, "attempts": attempts})
+                time.sleep(pause)
+            span.set_attribute("relay.transaction.attempts", attempts)
+            message = (
+                f"Firestore transaction {operation} still contended after {attempts} attempts "
+                f"in {time.monotonic() - started:.1f} s (budget {self._contention_budget:g} s)"
+            )
+            raise google_exceptions.Aborted(message) from last  # type: ignore[no-untyped-call]
 
     def _event_record(self, event: PredictionEvent, outcome: Outcome, now: datetime) -> dict[str, Any]:
         attributes = event.attributes
@@ -570,6 +595,10 @@ class JobStore:
             "received_at": now,
             "expire_at": now + self._event_retention,  # Firestore TTL policy field
         }
+
+
+class _OutOfTime(Exception):
+    """Raised inside a transaction attempt when the contention budget is spent (see _commit)."""
 
 
 def event_key(webhook_id: str) -> str:

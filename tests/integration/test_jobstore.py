@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from google.api_core import exceptions as google_exceptions
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
@@ -198,3 +201,64 @@ def test_finish_on_an_unchanged_read_is_one_conditional_write(db: firestore.Clie
     again = store.finish_archive(succeeded, [], None, located=located)
     assert (again.outcome, again.claimed) == (Outcome.ABSORBED, False)
     assert read_job(db, prediction_id) == job
+
+
+@contextmanager
+def lock_held(db: firestore.Client, job_id: str) -> Iterator[threading.Event]:
+    """A transaction that has read the job (so holds its lock) and writes it only once released,
+    as a slow writer would; the context ends with that write committed."""
+    release, locked = threading.Event(), threading.Event()
+    ref = db.collection(JOBS).document(job_id)
+
+    def hold(transaction: firestore.Transaction) -> None:
+        ref.get(transaction=transaction)
+        locked.set()
+        release.wait(timeout=60)
+        transaction.update(ref, {"metadata": {"held": "yes"}})
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        holder = pool.submit(firestore.transactional(hold), db.transaction(max_attempts=1))
+        assert locked.wait(timeout=30), "the holder never read the job"
+        try:
+            yield release
+        finally:
+            release.set()
+            holder.result(timeout=60)
+
+
+def test_contention_that_outlasts_the_budget_is_aborted_and_changes_nothing(db: firestore.Client) -> None:
+    """The emulator aborts each attempt held off by another transaction's lock after 2 s: with a
+    3 s budget the apply gives up (a handler's 503, and a redelivery) instead of retrying for
+    as long as the other holds on."""
+    prediction_id = unique_id()
+    starting, processing, _ = events(prediction_id, [FILE])
+    store = JobStore(db, contention_budget=timedelta(seconds=3))
+    store.apply(starting)
+
+    with lock_held(db, prediction_id), pytest.raises(google_exceptions.Aborted) as aborted:
+        store.apply(processing)
+    assert "still contended after" in str(aborted.value)
+    assert "budget 3 s" in str(aborted.value)
+    job = read_job(db, prediction_id)
+    assert job is not None
+    assert (job.state, job.metadata) == ("starting", {"held": "yes"})  # the holder's write, not ours
+    assert record(db, prediction_id, processing) is None  # not deduplicated: the redelivery applies it
+
+    assert store.apply(processing).outcome == Outcome.APPLIED
+    assert read_job(db, prediction_id).state == "processing"  # type: ignore[union-attr]
+
+
+def test_contention_within_the_budget_waits_for_the_other_writer_then_applies(db: firestore.Client) -> None:
+    prediction_id = unique_id()
+    starting, processing, _ = events(prediction_id, [FILE])
+    store = JobStore(db)
+    store.apply(starting)
+
+    with ThreadPoolExecutor(max_workers=1) as pool, lock_held(db, prediction_id) as release:
+        applying = pool.submit(store.apply, processing)
+        time.sleep(1.0)  # the apply is now waiting on the holder's lock
+        release.set()
+        assert applying.result(timeout=60).outcome == Outcome.APPLIED
+    job = read_job(db, prediction_id)
+    assert job is not None
+    assert (job.state, job.metadata) == ("processing", {"held": "yes"})  # both writes, neither lost
