@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -190,7 +191,24 @@ def results_header(busy: float | None, **host: Any) -> dict[str, Any]:
     }
 
 
+def code_version() -> dict[str, Any]:
+    """The commit measured, and the files that differed from it (a shared tree changes under a long run)."""
+
+    def git(*argv: str) -> str:
+        try:
+            done = subprocess.run(
+                ["git", *argv], cwd=REPO_ROOT, capture_output=True, text=True, timeout=30, check=False
+            )
+        except (OSError, subprocess.SubprocessError):
+            return ""
+        return done.stdout
+
+    # Porcelain lines are "XY path": the status's leading blank is part of the line, so no strip().
+    dirty = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines() if line]
+    return {"commit": git("rev-parse", "--short", "HEAD").strip() or None, "modified": dirty}
+
+
 def write_results(path: Path, document: Mapping[str, Any]) -> None:
-    """The results document as indented JSON, bench/results/ created if need be."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    """The results document as indented JSON, its folder created if need be."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")

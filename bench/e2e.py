@@ -20,12 +20,13 @@ Once every job is final, it reads back what happened and reports:
   job (or, without a record, a job at least as far as that webhook's status): anything else is lost;
 - the old polling design beside it (every 30 s: 15 s mean delay, p99 29.7 s, N·D/30 API calls).
 
-Results go to stdout and bench/results/e2e.json (with per-prediction latencies for the plots), the
-stack's logs and span file to bench/results/logs/e2e/. Bounded by a global timeout; everything it
-starts is stopped on the way out, including on Ctrl-C and SIGTERM. Exits 1 if a webhook was lost,
-a job did not end, or it could not measure.
+Results go to stdout and bench/results/e2e.json (with per-prediction latencies for the plots;
+`--results` names another file, so that `make bench` keeps its 1/s run beside the 5/s one), the
+stack's logs and span file to bench/results/logs/<the results file's name>/ (logs/e2e/ by default).
+Bounded by a global timeout; everything it starts is stopped on the way out, including on Ctrl-C and
+SIGTERM. Exits 1 if a webhook was lost, a job did not end, or it could not measure.
 
-    .venv/bin/python bench/e2e.py [--predictions 200] [--rate 5] [--quick] [--timeout S]
+    .venv/bin/python bench/e2e.py [--predictions 200] [--rate 5] [--quick] [--timeout S] [--results PATH]
 """
 
 from __future__ import annotations
@@ -61,7 +62,6 @@ from relay.devstack.stack import LocalStack, StackConfig  # noqa: E402
 from relay.jobstore import EVENTS, JOBS, PREDICTIONS, event_key  # noqa: E402
 
 RESULTS_JSON = RESULTS_DIR / "e2e.json"
-STACK_LOG_DIR = LOG_DIR / "e2e"
 
 MODEL = "flux-kontext-apps/restore-image"
 POLL_EVERY_S = 30.0  # the old design: GET every job's prediction every 30 s
@@ -210,13 +210,23 @@ def fmt_s(value: float | None) -> str:
 # The run ---------------------------------------------------------------------------------------------
 
 
-def stack_config(args: argparse.Namespace) -> StackConfig:
-    if STACK_LOG_DIR.exists():
-        shutil.rmtree(STACK_LOG_DIR)  # the processes append to their logs: start each run clean
+def stack_log_dir(results: Path) -> Path:
+    """bench/results/logs/<the results file's name>/: runs that keep their results apart keep their logs apart."""
+    return LOG_DIR / results.stem
+
+
+def shown(path: Path) -> Path:
+    """The path from the repository's root, for messages (a --results file may lie outside it)."""
+    return path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
+
+
+def stack_config(args: argparse.Namespace, log_dir: Path) -> StackConfig:
+    if log_dir.exists():
+        shutil.rmtree(log_dir)  # the processes append to their logs: start each run clean
     return StackConfig.on_free_ports(
         reconcile_every=0,  # no reconciler runs: every job must end through its webhooks alone
-        log_dir=STACK_LOG_DIR,
-        telemetry_dir=STACK_LOG_DIR / "telemetry",
+        log_dir=log_dir,
+        telemetry_dir=log_dir / "telemetry",
         extra_env={"RELAY_LOG_LEVEL": "INFO"},  # one line per webhook and per message: counted below
         start_timeout=args.start_timeout,
     )
@@ -612,7 +622,7 @@ def firestore_writes(
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--predictions", type=int, help="N predictions (default 200, --quick 40)")
+    parser.add_argument("--predictions", type=int, help="N predictions (default 200; --quick: 40 unless given)")
     parser.add_argument("--rate", type=float, default=5.0, help="R: predictions submitted per second (default 5)")
     parser.add_argument("--duration", type=float, default=3.0, help="seconds each prediction runs (default 3)")
     parser.add_argument("--files", type=int, default=2, help="output files per prediction (default 2)")
@@ -623,7 +633,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="40 predictions: a smoke check of about a minute")
     parser.add_argument("--start-timeout", type=float, default=120.0, help="per process at start-up (default 120)")
     parser.add_argument("--timeout", type=float, help="global bound in seconds (default: from N, R and the duration)")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=RESULTS_JSON,
+        help="the results file (default bench/results/e2e.json); the stack's logs go to bench/results/logs/<its name>/",
+    )
     args = parser.parse_args(argv)
+    args.results = args.results.resolve()
     if args.predictions is None:
         args.predictions = 40 if args.quick else 200
     if not 1 <= args.predictions <= 5000:
@@ -663,15 +680,17 @@ def run(args: argparse.Namespace, processes: StackProcesses) -> int:
         f"completed; reconciler off; global timeout {args.timeout:.0f} s; {os.cpu_count()} CPUs; loopback only"
     )
     busy = common.check_busy()
+    code = common.code_version()  # as the stack starts: its processes load the code now
+    log_dir = stack_log_dir(args.results)
 
-    config = stack_config(args)
+    config = stack_config(args, log_dir)
     stack = LocalStack(config)
     processes.stack = stack
     print("starting the local stack (emulators, simulator, receiver, handlers) …", flush=True)
     stack.start()
     stack_ready = time.monotonic()
     os.environ.update(stack.client_env)
-    print(f"stack ready after {stack_ready - started:.0f} s; logs in {STACK_LOG_DIR.relative_to(REPO_ROOT)}/")
+    print(f"stack ready after {stack_ready - started:.0f} s; logs in {shown(log_dir)}/")
     configure_simulator(stack, args)
 
     from google.cloud import firestore  # noqa: PLC0415 - once the emulators' addresses are set
@@ -705,7 +724,7 @@ def run(args: argparse.Namespace, processes: StackProcesses) -> int:
             tap.close()
     ended = time.monotonic()
 
-    facts = read_logs(STACK_LOG_DIR)
+    facts = read_logs(log_dir)
     results = back.assess(ok, facts)
     rpcs = firestore_rpcs(stack.trace_file)
     archive_steps = archive_breakdown(stack.trace_file)
@@ -732,9 +751,10 @@ def run(args: argparse.Namespace, processes: StackProcesses) -> int:
             "total_s": round(ended - started, 1),
         },
     )
+    document["code"] = code
     report(document)
-    common.write_results(RESULTS_JSON, document)
-    print(f"\nwrote {RESULTS_JSON.relative_to(REPO_ROOT)}; stack logs in {STACK_LOG_DIR.relative_to(REPO_ROOT)}/")
+    common.write_results(args.results, document)
+    print(f"\nwrote {shown(args.results)}; stack logs in {shown(log_dir)}/")
     problems = document["problems"]
     for problem in problems:
         print(f"FAILED: {problem}", file=sys.stderr)

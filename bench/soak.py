@@ -40,7 +40,6 @@ import math
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -566,23 +565,6 @@ def services(facts: e2e.LogFacts) -> dict[str, dict[str, Any]]:
     return found
 
 
-def code_version() -> dict[str, Any]:
-    """The commit measured, and the files that differed from it (a shared tree changes under a long run)."""
-
-    def git(*argv: str) -> str:
-        try:
-            done = subprocess.run(
-                ["git", *argv], cwd=REPO_ROOT, capture_output=True, text=True, timeout=30, check=False
-            )
-        except (OSError, subprocess.SubprocessError):
-            return ""
-        return done.stdout
-
-    # Porcelain lines are "XY path": the status's leading blank is part of the line, so no strip().
-    dirty = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines() if line]
-    return {"commit": git("rev-parse", "--short", "HEAD").strip() or None, "modified": dirty}
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--minutes", type=float, default=30.0, help="minutes of steady load (default 30)")
@@ -631,7 +613,7 @@ def run(args: argparse.Namespace, processes: e2e.StackProcesses) -> int:
         f"every {args.sample_every:g} s; drain at most {args.drain:g} s; global timeout {args.timeout:.0f} s"
     )
     busy = common.check_busy()
-    code = code_version()  # as the stack starts: its processes load the code now
+    code = common.code_version()  # as the stack starts: its processes load the code now
     stack = LocalStack(stack_config(args))
     processes.stack = stack
     print("starting the local stack …", flush=True)
