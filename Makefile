@@ -108,6 +108,7 @@ node:  ## install Debian's nodejs and npm if node is missing (for examples/types
 BENCH_FLAGS ?=
 bench: venv image  ## benchmarks (receiver, archive, end to end, image), then docs/BENCHMARKS.md and docs/bench/*.png
 	$(BIN)/python bench/receiver.py $(BENCH_FLAGS)
+	$(BIN)/python bench/receiver_cpu.py $(BENCH_FLAGS)
 	$(BIN)/python bench/archive.py --quick $(BENCH_FLAGS)
 	$(BIN)/python bench/e2e.py --rate 1 --predictions 60 --results bench/results/e2e-1ps.json $(BENCH_FLAGS)
 	$(BIN)/python bench/e2e.py $(BENCH_FLAGS)

@@ -1,12 +1,13 @@
 """Benchmark report: bench/results/*.json → docs/BENCHMARKS.md and PNG plots in docs/bench/.
 
-Reads what the benchmarks wrote (receiver.json, archive.json, e2e.json and e2e-1ps.json, the fault
-suite's faults/*.json), says so where one is missing, and writes the report: method, machine, commands
-to reproduce, tables, plots (matplotlib, Agg backend: no display needed), issue #14's targets with every
-target run recorded so far, the comparison with polling, and what the emulators cannot show with how to
-check each on Google Cloud. It measures nothing and starts nothing: run it after the benchmarks (`make
-bench` does). The one file it adds to rather than rewrites is docs/bench/targets-history.json (committed):
-a pair of e2e results that are both target runs becomes one row there, once.
+Reads what the benchmarks wrote (receiver.json, receiver_cpu.json, archive.json, e2e.json and
+e2e-1ps.json, the fault suite's faults/*.json), says so where one is missing, and writes the report:
+method, machine, commands to reproduce, tables, plots (matplotlib, Agg backend: no display needed),
+issue #14's targets with every target run recorded so far, the comparison with polling, and what the
+emulators cannot show with how to check each on Google Cloud. It measures nothing and starts nothing:
+run it after the benchmarks (`make bench` does). The one file it adds to rather than rewrites is
+docs/bench/targets-history.json (committed): a pair of e2e results that are both target runs becomes
+one row there, once.
 
     .venv/bin/python bench/report.py [--results bench/results] [--docs docs]
 """
@@ -387,6 +388,60 @@ def split_lines(split: Mapping[str, float] | None) -> list[str]:
         "carries the noise of two runs):",
         "",
         markdown_table(["part", "µs / request", "share"], rows),
+        "",
+    ]
+
+
+def receiver_cpu_section(cpu: Mapping[str, Any] | None) -> list[str]:
+    """bench/receiver_cpu.py: CPU per webhook of the receiver's app in process, and OpenTelemetry's share."""
+    out = ["### Where the receiver's time goes, in process", ""]
+    if cpu is None:
+        return [*out, "Not measured: `bench/results/receiver_cpu.json` is missing (run `bench/receiver_cpu.py`).", ""]
+    settings, variants, parts = cpu["settings"], cpu["variants"], cpu["telemetry"]
+    baseline = variants["noop-asgi"]["median"]
+    rows = [
+        [
+            row["label"],
+            f"{row['median']:,.1f}",
+            f"{row['min']:,.1f}–{row['max']:,.1f}",
+            f"{row['median'] / baseline:.2f}×" if baseline else "n/a",
+        ]
+        for row in variants.values()
+    ]
+    webhook = parts["webhook"]["median"]
+    telemetry_rows = [
+        [
+            row["label"] if key == "webhook" else f"- {row['label']}",
+            f"{row['median']:,.1f}",
+            f"{row['median'] / webhook:.0%}" if webhook else "n/a",
+        ]
+        for key, row in parts.items()
+    ]
+    receiver = variants["receiver"]["median"]
+    return [
+        *out,
+        f"_{provenance(cpu)}._",
+        "",
+        "`bench/receiver_cpu.py` calls each ASGI app directly on a uvloop event loop: no server, no socket, no "
+        f"HTTP parsing. {settings['requests']:,} validly signed webhooks (each answered 200) per fresh child "
+        f"process after {settings['warmup']} warm-up, {settings['rounds']} rounds; CPU from `time.process_time()`, "
+        "the median of the rounds and their range. Publishes are answered at once in process "
+        "(`bench/receiver_no_pubsub.py`) and no exporter is configured, as in `bench/receiver.py`. Unlike its "
+        "figures, these share the cores with no load generator or emulator, but leave out uvicorn and the network.",
+        "",
+        markdown_table(["variant", "CPU µs / webhook", "min–max", "× no-op"], rows),
+        "",
+        f"The receiver as served costs **{receiver / baseline:.2f}×** functions-framework's no-op in the same run "
+        f"({receiver:,.1f} µs against {baseline:,.1f} µs a webhook): across machines, compare this multiple."
+        if baseline
+        else "The no-op measured no CPU: no multiple.",
+        "",
+        "OpenTelemetry's work for one accepted webhook, timed alone: the calls `receiver/main.py` and "
+        "`relay/telemetry.publish_span` make (checked against the spans the real `receive` makes), then each part "
+        f"alone; the rest is the whole less the parts. With the SDK off, the receiver spent "
+        f"{cpu['derived_us']['telemetry_on_minus_off']:,.1f} µs less a webhook.",
+        "",
+        markdown_table(["OpenTelemetry for one accepted webhook", "CPU µs", "share"], telemetry_rows),
         "",
     ]
 
@@ -1172,6 +1227,7 @@ def write_report(results: Path, docs: Path) -> Path:
     images_dir = docs / "bench"
     images_dir.mkdir(parents=True, exist_ok=True)
     receiver = load(results / "receiver.json")
+    receiver_cpu = load(results / "receiver_cpu.json")
     archive = load(results / "archive.json")
     runs = {run.name: load(results / run.results) for run in TARGET_RUNS}
     recorded = recorded_runs(images_dir / HISTORY_FILE, history_row(runs))
@@ -1198,6 +1254,7 @@ def write_report(results: Path, docs: Path) -> Path:
 
     documents = {
         "receiver": receiver,
+        "receiver_cpu": receiver_cpu,
         "archive": archive,
         "e2e": e2e,
         "e2e-1ps": runs["1/s"],
@@ -1227,6 +1284,7 @@ def write_report(results: Path, docs: Path) -> Path:
         "make bench                            # receiver, archive, end to end at 1/s and 5/s, image, api; this report",
         "make bench BENCH_FLAGS=--quick        # the same as a smoke check (short runs)",
         ".venv/bin/python bench/receiver.py    # receiver vs no-op: wrk + hey (from Debian if missing)",
+        ".venv/bin/python bench/receiver_cpu.py  # the receiver's CPU per webhook in process, OpenTelemetry's share",
         ".venv/bin/python bench/archive.py     # archiver vs direct streamed upload, 1 GiB (--quick: 128 MiB)",
         ".venv/bin/python bench/e2e.py         # 200 predictions at 5/s through the whole stack (--quick: 40)",
         ".venv/bin/python bench/e2e.py --rate 1 --predictions 60 --results bench/results/e2e-1ps.json  # the 1/s run",
@@ -1240,6 +1298,7 @@ def write_report(results: Path, docs: Path) -> Path:
         "",
         *machine_section(machine(), documents),
         *receiver_section(receiver, images.get("receiver")),
+        *receiver_cpu_section(receiver_cpu),
         *e2e_section(runs, recorded, images),
         *archive_section(archive),
         *image_section(image),
