@@ -39,7 +39,7 @@ from relay.devstack.stack import (
     STATUS_PAGE,
     FunctionSpec,
 )
-from relay.devstack.terraform_env import service_environments
+from relay.devstack.terraform_env import local_computed, service_environments
 from relay.serve import HEALTH_PATH
 
 SPECS: dict[str, FunctionSpec] = {
@@ -48,6 +48,7 @@ SPECS: dict[str, FunctionSpec] = {
     "reconciler": RECONCILER,
     "status-page": STATUS_PAGE,
 }
+PROJECT = "local-project"
 # Addresses nothing listens on: a service must start without reaching any of them.
 UNREACHABLE = {
     "PUBSUB_EMULATOR_HOST": "127.0.0.1:9",
@@ -119,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     busy = check_busy()
     environments = service_environments(
         REPO_ROOT / "infra" / "terraform",
-        variables={"project_id": "local-project", "image": args.image},
-        resources={"google_service_account.push.email": "relay-push@local-project.iam.gserviceaccount.com"},
+        variables={"project_id": PROJECT, "image": args.image},
+        resources=local_computed(PROJECT),
     )
     results: dict[str, Any] = {
         **results_header(busy, engine=engine.name, image=args.image),

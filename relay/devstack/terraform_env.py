@@ -69,6 +69,15 @@ class ServiceEnv:
     secrets: Mapping[str, str]  # variable name -> Secret Manager secret (`value_source.secret_key_ref.secret`)
 
 
+def local_computed(project: str) -> dict[str, str]:
+    """Stand-ins for the attributes the provider computes at apply time that infra/terraform's
+    service environments read (the `resources` of service_environments), for local containers."""
+    return {
+        "google_service_account.push.email": f"relay-push@{project}.iam.gserviceaccount.com",
+        "data.google_project.this.number": "123456789012",
+    }
+
+
 def service_environments(
     terraform_dir: Path, *, variables: Mapping[str, object], resources: Mapping[str, object]
 ) -> dict[str, ServiceEnv]:

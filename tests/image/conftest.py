@@ -15,18 +15,13 @@ from google.cloud import firestore
 
 from relay.devstack.containers import DEFAULT_IMAGE, ContainerLauncher, Engine, detect_engine
 from relay.devstack.stack import REPO_ROOT, LocalStack, StackConfig
-from relay.devstack.terraform_env import service_environments
+from relay.devstack.terraform_env import local_computed, service_environments
 from tests.integration import fileserver
 from tests.integration.fileserver import FileServer
 
 PROJECT = "local-project"
 TERRAFORM = REPO_ROOT / "infra" / "terraform"
 SERVICES = ("receiver", "job-status", "archive-outputs", "reconciler", "status-page", "api")
-# What the provider computes at apply time, for the addresses the services' environments read.
-COMPUTED = {
-    "google_service_account.push.email": f"relay-push@{PROJECT}.iam.gserviceaccount.com",
-    "data.google_project.this.number": "123456789012",
-}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -74,7 +69,7 @@ def image_stack(
 ) -> Iterator[ImageStack]:
     telemetry_dir = tmp_path_factory.mktemp("image-telemetry")
     environments = service_environments(
-        TERRAFORM, variables={"project_id": PROJECT, "image": image}, resources=COMPUTED
+        TERRAFORM, variables={"project_id": PROJECT, "image": image}, resources=local_computed(PROJECT)
     )
     assert set(environments) == set(SERVICES), "the services infra/terraform defines changed: update SERVICES"
     launcher = ContainerLauncher(engine, image, environments=environments, telemetry_dir=telemetry_dir)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from relay.devstack.terraform_env import ServiceEnv, TerraformEvalError, service_environments
+from relay.devstack.terraform_env import ServiceEnv, TerraformEvalError, local_computed, service_environments
 
 ROOT = Path(__file__).resolve().parents[2]
 TERRAFORM = ROOT / "infra" / "terraform"
@@ -22,11 +22,12 @@ TOPOLOGY = yaml.safe_load((ROOT / "infra" / "topology.yaml").read_text())
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "terraform_env"
 
 PROJECT = "local-project"
-PUSH_ACCOUNT = f"relay-push@{PROJECT}.iam.gserviceaccount.com"
-PROJECT_NUMBER = "123456789012"
-# The computed attributes the services' env needs: the push identity's e-mail (handlers) and the
-# project number (the receiver's deterministic URL, the API's RELAY_WEBHOOK_URL).
-COMPUTED = {"google_service_account.push.email": PUSH_ACCOUNT, "data.google_project.this.number": PROJECT_NUMBER}
+# The computed attributes the services' env needs, as the image test and bench/image.py give them:
+# the push identity's e-mail (handlers) and the project number (the receiver's deterministic URL,
+# the API's RELAY_WEBHOOK_URL). Every test of the real configuration below fails if one is missing.
+COMPUTED = local_computed(PROJECT)
+PUSH_ACCOUNT = COMPUTED["google_service_account.push.email"]
+PROJECT_NUMBER = COMPUTED["data.google_project.this.number"]
 
 EVENTS_TOPIC = next(s["topic"] for s in TOPOLOGY["subscriptions"])
 JOB_EVENTS_TOPIC = next(t for t in TOPOLOGY["topics"] if t != EVENTS_TOPIC)
