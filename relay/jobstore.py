@@ -539,7 +539,7 @@ class JobStore:
         conflicting lock 2 s per attempt), so rounds of attempts follow after a jittered, growing
         pause. No attempt starts once the budget is spent: contention is then `Aborted`, which
         callers treat as transient (a handler answers 503 and Pub/Sub redelivers), so one request
-        is held about the budget and a lock's 2 s at most, however many transactions fight.
+        is held for the budget and one attempt at most, however many transactions fight.
         One span covers the whole transaction, its RPCs (traced by the gRPC instrumentation) and
         retries; no instrumentation knows where a Firestore transaction begins and ends.
         """
