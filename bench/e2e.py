@@ -43,7 +43,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -282,16 +282,6 @@ def configure_simulator(stack: LocalStack, args: argparse.Namespace) -> None:
 
 def submit_all(stack: LocalStack, db: Any, args: argparse.Namespace, deadline: float) -> tuple[list[Submitted], float]:
     """Submit N predictions, the i-th at i/R seconds after the first; returns them and the wall time at the first."""
-    from relay.jobstore import JobStore  # noqa: PLC0415
-    from relay.replicate_api import ModelRef, ReplicateAPI  # noqa: PLC0415
-    from relay.submit import Submitter  # noqa: PLC0415
-
-    submitter = Submitter(
-        store=JobStore(db),
-        replicate=ReplicateAPI.connect(stack.client_env["REPLICATE_API_TOKEN"], base_url=stack.simulator_url),
-        webhook_url=stack.receiver_url + "/",
-    )  # events_filter: the default, every event (start, output, logs, completed)
-    model = ModelRef.parse(MODEL)
     inputs = {
         "input_image": "https://example.com/old-photo.jpg",
         "output_format": "png",
@@ -303,12 +293,52 @@ def submit_all(stack: LocalStack, db: Any, args: argparse.Namespace, deadline: f
     records = [Submitted(index, round(index / args.rate, 4)) for index in range(args.predictions)]
     begin = time.monotonic() + 0.2
     wall_begin = time.time() + 0.2
+    every = max(int(args.rate * 10), 1)
+    submit_paced(
+        stack,
+        db,
+        records,
+        begin=begin,
+        deadline=deadline,
+        inputs=lambda index: inputs,
+        label="e2e",
+        workers=SUBMIT_WORKERS,
+        progress=lambda index: f"submitted {index} of {args.predictions}" if index % every == 0 else None,
+    )  # events_filter: the default, every event (start, output, logs, completed)
+    return records, wall_begin
+
+
+def submit_paced(
+    stack: LocalStack,
+    db: Any,
+    records: list[Submitted],
+    *,
+    begin: float,
+    deadline: float,
+    inputs: Callable[[int], dict[str, Any]],
+    label: str,
+    workers: int,
+    progress: Callable[[int], str | None],
+) -> None:
+    """Submit each record at `begin` + its scheduled time with relay's Submitter (Replicate's own
+    client against the simulator) from `workers` threads, with `inputs(index)`. A failed submit is
+    kept on its record, not raised; `progress(index)` is a line to print, or None."""
+    from relay.jobstore import JobStore  # noqa: PLC0415
+    from relay.replicate_api import ModelRef, ReplicateAPI  # noqa: PLC0415
+    from relay.submit import Submitter  # noqa: PLC0415
+
+    submitter = Submitter(
+        store=JobStore(db),
+        replicate=ReplicateAPI.connect(stack.client_env["REPLICATE_API_TOKEN"], base_url=stack.simulator_url),
+        webhook_url=stack.receiver_url + "/",
+    )
+    model = ModelRef.parse(MODEL)
 
     def submit(record: Submitted) -> None:
         started = time.monotonic()
         record.started_s = round(started - begin, 4)
         try:
-            job = submitter.submit(model, inputs, metadata={"bench": "e2e", "index": str(record.index)})
+            job = submitter.submit(model, inputs(record.index), metadata={"bench": label, "index": str(record.index)})
         except Exception as error:  # a failed submit is counted and reported, not fatal
             record.error = f"{type(error).__name__}: {error}"[:300]
         else:
@@ -316,7 +346,7 @@ def submit_all(stack: LocalStack, db: Any, args: argparse.Namespace, deadline: f
         record.took_s = round(time.monotonic() - started, 4)
 
     try:
-        with ThreadPoolExecutor(max_workers=SUBMIT_WORKERS, thread_name_prefix="submit") as pool:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="submit") as pool:
             for record in records:
                 wait = begin + record.scheduled_s - time.monotonic()
                 if wait > 0:
@@ -324,11 +354,10 @@ def submit_all(stack: LocalStack, db: Any, args: argparse.Namespace, deadline: f
                 if time.monotonic() > deadline:
                     raise BenchError("the global timeout came while submitting")
                 pool.submit(submit, record)
-                if record.index and record.index % max(int(args.rate * 10), 1) == 0:
-                    print(f"   submitted {record.index} of {args.predictions} …", flush=True)
+                if record.index and (line := progress(record.index)):
+                    print(f"   {line} …", flush=True)
     finally:
         submitter.replicate.close()
-    return records, wall_begin
 
 
 def read_documents(db: Any, refs: list[Any]) -> dict[str, dict[str, Any]]:

@@ -45,7 +45,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,14 +55,13 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import common  # noqa: E402
 import e2e  # noqa: E402
-from common import LOG_DIR, RESULTS_DIR, BenchError  # noqa: E402
+from common import LOG_DIR, RESULTS_DIR  # noqa: E402
 
 from relay.devstack.stack import LocalStack, StackConfig  # noqa: E402
 
 RESULTS_JSON = RESULTS_DIR / "soak.json"
 STACK_LOG_DIR = LOG_DIR / "soak"
 
-MODEL = e2e.MODEL
 SUBMIT_WORKERS = 8  # 2 a second; a slow submit must not hold the schedule back
 PREDICTION_S = 2.0  # each prediction runs this long (Replicate's created_at → completed_at)
 FILE_BYTES = 8_192
@@ -414,46 +412,20 @@ def submit_steady(
     stack: LocalStack, db: Any, args: argparse.Namespace, begin: float, deadline: float
 ) -> list[e2e.Submitted]:
     """Prediction i submitted at `begin` + i/R seconds, each as plan(i) says, until the load's end."""
-    from relay.jobstore import JobStore  # noqa: PLC0415
-    from relay.replicate_api import ModelRef, ReplicateAPI  # noqa: PLC0415
-    from relay.submit import Submitter  # noqa: PLC0415
-
-    submitter = Submitter(
-        store=JobStore(db),
-        replicate=ReplicateAPI.connect(stack.client_env["REPLICATE_API_TOKEN"], base_url=stack.simulator_url),
-        webhook_url=stack.receiver_url + "/",
-    )
-    model = ModelRef.parse(MODEL)
     total = int(args.minutes * 60 * args.rate)
     records = [e2e.Submitted(index, round(index / args.rate, 4)) for index in range(total)]
-
-    def submit(record: e2e.Submitted) -> None:
-        started = time.monotonic()
-        record.started_s = round(started - begin, 4)
-        try:
-            job = submitter.submit(
-                model, plan(record.index).inputs, metadata={"bench": "soak", "index": str(record.index)}
-            )
-        except Exception as error:  # a failed submit is counted and reported, not fatal
-            record.error = f"{type(error).__name__}: {error}"[:300]
-        else:
-            record.job_id, record.prediction_id = job.job_id, job.prediction_id
-        record.took_s = round(time.monotonic() - started, 4)
-
     every = max(int(args.rate * 60), 1)  # a progress line a minute
-    try:
-        with ThreadPoolExecutor(max_workers=SUBMIT_WORKERS, thread_name_prefix="submit") as pool:
-            for record in records:
-                wait = begin + record.scheduled_s - time.monotonic()
-                if wait > 0:
-                    time.sleep(wait)
-                if time.monotonic() > deadline:
-                    raise BenchError("the global timeout came while submitting")
-                pool.submit(submit, record)
-                if record.index and record.index % every == 0:
-                    print(f"   minute {record.index // every}: submitted {record.index} of {total} …", flush=True)
-    finally:
-        submitter.replicate.close()
+    e2e.submit_paced(
+        stack,
+        db,
+        records,
+        begin=begin,
+        deadline=deadline,
+        inputs=lambda index: plan(index).inputs,
+        label="soak",
+        workers=SUBMIT_WORKERS,
+        progress=lambda index: f"minute {index // every}: submitted {index} of {total}" if index % every == 0 else None,
+    )
     return records
 
 
