@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -19,7 +18,6 @@ from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import flask
-import functions_framework
 import pytest
 
 from api import errors
@@ -38,12 +36,11 @@ from api.idempotency import (
 from api.listing import Cursor, InvalidCursor
 from api.openapi import DOCUMENT, render
 from api.settings import ApiSettings
-from relay import logs, telemetry
 from relay.config import ConfigError
 from relay.jobs import Job
 from relay.oidc import GoogleCerts
 from relay.replicate_api import ModelRef
-from tests.unit.test_push_auth import REPO_ROOT, FakeGoogle, mint
+from tests.unit.test_push_auth import REPO_ROOT, FakeGoogle, load_function, mint
 
 AUDIENCE = "https://api-abcdefghij-uc.a.run.app"
 APP_ACCOUNT = "next-app@unit-test-project.iam.gserviceaccount.com"
@@ -108,9 +105,6 @@ class MemoryStore:
         return self.jobs.get(job_id)
 
 
-FUNCTIONS_FRAMEWORK_ENV = ("FUNCTION_TARGET", "FUNCTION_NAME", "FUNCTION_SIGNATURE_TYPE", "FUNCTION_TRIGGER_TYPE")
-
-
 @dataclass
 class Served:
     client: flask.testing.FlaskClient
@@ -121,16 +115,7 @@ class Served:
 
 
 def serve(monkeypatch: pytest.MonkeyPatch, environ: Mapping[str, str]) -> Served:
-    for name in (*FUNCTIONS_FRAMEWORK_ENV, "RELAY_API_AUTH", "K_REVISION", "K_CONFIGURATION"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in environ.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setattr(logs, "configure", lambda *args, **kwargs: None)
-    monkeypatch.setattr(telemetry, "setup", lambda *args, **kwargs: None)
-    monkeypatch.setattr(sys, "path", [*sys.path])
-    monkeypatch.setitem(sys.modules, "main", None)
-    app = functions_framework.create_app(target="api", source=str(REPO_ROOT / "api/main.py"))
-    module = sys.modules["main"]
+    app, module = load_function(monkeypatch, "api/main.py", "api", environ, unset=("RELAY_API_AUTH",))
     endpoint = FakeGoogle()
     monkeypatch.setattr(module, "AUTH", ApiAuthenticator(module.SETTINGS.auth, certs=GoogleCerts(endpoint)))
     submitter, idempotency = RecordingSubmitter(), MemoryIdempotency()

@@ -12,7 +12,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -487,10 +487,13 @@ def test_without_a_function_target_no_push_settings_are_read() -> None:
 FUNCTIONS_FRAMEWORK_ENV = ("FUNCTION_TARGET", "FUNCTION_NAME", "FUNCTION_SIGNATURE_TYPE", "FUNCTION_TRIGGER_TYPE")
 
 
-def serve_job_status(monkeypatch: pytest.MonkeyPatch, environ: Mapping[str, str]) -> tuple[flask.Flask, ModuleType]:
-    """The job_status target as functions-framework serves it, handlers/main.py imported under `environ`."""
+def load_function(
+    monkeypatch: pytest.MonkeyPatch, source: str, target: str, environ: Mapping[str, str], *, unset: Sequence[str] = ()
+) -> tuple[flask.Flask, ModuleType]:
+    """`target` as functions-framework serves it, `source` (a file of the repository) imported under
+    `environ`, with the variables in `unset` absent."""
     # functions-framework sets the FUNCTION_* variables itself: deleted first, they are undone after the test.
-    for name in (*FUNCTIONS_FRAMEWORK_ENV, "RELAY_PUSH_AUTH", "RELAY_PUSH_AUDIENCE", "K_REVISION", "K_CONFIGURATION"):
+    for name in (*FUNCTIONS_FRAMEWORK_ENV, *unset, "K_REVISION", "K_CONFIGURATION"):
         monkeypatch.delenv(name, raising=False)
     for name, value in environ.items():
         monkeypatch.setenv(name, value)
@@ -499,10 +502,18 @@ def serve_job_status(monkeypatch: pytest.MonkeyPatch, environ: Mapping[str, str]
     monkeypatch.setattr(telemetry, "setup", lambda *args, **kwargs: None)
     # functions-framework appends the file's folder to sys.path and registers it as a top-level
     # module; both are undone after the test.
+    module_name = Path(source).stem
     monkeypatch.setattr(sys, "path", [*sys.path])
-    monkeypatch.setitem(sys.modules, "main", None)
-    app = functions_framework.create_app(target="job_status", source=str(REPO_ROOT / "handlers/main.py"))
-    return app, sys.modules["main"]
+    monkeypatch.setitem(sys.modules, module_name, None)
+    app = functions_framework.create_app(target=target, source=str(REPO_ROOT / source))
+    return app, sys.modules[module_name]
+
+
+def serve_job_status(monkeypatch: pytest.MonkeyPatch, environ: Mapping[str, str]) -> tuple[flask.Flask, ModuleType]:
+    """The job_status target as functions-framework serves it, handlers/main.py imported under `environ`."""
+    return load_function(
+        monkeypatch, "handlers/main.py", "job_status", environ, unset=("RELAY_PUSH_AUTH", "RELAY_PUSH_AUDIENCE")
+    )
 
 
 @pytest.fixture
