@@ -27,7 +27,6 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,13 +45,13 @@ from relay.devstack.processes import (  # noqa: E402
     http_answers,
     log_contains,
 )
-from relay.testing import SignedWebhook, prediction_lifecycle, sign_webhook  # noqa: E402
+from relay.devstack.stack import DEV_WEBHOOK_SECRET  # noqa: E402
+from relay.testing import SignedWebhook, succeeded_webhook  # noqa: E402
 
 HOST = "127.0.0.1"
 PROJECT = "local-project"
 TOPIC = "replicate-events"
-# The Standard Webhooks test vector, as the local stack uses: public, never a real secret.
-WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # noqa: S105
+WEBHOOK_SECRET = DEV_WEBHOOK_SECRET  # the local stack's: the Standard Webhooks test vector, public
 SIGNATURE_TOLERANCE_SECONDS = 300  # the receiver's default RELAY_WEBHOOK_TOLERANCE_SECONDS
 RECEIVER_LOG_LEVEL = "WARNING"
 
@@ -192,13 +191,7 @@ def ensure_tools() -> dict[str, str]:
 
 def signed_webhook() -> SignedWebhook:
     """One freshly signed `succeeded` webhook, shaped like Replicate's (about 1 kB)."""
-    prediction_id = uuid.uuid4().hex[:26]
-    succeeded = prediction_lifecycle(
-        prediction_id,
-        output=f"https://replicate.delivery/xezq/{uuid.uuid4().hex}/output.png",
-        progress_events=3,
-    )[-1]
-    return sign_webhook(succeeded, [WEBHOOK_SECRET])
+    return succeeded_webhook(WEBHOOK_SECRET)
 
 
 def lua_string(value: str) -> str:

@@ -30,7 +30,6 @@ import statistics
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,15 +43,15 @@ sys.path.insert(0, str(REPO_ROOT))
 import common  # noqa: E402
 from common import RESULTS_DIR, BenchError, Processes  # noqa: E402
 
-from relay.testing import SignedWebhook, prediction_lifecycle, sign_webhook  # noqa: E402
+from relay.devstack.stack import DEV_WEBHOOK_SECRET  # noqa: E402
+from relay.testing import SignedWebhook, succeeded_webhook  # noqa: E402
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp
 
 RESULTS_JSON = RESULTS_DIR / "receiver_cpu.json"
 PROJECT = "local-project"
-# The Standard Webhooks test vector, as the local stack uses: public, never a real secret.
-WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # noqa: S105
+WEBHOOK_SECRET = DEV_WEBHOOK_SECRET  # the local stack's: the Standard Webhooks test vector, public
 LOG_LEVEL = "WARNING"  # as bench/receiver.py: the per-request INFO line is not part of the measurement
 
 REQUESTS = 20_000
@@ -141,13 +140,7 @@ TELEMETRY_LABELS = dict(TELEMETRY_PARTS) | {"rest": "the rest: publish_span's an
 
 def signed_webhook(secret: str = WEBHOOK_SECRET) -> SignedWebhook:
     """One freshly signed `succeeded` webhook, shaped like Replicate's (about 1 kB), as bench/receiver.py sends."""
-    prediction_id = uuid.uuid4().hex[:26]
-    succeeded = prediction_lifecycle(
-        prediction_id,
-        output=f"https://replicate.delivery/xezq/{uuid.uuid4().hex}/output.png",
-        progress_events=3,
-    )[-1]
-    return sign_webhook(succeeded, [secret])
+    return succeeded_webhook(secret)
 
 
 def asgi_scope(webhook: SignedWebhook) -> dict[str, Any]:

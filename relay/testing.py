@@ -91,6 +91,17 @@ def prediction_lifecycle(
     return events
 
 
+def succeeded_webhook(secret: str) -> SignedWebhook:
+    """One freshly signed `succeeded` webhook of a new prediction with one file output, shaped like
+    Replicate's (about 1 kB): what the receiver benchmarks send."""
+    succeeded = prediction_lifecycle(
+        uuid.uuid4().hex[:26],
+        output=f"https://replicate.delivery/xezq/{uuid.uuid4().hex}/output.png",
+        progress_events=3,
+    )[-1]
+    return sign_webhook(succeeded, [secret])
+
+
 def _iso(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
