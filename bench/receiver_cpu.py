@@ -163,6 +163,28 @@ def asgi_scope(webhook: SignedWebhook) -> dict[str, Any]:
     }
 
 
+async def post(app: ASGIApp, scope: Mapping[str, Any], body: bytes) -> tuple[int, bytes]:
+    """Call `app` once with `body` as the request, as uvicorn would; its status and body."""
+    sent = False
+    answer: list[Any] = []
+
+    async def receive() -> MutableMapping[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return {"type": "http.disconnect"}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            answer.append(message["status"])
+        elif message["type"] == "http.response.body":
+            answer.append(message.get("body", b""))
+
+    await app({**scope, "state": {}}, receive, send)
+    return answer[0], b"".join(answer[1:])
+
+
 # Measuring, in the child ---------------------------------------------------------------------------
 
 
@@ -193,26 +215,6 @@ def measure_app(variant: Variant, *, requests: int, warmup: int, sign_secret: st
     webhook = signed_webhook(sign_secret)
     scope, body = asgi_scope(webhook), webhook.body
 
-    async def one() -> tuple[int, bytes]:
-        sent = False
-        answer: list[Any] = []
-
-        async def receive() -> MutableMapping[str, Any]:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return {"type": "http.disconnect"}
-
-        async def send(message: MutableMapping[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                answer.append(message["status"])
-            elif message["type"] == "http.response.body":
-                answer.append(message.get("body", b""))
-
-        await app({**scope, "state": {}}, receive, send)
-        return answer[0], b"".join(answer[1:])
-
     def check(status: int, text: bytes) -> None:
         if status != 200:
             raise BenchError(
@@ -221,15 +223,15 @@ def measure_app(variant: Variant, *, requests: int, warmup: int, sign_secret: st
             )
 
     async def run() -> dict[str, Any]:
-        status, text = await one()
+        status, text = await post(app, scope, body)
         check(status, text)
         if variant.receiver and json.loads(text).get("status") != "accepted":
             raise BenchError(f"the {variant.label} answered 200 but did not accept the webhook: {text[:300]!r}")
         for _ in range(warmup):
-            check(*await one())
+            check(*await post(app, scope, body))
         wall, cpu = time.perf_counter(), time.process_time()
         for _ in range(requests):
-            status, text = await one()
+            status, text = await post(app, scope, body)
             if status != 200:
                 check(status, text)
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
@@ -369,22 +371,7 @@ def check_mirror(webhook_telemetry: Callable[[], Any]) -> None:
     app = build_app(VARIANT_BY_KEY["receiver-bare"])
     webhook = signed_webhook()
 
-    async def one() -> None:
-        sent = False
-
-        async def receive() -> MutableMapping[str, Any]:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": webhook.body, "more_body": False}
-            return {"type": "http.disconnect"}
-
-        async def send(_: MutableMapping[str, Any]) -> None:
-            pass
-
-        await app({**asgi_scope(webhook), "state": {}}, receive, send)
-
-    uvloop.run(one())
+    uvloop.run(post(app, asgi_scope(webhook), webhook.body))
     real = shape()
     webhook_telemetry()
     mirror = shape()
