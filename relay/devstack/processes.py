@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import random
+import re
 import signal
 import socket
 import subprocess
@@ -33,11 +35,61 @@ def ensure_port_free(host: str, port: int, what: str) -> None:
             raise StackError(f"cannot use {host}:{port} for the {what}: {error.strerror}") from None
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port the kernel just had free (for tests, where fixed ports could clash)."""
+# Ports free_port() has handed out in this process: never twice, so one stack's ports are distinct.
+_handed_out: set[int] = set()
+_LOWEST_FREE_PORT = 10000
+
+
+def _ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range for the local ports of outgoing connections."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def _kernel_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that is free now, for test and benchmark stacks, where fixed ports could clash.
+
+    Drawn at random from below the kernel's ephemeral range: a port from bind(host, 0) lies inside
+    it, and in the seconds before a JVM binds it, any outgoing connection (of which a loaded test
+    stack makes thousands) may take it as its local port, and the emulator exits with
+    "Address already in use". No port is handed out twice in one process.
+    """
+    low = _LOWEST_FREE_PORT
+    high = _ephemeral_ports()[0] - 1
+    if high - low < 1000:  # an unusual kernel setting: let the kernel choose, as before
+        return _kernel_port(host)
+    for _ in range(200):
+        port = random.randint(low, high)  # noqa: S311 - a port, not a secret
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise StackError(f"no free port on {host} between {low} and {high} after 200 tries")
+
+
+# "java.net.BindException: ...", "OSError: ...", after a "[firestore] " prefix that gcloud may add.
+_EXCEPTION_LINE = re.compile(r"^(?:\[[\w-]+\]\s*)?((?:[\w$]+\.)*[\w$]*(?:Exception|Error): .*)$", re.MULTILINE)
+
+
+def first_exception(text: str) -> str | None:
+    """The first line that names an exception (a JVM's "java.net.BindException: Address already in
+    use", a Python "OSError: ..."), which the last lines of a long stack trace do not show."""
+    match = _EXCEPTION_LINE.search(text)
+    return match.group(1).strip() if match else None
 
 
 def log_contains(text: str) -> Callable[[Path], bool]:
@@ -88,6 +140,7 @@ class ManagedProcess:
         # Monotonic times of the last start and of the first ready check that passed after it.
         self.started_at: float | None = None
         self.ready_at: float | None = None
+        self._log_offset = 0  # where the last start's output begins in the (appended) log
 
     @property
     def pid(self) -> int | None:
@@ -96,6 +149,7 @@ class ManagedProcess:
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log_file:
+            self._log_offset = log_file.tell()
             self.started_at, self.ready_at = time.monotonic(), None
             try:
                 # A session of its own, so that stop() reaches every descendant (gcloud starts
@@ -116,8 +170,10 @@ class ManagedProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process is None or self._process.poll() is not None:
+                cause = first_exception(self._last_start_output())
                 raise StackError(
-                    f"the {self.name} exited during start-up; its log {self.log_path} ends with: {self.log_tail()}"
+                    f"the {self.name} exited during start-up{f' ({cause})' if cause else ''}; "
+                    f"its log {self.log_path} ends with: {self.log_tail()}"
                 )
             if self._ready(self.log_path):
                 self.ready_at = time.monotonic()
@@ -176,6 +232,14 @@ class ManagedProcess:
         except FileNotFoundError:
             return "(no log)"
         return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:]) or "(empty log)"
+
+    def _last_start_output(self) -> str:
+        try:
+            with self.log_path.open("rb") as log_file:
+                log_file.seek(self._log_offset)
+                return log_file.read().decode("utf-8", errors="replace")
+        except FileNotFoundError:
+            return ""
 
     @staticmethod
     def _signal_group(pgid: int, signum: signal.Signals) -> None:
