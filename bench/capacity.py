@@ -47,6 +47,7 @@ class Counts:
     writes: Mapping[str, float]  # Firestore document writes per prediction, by kind (bench/e2e.py firestore_writes)
     commits: float  # the handlers' Commit RPCs per prediction
     job_status_ms: float  # job-status's p50 time per message (the emulator's 2 s lock timeouts skew the mean)
+    archive_ms: float  # archive-outputs's p50 time per succeeded message, from its spans (bench/e2e.py)
     receiver_cpu_us: float  # the receiver's server CPU per webhook (bench/receiver.py, not e2e)
 
     @property
@@ -65,12 +66,14 @@ class Counts:
         )
 
 
-# docs/BENCHMARKS.md, "End to end" (full run measured 2026-11-29T20:42:55+00:00: 200 predictions at 5/s,
-# 2 files of 16 KiB each, every webhook event) and "Receiver" (767 µs server CPU per webhook, full run
-# measured 2026-11-29T20:14:24+00:00). Used when bench/results/e2e.json is not on this machine.
+# docs/BENCHMARKS.md, "End to end" (full run measured 2026-12-02T02:40:44+00:00 at commit 05da599, after
+# issue #14's lean pipeline: 200 predictions at 5/s, 2 files of 16 KiB each, every webhook event) and the
+# receiver's 767 µs server CPU per webhook (full run measured 2026-11-29T20:14:24+00:00; the runs of
+# 2026-12-02 measure 381-428 µs on a faster machine, docs/PERFORMANCE.md). Used when
+# bench/results/e2e.json is not on this machine.
 DOCUMENTED_COUNTS = Counts(
     source="docs/BENCHMARKS.md (no bench/results/e2e.json here)",
-    measured_at="2026-11-29T20:42:55+00:00",
+    measured_at="2026-12-02T02:40:44+00:00",
     predictions=200,
     webhooks=6.01,
     replicate_events=6.01,
@@ -80,12 +83,13 @@ DOCUMENTED_COUNTS = Counts(
     writes={
         "submit": 600 / 200,
         "event_records": 1202 / 200,
-        "job_updates_by_events": 15 / 200,
+        "job_updates_by_events": 538 / 200,
         "archive_finish": 200 / 200,
-        "announcements": 400 / 200,
+        "announcements": 200 / 200,
     },
-    commits=9.04,
-    job_status_ms=42.6,
+    commits=8.02,
+    job_status_ms=27.1,
+    archive_ms=77.5,
     receiver_cpu_us=767.0,
 )
 
@@ -95,6 +99,9 @@ def counts_from_e2e(document: Mapping[str, Any], *, source: str, receiver_cpu_us
     n = document["submit"]["submitted"] or 1
     pubsub, firestore = document["pubsub"], document["firestore"]
     job_status_ms = document.get("services", {}).get("job-status", {}).get("p50_ms") or DOCUMENTED_COUNTS.job_status_ms
+    archive_ms = (
+        document.get("archive_outputs_spans", {}).get("message", {}).get("p50_ms") or DOCUMENTED_COUNTS.archive_ms
+    )
     return Counts(
         source=source,
         measured_at=str(document.get("generated_at", "unknown")),
@@ -107,6 +114,7 @@ def counts_from_e2e(document: Mapping[str, Any], *, source: str, receiver_cpu_us
         writes={kind: count / n for kind, count in firestore["writes"].items() if kind != "total"},
         commits=firestore["handler_commits_per_prediction"],
         job_status_ms=round(job_status_ms, 1),
+        archive_ms=round(archive_ms, 1),
         receiver_cpu_us=receiver_cpu_us,
     )
 
@@ -128,20 +136,17 @@ ASSUMED: dict[str, tuple[float, str]] = {
     "job_event_bytes": (900, "a job-events message (relay.jobevents.JobEvent JSON with 2 gs:// outputs)"),
     "app_subscriptions": (1, "pull subscriptions on job-events (one app)"),
     "output_mib": (1.0, "an output file (e2e used 16 KiB); sets the archive's Cloud Storage bytes"),
-    "archive_s": (
-        0.343,
-        "archive-outputs' time for one succeeded message (README demo trace, 2 small files on loopback); "
-        "real downloads from replicate.delivery take longer",
-    ),
     "handler_cpu_ms": (
         2.0,
         "CPU per handler message: not measured; a no-op Flask request costs 0.97 ms (BENCHMARKS.md, Receiver)",
     ),
     "receiver_latency_ms": (15.8, "receiver answer time (BENCHMARKS.md: p50 at half its peak, emulator)"),
     "spans_per_webhook": (
-        14.0,
-        "spans per webhook with the archive-outputs filter applied: 84.2 per prediction counted in a "
-        "60-prediction e2e span file on 2026-12-01 (89.2 minus the 5 ignored pushes the emulator makes)",
+        12.3,
+        "spans per webhook with the archive-outputs filter applied: 74.1 per prediction counted in the span "
+        "file of the 5/s e2e run of 2026-12-02 (commit 05da599; 74.0 at 1/s) once the spans of the 1,002 "
+        "ignored pushes the emulator makes are left out: receiver 2, job-status 5.8 a webhook, "
+        "archive-outputs 27 a succeeded prediction",
     ),
     "log_bytes": (
         1_050,
@@ -340,11 +345,12 @@ def per_prediction(counts: Counts, a: Mapping[str, float]) -> dict[str, float]:
     """Every resource one prediction uses in production (the archive-outputs filter applied)."""
     message = a["body_bytes"] + a["attribute_bytes"]
     archive_pushes = counts.succeeded_share  # production: only succeeded events reach archive-outputs
-    # Firestore reads, from the code paths in relay/jobstore.py (not measured): an event applied in a transaction
-    # reads the mapping, then the job and its event record (3); the archive handler looks the job up (2), applies
-    # the succeeded event (3), finishes the archive (2); each announcement claim reads the job (1); submit's
-    # attach_prediction reads the mapping and the job (2).
-    reads = 3 * counts.webhooks + archive_pushes * (2 + 3 + 2) + counts.job_events + 2
+    # Firestore reads, from the code paths in relay/jobstore.py (not measured): job-status applies an event in a
+    # transaction that reads the mapping, then the job and its event record (3); a succeeded event it leaves to
+    # archive-outputs only looks the job up (mapping and job, 2) before creating its record; archive-outputs
+    # looks the job up (2) and finishes it in one conditional write, which claims the announcement (0);
+    # mark_announced, create_submitted and attach_prediction's batch write without reading (0).
+    reads = 3 * (counts.webhooks - counts.succeeded_share) + 2 * counts.succeeded_share + 2 * archive_pushes
     pubsub_bytes = (
         counts.replicate_events * billed_bytes(message)  # receiver publishes, one message a request
         + counts.webhooks * billed_bytes(message)  # pushed to job-status
@@ -387,7 +393,7 @@ def fleet(counts: Counts, a: Mapping[str, float], rate: float) -> dict[str, floa
         ),
         "archive-outputs": instances(
             rate=rate * counts.succeeded_share,
-            seconds_each=a["archive_s"],
+            seconds_each=counts.archive_ms / 1000,
             concurrency=SERVICES["archive-outputs"]["concurrency"],
             cpu_s_each=a["handler_cpu_ms"] / 1000 * (1 + counts.files),
         ),

@@ -38,6 +38,7 @@ def e2e_document(**changes: object) -> dict[str, object]:
             "handler_commits_per_prediction": 9.0,
         },
         "services": {"job-status": {"requests": 60, "p50_ms": 30.0, "busy_s": 12.0}},
+        "archive_outputs_spans": {"message": {"count": 8, "p50_ms": 80.0, "p90_ms": 150.0}},
     }
     document.update(changes)
     return document
@@ -56,12 +57,20 @@ def test_counts_from_an_e2e_document_are_per_prediction() -> None:
     }
     assert counts.writes_total == pytest.approx(13.8)  # "total" is not counted twice
     assert counts.job_status_ms == 30.0  # the p50, not busy_s / requests
+    assert counts.archive_ms == 80.0  # archive-outputs's p50 a succeeded message, from its spans
     assert counts.receiver_cpu_us == 700.0
 
 
 def test_job_document_writes_leave_out_the_mapping_and_the_event_records() -> None:
-    # 2 of the 3 submit writes, every job update, the archive's finish, claim + mark announced.
-    assert DOC.job_document_writes == pytest.approx(2 + 0.075 + 1 + 2)
+    # 2 of the 3 submit writes, every job update, the archive's finish (which claims the
+    # announcement), the mark announced.
+    assert DOC.job_document_writes == pytest.approx(2 + 2.69 + 1 + 1)
+
+
+def test_an_e2e_document_without_archive_spans_uses_the_documented_archive_time() -> None:
+    document = e2e_document()
+    del document["archive_outputs_spans"]
+    assert capacity.counts_from_e2e(document, source="x", receiver_cpu_us=700.0).archive_ms == DOC.archive_ms
 
 
 def test_pubsub_bills_at_least_1000_bytes_a_request() -> None:
@@ -108,7 +117,7 @@ def test_the_jobs_collection_binds_first_at_ten_million_a_day() -> None:
     load = capacity.Load(10_000_000, 10)
     rows = [row for row in capacity.limits(DOC, A, load) if "Cloud Trace" not in row["limit"]]
     assert rows[0]["limit"].startswith("Firestore: 500 writes/s to a collection")
-    assert rows[0]["binds_at"] == pytest.approx(500 / 5.075, abs=0.1)
+    assert rows[0]["binds_at"] == pytest.approx(500 / 6.69, abs=0.1)
     assert [row["binds_at"] for row in rows] == sorted(row["binds_at"] for row in rows)
 
 
