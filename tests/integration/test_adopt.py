@@ -98,6 +98,7 @@ def test_cut_over_adopts_every_prediction_in_flight_once_and_finishes_each_in_it
     job_events: Tap,
     model: str,
     capsys: pytest.CaptureFixture[str],
+    pytestconfig: pytest.Config,
 ) -> None:
     # Finished over an hour ago: the simulator's clock moves on past its retention, its files are gone.
     expired = create(old_worker, model, duration=0.2, files=1)
@@ -119,8 +120,10 @@ def test_cut_over_adopts_every_prediction_in_flight_once_and_finishes_each_in_it
     # 1. The dry run, through the command line: the table, and nothing written.
     assert cli.main(["adopt", "--dry-run", "--since", "2h", "--model", model]) == 0
     dry = capsys.readouterr()
-    with capsys.disabled():  # shown with -s: docs/MIGRATION.md quotes a run
-        print(f"\n$ python -m relay adopt --dry-run --since 2h --model {model}\n{dry.err}{dry.out}")
+    show = pytestconfig.getoption("capture") == "no"  # with -s, the run docs/MIGRATION.md quotes
+    if show:
+        with capsys.disabled():
+            print(f"\n$ python -m relay adopt --dry-run --since 2h --model {model}\n{dry.err}{dry.out}")
     for prediction_id, action in mine.items():
         assert f"{prediction_id}  {model}" in dry.out
         assert any(prediction_id in line and f"  {action.value}" in line for line in dry.out.splitlines())
@@ -133,8 +136,9 @@ def test_cut_over_adopts_every_prediction_in_flight_once_and_finishes_each_in_it
     progress: list[str] = []
     adopter.progress = progress.append
     report = adopter.run(utcnow() - timedelta(hours=2), model=model)
-    with capsys.disabled():
-        print(f"$ python -m relay adopt --since 2h --model {model}\n" + "\n".join(progress) + "\n" + render(report))
+    if show:
+        with capsys.disabled():
+            print(f"$ python -m relay adopt --since 2h --model {model}\n" + "\n".join(progress) + "\n" + render(report))
     assert {pid: action for pid, action in actions(report).items() if pid in mine} == mine
     assert actions(report)[other] == Action.SKIPPED
     assert report.pages >= 3
