@@ -625,7 +625,8 @@ def targets_section(runs: Mapping[str, Mapping[str, Any] | None], recorded: list
         "e2e.py's other defaults (3 s predictions, 3 log lines, no duplicate or reorder chaos), not `--quick`, "
         "and no problem reported (no webhook lost, every job submitted and final). Any other run shows its "
         "figures as *not a target run*; a run without results, *not measured*. The issue is done when every "
-        "target is met in two recorded runs.",
+        "target is met in two recorded runs. What each of the lean pipeline's changes did, measured one at a "
+        "time: [PERFORMANCE.md](PERFORMANCE.md), \"What each change did\".",
         "",
         text_table(["target", "limit", "measured", "verdict"], rows),
         "",
