@@ -626,7 +626,7 @@ def targets_section(runs: Mapping[str, Mapping[str, Any] | None], recorded: list
         "and no problem reported (no webhook lost, every job submitted and final). Any other run shows its "
         "figures as *not a target run*; a run without results, *not measured*. The issue is done when every "
         "target is met in two recorded runs. What each of the lean pipeline's changes did, measured one at a "
-        "time: [PERFORMANCE.md](PERFORMANCE.md), \"What each change did\".",
+        'time: [PERFORMANCE.md](PERFORMANCE.md), "What each change did".',
         "",
         text_table(["target", "limit", "measured", "verdict"], rows),
         "",
