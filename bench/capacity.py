@@ -150,8 +150,8 @@ ASSUMED: dict[str, tuple[float, str]] = {
     ),
     "log_bytes": (
         1_050,
-        "one log entry as Cloud Logging bills it: Relay's JSON lines measured 551-688 B, plus ~400 B of "
-        "LogEntry metadata (resource, labels, trace)",
+        "one log entry as Cloud Logging bills it: Relay's JSON lines measured 548-739 B (e2e, 2026-12-02), "
+        "plus ~400 B of LogEntry metadata (resource, labels, trace)",
     ),
     "request_log_bytes": (800, "one Cloud Run request log entry (run.googleapis.com/requests), not measured"),
     "metric_series_per_instance": (12, "time series each instance exports (relay.* instruments x labels)"),
