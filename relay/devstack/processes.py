@@ -81,13 +81,17 @@ def free_port(host: str = "127.0.0.1") -> int:
     raise StackError(f"no free port on {host} between {low} and {high} after 200 tries")
 
 
-# "java.net.BindException: ...", "OSError: ...", after a "[firestore] " prefix that gcloud may add.
-_EXCEPTION_LINE = re.compile(r"^(?:\[[\w-]+\]\s*)?((?:[\w$]+\.)*[\w$]*(?:Exception|Error): .*)$", re.MULTILINE)
+# "java.net.BindException: ...", "OSError: ...", after a "[firestore] " prefix that gcloud may add,
+# or gcloud's own "ERROR: (gcloud.emulators.firestore.start) ...".
+_EXCEPTION_LINE = re.compile(
+    r"^(?:\[[\w-]+\]\s*)?((?:[\w$]+\.)*[\w$]*(?:Exception|Error): .*|ERROR: \(gcloud[\w.-]*\) .*)$", re.MULTILINE
+)
 
 
 def first_exception(text: str) -> str | None:
-    """The first line that names an exception (a JVM's "java.net.BindException: Address already in
-    use", a Python "OSError: ..."), which the last lines of a long stack trace do not show."""
+    """The first line that names an exception or an error (a JVM's "java.net.BindException: Address
+    already in use", a Python "OSError: ...", gcloud's "ERROR: (gcloud...)"), which the last lines of
+    a long stack trace or usage text do not show."""
     match = _EXCEPTION_LINE.search(text)
     return match.group(1).strip() if match else None
 

@@ -58,6 +58,11 @@ def test_free_port_skips_a_port_in_use(monkeypatch: pytest.MonkeyPatch) -> None:
             "OSError: [Errno 98] Address already in use\n",
             "OSError: [Errno 98] Address already in use",
         ),
+        (
+            "ERROR: (gcloud.emulators.firestore.start) argument --host-port: Failed to parse host and port.\n\n"
+            "  IPv4_ADDRESS_OR_HOSTNAME:PORT\n",
+            "ERROR: (gcloud.emulators.firestore.start) argument --host-port: Failed to parse host and port.",
+        ),
         ("[pubsub] Server started, listening on 8085\n[pubsub] INFO: errors: 0\n", None),
         ("", None),
     ],
