@@ -68,15 +68,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, files: FileServer, gcs_proxy
             "RELAY_COALESCE_SECONDS": "0.5",
         },
     )
-    local = LocalStack(config)
-    local.start()
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in local.client_env.items():
-            patch.setenv(name, value)
-        try:
-            yield local
-        finally:
-            local.stop()
+    with integration.serving(config) as local:
+        yield local
 
 
 @pytest.fixture

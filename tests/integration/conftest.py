@@ -15,7 +15,7 @@ import pytest
 from google.api_core import exceptions as google_exceptions
 from google.cloud import firestore, pubsub_v1
 
-from relay.devstack.stack import LocalStack, StackConfig
+from relay.devstack.stack import LocalStack, StackConfig, running
 from relay.jobs import Job
 from relay.jobstore import JOBS
 from relay.replicate_api import ReplicateAPI
@@ -63,15 +63,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory, files: FileServer) -> Iterat
             "RELAY_RECONCILE_SUBMITTED_SECONDS": "3",
         },
     )
-    local = LocalStack(config)
-    local.start()
-    with pytest.MonkeyPatch.context() as patch:
+    with serving(config) as local:
+        yield local
+
+
+@contextlib.contextmanager
+def serving(config: StackConfig) -> Iterator[LocalStack]:
+    """The stack of `config`, started, with its clients' environment set (how Google's clients in the
+    tests find the emulators); every process stopped at the end. The fault suite's stacks too."""
+    with running(config) as local, pytest.MonkeyPatch.context() as patch:
         for name, value in local.client_env.items():
             patch.setenv(name, value)
-        try:
-            yield local
-        finally:
-            local.stop()
+        yield local
 
 
 @pytest.fixture
