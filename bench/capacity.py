@@ -66,30 +66,30 @@ class Counts:
         )
 
 
-# docs/BENCHMARKS.md, "End to end" (full run measured 2026-12-02T02:40:44+00:00 at commit 05da599, after
+# docs/BENCHMARKS.md, "End to end" (full run measured 2026-12-02T04:30:44+00:00 at commit 6b4b715, after
 # issue #14's lean pipeline: 200 predictions at 5/s, 2 files of 16 KiB each, every webhook event) and the
 # receiver's 767 µs server CPU per webhook (full run measured 2026-11-29T20:14:24+00:00; the runs of
-# 2026-12-02 measure 381-428 µs on a faster machine, docs/PERFORMANCE.md). Used when
+# 2026-12-02 measure 204-428 µs on faster machines, docs/PERFORMANCE.md). Used when
 # bench/results/e2e.json is not on this machine.
 DOCUMENTED_COUNTS = Counts(
     source="docs/BENCHMARKS.md (no bench/results/e2e.json here)",
-    measured_at="2026-12-02T02:40:44+00:00",
+    measured_at="2026-12-02T04:30:44+00:00",
     predictions=200,
-    webhooks=6.01,
-    replicate_events=6.01,
+    webhooks=6.0,
+    replicate_events=6.0,
     job_events=1.0,
     succeeded_share=1.0,
     files=2,
     writes={
         "submit": 600 / 200,
-        "event_records": 1202 / 200,
-        "job_updates_by_events": 538 / 200,
+        "event_records": 1200 / 200,
+        "job_updates_by_events": 600 / 200,
         "archive_finish": 200 / 200,
         "announcements": 200 / 200,
     },
-    commits=8.02,
-    job_status_ms=27.1,
-    archive_ms=77.5,
+    commits=8.01,
+    job_status_ms=13.7,
+    archive_ms=42.8,
     receiver_cpu_us=767.0,
 )
 
@@ -143,14 +143,14 @@ ASSUMED: dict[str, tuple[float, str]] = {
     "receiver_latency_ms": (15.8, "receiver answer time (BENCHMARKS.md: p50 at half its peak, emulator)"),
     "spans_per_webhook": (
         12.3,
-        "spans per webhook with the archive-outputs filter applied: 74.1 per prediction counted in the span "
-        "file of the 5/s e2e run of 2026-12-02 (commit 05da599; 74.0 at 1/s) once the spans of the 1,002 "
-        "ignored pushes the emulator makes are left out: receiver 2, job-status 5.8 a webhook, "
+        "spans per webhook with the archive-outputs filter applied: 74.0 per prediction counted in the span "
+        "files of both e2e runs of 2026-12-02 (commit 6b4b715, 1/s and 5/s) once the spans of the pushes the "
+        "emulator makes for non-succeeded events are left out: receiver 2, job-status 5.8 a webhook, "
         "archive-outputs 27 a succeeded prediction",
     ),
     "log_bytes": (
         1_050,
-        "one log entry as Cloud Logging bills it: Relay's JSON lines measured 548-739 B (e2e, 2026-12-02), "
+        "one log entry as Cloud Logging bills it: Relay's JSON lines measured 548-738 B (e2e, 2026-12-02), "
         "plus ~400 B of LogEntry metadata (resource, labels, trace)",
     ),
     "request_log_bytes": (800, "one Cloud Run request log entry (run.googleapis.com/requests), not measured"),
