@@ -145,8 +145,9 @@ def test_wait_that_times_out_raises_within_its_bound_with_the_last_state_seen(
     with activity.recording(), pytest.raises(JobWaitTimeout) as raised:
         client.wait(job.job_id, timeout=1.5)
     elapsed = time.monotonic() - started
-    # The bound, plus closing the listener (it joins the listener's thread for at most a second).
-    assert 1.5 <= elapsed < 3.5
+    # The bound, plus closing the listener (it joins the listener's thread for at most a second),
+    # plus slack for a busy shared machine: still far from the 20 s the prediction runs.
+    assert 1.5 <= elapsed < 6
     assert isinstance(raised.value, TimeoutError)
     assert raised.value.last_state in {"submitted", "starting", "processing"}
     assert raised.value.job_id == job.job_id
