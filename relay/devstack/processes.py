@@ -22,8 +22,15 @@ class StackError(Exception):
 
 
 def ensure_port_free(host: str, port: int, what: str) -> None:
-    """Fail fast, naming the port and its user, when something already listens there."""
+    """Fail fast, naming the port and its user, when something already listens there.
+
+    The probe binds with SO_REUSEADDR, as every server of the stack does (the emulators' JVMs,
+    fake-gcs-server, gunicorn, uvicorn): the connections a stack stopped moments ago leaves in
+    TIME_WAIT on its ports (for a minute on Linux) do not keep those servers from binding, so they
+    must not fail this check either, while a live listener on the port still does.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as error:
@@ -207,8 +214,9 @@ class ManagedProcess:
             return None
 
     def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM the whole group, then SIGKILL whatever is left after `timeout`; returns the leader's
-        exit status (negative: the signal that ended it), None when it was not running."""
+        """SIGTERM the whole group, then SIGKILL whatever is left after `timeout`; returns, once no
+        process of the group runs, the leader's exit status (negative: the signal that ended it),
+        None when it was not running."""
         process = self._process
         if process is None:
             return None
@@ -219,6 +227,7 @@ class ManagedProcess:
         self._signal_group(process.pid, signal.SIGKILL)
         process.wait()
         self._process = None
+        wait_group_gone(process.pid)
         return process.returncode
 
     def kill(self) -> None:
@@ -229,6 +238,7 @@ class ManagedProcess:
         self._signal_group(process.pid, signal.SIGKILL)
         process.wait()
         self._process = None
+        wait_group_gone(process.pid)
 
     def log_tail(self, lines: int = 5) -> str:
         try:
@@ -249,3 +259,45 @@ class ManagedProcess:
     def _signal_group(pgid: int, signum: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signum)
+
+
+def group_members(pgid: int) -> list[int]:
+    """The processes of group `pgid` still running; zombies, which hold no port, are left out (an
+    orphan's zombie lasts as long as whatever reaps orphans here takes, or for ever)."""
+    proc = Path("/proc")
+    if not (proc / "self" / "stat").exists():  # no procfs: any process of the group, zombies too
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return []
+        except PermissionError:
+            pass
+        return [pgid]
+    members = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        # "pid (comm) state ppid pgrp ...", where comm may hold spaces and parentheses
+        state, _, group = stat[stat.rfind(")") + 2 :].split()[:3]
+        if int(group) == pgid and state not in {"Z", "X"}:
+            members.append(int(entry.name))
+    return members
+
+
+def wait_group_gone(pgid: int, timeout: float = 10.0) -> bool:
+    """Wait until no process of group `pgid` runs (True), or `timeout` passes (False).
+
+    A JVM that SIGKILL reached can take seconds to exit, its sockets still listening meanwhile: a
+    stack started again on the same ports at once (`relay dev` right after the last, a restarted
+    emulator) would find them taken.
+    """
+    deadline = time.monotonic() + timeout
+    while group_members(pgid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
