@@ -131,7 +131,7 @@ class JobsApi:
         if isinstance(claimed, Resume):
             # The first attempt died after recording its job id. If its job exists, the prediction
             # may too: answer with the job rather than risk a second prediction.
-            existing = self.store.get(claimed.job_id)
+            existing = self.store.load(claimed.job_id)
             if existing is not None:
                 answer = self._created(existing)
                 self.idempotency.answer(key, answer.status, answer.body)
@@ -148,7 +148,7 @@ class JobsApi:
 
     def get(self, job_id: str) -> Answer:
         """`GET /v1/jobs/{job_id}`."""
-        job = self.store.get(job_id) if _JOB_ID.match(job_id) and job_id not in {".", ".."} else None
+        job = self.store.load(job_id) if _JOB_ID.match(job_id) and job_id not in {".", ".."} else None
         if job is None:
             raise errors.NotFound(f"there is no job {job_id[:200]!r}")
         return Answer(200, job_json(job))
@@ -164,7 +164,8 @@ class JobsApi:
             except InvalidCursor as error:
                 raise errors.InvalidParameter(str(error), errors=[{"field": "cursor", "message": str(error)}]) from None
         page = list_jobs(self.firestore, state=state, limit=limit, cursor=cursor)
-        body = JobList(jobs=page.jobs, next_cursor=page.next_cursor).model_dump(mode="json")
+        jobs = [self.store.resolve(job) for job in page.jobs]
+        body = JobList(jobs=jobs, next_cursor=page.next_cursor).model_dump(mode="json")
         return Answer(200, body)
 
     def _claim(self, key: str, request: str) -> Proceed | Resume | Replay | InProgress | Reused:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -24,6 +25,11 @@ from relay.jobstore import JOBS
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
 _CURSOR_VERSION = 1
+# How the OpenAPI document describes a cursor: what `Cursor.encode` makes (base64url, no padding)
+# and the name of that kind of string, for generators that can make one (tests/integration/test_api_fuzz.py).
+CURSOR_FORMAT = "relay-cursor"
+CURSOR_PATTERN = "^[A-Za-z0-9_-]*$"
+_RESERVED_ID = re.compile(r"__.*__", re.DOTALL)
 
 
 class InvalidCursor(ValueError):
@@ -53,19 +59,35 @@ class Cursor:
         try:
             raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
             data = json.loads(raw)
-            if not isinstance(data, dict) or data.get("v") != _CURSOR_VERSION:
+            # Only what encode() makes: anything else reaching the query (an id Firestore refuses,
+            # such as "" or "a/b", a naive time) would be a 5xx instead of this 400.
+            if not isinstance(data, dict) or type(data.get("v")) is not int or data["v"] != _CURSOR_VERSION:
                 raise InvalidCursor("not a cursor of this API")
-            created = data.get("c")
-            cursor = cls(
-                created_at=datetime.fromisoformat(created) if created is not None else None,
-                job_id=str(data["i"]),
-                state=data.get("s"),
-            )
+            created, job_id, state_value = data.get("c"), data["i"], data.get("s")
+            created_at = datetime.fromisoformat(created) if created is not None else None
+            if created_at is not None and created_at.utcoffset() is None:
+                raise InvalidCursor("not a cursor of this API")
+            if not _document_id(job_id) or not (state_value is None or isinstance(state_value, str)):
+                raise InvalidCursor("not a cursor of this API")
+            cursor = cls(created_at=created_at, job_id=job_id, state=state_value)
         except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError):
             raise InvalidCursor("not a cursor of this API") from None
         if cursor.state != state:
             raise InvalidCursor("this cursor belongs to a listing with another state filter")
         return cursor
+
+
+def _document_id(value: object) -> bool:
+    """Whether `value` can be a Firestore document id: a non-empty string of at most 1,500 bytes of
+    UTF-8, without "/", not "." or "..", not of the reserved form `__.*__`."""
+    if not isinstance(value, str) or not value or "/" in value or value in {".", ".."}:
+        return False
+    if _RESERVED_ID.fullmatch(value):
+        return False
+    try:
+        return len(value.encode("utf-8")) <= 1500
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
 
 
 @dataclass(frozen=True)
@@ -87,7 +109,7 @@ def list_jobs(client: firestore.Client, *, state: JobState | None, limit: int, c
         query = query.start_after({"created_at": cursor.created_at, "__name__": cursor.job_id})
     # One more than asked: whether a next page exists, without a second query.
     snapshots = list(query.limit(limit + 1).stream())
-    jobs = [Job.model_validate(snapshot.to_dict()) for snapshot in snapshots[:limit]]
+    jobs = [Job.from_document(snapshot.to_dict() or {}) for snapshot in snapshots[:limit]]
     if len(snapshots) <= limit or not jobs:
         return Page(jobs, None)
     last = jobs[-1]

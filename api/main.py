@@ -17,7 +17,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import flask
+import functions_framework
 import google.auth.exceptions
+import google.cloud.storage as storage
 import requests
 from google.api_core import exceptions as google_exceptions
 from google.cloud import firestore
@@ -34,6 +36,7 @@ from relay.jobstore import JobStore
 from relay.replicate_api import ReplicateAPI
 from relay.serve import flask_health
 from relay.submit import Submitter
+from relay.values import ValueStore
 
 log = logging.getLogger("relay.api")
 
@@ -67,7 +70,8 @@ def _get_api() -> JobsApi:
     with _lock:
         if _jobs_api is None:
             client = firestore.Client(project=SETTINGS.project)
-            store = JobStore(client, policy=SETTINGS.policy)
+            bucket = storage.Client(project=SETTINGS.project).bucket(SETTINGS.bucket)
+            store = JobStore(client, policy=SETTINGS.policy, values=ValueStore(bucket))
             submit = SETTINGS.submit
             _jobs_api = JobsApi(
                 store=store,
@@ -79,7 +83,6 @@ def _get_api() -> JobsApi:
                     # No job-events publisher: the API's account has no Pub/Sub role. A submission
                     # Replicate refuses is answered at once; the reconciler announces its job.
                     job_events=None,
-                    policy=SETTINGS.policy,
                 ),
                 idempotency=IdempotencyStore(
                     client, retention=SETTINGS.idempotency_retention, lease=SETTINGS.idempotency_lease
@@ -137,6 +140,18 @@ def api(request: flask.Request) -> flask.Response:
     if telemetry.flush_each_request():
         telemetry.flush()
     return response
+
+
+def _unrouted(error: Exception) -> flask.Response:
+    """functions-framework's own 404s, for the paths its route does not match (one holding a
+    newline, say) or that it keeps for itself (/robots.txt, /favicon.ico): the API's problem too,
+    never Flask's HTML page."""
+    path = flask.request.path
+    return problem_response(errors.NotFound(f"no such resource: {path[:200]}"), path)
+
+
+# Registered on the app functions-framework is creating (a no-op when this module is imported alone).
+functions_framework.errorhandler(404)(_unrouted)
 
 
 def _dispatch(request: flask.Request) -> Answer:
@@ -202,8 +217,15 @@ def problem_response(error: errors.ApiError, instance: str) -> flask.Response:
     return response
 
 
-def _json(body: Mapping[str, Any]) -> str:
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")) + "\n"
+def _json(body: Mapping[str, Any]) -> bytes:
+    """The body as UTF-8 JSON. A string holding a lone surrogate (a value that came as JSON's
+    `\\ud800` escape, which json.loads lets through) cannot be encoded as UTF-8: such a body is
+    written with every non-ASCII character escaped instead, which is the same JSON."""
+    text = json.dumps(body, ensure_ascii=False, separators=(",", ":")) + "\n"
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return (json.dumps(body, separators=(",", ":")) + "\n").encode("ascii")
 
 
 def _route_name(path: str) -> str:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
 
-from relay.config import ConfigError, Env, project_id, token_check_mode
+from relay.config import ConfigError, Env, bucket_name, inline_value_bytes, project_id, token_check_mode
 from relay.jobs import Policy
 from relay.submit import SubmitSettings
 from relay.telemetry import TelemetrySettings
@@ -51,6 +51,7 @@ class ApiSettings:
     submit: SubmitSettings
     auth: ApiAuthSettings
     policy: Policy
+    bucket: str  # values too large for a job document are kept there
     max_body_bytes: int
     idempotency_retention: timedelta  # how long a key's answer is replayed
     idempotency_lease: timedelta  # how long a request holds its key before another may take over
@@ -68,7 +69,8 @@ class ApiSettings:
             project=project,
             submit=SubmitSettings.from_env(environ),
             auth=ApiAuthSettings.from_env(env),
-            policy=Policy(input_value_max_chars=env.get_int("RELAY_INPUT_VALUE_MAX_CHARS", 1000, minimum=16)),
+            policy=Policy(inline_value_bytes=inline_value_bytes(env)),
+            bucket=bucket_name(env, project),
             max_body_bytes=max_body,
             idempotency_retention=timedelta(
                 hours=env.get_int("RELAY_API_IDEMPOTENCY_HOURS", 24, minimum=1, maximum=24 * 30)

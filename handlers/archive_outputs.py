@@ -13,9 +13,9 @@ from handlers.errors import TRANSIENT_ERRORS, TransientError
 from relay.archive import ArchiveConflict, Archiver
 from relay.downloads import DownloadError, DownloadFailed, DownloadGone
 from relay.events import PredictionEvent, PredictionStatus
-from relay.jobs import Failure, Outcome, Policy, needs_archive, outputs_removed
+from relay.jobs import Failure, Outcome, outputs_removed
 from relay.jobstore import Applied, JobStore, Located
-from relay.outputs import ArchivedObject, FailedOutput, find_files, plain_value
+from relay.outputs import ArchivedObject, FailedOutput, find_files
 
 ACTOR = "archive-outputs"
 # A job's files are copied side by side (two 16 KiB files: ~25 ms instead of ~45 ms here), on one
@@ -34,7 +34,7 @@ class ArchiveResult:
     failure: Failure | None = None
 
 
-def archive(event: PredictionEvent, *, store: JobStore, archiver: Archiver, policy: Policy) -> ArchiveResult:
+def archive(event: PredictionEvent, *, store: JobStore, archiver: Archiver) -> ArchiveResult:
     """Archive every output of a succeeded prediction, then finish its job in one transaction.
 
     Download errors that time cannot fix (expired, refused) end the job `failed`; network errors,
@@ -47,14 +47,11 @@ def archive(event: PredictionEvent, *, store: JobStore, archiver: Archiver, poli
     if outputs_removed(event):
         return _expired(event, store)
     files = find_files(prediction.output)
-    if not files and not needs_archive(prediction.output, policy):
+    if not files:
         return ArchiveResult("nothing_to_archive")  # job-status makes such a job final by itself
 
     # The copies run on the shared pool while this thread looks the job up: neither waits for the other.
-    if files:
-        copies = [_copy(archiver.archive_file, prediction.id, output) for output in files]
-    else:
-        copies = [_copy(archiver.archive_value, prediction.id, plain_value(prediction.output))]
+    copies = [_copy(archiver.archive_file, prediction.id, output) for output in files]
     try:
         located: Located | None = store.locate(prediction.id)
     except TRANSIENT_ERRORS:
@@ -68,8 +65,6 @@ def archive(event: PredictionEvent, *, store: JobStore, archiver: Archiver, poli
     outputs: list[dict[str, Any]] = []
     failure: Failure | None = None
     try:
-        if not files:
-            outputs.append(copies[0].result().to_document())
         for output, copy in zip(files, copies, strict=False):
             try:
                 outputs.append(copy.result().to_document())

@@ -35,6 +35,7 @@ from relay.publisher import PublishError, TopicPublisher
 from relay.replicate_api import ReplicateAPI
 from relay.serve import flask_health
 from relay.topology import load as load_topology
+from relay.values import ValueStore
 
 log = logging.getLogger("relay.handlers")
 
@@ -81,6 +82,7 @@ def _get_clients_unlocked() -> Clients:
                 firestore.Client(project=SETTINGS.project),
                 policy=SETTINGS.policy,
                 event_retention=SETTINGS.event_retention,
+                values=ValueStore(bucket),
             ),
             job_events=TopicPublisher(SETTINGS.job_events_topic_path, deadline_seconds=deadline),
             archiver=Archiver(bucket, Downloader(SETTINGS.downloads), chunk_bytes=SETTINGS.upload_chunk_bytes),
@@ -175,6 +177,7 @@ def _apply_job_status(envelope: PushEnvelope, span: Span) -> dict[str, Any]:
         "job_id": applied.job_id,
         "state": applied.state,
         "announced": announced,
+        **_not_stored(applied),
         **_event_fields(envelope, event.attributes.source.value),
     }
 
@@ -182,7 +185,7 @@ def _apply_job_status(envelope: PushEnvelope, span: Span) -> dict[str, Any]:
 def _archive_outputs(envelope: PushEnvelope, span: Span) -> dict[str, Any]:
     event = decode_event(envelope)
     clients = _get_clients()
-    result = archive_handler.archive(event, store=clients.store, archiver=clients.archiver, policy=SETTINGS.policy)
+    result = archive_handler.archive(event, store=clients.store, archiver=clients.archiver)
     job = result.applied.job if result.applied else None
     if result.applied:
         span.set_attribute(telemetry.JOB_ID, result.applied.job_id)
@@ -197,8 +200,18 @@ def _archive_outputs(envelope: PushEnvelope, span: Span) -> dict[str, Any]:
         "bytes_archived": archived_bytes,
         "error_code": result.failure.code if result.failure else None,
         "announced": announced,
+        **_not_stored(result.applied),
         **_event_fields(envelope, event.attributes.source.value),
     }
+
+
+def _not_stored(applied: Applied | None) -> dict[str, Any]:
+    """A job written without the prediction's values because Firestore refused them: the message
+    is done with (acknowledged) and the job final if Replicate's event was, but someone should know."""
+    if applied is None or applied.not_stored is None:
+        return {}
+    telemetry.METRICS.not_stored.add(1, {"state": applied.state or "unknown"})
+    return {"error_code": "not_stored", "not_stored": applied.not_stored}
 
 
 def _announce_if_owed(clients: Clients, applied: Applied | None, actor: str) -> bool:

@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Literal
 
 from handlers.reconcile import ReconcileSettings
-from relay.config import ConfigError, Env, Secret, project_id, token_check_mode
+from relay.config import ConfigError, Env, Secret, bucket_name, inline_value_bytes, project_id, token_check_mode
 from relay.downloads import DownloadPolicy
 from relay.jobs import Policy
 from relay.replicate_api import DEFAULT_BASE_URL
@@ -110,11 +110,10 @@ class HandlerSettings:
             policy=Policy(
                 coalesce_window=timedelta(seconds=env.get_float("RELAY_COALESCE_SECONDS", 1.0)),
                 logs_tail_chars=env.get_int("RELAY_LOGS_TAIL_CHARS", 4000),
-                input_value_max_chars=env.get_int("RELAY_INPUT_VALUE_MAX_CHARS", 1000, minimum=16),
-                output_value_max_bytes=env.get_int("RELAY_OUTPUT_VALUE_MAX_BYTES", 16 * 1024),
+                inline_value_bytes=inline_value_bytes(env),
             ),
             event_retention=timedelta(days=env.get_int("RELAY_EVENT_RETENTION_DAYS", 30, minimum=1, maximum=3650)),
-            bucket=env.get_str("RELAY_BUCKET", f"{project}-relay-outputs"),
+            bucket=bucket_name(env, project),
             job_events_topic=env.get_str("RELAY_JOB_EVENTS_TOPIC", "job-events"),
             publish_deadline_seconds=env.get_float("RELAY_PUBLISH_DEADLINE_SECONDS", 10.0, minimum=0.1),
             downloads=DownloadPolicy(

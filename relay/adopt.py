@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from relay.config import ConfigError, Env, Secret
 from relay.events import EventAttributes, PayloadError, Prediction, Source, parse_prediction
-from relay.jobs import DEFAULT_POLICY, Job, Policy, cut_input
+from relay.jobs import Job
 from relay.jobstore import JobStore, utcnow
 from relay.ops.render import iso, table
 from relay.publisher import PublishError, TopicPublisher
@@ -153,7 +153,6 @@ class Adopter:
     replicate: ReplicateAPI
     events: TopicPublisher
     requests_per_second: float = DEFAULT_REQUESTS_PER_SECOND
-    policy: Policy = DEFAULT_POLICY
     clock: Callable[[], datetime] = utcnow
     progress: Callable[[str], None] = lambda _: None
     sleep: Callable[[float], None] = time.sleep
@@ -215,7 +214,7 @@ class Adopter:
             source=SOURCE,
             model=prediction.model,
             version=prediction.version,
-            input=cut_input(prediction.input, self.policy.input_value_max_chars) if prediction.input else None,
+            input=prediction.input,
             created_at=prediction.created_at,
         )
         if not self.store.adopt(job):

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Iterator
-from typing import Any
 
 import google.cloud.storage as storage
 import google_crc32c
@@ -22,10 +20,6 @@ class ArchiveConflict(Exception):
 
 def object_name(prediction_id: str, index: int, file_name: str) -> str:
     return f"predictions/{prediction_id}/{index}-{file_name}"
-
-
-def value_object_name(prediction_id: str) -> str:
-    return f"predictions/{prediction_id}/output.json"
 
 
 class Archiver:
@@ -75,20 +69,6 @@ class Archiver:
         for blob in self._bucket.list_blobs(prefix=name, max_results=1):
             return blob if blob.name == name else None
         return None
-
-    def archive_value(self, prediction_id: str, value: Any) -> ArchivedObject:
-        """Store a plain output too large for the job document as one JSON object."""
-        data = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-        name = value_object_name(prediction_id)
-        reader = ChecksummingReader(iter([data]))
-        blob = self._bucket.blob(name)
-        try:
-            blob.upload_from_file(
-                reader, size=len(data), content_type="application/json", if_generation_match=0, retry=None
-            )
-        except google_exceptions.PreconditionFailed:
-            return self._already_there(name, reader, None, None)
-        return self._describe(blob, None, None, already=False)
 
     def _upload(self, name: str, reader: ChecksummingReader, download: Download, index: int) -> ArchivedObject:
         blob = self._bucket.blob(name, chunk_size=self._chunk_bytes)

@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, Any
 from google.cloud import firestore
 from google.cloud.firestore_v1.watch import Watch
 
-from relay.config import ConfigError, Env, project_id
-from relay.jobs import Job, JobState
+from relay.config import ConfigError, Env, bucket_name, inline_value_bytes, project_id
+from relay.jobs import Job, JobState, Policy
 from relay.jobstore import JobStore
 from relay.replicate_api import ModelRef
+from relay.values import ValueStore
 
 if TYPE_CHECKING:
     from relay.submit import Submitter
@@ -108,6 +109,8 @@ class RelayClient:
         wait for or watch jobs submitted elsewhere.
         """
         # relay.submit imports this module for `relay submit --wait`.
+        import google.cloud.storage as storage  # noqa: PLC0415 - only a client made from the environment needs it
+
         from relay.publisher import TopicPublisher  # noqa: PLC0415
         from relay.replicate_api import ReplicateAPI  # noqa: PLC0415
         from relay.submit import SubmitSettings, Submitter  # noqa: PLC0415
@@ -115,7 +118,13 @@ class RelayClient:
         environ = os.environ if environ is None else environ
         env = Env(environ)
         project = project_id(env)
-        store = JobStore(firestore.Client(project=project))
+        # Values too large for a job document are read back from the bucket (read access suffices).
+        bucket = storage.Client(project=project).bucket(bucket_name(env, project))
+        store = JobStore(
+            firestore.Client(project=project),
+            policy=Policy(inline_value_bytes=inline_value_bytes(env)),
+            values=ValueStore(bucket),
+        )
         if not submitting:
             return cls(store)
         settings = SubmitSettings.from_env(environ)
@@ -157,8 +166,8 @@ class RelayClient:
         return submitter.submit(ref, input, metadata=metadata)
 
     def get(self, job_id: str) -> Job | None:
-        """The job as it is now (one read), None if there is no such job."""
-        return self._store.get(job_id)
+        """The job as it is now (one read, and one more per value kept in the bucket), None if there is no such job."""
+        return self._store.load(job_id)
 
     # ---- waiting without polling ----
 
@@ -188,7 +197,8 @@ class RelayClient:
         round trip can be skipped, never repeated or reordered (jobs only move forward). The
         listener opens at the first next() and `timeout` counts from there; JobWaitTimeout is
         raised when it runs out. The listener is closed however the iteration ends: the final
-        state, an exception, or the generator closed or dropped early.
+        state, an exception, or the generator closed or dropped early. The final job comes with
+        every value; before it, a value kept in the bucket is null (see `Job.stored_values`).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         listener = self._open(job_id)
@@ -203,11 +213,12 @@ class RelayClient:
                     if last is not None:
                         raise JobGone(f"job {job_id} was deleted while watched (last seen {last.state})")
                     continue
-                job = Job.model_validate(data)
+                job = self._store.parse(data)
                 if last is not None and job.state == last.state:
                     continue  # progress within a state (logs, outputs): not a state change
                 last = job
-                yield job
+                # A final job comes whole: its values kept in the bucket are read back.
+                yield self._store.resolve(job) if job.is_terminal else job
                 if job.is_terminal:
                     return
         finally:

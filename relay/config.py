@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 from relay import logs
+from relay.values import DEFAULT_INLINE_BYTES
 
 T = TypeVar("T")
 
@@ -111,6 +112,16 @@ def project_id(env: Env) -> str:
         if value:
             return value
     raise ConfigError("RELAY_PROJECT (or GOOGLE_CLOUD_PROJECT) is required but not set")
+
+
+def bucket_name(env: Env, project: str) -> str:
+    """The archive bucket (outputs, and values too large for a job document): RELAY_BUCKET, else Terraform's name."""
+    return env.get_str("RELAY_BUCKET", f"{project}-relay-outputs")
+
+
+def inline_value_bytes(env: Env) -> int:
+    """RELAY_INLINE_VALUE_BYTES: how much of a prediction's JSON a job document keeps inline (relay.values)."""
+    return env.get_int("RELAY_INLINE_VALUE_BYTES", DEFAULT_INLINE_BYTES, minimum=1024, maximum=512 * 1024)
 
 
 def load_or_exit(load: Callable[[], T], service: str) -> T:

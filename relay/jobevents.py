@@ -12,6 +12,7 @@ from relay.jobs import Job
 from relay.jobstore import JobStore
 from relay.outputs import ArchivedObject
 from relay.publisher import TopicPublisher
+from relay.values import StoredValue
 
 SCHEMA_VERSION: Literal["1"] = "1"
 
@@ -56,12 +57,20 @@ class JobEvent(BaseModel):
         description="The archived copies of the output, in order (see the job's `outputs`); files that could not be "
         "archived are left out (the job failed: see `error_code`)."
     )
+    output: Any = Field(
+        description="The prediction's output exactly as Replicate sent it (see the job's `output`); null when it is "
+        "kept in the bucket (see `stored_values`)."
+    )
     output_value: Any = Field(
         description="The output when it has no files and is small (see the job's `output_value`); null otherwise."
     )
     error: Any = Field(description="What went wrong (see the job's `error`); null for a succeeded job.")
     error_code: str | None = Field(description="Why the job did not succeed (see the job's `error_code`).")
     metadata: dict[str, str] = Field(description="The submitter's own key/values, as on the job.")
+    stored_values: dict[str, StoredValue] = Field(
+        description="The prediction's values kept in the bucket, as on the job: `output` among them when it was too "
+        "large to carry here."
+    )
     completed_at: Annotated[
         datetime | None, WithJsonSchema({"anyOf": [{"type": "string", "format": "date-time"}, {"type": "null"}]})
     ] = Field(
@@ -86,10 +95,12 @@ class JobEvent(BaseModel):
                 "model": job.model,
                 # A failed entry has no copy to point to.
                 "outputs": [AnnouncedOutput.model_validate(entry) for entry in job.outputs if entry.get("gs_uri")],
+                "output": job.output,
                 "output_value": job.output_value,
                 "error": job.error,
                 "error_code": job.error_code,
                 "metadata": job.metadata,
+                "stored_values": job.stored_values,
                 "completed_at": job.completed_at,
             }
         )

@@ -8,6 +8,7 @@ prediction never overwrites a newer one.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -18,7 +19,8 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
 from relay.events import PredictionEvent, PredictionStatus
-from relay.outputs import ArchivedObject, FailedOutput, encoded_size, find_files, plain_value
+from relay.outputs import ArchivedObject, FailedOutput, find_files, plain_value
+from relay.values import DEFAULT_INLINE_BYTES, VALUE_FIELDS, StoredValue, loads
 
 
 class JobState(StrEnum):
@@ -63,10 +65,12 @@ class _OutputEntries:
 
 
 class Job(BaseModel):
-    """`jobs/{job_id}` in Firestore: one Replicate prediction, as Relay last saw it.
+    """One Replicate prediction, as Relay last saw it: what RelayClient and the API return.
 
-    Every field is written on every write, null when unknown. Timestamps are Firestore timestamps
-    (UTC, microseconds); this schema shows them as their JSON form, RFC 3339 strings.
+    Every field is always present, null when unknown. Timestamps are UTC with microseconds, RFC 3339
+    strings in JSON. In Firestore the job is the document `jobs/{job_id}`, where the prediction's
+    values are JSON text (`input_json`, `output_json`, …, see relay.values): read it through Relay's
+    client or API, which return it in this form.
     """
 
     # The field descriptions are the published contract (schemas/job.v1.schema.json, docs/SCHEMAS.md):
@@ -89,8 +93,8 @@ class Job(BaseModel):
     version: str | None = Field(default=None, description="The model version id Replicate reports.")
     input: dict[str, Any] | None = Field(
         default=None,
-        description="The prediction's input. Strings longer than RELAY_INPUT_VALUE_MAX_CHARS (data: URIs above all) "
-        "are cut and end in `… [N characters cut]`.",
+        description="The prediction's input, exactly as Replicate sent it (or as submitted, until Replicate reports "
+        "it); null if unknown, or while it is only in the bucket (see `stored_values`).",
     )
     state: JobState = Field(
         default=JobState.SUBMITTED,
@@ -104,16 +108,24 @@ class Job(BaseModel):
     )
     outputs: Annotated[list[dict[str, Any]], _OutputEntries] = Field(
         default=[],
-        description="The archived copies of the output, in order: one entry per file found in the output, or one "
-        "entry (index null, `output.json`) for a plain output too large for this document. Empty otherwise.",
+        description="The archived copies of the output's files, in order: one entry per file found anywhere in the "
+        "output. Empty for an output without files.",
+    )
+    output: Any = Field(
+        default=None,
+        description="The prediction's output, exactly as Replicate sent it, files and values alike. While the job "
+        "is open, an output too large for the document is left out until the final write; null while it is only "
+        "in the bucket (see `stored_values`).",
     )
     output_value: Any = Field(
         default=None,
-        description="The prediction's output when it has no files and is small (at most RELAY_OUTPUT_VALUE_MAX_BYTES "
-        "as JSON); a list of strings (streamed text) is joined into one string. Null otherwise.",
+        description="The output when it holds no files and is kept in the document; a list of strings (streamed "
+        "text) is joined into one string. Null otherwise.",
     )
     output_value_too_large: bool = Field(
-        default=False, description="True when the plain output was too large for `output_value`: see `outputs`."
+        default=False,
+        description="True when the output holds no files and is too large for the document: it is in the bucket "
+        "(see `stored_values`).",
     )
     error: Any = Field(
         default=None,
@@ -122,15 +134,27 @@ class Job(BaseModel):
     error_code: str | None = Field(
         default=None,
         description="Why the job did not succeed: `failed`, `canceled` or `aborted` from Replicate; "
-        "`output_expired`, `output_refused`, `archive_conflict`, `submit_failed` or `submit_incomplete` from Relay. "
+        "`output_expired`, `output_refused`, `archive_conflict`, `submit_failed`, `submit_incomplete` or "
+        "`not_stored` (Firestore refused the job as Replicate sent it: see `error`) from Relay. "
         "Other values may be added within v1.",
     )
     logs_tail: str = Field(
         default="", description="The last RELAY_LOGS_TAIL_CHARS characters of the prediction's logs."
     )
     logs_length: int = Field(default=0, description="The length of the whole logs, in characters.")
+    logs: str | None = Field(
+        default=None,
+        description="The whole logs as Replicate last sent them, once the job is final; null while it runs "
+        "(see `logs_tail`), or while they are only in the bucket (see `stored_values`).",
+    )
     metrics: dict[str, Any] | None = Field(
         default=None, description="Replicate's `metrics` (e.g. `predict_time` in seconds), as reported."
+    )
+    stored_values: dict[str, StoredValue] = Field(
+        default={},
+        description="The values of the prediction (`input`, `output`, `error`, `metrics`, `logs`) too large for the "
+        "job document, each a JSON object in the bucket. Relay's client and API read them back into their fields; "
+        "elsewhere those fields are null.",
     )
     metadata: dict[str, str] = Field(
         default={}, description="The submitter's own string key/values (e.g. an order number), returned untouched."
@@ -161,18 +185,43 @@ class Job(BaseModel):
     def is_terminal(self) -> bool:
         return self.state in TERMINAL_STATES
 
-    def to_document(self) -> dict[str, Any]:
-        return self.model_dump()
+    @classmethod
+    def from_document(cls, data: Mapping[str, Any]) -> Job:
+        """The job a Firestore document holds, in either of its forms: values as JSON text (with
+        `stored_values`), or as the maps the first versions wrote (whose `input` was cut and whose
+        `output` was not kept)."""
+        if "stored_values" not in data:
+            return cls.model_validate(data)
+        fields = {name: value for name, value in data.items() if not name.endswith("_json")}
+        for name in VALUE_FIELDS:
+            text = data.get(f"{name}_json")
+            fields[name] = loads(text) if text is not None else None
+        fields["output_value"] = output_value(fields["output"])
+        return cls.model_validate(fields)
+
+    def document(self, inline: Mapping[str, str]) -> dict[str, Any]:
+        """The Firestore form: `inline` holds the JSON text of the values kept in the document (see
+        relay.values); the others are linked from `stored_values` or left out."""
+        document = self.model_dump(exclude={*VALUE_FIELDS, "output_value"})
+        document.update({f"{name}_json": inline.get(name) for name in VALUE_FIELDS})
+        return document
+
+
+def output_value(output: Any) -> Any:
+    """`Job.output_value`: the output without files, streamed text joined; None for one with files."""
+    if output is None or find_files(output):
+        return None
+    return plain_value(output)
 
 
 @dataclass(frozen=True)
 class Policy:
-    """Tunable limits of the state machine."""
+    """Tunable limits of the state machine and of the job document."""
 
     coalesce_window: timedelta = timedelta(seconds=1)
     logs_tail_chars: int = 4000
-    input_value_max_chars: int = 1000
-    output_value_max_bytes: int = 16 * 1024
+    # The prediction's values kept inline in the document, as JSON text, all together (relay.values).
+    inline_value_bytes: int = DEFAULT_INLINE_BYTES
 
 
 DEFAULT_POLICY = Policy()
@@ -199,12 +248,9 @@ class Decision:
     job: Job | None  # the document to write; None when nothing is written
 
 
-def needs_archive(output: Any, policy: Policy = DEFAULT_POLICY) -> bool:
-    """Whether a succeeded prediction's output must be copied to Cloud Storage before the job is done:
-    it has files, or its plain value is too large for the job document."""
-    if output is None:
-        return False
-    return bool(find_files(output)) or encoded_size(plain_value(output)) > policy.output_value_max_bytes
+def needs_archive(output: Any) -> bool:
+    """Whether a succeeded prediction's output has files to copy to Cloud Storage before the job is done."""
+    return output is not None and bool(find_files(output))
 
 
 def outputs_removed(event: PredictionEvent) -> bool:
@@ -217,7 +263,7 @@ def outputs_removed(event: PredictionEvent) -> bool:
     return removed and prediction.output is None
 
 
-def left_to_archive(event: PredictionEvent, policy: Policy = DEFAULT_POLICY) -> bool:
+def left_to_archive(event: PredictionEvent) -> bool:
     """Whether only archive-outputs moves the job for this event: a succeeded prediction whose
     outputs must be copied first (or were removed before Relay read them).
 
@@ -230,7 +276,7 @@ def left_to_archive(event: PredictionEvent, policy: Policy = DEFAULT_POLICY) -> 
     """
     if event.prediction.status != PredictionStatus.SUCCEEDED:
         return False
-    return outputs_removed(event) or target_state(event.prediction.status, event.prediction.output, policy) == (
+    return outputs_removed(event) or target_state(event.prediction.status, event.prediction.output) == (
         JobState.ARCHIVING
     )
 
@@ -241,10 +287,10 @@ def newly_final(before: Job | None, after: Job | None) -> bool:
     return after is not None and after.is_terminal and (before is None or not before.is_terminal)
 
 
-def target_state(status: str, output: Any, policy: Policy = DEFAULT_POLICY) -> JobState | None:
+def target_state(status: str, output: Any) -> JobState | None:
     """The job state a prediction status leads to; None for a status this version does not know."""
     if status == PredictionStatus.SUCCEEDED:
-        return JobState.ARCHIVING if needs_archive(output, policy) else JobState.SUCCEEDED
+        return JobState.ARCHIVING if needs_archive(output) else JobState.SUCCEEDED
     try:
         return _STATE_FOR_STATUS[PredictionStatus(status)]
     except ValueError:
@@ -265,7 +311,7 @@ def apply_event(  # noqa: PLR0911 - one return per rule reads better than a chai
     `actor` is the handler deciding; if this event makes the job final, that handler announces it.
     """
     prediction = event.prediction
-    target = target_state(prediction.status, prediction.output, policy)
+    target = target_state(prediction.status, prediction.output)
     if outputs_removed(event):
         target = JobState.ARCHIVING
     if job is None:
@@ -370,29 +416,13 @@ def _merge(job: Job, event: PredictionEvent, state: JobState, *, now: datetime, 
         "created_at": prediction.created_at,
         "started_at": prediction.started_at,
         "completed_at": prediction.completed_at,
-        "input": cut_input(prediction.input, policy.input_value_max_chars) if prediction.input else None,
+        "input": prediction.input,
+        "output": prediction.output,
+        # The whole logs once, with the final state; while the job runs, the tail is enough.
+        "logs": prediction.logs if state in TERMINAL_STATES else None,
     }
     # A field the prediction leaves empty keeps what the job already has.
     updates.update({name: value for name, value in carried.items() if value is not None})
-    if prediction.output is not None and not find_files(prediction.output):
-        value = plain_value(prediction.output)
-        too_large = encoded_size(value) > policy.output_value_max_bytes
-        updates["output_value"] = None if too_large else value
-        updates["output_value_too_large"] = too_large
+    if prediction.output is not None:
+        updates["output_value"] = output_value(prediction.output)
     return job.model_copy(update=updates)
-
-
-def cut_input(values: dict[str, Any], max_chars: int) -> dict[str, Any]:
-    """The input with long strings (data: URIs above all) cut, so the job document stays small."""
-    return {name: _cut_value(value, max_chars) for name, value in values.items()}
-
-
-def _cut_value(value: Any, max_chars: int) -> Any:
-    if isinstance(value, str) and len(value) > max_chars:
-        keep = value.split(",", 1)[0][:100] if value.startswith("data:") else value[: max_chars // 4]
-        return f"{keep}… [{len(value)} characters cut]"
-    if isinstance(value, list):
-        return [_cut_value(item, max_chars) for item in value]
-    if isinstance(value, dict):
-        return {key: _cut_value(item, max_chars) for key, item in value.items()}
-    return value

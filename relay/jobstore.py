@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -18,7 +19,7 @@ from google.cloud.firestore_v1.watch import Watch
 from opentelemetry.trace import SpanKind
 
 from relay import telemetry
-from relay.events import PredictionEvent
+from relay.events import Prediction, PredictionEvent
 from relay.jobs import (
     DEFAULT_POLICY,
     Decision,
@@ -30,8 +31,11 @@ from relay.jobs import (
     apply_event,
     finish_archive,
     left_to_archive,
+    needs_archive,
     newly_final,
+    output_value,
 )
+from relay.values import VALUE_FIELDS, StoredValue, Unstorable, ValueStore, dumps, object_name, place
 
 T = TypeVar("T")
 # The snapshots of the documents a transaction's `work` asked for besides the job (see _transact).
@@ -72,6 +76,9 @@ class Applied:
     # The transaction made the job final and, in the same write, claimed its announcement (no one
     # else can hold a claim on a job that was open): the caller publishes without claiming again.
     claimed: bool = False
+    # Firestore refused the job as the event had it: this is why, and what was written instead is
+    # the event without the prediction's values (see JobStore.apply).
+    not_stored: str | None = None
 
     @property
     def state(self) -> str | None:
@@ -89,8 +96,12 @@ class JobStore:
         event_retention: timedelta = timedelta(days=30),
         clock: Callable[[], datetime] = utcnow,
         contention_budget: timedelta = CONTENTION_BUDGET,
+        values: ValueStore | None = None,
     ) -> None:
+        """`values`: where values too large for a job document go (relay.values). Without one, a
+        value that does not fit is left out of an open job and makes a final write `not_stored`."""
         self._client = client
+        self._values = values
         self._policy = policy
         self._event_retention = event_retention
         self._clock = clock
@@ -102,11 +113,21 @@ class JobStore:
         A webhook-id seen before is a no-op: the per-event record is the dedup key. A succeeded
         event left to archive-outputs (relay.jobs.left_to_archive) is only recorded, outside any
         transaction, when its job exists: see _defer.
+
+        If Firestore refuses the job as the event has it (Unstorable: no retry can change that),
+        the event is applied again without the prediction's values, so the job still takes the
+        state Replicate reported; it is marked `not_stored` (Applied.not_stored says why).
         """
-        if left_to_archive(event, self._policy):
+        if left_to_archive(event):
             deferred = self._defer(event)
             if deferred is not None:
                 return deferred
+        try:
+            return self._apply(event, actor, refused=None)
+        except Unstorable as refused:
+            return self._apply(_without_values(event), actor, refused=str(refused))
+
+    def _apply(self, event: PredictionEvent, actor: str, *, refused: str | None) -> Applied:
 
         def record_refs(job_id: str) -> list[firestore.DocumentReference]:
             return [self._record_ref(job_id, event.attributes.webhook_id)]
@@ -118,9 +139,9 @@ class JobStore:
             now = self._clock()
             decision = apply_event(job, event, job_id=job_id, now=now, policy=self._policy, actor=actor)
             transaction.create(record.reference, self._event_record(event, decision.outcome, now))
-            return decision
+            return _marked(decision, refused)
 
-        return self._transact("apply_event", event, work, also_read=record_refs)
+        return self._transact("apply_event", event, work, also_read=record_refs, refused=refused)
 
     def _defer(self, event: PredictionEvent) -> Applied | None:
         """Record a succeeded event whose job archive-outputs finishes, without touching the job.
@@ -155,7 +176,7 @@ class JobStore:
         snapshot = self._jobs.document(job_id).get()
         if not snapshot.exists:
             return Located(job_id, mapping.exists, None)
-        return Located(job_id, mapping.exists, Job.model_validate(snapshot.to_dict()), snapshot.update_time)
+        return Located(job_id, mapping.exists, Job.from_document(_data(snapshot)), snapshot.update_time)
 
     def finish_archive(
         self,
@@ -172,20 +193,35 @@ class JobStore:
         as read (`last_update_time`): one Commit instead of a transaction's three round trips,
         and no lock held. If anyone wrote the job since, nothing is written and the transaction
         decides afresh. The announcement is claimed in the same write that makes the job final
-        (Applied.claimed).
+        (Applied.claimed). A job Firestore refuses is finished as in `apply`, without the
+        prediction's values and the outputs' entries (the copies stay in the bucket).
         """
+        try:
+            return self._finish_archive(event, outputs, failure, located=located, refused=None)
+        except Unstorable as refused:
+            return self._finish_archive(_without_values(event), [], failure, located=None, refused=str(refused))
 
+    def _finish_archive(
+        self,
+        event: PredictionEvent,
+        outputs: list[dict[str, Any]],
+        failure: Failure | None,
+        *,
+        located: Located | None,
+        refused: str | None,
+    ) -> Applied:
         def work(_: _Writer, job_id: str, job: Job | None, __: _Others) -> Decision:
-            return finish_archive(
+            decision = finish_archive(
                 job, event, job_id=job_id, outputs=outputs, failure=failure, now=self._clock(), policy=self._policy
             )
+            return _marked(decision, refused)
 
         if located is not None and located.mapped and located.job is not None and located.update_time is not None:
             finished = self._write_if_unchanged("finish_archive", located, work)
             if finished is not None:
                 return finished
         mapped = located.job_id if located is not None and located.mapped else None
-        return self._transact("finish_archive", event, work, mapped_job_id=mapped)
+        return self._transact("finish_archive", event, work, mapped_job_id=mapped, refused=refused)
 
     def _write_if_unchanged(
         self, operation: str, located: Located, work: Callable[[_Writer, str, Job | None, _Others], Decision]
@@ -206,13 +242,15 @@ class JobStore:
             if claimed:
                 written = written.model_copy(update={"announce_claimed_at": self._clock()})
             option = self._client.write_option(last_update_time=located.update_time)
+            document, written = self._document(written)
             # update, not set (which takes no precondition): every field is written, so the same document.
-            batch.update(self._jobs.document(located.job_id), written.to_document(), option=option)
-            try:
-                batch.commit()
-            except (google_exceptions.FailedPrecondition, google_exceptions.Conflict):
-                span.add_event("changed since read")
-                return None
+            with _refusals():
+                batch.update(self._jobs.document(located.job_id), document, option=option)
+                try:
+                    batch.commit()
+                except (google_exceptions.FailedPrecondition, google_exceptions.Conflict):
+                    span.add_event("changed since read")
+                    return None
         return Applied(decision.outcome, located.job_id, written, claimed=claimed)
 
     def claim_announcement(self, job_id: str, *, lease: timedelta = timedelta(seconds=60)) -> Job | None:
@@ -241,9 +279,12 @@ class JobStore:
         """Note that the job's final state went out on job-events (a final state never changes)."""
         self._jobs.document(job_id).update({"announced_at": self._clock()})
 
-    def create_submitted(self, job: Job) -> None:
-        """Store a new job before its prediction exists (fails if the id is taken)."""
-        self._jobs.document(job.job_id).create(job.model_copy(update={"updated_at": self._clock()}).to_document())
+    def create_submitted(self, job: Job) -> Job:
+        """Store a new job before its prediction exists (fails if the id is taken); returns it as stored."""
+        document, stored = self._document(job.model_copy(update={"updated_at": self._clock()}))
+        with _refusals():
+            self._jobs.document(job.job_id).create(document)
+        return stored
 
     def attach_prediction(self, job_id: str, prediction_id: str) -> str:
         """Record which prediction a submitted job became, atomically with `predictions/{id}`.
@@ -281,15 +322,17 @@ class JobStore:
             winner = winner_ref.get(transaction=transaction)
             mine = submitted.to_dict() or {}
             theirs = winner.to_dict() or {}
-            transaction.update(
-                winner_ref,
-                {
-                    "source": "submit",
-                    "metadata": {**mine.get("metadata", {}), **theirs.get("metadata", {})},
-                    "model": theirs.get("model") or mine.get("model"),
-                    "input": theirs.get("input") or mine.get("input"),
-                },
-            )
+            updates = {
+                "source": "submit",
+                "metadata": {**mine.get("metadata", {}), **theirs.get("metadata", {})},
+                "model": theirs.get("model") or mine.get("model"),
+            }
+            if theirs.get("input_json") is None and "input" not in (theirs.get("stored_values") or {}):
+                # The webhook's job has no input yet: the submitted one's (the same, as sent).
+                updates["input_json"] = mine.get("input_json")
+                if "input" in (mine.get("stored_values") or {}):
+                    updates["stored_values.input"] = mine["stored_values"]["input"]
+            transaction.update(winner_ref, updates)
             transaction.delete(job_ref)
             return winner_id
 
@@ -301,7 +344,7 @@ class JobStore:
         now = self._clock()
         updates = {
             "state": JobState.FAILED.value,
-            "error": message,
+            "error_json": dumps(message),
             "error_code": "submit_failed",
             "updated_at": now,
             "announcer": "submit",
@@ -324,7 +367,7 @@ class JobStore:
         if source is not None:
             query = query.where(filter=FieldFilter("source", "==", source))
         query = query.where(filter=FieldFilter("updated_at", "<", quiet_since)).order_by("updated_at").limit(limit)
-        return [Job.model_validate(snapshot.to_dict()) for snapshot in query.stream()]
+        return [Job.from_document(_data(snapshot)) for snapshot in query.stream()]
 
     def adopt(self, job: Job) -> bool:
         """Store the job of a prediction Relay has never heard of (`relay adopt`), linked as a first
@@ -341,7 +384,7 @@ class JobStore:
                 return False
             now = self._clock()
             transaction.set(mapping_ref, {"job_id": job.job_id, "created_at": now})
-            transaction.set(job_ref, job.model_copy(update={"updated_at": now}).to_document())
+            transaction.set(job_ref, self._document(job.model_copy(update={"updated_at": now}))[0])
             return True
 
         adopted: bool = self._commit("adopt", run)
@@ -359,7 +402,7 @@ class JobStore:
             .order_by("updated_at")
             .limit(limit)
         )
-        return [Job.model_validate(snapshot.to_dict()) for snapshot in query.stream()]
+        return [Job.from_document(_data(snapshot)) for snapshot in query.stream()]
 
     def abort_unsubmitted(self, job_id: str) -> Job | None:
         """Abort a job still `submitted` with no prediction; None if it moved on meanwhile."""
@@ -378,15 +421,38 @@ class JobStore:
                     "updated_at": self._clock(),
                 }
             )
-            transaction.set(ref, aborted.to_document())
+            document, aborted = self._document(aborted)
+            transaction.set(ref, document)
             return aborted
 
         result: Job | None = self._commit("abort_unsubmitted", run)
         return result
 
     def get(self, job_id: str) -> Job | None:
+        """The job as its document holds it: values kept in the bucket are null (see `resolve`)."""
         snapshot = self._jobs.document(job_id).get()
-        return Job.model_validate(snapshot.to_dict()) if snapshot.exists else None
+        return Job.from_document(_data(snapshot)) if snapshot.exists else None
+
+    def load(self, job_id: str) -> Job | None:
+        """The job with every value, those kept in the bucket read back."""
+        job = self.get(job_id)
+        return None if job is None else self.resolve(job)
+
+    def resolve(self, job: Job) -> Job:
+        """`job` with the values its document links to (`stored_values`) read from the bucket.
+
+        Raises LookupError when the job has such values and this store has no ValueStore.
+        """
+        missing = {name: stored for name, stored in job.stored_values.items() if getattr(job, name) is None}
+        if not missing:
+            return job
+        if self._values is None:
+            raise LookupError(
+                f"job {job.job_id} keeps {', '.join(sorted(missing))} in the bucket, and no bucket is configured "
+                "(RELAY_BUCKET)"
+            )
+        values = self._values
+        return job.model_copy(update={name: values.get(stored) for name, stored in missing.items()})
 
     def listen(self, job_id: str, on_change: Callable[[dict[str, Any] | None], None]) -> Watch:
         """A Firestore snapshot listener on `jobs/{job_id}`: `on_change` gets the document's data
@@ -403,6 +469,10 @@ class JobStore:
             on_change(snapshot.to_dict() if snapshot is not None and snapshot.exists else None)
 
         return self._jobs.document(job_id).on_snapshot(on_snapshot)
+
+    def parse(self, data: dict[str, Any]) -> Job:
+        """A job from a document's data as a listener or a query returns it."""
+        return Job.from_document(data)
 
     def find_by_prediction(self, prediction_id: str) -> Job | None:
         mapping = self._client.collection(PREDICTIONS).document(prediction_id).get()
@@ -426,6 +496,7 @@ class JobStore:
         *,
         also_read: Callable[[str], list[firestore.DocumentReference]] = lambda _: [],
         mapped_job_id: str | None = None,
+        refused: str | None = None,
     ) -> Applied:
         """Read the mapping and the job, let `work` decide, write what it decided — atomically.
 
@@ -443,7 +514,7 @@ class JobStore:
             mapping = self._client.collection(PREDICTIONS).document(event.attributes.prediction_id).get()
             if mapping.exists:
                 mapped_job_id = mapping.get("job_id")
-            elif (created := self._create_first(operation, event, work, also_read)) is not None:
+            elif (created := self._create_first(operation, event, work, also_read, refused)) is not None:
                 return created
 
         def run(transaction: firestore.Transaction) -> Applied:
@@ -462,7 +533,7 @@ class JobStore:
             # get_all answers in any order.
             snapshots = {snapshot.reference.path: snapshot for snapshot in transaction.get_all([job_ref, *other_refs])}
             snapshot = snapshots[job_ref.path]
-            job = Job.model_validate(snapshot.to_dict()) if snapshot.exists else None
+            job = Job.from_document(_data(snapshot)) if snapshot.exists else None
             result = work(transaction, job_id, job, [snapshots[ref.path] for ref in other_refs])
             if isinstance(result, Applied):
                 return result
@@ -473,8 +544,10 @@ class JobStore:
                 if claimed:
                     # The claim rides on the final write: one transaction fewer before announcing.
                     written = written.model_copy(update={"announce_claimed_at": self._clock()})
-                transaction.set(job_ref, written.to_document())
-            return Applied(result.outcome, job_id, written or job, claimed=claimed)
+                document, written = self._document(written)
+                with _refusals():
+                    transaction.set(job_ref, document)
+            return Applied(result.outcome, job_id, written or job, claimed=claimed, not_stored=refused)
 
         applied: Applied = self._commit(operation, run)
         return applied
@@ -485,6 +558,7 @@ class JobStore:
         event: PredictionEvent,
         work: Callable[[_Writer, str, Job | None, _Others], Applied | Decision],
         also_read: Callable[[str], list[firestore.DocumentReference]],
+        refused: str | None,
     ) -> Applied | None:
         """The first write of a prediction nobody has mapped yet, as one batch of `create`s.
 
@@ -517,18 +591,20 @@ class JobStore:
             if claimed:
                 written = written.model_copy(update={"announce_claimed_at": self._clock()})
             mapping_ref = self._client.collection(PREDICTIONS).document(prediction_id)
+            document, written = self._document(written)
             batch.create(mapping_ref, {"job_id": prediction_id, "created_at": self._clock()})
-            batch.create(job_ref, written.to_document())
-            try:
-                batch.commit()
-            except google_exceptions.Conflict:  # AlreadyExists: someone mapped it first; Aborted: contended
-                return None
-        return Applied(result.outcome, prediction_id, written, claimed=claimed)
+            with _refusals():
+                batch.create(job_ref, document)
+                try:
+                    batch.commit()
+                except google_exceptions.Conflict:  # AlreadyExists: someone mapped it first; Aborted: contended
+                    return None
+        return Applied(result.outcome, prediction_id, written, claimed=claimed, not_stored=refused)
 
     def _read(self, transaction: firestore.Transaction, job_id: str) -> tuple[firestore.DocumentReference, Job | None]:
         ref = self._jobs.document(job_id)
         snapshot = ref.get(transaction=transaction)
-        return ref, Job.model_validate(snapshot.to_dict()) if snapshot.exists else None
+        return ref, Job.from_document(_data(snapshot)) if snapshot.exists else None
 
     def _commit(self, operation: str, work: Callable[[firestore.Transaction], T]) -> T:
         """Run `work` in a transaction, retried on contention for at most the contention budget.
@@ -565,6 +641,8 @@ class JobStore:
                 try:
                     result: T = run(self._client.transaction(max_attempts=_TRANSACTION_ATTEMPTS))
                     return result
+                except google_exceptions.InvalidArgument as error:  # the commit refused what was written
+                    raise Unstorable(_refusal(error)) from error
                 except ValueError as error:
                     if "Failed to commit transaction" not in str(error):
                         raise
@@ -584,6 +662,46 @@ class JobStore:
             )
             raise google_exceptions.Aborted(message) from last  # type: ignore[no-untyped-call]
 
+    def _document(self, job: Job) -> tuple[dict[str, Any], Job]:
+        """The document to write for `job`, and the job as a reader of that document sees it.
+
+        Each of the prediction's values is JSON text (relay.values); while they fit the inline
+        budget together they stay in the document, and the largest go to the bucket first. A value
+        goes to the bucket only for a final job, or for the input (which never changes): an open
+        job's output and logs grow with every event, and only their final form is worth an object.
+        So while a job runs, an output too large for the document is left out.
+        """
+        texts = {name: dumps(value) for name in VALUE_FIELDS if (value := getattr(job, name)) is not None}
+        placement = place(texts, self._policy.inline_value_bytes)
+        # A value read back as a link (null in the job) stays linked.
+        stored = {name: link for name, link in job.stored_values.items() if name not in texts}
+        left_out: list[str] = []
+        for name, text in placement.to_bucket.items():
+            if self._values is not None and (job.is_terminal or name == "input"):
+                stored[name] = self._stored(job, name, text, self._values)
+            elif not job.is_terminal:  # a later write, the final one at the latest, stores it
+                left_out.append(name)
+            else:
+                raise Unstorable(f"the {name} ({len(text.encode())} bytes as JSON) does not fit the job document")
+        if "output" in placement.to_bucket or "output" in left_out:  # decided now, the output in hand
+            too_large = not needs_archive(job.output)
+        else:  # in the document, or linked as read
+            too_large = "output" in stored and job.output_value_too_large
+        updates: dict[str, Any] = dict.fromkeys([*left_out, *stored])
+        output = None if "output" in updates else job.output
+        updates.update(stored_values=stored, output_value_too_large=too_large, output_value=output_value(output))
+        seen = job.model_copy(update=updates)
+        return seen.document(placement.inline), seen
+
+    @staticmethod
+    def _stored(job: Job, name: str, text: str, values: ValueStore) -> StoredValue:
+        """The link to `text` in the bucket: the job's own when it links to this very value (its name
+        is its content's hash), else a new object."""
+        linked = job.stored_values.get(name)
+        if linked is not None and linked.gs_uri == values.uri(object_name(job.job_id, name, text)):
+            return linked
+        return values.put(job.job_id, name, text)
+
     def _event_record(self, event: PredictionEvent, outcome: Outcome, now: datetime) -> dict[str, Any]:
         attributes = event.attributes
         return {
@@ -595,6 +713,48 @@ class JobStore:
             "received_at": now,
             "expire_at": now + self._event_retention,  # Firestore TTL policy field
         }
+
+
+def _data(snapshot: firestore.DocumentSnapshot[Any]) -> dict[str, Any]:
+    return snapshot.to_dict() or {}
+
+
+def _without_values(event: PredictionEvent) -> PredictionEvent:
+    """The event with only what every job document can hold: which prediction, its status and times."""
+    prediction = event.prediction
+    kept = Prediction(
+        id=prediction.id,
+        status=prediction.status,
+        created_at=prediction.created_at,
+        started_at=prediction.started_at,
+        completed_at=prediction.completed_at,
+        data_removed=prediction.data_removed,
+    )
+    return PredictionEvent(attributes=event.attributes, prediction=kept)
+
+
+def _marked(decision: Decision, refused: str | None) -> Decision:
+    """The decision on an event whose values Firestore refused: the job says so."""
+    if refused is None or decision.job is None:
+        return decision
+    message = f"Firestore refused this job as Replicate sent it ({refused}); its values were not kept"
+    return Decision(decision.outcome, decision.job.model_copy(update={"error_code": "not_stored", "error": message}))
+
+
+def _refusal(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"[:300]
+
+
+@contextlib.contextmanager
+def _refusals() -> Iterator[None]:
+    """Firestore's refusals of a write as invalid, as Unstorable: the client library's own checks
+    (an empty or reserved field name, a string that is not UTF-8, an integer past 64 bits) raise
+    ValueError, TypeError or OverflowError as the write is built; the service's (a document over
+    1 MiB, too many fields or index entries, an invalid nesting) answer InvalidArgument at commit."""
+    try:
+        yield
+    except (google_exceptions.InvalidArgument, ValueError, TypeError, OverflowError) as error:
+        raise Unstorable(_refusal(error)) from error
 
 
 class _OutOfTime(Exception):

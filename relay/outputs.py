@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -24,22 +23,23 @@ class OutputFile:
 
 
 class ArchivedObject(BaseModel):
-    """An output copied into Cloud Storage: a file of the prediction's output, or (index null) the
-    whole plain output when it was too large for the job document."""
+    """An output file copied into Cloud Storage. (Jobs written before Relay kept values whole also
+    hold one entry of index null: the plain output too large for their document, `output.json`.)"""
 
     # Every field is always written, so a reader can count on each key being there.
     model_config = ConfigDict(frozen=True, json_schema_serialization_defaults_required=True)
 
     index: int | None = Field(
         description="Position of the file among the output's file references, depth first, from 0; null for "
-        "`output.json`, the plain output stored because it was too large for the job document."
+        "`output.json` in jobs written before values too large for the document went to `stored_values`."
     )
     source_url: str | None = Field(
         description="Where Replicate served the file, as scheme://host/path (a query string may carry a token, so "
         "it is dropped); for a `data:` URI, `data:` and its media type only; null for `output.json`."
     )
     gs_uri: str = Field(
-        description="The copy: gs://BUCKET/predictions/{prediction_id}/{index}-{file name}, or …/output.json."
+        description="The copy: gs://BUCKET/predictions/{prediction_id}/{index}-{file name} (…/output.json for index "
+        "null)."
     )
     content_type: str = Field(description="The object's Content-Type, as the download declared it.")
     size: int = Field(description="The object's size in bytes.")
@@ -94,8 +94,3 @@ def plain_value(output: Any) -> Any:
     if isinstance(output, list) and output and all(isinstance(item, str) for item in output):
         return "".join(output)
     return output
-
-
-def encoded_size(value: Any) -> int:
-    """Size in bytes of `value` as compact JSON, the measure for "small enough for the job"."""
-    return len(json.dumps(value, separators=(",", ":"), default=str).encode("utf-8"))

@@ -23,10 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_DIR = "schemas"
 DOCS = "docs/SCHEMAS.md"
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
-# A timestamp of the job document, as readers in other languages meet it.
-FIRESTORE_TIMESTAMP = (
-    "Stored as a Firestore timestamp (a Timestamp in Firestore's SDKs); an RFC 3339 string in the JSON form."
-)
 
 
 @dataclass(frozen=True)
@@ -37,7 +33,6 @@ class Contract:
     version: int
     model: type[BaseModel]
     title: str
-    firestore: bool = False  # a Firestore document: its date-time fields are Firestore timestamps
 
     @property
     def file_name(self) -> str:
@@ -52,7 +47,7 @@ class Contract:
 
 
 CONTRACTS = (
-    Contract("job", 1, Job, "Relay job document jobs/{job_id}, v1", firestore=True),
+    Contract("job", 1, Job, "Relay job, v1, as the client and the API return it"),
     Contract("job-event", 1, JobEvent, "Relay job-events message data, v1"),
     Contract("job-event-attributes", 1, JobEventAttributes, "Relay job-events message attributes, v1"),
 )
@@ -70,37 +65,30 @@ def schema(contract: Contract) -> dict[str, Any]:
     """The JSON Schema of `contract`: what the model writes (serialization mode), with $schema, $id and title."""
     mode: JsonSchemaMode = "serialization"
     generated = contract.model.model_json_schema(mode=mode, schema_generator=_ContractJsonSchema)
-    generated = _tidy(generated, firestore=contract.firestore)
+    generated = _tidy(generated)
     generated.pop("title", None)
     description = generated.pop("description", "")
     return {"$schema": DIALECT, "$id": contract.id, "title": contract.title, "description": description, **generated}
 
 
-def _tidy(node: Any, *, firestore: bool) -> Any:
+def _tidy(node: Any) -> Any:
     """Docstring line breaks joined, and defaults dropped: every field is always written, so a
     default would only suggest that a reader may find it missing."""
     if isinstance(node, list):
-        return [_tidy(item, firestore=firestore) for item in node]
+        return [_tidy(item) for item in node]
     if not isinstance(node, dict):
         return node
-    tidied = {key: _tidy(value, firestore=firestore) for key, value in node.items()}
+    tidied = {key: _tidy(value) for key, value in node.items()}
     if isinstance(tidied.get("description"), str):
         tidied["description"] = _paragraphs(tidied["description"])
     if isinstance(tidied.get("properties"), dict):
         for prop in tidied["properties"].values():
             prop.pop("default", None)
-            if firestore and _is_date_time(prop):
-                prop["description"] = f"{prop.get('description', '')} {FIRESTORE_TIMESTAMP}".strip()
     return tidied
 
 
 def _paragraphs(text: str) -> str:
     return "\n\n".join(" ".join(part.split()) for part in re.split(r"\n\s*\n", text.strip()))
-
-
-def _is_date_time(prop: Mapping[str, Any]) -> bool:
-    variants = prop.get("anyOf", [prop])
-    return any(variant.get("format") == "date-time" for variant in variants)
 
 
 def render_schema(contract: Contract) -> str:

@@ -14,7 +14,7 @@ from google.cloud import firestore
 from relay.client import JobFailed, JobWaitTimeout, RelayClient
 from relay.config import ConfigError, Env, Secret, project_id
 from relay.jobevents import announce_once
-from relay.jobs import DEFAULT_POLICY, Job, Policy, cut_input
+from relay.jobs import Job
 from relay.jobstore import JobStore
 from relay.publisher import PublishError, TopicPublisher
 from relay.replicate_api import DEFAULT_BASE_URL, ModelRef, ReplicateAPI, ReplicateAPIError
@@ -109,7 +109,6 @@ class Submitter:
     webhook_url: str
     events_filter: Sequence[str] = DEFAULT_EVENTS
     job_events: TopicPublisher | None = None
-    policy: Policy = field(default=DEFAULT_POLICY)
 
     def submit(
         self,
@@ -132,7 +131,7 @@ class Submitter:
             job_id=job_id or uuid.uuid4().hex,
             source="submit",
             model=str(model),
-            input=cut_input(input, self.policy.input_value_max_chars),
+            input=input,
             metadata=dict(metadata or {}),
         )
         self.store.create_submitted(job)
@@ -145,7 +144,7 @@ class Submitter:
             self._announce(failed)
             raise SubmitFailed(failed, str(error)) from error
         job_id = self.store.attach_prediction(job.job_id, prediction_id)
-        attached = self.store.get(job_id)
+        attached = self.store.load(job_id)
         if attached is None:
             raise LookupError(f"job {job_id} vanished after its prediction was attached")
         return attached

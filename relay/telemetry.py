@@ -183,6 +183,11 @@ class Metrics:
         self.recovered = meter.create_counter(
             "relay.reconciler.recovered", unit="{job}", description="Jobs the reconciler brought up to date"
         )
+        self.not_stored = meter.create_counter(
+            "relay.jobs.not_stored",
+            unit="{job}",
+            description="Job writes Firestore refused as Replicate sent them, made without the prediction's values",
+        )
 
 
 METRIC_NAMES: Final = (
@@ -195,6 +200,7 @@ METRIC_NAMES: Final = (
     "relay.archive.bytes",
     "relay.messages.dead_lettered",
     "relay.reconciler.recovered",
+    "relay.jobs.not_stored",
 )
 
 # Instruments made through the global API proxy: they start recording once setup() sets the

@@ -20,7 +20,7 @@ locals {
   # metrics to Cloud Monitoring.
   telemetry_roles = ["roles/telemetry.tracesWriter", "roles/monitoring.metricWriter"]
   # The API writes jobs and idempotency keys; it publishes nothing (a submission Replicate refuses
-  # is announced by the reconciler) and touches no bucket.
+  # is announced by the reconciler).
   firestore_users = concat(keys(local.handler_services), ["reconciler", "api"])
   # The status page only reads: jobs in Firestore (counts by state, stuck jobs, the latest) and
   # the push subscriptions' backlogs and the receiver's verification failures in Cloud Monitoring
@@ -47,8 +47,10 @@ locals {
   )
 
   # Handlers write outputs under deterministic names and read them back by name on redelivery.
+  # Handlers and the API also keep there the prediction values too large for a job document
+  # (jobs/{job_id}/…, relay/values.py): the API writes a large input at submit and reads values back.
   bucket_roles = {
-    for pair in setproduct(keys(local.handler_services), ["roles/storage.objectCreator", "roles/storage.objectViewer"]) :
+    for pair in setproduct(concat(keys(local.handler_services), ["api"]), ["roles/storage.objectCreator", "roles/storage.objectViewer"]) :
     "${pair[0]} ${pair[1]}" => { account = pair[0], role = pair[1] }
   }
 }

@@ -444,6 +444,23 @@ locals {
         Succeeded predictions recovered more than an hour after they completed cannot be archived (`output_expired`).
       EOT
     }
+    not_stored = {
+      display_name  = "Relay: jobs Firestore refused as Replicate sent them"
+      condition     = "job writes made without the prediction's values in 1 h > ${var.not_stored_per_hour}"
+      filter        = "metric.type = \"workload.googleapis.com/relay.jobs.not_stored\" AND ${local.otel_resource}"
+      window        = "3600s"
+      aligner       = "ALIGN_DELTA"
+      threshold     = var.not_stored_per_hour
+      group_by      = []
+      documentation = <<-EOT
+        **What it means.** Firestore refused a job document as the prediction had it (InvalidArgument: a document over 1 MiB, too many fields or index entries, or a value the client library cannot encode). Relay keeps a prediction's input, output, error, metrics and logs as JSON text, the largest in the bucket, so this takes something else that is huge: a `model` or `version` string of megabytes, or thousands of output files. The message was acknowledged and the job written without the prediction's values, in the state Replicate reported, with `error_code` `not_stored` and Firestore's reason in `error`.
+
+        **What to do.**
+        1. `python -m relay jobs list --since 2h` and `python -m relay jobs show <job>`: the job's `error` names Firestore's reason.
+        2. The handlers' ERROR lines (`jsonPayload.error_code="not_stored"`) carry the prediction id and the refusal.
+        3. The prediction itself is still at Replicate for an hour (`GET /v1/predictions/{id}`); its archived files, if any, are in the bucket under `predictions/{id}/`.
+      EOT
+    }
     archive_failures = {
       display_name  = "Relay: archive failures"
       condition     = "${local.archive_service} permanent failures in 10 min > ${var.archive_failures_per_10_minutes}"

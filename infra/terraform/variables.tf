@@ -161,6 +161,17 @@ variable "reconciler_recovered_per_hour" {
   }
 }
 
+variable "not_stored_per_hour" {
+  description = "Alert when more job writes than this in an hour are refused by Firestore and made without the prediction's values (error_code not_stored). 0: any."
+  type        = number
+  default     = 0
+
+  validation {
+    condition     = var.not_stored_per_hour >= 0
+    error_message = "not_stored_per_hour must not be negative."
+  }
+}
+
 variable "archive_failures_per_10_minutes" {
   description = "Alert when more archive-outputs messages than this end in a permanent failure (output_expired, output_refused, undecodable message, ...) within 10 minutes. 0: any."
   type        = number

@@ -126,7 +126,7 @@ def _follow(
             snapshot = db.collection(JOBS).document(job_id).get()
             if not snapshot.exists:
                 continue
-            job = Job.model_validate(snapshot.to_dict())
+            job = Job.from_document(snapshot.to_dict() or {})
             if shown.get(job_id) != job.state:
                 shown[job_id] = job.state
                 say(f"  +{time.monotonic() - began:5.1f} s  {demo.label:<27} {job.state}")
@@ -164,7 +164,7 @@ def _wait_for_status(db: firestore.Client, job_id: str, status: str, timeout: fl
     while time.monotonic() < deadline:
         snapshot = db.collection(JOBS).document(job_id).get()
         if snapshot.exists and snapshot.get("replicate_status") == status:
-            return Job.model_validate(snapshot.to_dict())
+            return Job.from_document(snapshot.to_dict() or {})
         time.sleep(0.1)
     raise TimeoutError(f"job {job_id} did not show status {status} within {timeout:g} s")
 

@@ -133,7 +133,7 @@ def _jobs_list(args: argparse.Namespace) -> int:
 
 def _jobs_show(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    detail = show_job(context.firestore_client(settings), settings, args.id)
+    detail = show_job(context.firestore_client(settings), settings, args.id, values=context.value_store(settings))
     print(to_json(job_detail_json(detail)) if args.json else render_job(detail, now=_now()))
     return 0
 

@@ -14,8 +14,9 @@ from google.api_core import retry as retries
 from google.cloud import firestore
 from google.cloud.pubsub_v1.types import BatchSettings, PublisherOptions
 
-from relay.config import Env, project_id
+from relay.config import Env, bucket_name, project_id
 from relay.ops.errors import google_errors
+from relay.values import ValueStore
 
 DEFAULT_TIMEOUT = 10.0
 PUBSUB = ("Pub/Sub", "PUBSUB_EMULATOR_HOST")
@@ -28,6 +29,7 @@ class OpsSettings:
     events_topic: str
     quiet: timedelta  # an open job not written for this long is stuck (the reconciler's threshold)
     timeout: float  # per Google API call, retries included: an unreachable emulator fails fast
+    bucket: str  # where values too large for a job document are kept
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], *, timeout: float = DEFAULT_TIMEOUT) -> OpsSettings:
@@ -37,6 +39,7 @@ class OpsSettings:
             events_topic=env.get_str("RELAY_EVENTS_TOPIC", "replicate-events"),
             quiet=timedelta(seconds=env.get_int("RELAY_RECONCILE_QUIET_SECONDS", 600, minimum=1)),
             timeout=timeout,
+            bucket=bucket_name(env, project_id(env)),
         )
 
     @property
@@ -74,6 +77,13 @@ def publisher_client(settings: OpsSettings) -> pubsub_v1.PublisherClient:
             batch_settings=BatchSettings(max_latency=0.005),
             publisher_options=PublisherOptions(retry=retry, timeout=settings.timeout),
         )
+
+
+def value_store(settings: OpsSettings) -> ValueStore:
+    """The bucket's values too large for a job document, read back for `relay jobs show`."""
+    import google.cloud.storage as storage  # noqa: PLC0415 - only the commands that read values need it
+
+    return ValueStore(storage.Client(project=settings.project).bucket(settings.bucket))
 
 
 def firestore_client(settings: OpsSettings) -> firestore.Client:

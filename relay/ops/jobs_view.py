@@ -11,10 +11,11 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from relay.jobs import TERMINAL_STATES, Job, JobState
-from relay.jobstore import EVENTS, JOBS, PREDICTIONS
+from relay.jobstore import EVENTS, JOBS, PREDICTIONS, JobStore
 from relay.ops.context import OpsSettings
 from relay.ops.errors import OpsError
 from relay.ops.render import age, iso, table
+from relay.values import ValueStore, dumps
 
 OPEN_STATES = [state.value for state in JobState if state not in TERMINAL_STATES]
 RECENT_EVENTS = 20
@@ -60,7 +61,7 @@ def list_jobs(db: firestore.Client, settings: OpsSettings, selection: JobFilter,
     filtered = selection.stuck or selection.state
     query = query.order_by("updated_at", direction="ASCENDING" if filtered else "DESCENDING").limit(selection.limit)
     with settings.firestore_errors():
-        return [Job.model_validate(snapshot.to_dict()) for snapshot in query.stream(**settings.rpc())]
+        return [Job.from_document(snapshot.to_dict() or {}) for snapshot in query.stream(**settings.rpc())]
 
 
 @dataclass(frozen=True)
@@ -86,8 +87,12 @@ class JobDetail:
     events: list[EventRecord]  # the most recent, oldest first
 
 
-def show_job(db: firestore.Client, settings: OpsSettings, identifier: str) -> JobDetail:
-    """The job with this id, else the job of the prediction with this id; OpsError if neither."""
+def show_job(
+    db: firestore.Client, settings: OpsSettings, identifier: str, *, values: ValueStore | None = None
+) -> JobDetail:
+    """The job with this id, else the job of the prediction with this id; OpsError if neither.
+
+    With `values`, the values the job keeps in the bucket are read back into it."""
     if not identifier or "/" in identifier:
         raise OpsError(f"{identifier!r} is not a job or prediction id")
     with settings.firestore_errors():
@@ -101,7 +106,7 @@ def show_job(db: firestore.Client, settings: OpsSettings, identifier: str) -> Jo
             snapshot = db.collection(JOBS).document(mapping.get("job_id")).get(**settings.rpc())
             if not snapshot.exists:
                 raise OpsError(f"prediction {identifier} points to job {mapping.get('job_id')}, which does not exist")
-        job = Job.model_validate(snapshot.to_dict())
+        job = Job.from_document(snapshot.to_dict() or {})
         events_query = (
             db.collection(JOBS)
             .document(job.job_id)
@@ -110,6 +115,8 @@ def show_job(db: firestore.Client, settings: OpsSettings, identifier: str) -> Jo
             .limit(RECENT_EVENTS)
         )
         events = [EventRecord.from_document(event.to_dict() or {}) for event in events_query.stream(**settings.rpc())]
+    if values is not None and job.stored_values:
+        job = JobStore(db, values=values).resolve(job)
     return JobDetail(job=job, found_by=found_by, events=events[::-1])
 
 
@@ -168,8 +175,12 @@ def render_job(detail: JobDetail, *, now: datetime) -> str:
     ]
     if job.error is not None or job.error_code:
         fields.append(("error", f"{job.error_code or '-'}: {_one_line(job.error, 200)}"))
-    if job.output_value is not None:
-        fields.append(("output", _one_line(job.output_value, 200)))
+    if job.input is not None:
+        fields.append(("input", _one_line(dumps(job.input), 200)))
+    if job.output is not None:
+        fields.append(("output", _one_line(dumps(job.output), 200)))
+    if job.stored_values:
+        fields.append(("in the bucket", ", ".join(f"{name} {link.gs_uri}" for name, link in job.stored_values.items())))
     if job.logs_tail:
         fields.append(("logs (last line)", _one_line(job.logs_tail.strip().splitlines()[-1], 200)))
     lines = [f"{name:<17}{value if value is not None else '-'}" for name, value in fields]

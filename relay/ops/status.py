@@ -91,7 +91,7 @@ def collect_status(
             settings,
         )
         latest = list(jobs.order_by("last_event_at", direction="DESCENDING").limit(1).stream(**settings.rpc()))
-    last_event_at = Job.model_validate(latest[0].to_dict()).last_event_at if latest else None
+    last_event_at = Job.from_document(latest[0].to_dict() or {}).last_event_at if latest else None
     failures_text, by_reason = recent_verification_failures(metrics, settings, metrics_path, now=now)
     return Status(
         project=settings.project,

@@ -187,7 +187,7 @@ class Invariants:
                     exempted += 1
                 else:
                     lost.append(f"{case.prediction_id}:{delivery['event']}:{delivery['webhook_id']}")
-            job = Job.model_validate(self.db.collection(JOBS).document(job_id).get().to_dict())
+            job = Job.from_document(self.db.collection(JOBS).document(job_id).get().to_dict() or {})
             assert job.state == case.expected, (case, job.state, job.error_code, job.error)
             if lost_before is not None and job.announced_at and job.announced_at.timestamp() < lost_before:
                 assert announced[job_id] <= 1, (case, f"announced {announced[job_id]} times")

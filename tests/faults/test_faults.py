@@ -273,7 +273,7 @@ def test_poison_message_is_dead_lettered_then_replayed_once_fixed(
 
 def _job(db: firestore.Client, job_id: str) -> Job | None:
     snapshot = db.collection(JOBS).document(job_id).get()
-    return Job.model_validate(snapshot.to_dict()) if snapshot.exists else None
+    return Job.from_document(snapshot.to_dict() or {}) if snapshot.exists else None
 
 
 def _answered_since(invariants: Invariants, cases: list[Submitted], since: float, status: int) -> bool:

@@ -34,7 +34,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 DOWNLOAD_CAP = 2 * 1024 * 1024
-OUTPUT_VALUE_CAP = 1024
+INLINE_VALUE_BYTES = 4096  # small, so that tests reach the bucket with values of a few KiB
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +58,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, files: FileServer) -> Iterat
             "RELAY_DOWNLOAD_ALLOWED_HOSTS": "replicate.delivery localhost",
             "RELAY_DOWNLOAD_LOCAL_HOSTS": files.host,
             "RELAY_DOWNLOAD_MAX_BYTES": str(DOWNLOAD_CAP),
-            "RELAY_OUTPUT_VALUE_MAX_BYTES": str(OUTPUT_VALUE_CAP),
+            "RELAY_INLINE_VALUE_BYTES": str(INLINE_VALUE_BYTES),
             "RELAY_RECONCILE_QUIET_SECONDS": "3",
             "RELAY_RECONCILE_SUBMITTED_SECONDS": "3",
         },
@@ -202,7 +202,7 @@ def wait_for(check: Callable[[], T | None], *, timeout: float = WAIT_SECONDS, wh
 
 def read_job(db: firestore.Client, job_id: str) -> Job | None:
     snapshot = db.collection(JOBS).document(job_id).get()
-    return Job.model_validate(snapshot.to_dict()) if snapshot.exists else None
+    return Job.from_document(snapshot.to_dict() or {}) if snapshot.exists else None
 
 
 def wait_for_job(db: firestore.Client, job_id: str, state: str, timeout: float = WAIT_SECONDS) -> Job:

@@ -15,11 +15,12 @@ from google.cloud import firestore
 
 from relay.devstack.stack import LocalStack
 from relay.jobs import Job
-from relay.jobstore import EVENTS, JOBS, event_key
+from relay.jobstore import EVENTS, JOBS, JobStore, event_key
 from relay.testing import SignedWebhook, prediction_lifecycle
+from relay.values import ValueStore
 from tests.integration.conftest import (
     DOWNLOAD_CAP,
-    OUTPUT_VALUE_CAP,
+    INLINE_VALUE_BYTES,
     Tap,
     announcements,
     read_job,
@@ -116,17 +117,18 @@ def test_small_text_output_stays_on_the_job(succeed: Callable[..., SignedWebhook
     assert (job.output_value, job.outputs) == ("A restored photo.", [])
 
 
-def test_large_text_output_goes_to_one_json_object(
+def test_text_output_too_large_for_the_document_goes_to_the_bucket_whole(
     succeed: Callable[..., SignedWebhook], db: firestore.Client, bucket: storage.Bucket
 ) -> None:
     prediction_id = unique_id()
-    text = "word " * OUTPUT_VALUE_CAP
-    succeed(prediction_id, text)
+    tokens = ["word "] * INLINE_VALUE_BYTES
+    succeed(prediction_id, tokens)
     job = wait_for_job(db, prediction_id, "succeeded")
-    assert (job.output_value, job.output_value_too_large) == (None, True)
-    [entry] = job.outputs
-    assert entry["gs_uri"].endswith(f"predictions/{prediction_id}/output.json")
-    assert json.loads(bucket.blob(entry["gs_uri"].split("/", 3)[3]).download_as_bytes()) == text
+    assert (job.output, job.output_value, job.output_value_too_large, job.outputs) == (None, None, True, [])
+    stored = job.stored_values["output"]
+    assert stored.gs_uri.startswith(f"gs://{bucket.name}/jobs/{prediction_id}/output-")
+    assert json.loads(bucket.blob(stored.gs_uri.split("/", 3)[3]).download_as_bytes()) == tokens  # as sent
+    assert JobStore(db, values=ValueStore(bucket)).resolve(job).output == tokens
 
 
 def test_redelivery_archives_once_transitions_once_and_announces_once(

@@ -14,9 +14,10 @@ import jsonschema
 from google.cloud import firestore
 
 from relay import schemas
+from relay.jobs import Job
 from relay.jobstore import JOBS
 from relay.testing import SignedWebhook, prediction_lifecycle
-from tests.integration.conftest import OUTPUT_VALUE_CAP, Tap, announcements, unique_id, wait_for
+from tests.integration.conftest import INLINE_VALUE_BYTES, Tap, announcements, unique_id, wait_for
 from tests.integration.fileserver import Answer, FileServer
 
 Post = Callable[[SignedWebhook], httpx.Response]
@@ -68,7 +69,7 @@ def _run(post: Post, sign: Sign, prediction_id: str, *, output: Any = None, **fi
 
 
 def _check(db: firestore.Client, job_events: Tap, job_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Validate the job's raw document and its one job-events message; return both (JSON form)."""
+    """Validate the job (as the client and the API read it) and its one job-events message; return both (JSON form)."""
     [data] = announcements(job_events, job_id)
 
     def announced() -> dict[str, Any] | None:
@@ -77,7 +78,7 @@ def _check(db: firestore.Client, job_events: Tap, job_id: str) -> tuple[dict[str
         return document if document and document.get("announced_at") else None
 
     # The document as it stays: final, announced (mark_announced is the last write).
-    document = schemas.to_json_form(wait_for(announced, what=f"jobs/{job_id} marked announced"))
+    document = Job.from_document(wait_for(announced, what=f"jobs/{job_id} marked announced")).model_dump(mode="json")
     _strict("job").validate(document)
     _strict("job-event").validate(data)
     [message] = [m.message for m in job_events.received if m.message.attributes.get("job_id") == job_id]
@@ -142,13 +143,12 @@ def test_output_too_large_for_the_document_matches_the_schemas(
     post: Post, sign: Sign, db: firestore.Client, job_events: Tap
 ) -> None:
     prediction_id = unique_id()
-    _run(post, sign, prediction_id, output="x" * (OUTPUT_VALUE_CAP + 1))
+    _run(post, sign, prediction_id, output="x" * (INLINE_VALUE_BYTES + 1))
 
     document, data = _check(db, job_events, prediction_id)
-    [entry] = document["outputs"]
-    assert (entry["index"], entry["source_url"], document["output_value_too_large"]) == (None, None, True)
-    assert entry["gs_uri"].endswith("/output.json")
-    assert data["outputs"][0]["index"] is None
+    assert (document["outputs"], document["output"], document["output_value_too_large"]) == ([], None, True)
+    assert document["stored_values"]["output"]["gs_uri"].endswith(".json")
+    assert (data["output"], data["stored_values"]) == (None, document["stored_values"])
 
 
 def test_strict_validation_catches_a_property_the_schema_does_not_name() -> None:

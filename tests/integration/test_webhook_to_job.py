@@ -65,7 +65,7 @@ def test_shuffled_and_duplicated_deliveries_end_in_the_same_document(
             what="every distinct webhook to be recorded once",
         )
         assert sorted(e["webhook_id"] for e in events) == sorted(w.webhook_id for w in webhooks)
-        documents.append(_comparable(job.to_document(), prediction_id))
+        documents.append(_comparable(job.model_dump(), prediction_id))
     assert documents[0] == documents[1]
 
 

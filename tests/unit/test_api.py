@@ -9,6 +9,7 @@ served by a fake of Google's certificate endpoint, as in test_push_auth.py.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 from collections.abc import Mapping
@@ -101,8 +102,11 @@ class RecordingSubmitter:
 class MemoryStore:
     jobs: dict[str, Job] = field(default_factory=dict)
 
-    def get(self, job_id: str) -> Job | None:
+    def load(self, job_id: str) -> Job | None:
         return self.jobs.get(job_id)
+
+    def resolve(self, job: Job) -> Job:
+        return job
 
 
 @dataclass
@@ -209,6 +213,13 @@ def test_bad_json_is_a_400(monkeypatch: pytest.MonkeyPatch, raw: bytes, detail: 
         ({**BODY, "input": ["not", "an", "object"]}, "input"),
         ({**BODY, "metadata": {"order": 7}}, "metadata.order"),
         ({**BODY, "metadata": {str(i): "x" for i in range(65)}}, "metadata"),
+        ({**BODY, "metadata": {"": "x"}}, "metadata..[key]"),
+        ({**BODY, "metadata": {"__name__": "x"}}, "metadata.__name__.[key]"),
+        ({**BODY, "metadata": {"k" * 257: "x"}}, f"metadata.{'k' * 257}.[key]"),
+        ({**BODY, "metadata": {"order": "x" * 1025}}, "metadata.order"),
+        ({**BODY, "metadata": {"order": "\ud800"}}, "metadata.order"),
+        ({**BODY, "input": {"image": ["ok", {"deep": "a\ud800"}]}}, "input"),
+        ({**BODY, "input": {"\udc00": 1}}, "input"),
         ({**BODY, "webhook_events": ["start"]}, "webhook_events"),
         ({**BODY, "webhook_events": ["completed", "everything"]}, "webhook_events.1"),
         ({**BODY, "webhook": "https://attacker.example/"}, "webhook"),
@@ -227,6 +238,13 @@ def test_bad_json_is_a_400(monkeypatch: pytest.MonkeyPatch, raw: bytes, detail: 
         "input-list",
         "metadata-number",
         "metadata-too-many",
+        "metadata-empty-key",
+        "metadata-reserved-key",
+        "metadata-long-key",
+        "metadata-long-value",
+        "metadata-surrogate-value",
+        "input-surrogate-value",
+        "input-surrogate-key",
         "events-without-completed",
         "events-unknown",
         "unknown-field",
@@ -238,6 +256,18 @@ def test_an_invalid_field_is_a_422_naming_it(served: Served, sent: Any, field_na
     body = problem(post(served, sent), 422, "validation-error")
     assert field_name in [entry["field"] for entry in body["errors"]], body
     assert served.submitter.calls == []
+
+
+def test_a_metadata_key_with_a_lone_surrogate_is_a_422_in_utf_8(served: Served) -> None:
+    """json.loads lets "\\udfff" through; the key cannot be stored (nor encoded as UTF-8), and the
+    answer naming it is valid UTF-8 (pydantic replaces what cannot be encoded in the path)."""
+    response = post(served, {**BODY, "metadata": {"a\udfff": "x"}})
+    response.get_data().decode("utf-8")
+    body = problem(response, 422, "validation-error")
+    [error] = body["errors"]
+    assert error["field"].startswith("metadata.a")
+    assert error["field"].endswith(".[key]")
+    assert error["message"] == "the key must be Unicode text: character 1 is a lone surrogate ('\\udfff')"
 
 
 def test_an_unknown_model_format_names_model_and_says_what_it_should_look_like(served: Served) -> None:
@@ -300,6 +330,26 @@ def test_bad_paths_and_parameters_are_precise_problems(
 
 def test_a_405_names_the_allowed_methods(served: Served) -> None:
     assert served.client.delete("/v1/jobs", headers=token()).headers["Allow"] == "GET, HEAD, POST"
+
+
+@pytest.mark.parametrize("path", ["/v1/jobs/a%0Ab", "/v1/jobs/%0D", "/robots.txt", "/favicon.ico"])
+def test_paths_functions_framework_does_not_route_are_404_problems_too(served: Served, path: str) -> None:
+    """Its route's `<path:path>` matches no newline, and it keeps two paths for itself: Flask's HTML
+    404 page would be an answer the OpenAPI document does not describe."""
+    problem(served.client.get(path, headers=token()), 404, "not-found")
+
+
+def test_a_stored_lone_surrogate_is_answered_as_its_json_escape(served: Served) -> None:
+    """A job may hold a string that is not Unicode text (a webhook's `\\udc00` escape): the answer
+    is still UTF-8 JSON, the character as its escape, rather than a 500."""
+    job = Job(job_id="j9", input={"prompt": "caf\u00e9 \udc00"}, metadata={"order": "A-1"})
+    served.module._jobs_api.store.jobs["j9"] = job
+    response = served.client.get("/v1/jobs/j9", headers=token())
+    assert response.status_code == 200
+    raw = response.get_data()
+    assert b"\\udc00" in raw
+    assert b"\\u00e9" in raw
+    assert json.loads(raw.decode("utf-8"))["input"] == {"prompt": "caf\u00e9 \udc00"}
 
 
 # ---- the ID token ----
@@ -440,6 +490,33 @@ def test_a_cursor_round_trips_and_refuses_another_filter_or_tampering() -> None:
     for text, state in [(cursor.encode(), None), ("e30", None), ("!!!", None), (cursor.encode()[:-3], "succeeded")]:
         with pytest.raises(InvalidCursor):
             Cursor.decode(text, state=state)
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        {"i": ""},  # Firestore: InvalidArgument, a 503
+        {"i": "a/b"},  # the client: ValueError, a 500
+        {"i": ".."},
+        {"i": "__name__"},
+        {"i": "a\ud800"},  # cannot be encoded as UTF-8
+        {"i": "k" * 1501},
+        {"i": 5},
+        {"i": {"a": 1}},
+        {"c": "2026-03-01T12:00:00"},  # no offset: never made by encode()
+        {"c": 5},
+        {"s": 5},
+        {"v": True},
+        {"v": 2},
+    ],
+    ids=repr,
+)
+def test_a_forged_cursor_is_refused_before_it_reaches_the_query(forged: dict[str, Any]) -> None:
+    """Only what encode() makes: its `i` comes from a stored job's id, its `c` from a Firestore time."""
+    data = {"v": 1, "c": NOW.isoformat(), "i": "abc", "s": None, **forged}
+    text = base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+    with pytest.raises(InvalidCursor, match="not a cursor of this API"):
+        Cursor.decode(text, state=None)
 
 
 def test_field_errors_are_dotted_paths() -> None:

@@ -44,6 +44,7 @@ RELAY_METRICS: dict[str, frozenset[str]] = {
     "relay.archive.bytes": frozenset(),
     "relay.messages.dead_lettered": frozenset({"handler"}),
     "relay.reconciler.recovered": frozenset(),
+    "relay.jobs.not_stored": frozenset({"state"}),
 }
 RELAY_HISTOGRAMS = frozenset(
     {"relay.webhook.duration", "relay.publish.duration", "relay.handler.duration", "relay.job.end_to_end_latency"}
@@ -766,7 +767,8 @@ def test_the_alerts_issue_6_asks_for_exist_with_configurable_thresholds() -> Non
     assert condition["threshold_value"] == "${var.unacked_age_threshold_seconds}"
 
     alerts = _metric_alerts()
-    assert set(alerts) == {"verification_failures", "reconciler_recovered", "archive_failures"}
+    assert set(alerts) == {"verification_failures", "reconciler_recovered", "not_stored", "archive_failures"}
+    assert "relay.jobs.not_stored" in alerts["not_stored"]["filter"]
     assert "relay.webhook.verification_failures" in alerts["verification_failures"]["filter"]
     assert alerts["verification_failures"]["aligner"] == "ALIGN_RATE"
     assert "relay.reconciler.recovered" in alerts["reconciler_recovered"]["filter"]

@@ -19,7 +19,6 @@ from relay.jobs import (
     Outcome,
     Policy,
     apply_event,
-    cut_input,
     left_to_archive,
     newly_final,
     target_state,
@@ -81,7 +80,7 @@ def deliver(
 
 def comparable(job: Job | None) -> dict[str, Any]:
     assert job is not None
-    document = job.to_document()
+    document = job.model_dump()
     document.pop("updated_at")  # the handler's clock, not the prediction's
     return document
 
@@ -243,11 +242,21 @@ def test_text_tokens_are_joined_into_the_output_value() -> None:
     assert job.output_value == "Hello, world"
 
 
-def test_large_plain_output_is_flagged_not_stored() -> None:
-    events = lifecycle_events({"output": "x" * 100})
-    job, _ = deliver(events, [2.0] * len(events), Policy(output_value_max_bytes=50))
+@pytest.mark.parametrize(
+    "output",
+    [
+        [[0.1, 0.2], [0.3, 0.4]],
+        {"": "empty key", "a.b/c`d": 1, "__x__": None},
+        {"image": "https://replicate.delivery/x/out.png", "boxes": [[1, 2, 3, 4]], "label": "cat"},
+        [2**70, -(2**63), 1e308, 5e-324, 0.1],
+    ],
+    ids=["list of lists", "odd keys", "files and values", "numbers"],
+)
+def test_the_output_is_kept_exactly_as_sent_whatever_its_shape(output: Any) -> None:
+    events = lifecycle_events({"output": output, "input": {"boxes": [[1, 2], [3, 4]], "": 1}})
+    job, _ = deliver(events, [2.0] * len(events))
     assert job is not None
-    assert (job.output_value, job.output_value_too_large) == (None, True)
+    assert (job.output, job.input) == (output, {"boxes": [[1, 2], [3, 4]], "": 1})
 
 
 def test_logs_tail_is_bounded() -> None:
@@ -258,19 +267,21 @@ def test_logs_tail_is_bounded() -> None:
     assert job.logs_length == 10_000
 
 
-def test_long_inputs_and_data_uris_are_cut() -> None:
-    cut = cut_input({"image": "data:image/png;base64," + "A" * 5000, "prompt": "p" * 2000, "seed": 7}, 1000)
-    assert cut["image"].startswith("data:image/png;base64")
-    assert "5022 characters cut" in cut["image"]
-    assert len(cut["prompt"]) < 300
-    assert cut["seed"] == 7
+def test_the_whole_logs_are_kept_once_the_job_is_final() -> None:
+    events = lifecycle_events({"logs": "line\n" * 5000})
+    job, _ = deliver(events[:-1], [2.0] * (len(events) - 1))
+    assert job is not None
+    assert job.logs is None  # while it runs, the tail
+    job, _ = deliver(events, [2.0] * len(events))
+    assert job is not None
+    assert job.logs == "line\n" * 5000
 
 
 @pytest.mark.parametrize(
     ("final", "left"),
     [
         ({"output": ["https://replicate.delivery/x/out.png"]}, True),  # files to copy
-        ({"output": "x" * (DEFAULT_POLICY.output_value_max_bytes + 1)}, True),  # too large for the document
+        ({"output": "x" * 1_000_000}, False),  # no files: job-status stores it (in the bucket if too large)
         ({"output": None, "data_removed": True}, True),  # removed: archive-outputs fails it output_expired
         ({"output": "a short text"}, False),  # job-status makes it final itself
         ({"output": None}, False),

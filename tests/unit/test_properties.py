@@ -41,7 +41,18 @@ from relay.events import (
     parse_prediction,
     parse_prediction_ref,
 )
-from relay.jobs import Job, JobState, Outcome, apply_event
+from relay.jobs import (
+    Failure,
+    Job,
+    JobState,
+    Outcome,
+    apply_event,
+    finish_archive,
+    left_to_archive,
+    needs_archive,
+    outputs_removed,
+    target_state,
+)
 from relay.outputs import OutputFile, find_files
 from relay.webhooks import (
     HEADER_ID,
@@ -579,7 +590,7 @@ def deliveries(events: list[PredictionEvent], data: st.DataObject) -> list[tuple
 
 
 def without_clock(job: Job) -> dict[str, Any]:
-    document = job.to_document()
+    document = job.model_dump()
     document.pop("updated_at")  # the handler's clock, not the prediction's
     return document
 
@@ -635,6 +646,152 @@ def test_any_order_and_duplication_of_events_moves_the_job_forward_only_to_the_s
     if finals:  # a final event was sent: what the job reports of Replicate is that event's, in any order
         assert sent.replicate_status == received.replicate_status == finals[0].status
         assert sent.error == received.error == finals[0].error
+
+
+# Finals that end with archive-outputs besides FINALS's files, for the two-handler property below: a succeeded
+# prediction read after Replicate removed its outputs (`data_removed`, output null: the reconciler, `relay adopt`),
+# and a long plain output (whichever handler the current rules give it to).
+BOTH_HANDLERS_FINALS: dict[str, tuple[str, Any, Any, JobState]] = {
+    **FINALS,
+    "succeeded-removed": ("succeeded", None, None, JobState.ARCHIVING),
+    "succeeded-with-long-text": ("succeeded", ["tok"] * 6000, None, JobState.SUCCEEDED),
+}
+# What one push delivery of a message ends in. job-status: applied, applied again with its dedup record gone (a
+# `relay replay` after the record's TTL, Pub/Sub redelivering past it), or 503 (Firestore away: nothing written,
+# redelivered). archive-outputs: files copied, a permanent download error (the job ends failed), or 503.
+JOB_STATUS_OUTCOMES = ["applied", "record_forgotten", "retry"]
+ARCHIVE_OUTCOMES = ["archived", "refused", "retry"]
+REFUSED = Failure("output_refused", "output 0: host_not_allowed: not an allowed host")
+
+
+@st.composite
+def lifecycles_with_finals(draw: st.DrawFn) -> list[PredictionEvent]:
+    """Events of one prediction, one or two of them its final webhook (the same status, any timestamp and logs)."""
+    final = draw(st.sampled_from(sorted(BOTH_HANDLERS_FINALS)), label="final")
+    status, output, error, _ = BOTH_HANDLERS_FINALS[final]
+    events: list[PredictionEvent] = []
+    kinds = ["starting", "processing", "processing", *UNKNOWN_STATUSES]
+    others = draw(st.lists(st.sampled_from(kinds), max_size=6), label="others")
+    finals = draw(st.integers(1, 2), label="finals")
+    for number, kind in enumerate([*others, *(["final"] * finals)]):
+        body: dict[str, Any] = {
+            "id": "p1",
+            "created_at": T0.isoformat(),
+            "logs": draw(st.one_of(st.none(), st.text("ab\n", max_size=12)), label="logs"),
+            "output": draw(st.sampled_from([None, ["to"], ["to", "kens"], "text"]), label="output"),
+            "status": kind,
+        }
+        if kind == "final":
+            body.update(status=status, output=output, error=error, data_removed=final == "succeeded-removed")
+        # Webhook timestamps in any order: a final event may be older than a progress event delivered before it.
+        timestamp = BASE_TIMESTAMP + draw(st.integers(0, 60), label="timestamp")
+        events.append(prediction_event(body, f"msg_{number}", timestamp))
+    return events
+
+
+def is_final_event(event: PredictionEvent) -> bool:
+    return event.prediction.status in FINAL_STATUSES
+
+
+def finisher(event: PredictionEvent) -> str:
+    """The handler whose write makes the job final for this final event (docs/ARCHITECTURE.md, "One writer of the
+    final transition"): archive-outputs for a succeeded prediction left to it, job-status for every other."""
+    return "archive-outputs" if left_to_archive(event) else "job-status"
+
+
+def two_subscriptions(events: list[PredictionEvent], data: st.DataObject) -> list[tuple[str, PredictionEvent, str]]:
+    """Push deliveries of the events to both subscriptions (job-status gets every event, archive-outputs the succeeded
+    ones), interleaved in any order: each event handled once by each, then redeliveries, retries and events the
+    production filter would have kept from archive-outputs, anywhere."""
+    once = [("job-status", sent, "applied") for sent in events]
+    for sent in events:
+        if sent.prediction.status == "succeeded":
+            once.append(("archive-outputs", sent, data.draw(st.sampled_from(ARCHIVE_OUTCOMES[:2]), label="archive")))
+    delivered = list(data.draw(st.permutations(once), label="order"))
+    again = st.one_of(
+        st.tuples(st.just("job-status"), st.sampled_from(events), st.sampled_from(JOB_STATUS_OUTCOMES)),
+        st.tuples(st.just("archive-outputs"), st.sampled_from(events), st.sampled_from(ARCHIVE_OUTCOMES)),
+    )
+    for extra in data.draw(st.lists(again, max_size=6), label="redeliveries"):
+        delivered.insert(data.draw(st.integers(0, len(delivered)), label="at"), extra)
+    return delivered
+
+
+def job_status_writes(
+    job: Job | None, event: PredictionEvent, seen: set[str], outcome: str, now: datetime
+) -> Job | None:
+    """The job JobStore.apply writes for one job-status delivery; None when it writes none."""
+    webhook_id = event.attributes.webhook_id
+    if outcome == "retry":
+        return None
+    if outcome == "record_forgotten":
+        seen.discard(webhook_id)
+    if left_to_archive(event) and job is not None:  # _defer: only the event's record, the job left to archive-outputs
+        seen.add(webhook_id)
+        return None
+    if webhook_id in seen:  # a duplicate
+        return None
+    seen.add(webhook_id)
+    return apply_event(job, event, job_id="p1", now=now).job
+
+
+def archive_outputs_writes(job: Job | None, event: PredictionEvent, outcome: str, now: datetime) -> Job | None:
+    """The job handlers/archive_outputs.py's archive() writes for one delivery; None when it writes none."""
+    if outcome == "retry" or event.prediction.status != "succeeded":  # a 503, or an event it ignores
+        return None
+    output = event.prediction.output
+    if outputs_removed(event):
+        failure: Failure | None = Failure("output_expired", "Replicate had removed the outputs")
+    elif not find_files(output) and not needs_archive(output):
+        return None  # nothing_to_archive: job-status makes such a job final by itself
+    elif job is not None and job.is_terminal:  # found final after the copies: absorbed
+        return None
+    else:
+        failure = REFUSED if outcome == "refused" else None
+    return finish_archive(job, event, job_id="p1", outputs=[], failure=failure, now=now).job
+
+
+@PROPERTY
+@given(events=lifecycles_with_finals(), data=st.data())
+def test_once_its_final_webhook_is_applied_a_job_is_final_and_stays_final_whatever_comes_after(
+    events: list[PredictionEvent], data: st.DataObject
+) -> None:
+    # No path leaves a job open once Replicate's final webhook reached the receiver: the receiver publishes it once
+    # to replicate-events, Pub/Sub pushes it to both subscriptions until each acknowledges it, and as soon as the
+    # handler that finishes such an event has applied it (whatever came before: other events in any order,
+    # duplicates, stale snapshots, the other handler), the job is final; from then on no delivery writes it again.
+    job: Job | None = None
+    seen: set[str] = set()
+    now = T0
+    finished_by: str | None = None  # the delivery that applied a final event in the handler that finishes it
+    final_job: Job | None = None
+    for handler, delivered, outcome in two_subscriptions(events, data):
+        now += timedelta(seconds=data.draw(st.floats(0, 3), label="pause"))
+        if handler == "job-status":
+            written = job_status_writes(job, delivered, seen, outcome, now)
+        else:
+            written = archive_outputs_writes(job, delivered, outcome, now)
+        if final_job is not None:  # a final state never changes: nothing writes the job again
+            assert written is None, (handler, delivered.prediction.status, outcome)
+        job = written or job
+        if is_final_event(delivered) and handler == finisher(delivered) and outcome != "retry":
+            finished_by = finished_by or f"{handler} {outcome} {delivered.attributes.webhook_id}"
+        if finished_by is not None:
+            assert job is not None
+            assert job.is_terminal, f"{finished_by} applied the final webhook, yet the job is {job.state}"
+        if job is not None and job.is_terminal:
+            final_job = final_job or job
+            assert job == final_job
+    assert finished_by is not None  # every final event was handled by both subscriptions, so by its finisher
+    assert job is not None
+    final = next(sent for sent in events if is_final_event(sent))
+    assert job.replicate_status == final.prediction.status
+    if finisher(final) == "job-status":
+        assert job.state == target_state(final.prediction.status, final.prediction.output)
+    elif outputs_removed(final):
+        assert (job.state, job.error_code) == (JobState.FAILED, "output_expired")
+    else:  # archived, or a download refused for good: decided by the first archive-outputs delivery that applied
+        assert (job.state, job.error_code) in {(JobState.SUCCEEDED, None), (JobState.FAILED, "output_refused")}
 
 
 # --- download URL checks (relay/downloads.py), with a fake resolver and no network ----------------

@@ -54,7 +54,7 @@ JOBS = {
 
 
 def _v1_job_event(job: Job) -> tuple[bytes, dict[str, str]]:
-    """job_event as first written, before the JobEvent model: the reference of the v1 wire format."""
+    """job_event as v1 writes it, by hand: the first version's keys, plus `output` and `stored_values`."""
     body: dict[str, Any] = {
         "schema_version": "1",
         "event_id": f"{job.job_id}:{job.state}",
@@ -68,10 +68,12 @@ def _v1_job_event(job: Job) -> tuple[bytes, dict[str, str]]:
             for entry in job.outputs
             if entry.get("gs_uri")
         ],
+        "output": job.output,
         "output_value": job.output_value,
         "error": job.error,
         "error_code": job.error_code,
         "metadata": job.metadata,
+        "stored_values": {name: stored.model_dump() for name, stored in job.stored_values.items()},
         "completed_at": job.completed_at.isoformat() if job.completed_at else None,
     }
     attributes = {"event_id": body["event_id"], "type": body["type"], "job_id": job.job_id, "state": job.state}
@@ -140,11 +142,11 @@ def test_job_events_message_validates_against_its_schemas(job: Job) -> None:
 
 @pytest.mark.parametrize("job", JOBS.values(), ids=JOBS.keys())
 def test_job_document_in_json_form_validates_against_the_job_schema(job: Job) -> None:
-    _validator(CONTRACT["job"]).validate(schemas.to_json_form(job.to_document()))
+    _validator(CONTRACT["job"]).validate(job.model_dump(mode="json"))
 
 
 def test_an_outputs_entry_of_neither_shape_is_refused_by_the_job_schema() -> None:
-    document = schemas.to_json_form(JOBS["succeeded with files"].to_document())
+    document = JOBS["succeeded with files"].model_dump(mode="json")
     document["outputs"] = [{"index": 0, "url": "https://replicate.delivery/x"}]
     with pytest.raises(jsonschema.ValidationError):
         _validator(CONTRACT["job"]).validate(document)

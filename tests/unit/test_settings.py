@@ -219,14 +219,13 @@ def test_handler_reads_every_variable() -> None:
             **HANDLER_ENV,
             "RELAY_COALESCE_SECONDS": "2.5",
             "RELAY_LOGS_TAIL_CHARS": "100",
-            "RELAY_INPUT_VALUE_MAX_CHARS": "16",
-            "RELAY_OUTPUT_VALUE_MAX_BYTES": "0",
+            "RELAY_INLINE_VALUE_BYTES": "4096",
             "RELAY_EVENT_RETENTION_DAYS": "7",
             "RELAY_LOG_LEVEL": "warning",
         }
     )
     assert settings.policy == Policy(
-        coalesce_window=timedelta(seconds=2.5), logs_tail_chars=100, input_value_max_chars=16, output_value_max_bytes=0
+        coalesce_window=timedelta(seconds=2.5), logs_tail_chars=100, inline_value_bytes=4096
     )
     assert settings.event_retention == timedelta(days=7)
     assert settings.log_level == "WARNING"
@@ -258,8 +257,8 @@ def test_handlers_do_not_need_the_webhook_secret() -> None:
         pytest.param({"RELAY_COALESCE_SECONDS": "nan"}, "RELAY_COALESCE_SECONDS", id="coalesce-nan"),
         pytest.param({"RELAY_LOGS_TAIL_CHARS": "many"}, "RELAY_LOGS_TAIL_CHARS", id="logs-tail-not-number"),
         pytest.param({"RELAY_LOGS_TAIL_CHARS": "-5"}, "RELAY_LOGS_TAIL_CHARS", id="logs-tail-negative"),
-        pytest.param({"RELAY_INPUT_VALUE_MAX_CHARS": "15"}, "RELAY_INPUT_VALUE_MAX_CHARS", id="input-below-16"),
-        pytest.param({"RELAY_OUTPUT_VALUE_MAX_BYTES": "1.5"}, "RELAY_OUTPUT_VALUE_MAX_BYTES", id="output-float"),
+        pytest.param({"RELAY_INLINE_VALUE_BYTES": "1023"}, "RELAY_INLINE_VALUE_BYTES", id="inline-below-1024"),
+        pytest.param({"RELAY_INLINE_VALUE_BYTES": "600000"}, "RELAY_INLINE_VALUE_BYTES", id="inline-above-512k"),
         pytest.param({"RELAY_EVENT_RETENTION_DAYS": "0"}, "RELAY_EVENT_RETENTION_DAYS", id="retention-zero"),
         pytest.param({"RELAY_EVENT_RETENTION_DAYS": "a month"}, "RELAY_EVENT_RETENTION_DAYS", id="retention-words"),
         pytest.param({"RELAY_PROJECT": UNSET}, "RELAY_PROJECT", id="project-missing"),

@@ -22,7 +22,13 @@ from relay.ops.status import push_subscriptions, recent_verification_failures
 
 NOW = datetime(2026, 11, 29, 15, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)
-SETTINGS = OpsSettings(project="demo", events_topic="replicate-events", quiet=timedelta(minutes=10), timeout=2.0)
+SETTINGS = OpsSettings(
+    project="demo",
+    events_topic="replicate-events",
+    quiet=timedelta(minutes=10),
+    timeout=2.0,
+    bucket="demo-relay-outputs",
+)
 
 
 # The local metrics file ------------------------------------------------------------------------

@@ -113,7 +113,7 @@ def test_the_other_services() -> None:
 def test_the_api_gets_the_receivers_url_its_invokers_e_mails_and_the_replicate_token() -> None:
     members = ["serviceAccount:next-app@p.iam.gserviceaccount.com", "user:dev@example.com"]
     api = _real(api_invokers=members, region="europe-west1")["api"]
-    assert set(api.values) == COMMON | {"THREADS", "RELAY_WEBHOOK_URL", "RELAY_API_INVOKERS"}
+    assert set(api.values) == COMMON | {"THREADS", "RELAY_BUCKET", "RELAY_WEBHOOK_URL", "RELAY_API_INVOKERS"}
     assert api.values["FUNCTION_TARGET"] == "api"
     assert api.values["RELAY_WEBHOOK_URL"] == f"https://receiver-{PROJECT_NUMBER}.europe-west1.run.app/"
     assert api.values["RELAY_API_INVOKERS"] == "next-app@p.iam.gserviceaccount.com dev@example.com"
