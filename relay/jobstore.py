@@ -194,12 +194,17 @@ class JobStore:
         and no lock held. If anyone wrote the job since, nothing is written and the transaction
         decides afresh. The announcement is claimed in the same write that makes the job final
         (Applied.claimed). A job Firestore refuses is finished as in `apply`, without the
-        prediction's values and the outputs' entries (the copies stay in the bucket).
+        prediction's values, and if need be without the outputs' entries (the copies stay in the
+        bucket under their deterministic names).
         """
         try:
             return self._finish_archive(event, outputs, failure, located=located, refused=None)
         except Unstorable as refused:
-            return self._finish_archive(_without_values(event), [], failure, located=None, refused=str(refused))
+            stripped = _without_values(event)
+            try:
+                return self._finish_archive(stripped, outputs, failure, located=None, refused=str(refused))
+            except Unstorable:  # the outputs' entries themselves are too many for one document
+                return self._finish_archive(stripped, [], failure, located=None, refused=str(refused))
 
     def _finish_archive(
         self,

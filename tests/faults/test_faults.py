@@ -271,6 +271,54 @@ def test_poison_message_is_dead_lettered_then_replayed_once_fixed(
     invariants.check([Submitted(prediction_id, prediction_id, files=1, posted=(webhook.webhook_id,))], None)
 
 
+POISON_MODEL = "acme/" + "m" * 1_100_000  # any job document holding it is over Firestore's 1 MiB
+
+
+@pytest.mark.parametrize(
+    ("final", "with_file"),
+    [({"status": "failed", "error": "CUDA out of memory"}, False), ({"status": "succeeded"}, True)],
+    ids=["failed, job-status ends it", "succeeded with a file, archive-outputs ends it"],
+)
+def test_a_prediction_firestore_can_never_store_still_ends_its_job_and_nothing_is_dead_lettered(
+    stack: LocalStack,
+    db: firestore.Client,
+    files: FileServer,
+    bucket: storage.Bucket,
+    sign: Callable[..., SignedWebhook],
+    invariants: Invariants,
+    capsys: pytest.CaptureFixture[str],
+    final: dict[str, Any],
+    with_file: bool,
+) -> None:
+    """A poison message: the prediction's own `model` makes every document that holds it too large,
+    so Firestore refuses each write with InvalidArgument, however often it is retried. The handlers
+    treat that as permanent: the job is written without the prediction's values, in the state
+    Replicate reported, marked `not_stored`, and each message is acknowledged, not dead-lettered."""
+    prediction_id = unique_id()
+    url = files.serve(f"/{prediction_id}/out.png", Answer(body=b"\x89PNG-poison", content_type="image/png"))
+    bodies = prediction_lifecycle(prediction_id, model=POISON_MODEL, output=[url] if with_file else None)
+    bodies[-1].update(final)
+    posted = []
+    with httpx.Client(timeout=30) as http:
+        for body in bodies:
+            webhook = sign(body)
+            assert http.post(stack.receiver_url, content=webhook.body, headers=webhook.headers).status_code == 200
+            posted.append(webhook.webhook_id)
+
+    job = wait_for(lambda: (j := _job(db, prediction_id)) and j.is_terminal and j, timeout=90, what="the job to end")
+    assert (job.state, job.error_code) == (final["status"], "not_stored")
+    assert "InvalidArgument" in str(job.error), job.error
+    assert job.model is None  # what could not be kept is not on the job
+    copies = [f"gs://{bucket.name}/predictions/{prediction_id}/0-out.png"] if with_file else []
+    assert [entry["gs_uri"] for entry in job.outputs] == copies
+    case = Submitted(prediction_id, prediction_id, files=int(with_file), posted=tuple(posted), expected=final["status"])
+    invariants.check([case], None)
+    time.sleep(3)  # longer than the fault topology's retry backoff: a refused message would be back by now
+    for subscription in ("job-status-dead-letter", "archive-outputs-dead-letter"):
+        assert relay_main(["replay", "--from", subscription, "--dry-run"]) == 0
+        assert "Dry run: 0 message(s)" in capsys.readouterr().out, subscription
+
+
 def _job(db: firestore.Client, job_id: str) -> Job | None:
     snapshot = db.collection(JOBS).document(job_id).get()
     return Job.from_document(snapshot.to_dict() or {}) if snapshot.exists else None
