@@ -23,6 +23,7 @@ from typing import Any
 from google.cloud import firestore
 
 from relay.jobstore import utcnow
+from relay.values import dumps
 
 COLLECTION = "idempotency"
 MAX_KEY_CHARS = 255
@@ -77,7 +78,8 @@ def fingerprint(method: str, path: str, body: Any) -> str:
     """What makes two requests the same: method, path and the body's canonical JSON (key order
     and whitespace do not count, so a retry from another serialiser still matches)."""
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(f"{method} {path}\n{canonical}".encode()).hexdigest()
+    # surrogatepass: JSON may carry a lone surrogate ("\ud800"), which strict UTF-8 refuses.
+    return hashlib.sha256(f"{method} {path}\n{canonical}".encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def decide(record: Mapping[str, Any] | None, request: str, now: datetime) -> Claimed | None:
@@ -160,7 +162,7 @@ class IdempotencyStore:
                 "state": ANSWERED,
                 "status": status,
                 # As JSON text: replayed byte for byte, whatever Firestore would make of its values.
-                "body": json.dumps(body, separators=(",", ":"), ensure_ascii=False),
+                "body": dumps(body),
                 "answered_at": now,
                 "expire_at": now + self._retention,
             }

@@ -57,7 +57,9 @@ class JobEvent(BaseModel):
         description="The archived copies of the output, in order (see the job's `outputs`); files that could not be "
         "archived are left out (the job failed: see `error_code`)."
     )
+    # Added within v1 (a default, so that messages published before still parse).
     output: Any = Field(
+        default=None,
         description="The prediction's output exactly as Replicate sent it (see the job's `output`); null when it is "
         "kept in the bucket (see `stored_values`)."
     )
@@ -68,6 +70,7 @@ class JobEvent(BaseModel):
     error_code: str | None = Field(description="Why the job did not succeed (see the job's `error_code`).")
     metadata: dict[str, str] = Field(description="The submitter's own key/values, as on the job.")
     stored_values: dict[str, StoredValue] = Field(
+        default={},
         description="The prediction's values kept in the bucket, as on the job: `output` among them when it was too "
         "large to carry here."
     )
