@@ -23,14 +23,17 @@ import httpx
 import pytest
 from google.cloud import firestore, pubsub_v1, storage
 
+from relay.client import RelayClient
 from relay.devstack.processes import StackError, free_port, http_answers
 from relay.devstack.stack import API, DEV_WEBHOOK_SECRET, HANDLERS, RECEIVER
+from relay.jobs import TERMINAL_STATES
 from relay.testing import prediction_lifecycle, sign_webhook
 from relay.traceview.lookup import find_in_file
 from relay.traceview.model import Trace
 from tests.image.conftest import PROJECT, SERVICES, ImageStack
 from tests.integration.conftest import Tap, unique_id, wait_for, wait_for_job
 from tests.integration.fileserver import Answer, FileServer
+from tests.integration.json_shapes import SHAPES, Shape, exact, handler_lines, lifecycle, timestamps
 
 SPECS = {"receiver": RECEIVER, **HANDLERS, "api": API}
 CLOUD_RUN_KILL_SECONDS = 10.0  # Cloud Run sends SIGKILL this long after SIGTERM
@@ -241,6 +244,39 @@ def test_the_api_container_submits_to_the_simulator_and_reads_the_job_the_pipeli
         assert final["created_at"]
         refused = api.post("/v1/jobs", content=b"{", headers={"Content-Type": "application/json"})
         assert (refused.status_code, refused.headers["content-type"]) == (400, "application/problem+json")
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=[shape.id for shape in SHAPES])
+def test_each_json_shape_through_the_containers_ends_succeeded_and_reads_back_exactly(
+    image_stack: ImageStack, shape: Shape
+) -> None:
+    """Issue 21's six shapes: the receiver's container takes the signed lifecycle, the handlers'
+    containers write the job; the api container, and RelayClient on Firestore, read it back exact."""
+    stack = image_stack.stack
+    prediction_id = unique_id()  # the job's id too: nobody submitted it
+    bodies = lifecycle(prediction_id, shape)
+    with httpx.Client(timeout=15) as http:
+        for body, timestamp in zip(bodies, timestamps(len(bodies)), strict=True):
+            webhook = sign_webhook(body, (DEV_WEBHOOK_SECRET,), timestamp=timestamp)
+            response = http.post(stack.receiver_url, content=webhook.body, headers=webhook.headers)
+            assert response.status_code == 200, response.text
+
+        def final() -> dict[str, Any] | None:
+            response = http.get(f"{stack.api_url}/v1/jobs/{prediction_id}")
+            served: dict[str, Any] = response.json() if response.status_code == 200 else {}
+            return served if served.get("state") in TERMINAL_STATES else None
+
+        served = wait_for(final, timeout=PIPELINE_WAIT, what=f"job {prediction_id} to be final")
+    context = handler_lines(stack, prediction_id)
+    assert (served["state"], served["error"]) == ("succeeded", None), context
+    assert exact(served["input"]) == exact(shape.input), context
+    assert exact(served["output"]) == exact(shape.output), context
+    with RelayClient.from_env(stack.client_env, submitting=False) as relay:
+        job = relay.get(prediction_id)
+    assert job is not None
+    assert job.state == "succeeded"
+    assert (job.input, exact(job.input)) == (shape.input, exact(shape.input))
+    assert (job.output, exact(job.output)) == (shape.output, exact(shape.output))
 
 
 # ---- SIGTERM: requests in flight finish, telemetry is flushed, the container exits before the kill ----
