@@ -13,6 +13,13 @@ export interface AnnouncedOutput {
   crc32c: string;
 }
 
+/** A value of the prediction kept in the bucket, too large for the job ($defs/StoredValue). */
+export interface StoredValue {
+  gs_uri: string;
+  size: number;
+  crc32c: string;
+}
+
 /** The data of one job-events message: a job reached a final state. */
 export interface JobEvent {
   schema_version: "1";
@@ -24,11 +31,14 @@ export interface JobEvent {
   state: FinalState;
   model: string | null;
   outputs: AnnouncedOutput[];
+  /** The prediction's output exactly as Replicate sent it; null when it is in `stored_values`. */
+  output: unknown;
   output_value: unknown;
   error: unknown;
   error_code: string | null;
   /** The submitter's metadata: here `{order: "A-1042"}`. */
   metadata: Record<string, string>;
+  stored_values: Record<string, StoredValue>;
   completed_at: string | null;
 }
 

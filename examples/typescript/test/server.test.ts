@@ -25,10 +25,12 @@ function event(jobId: string, order: string | undefined, state: JobEvent["state"
     state,
     model: "flux-kontext-apps/restore-image",
     outputs: state === "succeeded" ? [{ index: 0, gs_uri: `gs://b/predictions/p-${jobId}/0-output.png`, content_type: "image/png", size: 9, crc32c: "AAAAAA==" }] : [],
+    output: state === "succeeded" ? [`https://replicate.delivery/x/p-${jobId}/output.png`] : null,
     output_value: null,
     error: state === "succeeded" ? null : "CUDA out of memory",
     error_code: state === "succeeded" ? null : "failed",
     metadata: order === undefined ? {} : { order },
+    stored_values: {},
     completed_at: "2026-12-01T23:32:54.371000+00:00",
   };
 }
