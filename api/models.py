@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic.config import JsonDict
 
+from relay import metadata as rules
 from relay.jobs import Job
 from relay.submit import DEFAULT_EVENTS
 
@@ -16,7 +18,20 @@ from relay.submit import DEFAULT_EVENTS
 MODEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*(?::[A-Za-z0-9]+)?$"
 _MODEL = re.compile(MODEL_PATTERN)
 WebhookEvent = Literal["start", "output", "logs", "completed"]
-MAX_METADATA_ENTRIES = 64
+# Checked one by one so that a 422 names the entry: `metadata.KEY` for a value, `metadata.KEY.[key]`
+# for the key itself; then relay.metadata.check_metadata, the whole rule, for the number of entries.
+MetadataKey = Annotated[str, AfterValidator(rules.check_key)]
+MetadataValue = Annotated[str, AfterValidator(rules.check_value)]
+# What relay.metadata enforces, in JSON Schema (lengths in characters, as maxLength counts them).
+METADATA_SCHEMA: JsonDict = {
+    "maxProperties": rules.MAX_ENTRIES,
+    "propertyNames": {
+        "minLength": 1,
+        "maxLength": rules.MAX_KEY_CHARS,
+        "not": {"pattern": rules.RESERVED_KEY_PATTERN},
+    },
+    "additionalProperties": {"type": "string", "maxLength": rules.MAX_VALUE_CHARS},
+}
 
 
 class CreateJob(BaseModel):
@@ -29,15 +44,23 @@ class CreateJob(BaseModel):
         json_schema_extra={"pattern": MODEL_PATTERN},
         examples=["flux-kontext-apps/restore-image"],
     )
-    input: dict[str, Any] = Field(description="The prediction's input, as the model defines it.")
-    metadata: dict[str, str] = Field(
-        default={},
-        description=f"Your own string key/values (at most {MAX_METADATA_ENTRIES}), kept on the job untouched.",
+    input: dict[str, Any] = Field(
+        description="The prediction's input, as the model defines it. Its strings, keys too, must be Unicode text: "
+        "a lone surrogate (`\\ud800`) cannot be sent to Replicate as UTF-8."
     )
-    webhook_events: list[WebhookEvent] | None = Field(
+    metadata: dict[MetadataKey, MetadataValue] = Field(
+        default={},
+        description=f"Your own string key/values, kept on the job untouched: at most {rules.MAX_ENTRIES}; keys "
+        f"of 1 to {rules.MAX_KEY_CHARS} characters, not beginning and ending with `__` (Firestore reserves "
+        f"those); values of at most {rules.MAX_VALUE_CHARS} characters; no lone surrogates (`\\ud800`).",
+        json_schema_extra=METADATA_SCHEMA,
+    )
+    webhook_events: (
+        Annotated[list[WebhookEvent], Field(json_schema_extra={"contains": {"const": "completed"}})] | None
+    ) = Field(
         default=None,
-        description="Which of Replicate's webhook events to receive (must include `completed`); "
-        "default RELAY_WEBHOOK_EVENTS, all four unless configured.",
+        description="Which of Replicate's webhook events to receive (must include `completed`; repeats count "
+        "once); default RELAY_WEBHOOK_EVENTS, all four unless configured.",
     )
 
     @field_validator("model")
@@ -47,12 +70,19 @@ class CreateJob(BaseModel):
             raise ValueError("must look like OWNER/NAME or OWNER/NAME:VERSION")
         return value
 
+    @field_validator("input")
+    @classmethod
+    def _input_text(cls, value: dict[str, Any]) -> dict[str, Any]:
+        found = lone_surrogate(value)
+        if found is not None:
+            path, text = found
+            raise ValueError(f"input{path} is not Unicode text: it holds a lone surrogate ({_surrogate_in(text)!r})")
+        return value
+
     @field_validator("metadata")
     @classmethod
-    def _metadata_size(cls, value: dict[str, str]) -> dict[str, str]:
-        if len(value) > MAX_METADATA_ENTRIES:
-            raise ValueError(f"at most {MAX_METADATA_ENTRIES} entries")
-        return value
+    def _metadata(cls, value: dict[str, str]) -> dict[str, str]:
+        return rules.check_metadata(value)
 
     @field_validator("webhook_events")
     @classmethod
@@ -62,6 +92,38 @@ class CreateJob(BaseModel):
         if "completed" not in value:
             raise ValueError("must include completed, or the job never learns its outcome")
         return sorted(set(value), key=DEFAULT_EVENTS.index)
+
+
+def lone_surrogate(value: Any) -> tuple[str, str] | None:
+    """The first string of a parsed JSON value, key or value, holding a lone surrogate (what JSON's
+    `\\ud800` escape gives and json.loads lets through), as (its path, `.key` or `.0` parts, the
+    string); None if there is none. Iterative: the value may be as deep as the parser allowed."""
+    pending: list[tuple[str, Any]] = [("", value)]
+    while pending:
+        path, item = pending.pop()
+        if isinstance(item, str):
+            if not _encodes(item):
+                return path, item
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if not _encodes(key):
+                    return f"{path}.{key!a}", key
+                pending.append((f"{path}.{key}", child))
+        elif isinstance(item, list):
+            pending.extend((f"{path}.{index}", child) for index, child in enumerate(item))
+    return None
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _surrogate_in(text: str) -> str:
+    return next(char for char in text if "\ud800" <= char <= "\udfff")
 
 
 class JobList(BaseModel):

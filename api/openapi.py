@@ -20,7 +20,7 @@ from pydantic_core import CoreSchema, core_schema
 
 from api import errors
 from api.idempotency import MAX_KEY_CHARS
-from api.listing import DEFAULT_LIMIT, MAX_LIMIT
+from api.listing import CURSOR_FORMAT, CURSOR_PATTERN, DEFAULT_LIMIT, MAX_LIMIT
 from api.models import CreateJob, JobList, Problem
 from relay.jobs import Job, JobState
 
@@ -145,8 +145,11 @@ def document() -> dict[str, Any]:
                         {
                             "name": "cursor",
                             "in": "query",
-                            "description": "`next_cursor` of the previous page, with the same `state`.",
-                            "schema": {"type": "string"},
+                            "description": "`next_cursor` of the previous page, with the same `state`; empty for "
+                            "the first page. Only a cursor this API made is accepted (format `relay-cursor`: opaque, "
+                            "base64url without padding); any other string, or one made for another `state`, is a "
+                            "400 (`invalid-parameter`).",
+                            "schema": {"type": "string", "format": CURSOR_FORMAT, "pattern": CURSOR_PATTERN},
                         },
                     ],
                     "responses": {

@@ -62,15 +62,15 @@ export interface components {
     schemas: {
         /**
          * ArchivedObject
-         * @description An output copied into Cloud Storage: a file of the prediction's output, or (index null) the
-         *     whole plain output when it was too large for the job document.
+         * @description An output file copied into Cloud Storage. (Jobs written before Relay kept values whole also
+         *     hold one entry of index null: the plain output too large for their document, `output.json`.)
          */
         ArchivedObject: {
-            /** @description Position of the file among the output's file references, depth first, from 0; null for `output.json`, the plain output stored because it was too large for the job document. */
+            /** @description Position of the file among the output's file references, depth first, from 0; null for `output.json` in jobs written before values too large for the document went to `stored_values`. */
             index: number | null;
             /** @description Where Replicate served the file, as scheme://host/path (a query string may carry a token, so it is dropped); for a `data:` URI, `data:` and its media type only; null for `output.json`. */
             source_url: string | null;
-            /** @description The copy: gs://BUCKET/predictions/{prediction_id}/{index}-{file name}, or …/output.json. */
+            /** @description The copy: gs://BUCKET/predictions/{prediction_id}/{index}-{file name} (…/output.json for index null). */
             gs_uri: string;
             /** @description The object's Content-Type, as the download declared it. */
             content_type: string;
@@ -91,19 +91,19 @@ export interface components {
              * @example flux-kontext-apps/restore-image
              */
             model: string;
-            /** @description The prediction's input, as the model defines it. */
+            /** @description The prediction's input, as the model defines it. Its strings, keys too, must be Unicode text: a lone surrogate (`\ud800`) cannot be sent to Replicate as UTF-8. */
             input: {
                 [key: string]: unknown;
             };
             /**
-             * @description Your own string key/values (at most 64), kept on the job untouched.
+             * @description Your own string key/values, kept on the job untouched: at most 64; keys of 1 to 256 characters, not beginning and ending with `__` (Firestore reserves those); values of at most 1024 characters; no lone surrogates (`\ud800`).
              * @default {}
              */
             metadata?: {
                 [key: string]: string;
             };
             /**
-             * @description Which of Replicate's webhook events to receive (must include `completed`); default RELAY_WEBHOOK_EVENTS, all four unless configured.
+             * @description Which of Replicate's webhook events to receive (must include `completed`; repeats count once); default RELAY_WEBHOOK_EVENTS, all four unless configured.
              * @default null
              */
             webhook_events?: ("start" | "output" | "logs" | "completed")[] | null;
@@ -130,10 +130,12 @@ export interface components {
         };
         /**
          * Job
-         * @description `jobs/{job_id}` in Firestore: one Replicate prediction, as Relay last saw it.
+         * @description One Replicate prediction, as Relay last saw it: what RelayClient and the API return.
          *
-         *     Every field is written on every write, null when unknown. Timestamps are Firestore timestamps
-         *     (UTC, microseconds); this schema shows them as their JSON form, RFC 3339 strings.
+         *     Every field is always present, null when unknown. Timestamps are UTC with microseconds, RFC 3339
+         *     strings in JSON. In Firestore the job is the document `jobs/{job_id}`, where the prediction's
+         *     values are JSON text (`input_json`, `output_json`, …, see relay.values): read it through Relay's
+         *     client or API, which return it in this form.
          */
         Job: {
             /** @description The document's id: a UUID hex for a job submitted through Relay, else the prediction's id. */
@@ -159,7 +161,7 @@ export interface components {
              */
             version: string | null;
             /**
-             * @description The prediction's input. Strings longer than RELAY_INPUT_VALUE_MAX_CHARS (data: URIs above all) are cut and end in `… [N characters cut]`.
+             * @description The prediction's input, exactly as Replicate sent it (or as submitted, until Replicate reports it); null if unknown, or while it is only in the bucket (see `stored_values`).
              * @default null
              */
             input: {
@@ -176,17 +178,22 @@ export interface components {
              */
             replicate_status: string | null;
             /**
-             * @description The archived copies of the output, in order: one entry per file found in the output, or one entry (index null, `output.json`) for a plain output too large for this document. Empty otherwise.
+             * @description The archived copies of the output's files, in order: one entry per file found anywhere in the output. Empty for an output without files.
              * @default []
              */
             outputs: (components["schemas"]["ArchivedObject"] | components["schemas"]["FailedOutput"])[];
             /**
-             * @description The prediction's output when it has no files and is small (at most RELAY_OUTPUT_VALUE_MAX_BYTES as JSON); a list of strings (streamed text) is joined into one string. Null otherwise.
+             * @description The prediction's output, exactly as Replicate sent it, files and values alike. While the job is open, an output too large for the document is left out until the final write; null while it is only in the bucket (see `stored_values`).
+             * @default null
+             */
+            output: unknown;
+            /**
+             * @description The output when it holds no files and is kept in the document; a list of strings (streamed text) is joined into one string. Null otherwise.
              * @default null
              */
             output_value: unknown;
             /**
-             * @description True when the plain output was too large for `output_value`: see `outputs`.
+             * @description True when the output holds no files and is too large for the document: it is in the bucket (see `stored_values`).
              * @default false
              */
             output_value_too_large: boolean;
@@ -196,7 +203,7 @@ export interface components {
              */
             error: unknown;
             /**
-             * @description Why the job did not succeed: `failed`, `canceled` or `aborted` from Replicate; `output_expired`, `output_refused`, `archive_conflict`, `submit_failed` or `submit_incomplete` from Relay. Other values may be added within v1.
+             * @description Why the job did not succeed: `failed`, `canceled` or `aborted` from Replicate; `output_expired`, `output_refused`, `archive_conflict`, `submit_failed`, `submit_incomplete` or `not_stored` (Firestore refused the job as Replicate sent it: see `error`) from Relay. Other values may be added within v1.
              * @default null
              */
             error_code: string | null;
@@ -211,12 +218,24 @@ export interface components {
              */
             logs_length: number;
             /**
+             * @description The whole logs as Replicate last sent them, once the job is final; null while it runs (see `logs_tail`), or while they are only in the bucket (see `stored_values`).
+             * @default null
+             */
+            logs: string | null;
+            /**
              * @description Replicate's `metrics` (e.g. `predict_time` in seconds), as reported.
              * @default null
              */
             metrics: {
                 [key: string]: unknown;
             } | null;
+            /**
+             * @description The values of the prediction (`input`, `output`, `error`, `metrics`, `logs`) too large for the job document, each a JSON object in the bucket. Relay's client and API read them back into their fields; elsewhere those fields are null.
+             * @default {}
+             */
+            stored_values: {
+                [key: string]: components["schemas"]["StoredValue"];
+            };
             /**
              * @description The submitter's own string key/values (e.g. an order number), returned untouched.
              * @default {}
@@ -309,6 +328,18 @@ export interface components {
         } & {
             [key: string]: unknown;
         };
+        /**
+         * StoredValue
+         * @description A value of the prediction kept in Cloud Storage because the job document could not hold it inline.
+         */
+        StoredValue: {
+            /** @description The object: gs://BUCKET/jobs/{job_id}/{field}-{sha256 prefix}.json, JSON text. */
+            gs_uri: string;
+            /** @description The object's size in bytes (UTF-8 JSON text). */
+            size: number;
+            /** @description CRC32C of the object, base64 of the big-endian 4 bytes, as Cloud Storage reports it. */
+            crc32c: string;
+        };
     };
     responses: never;
     parameters: {
@@ -328,7 +359,7 @@ export interface operations {
                 state?: "submitted" | "starting" | "processing" | "archiving" | "succeeded" | "failed" | "canceled" | "aborted";
                 /** @description Jobs per page (default 20). */
                 limit?: number;
-                /** @description `next_cursor` of the previous page, with the same `state`. */
+                /** @description `next_cursor` of the previous page, with the same `state`; empty for the first page. Only a cursor this API made is accepted (format `relay-cursor`: opaque, base64url without padding); any other string, or one made for another `state`, is a 400 (`invalid-parameter`). */
                 cursor?: string;
             };
             header?: never;
