@@ -125,7 +125,7 @@ class Job(BaseModel):
     output_value_too_large: bool = Field(
         default=False,
         description="True when the output holds no files and is too large for the document: it is in the bucket "
-        "(see `stored_values`).",
+        "once the job is final (see `stored_values`), and left out before.",
     )
     error: Any = Field(
         default=None,
@@ -376,6 +376,8 @@ def finish_archive(
         "updated_at": now,
         "announcer": actor,
     }
+    if event.prediction.logs is not None:  # final now: the whole logs, which `archiving` did not keep
+        updates["logs"] = event.prediction.logs
     if failure is not None:
         updates.update(error=failure.message, error_code=failure.code)
     return Decision(Outcome.CREATED if job is None else Outcome.APPLIED, base.model_copy(update=updates))

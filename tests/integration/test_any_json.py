@@ -109,12 +109,6 @@ def test_an_output_mixing_a_file_and_plain_values_is_archived_and_reads_back_exa
     assert (entry["size"], entry["content_type"]) == (len(PNG), "image/png")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="relay.jobs.finish_archive makes the job succeeded without the whole logs: apply_event leaves them "
-    "null in archiving (not final yet), and nothing sets them when archive-outputs makes it final",
-)
 def test_a_job_archive_outputs_finished_has_the_whole_logs(
     stack: LocalStack, http: httpx.Client, relay: RelayClient, files: FileServer
 ) -> None:
