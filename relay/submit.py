@@ -16,6 +16,7 @@ from relay.config import ConfigError, Env, Secret, project_id
 from relay.jobevents import announce_once
 from relay.jobs import Job
 from relay.jobstore import JobStore
+from relay.metadata import check_metadata
 from relay.publisher import PublishError, TopicPublisher
 from relay.replicate_api import DEFAULT_BASE_URL, ModelRef, ReplicateAPI, ReplicateAPIError
 
@@ -92,6 +93,14 @@ def _default_input(env: Env) -> dict[str, Any]:
     return values
 
 
+def check_metadata_option(metadata: dict[str, str]) -> dict[str, str]:
+    """`--metadata` pairs, checked as a job keeps them; ConfigError (exit 2) names the one at fault."""
+    try:
+        return check_metadata(metadata)
+    except ValueError as error:
+        raise ConfigError(f"--metadata: {error}") from None
+
+
 class SubmitFailed(Exception):
     """Replicate did not accept the prediction; the job is recorded as failed (submit_failed)."""
 
@@ -122,6 +131,8 @@ class Submitter:
 
         `job_id`, when the caller chose it beforehand (the API records it with the request's
         Idempotency-Key, so a retry finds what this call created), else a new UUID hex.
+        Raises ValueError, before anything is written, for metadata a job cannot keep
+        (relay.metadata: empty or reserved keys, too many or too long entries).
 
         A crash after the prediction is created but before the link is written loses nothing:
         the prediction's first webhook creates a job for it (source webhook), and the reconciler
@@ -132,7 +143,7 @@ class Submitter:
             source="submit",
             model=str(model),
             input=input,
-            metadata=dict(metadata or {}),
+            metadata=check_metadata(metadata or {}),
         )
         self.store.create_submitted(job)
         try:
@@ -175,7 +186,7 @@ def run_submit(*, model: str | None, inputs: dict[str, Any], metadata: dict[str,
         job_events=TopicPublisher(f"projects/{project}/topics/job-events", deadline_seconds=10),
     )
     try:
-        job = submitter.submit(ref, settings.input_for(ref, inputs), metadata=metadata)
+        job = submitter.submit(ref, settings.input_for(ref, inputs), metadata=check_metadata_option(metadata))
     except SubmitFailed as error:
         print(f"job {error.job.job_id} failed: {error}")
         return 1
