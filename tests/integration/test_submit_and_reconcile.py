@@ -176,3 +176,24 @@ def test_reconciler_on_an_empty_database_checks_nothing_and_succeeds(stack: Loca
         "announced": 0,
         "errors": 0,
     }
+
+
+@pytest.mark.parametrize(
+    "metadata", [{"": "x"}, {"__x__": "reserved"}, {"order": "\ud800"}], ids=["empty key", "reserved key", "surrogate"]
+)
+def test_metadata_a_job_cannot_keep_is_refused_before_anything_is_written(
+    submitter: Submitter, db: firestore.Client, stack: LocalStack, metadata: dict[str, str]
+) -> None:
+    with httpx.Client(base_url=stack.simulator_url) as simulator:
+        before = simulator.get("/_sim/stats").json()["calls"]
+        with pytest.raises(ValueError, match="metadata"):
+            submitter.submit(MODEL, FAST, metadata=metadata)
+        assert simulator.get("/_sim/stats").json()["calls"] == before  # no prediction created
+
+
+def test_any_input_shape_is_submitted_and_kept_exactly(submitter: Submitter, db: firestore.Client) -> None:
+    given = {**FAST, "boxes": [[1, 2], [3, 4]], "": 1, "deep": [[[{"k": [[0.1]]}]]], "big": 2**70}
+    job = submitter.submit(MODEL, given)
+    assert job.input == given
+    final = wait_for_job(db, job.job_id, "succeeded")
+    assert final.input == given
