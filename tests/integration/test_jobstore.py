@@ -262,3 +262,61 @@ def test_contention_within_the_budget_waits_for_the_other_writer_then_applies(db
     job = read_job(db, prediction_id)
     assert job is not None
     assert (job.state, job.metadata) == ("processing", {"held": "yes"})  # both writes, neither lost
+
+
+def test_a_job_written_in_the_first_form_still_reads_and_moves_on(store: JobStore, db: firestore.Client) -> None:
+    """Documents written before values were JSON text (input a map with long strings cut,
+    output_value beside it, no stored_values) read back as they were, and the next event rewrites
+    the job in today's form with the prediction's values whole."""
+    prediction_id = unique_id()
+    starting, *_, succeeded = events(prediction_id, [[0.1, 0.2], [0.3, 0.4]])
+    first_form = {
+        "job_id": prediction_id,
+        "prediction_id": prediction_id,
+        "source": "webhook",
+        "model": "flux-kontext-apps/restore-image",
+        "version": "0" * 64,
+        "input": {"input_image": "data:image/png;base64… [5022 characters cut]", "seed": 42},
+        "state": "processing",
+        "replicate_status": "processing",
+        "outputs": [],
+        "output_value": "partial text",
+        "output_value_too_large": False,
+        "error": None,
+        "error_code": None,
+        "logs_tail": "step 1/1\n",
+        "logs_length": 9,
+        "metrics": {"predict_time": 1.5},
+        "metadata": {"order": "A-1"},
+        "created_at": datetime.now(UTC),
+        "updated_at": datetime.now(UTC) - timedelta(minutes=1),
+        "last_event_at": datetime.fromtimestamp(starting.attributes.webhook_timestamp, UTC),
+        "announcer": None,
+        "announced_at": None,
+        "announce_claimed_at": None,
+    }
+    db.collection(JOBS).document(prediction_id).set(first_form)
+    db.collection(PREDICTIONS).document(prediction_id).set({"job_id": prediction_id, "created_at": datetime.now(UTC)})
+
+    old = store.get(prediction_id)
+    assert old is not None
+    assert (old.input, old.output_value, old.metrics, old.output, old.stored_values) == (
+        first_form["input"],
+        "partial text",
+        {"predict_time": 1.5},
+        None,
+        {},
+    )
+
+    assert store.apply(succeeded).outcome == Outcome.APPLIED
+    raw = db.collection(JOBS).document(prediction_id).get().to_dict() or {}
+    assert "stored_values" in raw
+    assert raw["output_json"] == "[[0.1,0.2],[0.3,0.4]]"
+    new = store.get(prediction_id)
+    assert new is not None
+    assert (new.state, new.output, new.input, new.metadata) == (
+        "succeeded",
+        [[0.1, 0.2], [0.3, 0.4]],
+        succeeded.prediction.input,
+        {"order": "A-1"},
+    )
