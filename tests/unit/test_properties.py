@@ -49,10 +49,10 @@ from relay.jobs import (
     apply_event,
     finish_archive,
     left_to_archive,
-    needs_archive,
     outputs_removed,
     target_state,
 )
+from relay.jobstore import _without_values as without_values  # what JobStore applies when Firestore refuses
 from relay.outputs import OutputFile, find_files
 from relay.webhooks import (
     HEADER_ID,
@@ -648,19 +648,21 @@ def test_any_order_and_duplication_of_events_moves_the_job_forward_only_to_the_s
         assert sent.error == received.error == finals[0].error
 
 
-# Finals that end with archive-outputs besides FINALS's files, for the two-handler property below: a succeeded
-# prediction read after Replicate removed its outputs (`data_removed`, output null: the reconciler, `relay adopt`),
-# and a long plain output (whichever handler the current rules give it to).
+# Finals besides FINALS's, for the two-handler property below: a succeeded prediction read after Replicate removed its
+# outputs (`data_removed`, output null: the reconciler, `relay adopt`), which archive-outputs ends, and a long plain
+# output (which the first versions archived as output.json; job-status ends it now).
 BOTH_HANDLERS_FINALS: dict[str, tuple[str, Any, Any, JobState]] = {
     **FINALS,
     "succeeded-removed": ("succeeded", None, None, JobState.ARCHIVING),
     "succeeded-with-long-text": ("succeeded", ["tok"] * 6000, None, JobState.SUCCEEDED),
 }
-# What one push delivery of a message ends in. job-status: applied, applied again with its dedup record gone (a
-# `relay replay` after the record's TTL, Pub/Sub redelivering past it), or 503 (Firestore away: nothing written,
-# redelivered). archive-outputs: files copied, a permanent download error (the job ends failed), or 503.
-JOB_STATUS_OUTCOMES = ["applied", "record_forgotten", "retry"]
-ARCHIVE_OUTCOMES = ["archived", "refused", "retry"]
+# What one push delivery of a message ends in. job-status: applied; applied again with its dedup record gone (a
+# `relay replay` after the record's TTL, Pub/Sub redelivering past it); Firestore refusing the job as the event has
+# it, so JobStore applies the event again without the prediction's values (`not_stored`); or 503 (Firestore away:
+# nothing written, redelivered). archive-outputs: files copied; a permanent download error (the job ends failed);
+# files copied but the job refused by Firestore, finished without values and outputs' entries (`not_stored`); or 503.
+JOB_STATUS_OUTCOMES = ["applied", "record_forgotten", "not_stored", "retry"]
+ARCHIVE_OUTCOMES = ["archived", "download_refused", "not_stored", "retry"]
 REFUSED = Failure("output_refused", "output 0: host_not_allowed: not an allowed host")
 
 
@@ -703,10 +705,12 @@ def two_subscriptions(events: list[PredictionEvent], data: st.DataObject) -> lis
     """Push deliveries of the events to both subscriptions (job-status gets every event, archive-outputs the succeeded
     ones), interleaved in any order: each event handled once by each, then redeliveries, retries and events the
     production filter would have kept from archive-outputs, anywhere."""
-    once = [("job-status", sent, "applied") for sent in events]
+    handled = st.sampled_from([outcome for outcome in JOB_STATUS_OUTCOMES if outcome != "retry"])
+    archived = st.sampled_from([outcome for outcome in ARCHIVE_OUTCOMES if outcome != "retry"])
+    once = [("job-status", sent, data.draw(handled, label="job-status")) for sent in events]
     for sent in events:
         if sent.prediction.status == "succeeded":
-            once.append(("archive-outputs", sent, data.draw(st.sampled_from(ARCHIVE_OUTCOMES[:2]), label="archive")))
+            once.append(("archive-outputs", sent, data.draw(archived, label="archive-outputs")))
     delivered = list(data.draw(st.permutations(once), label="order"))
     again = st.one_of(
         st.tuples(st.just("job-status"), st.sampled_from(events), st.sampled_from(JOB_STATUS_OUTCOMES)),
@@ -732,23 +736,27 @@ def job_status_writes(
     if webhook_id in seen:  # a duplicate
         return None
     seen.add(webhook_id)
-    return apply_event(job, event, job_id="p1", now=now).job
+    applied = without_values(event) if outcome == "not_stored" else event
+    return apply_event(job, applied, job_id="p1", now=now).job
 
 
 def archive_outputs_writes(job: Job | None, event: PredictionEvent, outcome: str, now: datetime) -> Job | None:
     """The job handlers/archive_outputs.py's archive() writes for one delivery; None when it writes none."""
     if outcome == "retry" or event.prediction.status != "succeeded":  # a 503, or an event it ignores
         return None
-    output = event.prediction.output
+    outputs: list[dict[str, Any]] = [{"index": 0}]
     if outputs_removed(event):
         failure: Failure | None = Failure("output_expired", "Replicate had removed the outputs")
-    elif not find_files(output) and not needs_archive(output):
+        outputs = []
+    elif not find_files(event.prediction.output):
         return None  # nothing_to_archive: job-status makes such a job final by itself
     elif job is not None and job.is_terminal:  # found final after the copies: absorbed
         return None
     else:
-        failure = REFUSED if outcome == "refused" else None
-    return finish_archive(job, event, job_id="p1", outputs=[], failure=failure, now=now).job
+        failure = REFUSED if outcome == "download_refused" else None
+    if outcome == "not_stored":  # JobStore.finish_archive, Firestore having refused the job
+        event, outputs = without_values(event), []
+    return finish_archive(job, event, job_id="p1", outputs=outputs, failure=failure, now=now).job
 
 
 @PROPERTY
@@ -790,7 +798,7 @@ def test_once_its_final_webhook_is_applied_a_job_is_final_and_stays_final_whatev
         assert job.state == target_state(final.prediction.status, final.prediction.output)
     elif outputs_removed(final):
         assert (job.state, job.error_code) == (JobState.FAILED, "output_expired")
-    else:  # archived, or a download refused for good: decided by the first archive-outputs delivery that applied
+    else:  # archived, or a download refused for good: decided by the first delivery that finished the job
         assert (job.state, job.error_code) in {(JobState.SUCCEEDED, None), (JobState.FAILED, "output_refused")}
 
 
