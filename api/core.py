@@ -29,6 +29,7 @@ JOBS_PATH = "/v1/jobs"
 # Firestore document ids: no "/", not "." or "..", at most 1,500 bytes. Relay's ids are UUID hex
 # or Replicate's prediction ids; anything else cannot name a job, so it is a 404 without a read.
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")
+_RESERVED_ID = re.compile(r"__.*__", re.DOTALL)
 _JSON_TYPE = re.compile(r"^application/(?:[\w.+-]+\+)?json$")
 _KEY = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII without spaces, as HTTP header tokens go
 
@@ -148,7 +149,7 @@ class JobsApi:
 
     def get(self, job_id: str) -> Answer:
         """`GET /v1/jobs/{job_id}`."""
-        job = self.store.load(job_id) if _JOB_ID.match(job_id) and job_id not in {".", ".."} else None
+        job = self.store.load(job_id) if _can_name_a_job(job_id) else None
         if job is None:
             raise errors.NotFound(f"there is no job {job_id[:200]!r}")
         return Answer(200, job_json(job))
@@ -196,6 +197,12 @@ class JobsApi:
 
     def _created(self, job: Job) -> Answer:
         return Answer(201, job_json(job), {"Location": f"{JOBS_PATH}/{job.job_id}"})
+
+
+def _can_name_a_job(job_id: str) -> bool:
+    """Whether Firestore would accept `job_id` as a document id: not "." or "..", nor of its reserved
+    form `__.*__` (a read of which is refused with InvalidArgument)."""
+    return bool(_JOB_ID.match(job_id)) and job_id not in {".", ".."} and not _RESERVED_ID.fullmatch(job_id)
 
 
 def _state(value: str | None) -> JobState | None:

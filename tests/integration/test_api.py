@@ -196,3 +196,10 @@ def test_errors_are_problem_details_that_conform(api: httpx.Client) -> None:
 
 def test_the_openapi_document_is_served_too(api: httpx.Client) -> None:
     assert api.get("/v1/openapi.json").json() == OPENAPI
+
+
+@pytest.mark.parametrize("job_id", ["__main__", "__x__", "_____"])
+def test_an_id_firestore_reserves_is_a_job_that_does_not_exist(api: httpx.Client, job_id: str) -> None:
+    response = api.get(f"/v1/jobs/{job_id}")
+    assert response.status_code == 404
+    assert conforms(response, "/v1/jobs/{job_id}")["type"] == "urn:replicate-relay:problem:not-found"
