@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from api import errors
 from api.idempotency import MAX_KEY_CHARS, IdempotencyStore, InProgress, Proceed, Replay, Resume, Reused, fingerprint
 from api.listing import DEFAULT_LIMIT, MAX_LIMIT, Cursor, InvalidCursor, list_jobs
-from api.models import CreateJob, JobList
+from api.models import CreateJob
 from relay.jobs import Job, JobState
 from relay.jobstore import JobStore
 from relay.replicate_api import ModelRef, ReplicateAPIError
@@ -44,8 +44,8 @@ class Answer:
 
 
 def job_json(job: Job) -> dict[str, Any]:
-    """The job document's JSON form (schemas/job.v1.schema.json): RFC 3339 timestamps."""
-    return job.model_dump(mode="json")
+    """The job's JSON form (schemas/job.v1.schema.json): RFC 3339 timestamps."""
+    return job.json_form()
 
 
 def parse_create(body: bytes, content_type: str | None) -> tuple[CreateJob, Any]:
@@ -166,7 +166,8 @@ class JobsApi:
                 raise errors.InvalidParameter(str(error), errors=[{"field": "cursor", "message": str(error)}]) from None
         page = list_jobs(self.firestore, state=state, limit=limit, cursor=cursor)
         jobs = [self.store.resolve(job) for job in page.jobs]
-        body = JobList(jobs=jobs, next_cursor=page.next_cursor).model_dump(mode="json")
+        # As JobList (the OpenAPI document's), each job in its JSON form.
+        body = {"jobs": [job_json(job) for job in jobs], "next_cursor": page.next_cursor}
         return Answer(200, body)
 
     def _claim(self, key: str, request: str) -> Proceed | Resume | Replay | InProgress | Reused:

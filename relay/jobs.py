@@ -199,12 +199,26 @@ class Job(BaseModel):
         fields["output_value"] = output_value(fields["output"])
         return cls.model_validate(fields)
 
+    def json_form(self) -> dict[str, Any]:
+        """The job as JSON data (RFC 3339 timestamps) with the prediction's values untouched.
+
+        pydantic's JSON mode encodes every string as UTF-8 and so refuses a lone surrogate in an
+        object key ("\ud800"), which JSON, and so a model's output, may hold.
+        """
+        plain = self.model_dump()
+        converted = self.model_dump(mode="json", exclude=set(_AS_SENT))
+        return {name: plain[name] if name in _AS_SENT else converted[name] for name in plain}
+
     def document(self, inline: Mapping[str, str]) -> dict[str, Any]:
         """The Firestore form: `inline` holds the JSON text of the values kept in the document (see
         relay.values); the others are linked from `stored_values` or left out."""
         document = self.model_dump(exclude={*VALUE_FIELDS, "output_value"})
         document.update({f"{name}_json": inline.get(name) for name in VALUE_FIELDS})
         return document
+
+
+# The fields that hold the prediction's JSON as Replicate sent it.
+_AS_SENT = frozenset({*VALUE_FIELDS, "output_value"})
 
 
 def output_value(output: Any) -> Any:

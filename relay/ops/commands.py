@@ -127,7 +127,7 @@ def _jobs_list(args: argparse.Namespace) -> int:
     since = parse_since(args.since, now) if args.since else None
     selection = JobFilter(state=args.state, stuck=args.stuck, since=since, limit=args.limit)
     jobs = list_jobs(context.firestore_client(settings), settings, selection, now=now)
-    print(to_json([job.model_dump(mode="json") for job in jobs]) if args.json else render_jobs(jobs, now=now))
+    print(to_json([job.json_form() for job in jobs]) if args.json else render_jobs(jobs, now=now))
     return 0
 
 

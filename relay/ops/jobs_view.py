@@ -202,7 +202,7 @@ def render_job(detail: JobDetail, *, now: datetime) -> str:
 
 def job_detail_json(detail: JobDetail) -> dict[str, Any]:
     return {
-        "job": detail.job.model_dump(mode="json"),
+        "job": detail.job.json_form(),
         "found_by": detail.found_by,
         "events": [
             {**event.__dict__, "received_at": event.received_at.isoformat() if event.received_at else None}

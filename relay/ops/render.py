@@ -50,8 +50,14 @@ def duration(delta: timedelta) -> str:
 
 
 def to_json(value: Any) -> str:
-    """Indented JSON; datetimes as ISO 8601, bytes as text."""
-    return json.dumps(value, indent=2, default=_default, ensure_ascii=False)
+    """Indented JSON; datetimes as ISO 8601, bytes as text. Non-ASCII characters as they are, unless
+    the value holds a lone surrogate (JSON allows one, a terminal's UTF-8 does not): then escaped."""
+    text = json.dumps(value, indent=2, default=_default, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, indent=2, default=_default)
+    return text
 
 
 def _default(value: object) -> object:

@@ -308,3 +308,14 @@ def test_only_the_write_that_makes_a_job_final_is_newly_final() -> None:
     assert not newly_final(None, opened)
     assert not newly_final(final, final)  # a final job rewritten (announced_at) claims nothing again
     assert not newly_final(opened, None)
+
+
+def test_the_json_form_keeps_values_pydantic_cannot_encode() -> None:
+    job = Job(job_id="j", output={"\ud800": [[1]]}, input={"": 2**70}, completed_at=T0)
+    form = job.json_form()
+    assert (form["output"], form["input"], form["completed_at"]) == (
+        {"\ud800": [[1]]},
+        {"": 2**70},
+        T0.isoformat().replace("+00:00", "Z"),
+    )
+    assert list(form) == list(Job.model_fields)
