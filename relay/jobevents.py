@@ -61,7 +61,7 @@ class JobEvent(BaseModel):
     output: Any = Field(
         default=None,
         description="The prediction's output exactly as Replicate sent it (see the job's `output`); null when it is "
-        "kept in the bucket (see `stored_values`)."
+        "kept in the bucket (see `stored_values`).",
     )
     output_value: Any = Field(
         description="The output when it has no files and is small (see the job's `output_value`); null otherwise."
@@ -72,7 +72,7 @@ class JobEvent(BaseModel):
     stored_values: dict[str, StoredValue] = Field(
         default={},
         description="The prediction's values kept in the bucket, as on the job: `output` among them when it was too "
-        "large to carry here."
+        "large to carry here.",
     )
     completed_at: Annotated[
         datetime | None, WithJsonSchema({"anyOf": [{"type": "string", "format": "date-time"}, {"type": "null"}]})
