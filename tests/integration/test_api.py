@@ -10,6 +10,7 @@ import concurrent.futures
 import json
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -163,7 +164,8 @@ def test_listing_pages_through_jobs_newest_first_with_a_state_filter(api: httpx.
     assert {job["state"] for job in seen} == {"succeeded"}
     assert set(ids) <= {job["job_id"] for job in seen}
     assert len({job["job_id"] for job in seen}) == len(seen)  # no job twice across pages
-    created = [job["created_at"] for job in seen if job["created_at"] is not None]
+    # As times: RFC 3339 strings with and without a fraction ("…:46Z", "…:46.9Z") do not sort as text.
+    created = [datetime.fromisoformat(job["created_at"]) for job in seen if job["created_at"] is not None]
     assert created == sorted(created, reverse=True)
 
     unfiltered = conforms(api.get("/v1/jobs", params={"limit": "1"}), "/v1/jobs")
