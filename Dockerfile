@@ -5,7 +5,7 @@
 #   job-status       FUNCTION_SOURCE=handlers/main.py FUNCTION_TARGET=job_status
 #   archive-outputs  FUNCTION_SOURCE=handlers/main.py FUNCTION_TARGET=archive_outputs
 #   reconciler       FUNCTION_SOURCE=handlers/main.py FUNCTION_TARGET=reconcile
-#   status-page      FUNCTION_SOURCE=relay/ops/statuspage.py FUNCTION_TARGET=status_page (private)
+#   status-page      FUNCTION_SOURCE=replicate_relay/ops/statuspage.py FUNCTION_TARGET=status_page (private)
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -30,7 +30,7 @@ WORKDIR /app
 COPY --chown=root:root receiver/ /app/receiver/
 COPY --chown=root:root handlers/ /app/handlers/
 COPY --chown=root:root api/ /app/api/
-COPY --chown=root:root relay/ /app/relay/
+COPY --chown=root:root replicate_relay/ /app/replicate_relay/
 COPY --chown=root:root infra/ /app/infra/
 # Compiled at build time: a cold start would otherwise compile every module of the app again, and
 # could not keep the result (PYTHONDONTWRITEBYTECODE; the root may be read-only).
@@ -47,10 +47,10 @@ ENV PATH=/opt/venv/bin:$PATH \
 # No FUNCTION_SOURCE / FUNCTION_TARGET default: a service that does not set them stops at start
 # naming the variable, instead of serving another service's function.
 # google-cloud-storage traces its uploads only when the first is set before it is imported; the
-# second stops it fetching bucket metadata for span attributes (see relay/telemetry.py).
+# second stops it fetching bucket metadata for span attributes (see replicate_relay/telemetry.py).
 USER 10001:10001
 EXPOSE 8080
-# relay.serve is PID 1 (exec form): functions-framework's app under gunicorn with Cloud Run's settings
+# replicate_relay.serve is PID 1 (exec form): functions-framework's app under gunicorn with Cloud Run's settings
 # (no control socket, heartbeat files in /dev/shm, 8 s to finish requests after SIGTERM; see
-# relay/serve.py). Each worker's exit flushes its telemetry (relay.telemetry registers that with atexit).
-CMD ["python", "-m", "relay.serve"]
+# replicate_relay/serve.py). Each worker's exit flushes its telemetry (replicate_relay.telemetry registers that with atexit).
+CMD ["python", "-m", "replicate_relay.serve"]

@@ -11,17 +11,18 @@ CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] >= (3, 11) else "Python 3.11 or newer is required (set PYTHON=...)")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation --editable .
 	@touch $@
 
 venv: $(STAMP)  ## create .venv with the pinned requirements
 
 run: venv  ## start the local stack and send a sample prediction through it (Ctrl-C stops)
-	$(BIN)/python -m relay dev --demo
+	$(BIN)/relay dev --demo
 
 lint: venv  ## ruff lint and format check
 	$(BIN)/ruff check .
@@ -57,7 +58,7 @@ terraform-schema: venv  ## regenerate that schema index from the pinned cdktf go
 # when they differ.
 .PHONY: schemas
 schemas: venv  ## regenerate schemas/ (the contracts, the API's OpenAPI document) and docs/SCHEMAS.md's tables from the models
-	$(BIN)/python -m relay.schemas
+	$(BIN)/python -m replicate_relay.schemas
 	$(BIN)/python -m api.openapi
 
 unit: venv  ## unit tests (nothing running needed)
@@ -76,7 +77,7 @@ test-faults: venv  ## the fault suite: kills and fails parts of a local stack of
 # mmdebstrap for a base made from Debian's packages where no registry can be reached).
 IMAGE ?= localhost/replicate-relay:local
 image: venv podman  ## build the Dockerfile into $(IMAGE) (docker, else podman; cached)
-	IMAGE=$(IMAGE) $(BIN)/python -m relay.devstack.containers build
+	IMAGE=$(IMAGE) $(BIN)/python -m replicate_relay.devstack.containers build
 
 test-image: image  ## run every Cloud Run service as a container of $(IMAGE) against the emulators (~3 min)
 	RELAY_IMAGE=$(IMAGE) $(BIN)/python -m pytest tests/image

@@ -15,7 +15,7 @@ from typing import Any
 
 from api.errors import Forbidden, Unauthenticated, Unavailable
 from api.settings import ApiAuthSettings
-from relay.oidc import CertsUnavailable, GoogleCerts, IdTokenVerifier, TokenRejected
+from replicate_relay.oidc import CertsUnavailable, GoogleCerts, IdTokenVerifier, TokenRejected
 
 _MISSING = (
     "no Authorization header: send `Authorization: Bearer <Google ID token>` "

@@ -20,10 +20,10 @@ from api import errors
 from api.idempotency import MAX_KEY_CHARS, IdempotencyStore, InProgress, Proceed, Replay, Resume, Reused, fingerprint
 from api.listing import DEFAULT_LIMIT, MAX_LIMIT, Cursor, InvalidCursor, list_jobs
 from api.models import CreateJob
-from relay.jobs import Job, JobState
-from relay.jobstore import JobStore
-from relay.replicate_api import ModelRef, ReplicateAPIError
-from relay.submit import SubmitFailed, Submitter
+from replicate_relay.jobs import Job, JobState
+from replicate_relay.jobstore import JobStore
+from replicate_relay.replicate_api import ModelRef, ReplicateAPIError
+from replicate_relay.submit import SubmitFailed, Submitter
 
 JOBS_PATH = "/v1/jobs"
 # Firestore document ids: no "/", not "." or "..", at most 1,500 bytes. Relay's ids are UUID hex

@@ -22,8 +22,8 @@ from typing import Any
 
 from google.cloud import firestore
 
-from relay.jobstore import utcnow
-from relay.values import dumps
+from replicate_relay.jobstore import utcnow
+from replicate_relay.values import dumps
 
 COLLECTION = "idempotency"
 MAX_KEY_CHARS = 255

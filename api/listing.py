@@ -19,8 +19,8 @@ from typing import Any
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from relay.jobs import Job, JobState
-from relay.jobstore import JOBS
+from replicate_relay.jobs import Job, JobState
+from replicate_relay.jobstore import JOBS
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100

@@ -30,13 +30,13 @@ from api.auth import ApiAuthenticator
 from api.core import JOBS_PATH, Answer, JobsApi
 from api.idempotency import IdempotencyStore
 from api.settings import ApiSettings
-from relay import logs, telemetry
-from relay.config import load_or_exit
-from relay.jobstore import JobStore
-from relay.replicate_api import ReplicateAPI
-from relay.serve import flask_health
-from relay.submit import Submitter
-from relay.values import ValueStore
+from replicate_relay import logs, telemetry
+from replicate_relay.config import load_or_exit
+from replicate_relay.jobstore import JobStore
+from replicate_relay.replicate_api import ReplicateAPI
+from replicate_relay.serve import flask_health
+from replicate_relay.submit import Submitter
+from replicate_relay.values import ValueStore
 
 log = logging.getLogger("relay.api")
 

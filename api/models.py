@@ -8,21 +8,21 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from pydantic.config import JsonDict
 
-from relay import metadata as rules
-from relay.jobs import Job
-from relay.submit import DEFAULT_EVENTS
+from replicate_relay import metadata as rules
+from replicate_relay.jobs import Job
+from replicate_relay.submit import DEFAULT_EVENTS
 
 # Replicate's model names: owner and name of letters, digits, `-`, `_` and `.`; a version id of
-# letters and digits (64 hex characters today). Stricter than relay.replicate_api.ModelRef.parse,
+# letters and digits (64 hex characters today). Stricter than replicate_relay.replicate_api.ModelRef.parse,
 # which also reads names from operators' settings: here a bad name is the caller's error, a 422.
 MODEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*(?::[A-Za-z0-9]+)?$"
 _MODEL = re.compile(MODEL_PATTERN)
 WebhookEvent = Literal["start", "output", "logs", "completed"]
 # Checked one by one so that a 422 names the entry: `metadata.KEY` for a value, `metadata.KEY.[key]`
-# for the key itself; then relay.metadata.check_metadata, the whole rule, for the number of entries.
+# for the key itself; then replicate_relay.metadata.check_metadata, the whole rule, for the number of entries.
 MetadataKey = Annotated[str, AfterValidator(rules.check_key)]
 MetadataValue = Annotated[str, AfterValidator(rules.check_value)]
-# What relay.metadata enforces, in JSON Schema (lengths in characters, as maxLength counts them).
+# What replicate_relay.metadata enforces, in JSON Schema (lengths in characters, as maxLength counts them).
 METADATA_SCHEMA: JsonDict = {
     "maxProperties": rules.MAX_ENTRIES,
     "propertyNames": {

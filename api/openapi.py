@@ -2,7 +2,7 @@
 schemas/openapi.v1.json, `--check` fails when the checked-in file differs (make test runs it
 through tests/unit/test_api.py). `make schemas` runs both generators.
 
-Bodies come from the pydantic models (api/models.py, relay.jobs.Job); each error status lists the
+Bodies come from the pydantic models (api/models.py, replicate_relay.jobs.Job); each error status lists the
 problem types (api/errors.py) the API answers it with.
 """
 
@@ -22,7 +22,7 @@ from api import errors
 from api.idempotency import MAX_KEY_CHARS
 from api.listing import CURSOR_FORMAT, CURSOR_PATTERN, DEFAULT_LIMIT, MAX_LIMIT
 from api.models import CreateJob, JobList, Problem
-from relay.jobs import Job, JobState
+from replicate_relay.jobs import Job, JobState
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENT = ROOT / "schemas" / "openapi.v1.json"

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
 
-from relay.config import ConfigError, Env, bucket_name, inline_value_bytes, project_id, token_check_mode
-from relay.jobs import Policy
-from relay.submit import SubmitSettings
-from relay.telemetry import TelemetrySettings
+from replicate_relay.config import ConfigError, Env, bucket_name, inline_value_bytes, project_id, token_check_mode
+from replicate_relay.jobs import Policy
+from replicate_relay.submit import SubmitSettings
+from replicate_relay.telemetry import TelemetrySettings
 
 # Replicate takes JSON inputs of a few MB at most and recommends URLs over data: URIs above 256 KB;
 # 1 MiB keeps one request's work (and its idempotency record) small.

@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import httpx
 from common import RESULTS_DIR, check_busy, print_table, results_header, write_results
 
-from relay.client import RelayClient
-from relay.devstack.stack import LocalStack, StackConfig
+from replicate_relay.client import RelayClient
+from replicate_relay.devstack.stack import LocalStack, StackConfig
 
 MODEL = "flux-kontext-apps/restore-image"
 

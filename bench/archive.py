@@ -50,7 +50,7 @@ sys.path.insert(0, str(REPO_ROOT))
 import common  # noqa: E402
 from common import LOG_DIR, RESULTS_DIR, BenchError, Processes  # noqa: E402
 
-from relay.devstack.processes import ManagedProcess, free_port, http_answers  # noqa: E402
+from replicate_relay.devstack.processes import ManagedProcess, free_port, http_answers  # noqa: E402
 
 HOST = "127.0.0.1"
 PROJECT = "local-project"
@@ -250,9 +250,9 @@ def prepare(method: str, *, bucket_name: str, url: str, size: int, object_name: 
     run: Callable[[], dict[str, Any]]
 
     if method == "archiver":
-        from relay.archive import Archiver  # noqa: PLC0415
-        from relay.downloads import Downloader, DownloadPolicy  # noqa: PLC0415
-        from relay.outputs import OutputFile  # noqa: PLC0415
+        from replicate_relay.archive import Archiver  # noqa: PLC0415
+        from replicate_relay.downloads import Downloader, DownloadPolicy  # noqa: PLC0415
+        from replicate_relay.outputs import OutputFile  # noqa: PLC0415
 
         downloader = Downloader(DownloadPolicy(local_hosts=(host,), max_bytes=size + 1))
         archiver = Archiver(bucket, downloader)
@@ -424,7 +424,7 @@ def cpu_seconds(pid: int | None) -> float | None:
 
 
 def start_storage_emulator(processes: Processes, port: int) -> ManagedProcess:
-    from relay.devstack.stack import fake_gcs_server_binary  # noqa: PLC0415 - pulls in the topology's imports
+    from replicate_relay.devstack.stack import fake_gcs_server_binary  # noqa: PLC0415 - pulls in the topology's imports
 
     url = f"http://{HOST}:{port}"
     argv = [str(fake_gcs_server_binary()), "-scheme", "http", "-host", HOST, "-port", str(port)]
@@ -486,7 +486,7 @@ class Context:
 
 def object_for(method: str) -> str:
     if method == "archiver":
-        from relay.archive import object_name  # noqa: PLC0415
+        from replicate_relay.archive import object_name  # noqa: PLC0415
 
         return object_name(PREDICTION_ID, 0, FILE_PATH.rsplit("/", 1)[1])
     return f"bench/{method}.bin"

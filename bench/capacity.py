@@ -133,7 +133,7 @@ ASSUMED: dict[str, tuple[float, str]] = {
         "Pub/Sub attributes of a replicate-events message (prediction_id, status, webhook_id, "
         "webhook_timestamp, source, traceparent) + 20 B timestamp + message id",
     ),
-    "job_event_bytes": (900, "a job-events message (relay.jobevents.JobEvent JSON with 2 gs:// outputs)"),
+    "job_event_bytes": (900, "a job-events message (replicate_relay.jobevents.JobEvent JSON with 2 gs:// outputs)"),
     "app_subscriptions": (1, "pull subscriptions on job-events (one app)"),
     "output_mib": (1.0, "an output file (e2e used 16 KiB); sets the archive's Cloud Storage bytes"),
     "handler_cpu_ms": (
@@ -345,7 +345,8 @@ def per_prediction(counts: Counts, a: Mapping[str, float]) -> dict[str, float]:
     """Every resource one prediction uses in production (the archive-outputs filter applied)."""
     message = a["body_bytes"] + a["attribute_bytes"]
     archive_pushes = counts.succeeded_share  # production: only succeeded events reach archive-outputs
-    # Firestore reads, from the code paths in relay/jobstore.py (not measured): job-status applies an event in a
+    # Firestore reads, from the code paths in replicate_relay/jobstore.py (not measured): job-status applies an
+    # event in a
     # transaction that reads the mapping, then the job and its event record (3); a succeeded event it leaves to
     # archive-outputs only looks the job up (mapping and job, 2) before creating its record; archive-outputs
     # looks the job up (2) and finishes it in one conditional write, which claims the announcement (0);

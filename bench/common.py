@@ -21,7 +21,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from relay.devstack.processes import ManagedProcess, StackError
+from replicate_relay.devstack.processes import ManagedProcess, StackError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "bench" / "results"

@@ -58,8 +58,8 @@ sys.path.insert(0, str(REPO_ROOT))
 import common  # noqa: E402
 from common import LOG_DIR, RESULTS_DIR, BenchError, Processes  # noqa: E402
 
-from relay.devstack.stack import LocalStack, StackConfig  # noqa: E402
-from relay.jobstore import EVENTS, JOBS, PREDICTIONS, event_key  # noqa: E402
+from replicate_relay.devstack.stack import LocalStack, StackConfig  # noqa: E402
+from replicate_relay.jobstore import EVENTS, JOBS, PREDICTIONS, event_key  # noqa: E402
 
 RESULTS_JSON = RESULTS_DIR / "e2e.json"
 
@@ -70,7 +70,7 @@ READ_BATCH = 100  # documents per Firestore get_all
 SETTLE_S = 60.0  # at most this long, after every job is final, for the last event records
 PULL_BATCH = 1000
 
-# How far a webhook's status takes a job, and how far each job state is (relay/jobs.py's order):
+# How far a webhook's status takes a job, and how far each job state is (replicate_relay/jobs.py's order):
 # a webhook without its record is only "superseded" when the job is at least that far.
 STATUS_RANK = {"starting": 1, "processing": 2, "succeeded": 3, "failed": 4, "canceled": 4, "aborted": 4}
 STATE_RANK = {
@@ -84,11 +84,11 @@ STATE_RANK = {
     "aborted": 4,
 }
 TERMINAL = frozenset({"succeeded", "failed", "canceled", "aborted"})
-# Firestore writes an event record's transaction makes, by the outcome recorded on it (relay/jobstore.py):
+# Firestore writes an event record's transaction makes, by the outcome recorded on it (replicate_relay/jobstore.py):
 # the record itself, plus the job document, plus the predictions/{id} mapping when the event created the job.
 WRITES_BY_OUTCOME = {"created": 3, "applied": 2}
 SUBMIT_WRITES = 3  # jobs/{id} created; then predictions/{id} set and the job updated in one transaction
-# The announcement marked sent; its claim rides on the write that made the job final (relay/jobstore.py
+# The announcement marked sent; its claim rides on the write that made the job final (replicate_relay/jobstore.py
 # _transact). A redelivery or the reconciler claiming it again after a failed publish adds one, not counted.
 ANNOUNCE_WRITES = 1
 
@@ -323,9 +323,9 @@ def submit_paced(
     """Submit each record at `begin` + its scheduled time with relay's Submitter (Replicate's own
     client against the simulator) from `workers` threads, with `inputs(index)`. A failed submit is
     kept on its record, not raised; `progress(index)` is a line to print, or None."""
-    from relay.jobstore import JobStore  # noqa: PLC0415
-    from relay.replicate_api import ModelRef, ReplicateAPI  # noqa: PLC0415
-    from relay.submit import Submitter  # noqa: PLC0415
+    from replicate_relay.jobstore import JobStore  # noqa: PLC0415
+    from replicate_relay.replicate_api import ModelRef, ReplicateAPI  # noqa: PLC0415
+    from replicate_relay.submit import Submitter  # noqa: PLC0415
 
     submitter = Submitter(
         store=JobStore(db),
@@ -525,7 +525,7 @@ def firestore_rpcs(span_file: Path) -> Counter[str]:
     """Firestore RPC method → calls made by the handlers, from their span file (gRPC client spans);
     "METHOD failed" counts those that ended in an error (a Commit aborted on contention, say), except
     a write refused by its own precondition ("METHOD refused": ALREADY_EXISTS, FAILED_PRECONDITION),
-    which is how a lost first-write race or a stale conditional write ends by design (relay/jobstore.py)."""
+    which is how a lost first-write race or a stale conditional write ends by design (replicate_relay/jobstore.py)."""
     counter: Counter[str] = Counter()
     with contextlib.suppress(FileNotFoundError), span_file.open(encoding="utf-8", errors="replace") as lines:
         for line in lines:

@@ -55,7 +55,7 @@ EMULATOR_LIMITS = (
             "(the real service fills `delivery_attempt`).",
             "Backlog and redelivery delay: `pubsub.googleapis.com/subscription/oldest_unacked_message_age` and "
             "`.../num_undelivered_messages` per subscription; dead letters: "
-            "`pubsub.googleapis.com/subscription/dead_letter_message_count` and `python -m relay status`.",
+            "`pubsub.googleapis.com/subscription/dead_letter_message_count` and `relay status`.",
         ),
     ),
     EmulatorLimit(
@@ -66,13 +66,13 @@ EMULATOR_LIMITS = (
         (
             "End-to-end latency as users see it: the distribution metric "
             "`workload.googleapis.com/relay.job.end_to_end_latency` (p50, p99 by `state`) in Metrics Explorer.",
-            "One webhook across every hop with real timings: `python -m relay trace PREDICTION_ID --gcp` (receiver "
+            "One webhook across every hop with real timings: `relay trace PREDICTION_ID --gcp` (receiver "
             "→ publish → handlers → Firestore, download, upload spans in Cloud Trace).",
             "The receiver's answer time as Replicate sees it: `run.googleapis.com/request_latencies` for service "
             "`receiver`; archive speed: `workload.googleapis.com/relay.archive.bytes` over "
             "`workload.googleapis.com/relay.handler.duration` for `handler=archive-outputs`.",
-            "A real prediction: `python -m relay submit --model OWNER/NAME --input … --wait 300`, then "
-            "`python -m relay jobs show JOB_ID` (its `completed_at` against `updated_at`).",
+            "A real prediction: `relay submit --model OWNER/NAME --input … --wait 300`, then "
+            "`relay jobs show JOB_ID` (its `completed_at` against `updated_at`).",
         ),
     ),
     EmulatorLimit(
@@ -88,7 +88,8 @@ EMULATOR_LIMITS = (
             "`run.googleapis.com/container/instance_count` by `state`, and the tail of "
             "`run.googleapis.com/request_latencies` (p99) for `job-status` and `archive-outputs` during a burst.",
             "Load against the deployed receiver with the same tools as here: a body signed with the real secret "
-            "(`relay.testing.sign_webhook`, valid for 300 s), then `hey -z 60s -c 16 -q 10 -m POST -H … -D body.json "
+            "(`replicate_relay.testing.sign_webhook`, valid for 300 s), then "
+            "`hey -z 60s -c 16 -q 10 -m POST -H … -D body.json "
             '"$(terraform -chdir=infra/terraform output -raw webhook_url)"`; watch '
             "`run.googleapis.com/container/cpu/utilizations`.",
         ),
@@ -126,7 +127,7 @@ EMULATOR_LIMITS = (
             "must fail with 412 (then delete the object).",
             "Checksums as recorded: `gcloud storage objects describe "
             "gs://$PROJECT-relay-outputs/predictions/PREDICTION_ID/0-0-output.png "
-            "--format='value(crc32c_hash,size,generation)'` against `python -m relay jobs show PREDICTION_ID`.",
+            "--format='value(crc32c_hash,size,generation)'` against `relay jobs show PREDICTION_ID`.",
             "Refused second copies and errors: `storage.googleapis.com/api/request_count` grouped by "
             "`response_code` (412 is a redelivery finding its object already written).",
         ),

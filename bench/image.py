@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import RESULTS_DIR, check_busy, print_table, results_header, write_results
 
-from relay.devstack.containers import DEFAULT_IMAGE, ContainerLauncher, Engine, detect_engine
-from relay.devstack.processes import free_port
-from relay.devstack.stack import (
+from replicate_relay.devstack.containers import DEFAULT_IMAGE, ContainerLauncher, Engine, detect_engine
+from replicate_relay.devstack.processes import free_port
+from replicate_relay.devstack.stack import (
     DEV_REPLICATE_TOKEN,
     DEV_WEBHOOK_SECRET,
     HANDLERS,
@@ -39,8 +39,8 @@ from relay.devstack.stack import (
     STATUS_PAGE,
     FunctionSpec,
 )
-from relay.devstack.terraform_env import local_computed, service_environments
-from relay.serve import HEALTH_PATH
+from replicate_relay.devstack.terraform_env import local_computed, service_environments
+from replicate_relay.serve import HEALTH_PATH
 
 SPECS: dict[str, FunctionSpec] = {
     "receiver": RECEIVER,

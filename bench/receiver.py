@@ -39,14 +39,14 @@ sys.path.insert(0, str(REPO_ROOT))
 import common  # noqa: E402
 from common import LOG_DIR, RESULTS_DIR, BenchError, Processes  # noqa: E402
 
-from relay.devstack.processes import (  # noqa: E402
+from replicate_relay.devstack.processes import (  # noqa: E402
     ManagedProcess,
     free_port,
     http_answers,
     log_contains,
 )
-from relay.devstack.stack import DEV_WEBHOOK_SECRET  # noqa: E402
-from relay.testing import SignedWebhook, succeeded_webhook  # noqa: E402
+from replicate_relay.devstack.stack import DEV_WEBHOOK_SECRET  # noqa: E402
+from replicate_relay.testing import SignedWebhook, succeeded_webhook  # noqa: E402
 
 HOST = "127.0.0.1"
 PROJECT = "local-project"

@@ -14,7 +14,7 @@ Publishing is bench/receiver_no_pubsub.py's `InstantPublisher` (the real publish
 gRPC). Every variant runs in a fresh child process (OpenTelemetry and the receiver's settings are
 read at import), once per round, rounds interleaved; every answer must be 200 (and "accepted" from a
 receiver), or the run fails. A further child times OpenTelemetry's work for one accepted webhook
-alone: the exact calls receiver/main.py and relay/telemetry.publish_span make, then its parts (bare
+alone: the exact calls receiver/main.py and replicate_relay/telemetry.publish_span make, then its parts (bare
 spans, attributes, metric records, trace context), and checks that those calls still make the spans
 one webhook through the real `receive` makes. Results go to stdout and bench/results/receiver_cpu.json.
 
@@ -43,8 +43,8 @@ sys.path.insert(0, str(REPO_ROOT))
 import common  # noqa: E402
 from common import RESULTS_DIR, BenchError, Processes  # noqa: E402
 
-from relay.devstack.stack import DEV_WEBHOOK_SECRET  # noqa: E402
-from relay.testing import SignedWebhook, succeeded_webhook  # noqa: E402
+from replicate_relay.devstack.stack import DEV_WEBHOOK_SECRET  # noqa: E402
+from replicate_relay.testing import SignedWebhook, succeeded_webhook  # noqa: E402
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp
@@ -245,14 +245,14 @@ def measure_telemetry(*, iterations: int, warmup: int) -> dict[str, Any]:
     """CPU µs of OpenTelemetry's work for one accepted webhook, and of each part, each timed alone.
 
     `webhook_telemetry()` makes the calls receiver/main.py's `receive` makes for an accepted webhook, around what
-    bench/receiver_no_pubsub.py's publisher does (relay/telemetry.publish_span), through the same
+    bench/receiver_no_pubsub.py's publisher does (replicate_relay/telemetry.publish_span), through the same
     functions; `check_mirror` then fails the run if they no longer make the spans the real `receive` makes.
     """
     from opentelemetry.trace import SpanKind  # noqa: PLC0415
 
     from receiver import main  # noqa: PLC0415 - settings from this child's environment
-    from relay import telemetry  # noqa: PLC0415
-    from relay.events import EventAttributes, Source, parse_prediction_ref  # noqa: PLC0415
+    from replicate_relay import telemetry  # noqa: PLC0415
+    from replicate_relay.events import EventAttributes, Source, parse_prediction_ref  # noqa: PLC0415
 
     settings = main.SETTINGS
     telemetry.setup(settings.telemetry)

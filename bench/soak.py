@@ -1,6 +1,6 @@
 """Soak: a steady 2 predictions a second through the whole local stack for 30 minutes, watching for leaks.
 
-Starts the local stack on free ports (`relay.devstack`: both emulators, fake-gcs-server, the
+Starts the local stack on free ports (`replicate_relay.devstack`: both emulators, fake-gcs-server, the
 Replicate simulator, receiver, both handlers, the reconciler called on a schedule as Cloud
 Scheduler would, the status page) with the simulator's duplicate and reorder chaos on, then
 submits predictions with relay's Submitter at a steady rate for `--minutes`. The mix is fixed by
@@ -57,7 +57,7 @@ import common  # noqa: E402
 import e2e  # noqa: E402
 from common import LOG_DIR, RESULTS_DIR  # noqa: E402
 
-from relay.devstack.stack import LocalStack, StackConfig  # noqa: E402
+from replicate_relay.devstack.stack import LocalStack, StackConfig  # noqa: E402
 
 RESULTS_JSON = RESULTS_DIR / "soak.json"
 STACK_LOG_DIR = LOG_DIR / "soak"
@@ -322,7 +322,7 @@ class Sampler:
     def _new_series(self, pid: int, pgid: int, comm: str) -> Series:
         group = self.groups[pgid]
         if kind_of(group) == "relay":
-            # relay.serve runs gunicorn in the group's leader; every other process is a worker.
+            # replicate_relay.serve runs gunicorn in the group's leader; every other process is a worker.
             workers = sum(1 for s in self.series.values() if s.group == group and s.role.startswith("worker"))
             role = "master" if pid == pgid else f"worker-{workers + 1}"
         else:

@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from handlers.errors import TRANSIENT_ERRORS, TransientError
-from relay.archive import ArchiveConflict, Archiver
-from relay.downloads import DownloadError, DownloadFailed, DownloadGone
-from relay.events import PredictionEvent, PredictionStatus
-from relay.jobs import Failure, Outcome, outputs_removed
-from relay.jobstore import Applied, JobStore, Located
-from relay.outputs import ArchivedObject, FailedOutput, find_files
+from replicate_relay.archive import ArchiveConflict, Archiver
+from replicate_relay.downloads import DownloadError, DownloadFailed, DownloadGone
+from replicate_relay.events import PredictionEvent, PredictionStatus
+from replicate_relay.jobs import Failure, Outcome, outputs_removed
+from replicate_relay.jobstore import Applied, JobStore, Located
+from replicate_relay.outputs import ArchivedObject, FailedOutput, find_files
 
 ACTOR = "archive-outputs"
 # A job's files are copied side by side (two 16 KiB files: ~25 ms instead of ~45 ms here), on one

@@ -7,9 +7,9 @@ import google.auth.transport.requests
 from handlers.errors import TransientError, Unauthenticated
 from handlers.settings import PushAuthSettings
 
-# The generic part (Google's certificates, the token's checks) lives in relay/oidc.py, shared with
+# The generic part (Google's certificates, the token's checks) lives in replicate_relay/oidc.py, shared with
 # the API; these names stay importable from here.
-from relay.oidc import (
+from replicate_relay.oidc import (
     CERTS_TIMEOUT_SECONDS,
     CLOCK_SKEW_SECONDS,
     GOOGLE_CERTS_URL,

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from handlers.errors import TRANSIENT_ERRORS, TransientError
-from relay.events import PredictionEvent
-from relay.jobstore import Applied, JobStore
+from replicate_relay.events import PredictionEvent
+from replicate_relay.jobstore import Applied, JobStore
 
 
 def apply(store: JobStore, event: PredictionEvent) -> Applied:

@@ -25,17 +25,17 @@ from handlers.push import PushEnvelope, decode_event, parse_envelope
 from handlers.reconcile import ACTOR as RECONCILER
 from handlers.reconcile import Reconciler
 from handlers.settings import HandlerSettings, ReconcilerSettings
-from relay import jobevents, logs, telemetry
-from relay.archive import Archiver
-from relay.config import load_or_exit
-from relay.downloads import Downloader
-from relay.jobs import needs_announcement
-from relay.jobstore import Applied, JobStore, utcnow
-from relay.publisher import PublishError, TopicPublisher
-from relay.replicate_api import ReplicateAPI
-from relay.serve import flask_health
-from relay.topology import load as load_topology
-from relay.values import ValueStore
+from replicate_relay import jobevents, logs, telemetry
+from replicate_relay.archive import Archiver
+from replicate_relay.config import load_or_exit
+from replicate_relay.downloads import Downloader
+from replicate_relay.jobs import needs_announcement
+from replicate_relay.jobstore import Applied, JobStore, utcnow
+from replicate_relay.publisher import PublishError, TopicPublisher
+from replicate_relay.replicate_api import ReplicateAPI
+from replicate_relay.serve import flask_health
+from replicate_relay.topology import load as load_topology
+from replicate_relay.values import ValueStore
 
 log = logging.getLogger("relay.handlers")
 

@@ -9,7 +9,7 @@ import json
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from handlers.errors import PermanentError
-from relay.events import EventAttributes, PayloadError, PredictionEvent, parse_prediction
+from replicate_relay.events import EventAttributes, PayloadError, PredictionEvent, parse_prediction
 
 
 class PushMessage(BaseModel):

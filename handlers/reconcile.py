@@ -15,12 +15,12 @@ from datetime import datetime, timedelta
 
 from opentelemetry import trace
 
-from relay import jobevents, telemetry
-from relay.events import EventAttributes, PayloadError, Source, parse_prediction
-from relay.jobs import TERMINAL_STATES, Job, JobState
-from relay.jobstore import JobStore, utcnow
-from relay.publisher import PublishError, TopicPublisher
-from relay.replicate_api import ReplicateAPI, ReplicateAPIError
+from replicate_relay import jobevents, telemetry
+from replicate_relay.events import EventAttributes, PayloadError, Source, parse_prediction
+from replicate_relay.jobs import TERMINAL_STATES, Job, JobState
+from replicate_relay.jobstore import JobStore, utcnow
+from replicate_relay.publisher import PublishError, TopicPublisher
+from replicate_relay.replicate_api import ReplicateAPI, ReplicateAPIError
 
 log = logging.getLogger("relay.reconciler")
 

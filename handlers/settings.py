@@ -8,11 +8,19 @@ from datetime import timedelta
 from typing import Literal
 
 from handlers.reconcile import ReconcileSettings
-from relay.config import ConfigError, Env, Secret, bucket_name, inline_value_bytes, project_id, token_check_mode
-from relay.downloads import DownloadPolicy
-from relay.jobs import Policy
-from relay.replicate_api import DEFAULT_BASE_URL
-from relay.telemetry import TelemetrySettings
+from replicate_relay.config import (
+    ConfigError,
+    Env,
+    Secret,
+    bucket_name,
+    inline_value_bytes,
+    project_id,
+    token_check_mode,
+)
+from replicate_relay.downloads import DownloadPolicy
+from replicate_relay.jobs import Policy
+from replicate_relay.replicate_api import DEFAULT_BASE_URL
+from replicate_relay.telemetry import TelemetrySettings
 
 _GCS_CHUNK_UNIT = 256 * 1024  # resumable upload chunks must be multiples of 256 KiB
 # The service name each function target reports its telemetry under, unless K_SERVICE or

@@ -17,9 +17,9 @@ from receiver.errors import (
 )
 from receiver.limiter import FailureLimiter
 from receiver.settings import ReceiverSettings
-from relay.events import EventAttributes, PayloadError, Source, parse_prediction_ref
-from relay.publisher import AsyncPublisher, PublishError
-from relay.webhooks import VerificationError, verify
+from replicate_relay.events import EventAttributes, PayloadError, Source, parse_prediction_ref
+from replicate_relay.publisher import AsyncPublisher, PublishError
+from replicate_relay.webhooks import VerificationError, verify
 
 
 @dataclass(frozen=True)

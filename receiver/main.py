@@ -16,10 +16,10 @@ from starlette.responses import JSONResponse, Response
 from receiver.errors import MethodNotAllowed, Rejected
 from receiver.intake import Intake, client_key
 from receiver.settings import ReceiverSettings
-from relay import logs, telemetry
-from relay.config import load_or_exit
-from relay.publisher import AsyncTopicPublisher
-from relay.serve import HEALTH_PATH
+from replicate_relay import logs, telemetry
+from replicate_relay.config import load_or_exit
+from replicate_relay.publisher import AsyncTopicPublisher
+from replicate_relay.serve import HEALTH_PATH
 
 log = logging.getLogger("relay.receiver")
 

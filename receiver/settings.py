@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from relay.config import ConfigError, Env, Secret, project_id
-from relay.telemetry import TelemetrySettings
-from relay.webhooks import DEFAULT_TOLERANCE_SECONDS, SigningKey, parse_secrets
+from replicate_relay.config import ConfigError, Env, Secret, project_id
+from replicate_relay.telemetry import TelemetrySettings
+from replicate_relay.webhooks import DEFAULT_TOLERANCE_SECONDS, SigningKey, parse_secrets
 
 # Pub/Sub takes messages of up to 10 MB; stay well under it, with room for attributes.
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024

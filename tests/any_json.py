@@ -24,7 +24,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from relay.outputs import find_files
+from replicate_relay.outputs import find_files
 
 # Keys and strings that stress field paths, escaping and normalisation.
 ODD_KEYS = [
@@ -98,7 +98,7 @@ FLOAT_EDGES = [
 
 
 def not_a_file(text: str) -> bool:
-    """Whether `text` is plain text in an output, not a file reference (relay.outputs.find_files)."""
+    """Whether `text` is plain text in an output, not a file reference (replicate_relay.outputs.find_files)."""
     return not find_files(text)
 
 

@@ -31,8 +31,8 @@ from examples.restore_photos.photos import Photo, UsageError, find_photos
 from examples.restore_photos.polling_worker import DEFAULT_INTERVAL_SECONDS, connect, poll
 from examples.restore_photos.report import PhotoResult, table
 from examples.restore_photos.worker import DEFAULT_SUBSCRIPTION, restore
-from relay.client import RelayClient
-from relay.config import ConfigError, Env, project_id
+from replicate_relay.client import RelayClient
+from replicate_relay.config import ConfigError, Env, project_id
 
 
 @dataclass(frozen=True)

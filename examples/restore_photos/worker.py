@@ -39,11 +39,11 @@ from examples.restore_photos.photos import (
     prepare_out_dir,
 )
 from examples.restore_photos.report import PhotoResult, Progress, summary, write_json
-from relay.client import RelayClient
-from relay.config import ConfigError, Env, project_id
-from relay.consumer import JobEventsConsumer
-from relay.jobevents import JobEvent
-from relay.submit import SubmitFailed
+from replicate_relay.client import RelayClient
+from replicate_relay.config import ConfigError, Env, project_id
+from replicate_relay.consumer import JobEventsConsumer
+from replicate_relay.jobevents import JobEvent
+from replicate_relay.submit import SubmitFailed
 
 DEFAULT_SUBSCRIPTION = "restore-photos"
 DEFAULT_TIMEOUT_SECONDS = 600.0

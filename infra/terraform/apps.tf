@@ -1,5 +1,5 @@
 # Applications' own subscriptions on job-events: pull subscriptions (var.app_pull_subscriptions),
-# read with relay.consumer.JobEventsConsumer, and push subscriptions (var.app_event_endpoints) to
+# read with replicate_relay.consumer.JobEventsConsumer, and push subscriptions (var.app_event_endpoints) to
 # an app's HTTPS URL, signed with an OIDC token of relay-app-push. Both kinds are one resource
 # over one map, so they share everything but push_config: a retry backoff for nacked (pull) or
 # non-2xx (push) deliveries, a dead-letter topic and subscription kept for a week, and the Pub/Sub

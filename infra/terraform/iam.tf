@@ -48,7 +48,7 @@ locals {
 
   # Handlers write outputs under deterministic names and read them back by name on redelivery.
   # Handlers and the API also keep there the prediction values too large for a job document
-  # (jobs/{job_id}/…, relay/values.py): the API writes a large input at submit and reads values back.
+  # (jobs/{job_id}/…, replicate_relay/values.py): the API writes a large input at submit and reads values back.
   bucket_roles = {
     for pair in setproduct(concat(keys(local.handler_services), ["api"]), ["roles/storage.objectCreator", "roles/storage.objectViewer"]) :
     "${pair[0]} ${pair[1]}" => { account = pair[0], role = pair[1] }
@@ -109,7 +109,7 @@ resource "google_storage_bucket_iam_member" "handler_objects" {
 }
 
 # The status page counts each dead-letter backlog by pulling and handing every message straight
-# back (relay/ops/status.py: pull, then modifyAckDeadline 0; nothing is acknowledged, and it never
+# back (replicate_relay/ops/status.py: pull, then modifyAckDeadline 0; nothing is acknowledged, and it never
 # gets or lists subscriptions, so no pubsub.viewer). subscriber is the narrowest predefined role
 # with pubsub.subscriptions.consume, granted on these two subscriptions only.
 resource "google_pubsub_subscription_iam_member" "status_page_counts_dead_letters" {

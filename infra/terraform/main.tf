@@ -32,7 +32,7 @@ resource "google_project_service" "apis" {
     "artifactregistry.googleapis.com",
     "cloudbuild.googleapis.com",
     "cloudscheduler.googleapis.com",
-    # Spans go to the Telemetry API (relay/telemetry.py), which drops them unless Cloud Trace's API
+    # Spans go to the Telemetry API (replicate_relay/telemetry.py), which drops them unless Cloud Trace's API
     # is enabled too; `relay trace --gcp` reads them back through Cloud Trace's API.
     "cloudtrace.googleapis.com",
     "firestore.googleapis.com",

@@ -2,7 +2,7 @@
 # read. Every policy's documentation says what it means and what to do (docs/OPERATIONS.md).
 #
 # Where the numbers come from:
-# - workload.googleapis.com/relay.*: the services' OpenTelemetry instruments (relay/telemetry.py,
+# - workload.googleapis.com/relay.*: the services' OpenTelemetry instruments (replicate_relay/telemetry.py,
 #   RELAY_GCP_TELEMETRY in run.tf), written by opentelemetry-exporter-gcp-monitoring. It names a
 #   metric "workload.googleapis.com/<instrument>", keeps attribute keys as metric labels (any
 #   character but a letter or digit becomes "_"), and writes counters and histograms as
@@ -10,7 +10,7 @@
 #   opentelemetry-resourcedetector-gcp detects (cloud.platform gcp_cloud_functions, because
 #   FUNCTION_TARGET is set, or gcp_cloud_run) is neither GCE nor GKE, so the exporter maps it to
 #   the monitored resource generic_task: job = service.name (OTEL_SERVICE_NAME, the Cloud Run
-#   service), namespace = service.namespace (relay/telemetry.py sets "replicate-relay"),
+#   service), namespace = service.namespace (replicate_relay/telemetry.py sets "replicate-relay"),
 #   task_id = the instance id, location = the region. Hence `local.otel_resource` below.
 #   Counters are charted with ALIGN_RATE, or ALIGN_DELTA where a count per interval reads better;
 #   histograms with ALIGN_DELTA and a percentile reducer.
@@ -37,7 +37,7 @@ resource "google_monitoring_notification_channel" "email" {
   depends_on   = [google_project_service.apis]
 }
 
-# ---- log-based metrics, from the services' JSON log lines (relay/logs.py) ----
+# ---- log-based metrics, from the services' JSON log lines (replicate_relay/logs.py) ----
 
 # Archive failures come from the log, not from relay.handler.duration: a job that ends failed
 # because of its outputs (output_expired, output_refused, archive_conflict) is a handled message
@@ -75,7 +75,7 @@ resource "google_logging_metric" "archive_failures" {
 }
 
 # Jobs by state. relay.jobs is not emitted: how many jobs are in each state right now lives in
-# Firestore, and a count query per state every minute is the operator's job (`python -m relay
+# Firestore, and a count query per state every minute is the operator's job (`relay
 # status`), not the services'. What Monitoring can see is the flow: each job is announced once
 # when it becomes final, and the handler that announces it logs `announced: true` with its
 # final `state`. Jobs the reconciler aborts (submit_incomplete) are counted only in its run
@@ -188,7 +188,7 @@ locals {
       }]
     },
     {
-      title   = "Dead-letter backlog (python -m relay replay --from <subscription>)"
+      title   = "Dead-letter backlog (relay replay --from <subscription>)"
       y_label = "messages"
       plot    = "STACKED_AREA"
       data_sets = [{
@@ -268,9 +268,9 @@ locals {
     gauge of them: counting every state every minute is a query per state, for a number only an
     operator needs). With application-default credentials for this project:
 
-    - `python -m relay status`: jobs by state, stuck jobs, dead-letter backlogs, time since the last event
-    - `python -m relay jobs list --stuck`: jobs not final and not written for 10 minutes
-    - `python -m relay jobs list --state failed --since 1h`, then `python -m relay jobs show <job>`
+    - `relay status`: jobs by state, stuck jobs, dead-letter backlogs, time since the last event
+    - `relay jobs list --stuck`: jobs not final and not written for 10 minutes
+    - `relay jobs list --state failed --since 1h`, then `relay jobs show <job>`
 
     The chart to the left counts jobs as they become final.
   EOT
@@ -354,10 +354,10 @@ resource "google_monitoring_alert_policy" "dead_lettered" {
       **What it means.** The ${each.key} handler refused at least one message ${each.value.max_delivery_attempts} times (503 and other non-2xx answers: Firestore, Cloud Storage, Pub/Sub or a download failing, or the service not starting), so Pub/Sub moved it to the dead-letter topic `${each.value.topic}`, whose pull subscription `${each.value.subscription}` keeps it for 7 days. Its job has not been updated by it.
 
       **What to do.**
-      1. `python -m relay replay --from ${each.value.subscription} --dry-run` lists the messages (prediction, status, deliveries) without acknowledging any.
-      2. Find the cause in the ${each.key} service's logs: WARNING lines with `jsonPayload.outcome="retry"` and their `reason`, for those prediction ids. `python -m relay status` shows every dead-letter backlog and the stuck jobs.
+      1. `relay replay --from ${each.value.subscription} --dry-run` lists the messages (prediction, status, deliveries) without acknowledging any.
+      2. Find the cause in the ${each.key} service's logs: WARNING lines with `jsonPayload.outcome="retry"` and their `reason`, for those prediction ids. `relay status` shows every dead-letter backlog and the stuck jobs.
       3. Fix it (quota, IAM, an outage upstream, a bad revision: `gcloud run services update-traffic ${each.key} --to-revisions=<previous>=100`).
-      4. `python -m relay replay --from ${each.value.subscription}` republishes them to the events topic (`source=replay`; handlers drop duplicates). The incident closes when the backlog is 0.
+      4. `relay replay --from ${each.value.subscription}` republishes them to the events topic (`source=replay`; handlers drop duplicates). The incident closes when the backlog is 0.
 
       Replicate deletes output files one hour after a prediction completes: a succeeded event replayed later than that ends its job `failed` with `output_expired`.
     EOT
@@ -393,9 +393,9 @@ resource "google_monitoring_alert_policy" "unacked_age" {
 
       **What to do.**
       1. The ${each.value.push_handler} service's logs: WARNING lines with `jsonPayload.outcome="retry"` and their `reason`, Google API errors, and Cloud Run's request log for 5xx, 429 and timeouts.
-      2. `python -m relay status` and `python -m relay jobs list --stuck` show which jobs wait.
+      2. `relay status` and `relay jobs list --stuck` show which jobs wait.
       3. Fix the cause (roll back a bad revision with `gcloud run services update-traffic ${each.value.push_handler} --to-revisions=<previous>=100`); Pub/Sub redelivers by itself.
-      4. Whatever reached the dead letters meanwhile: `python -m relay replay --from ${each.value.dead_letter.subscription}`.
+      4. Whatever reached the dead letters meanwhile: `relay replay --from ${each.value.dead_letter.subscription}`.
 
       Replicate deletes output files one hour after a prediction completes; archiving later than that ends the job `failed` with `output_expired`.
     EOT
@@ -419,7 +419,7 @@ locals {
 
         **What to do.**
         1. The receiver's logs: `jsonPayload.outcome="rejected"` lines show `reason` and the client; Replicate's requests come from its own addresses, a probe from anywhere.
-        2. If real webhooks fail, jobs stop moving: `python -m relay status` (time since the last event) and `python -m relay jobs list --stuck`.
+        2. If real webhooks fail, jobs stop moving: `relay status` (time since the last event) and `relay jobs list --stuck`.
         3. Compare the secret with Replicate's (`GET https://api.replicate.com/v1/webhooks/default/secret`), add a version that holds the right one (both, space-separated, during a rotation: docs/DEPLOY.md) and start new receiver instances: `gcloud run services update receiver --update-labels=rotated=$(date +%s)`.
         4. Final webhooks refused meanwhile are not lost for good: Replicate retries them for about a minute, then the reconciler recovers their jobs within `RELAY_RECONCILE_QUIET_SECONDS` (10 min).
       EOT
@@ -436,10 +436,10 @@ locals {
         **What it means.** The reconciler found jobs that had been quiet for 10 minutes although Replicate had already finished their prediction, and published what Replicate knows (`source=reconciler`). Those jobs are now right, but their final webhook never reached a handler: the receiver answered 5xx or was unreachable for longer than Replicate retries (about a minute), webhooks were rejected (see the verification-failure alert), predictions were created with the wrong webhook URL or an events filter without `completed`, or job-status messages were dead-lettered.
 
         **What to do.**
-        1. `python -m relay jobs list --since 2h`, then `python -m relay jobs show <job>` on a recovered one: its events show which webhooks arrived and the final one from `reconciler`.
+        1. `relay jobs list --since 2h`, then `relay jobs show <job>` on a recovered one: its events show which webhooks arrived and the final one from `reconciler`.
         2. The receiver's logs: `jsonPayload.outcome="unavailable"` (503, Pub/Sub publish failed or timed out) and `"rejected"` lines; Cloud Run's request log for 5xx and 429.
         3. The submitting application: `RELAY_WEBHOOK_URL` must equal `terraform output -raw webhook_url`, and `RELAY_WEBHOOK_EVENTS` must include `completed`.
-        4. `python -m relay status` for dead-letter backlogs; replay them with `python -m relay replay --from <dead-letter subscription>`.
+        4. `relay status` for dead-letter backlogs; replay them with `relay replay --from <dead-letter subscription>`.
 
         Succeeded predictions recovered more than an hour after they completed cannot be archived (`output_expired`).
       EOT
@@ -456,7 +456,7 @@ locals {
         **What it means.** Firestore refused a job document as the prediction had it (InvalidArgument: a document over 1 MiB, too many fields or index entries, or a value the client library cannot encode). Relay keeps a prediction's input, output, error, metrics and logs as JSON text, the largest in the bucket, so this takes something else that is huge: a `model` or `version` string of megabytes, or thousands of output files. The message was acknowledged and the job written without the prediction's values, in the state Replicate reported, with `error_code` `not_stored` and Firestore's reason in `error`.
 
         **What to do.**
-        1. `python -m relay jobs list --since 2h` and `python -m relay jobs show <job>`: the job's `error` names Firestore's reason.
+        1. `relay jobs list --since 2h` and `relay jobs show <job>`: the job's `error` names Firestore's reason.
         2. The handlers' ERROR lines (`jsonPayload.error_code="not_stored"`) carry the prediction id and the refusal.
         3. The prediction itself is still at Replicate for an hour (`GET /v1/predictions/{id}`); its archived files, if any, are in the bucket under `predictions/{id}/`.
       EOT
@@ -473,9 +473,9 @@ locals {
         **What it means.** The ${local.archive_service} handler ended jobs `failed` because of their outputs, or dropped a message it could not read. By `error_code`: `output_expired`, the file was gone (404/410) because Replicate deletes outputs an hour after completion and archiving came later (a handler outage or backlog, a late or recovered succeeded event); `output_refused`, the output URL is not https, not on an allowed host (`RELAY_DOWNLOAD_ALLOWED_HOSTS`, default `replicate.delivery`) or resolves to a private address; `archive_conflict`, an object of that name already holds other content. With `reason` and no `error_code`: a message dropped as undeliverable (`outcome=permanent_failure`), acknowledged and not retried.
 
         **What to do.**
-        1. `python -m relay jobs list --state failed --since 1h`, then `python -m relay jobs show <job>`: the job's error, and for each output its gs:// URI or why it was not archived (for a refusal, which URL and why).
+        1. `relay jobs list --state failed --since 1h`, then `relay jobs show <job>`: the job's error, and for each output its gs:// URI or why it was not archived (for a refusal, which URL and why).
         2. The handler's ERROR lines (`severity>=ERROR` on the ${local.archive_service} service) carry the prediction id, the job id and `error_code` or `reason`.
-        3. `output_expired`: find why archiving was late: the "${local.archive_service} falling behind" and dead-letter alerts, `python -m relay status`. The files are gone at Replicate; run the prediction again if it matters.
+        3. `output_expired`: find why archiving was late: the "${local.archive_service} falling behind" and dead-letter alerts, `relay status`. The files are gone at Replicate; run the prediction again if it matters.
         4. `output_refused`: a host Replicate really uses belongs in `RELAY_DOWNLOAD_ALLOWED_HOSTS`; anything else is a prediction whose output should not be fetched.
       EOT
     }

@@ -81,7 +81,7 @@ locals {
         cpu_idle    = true
         env         = local.handler_env
       }
-      # Private, the operators' status page (relay/ops/statuspage.py; docs/OPERATIONS.md): read-only,
+      # Private, the operators' status page (replicate_relay/ops/statuspage.py; docs/OPERATIONS.md): read-only,
       # opened with `gcloud run services proxy status-page`, which runs on the operator's machine
       # and sends each request to the service's URL with the operator's identity token. So its
       # ingress is ALL (internal-only ingress would refuse the proxy from outside the VPC) and IAM
@@ -92,7 +92,7 @@ locals {
       # time (THREADS = 4, so none waits for a thread), 60 s for the 5 s-bounded API calls of a
       # refresh. 512Mi: the smallest size both Cloud Run execution environments accept.
       "status-page" = {
-        source      = "relay/ops/statuspage.py"
+        source      = "replicate_relay/ops/statuspage.py"
         target      = "status_page"
         asgi        = false
         ingress     = "INGRESS_TRAFFIC_ALL"
@@ -168,7 +168,7 @@ locals {
             RELAY_PUSH_SERVICE_ACCOUNT = google_service_account.push.email
           },
           # google-cloud-storage's own OpenTelemetry spans (uploads, object lookups), read when the
-          # library is imported, without its background bucket-metadata fetches (relay/telemetry.py).
+          # library is imported, without its background bucket-metadata fetches (replicate_relay/telemetry.py).
           # The image sets both for every service; stated here for the Storage-heavy handler so
           # its traces do not depend on the image's defaults.
           name == local.archive_service ? {

@@ -190,7 +190,7 @@ variable "deletion_protection" {
 }
 
 variable "app_pull_subscriptions" {
-  description = "Pull subscriptions on job-events for applications (relay.consumer.JobEventsConsumer), by subscription name, each with the IAM members (serviceAccount:..., group:..., user:...) given roles/pubsub.subscriber on that subscription alone. Each also gets a dead-letter topic and subscription named <name>-dead-letter. Empty: none."
+  description = "Pull subscriptions on job-events for applications (replicate_relay.consumer.JobEventsConsumer), by subscription name, each with the IAM members (serviceAccount:..., group:..., user:...) given roles/pubsub.subscriber on that subscription alone. Each also gets a dead-letter topic and subscription named <name>-dead-letter. Empty: none."
   type        = map(list(string))
   default     = {}
 

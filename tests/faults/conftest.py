@@ -14,9 +14,9 @@ import httpx
 import pytest
 from google.cloud import firestore, storage
 
-from relay.devstack.processes import free_port
-from relay.devstack.stack import DEV_REPLICATE_TOKEN, LocalStack, StackConfig
-from relay.testing import SignedWebhook, sign_webhook
+from replicate_relay.devstack.processes import free_port
+from replicate_relay.devstack.stack import DEV_REPLICATE_TOKEN, LocalStack, StackConfig
+from replicate_relay.testing import SignedWebhook, sign_webhook
 from tests.faults.harness import Invariants, Load
 from tests.faults.proxy import FaultProxy
 from tests.integration import conftest as integration

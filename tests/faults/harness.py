@@ -26,10 +26,10 @@ from typing import Any
 import httpx
 from google.cloud import firestore, storage
 
-from relay.jobs import TERMINAL_STATES, Job, JobState
-from relay.jobstore import EVENTS, JOBS, PREDICTIONS, JobStore, event_key
-from relay.replicate_api import ModelRef, ReplicateAPI
-from relay.submit import Submitter
+from replicate_relay.jobs import TERMINAL_STATES, Job, JobState
+from replicate_relay.jobstore import EVENTS, JOBS, PREDICTIONS, JobStore, event_key
+from replicate_relay.replicate_api import ModelRef, ReplicateAPI
+from replicate_relay.submit import Submitter
 from tests.integration.conftest import Tap
 
 MODEL = ModelRef.parse("flux-kontext-apps/restore-image")

@@ -15,11 +15,11 @@ import pytest
 import yaml
 from google.cloud import firestore, storage
 
-from relay.cli import main as relay_main
-from relay.devstack.stack import DEFAULT_TOPOLOGY, LocalStack
-from relay.jobs import Job
-from relay.jobstore import JOBS
-from relay.testing import SignedWebhook, prediction_lifecycle
+from replicate_relay.cli import main as relay_main
+from replicate_relay.devstack.stack import DEFAULT_TOPOLOGY, LocalStack
+from replicate_relay.jobs import Job
+from replicate_relay.jobstore import JOBS
+from replicate_relay.testing import SignedWebhook, prediction_lifecycle
 from tests.faults.conftest import FAULT_TOPOLOGY
 from tests.faults.harness import Invariants, Load, StateSampler, Submitted, wait_all_final, write_series
 from tests.faults.proxy import FaultProxy

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from google.cloud import firestore
 
-from relay.devstack.containers import DEFAULT_IMAGE, ContainerLauncher, Engine, detect_engine
-from relay.devstack.stack import REPO_ROOT, LocalStack, StackConfig
-from relay.devstack.terraform_env import local_computed, service_environments
+from replicate_relay.devstack.containers import DEFAULT_IMAGE, ContainerLauncher, Engine, detect_engine
+from replicate_relay.devstack.stack import REPO_ROOT, LocalStack, StackConfig
+from replicate_relay.devstack.terraform_env import local_computed, service_environments
 from tests.integration import fileserver
 from tests.integration.fileserver import FileServer
 

@@ -23,13 +23,13 @@ import httpx
 import pytest
 from google.cloud import firestore, pubsub_v1, storage
 
-from relay.client import RelayClient
-from relay.devstack.processes import StackError, free_port, http_answers
-from relay.devstack.stack import API, DEV_WEBHOOK_SECRET, HANDLERS, RECEIVER
-from relay.jobs import TERMINAL_STATES
-from relay.testing import prediction_lifecycle, sign_webhook
-from relay.traceview.lookup import find_in_file
-from relay.traceview.model import Trace
+from replicate_relay.client import RelayClient
+from replicate_relay.devstack.processes import StackError, free_port, http_answers
+from replicate_relay.devstack.stack import API, DEV_WEBHOOK_SECRET, HANDLERS, RECEIVER
+from replicate_relay.jobs import TERMINAL_STATES
+from replicate_relay.testing import prediction_lifecycle, sign_webhook
+from replicate_relay.traceview.lookup import find_in_file
+from replicate_relay.traceview.model import Trace
 from tests.image.conftest import PROJECT, SERVICES, ImageStack
 from tests.integration.conftest import Tap, unique_id, wait_for, wait_for_job
 from tests.integration.fileserver import Answer, FileServer

@@ -15,11 +15,11 @@ import pytest
 from google.api_core import exceptions as google_exceptions
 from google.cloud import firestore, pubsub_v1
 
-from relay.devstack.stack import LocalStack, StackConfig, running
-from relay.jobs import Job
-from relay.jobstore import JOBS
-from relay.replicate_api import ReplicateAPI
-from relay.testing import SignedWebhook, sign_webhook
+from replicate_relay.devstack.stack import LocalStack, StackConfig, running
+from replicate_relay.jobs import Job
+from replicate_relay.jobstore import JOBS
+from replicate_relay.replicate_api import ReplicateAPI
+from replicate_relay.testing import SignedWebhook, sign_webhook
 from tests.integration import fileserver
 from tests.integration.fileserver import FileServer
 

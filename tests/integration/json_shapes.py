@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from relay.devstack.stack import LocalStack
-from relay.testing import prediction_lifecycle
+from replicate_relay.devstack.stack import LocalStack
+from replicate_relay.testing import prediction_lifecycle
 
 # What a shape leaves as it is: prediction_lifecycle's input, and a plain text output.
 PLAIN_INPUT: dict[str, Any] = {"input_image": "https://example.com/old-photo.jpg", "seed": 42, "output_format": "png"}

@@ -16,12 +16,12 @@ import replicate
 from google.cloud import firestore
 
 from handlers.reconcile import Reconciler, ReconcileSettings
-from relay import cli
-from relay.adopt import Action, Adopter, AdoptReport, render
-from relay.devstack.stack import LocalStack
-from relay.jobstore import EVENTS, JOBS, JobStore, utcnow
-from relay.publisher import TopicPublisher
-from relay.replicate_api import ReplicateAPI
+from replicate_relay import cli
+from replicate_relay.adopt import Action, Adopter, AdoptReport, render
+from replicate_relay.devstack.stack import LocalStack
+from replicate_relay.jobstore import EVENTS, JOBS, JobStore, utcnow
+from replicate_relay.publisher import TopicPublisher
+from replicate_relay.replicate_api import ReplicateAPI
 from tests.integration.conftest import Tap, announcements, read_job, wait_for, wait_for_job
 
 # The old worker's model and inputs; the sim_* keys steer the simulated run.
@@ -123,7 +123,7 @@ def test_cut_over_adopts_every_prediction_in_flight_once_and_finishes_each_in_it
     show = pytestconfig.getoption("capture") == "no"  # with -s, the run docs/MIGRATION.md quotes
     if show:
         with capsys.disabled():
-            print(f"\n$ python -m relay adopt --dry-run --since 2h --model {model}\n{dry.err}{dry.out}")
+            print(f"\n$ relay adopt --dry-run --since 2h --model {model}\n{dry.err}{dry.out}")
     for prediction_id, action in mine.items():
         assert f"{prediction_id}  {model}" in dry.out
         assert any(prediction_id in line and f"  {action.value}" in line for line in dry.out.splitlines())
@@ -138,7 +138,7 @@ def test_cut_over_adopts_every_prediction_in_flight_once_and_finishes_each_in_it
     report = adopter.run(utcnow() - timedelta(hours=2), model=model)
     if show:
         with capsys.disabled():
-            print(f"$ python -m relay adopt --since 2h --model {model}\n" + "\n".join(progress) + "\n" + render(report))
+            print(f"$ relay adopt --since 2h --model {model}\n" + "\n".join(progress) + "\n" + render(report))
     assert {pid: action for pid, action in actions(report).items() if pid in mine} == mine
     assert actions(report)[other] == Action.SKIPPED
     assert report.pages >= 3

@@ -12,10 +12,10 @@ from typing import Any
 import httpx
 import pytest
 
-from relay.client import RelayClient
-from relay.devstack.stack import LocalStack
-from relay.jobs import Job
-from relay.testing import sign_webhook
+from replicate_relay.client import RelayClient
+from replicate_relay.devstack.stack import LocalStack
+from replicate_relay.jobs import Job
+from replicate_relay.testing import sign_webhook
 from tests.integration.conftest import unique_id, wait_for
 from tests.integration.fileserver import Answer, FileServer
 from tests.integration.json_shapes import SHAPES, Shape, exact, handler_lines, lifecycle, timestamps

@@ -23,10 +23,10 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, note, settings
 from hypothesis.database import DirectoryBasedExampleDatabase
 
-from relay.client import RelayClient
-from relay.devstack.stack import LocalStack
-from relay.jobs import Job
-from relay.testing import prediction_lifecycle, sign_webhook
+from replicate_relay.client import RelayClient
+from replicate_relay.devstack.stack import LocalStack
+from replicate_relay.jobs import Job
+from replicate_relay.testing import prediction_lifecycle, sign_webhook
 from tests.any_json import INTEGER_EDGES, input_values, json_text, json_values, same_json
 from tests.integration.conftest import unique_id, wait_for
 

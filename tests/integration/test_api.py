@@ -18,7 +18,7 @@ import httpx
 import pytest
 from jsonschema import Draft202012Validator
 
-from relay.devstack.stack import LocalStack
+from replicate_relay.devstack.stack import LocalStack
 from tests.integration.conftest import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]

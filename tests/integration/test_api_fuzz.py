@@ -30,7 +30,7 @@ from api import errors
 from api.core import check_idempotency_key
 from api.idempotency import MAX_KEY_CHARS
 from api.listing import CURSOR_FORMAT, Cursor, InvalidCursor
-from relay.devstack.stack import LocalStack
+from replicate_relay.devstack.stack import LocalStack
 
 ROOT = Path(__file__).resolve().parents[2]
 MAX_EXAMPLES = 100

@@ -23,8 +23,8 @@ import pytest
 from google.api_core import exceptions as google_exceptions
 from google.cloud import pubsub_v1
 
-from relay.devstack.stack import LocalStack
-from relay.testing import SignedWebhook, prediction_lifecycle
+from replicate_relay.devstack.stack import LocalStack
+from replicate_relay.testing import SignedWebhook, prediction_lifecycle
 from tests.integration.conftest import unique_id, wait_for
 
 Post = Callable[[SignedWebhook], httpx.Response]

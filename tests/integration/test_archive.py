@@ -13,11 +13,11 @@ import httpx
 import pytest
 from google.cloud import firestore
 
-from relay.devstack.stack import LocalStack
-from relay.jobs import Job
-from relay.jobstore import EVENTS, JOBS, JobStore, event_key
-from relay.testing import SignedWebhook, prediction_lifecycle
-from relay.values import ValueStore
+from replicate_relay.devstack.stack import LocalStack
+from replicate_relay.jobs import Job
+from replicate_relay.jobstore import EVENTS, JOBS, JobStore, event_key
+from replicate_relay.testing import SignedWebhook, prediction_lifecycle
+from replicate_relay.values import ValueStore
 from tests.integration.conftest import (
     DOWNLOAD_CAP,
     INLINE_VALUE_BYTES,

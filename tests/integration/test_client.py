@@ -13,13 +13,13 @@ import pytest
 from google.cloud import firestore
 from google.cloud.firestore_v1.document import DocumentReference
 
-from relay import cli
-from relay.client import ClientClosed, JobFailed, JobWaitTimeout, RelayClient
-from relay.devstack.stack import LocalStack
-from relay.jobs import Job, JobState
-from relay.jobstore import JobStore
-from relay.replicate_api import ReplicateAPI
-from relay.submit import Submitter
+from replicate_relay import cli
+from replicate_relay.client import ClientClosed, JobFailed, JobWaitTimeout, RelayClient
+from replicate_relay.devstack.stack import LocalStack
+from replicate_relay.jobs import Job, JobState
+from replicate_relay.jobstore import JobStore
+from replicate_relay.replicate_api import ReplicateAPI
+from replicate_relay.submit import Submitter
 from tests.integration.conftest import WAIT_SECONDS, wait_for
 
 MODEL = "flux-kontext-apps/restore-image"

@@ -14,13 +14,13 @@ import pytest
 from google.api_core import exceptions as google_exceptions
 from google.cloud import firestore
 
-from relay.consumer import JobEventsConsumer
-from relay.devstack.stack import LocalStack
-from relay.jobevents import JobEvent, job_event
-from relay.jobs import Job, JobState
-from relay.jobstore import JobStore
-from relay.replicate_api import ModelRef, ReplicateAPI
-from relay.submit import Submitter
+from replicate_relay.consumer import JobEventsConsumer
+from replicate_relay.devstack.stack import LocalStack
+from replicate_relay.jobevents import JobEvent, job_event
+from replicate_relay.jobs import Job, JobState
+from replicate_relay.jobstore import JobStore
+from replicate_relay.replicate_api import ModelRef, ReplicateAPI
+from replicate_relay.submit import Submitter
 from tests.integration.conftest import WAIT_SECONDS
 
 FAST = {"input_image": "https://example.com/old.jpg", "seed": 1, "sim_duration": 0.5}
@@ -43,7 +43,7 @@ class Subscription:
         )
 
     def publish(self, job: Job) -> None:
-        """Announce `job` exactly as Relay's handlers do (relay.jobevents.job_event)."""
+        """Announce `job` exactly as Relay's handlers do (replicate_relay.jobevents.job_event)."""
         data, attributes = job_event(job)
         self.publisher.publish(self.topic, data, **attributes).result(timeout=10)
 

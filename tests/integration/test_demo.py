@@ -1,4 +1,4 @@
-"""`make run`'s demo, end to end: `python -m relay dev --demo --exit-after-demo` on free ports.
+"""`make run`'s demo, end to end: `relay dev --demo --exit-after-demo` on free ports.
 
 The README quotes this output (run with `pytest -s` to see it): the signed lifecycle, the three
 submitted predictions ending where expected (the third after the reconciler found its lost final
@@ -12,8 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from relay.devstack.processes import free_port
-from relay.devstack.stack import REPO_ROOT
+from replicate_relay.devstack.processes import free_port
+from replicate_relay.devstack.stack import REPO_ROOT
 
 PORT_FLAGS = (
     "--pubsub-port",
@@ -29,7 +29,7 @@ PORT_FLAGS = (
 
 
 def test_make_runs_demo_ends_every_job_where_expected_and_draws_the_trace(tmp_path: Path) -> None:
-    argv = [sys.executable, "-m", "relay", "dev", "--demo", "--exit-after-demo"]
+    argv = [sys.executable, "-m", "replicate_relay", "dev", "--demo", "--exit-after-demo"]
     for flag in PORT_FLAGS:
         argv += [flag, str(free_port())]
     argv += ["--log-dir", str(tmp_path / "logs"), "--telemetry-dir", str(tmp_path / "telemetry")]

@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from relay.devstack.processes import StackError
-from relay.devstack.stack import LocalStack, StackConfig
+from replicate_relay.devstack.processes import StackError
+from replicate_relay.devstack.stack import LocalStack, StackConfig
 
 
 def test_an_emulator_whose_port_is_taken_says_so(tmp_path: Path) -> None:

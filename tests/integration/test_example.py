@@ -15,9 +15,9 @@ from google.api_core import exceptions as google_exceptions
 
 from examples.restore_photos import compare, polling_worker, worker
 from examples.restore_photos.photos import find_photos
-from relay.client import RelayClient
-from relay.devstack.stack import LocalStack
-from relay.testing import png
+from replicate_relay.client import RelayClient
+from replicate_relay.devstack.stack import LocalStack
+from replicate_relay.testing import png
 from tests.integration.conftest import WAIT_SECONDS, wait_for
 
 # The threads a streaming pull (google-api-core, google-cloud-pubsub) or a Firestore listener runs

@@ -15,11 +15,11 @@ from google.api_core import exceptions as google_exceptions
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from relay.events import EventAttributes, Prediction, PredictionEvent, Source
-from relay.jobs import TERMINAL_STATES, Job, Outcome
-from relay.jobstore import EVENTS, JOBS, PREDICTIONS, JobStore, event_key
-from relay.outputs import ArchivedObject
-from relay.testing import prediction_lifecycle
+from replicate_relay.events import EventAttributes, Prediction, PredictionEvent, Source
+from replicate_relay.jobs import TERMINAL_STATES, Job, Outcome
+from replicate_relay.jobstore import EVENTS, JOBS, PREDICTIONS, JobStore, event_key
+from replicate_relay.outputs import ArchivedObject
+from replicate_relay.testing import prediction_lifecycle
 from tests.integration.conftest import read_job, unique_id
 
 FILE = "https://replicate.delivery/p/out-0.png"

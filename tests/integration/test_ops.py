@@ -16,16 +16,16 @@ import pytest
 from google.api_core import exceptions as google_exceptions
 from google.cloud import firestore, pubsub_v1
 
-from relay import cli
-from relay.devstack.processes import free_port
-from relay.devstack.stack import LocalStack
-from relay.events import EventAttributes
-from relay.jobs import Job, JobState
-from relay.jobstore import EVENTS, JOBS, PREDICTIONS, JobStore
-from relay.ops.context import OpsSettings
-from relay.ops.replay import pull
-from relay.replicate_api import ModelRef, ReplicateAPI
-from relay.testing import prediction_lifecycle, sign_webhook
+from replicate_relay import cli
+from replicate_relay.devstack.processes import free_port
+from replicate_relay.devstack.stack import LocalStack
+from replicate_relay.events import EventAttributes
+from replicate_relay.jobs import Job, JobState
+from replicate_relay.jobstore import EVENTS, JOBS, PREDICTIONS, JobStore
+from replicate_relay.ops.context import OpsSettings
+from replicate_relay.ops.replay import pull
+from replicate_relay.replicate_api import ModelRef, ReplicateAPI
+from replicate_relay.testing import prediction_lifecycle, sign_webhook
 from tests.integration.conftest import Tap, read_job, unique_id, wait_for, wait_for_job
 from tests.integration.fileserver import Answer, FileServer
 
@@ -45,7 +45,7 @@ class Run:
 
 @pytest.fixture
 def relay(capsys: pytest.CaptureFixture[str]) -> Callable[..., Run]:
-    """`python -m relay ARGS` through cli.main, capturing what it prints."""
+    """`relay ARGS` through cli.main, capturing what it prints."""
 
     def run(*argv: str) -> Run:
         capsys.readouterr()
@@ -244,7 +244,7 @@ def test_jobs_show_prints_the_job_its_gs_outputs_its_events_and_the_trace_hint(
     for status in ("starting", "processing", "succeeded"):
         assert f"{status}" in run.out.split("events (last 20")[1]
     assert run.out.rstrip().endswith(
-        f"trace: python -m relay trace {archived_job.job_id}   (--html FILE for a page, --gcp for Cloud Trace)"
+        f"trace: relay trace {archived_job.job_id}   (--html FILE for a page, --gcp for Cloud Trace)"
     )
 
 
@@ -258,7 +258,7 @@ def test_jobs_show_json_carries_the_job_document_and_events_oldest_first(
     assert shown["job"]["job_id"] == archived_job.job_id
     assert shown["job"]["outputs"][0]["gs_uri"] == archived_job.outputs[0]["gs_uri"]
     assert [e["status"] for e in shown["events"]] == ["starting", "processing", "succeeded"]
-    assert shown["trace"] == f"python -m relay trace {archived_job.job_id}"
+    assert shown["trace"] == f"relay trace {archived_job.job_id}"
 
 
 @pytest.fixture

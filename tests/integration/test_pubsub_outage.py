@@ -8,8 +8,8 @@ import httpx
 import pytest
 from google.cloud import firestore
 
-from relay.devstack.stack import LocalStack
-from relay.testing import SignedWebhook, prediction_lifecycle
+from replicate_relay.devstack.stack import LocalStack
+from replicate_relay.testing import SignedWebhook, prediction_lifecycle
 from tests.integration.conftest import unique_id, wait_for_job
 
 

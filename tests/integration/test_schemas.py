@@ -13,10 +13,10 @@ import httpx
 import jsonschema
 from google.cloud import firestore
 
-from relay import schemas
-from relay.jobs import Job
-from relay.jobstore import JOBS
-from relay.testing import SignedWebhook, prediction_lifecycle
+from replicate_relay import schemas
+from replicate_relay.jobs import Job
+from replicate_relay.jobstore import JOBS
+from replicate_relay.testing import SignedWebhook, prediction_lifecycle
 from tests.integration.conftest import INLINE_VALUE_BYTES, Tap, announcements, unique_id, wait_for
 from tests.integration.fileserver import Answer, FileServer
 

@@ -28,12 +28,12 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 
-from relay import cli
-from relay.devstack.processes import ManagedProcess, free_port, http_answers, log_contains
-from relay.devstack.stack import REPO_ROOT, LocalStack
-from relay.jobs import Job
-from relay.ops.metrics_file import METRIC
-from relay.testing import prediction_lifecycle, sign_webhook
+from replicate_relay import cli
+from replicate_relay.devstack.processes import ManagedProcess, free_port, http_answers, log_contains
+from replicate_relay.devstack.stack import REPO_ROOT, LocalStack
+from replicate_relay.jobs import Job
+from replicate_relay.ops.metrics_file import METRIC
+from replicate_relay.testing import prediction_lifecycle, sign_webhook
 from tests.integration.conftest import unique_id, wait_for, wait_for_job
 
 WINDOW = (1280, 900)
@@ -70,7 +70,7 @@ def page_url(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory, metric
         "status page",
         [
             *(sys.executable, "-m", "functions_framework"),
-            *("--source", "relay/ops/statuspage.py", "--target", "status_page"),
+            *("--source", "replicate_relay/ops/statuspage.py", "--target", "status_page"),
             *("--host", "127.0.0.1", "--port", str(port)),
         ],
         log_path=tmp_path_factory.mktemp("status-page") / "status-page.log",
@@ -284,7 +284,7 @@ def test_relay_status_serve_prints_its_url_and_serves_the_page(
     url = f"http://127.0.0.1:{port}/"
     process = ManagedProcess(
         "relay status --serve",
-        [sys.executable, "-m", "relay", "status", "--serve", "--port", str(port), "--timeout", "5"],
+        [sys.executable, "-m", "replicate_relay", "status", "--serve", "--port", str(port), "--timeout", "5"],
         log_path=tmp_path / "serve.log",
         ready=log_contains(f"Relay status page at {url}"),
         env=_function_env(metrics_file),

@@ -15,7 +15,7 @@ import google.cloud.storage as storage
 import pytest
 from google.api_core import exceptions as google_exceptions
 
-from relay.devstack.stack import LocalStack
+from replicate_relay.devstack.stack import LocalStack
 
 
 @pytest.fixture(scope="module")

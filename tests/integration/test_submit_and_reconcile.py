@@ -11,11 +11,11 @@ import httpx
 import pytest
 from google.cloud import firestore
 
-from relay.devstack.stack import LocalStack
-from relay.jobs import Job
-from relay.jobstore import EVENTS, JOBS, JobStore
-from relay.replicate_api import ModelRef, ReplicateAPI, ReplicateAPIError
-from relay.submit import SubmitFailed, Submitter
+from replicate_relay.devstack.stack import LocalStack
+from replicate_relay.jobs import Job
+from replicate_relay.jobstore import EVENTS, JOBS, JobStore
+from replicate_relay.replicate_api import ModelRef, ReplicateAPI, ReplicateAPIError
+from replicate_relay.submit import SubmitFailed, Submitter
 from tests.integration.conftest import Tap, announcements, read_job, wait_for, wait_for_job
 
 MODEL = ModelRef.parse("flux-kontext-apps/restore-image")

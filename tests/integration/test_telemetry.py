@@ -17,14 +17,14 @@ from typing import Any
 import httpx
 from google.cloud import firestore
 
-from relay.devstack.stack import DEV_REPLICATE_TOKEN, LocalStack
-from relay.jobstore import JobStore
-from relay.replicate_api import ModelRef, ReplicateAPI
-from relay.submit import Submitter
-from relay.testing import SignedWebhook, prediction_lifecycle
-from relay.traceview.lookup import find_in_file
-from relay.traceview.model import Span, SpanKind, Trace
-from relay.webhooks import parse_secret
+from replicate_relay.devstack.stack import DEV_REPLICATE_TOKEN, LocalStack
+from replicate_relay.jobstore import JobStore
+from replicate_relay.replicate_api import ModelRef, ReplicateAPI
+from replicate_relay.submit import Submitter
+from replicate_relay.testing import SignedWebhook, prediction_lifecycle
+from replicate_relay.traceview.lookup import find_in_file
+from replicate_relay.traceview.model import Span, SpanKind, Trace
+from replicate_relay.webhooks import parse_secret
 from tests.integration.conftest import read_job, unique_id, wait_for, wait_for_job
 from tests.integration.fileserver import Answer, FileServer
 
@@ -108,7 +108,7 @@ def test_one_webhook_is_one_trace_from_the_receiver_through_both_handlers(
         assert consumer.attributes["messaging.message.id"] == send.attributes["messaging.message.id"]
 
     # Under the handlers: Firestore writes with their RPCs, the download, the Cloud Storage write. Which
-    # write applies an event depends on the race (relay/jobstore.py): the job's first write as a batch, a
+    # write applies an event depends on the race (replicate_relay/jobstore.py): the job's first write as a batch, a
     # transaction, or (the job exists: archive-outputs finishes it) the deferred event's record alone.
     status_work = _descendants(spans, status)
     assert {"apply_event", "defer_event"} & {span.attributes.get("db.operation.name") for span in status_work}

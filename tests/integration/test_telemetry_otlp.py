@@ -37,7 +37,7 @@ from google.auth.credentials import Credentials
 from opentelemetry.resourcedetector.gcp_resource_detector import _metadata
 from opentelemetry.trace import SpanKind
 
-from relay import telemetry
+from replicate_relay import telemetry
 
 _metadata.is_available = lambda: False  # not on Google Cloud: no metadata server to ask
 

@@ -32,9 +32,9 @@ import pytest
 from google.api_core import exceptions as google_exceptions
 from google.cloud import pubsub_v1
 
-from relay.devstack.processes import free_port
-from relay.devstack.stack import LocalStack
-from relay.testing import png
+from replicate_relay.devstack.processes import free_port
+from replicate_relay.devstack.stack import LocalStack
+from replicate_relay.testing import png
 from tests.integration.conftest import WAIT_SECONDS, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]

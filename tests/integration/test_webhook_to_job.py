@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 from google.cloud import firestore, pubsub_v1
 
-from relay.devstack.stack import LocalStack
-from relay.jobstore import EVENTS, JOBS
-from relay.testing import SignedWebhook, prediction_lifecycle
+from replicate_relay.devstack.stack import LocalStack
+from replicate_relay.jobstore import EVENTS, JOBS
+from replicate_relay.testing import SignedWebhook, prediction_lifecycle
 from tests.integration.conftest import read_job, unique_id, wait_for, wait_for_job, wait_for_status
 
 Post = Callable[[SignedWebhook], httpx.Response]

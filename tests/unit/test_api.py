@@ -37,10 +37,10 @@ from api.idempotency import (
 from api.listing import Cursor, InvalidCursor
 from api.openapi import DOCUMENT, render
 from api.settings import ApiSettings
-from relay.config import ConfigError
-from relay.jobs import Job
-from relay.oidc import GoogleCerts
-from relay.replicate_api import ModelRef
+from replicate_relay.config import ConfigError
+from replicate_relay.jobs import Job
+from replicate_relay.oidc import GoogleCerts
+from replicate_relay.replicate_api import ModelRef
 from tests.unit.test_push_auth import REPO_ROOT, FakeGoogle, load_function, mint
 
 AUDIENCE = "https://api-abcdefghij-uc.a.run.app"

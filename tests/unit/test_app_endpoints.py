@@ -15,9 +15,9 @@ import google.auth.exceptions
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from relay.cli import _parser
-from relay.config import ConfigError
-from relay.topology import app_endpoint, parse_app_endpoint
+from replicate_relay.cli import _parser
+from replicate_relay.config import ConfigError
+from replicate_relay.topology import app_endpoint, parse_app_endpoint
 from tests.unit.test_push_auth import FakeGoogle, mint
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from relay.consumer import ConsumerStats, RecentIds
+from replicate_relay.consumer import ConsumerStats, RecentIds
 
 
 def test_recent_ids_forget_the_least_recently_handled_beyond_their_size() -> None:

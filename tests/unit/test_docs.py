@@ -1,5 +1,5 @@
 """The README and docs/ stay true: links resolve, the README stays short, and every command they
-show names a real make target, parses as a `python -m relay` command, or names a file that exists.
+show names a real make target, parses as a `relay` command, or names a file that exists.
 
 Which commands also run: `make test` runs the local ones through the suites (the demo in
 tests/integration/test_demo.py, the operator commands in tests/integration/test_ops.py, `relay
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.cli import _parser
+from replicate_relay.cli import _parser
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = sorted(
@@ -114,7 +114,7 @@ def test_every_relay_command_shown_parses(page: Path) -> None:
     parser = _parser()
     refused = []
     for line in _code_lines(page):
-        match = re.match(r"^(?:\.venv/bin/)?python3? -m relay (.*)$", line)
+        match = re.match(r"^(?:\.venv/bin/)?relay ([a-z-].*)$", line)
         if not match:
             continue
         # A placeholder such as <prediction id> stands for one argument.
@@ -125,7 +125,7 @@ def test_every_relay_command_shown_parses(page: Path) -> None:
         except SystemExit as exit_:
             if exit_.code:  # --help exits 0
                 refused.append(line)
-    assert refused == [], f"{_page_id(page)}: commands python -m relay refuses: {refused}"
+    assert refused == [], f"{_page_id(page)}: commands relay refuses: {refused}"
 
 
 @pytest.mark.parametrize("page", PAGES, ids=_page_id)

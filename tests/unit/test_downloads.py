@@ -1,4 +1,4 @@
-"""relay.downloads: allow-list, address and size checks against a real local server, with no other network."""
+"""replicate_relay.downloads: allow-list, address and size checks against a real local server, with no other network."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from relay.downloads import (
+from replicate_relay.downloads import (
     Download,
     Downloader,
     DownloadError,

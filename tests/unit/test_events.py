@@ -1,4 +1,4 @@
-"""relay.events: parsing prediction bodies and the attributes on `replicate-events`."""
+"""replicate_relay.events: parsing prediction bodies and the attributes on `replicate-events`."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from relay.events import EventAttributes, PayloadError, PredictionStatus, Source, parse_prediction
-from relay.testing import prediction_lifecycle
+from replicate_relay.events import EventAttributes, PayloadError, PredictionStatus, Source, parse_prediction
+from replicate_relay.testing import prediction_lifecycle
 
 VALID: dict[str, Any] = {"id": "ufawqhfynnddngldkgtslldrkq", "status": "succeeded", "output": "done"}
 

@@ -28,16 +28,16 @@ import pytest
 from functions_framework.aio import create_asgi_app
 from starlette.exceptions import StarletteDeprecationWarning
 
-import relay.logs
-import relay.telemetry
+import replicate_relay.logs
+import replicate_relay.telemetry
 from receiver.errors import BadRequest, PayloadTooLarge, Rejected, Unauthorized, UnsupportedMediaType
 from receiver.intake import Accepted, Intake
 from receiver.settings import ReceiverSettings
-from relay.events import PayloadError, parse_prediction
-from relay.logs import CloudLoggingFormatter
-from relay.testing import ChunkStream, RecordingPublisher, SignedWebhook, sign_webhook
-from relay.webhooks import MAX_ID_LENGTH
-from relay.webhooks import MAX_SIGNATURE_ENTRIES as MAX_ENTRIES
+from replicate_relay.events import PayloadError, parse_prediction
+from replicate_relay.logs import CloudLoggingFormatter
+from replicate_relay.testing import ChunkStream, RecordingPublisher, SignedWebhook, sign_webhook
+from replicate_relay.webhooks import MAX_ID_LENGTH
+from replicate_relay.webhooks import MAX_SIGNATURE_ENTRIES as MAX_ENTRIES
 
 with warnings.catch_warnings():
     # starlette asks for the httpx2 fork; the pinned httpx works the same for an in-process client.
@@ -290,7 +290,7 @@ def test_timestamp_padded_with_http_whitespace_is_trimmed_and_the_signature_cove
     ],
 )
 def test_correctly_signed_printable_ascii_id_is_accepted_and_passed_on_verbatim(webhook_id: str) -> None:
-    # webhook-ids are any printable ASCII (relay/jobstore.py hashes them before using them as a document id).
+    # webhook-ids are any printable ASCII (replicate_relay/jobstore.py hashes them before using them as a document id).
     webhook = signed(webhook_id=webhook_id)
     accepted, attributes = assert_accepted(webhook.headers, webhook.body)
     assert accepted.webhook_id == attributes["webhook_id"] == webhook_id
@@ -550,8 +550,8 @@ def receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[Receiver]:
     for name, value in {**ENV, "RELAY_TRUSTED_PROXY_HOPS": "1"}.items():
         monkeypatch.setenv(name, value)
     # The module configures logging and telemetry for a whole process; neither may leak into other tests.
-    monkeypatch.setattr(relay.logs, "_configured_service", "receiver")
-    monkeypatch.setattr(relay.telemetry, "setup", lambda *args, **kwargs: None)
+    monkeypatch.setattr(replicate_relay.logs, "_configured_service", "receiver")
+    monkeypatch.setattr(replicate_relay.telemetry, "setup", lambda *args, **kwargs: None)
     monkeypatch.setattr(sys, "path", list(sys.path))  # functions-framework appends receiver/ to it
     monkeypatch.setitem(sys.modules, "main", types.ModuleType("main"))  # and registers the module as "main"
     log = io.StringIO()

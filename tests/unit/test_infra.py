@@ -22,7 +22,7 @@ from google.cloud import monitoring_v3
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from relay import telemetry
+from replicate_relay import telemetry
 
 ROOT = Path(__file__).resolve().parents[2]
 TERRAFORM = ROOT / "infra" / "terraform"
@@ -30,7 +30,7 @@ TOPOLOGY = yaml.safe_load((ROOT / "infra" / "topology.yaml").read_text())
 TF_FILES = sorted(TERRAFORM.glob("*.tf"))
 _OPTIONS = hcl2.SerializationOptions(with_comments=False, explicit_blocks=False, strip_string_quotes=True)
 
-# Mirrors relay/telemetry.py (METRIC_NAMES, and the attributes each instrument is recorded with):
+# Mirrors replicate_relay/telemetry.py (METRIC_NAMES, and the attributes each instrument is recorded with):
 # the only workload.googleapis.com/relay.* metrics the dashboard and the alerts may name, and the
 # only metric labels they may group or filter them by. To be pointed at the telemetry module's
 # own constant; until then test_the_metric_list_mirrors_relay_telemetry keeps the two equal.
@@ -54,7 +54,7 @@ TELEMETRY_ROLES = {"roles/telemetry.tracesWriter", "roles/monitoring.metricWrite
 
 
 def test_the_metrics_named_here_are_the_ones_relay_emits() -> None:
-    """RELAY_METRICS adds the label names the filters may use; the names are relay.telemetry's."""
+    """RELAY_METRICS adds the label names the filters may use; the names are replicate_relay.telemetry's."""
     assert set(RELAY_METRICS) == set(telemetry.METRIC_NAMES)
 
 
@@ -339,8 +339,14 @@ def _variables() -> dict[str, dict[str, Any]]:
 
 def test_the_status_page_is_a_private_cloud_run_service() -> None:
     entry = _services()["status-page"]
-    assert (entry["source"], entry["target"], entry["asgi"]) == ('"relay/ops/statuspage.py"', '"status_page"', "false")
-    assert re.search(r"^def status_page\(", (ROOT / "relay/ops/statuspage.py").read_text(), flags=re.MULTILINE)
+    assert (entry["source"], entry["target"], entry["asgi"]) == (
+        '"replicate_relay/ops/statuspage.py"',
+        '"status_page"',
+        "false",
+    )
+    assert re.search(
+        r"^def status_page\(", (ROOT / "replicate_relay/ops/statuspage.py").read_text(), flags=re.MULTILINE
+    )
     assert entry["public"] == "false"
     assert (entry["min"], entry["max"], entry["cpu_idle"], entry["timeout"]) == ("0", "1", "true", "60")
     assert 1 <= int(entry["concurrency"]) <= 8
@@ -746,10 +752,10 @@ def test_every_alert_policy_has_documentation_saying_what_to_do() -> None:
         for where, text in contents:
             assert "What it means." in text, where
             assert "What to do." in text, where
-            assert "python -m relay " in text, f"{where} names no operator command"
+            assert "relay " in text, f"{where} names no operator command"
             texts.append(text)
     everything = "\n".join(texts)
-    for command in ("python -m relay status", "python -m relay replay --from ", "python -m relay jobs list --stuck"):
+    for command in ("relay status", "relay replay --from ", "relay jobs list --stuck"):
         assert command in everything, f"no alert tells the operator about `{command}`"
 
 
@@ -894,10 +900,10 @@ def test_dockerfile_final_stage_runs_as_non_root_without_build_tools() -> None:
 
 
 def test_dockerfile_command_is_relays_server_in_exec_form() -> None:
-    """relay.serve reads PORT and the FUNCTION_* variables itself (tests/unit/test_serve.py); exec form
+    """replicate_relay.serve reads PORT and the FUNCTION_* variables itself (tests/unit/test_serve.py); exec form
     makes it PID 1, so SIGTERM reaches gunicorn without a shell in between."""
     cmd = next(line for line in _dockerfile_lines() if line.upper().startswith("CMD "))
-    assert json.loads(cmd[len("CMD ") :]) == ["python", "-m", "relay.serve"]
+    assert json.loads(cmd[len("CMD ") :]) == ["python", "-m", "replicate_relay.serve"]
 
 
 def test_app_pull_subscriptions_default_to_none_and_read_job_events_with_a_dead_letter_and_no_expiry() -> None:
@@ -906,7 +912,7 @@ def test_app_pull_subscriptions_default_to_none_and_read_job_events_with_a_dead_
     app = _resource("google_pubsub_subscription", "app")
     assert app["for_each"] == "${local.app_subscriptions}"
     assert app["topic"] == "${google_pubsub_topic.topic[local.job_events_topic].id}"
-    assert "push_config" not in app  # pulled by the app (relay.consumer), not pushed
+    assert "push_config" not in app  # pulled by the app (replicate_relay.consumer), not pushed
     assert _block(app, "expiration_policy")["ttl"] == ""
     assert _block(app, "retry_policy")["minimum_backoff"]
     dead_letter = _block(app, "dead_letter_policy")
@@ -1028,7 +1034,7 @@ def test_outputs_list_app_push_subscriptions_and_the_account_apps_check() -> Non
 
 
 def test_the_local_stack_gives_app_subscriptions_terraforms_retry_and_dead_letter_settings() -> None:
-    from relay import topology  # noqa: PLC0415
+    from replicate_relay import topology  # noqa: PLC0415
 
     app = _resource("google_pubsub_subscription", "app")
     retry = _block(app, "retry_policy")

@@ -19,7 +19,7 @@ from receiver.errors import (
 )
 from receiver.intake import Accepted, Intake, client_key
 from receiver.settings import ReceiverSettings
-from relay.testing import ChunkStream, RecordingPublisher, SignedWebhook, sign_webhook
+from replicate_relay.testing import ChunkStream, RecordingPublisher, SignedWebhook, sign_webhook
 
 SECRET = "whsec_" + base64.b64encode(b"receiver-unit-test-secret-32byte").decode("ascii")
 OTHER_SECRET = "whsec_" + base64.b64encode(b"a-secret-the-receiver-never-saw!").decode("ascii")

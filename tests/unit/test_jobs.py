@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.events import EventAttributes, Prediction, PredictionEvent, Source
-from relay.jobs import (
+from replicate_relay.events import EventAttributes, Prediction, PredictionEvent, Source
+from replicate_relay.jobs import (
     DEFAULT_POLICY,
     TERMINAL_STATES,
     Decision,
@@ -23,7 +23,7 @@ from relay.jobs import (
     newly_final,
     target_state,
 )
-from relay.testing import prediction_lifecycle
+from replicate_relay.testing import prediction_lifecycle
 
 T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 RANK = {"submitted": 0, "starting": 1, "processing": 2, "archiving": 3}

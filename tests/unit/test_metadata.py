@@ -1,4 +1,4 @@
-"""relay.metadata: what a job's metadata map may hold, each rule with the case Firestore refuses,
+"""replicate_relay.metadata: what a job's metadata map may hold, each rule with the case Firestore refuses,
 and the OpenAPI document's `metadata` schema agreeing with the check on every case."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from relay.metadata import (
+from replicate_relay.metadata import (
     MAX_ENTRIES,
     MAX_KEY_CHARS,
     MAX_VALUE_CHARS,

@@ -8,15 +8,21 @@ import pytest
 from google.api_core import exceptions as google_exceptions
 from google.auth import exceptions as auth_exceptions
 
-from relay.config import ConfigError
-from relay.jobs import Job
-from relay.ops.errors import NO_CREDENTIALS, OpsError, google_errors
-from relay.ops.jobs_view import EventRecord, JobDetail, parse_since, render_job, render_jobs
-from relay.ops.render import age, table
-from relay.ops.replay import ReplayReport, dead_letter_subscription, describe, render_replay, replay_attributes
-from relay.ops.reprocess import reprocess_webhook_id
-from relay.ops.status import PUSH_LOCALLY, Status, SubscriptionStatus, render_status
-from relay.topology import load
+from replicate_relay.config import ConfigError
+from replicate_relay.jobs import Job
+from replicate_relay.ops.errors import NO_CREDENTIALS, OpsError, google_errors
+from replicate_relay.ops.jobs_view import EventRecord, JobDetail, parse_since, render_job, render_jobs
+from replicate_relay.ops.render import age, table
+from replicate_relay.ops.replay import (
+    ReplayReport,
+    dead_letter_subscription,
+    describe,
+    render_replay,
+    replay_attributes,
+)
+from replicate_relay.ops.reprocess import reprocess_webhook_id
+from replicate_relay.ops.status import PUSH_LOCALLY, Status, SubscriptionStatus, render_status
+from replicate_relay.topology import load
 
 NOW = datetime(2025, 5, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -181,7 +187,7 @@ def test_job_rendering_shows_error_outputs_and_the_trace_hint() -> None:
 
     assert "error            failed: CUDA out of memory" in text
     assert "  0  image/png  9      gs://b/predictions/p1/0-out.png" in text
-    assert text.endswith("trace: python -m relay trace j1   (--html FILE for a page, --gcp for Cloud Trace)")
+    assert text.endswith("trace: relay trace j1   (--html FILE for a page, --gcp for Cloud Trace)")
     assert listing.splitlines()[1].split()[:5] == ["j1", "failed", "-", "p1", "-"]
     assert render_jobs([], now=NOW) == "No jobs match."
 

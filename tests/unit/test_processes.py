@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.devstack.processes import (
+from replicate_relay.devstack.processes import (
     ManagedProcess,
     StackError,
     _ephemeral_ports,

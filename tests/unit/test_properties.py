@@ -31,8 +31,8 @@ from hypothesis import strategies as st
 from receiver.errors import Rejected
 from receiver.intake import Intake
 from receiver.settings import ReceiverSettings
-from relay.downloads import Downloader, DownloadPolicy, DownloadRefused
-from relay.events import (
+from replicate_relay.downloads import Downloader, DownloadPolicy, DownloadRefused
+from replicate_relay.events import (
     EventAttributes,
     PayloadError,
     Prediction,
@@ -41,7 +41,7 @@ from relay.events import (
     parse_prediction,
     parse_prediction_ref,
 )
-from relay.jobs import (
+from replicate_relay.jobs import (
     Failure,
     Job,
     JobState,
@@ -52,9 +52,9 @@ from relay.jobs import (
     outputs_removed,
     target_state,
 )
-from relay.jobstore import _without_values as without_values  # what JobStore applies when Firestore refuses
-from relay.outputs import OutputFile, find_files
-from relay.webhooks import (
+from replicate_relay.jobstore import _without_values as without_values  # what JobStore applies when Firestore refuses
+from replicate_relay.outputs import OutputFile, find_files
+from replicate_relay.webhooks import (
     HEADER_ID,
     HEADER_SIGNATURE,
     HEADER_TIMESTAMP,
@@ -167,7 +167,7 @@ def mutate_text(value: str, data: st.DataObject) -> str:
     return value[:at] + ("" if kind == "delete" else piece) + value[at + (kind != "insert") :]
 
 
-# --- the verifier (relay/webhooks.py) ----------------------------------------------------------
+# --- the verifier (replicate_relay/webhooks.py) ----------------------------------------------------------
 
 
 @PROPERTY
@@ -321,7 +321,7 @@ def test_intake_answers_any_unsigned_request_with_a_4xx_and_never_publishes(
     assert publisher.calls == []
 
 
-# --- the payload parser (relay/events.py) -------------------------------------------------------
+# --- the payload parser (replicate_relay/events.py) -------------------------------------------------------
 
 JSON_SCALARS = st.one_of(
     st.none(),
@@ -429,14 +429,14 @@ def test_arbitrary_json_gives_a_prediction_or_a_payload_error_and_the_receiver_i
 def test_receiver_and_handlers_apply_the_same_rules_to_id_and_status(
     prediction_id: Any, status: Any, ensure_ascii: bool
 ) -> None:
-    # relay/events.py parse_prediction_ref: "the same rules as `Prediction` for those two fields".
+    # replicate_relay/events.py parse_prediction_ref: "the same rules as `Prediction` for those two fields".
     raw = _serialised({"id": prediction_id, "status": status}, ensure_ascii)
     reference = _parse_or_reason(parse_prediction_ref, raw)
     prediction = _parse_or_reason(parse_prediction, raw)
     assert (reference is None) == (prediction is None)
 
 
-# --- output files (relay/outputs.py) -------------------------------------------------------------
+# --- output files (replicate_relay/outputs.py) -------------------------------------------------------------
 
 URL_PARTS = st.text(string.ascii_letters + string.digits + "-._~%/?#=&:@!$'()*+,;", max_size=20)
 URL_LIKE = st.one_of(
@@ -519,7 +519,7 @@ def test_output_nested_100k_deep_is_searched_without_exhausting_the_stack() -> N
     assert find_files(nested) == [OutputFile(0, "https://replicate.delivery/pbxt/deep.png")]
 
 
-# --- the job state machine (relay/jobs.py) --------------------------------------------------------
+# --- the job state machine (replicate_relay/jobs.py) --------------------------------------------------------
 
 T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 BASE_TIMESTAMP = int(T0.timestamp())
@@ -802,7 +802,7 @@ def test_once_its_final_webhook_is_applied_a_job_is_final_and_stays_final_whatev
         assert (job.state, job.error_code) in {(JobState.SUCCEEDED, None), (JobState.FAILED, "output_refused")}
 
 
-# --- download URL checks (relay/downloads.py), with a fake resolver and no network ----------------
+# --- download URL checks (replicate_relay/downloads.py), with a fake resolver and no network ----------------
 
 POLICY = DownloadPolicy()  # replicate.delivery and its subdomains, https only, no local hosts
 PUBLIC = ["8.8.8.8", "151.101.1.1", "2606:4700::1111", "2001:4860:4860::8888"]

@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 import pytest
 
-from relay.publisher import AsyncTopicPublisher, PublishError
+from replicate_relay.publisher import AsyncTopicPublisher, PublishError
 
 
 class FakeRpcError(grpc.aio.AioRpcError):

@@ -10,7 +10,7 @@ import pytest
 
 from handlers.errors import PermanentError
 from handlers.push import PushEnvelope, decode_event, parse_envelope
-from relay.events import EventAttributes, Source
+from replicate_relay.events import EventAttributes, Source
 
 PREDICTION = {"id": "ufawqhfynnddngldkgtslldrkq", "status": "succeeded", "output": "restored"}
 DATA = json.dumps(PREDICTION).encode("utf-8")

@@ -34,8 +34,8 @@ from google.auth import crypt, jwt
 from handlers.auth import CERTS_TIMEOUT_SECONDS, GOOGLE_CERTS_URL, GoogleCerts, PushAuthenticator
 from handlers.errors import HandlerError, TransientError, Unauthenticated
 from handlers.settings import HandlerSettings, PushAuthSettings
-from relay import logs, telemetry
-from relay.config import ConfigError
+from replicate_relay import logs, telemetry
+from replicate_relay.config import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVICE_ACCOUNT = "relay-push@unit-test-project.iam.gserviceaccount.com"

@@ -10,10 +10,10 @@ from typing import Any, get_args
 import jsonschema
 import pytest
 
-from relay import schemas
-from relay.jobevents import EventType, FinalState, job_event
-from relay.jobs import TERMINAL_STATES, Job
-from relay.outputs import ArchivedObject, FailedOutput
+from replicate_relay import schemas
+from replicate_relay.jobevents import EventType, FinalState, job_event
+from replicate_relay.jobs import TERMINAL_STATES, Job
+from replicate_relay.outputs import ArchivedObject, FailedOutput
 
 ARCHIVED = ArchivedObject(
     index=0,
@@ -92,7 +92,7 @@ CONTRACT = {contract.name: contract for contract in schemas.CONTRACTS}
 
 def test_checked_in_schemas_and_docs_are_what_the_models_generate() -> None:
     stale = schemas.stale()
-    assert not stale, f"run `python -m relay.schemas` (make schemas): {[str(p) for p in stale]}"
+    assert not stale, f"run `python -m replicate_relay.schemas` (make schemas): {[str(p) for p in stale]}"
 
 
 def test_check_mode_fails_on_an_edited_schema_file(tmp_path: Path) -> None:

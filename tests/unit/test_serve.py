@@ -1,4 +1,4 @@
-"""relay.serve: the image's entry point (settings from the environment, gunicorn's options, /health)."""
+"""replicate_relay.serve: the image's entry point (settings from the environment, gunicorn's options, /health)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import sys
 import flask
 import pytest
 
-from relay.config import ConfigError
-from relay.serve import GRACEFUL_SECONDS, HEALTH_PATH, ServeSettings, flask_health, gunicorn_options
+from replicate_relay.config import ConfigError
+from replicate_relay.serve import GRACEFUL_SECONDS, HEALTH_PATH, ServeSettings, flask_health, gunicorn_options
 
 BASE = {"FUNCTION_TARGET": "job_status", "FUNCTION_SOURCE": "handlers/main.py"}
 
@@ -50,7 +50,7 @@ def test_gunicorn_runs_without_a_control_socket_and_stops_before_cloud_runs_kill
 
 
 def test_asgi_functions_run_in_the_worker_whose_sigterm_exit_runs_exit_handlers() -> None:
-    assert gunicorn_options(asgi=True)["worker_class"] == "relay.serve.UvicornWorker"
+    assert gunicorn_options(asgi=True)["worker_class"] == "replicate_relay.serve.UvicornWorker"
 
 
 def test_a_missing_worker_tmp_dir_is_left_to_gunicorns_default() -> None:
@@ -58,10 +58,10 @@ def test_a_missing_worker_tmp_dir_is_left_to_gunicorns_default() -> None:
 
 
 def test_the_signal_uvicorn_raises_again_after_its_shutdown_exits_normally_with_exit_handlers_run() -> None:
-    """What uvicorn does once it has shut down: raise the caught SIGTERM again (relay/serve.py)."""
+    """What uvicorn does once it has shut down: raise the caught SIGTERM again (replicate_relay/serve.py)."""
     program = (
         "import atexit, signal\n"
-        "from relay.serve import UvicornWorker, _exit_normally\n"
+        "from replicate_relay.serve import UvicornWorker, _exit_normally\n"
         "atexit.register(print, 'exit handlers ran')\n"
         "signal.signal(signal.SIGTERM, _exit_normally)\n"
         "signal.raise_signal(signal.SIGTERM)\n"

@@ -10,11 +10,11 @@ import pytest
 
 from handlers.settings import HandlerSettings
 from receiver.settings import DEFAULT_MAX_BODY_BYTES, ReceiverSettings
-from relay.config import ConfigError
-from relay.jobs import Policy
-from relay.replicate_api import ModelRef
-from relay.submit import SubmitSettings
-from relay.webhooks import DEFAULT_TOLERANCE_SECONDS, parse_secret
+from replicate_relay.config import ConfigError
+from replicate_relay.jobs import Policy
+from replicate_relay.replicate_api import ModelRef
+from replicate_relay.submit import SubmitSettings
+from replicate_relay.webhooks import DEFAULT_TOLERANCE_SECONDS, parse_secret
 
 SECRET = "whsec_" + base64.b64encode(b"settings-unit-test-secret-32byte").decode("ascii")
 SECOND_SECRET = "whsec_" + base64.b64encode(b"the-second-secret-for-rotation!!").decode("ascii")

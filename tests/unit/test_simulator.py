@@ -1,4 +1,4 @@
-"""relay.simulator: the official client against it, and every webhook it sends caught by a local sink.
+"""replicate_relay.simulator: the official client against it, and every webhook it sends caught by a local sink.
 
 The simulator and the sink run in this process on free loopback ports; runs last a fraction of a second
 and the retry schedule is shortened, so the whole file takes seconds.
@@ -26,10 +26,10 @@ import uvicorn
 from replicate.exceptions import ReplicateError
 from starlette.applications import Starlette
 
-from relay.simulator import SimConfig, Simulator, create_app
-from relay.simulator.engine import plan
-from relay.simulator.requests import Behaviour, parse_create
-from relay.webhooks import VerificationError, parse_secret, verify
+from replicate_relay.simulator import SimConfig, Simulator, create_app
+from replicate_relay.simulator.engine import plan
+from replicate_relay.simulator.requests import Behaviour, parse_create
+from replicate_relay.webhooks import VerificationError, parse_secret, verify
 
 SECRET = "whsec_" + base64.b64encode(b"simulator-unit-test-secret-32byt").decode("ascii")
 OTHER_SECRET = "whsec_" + base64.b64encode(b"a-secret-the-simulator-never-had").decode("ascii")

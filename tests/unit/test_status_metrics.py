@@ -15,10 +15,10 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 
-from relay.ops import monitoring
-from relay.ops.context import OpsSettings
-from relay.ops.metrics_file import METRIC, count_failures, metrics_file_path, read_failures
-from relay.ops.status import push_subscriptions, recent_verification_failures
+from replicate_relay.ops import monitoring
+from replicate_relay.ops.context import OpsSettings
+from replicate_relay.ops.metrics_file import METRIC, count_failures, metrics_file_path, read_failures
+from replicate_relay.ops.status import push_subscriptions, recent_verification_failures
 
 NOW = datetime(2026, 11, 29, 15, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)

@@ -13,13 +13,13 @@ import flask
 import functions_framework
 import pytest
 
-from relay.devstack.processes import free_port
-from relay.jobs import Job
-from relay.ops import statuspage
-from relay.ops.chart import MAX_BAR_WIDTH, latency_chart, latency_points, nice_step, percentile
-from relay.ops.errors import OpsError
-from relay.ops.status import PUSH_LOCALLY, Status, SubscriptionStatus
-from relay.ops.statuspage import PageData, render_error, render_page
+from replicate_relay.devstack.processes import free_port
+from replicate_relay.jobs import Job
+from replicate_relay.ops import statuspage
+from replicate_relay.ops.chart import MAX_BAR_WIDTH, latency_chart, latency_points, nice_step, percentile
+from replicate_relay.ops.errors import OpsError
+from replicate_relay.ops.status import PUSH_LOCALLY, Status, SubscriptionStatus
+from replicate_relay.ops.statuspage import PageData, render_error, render_page
 
 NOW = datetime(2026, 11, 29, 15, 0, tzinfo=UTC)
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -271,7 +271,9 @@ def test_functions_framework_serves_the_target_from_the_file_the_deployment_name
     # module; both are undone after the test.
     monkeypatch.setattr(sys, "path", [*sys.path])
     monkeypatch.setitem(sys.modules, "statuspage", None)
-    app = functions_framework.create_app(target="status_page", source=str(REPO_ROOT / "relay/ops/statuspage.py"))
+    app = functions_framework.create_app(
+        target="status_page", source=str(REPO_ROOT / "replicate_relay/ops/statuspage.py")
+    )
     client = app.test_client()
 
     assert client.post("/").status_code == 405

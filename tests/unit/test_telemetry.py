@@ -1,4 +1,4 @@
-"""relay.telemetry: settings, trace context in message attributes, the shared span file, log fields."""
+"""replicate_relay.telemetry: settings, trace context in message attributes, the shared span file, log fields."""
 
 from __future__ import annotations
 
@@ -19,16 +19,16 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from relay import telemetry
-from relay.config import ConfigError
-from relay.logs import CloudLoggingFormatter
+from replicate_relay import telemetry
+from replicate_relay.config import ConfigError
+from replicate_relay.logs import CloudLoggingFormatter
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
 @pytest.fixture
 def exported(monkeypatch: pytest.MonkeyPatch) -> InMemorySpanExporter:
-    """relay.telemetry's spans go to a real SDK provider whose finished spans the test reads."""
+    """replicate_relay.telemetry's spans go to a real SDK provider whose finished spans the test reads."""
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))

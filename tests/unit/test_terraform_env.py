@@ -1,4 +1,4 @@
-"""relay.devstack.terraform_env: each Cloud Run service's environment, evaluated from the Terraform files.
+"""replicate_relay.devstack.terraform_env: each Cloud Run service's environment, evaluated from the Terraform files.
 
 Against infra/terraform itself (what the image test gives each container), against the small module
 in fixtures/terraform_env (each kind of mistake Terraform would reject is named), and expression by
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from relay.devstack.terraform_env import ServiceEnv, TerraformEvalError, local_computed, service_environments
+from replicate_relay.devstack.terraform_env import ServiceEnv, TerraformEvalError, local_computed, service_environments
 
 ROOT = Path(__file__).resolve().parents[2]
 TERRAFORM = ROOT / "infra" / "terraform"

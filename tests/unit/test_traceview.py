@@ -1,4 +1,4 @@
-"""`python -m relay trace`: reading the span file, finding traces, the waterfall, the page, Cloud Trace.
+"""`relay trace`: reading the span file, finding traces, the waterfall, the page, Cloud Trace.
 
 Fixtures (tests/unit/fixtures/):
 
@@ -43,14 +43,14 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, Sp
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
-from relay.cli import main
-from relay.traceview import gcp
-from relay.traceview.lookup import find_in_file
-from relay.traceview.model import SpanKind as Kind
-from relay.traceview.model import StatusCode as Code
-from relay.traceview.page import render_html
-from relay.traceview.spanfile import ReadStats, read_spans
-from relay.traceview.text import render_text
+from replicate_relay.cli import main
+from replicate_relay.traceview import gcp
+from replicate_relay.traceview.lookup import find_in_file
+from replicate_relay.traceview.model import SpanKind as Kind
+from replicate_relay.traceview.model import StatusCode as Code
+from replicate_relay.traceview.page import render_html
+from replicate_relay.traceview.spanfile import ReadStats, read_spans
+from replicate_relay.traceview.text import render_text
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SPAN_FILE = FIXTURES / "trace_spans.jsonl"
@@ -617,7 +617,7 @@ def test_colour_is_used_on_a_terminal_unless_no_color(monkeypatch: pytest.Monkey
         def isatty(self) -> bool:
             return True
 
-    from relay.traceview.command import run_trace  # noqa: PLC0415
+    from replicate_relay.traceview.command import run_trace  # noqa: PLC0415
 
     args = _args(id=PREDICTION, file=str(SPAN_FILE))
     for environ, expected in (({}, True), ({"NO_COLOR": "1"}, False)):
@@ -639,7 +639,7 @@ def test_hostile_attribute_values_never_reach_the_terminal_raw(tmp_path: Path) -
     path.write_text(json.dumps(_batch(hostile, [span])) + "\n")
     out = io.StringIO()
 
-    from relay.traceview.command import run_trace  # noqa: PLC0415
+    from replicate_relay.traceview.command import run_trace  # noqa: PLC0415
 
     run_trace(_args(id="p1", file=str(path)), environ={}, stdout=out, stderr=io.StringIO())
 

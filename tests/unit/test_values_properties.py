@@ -1,4 +1,5 @@
-"""Property-based tests of relay/values.py, nothing running: any JSON a model takes or returns (tests/any_json.py)
+"""Property-based tests of replicate_relay/values.py, nothing running: any JSON a model takes or returns
+(tests/any_json.py)
 becomes JSON text Firestore accepts and reads back exactly, a job's values are split between the document and the
 bucket within the budget, a value stored in the bucket (a fake one here) comes back as it went in, and a job read
 from its Firestore form (Job.document, Job.from_document) has the values it was written with.
@@ -16,8 +17,18 @@ from google.api_core import exceptions as google_exceptions
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.jobs import Job, output_value
-from relay.values import VALUE_FIELDS, StoredValue, Unstorable, ValueStore, dumps, loads, object_name, place, text_size
+from replicate_relay.jobs import Job, output_value
+from replicate_relay.values import (
+    VALUE_FIELDS,
+    StoredValue,
+    Unstorable,
+    ValueStore,
+    dumps,
+    loads,
+    object_name,
+    place,
+    text_size,
+)
 from tests.any_json import input_values, json_values, keys, long_text, same_json, short_text
 
 PROPERTY = settings(deadline=None)

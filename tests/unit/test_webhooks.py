@@ -1,4 +1,4 @@
-"""relay.webhooks: Standard Webhooks signing and verification, one broken field per test."""
+"""replicate_relay.webhooks: Standard Webhooks signing and verification, one broken field per test."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.config import ConfigError, Secret
-from relay.webhooks import (
+from replicate_relay.config import ConfigError, Secret
+from replicate_relay.webhooks import (
     DEFAULT_TOLERANCE_SECONDS,
     HEADER_ID,
     HEADER_SIGNATURE,

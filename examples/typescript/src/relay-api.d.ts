@@ -134,7 +134,7 @@ export interface components {
          *
          *     Every field is always present, null when unknown. Timestamps are UTC with microseconds, RFC 3339
          *     strings in JSON. In Firestore the job is the document `jobs/{job_id}`, where the prediction's
-         *     values are JSON text (`input_json`, `output_json`, …, see relay.values): read it through Relay's
+         *     values are JSON text (`input_json`, `output_json`, …, see replicate_relay.values): read it through Relay's
          *     client or API, which return it in this form.
          */
         Job: {
@@ -193,7 +193,7 @@ export interface components {
              */
             output_value: unknown;
             /**
-             * @description True when the output holds no files and is too large for the document: it is in the bucket (see `stored_values`).
+             * @description True when the output holds no files and is too large for the document: it is in the bucket once the job is final (see `stored_values`), and left out before.
              * @default false
              */
             output_value_too_large: boolean;

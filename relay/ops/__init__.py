@@ -1,6 +1,0 @@
-"""Operator commands: replay dead letters, inspect jobs, reprocess a prediction, show the pipeline's status.
-
-Each module holds plain functions that take Google and Replicate clients as arguments and return
-typed results, plus their renderings (a text table for people, JSON for scripts);
-`relay.ops.commands` adapts them to `python -m relay`.
-"""

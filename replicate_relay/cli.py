@@ -1,0 +1,285 @@
+"""The `relay` command line."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import mimetypes
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from replicate_relay.config import ConfigError
+from replicate_relay.devstack.processes import StackError
+from replicate_relay.devstack.stack import LocalStack, StackConfig
+from replicate_relay.ops.commands import add_commands
+from replicate_relay.topology import AppEndpoint, parse_app_endpoint
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.command(args))
+    except (StackError, ConfigError) as error:
+        print(f"relay: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="relay", description="Replicate Relay: webhooks in, jobs out.")
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+
+    dev = commands.add_parser(
+        "dev",
+        help="run the whole pipeline locally on Google's emulators",
+        description="Start the Pub/Sub and Firestore emulators, fake-gcs-server, the receiver and the "
+        "handlers on loopback; provision infra/topology.yaml; serve until Ctrl-C.",
+    )
+    defaults = StackConfig()
+    env = os.environ
+    dev.add_argument("--project", default=env.get("RELAY_DEV_PROJECT", defaults.project))
+    for flag, variable, default in [
+        ("--pubsub-port", "RELAY_DEV_PUBSUB_PORT", defaults.pubsub_port),
+        ("--firestore-port", "RELAY_DEV_FIRESTORE_PORT", defaults.firestore_port),
+        ("--storage-port", "RELAY_DEV_STORAGE_PORT", defaults.storage_port),
+        ("--receiver-port", "RELAY_DEV_RECEIVER_PORT", defaults.receiver_port),
+        ("--job-status-port", "RELAY_DEV_JOB_STATUS_PORT", defaults.handler_ports["job-status"]),
+        ("--archive-outputs-port", "RELAY_DEV_ARCHIVE_OUTPUTS_PORT", defaults.handler_ports["archive-outputs"]),
+        ("--reconciler-port", "RELAY_DEV_RECONCILER_PORT", defaults.reconciler_port),
+        ("--status-page-port", "RELAY_DEV_STATUS_PAGE_PORT", defaults.status_page_port),
+        ("--api-port", "RELAY_DEV_API_PORT", defaults.api_port),
+        ("--simulator-port", "RELAY_DEV_SIMULATOR_PORT", defaults.simulator_port),
+    ]:
+        dev.add_argument(flag, type=int, default=int(env.get(variable, default)), help=f"(env {variable})")
+    dev.add_argument("--log-dir", type=Path, default=defaults.log_dir, help="where each process logs")
+    dev.add_argument(
+        "--telemetry-dir",
+        type=Path,
+        default=defaults.telemetry_dir,
+        help="where each process appends its spans and metrics (read by `relay trace`)",
+    )
+    dev.add_argument(
+        "--reconcile-every",
+        type=float,
+        default=defaults.reconcile_every,
+        metavar="SECONDS",
+        help="run the reconciler this often, as Cloud Scheduler does in production (0: never)",
+    )
+    dev.add_argument(
+        "--app-endpoint",
+        action="append",
+        default=[],
+        type=_app_endpoint,
+        metavar="NAME=URL",
+        help="also push job-events to URL through a subscription NAME (with NAME-dead-letter), as Terraform's "
+        "app_event_endpoints does, without an OIDC token: the emulator sends none; http only to loopback; repeatable",
+    )
+    dev.add_argument("--demo", action="store_true", help="send a signed sample prediction lifecycle once up")
+    dev.add_argument("--exit-after-demo", action="store_true", help="stop once the demo is done (for scripts)")
+    dev.set_defaults(command=_dev)
+
+    submit = commands.add_parser(
+        "submit",
+        help="create a job and its Replicate prediction, with the webhook set",
+        description="Create jobs/{id}, then the prediction through Replicate's Python client with "
+        "webhook=RELAY_WEBHOOK_URL. Needs REPLICATE_API_TOKEN, RELAY_WEBHOOK_URL and Firestore "
+        "(FIRESTORE_EMULATOR_HOST locally).",
+    )
+    submit.add_argument("--model", help="OWNER/NAME or OWNER/NAME:VERSION (default RELAY_DEFAULT_MODEL)")
+    submit.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an input; VALUE is JSON when it parses (42, true, [1]), else text; @PATH sends a file as a data: URI",
+    )
+    submit.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE", help="kept on the job")
+    submit.add_argument("--wait", type=float, default=0, metavar="SECONDS", help="wait for the job to end")
+    submit.set_defaults(command=_submit)
+
+    adopt = commands.add_parser(
+        "adopt",
+        help="make jobs for predictions created without a webhook (a polling worker's), and bring them up to date",
+        description="List the account's predictions newest first down to --since; for each one Relay has no job "
+        "for, create jobs/{prediction id} (source adopted) and publish the prediction to replicate-events "
+        "(source adopted), so the handlers finish and archive it; the reconciler finishes those still running. "
+        "Rerunning changes nothing already adopted. Needs REPLICATE_API_TOKEN, Firestore and Pub/Sub.",
+    )
+    adopt.add_argument("--since", default="2h", metavar="WHEN", help="created since: 2h, 90m, 1d or an ISO 8601 time")
+    adopt.add_argument("--model", metavar="OWNER/NAME", help="only this model's predictions")
+    adopt.add_argument("--dry-run", action="store_true", help="print what would be done; write and publish nothing")
+    adopt.add_argument(
+        "--requests-per-second", type=float, default=10.0, metavar="N", help="cap on Replicate calls (default 10)"
+    )
+    adopt.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="per Google API call")
+    adopt.add_argument("--json", action="store_true", help="print JSON for scripts")
+    adopt.set_defaults(command=_adopt)
+    add_commands(commands)
+
+    trace = commands.add_parser(
+        "trace",
+        help="draw the waterfall of a trace, prediction or job from the local span file",
+        description="Find every trace of ID (a trace id, a prediction id or a job id) in the span file the "
+        "dev stack's processes append to, or in Cloud Trace with --gcp, and draw each as a tree of timed spans.",
+    )
+    trace.add_argument("id", metavar="ID", help="a trace id (32 hex digits), a prediction id or a job id")
+    trace.add_argument("--file", metavar="PATH", help="default RELAY_TRACE_FILE, else .relay/telemetry/spans.jsonl")
+    trace.add_argument("--html", metavar="FILE", help="write one self-contained HTML page instead")
+    trace.add_argument("--gcp", action="store_true", help="read Cloud Trace instead of the file")
+    trace.add_argument("--project", help="with --gcp; default GOOGLE_CLOUD_PROJECT, else the credentials' project")
+    trace.add_argument("--since", metavar="WHEN", help="with --gcp: traces since 2h, 3d or an ISO time (default 7d)")
+    trace.add_argument("--width", type=int, default=100, metavar="N", help="columns of text (default 100)")
+    trace.add_argument("--no-color", action="store_true", help="no ANSI colour (also when NO_COLOR is set)")
+    trace.add_argument("--json", action="store_true", help="print the matched spans as JSON for scripts")
+    trace.set_defaults(command=_trace)
+    return parser
+
+
+def _trace(args: argparse.Namespace) -> int:
+    from replicate_relay.traceview.command import run_trace  # noqa: PLC0415 - only `relay trace` needs it
+
+    return run_trace(args)
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from replicate_relay.submit import run_submit  # noqa: PLC0415 - keeps `relay dev` free of Replicate imports
+
+    return run_submit(
+        model=args.model,
+        inputs=_pairs(args.input, "--input", parse_values=True),
+        metadata={key: str(value) for key, value in _pairs(args.metadata, "--metadata").items()},
+        wait_seconds=args.wait,
+    )
+
+
+def _adopt(args: argparse.Namespace) -> int:
+    from replicate_relay.adopt import run_adopt  # noqa: PLC0415 - keeps `relay dev` free of Replicate imports
+
+    if not (args.requests_per_second > 0 and args.timeout > 0):
+        raise ConfigError("--requests-per-second and --timeout must be more than 0")
+    return run_adopt(
+        since=args.since,
+        model=args.model,
+        dry_run=args.dry_run,
+        as_json=args.json,
+        requests_per_second=args.requests_per_second,
+        timeout=args.timeout,
+    )
+
+
+def _pairs(items: list[str], flag: str, *, parse_values: bool = False) -> dict[str, Any]:
+    pairs: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{flag} takes KEY=VALUE, got {item!r}")
+        pairs[key] = _value(value) if parse_values else value
+    return pairs
+
+
+def _value(text: str) -> Any:
+    if text.startswith("@"):
+        path = Path(text[1:])
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            raise ConfigError(f"cannot read {path}: {error.strerror}") from None
+        media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return f"data:{media_type};base64,{base64.b64encode(data).decode('ascii')}"
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _dev(args: argparse.Namespace) -> int:
+    config = StackConfig(
+        project=args.project,
+        pubsub_port=args.pubsub_port,
+        firestore_port=args.firestore_port,
+        storage_port=args.storage_port,
+        receiver_port=args.receiver_port,
+        handler_ports={"job-status": args.job_status_port, "archive-outputs": args.archive_outputs_port},
+        reconciler_port=args.reconciler_port,
+        status_page_port=args.status_page_port,
+        api_port=args.api_port,
+        simulator_port=args.simulator_port,
+        reconcile_every=args.reconcile_every,
+        log_dir=args.log_dir,
+        telemetry_dir=args.telemetry_dir,
+    )
+    stack = LocalStack(config)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    print("Starting the local stack (emulators take 5-15 s)…", flush=True)
+    started = time.monotonic()
+    try:
+        for line in stack.start():
+            print(f"  {line}")
+        for endpoint in args.app_endpoint:
+            for line in stack.add_app_endpoint(endpoint.name, endpoint.url):
+                print(f"  {line}")
+        print(f"Ready in {time.monotonic() - started:.1f} s. Logs in {config.log_dir}/")
+        _print_addresses(stack)
+        if args.demo:
+            from replicate_relay.devstack.demo import DEMO_JOBS, run_demo  # noqa: PLC0415 - needs the emulator env set first
+
+            jobs = run_demo(stack)
+            expected = ["succeeded"] + [demo.expected for demo in DEMO_JOBS]
+            ended_as_expected = [job.state for job in jobs] == expected
+            verdict = "every job ended where expected" if ended_as_expected else "NOT every job ended as expected"
+            print(f"\nDemo finished: {verdict}.")
+            if args.exit_after_demo:
+                return 0 if ended_as_expected else 1
+        print("\nServing; Ctrl-C stops everything.", flush=True)
+        return _watch(stack)
+    except KeyboardInterrupt:
+        print("\nStopping…", flush=True)
+        return 0
+    finally:
+        stack.stop()
+        print("Stopped every process of the local stack.", flush=True)
+
+
+def _app_endpoint(text: str) -> AppEndpoint:
+    try:
+        return parse_app_endpoint(text)
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _print_addresses(stack: LocalStack) -> None:
+    env = stack.emulator_env
+    print(f"  receiver (webhook URL)  {stack.receiver_url}/")
+    for name in stack.served_handlers:
+        print(f"  {name + ' handler':<23} {stack.handler_url(name)}/")
+    print(f"  reconciler              {stack.reconciler_url}/  (POST; every {stack.config.reconcile_every:g} s here)")
+    print(f"  status page             {stack.status_page_url}/")
+    print(f"  API (no token needed)   {stack.api_url}/v1/jobs  (docs/API.md)")
+    print(f"  Replicate simulator     {stack.simulator_url}  (REPLICATE_BASE_URL for the client)")
+    print(f"  Pub/Sub emulator        {env['PUBSUB_EMULATOR_HOST']}")
+    print(f"  Firestore emulator      {env['FIRESTORE_EMULATOR_HOST']}")
+    print(f"  Cloud Storage emulator  {env['STORAGE_EMULATOR_HOST']}")
+    exports = " ".join(f"{name}={value}" for name, value in stack.client_env.items())
+    print(f"  for other shells:       export {exports}")
+
+
+def _watch(stack: LocalStack) -> int:
+    while True:
+        for name, process in {**stack.emulators, **stack.functions}.items():
+            if not process.alive():
+                print(f"relay: the {name} stopped unexpectedly; see {process.log_path}", file=sys.stderr)
+                return 1
+        time.sleep(1)
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt

@@ -1,0 +1,270 @@
+"""The app's side of Relay: submit predictions, then wait for or watch their jobs through Firestore listeners."""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections.abc import Generator, Mapping, Sequence
+from contextlib import closing
+from dataclasses import replace
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from google.cloud import firestore
+from google.cloud.firestore_v1.watch import Watch
+
+from replicate_relay.config import ConfigError, Env, bucket_name, inline_value_bytes, project_id
+from replicate_relay.jobs import Job, JobState, Policy
+from replicate_relay.jobstore import JobStore
+from replicate_relay.replicate_api import ModelRef
+from replicate_relay.values import ValueStore
+
+if TYPE_CHECKING:
+    from replicate_relay.submit import Submitter
+
+
+class JobWaitTimeout(TimeoutError):
+    """The job was not final within the timeout; `last_job` is the last version the listener saw."""
+
+    def __init__(self, job_id: str, timeout: float, last_job: Job | None) -> None:
+        seen = last_job.state if last_job is not None else "no such job yet"
+        super().__init__(f"job {job_id} has not ended after {timeout:g} s (last seen: {seen})")
+        self.job_id = job_id
+        self.timeout = timeout
+        self.last_job = last_job
+
+    @property
+    def last_state(self) -> str | None:
+        return self.last_job.state if self.last_job is not None else None
+
+
+class JobFailed(Exception):
+    """`wait`: the job ended failed, canceled or aborted; `job` holds its `error` and `error_code`."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__(f"job {job.job_id} {job.state} ({job.error_code or '-'}): {job.error or '-'}")
+        self.job = job
+
+
+class JobGone(LookupError):
+    """The job's document was deleted while it was watched: a submitted job whose prediction's first
+    webhook had already made a job of its own (JobStore.attach_prediction keeps that one; `submit`
+    returns its id, so waiting on what `submit` returned never ends here)."""
+
+
+class ClientClosed(RuntimeError):
+    """`RelayClient.close()` closed the listener this wait or watch was blocked on (from another thread)."""
+
+
+class _Closed:
+    """What a closed listener's queue ends with, so a thread blocked on it wakes up."""
+
+
+class _Listener:
+    """One snapshot listener on a job, its snapshots handed from the listener's thread to the waiting one."""
+
+    def __init__(self, store: JobStore, job_id: str) -> None:
+        self._snapshots: queue.SimpleQueue[dict[str, Any] | _Closed | None] = queue.SimpleQueue()
+        self._watch: Watch = store.listen(job_id, self._snapshots.put)
+
+    def next(self, deadline: float | None) -> dict[str, Any] | None:
+        """Block until the listener is told of the next snapshot; raises queue.Empty at `deadline`."""
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        snapshot = self._snapshots.get(timeout=remaining)
+        if isinstance(snapshot, _Closed):
+            raise ClientClosed("the RelayClient was closed while this call waited")
+        return snapshot
+
+    def close(self) -> None:
+        # Idempotent; stops the stream and joins the listener's thread (google-cloud-firestore leaves it untyped).
+        self._watch.unsubscribe()  # type: ignore[no-untyped-call]
+        self._snapshots.put(_Closed())
+
+
+class RelayClient:
+    """Submit predictions and follow their jobs, for applications.
+
+    `wait` and `watch` never re-read the job: each opens one Firestore snapshot listener on
+    `jobs/{job_id}` and blocks on what it is told, and closes it on every way out. A listener holds
+    a gRPC stream to Firestore and a thread, and every change it is told of is a billed read:
+    fine for a few jobs at a time; an app with many jobs in flight consumes job-events instead
+    (replicate_relay.consumer).
+    """
+
+    def __init__(self, store: JobStore, *, submitter: Submitter | None = None, owns_submitter: bool = False) -> None:
+        self._store = store
+        self._submitter = submitter
+        self._owns_submitter = owns_submitter
+        self._lock = threading.Lock()
+        self._listeners: set[_Listener] = set()
+        self._opened = 0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, submitting: bool = True) -> RelayClient:
+        """A client configured like `relay submit` (see docs/CONFIGURATION.md).
+
+        With `submitting=False` only Firestore is needed (RELAY_PROJECT): for processes that only
+        wait for or watch jobs submitted elsewhere.
+        """
+        # replicate_relay.submit imports this module for `relay submit --wait`.
+        import google.cloud.storage as storage  # noqa: PLC0415 - only a client made from the environment needs it
+
+        from replicate_relay.publisher import TopicPublisher  # noqa: PLC0415
+        from replicate_relay.replicate_api import ReplicateAPI  # noqa: PLC0415
+        from replicate_relay.submit import SubmitSettings, Submitter  # noqa: PLC0415
+
+        environ = os.environ if environ is None else environ
+        env = Env(environ)
+        project = project_id(env)
+        # Values too large for a job document are read back from the bucket (read access suffices).
+        bucket = storage.Client(project=project).bucket(bucket_name(env, project))
+        store = JobStore(
+            firestore.Client(project=project),
+            policy=Policy(inline_value_bytes=inline_value_bytes(env)),
+            values=ValueStore(bucket),
+        )
+        if not submitting:
+            return cls(store)
+        settings = SubmitSettings.from_env(environ)
+        submitter = Submitter(
+            store=store,
+            replicate=ReplicateAPI.connect(settings.replicate_token.value, base_url=settings.replicate_base_url),
+            webhook_url=settings.webhook_url,
+            events_filter=settings.events_filter,
+            job_events=TopicPublisher(
+                f"projects/{project}/topics/{env.get_str('RELAY_JOB_EVENTS_TOPIC', 'job-events')}", deadline_seconds=10
+            ),
+        )
+        return cls(store, submitter=submitter, owns_submitter=True)
+
+    # ---- submitting and reading ----
+
+    def submit(
+        self,
+        model: str | ModelRef,
+        input: dict[str, Any],
+        *,
+        metadata: Mapping[str, str] | None = None,
+        webhook_events: Sequence[str] | None = None,
+    ) -> Job:
+        """Create the job and its prediction (replicate_relay.submit.Submitter.submit); returns the job, `submitted`
+        or later. `webhook_events` replaces RELAY_WEBHOOK_EVENTS for this prediction. Raises
+        replicate_relay.submit.SubmitFailed when Replicate refuses it (the job is then `failed`)."""
+        if self._submitter is None:
+            raise RuntimeError("this RelayClient was made without a Submitter (from_env(submitting=False)?)")
+        from replicate_relay.submit import VALID_EVENTS  # noqa: PLC0415 - see from_env
+
+        submitter = self._submitter
+        if webhook_events is not None:
+            events = tuple(webhook_events)
+            if not set(events) <= VALID_EVENTS or "completed" not in events:
+                raise ConfigError(f"webhook_events must be among {sorted(VALID_EVENTS)} and include completed")
+            submitter = replace(submitter, events_filter=events)
+        ref = model if isinstance(model, ModelRef) else ModelRef.parse(model)
+        return submitter.submit(ref, input, metadata=metadata)
+
+    def get(self, job_id: str) -> Job | None:
+        """The job as it is now (one read, and one more per value kept in the bucket), None if there is no such job."""
+        return self._store.load(job_id)
+
+    # ---- waiting without polling ----
+
+    def wait(self, job_id: str, timeout: float) -> Job:
+        """Block until the job is final and return it if it succeeded.
+
+        Raises JobFailed (with the job) if it ended failed, canceled or aborted, JobWaitTimeout
+        (a TimeoutError, with the last state seen) after `timeout` seconds, JobGone if its document
+        is deleted, ClientClosed if close() is called meanwhile. A job id not there yet is waited
+        for: a job made by a webhook may appear later. A listener whose stream Firestore ends for
+        good (not a transient error: those reconnect) is told nothing more, so the call ends at
+        its timeout: give one.
+        """
+        with closing(self.watch(job_id, timeout)) as states:
+            for job in states:
+                if job.is_terminal:
+                    if job.state != JobState.SUCCEEDED:
+                        raise JobFailed(job)
+                    return job
+        raise AssertionError("watch ended before a final state")  # pragma: no cover - watch raises instead
+
+    def watch(self, job_id: str, timeout: float | None = None) -> Generator[Job, None, None]:
+        """The job each time the listener sees it in a new state, in order, ending after a final one.
+
+        The first item is the job as it stands when the listener opens (if it exists). Firestore
+        tells a listener the latest version, not every write: a state that lasted less than a
+        round trip can be skipped, never repeated or reordered (jobs only move forward). The
+        listener opens at the first next() and `timeout` counts from there; JobWaitTimeout is
+        raised when it runs out. The listener is closed however the iteration ends: the final
+        state, an exception, or the generator closed or dropped early. The final job comes with
+        every value; before it, a value kept in the bucket is null (see `Job.stored_values`).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        listener = self._open(job_id)
+        try:
+            last: Job | None = None
+            while True:
+                try:
+                    data = listener.next(deadline)
+                except queue.Empty:
+                    raise JobWaitTimeout(job_id, timeout or 0.0, last) from None
+                if data is None:
+                    if last is not None:
+                        raise JobGone(f"job {job_id} was deleted while watched (last seen {last.state})")
+                    continue
+                job = self._store.parse(data)
+                if last is not None and job.state == last.state:
+                    continue  # progress within a state (logs, outputs): not a state change
+                last = job
+                # A final job comes whole: its values kept in the bucket are read back.
+                yield self._store.resolve(job) if job.is_terminal else job
+                if job.is_terminal:
+                    return
+        finally:
+            self._close(listener)
+
+    @property
+    def open_listeners(self) -> int:
+        """Listeners opened by wait/watch and not closed yet (0 whenever no call is in progress)."""
+        with self._lock:
+            return len(self._listeners)
+
+    @property
+    def listeners_opened(self) -> int:
+        """Listeners opened since this client was made."""
+        with self._lock:
+            return self._opened
+
+    def _open(self, job_id: str) -> _Listener:
+        listener = _Listener(self._store, job_id)
+        with self._lock:
+            self._listeners.add(listener)
+            self._opened += 1
+        return listener
+
+    def _close(self, listener: _Listener) -> None:
+        with self._lock:
+            self._listeners.discard(listener)
+        listener.close()
+
+    # ---- life cycle ----
+
+    def close(self) -> None:
+        """Close every listener still open (watch iterators abandoned on other threads) and, if this
+        client made it, the Replicate client."""
+        with self._lock:
+            listeners = list(self._listeners)
+            self._listeners.clear()
+        for listener in listeners:
+            listener.close()
+        if self._owns_submitter and self._submitter is not None:
+            self._submitter.replicate.close()
+
+    def __enter__(self) -> RelayClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.close()

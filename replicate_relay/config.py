@@ -1,0 +1,134 @@
+"""Typed reading of environment variables, shared by every deployable's settings."""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Literal, TypeVar
+
+from replicate_relay import logs
+from replicate_relay.values import DEFAULT_INLINE_BYTES
+
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """A configuration variable is missing or malformed; the message names it."""
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A value that must never reach a log line: its repr and str hide it."""
+
+    value: str
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+
+class Env:
+    """Reads typed values out of an environment mapping, naming the variable on any error."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def get_str(self, name: str, default: str | None = None) -> str:
+        value = self._environ.get(name, "").strip()
+        if value:
+            return value
+        if default is None:
+            raise ConfigError(f"{name} is required but not set")
+        return default
+
+    def get_optional(self, name: str) -> str | None:
+        value = self._environ.get(name, "").strip()
+        return value or None
+
+    def get_int(self, name: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
+        raw = self._environ.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+        if value < minimum:
+            raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise ConfigError(f"{name} must be at most {maximum}, got {value}")
+        return value
+
+    def get_float(self, name: str, default: float, *, minimum: float = 0.0) -> float:
+        raw = self._environ.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+        if not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number, got {raw!r}")
+        if value < minimum:
+            raise ConfigError(f"{name} must be at least {minimum}, got {raw}")
+        return value
+
+    def get_list(self, name: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+        """A comma- or whitespace-separated list."""
+        raw = self._environ.get(name, "")
+        items = tuple(item for item in raw.replace(",", " ").split() if item)
+        return items or default
+
+
+def on_cloud_run(env: Env) -> bool:
+    """Whether this process runs on Cloud Run, which sets K_REVISION and K_CONFIGURATION in every container."""
+    return bool(env.get_optional("K_REVISION") and env.get_optional("K_CONFIGURATION"))
+
+
+def token_check_mode(env: Env, name: str, *, off_is_for: str, checks: str) -> Literal["oidc", "off"]:
+    """The mode of a Google-token check read from `name`: `oidc` (the default) or `off`, which only a
+    local stack may ask for: on Cloud Run it stops the process, naming what would go unchecked."""
+    mode = env.get_str(name, "oidc").lower()
+    if mode == "off":
+        if on_cloud_run(env):
+            raise ConfigError(
+                f"{name}=off is for {off_is_for} only, never on Cloud Run (K_REVISION and K_CONFIGURATION "
+                f"are set): remove it so {checks} verified"
+            )
+        return "off"
+    if mode != "oidc":
+        raise ConfigError(f"{name} must be one of oidc, off, got {mode!r}")
+    return "oidc"
+
+
+def project_id(env: Env) -> str:
+    """The Google Cloud project: RELAY_PROJECT, else the variables Google's tools set."""
+    for name in ("RELAY_PROJECT", "GOOGLE_CLOUD_PROJECT", "GCLOUD_PROJECT"):
+        value = env.get_optional(name)
+        if value:
+            return value
+    raise ConfigError("RELAY_PROJECT (or GOOGLE_CLOUD_PROJECT) is required but not set")
+
+
+def bucket_name(env: Env, project: str) -> str:
+    """The archive bucket (outputs, and values too large for a job document): RELAY_BUCKET, else Terraform's name."""
+    return env.get_str("RELAY_BUCKET", f"{project}-relay-outputs")
+
+
+def inline_value_bytes(env: Env) -> int:
+    """RELAY_INLINE_VALUE_BYTES: how much of a prediction's JSON a job document keeps inline (see values.py)."""
+    return env.get_int("RELAY_INLINE_VALUE_BYTES", DEFAULT_INLINE_BYTES, minimum=1024, maximum=512 * 1024)
+
+
+def load_or_exit(load: Callable[[], T], service: str) -> T:
+    """Build a deployable's settings at start; a ConfigError stops the process with one log line."""
+    try:
+        return load()
+    except ConfigError as error:
+        logs.configure(service)
+        logging.getLogger(f"relay.{service}").critical("%s cannot start: %s", service, error)
+        sys.exit(2)

@@ -1,0 +1,101 @@
+"""Republishing what Replicate knows of one prediction, as the reconciler does, but fresh and on demand."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from google.cloud import firestore
+
+from replicate_relay.events import EventAttributes, PayloadError, Source, parse_prediction
+from replicate_relay.jobstore import JOBS
+from replicate_relay.ops.context import OpsSettings
+from replicate_relay.ops.errors import OpsError
+from replicate_relay.publisher import PublishError, TopicPublisher
+from replicate_relay.replicate_api import ReplicateAPI, ReplicateAPIError
+
+
+@dataclass(frozen=True)
+class Reprocessed:
+    prediction_id: str
+    job_id: str | None  # when the id given was a job's
+    status: str
+    webhook_id: str
+    topic: str
+    message_id: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def reprocess_webhook_id(prediction_id: str, status: str, now: datetime) -> str:
+    """New every second, so the handlers apply the event rather than drop it as a duplicate."""
+    return f"reprocess:{prediction_id}:{status}:{int(now.timestamp())}"
+
+
+def resolve_prediction(db: firestore.Client, settings: OpsSettings, identifier: str) -> tuple[str, str | None]:
+    """(prediction id, job id) for a job id; (identifier, None) for anything else, taken as a prediction id."""
+    if not identifier or "/" in identifier:
+        raise OpsError(f"{identifier!r} is not a job or prediction id")
+    with settings.firestore_errors():
+        snapshot = db.collection(JOBS).document(identifier).get(**settings.rpc())
+    if not snapshot.exists:
+        return identifier, None
+    prediction_id = (snapshot.to_dict() or {}).get("prediction_id")
+    if not prediction_id:
+        raise OpsError(f"job {identifier} has no prediction yet, so there is nothing to ask Replicate about")
+    return str(prediction_id), identifier
+
+
+def reprocess(
+    replicate: ReplicateAPI,
+    publisher: TopicPublisher,
+    prediction_id: str,
+    *,
+    now: datetime,
+    job_id: str | None = None,
+) -> Reprocessed:
+    """Fetch the prediction from Replicate and publish its exact JSON with source=reconciler.
+
+    The handlers treat it like any event: a job already final absorbs it, one behind moves forward,
+    and a succeeded prediction is archived again if its outputs are missing.
+    """
+    try:
+        body = replicate.get_prediction(prediction_id)
+        prediction = parse_prediction(body)
+    except ReplicateAPIError as error:
+        if error.status == 404:
+            raise OpsError(f"Replicate has no prediction {prediction_id}") from None
+        raise OpsError(f"cannot read prediction {prediction_id} from Replicate: {error}") from None
+    except PayloadError as error:
+        raise OpsError(f"Replicate's answer for {prediction_id} is not a prediction: {error.message}") from None
+    attributes = EventAttributes(
+        prediction_id=prediction.id,
+        status=prediction.status,
+        webhook_id=reprocess_webhook_id(prediction.id, prediction.status, now),
+        webhook_timestamp=int(now.timestamp()),
+        source=Source.RECONCILER,
+    )
+    try:
+        message_id = publisher.publish(body, attributes.to_message())
+    except PublishError as error:
+        detail = " ".join(str(error).split())[:300]
+        raise OpsError(f"nothing published to {publisher.topic_path}: {detail}") from None
+    return Reprocessed(
+        prediction_id=prediction.id,
+        job_id=job_id,
+        status=prediction.status,
+        webhook_id=attributes.webhook_id,
+        topic=publisher.topic_path,
+        message_id=message_id,
+    )
+
+
+def render_reprocessed(result: Reprocessed) -> str:
+    job = f" (job {result.job_id})" if result.job_id else ""
+    return (
+        f"Published prediction {result.prediction_id}{job}, status {result.status}, to {result.topic}: "
+        f"message {result.message_id}, webhook_id {result.webhook_id}\n"
+        f"A job already final absorbs it; see relay jobs show {result.job_id or result.prediction_id}"
+    )
