@@ -34,7 +34,7 @@ from replicate_relay import logs, telemetry
 from replicate_relay.config import load_or_exit
 from replicate_relay.jobstore import JobStore
 from replicate_relay.replicate_api import ReplicateAPI
-from replicate_relay.serve import flask_health
+from replicate_relay.serve import flask_headers, flask_health
 from replicate_relay.submit import Submitter
 from replicate_relay.values import ValueStore
 
@@ -102,7 +102,7 @@ def api(request: flask.Request) -> flask.Response:
     route = _route_name(request.path)
     with telemetry.tracer().start_as_current_span(
         f"{request.method} {route}",
-        context=telemetry.extract_http(dict(request.headers)),
+        context=telemetry.extract_http(flask_headers(request)),
         kind=SpanKind.SERVER,
         attributes={"http.request.method": request.method, "http.route": route},
     ) as span:

@@ -33,7 +33,7 @@ from replicate_relay.jobs import needs_announcement
 from replicate_relay.jobstore import Applied, JobStore, utcnow
 from replicate_relay.publisher import PublishError, TopicPublisher
 from replicate_relay.replicate_api import ReplicateAPI
-from replicate_relay.serve import flask_health
+from replicate_relay.serve import flask_headers, flask_health
 from replicate_relay.topology import load as load_topology
 from replicate_relay.values import ValueStore
 
@@ -123,7 +123,7 @@ def reconcile(request: flask.Request) -> flask.Response:
     started = time.perf_counter()
     # Each run is a trace of its own (Cloud Scheduler's request is only linked): a recovered
     # prediction's trace links back to it.
-    request_context = trace.get_current_span(telemetry.extract_http(_headers(request))).get_span_context()
+    request_context = trace.get_current_span(telemetry.extract_http(flask_headers(request))).get_span_context()
     with telemetry.tracer().start_as_current_span(
         "reconcile run",
         context=telemetry.new_trace(),
@@ -269,7 +269,7 @@ def _serve_push(
             envelope.message.attributes,
             message_id=envelope.message.message_id,
             delivery_attempt=envelope.delivery_attempt,
-            request_headers=_headers(request),
+            request_headers=flask_headers(request),
         ) as span:
             response = _handle(handler, envelope, work, span, started)
     if telemetry.flush_each_request():
@@ -348,11 +348,6 @@ def _last_attempt(envelope: PushEnvelope) -> bool:
 
 def _record_handling(handler: str, outcome: str, started: float) -> None:
     telemetry.METRICS.handler_duration.record(time.perf_counter() - started, {"handler": handler, "outcome": outcome})
-
-
-def _headers(request: flask.Request) -> dict[str, str]:
-    """Request headers with lower-case names, as the trace propagators look them up."""
-    return {name.lower(): value for name, value in request.headers.items()}
 
 
 def _elapsed_ms(started: float) -> float:

@@ -77,6 +77,12 @@ def flask_health(request: flask.Request) -> flask.Response | None:
     return flask.Response("ok\n", mimetype="text/plain")
 
 
+def flask_headers(request: flask.Request) -> dict[str, str]:
+    """The request's headers with lower-case names, as the trace propagators look them up: Werkzeug
+    title-cases them (`Traceparent`), and the W3C propagator finds only `traceparent`."""
+    return {name.lower(): value for name, value in request.headers.items()}
+
+
 class UvicornWorker(uvicorn_worker.UvicornWorker):  # type: ignore[misc]
     """uvicorn's gunicorn worker, whose exit after SIGTERM or SIGINT runs the exit handlers."""
 

@@ -20,6 +20,10 @@ from typing import Any
 
 import flask
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 
 from api import errors
 from api.auth import ApiAuthenticator
@@ -37,6 +41,7 @@ from api.idempotency import (
 from api.listing import Cursor, InvalidCursor
 from api.openapi import DOCUMENT, render
 from api.settings import ApiSettings
+from replicate_relay import telemetry
 from replicate_relay.config import ConfigError
 from replicate_relay.jobs import Job
 from replicate_relay.oidc import GoogleCerts
@@ -174,6 +179,24 @@ def test_a_valid_submission_with_a_valid_token_is_created_201_with_the_job_and_i
 
 def test_health_needs_no_token(served: Served) -> None:
     assert served.client.get("/health").status_code == 200
+
+
+def test_a_request_carrying_traceparent_has_its_server_span_in_the_callers_trace(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(telemetry, "tracer", lambda: provider.get_tracer("relay"))
+    trace_id, parent_id = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+    # As an instrumented caller sends it: lower-case, which Werkzeug hands on as `Traceparent`.
+    response = post(served, BODY, headers={"traceparent": f"00-{trace_id}-{parent_id}-01"})
+    assert response.status_code == 201
+    [span] = [span for span in exporter.get_finished_spans() if span.kind is SpanKind.SERVER]
+    assert span.name == "POST /v1/jobs"
+    assert f"{span.get_span_context().trace_id:032x}" == trace_id
+    assert span.parent is not None
+    assert (span.parent.is_remote, f"{span.parent.span_id:016x}") == (True, parent_id)
 
 
 # ---- hostile input: a precise 4xx naming the field, never a 500, never a submission ----
