@@ -1,3 +1,84 @@
-"""Replicate Relay: Replicate predictions on Google Cloud, driven by webhooks instead of polling."""
+"""Replicate Relay: Replicate predictions on Google Cloud, driven by webhooks instead of polling.
+
+The public surface is what this module exports, every name in `__all__`, and nothing else:
+
+- `RelayClient`: submit predictions; get, wait for and watch their jobs;
+- `JobEventsConsumer` (with its `ConsumerStats`): the job-events announcements of a pull
+  subscription, handed to a callback as typed events;
+- the models: `Job`, `JobState`, `JobEvent` (with its `AnnouncedOutput`s) and `StoredValue`;
+- the errors an app catches: `JobFailed`, `JobWaitTimeout`, `JobGone`, `ClientClosed`,
+  `SubmitFailed`, `ConfigError`.
+
+Import them from here: `from replicate_relay import RelayClient, JobEvent`. Everything else is
+internal: every submodule (`replicate_relay.client`, `.jobstore`, `.telemetry`, …) and every name not
+in `__all__` belongs to the Cloud Run services and the tooling in this repository, and may change in
+any release. The rule: a name is public when it is in `__all__`, and only its documented behaviour is.
+
+The names are loaded on first use (PEP 562): the services import only the submodules they need,
+so `import replicate_relay` must not bring in Firestore, Pub/Sub and Replicate's clients for them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from replicate_relay.client import ClientClosed, JobFailed, JobGone, JobWaitTimeout, RelayClient
+    from replicate_relay.config import ConfigError
+    from replicate_relay.consumer import ConsumerStats, JobEventsConsumer
+    from replicate_relay.jobevents import AnnouncedOutput, JobEvent
+    from replicate_relay.jobs import Job, JobState
+    from replicate_relay.submit import SubmitFailed
+    from replicate_relay.values import StoredValue
+
+# Each public name and the internal module that defines it.
+_EXPORTS: dict[str, str] = {
+    "RelayClient": "replicate_relay.client",
+    "JobEventsConsumer": "replicate_relay.consumer",
+    "ConsumerStats": "replicate_relay.consumer",
+    "Job": "replicate_relay.jobs",
+    "JobState": "replicate_relay.jobs",
+    "JobEvent": "replicate_relay.jobevents",
+    "AnnouncedOutput": "replicate_relay.jobevents",
+    "StoredValue": "replicate_relay.values",
+    "JobFailed": "replicate_relay.client",
+    "JobWaitTimeout": "replicate_relay.client",
+    "JobGone": "replicate_relay.client",
+    "ClientClosed": "replicate_relay.client",
+    "SubmitFailed": "replicate_relay.submit",
+    "ConfigError": "replicate_relay.config",
+}
+
+__all__ = [
+    "AnnouncedOutput",
+    "ClientClosed",
+    "ConfigError",
+    "ConsumerStats",
+    "Job",
+    "JobEvent",
+    "JobEventsConsumer",
+    "JobFailed",
+    "JobGone",
+    "JobState",
+    "JobWaitTimeout",
+    "RelayClient",
+    "StoredValue",
+    "SubmitFailed",
+    "__version__",
+]
+
+if not TYPE_CHECKING:  # mypy reads the imports above; a module __getattr__ would hide misspelt names from it
+
+    def __getattr__(name: str) -> Any:
+        module = _EXPORTS.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value  # once loaded, a plain module attribute
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *__all__})

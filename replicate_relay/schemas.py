@@ -1,4 +1,4 @@
-"""The published contracts (schemas/, docs/SCHEMAS.md), generated from the models: `python -m replicate_relay.schemas`."""
+"""The published contracts (schemas/, docs/SCHEMAS.md), made from the models: `python -m replicate_relay.schemas`."""
 
 from __future__ import annotations
 

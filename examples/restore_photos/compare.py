@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 if __name__ == "__main__" and not __package__:
-    # Run as a file: the repository root makes `relay` and this package importable.
+    # Run as a file: the folder above examples/ makes this package importable (replicate_relay is installed).
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import httpx
@@ -30,9 +30,8 @@ from replicate.client import Client as ReplicateClient
 from examples.restore_photos.photos import Photo, UsageError, find_photos
 from examples.restore_photos.polling_worker import DEFAULT_INTERVAL_SECONDS, connect, poll
 from examples.restore_photos.report import PhotoResult, table
-from examples.restore_photos.worker import DEFAULT_SUBSCRIPTION, restore
-from replicate_relay.client import RelayClient
-from replicate_relay.config import ConfigError, Env, project_id
+from examples.restore_photos.worker import DEFAULT_SUBSCRIPTION, project_id, restore
+from replicate_relay import ConfigError, RelayClient
 
 
 @dataclass(frozen=True)
@@ -147,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         photos = find_photos(args.photos_dir)
         if not simulator_url.startswith("http://"):
             raise UsageError("compare.py measures on the local simulator: export the dev stack's variables first")
-        project = project_id(Env(os.environ))
+        project = project_id(os.environ)
         replicate_client, transport = connect()
         with transport, RelayClient.from_env() as relay, tempfile.TemporaryDirectory() as scratch:
             ways = measure(

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 if __name__ == "__main__" and not __package__:
-    # Run as a file: the repository root makes `relay` and this package importable.
+    # Run as a file: the folder above examples/ makes this package importable (replicate_relay is installed).
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import google.cloud.pubsub_v1 as pubsub_v1
@@ -39,11 +39,7 @@ from examples.restore_photos.photos import (
     prepare_out_dir,
 )
 from examples.restore_photos.report import PhotoResult, Progress, summary, write_json
-from replicate_relay.client import RelayClient
-from replicate_relay.config import ConfigError, Env, project_id
-from replicate_relay.consumer import JobEventsConsumer
-from replicate_relay.jobevents import JobEvent
-from replicate_relay.submit import SubmitFailed
+from replicate_relay import ConfigError, JobEvent, JobEventsConsumer, RelayClient, SubmitFailed
 
 DEFAULT_SUBSCRIPTION = "restore-photos"
 DEFAULT_TIMEOUT_SECONDS = 600.0
@@ -85,6 +81,14 @@ class Announcements:
         """How many announcements were of jobs not in `job_ids` (another app's, an earlier run's)."""
         with self._changed:
             return len(self._arrived.keys() - job_ids)
+
+
+def project_id(environ: Mapping[str, str]) -> str:
+    """The Google Cloud project, from the variables RelayClient.from_env reads it from."""
+    for name in ("RELAY_PROJECT", "GOOGLE_CLOUD_PROJECT", "GCLOUD_PROJECT"):
+        if value := environ.get(name, "").strip():
+            return value
+    raise ConfigError("RELAY_PROJECT (or GOOGLE_CLOUD_PROJECT) is required but not set")
 
 
 def subscription_path(name: str, project: str) -> str:
@@ -273,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         photos = find_photos(args.photos_dir)
         out_dir = prepare_out_dir(args.out_dir)
-        project = project_id(Env(os.environ))
+        project = project_id(os.environ)
         with RelayClient.from_env() as relay:
             results = restore(
                 relay, photos, out_dir, project=project, subscription=args.subscription, timeout=args.timeout
