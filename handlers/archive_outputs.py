@@ -75,9 +75,13 @@ def archive(event: PredictionEvent, *, store: JobStore, archiver: Archiver) -> A
                 failure = failure or Failure(code, f"output {output.index}: {message}")
                 failed = FailedOutput(index=output.index, source_url=_source_url(error), error_code=code, error=message)
                 outputs.append(failed.to_document())
-        applied = store.finish_archive(event, outputs, failure, located=located)
     except TRANSIENT_ERRORS as error:
         raise TransientError("storage_unavailable", _describe(error)) from error
+    try:
+        # The job store: Firestore (and the bucket for a value too large for the document, as in job-status).
+        applied = store.finish_archive(event, outputs, failure, located=located)
+    except TRANSIENT_ERRORS as error:
+        raise TransientError("firestore_unavailable", _describe(error)) from error
     return ArchiveResult(applied.outcome.value, applied, outputs, failure)
 
 
