@@ -30,7 +30,7 @@ from api.auth import ApiAuthenticator
 from api.core import JOBS_PATH, Answer, JobsApi
 from api.idempotency import IdempotencyStore
 from api.settings import ApiSettings
-from replicate_relay import logs, telemetry
+from replicate_relay import logs, telemetry, telemetry_setup
 from replicate_relay.config import load_or_exit
 from replicate_relay.jobstore import JobStore
 from replicate_relay.replicate_api import ReplicateAPI
@@ -97,7 +97,7 @@ def api(request: flask.Request) -> flask.Response:
     health = flask_health(request)
     if health is not None:
         return health
-    telemetry.setup(SETTINGS.telemetry, instrument=("firestore", "httpx"))
+    telemetry_setup.setup(SETTINGS.telemetry, instrument=("firestore", "httpx"))
     started = time.perf_counter()
     route = _route_name(request.path)
     with telemetry.tracer().start_as_current_span(

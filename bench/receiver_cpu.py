@@ -251,11 +251,11 @@ def measure_telemetry(*, iterations: int, warmup: int) -> dict[str, Any]:
     from opentelemetry.trace import SpanKind  # noqa: PLC0415
 
     from receiver import main  # noqa: PLC0415 - settings from this child's environment
-    from replicate_relay import telemetry  # noqa: PLC0415
+    from replicate_relay import telemetry, telemetry_setup  # noqa: PLC0415
     from replicate_relay.events import EventAttributes, Source, parse_prediction_ref  # noqa: PLC0415
 
     settings = main.SETTINGS
-    telemetry.setup(settings.telemetry)
+    telemetry_setup.setup(settings.telemetry)
     main.tune_gc()  # as the served worker does once its intake exists
     tracer = telemetry.tracer()
 
@@ -279,7 +279,7 @@ def measure_telemetry(*, iterations: int, warmup: int) -> dict[str, Any]:
 
     def webhook_telemetry() -> tuple[Any, Any]:
         # receiver/main.py's receive and _receive, accepted path; the publish as InstantPublisher.publish.
-        telemetry.setup(settings.telemetry)
+        telemetry_setup.setup(settings.telemetry)
         started = time.perf_counter()
         with tracer.start_as_current_span(
             "POST /",

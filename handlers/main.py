@@ -25,7 +25,7 @@ from handlers.push import PushEnvelope, decode_event, parse_envelope
 from handlers.reconcile import ACTOR as RECONCILER
 from handlers.reconcile import Reconciler
 from handlers.settings import HandlerSettings, ReconcilerSettings
-from replicate_relay import jobevents, logs, telemetry
+from replicate_relay import jobevents, logs, telemetry, telemetry_setup
 from replicate_relay.archive import Archiver
 from replicate_relay.config import load_or_exit
 from replicate_relay.downloads import Downloader
@@ -93,7 +93,7 @@ def _get_clients_unlocked() -> Clients:
 def _setup_telemetry() -> None:
     # In the worker, after gunicorn's fork (gRPC channels must not cross it), and before the first
     # Google client is made, so the instrumentations see it. At once after the first call.
-    telemetry.setup(SETTINGS.telemetry, instrument=("firestore", "requests", "httpx"))
+    telemetry_setup.setup(SETTINGS.telemetry, instrument=("firestore", "requests", "httpx"))
 
 
 def job_status(request: flask.Request) -> flask.Response:

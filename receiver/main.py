@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 from receiver.errors import MethodNotAllowed, Rejected
 from receiver.intake import Intake, client_key
 from receiver.settings import ReceiverSettings
-from replicate_relay import logs, telemetry
+from replicate_relay import logs, telemetry, telemetry_setup
 from replicate_relay.config import load_or_exit
 from replicate_relay.publisher import AsyncTopicPublisher
 from replicate_relay.serve import HEALTH_PATH
@@ -55,7 +55,7 @@ def tune_gc() -> None:
 
 async def receive(request: Request) -> Response:
     """Verify one Replicate webhook and answer 200 only once Pub/Sub holds it."""
-    telemetry.setup(SETTINGS.telemetry)  # in the worker, after gunicorn's fork; at once after the first
+    telemetry_setup.setup(SETTINGS.telemetry)  # in the worker, after gunicorn's fork; at once after the first
     # scope["path"] rather than request.url: building a URL object costs ~5% of a request here.
     if request.scope["path"] == HEALTH_PATH and request.method in {"GET", "HEAD"}:
         return JSONResponse({"status": "ok"})  # deliberately does not touch Pub/Sub

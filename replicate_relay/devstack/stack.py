@@ -300,7 +300,7 @@ class LocalStack:
             "RELAY_RECONCILE_SUBMITTED_SECONDS": "30",
             "RELAY_METRICS_INTERVAL_SECONDS": "5",
             "RELAY_PUSH_AUTH": "off",  # the Pub/Sub emulator pushes without an OIDC token (docs/EMULATORS.md)
-            # google-cloud-storage's own spans, as in the image (see replicate_relay/telemetry.py).
+            # google-cloud-storage's own spans, as in the image (see replicate_relay/telemetry_setup.py).
             "ENABLE_GCS_PYTHON_CLIENT_OTEL_TRACES": "true",
             "DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA": "true",
             **config.extra_env,

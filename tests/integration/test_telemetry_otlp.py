@@ -1,4 +1,4 @@
-"""Spans on Google Cloud: a real `telemetry.setup()` exports them over OTLP/HTTP to the Telemetry API's
+"""Spans on Google Cloud: a real `telemetry_setup.setup()` exports them over OTLP/HTTP to the Telemetry API's
 path with a Google access token, here to a receiver on loopback standing in for telemetry.googleapis.com.
 
 Telemetry is set up once per process, so the exporting process is a child of the test's. Nothing leaves
@@ -37,7 +37,7 @@ from google.auth.credentials import Credentials
 from opentelemetry.resourcedetector.gcp_resource_detector import _metadata
 from opentelemetry.trace import SpanKind
 
-from replicate_relay import telemetry
+from replicate_relay import telemetry, telemetry_setup
 
 _metadata.is_available = lambda: False  # not on Google Cloud: no metadata server to ask
 
@@ -57,7 +57,7 @@ class FixedToken(Credentials):
 
 settings = telemetry.TelemetrySettings.from_env(os.environ, service="receiver", project={PROJECT!r})
 assert settings.gcp and settings.gcp_traces_endpoint.startswith("http://127.0.0.1:"), settings
-telemetry.setup(settings, credentials=FixedToken())
+telemetry_setup.setup(settings, credentials=FixedToken())
 with telemetry.tracer().start_as_current_span("POST /", kind=SpanKind.SERVER):
     with telemetry.tracer().start_as_current_span("send replicate-events", kind=SpanKind.PRODUCER):
         pass

@@ -29,7 +29,7 @@ from functions_framework.aio import create_asgi_app
 from starlette.exceptions import StarletteDeprecationWarning
 
 import replicate_relay.logs
-import replicate_relay.telemetry
+import replicate_relay.telemetry_setup
 from receiver.errors import BadRequest, PayloadTooLarge, Rejected, Unauthorized, UnsupportedMediaType
 from receiver.intake import Accepted, Intake
 from receiver.settings import ReceiverSettings
@@ -551,7 +551,7 @@ def receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[Receiver]:
         monkeypatch.setenv(name, value)
     # The module configures logging and telemetry for a whole process; neither may leak into other tests.
     monkeypatch.setattr(replicate_relay.logs, "_configured_service", "receiver")
-    monkeypatch.setattr(replicate_relay.telemetry, "setup", lambda *args, **kwargs: None)
+    monkeypatch.setattr(replicate_relay.telemetry_setup, "setup", lambda *args, **kwargs: None)
     monkeypatch.setattr(sys, "path", list(sys.path))  # functions-framework appends receiver/ to it
     monkeypatch.setitem(sys.modules, "main", types.ModuleType("main"))  # and registers the module as "main"
     log = io.StringIO()

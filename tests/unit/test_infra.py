@@ -22,7 +22,7 @@ from google.cloud import monitoring_v3
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from replicate_relay import telemetry
+from replicate_relay import telemetry, telemetry_setup
 
 ROOT = Path(__file__).resolve().parents[2]
 TERRAFORM = ROOT / "infra" / "terraform"
@@ -704,7 +704,7 @@ def test_relay_metrics_reach_cloud_monitoring_as_the_filters_select_them(
     monkeypatch.setattr(_metadata, "is_available", lambda: True)
     monkeypatch.setattr(_metadata, "get_metadata", lambda: {**metadata, "project": {"projectId": "p"}})
 
-    resource = telemetry._resource(telemetry.TelemetrySettings(service="archive-outputs", gcp=True))
+    resource = telemetry_setup._resource(telemetry.TelemetrySettings(service="archive-outputs", gcp=True))
     reader = InMemoryMetricReader()
     provider = MeterProvider(resource=resource, metric_readers=[reader])
     instruments = telemetry.Metrics(provider.get_meter(telemetry.SCOPE))

