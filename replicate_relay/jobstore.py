@@ -614,13 +614,16 @@ class JobStore:
     def _commit(self, operation: str, work: Callable[[firestore.Transaction], T]) -> T:
         """Run `work` in a transaction, retried on contention for at most the contention budget.
 
-        The client retries a conflicting transaction at once, up to its max_attempts, keeping its
-        place in line, and raises a bare ValueError when they run out. Under load all of them can
-        land while another transaction still holds the documents (the Firestore emulator holds a
-        conflicting lock 2 s per attempt), so rounds of attempts follow after a jittered, growing
-        pause. No attempt starts once the budget is spent: contention is then `Aborted`, which
-        callers treat as transient (a handler answers 503 and Pub/Sub redelivers), so one request
-        is held for the budget and one attempt at most, however many transactions fight.
+        The client retries a commit refused as contended (Aborted) at once, up to its max_attempts,
+        keeping its place in line, and then gives up (google-cloud-firestore 2.34 raises a ValueError
+        chained to the last Aborted). Under load all of them can land while another transaction
+        still holds the documents (the Firestore emulator holds a conflicting lock 2 s per attempt),
+        so rounds of attempts follow after a jittered, growing pause. Contention is recognised by
+        the Aborted the round ended on, raised or chained (_contended), never by the library's
+        message text; anything else goes to the caller at once. No attempt starts once the budget
+        is spent: contention is then `Aborted`, which callers treat as transient (a handler answers
+        503 and Pub/Sub redelivers), so one request is held for the budget and one attempt at most,
+        however many transactions fight.
         One span covers the whole transaction, its RPCs (traced by the gRPC instrumentation) and
         retries; no instrumentation knows where a Firestore transaction begins and ends.
         """
@@ -641,20 +644,20 @@ class JobStore:
             kind=SpanKind.CLIENT,
             attributes={"db.system.name": "firestore", "db.operation.name": operation},
         ) as span:
-            last: ValueError | _OutOfTime
+            last: Exception
             for round_ in itertools.count():
                 try:
                     result: T = run(self._client.transaction(max_attempts=_TRANSACTION_ATTEMPTS))
                     return result
                 except google_exceptions.InvalidArgument as error:  # the commit refused what was written
                     raise Unstorable(_refusal(error)) from error
-                except ValueError as error:
-                    if "Failed to commit transaction" not in str(error):
-                        raise
-                    last = error
                 except _OutOfTime as error:
                     last = error
                     break
+                except Exception as error:
+                    if not _contended(error):
+                        raise
+                    last = error
                 pause = random.uniform(0.05, 0.2) * 2**round_  # noqa: S311 - jitter, not security
                 if time.monotonic() + pause >= deadline:
                     break
@@ -760,6 +763,18 @@ def _refusals() -> Iterator[None]:
         yield
     except (google_exceptions.InvalidArgument, ValueError, TypeError, OverflowError) as error:
         raise Unstorable(_refusal(error)) from error
+
+
+def _contended(error: BaseException) -> bool:
+    """Whether a transaction failed on contention: Firestore's ABORTED, raised as it is (a read's,
+    which the client does not retry) or chained under what the client raises once its attempts
+    ran out (google-cloud-firestore 2.34: a ValueError `from` the last Aborted)."""
+    chain: list[BaseException] = []
+    cause: BaseException | None = error
+    while cause is not None and cause not in chain:  # a chain can loop
+        chain.append(cause)
+        cause = cause.__cause__
+    return any(isinstance(link, google_exceptions.Aborted) for link in chain)
 
 
 class _OutOfTime(Exception):
