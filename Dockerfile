@@ -6,6 +6,7 @@
 #   archive-outputs  FUNCTION_SOURCE=handlers/main.py FUNCTION_TARGET=archive_outputs
 #   reconciler       FUNCTION_SOURCE=handlers/main.py FUNCTION_TARGET=reconcile
 #   status-page      FUNCTION_SOURCE=replicate_relay/ops/statuspage.py FUNCTION_TARGET=status_page (private)
+#   api              FUNCTION_SOURCE=api/main.py FUNCTION_TARGET=api
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -19,9 +20,17 @@ ENV PATH=/opt/venv/bin:$PATH \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY requirements.txt /tmp/requirements.txt
-RUN pip install --require-virtualenv -r /tmp/requirements.txt
+RUN pip install --require-virtualenv -r /tmp/requirements.txt \
+    && pip uninstall --yes pip setuptools
+# pip and setuptools only install: nothing the services import needs them (~25 MB). Removed here, in the
+# builder, they weigh nothing in the final image, which copies only the venv as it ends up.
 
-# ---- final: the venv and the code, no build tools, not root ----
+# ---- final: the venv and the code the services import, no build tools, not root ----
+# What runs on Cloud Run, and nothing else: the services (receiver/, handlers/, api/) and the part of
+# replicate_relay/ they import (replicate_relay/ops/ for the status page); of infra/, the topology the
+# handlers read. The tooling (dev stack, simulator, trace viewer, schema generator, test helpers, the
+# relay command line) stays out through .dockerignore, so that no layer holds it;
+# tests/image/test_contents.py fails if it comes back, or if a module no service imports does.
 FROM ${PYTHON_IMAGE}
 RUN groupadd --system --gid 10001 relay \
     && useradd --system --uid 10001 --gid relay --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin relay
@@ -31,7 +40,7 @@ COPY --chown=root:root receiver/ /app/receiver/
 COPY --chown=root:root handlers/ /app/handlers/
 COPY --chown=root:root api/ /app/api/
 COPY --chown=root:root replicate_relay/ /app/replicate_relay/
-COPY --chown=root:root infra/ /app/infra/
+COPY --chown=root:root infra/topology.yaml /app/infra/topology.yaml
 # Compiled at build time: a cold start would otherwise compile every module of the app again, and
 # could not keep the result (PYTHONDONTWRITEBYTECODE; the root may be read-only).
 RUN python -m compileall -q /app

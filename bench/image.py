@@ -1,10 +1,14 @@
 """Image benchmark: the image's size, and each Cloud Run service's start time as a container of it.
 
-Each service starts alone (one after the other, `--rounds` times), with the environment
+Each Cloud Run service starts alone (one after the other, `--rounds` times), with the environment
 infra/terraform gives it, read-only, as the image's user, exactly as `make test-image` runs it; start
 = from `run` to the first 200 on /health. Nothing it starts needs the emulators: every Google client
 is made on first use. The baseline, measured in the same run: the engine running `python -c pass`
 in the same image, which is what any container of it costs before our code runs.
+
+Sizes: the image as the engine reports it, and `du` of the virtualenv and of /app (each of /app's
+top-level entries too). The results name the image's ID and the commit measured, so that bench/report.py
+can keep each image it reported (docs/bench/image-history.json) and show them side by side.
 
 Writes bench/results/image.json; bench/report.py puts it in docs/BENCHMARKS.md.
 """
@@ -25,11 +29,12 @@ from typing import Any
 # Run as a script, so sys.path[0] is bench/ (for `common`); the project's packages live one level up.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import RESULTS_DIR, check_busy, print_table, results_header, write_results
+from common import RESULTS_DIR, check_busy, code_version, print_table, results_header, write_results
 
 from replicate_relay.devstack.containers import DEFAULT_IMAGE, ContainerLauncher, Engine, detect_engine
 from replicate_relay.devstack.processes import free_port
 from replicate_relay.devstack.stack import (
+    API,
     DEV_REPLICATE_TOKEN,
     DEV_WEBHOOK_SECRET,
     HANDLERS,
@@ -47,6 +52,7 @@ SPECS: dict[str, FunctionSpec] = {
     **HANDLERS,
     "reconciler": RECONCILER,
     "status-page": STATUS_PAGE,
+    "api": API,
 }
 PROJECT = "local-project"
 # Addresses nothing listens on: a service must start without reaching any of them.
@@ -99,11 +105,19 @@ def engine_baseline(engine: Engine, image: str) -> float:
     return time.monotonic() - started
 
 
-def sizes(engine: Engine, image: str) -> dict[str, float]:
+def sizes(engine: Engine, image: str) -> dict[str, Any]:
+    """The image's size, its virtualenv's and /app's (in MB), and each of /app's top-level entries'."""
     total = int(engine.run("image", "inspect", "--format", "{{.Size}}", image).strip())
-    out = engine.run("run", "--rm", "--network", "none", image, "du", "-sk", "/opt/venv", "/app")
-    parts = {Path(path).name: int(kib) * 1024 for kib, path in (line.split() for line in out.splitlines())}
-    return {"image_mb": total / 1e6, "venv_mb": parts["venv"] / 1e6, "app_mb": parts["app"] / 1e6}
+    script = "du -sk /opt/venv /app; cd /app && du -sk -- *"
+    out = engine.run("run", "--rm", "--network", "none", "--entrypoint", "sh", image, "-c", script)
+    lines = [line.split("\t", 1) for line in out.splitlines() if line.strip()]
+    venv_kib, app_kib = (int(kib) for kib, _ in lines[:2])
+    return {
+        "image_mb": total / 1e6,
+        "venv_mb": venv_kib * 1024 / 1e6,
+        "app_mb": app_kib * 1024 / 1e6,
+        "app_parts_mb": {name: int(kib) * 1024 / 1e6 for kib, name in lines[2:]},
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,12 +125,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", default=os.environ.get("RELAY_IMAGE", DEFAULT_IMAGE))
     parser.add_argument("--rounds", type=int, default=5, help="starts per service")
     parser.add_argument("--quick", action="store_true", help="2 rounds: a smoke run")
+    parser.add_argument("--results", type=Path, default=RESULTS_DIR / "image.json", help="where to write the JSON")
+    parser.add_argument("--note", help="what this image is, for the report's table of every image measured")
     args = parser.parse_args(argv)
     rounds = 2 if args.quick else args.rounds
     engine = detect_engine()
     if not engine.image_exists(args.image):
         print(f"error: no image {args.image} in {engine.name}: run `make image` first", file=sys.stderr)
         return 1
+    image_id = engine.run("image", "inspect", "--format", "{{.Id}}", args.image).strip()[:12]
     busy = check_busy()
     environments = service_environments(
         REPO_ROOT / "infra" / "terraform",
@@ -124,8 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         resources=local_computed(PROJECT),
     )
     results: dict[str, Any] = {
-        **results_header(busy, engine=engine.name, image=args.image),
-        "settings": {"rounds": rounds, "quick": args.quick},
+        **results_header(busy, engine=engine.name, image=args.image, image_id=image_id),
+        "code": code_version(),
+        "settings": {"rounds": rounds, "quick": args.quick, "note": args.note},
         "sizes": sizes(engine, args.image),
     }
     with tempfile.TemporaryDirectory(prefix="relay-bench-image-") as scratch:
@@ -135,13 +153,19 @@ def main(argv: list[str] | None = None) -> int:
         starts = {name: [start_once(launcher, name, folder) for _ in range(rounds)] for name in SPECS}
     results["baseline_seconds"] = baseline
     results["start_seconds"] = starts
-    write_results(RESULTS_DIR / "image.json", results)
+    write_results(args.results, results)
 
     rows = [["engine: run `python -c pass`", f"{statistics.median(baseline):.2f}", f"{max(baseline):.2f}"]]
     rows += [[name, f"{statistics.median(times):.2f}", f"{max(times):.2f}"] for name, times in starts.items()]
-    print(f"image {args.image}: " + ", ".join(f"{key} {value:.0f}" for key, value in results["sizes"].items()))
+    size = results["sizes"]
+    print(
+        f"image {args.image} ({image_id}): {size['image_mb']:.0f} MB, venv {size['venv_mb']:.0f} MB, /app "
+        + f"{size['app_mb']:.1f} MB ("
+        + ", ".join(f"{k} {v:.2f}" for k, v in size["app_parts_mb"].items())
+        + ")"
+    )
     print_table(["start to first 200 on /health", f"median s ({rounds})", "max s"], rows)
-    print(f"wrote {(RESULTS_DIR / 'image.json').relative_to(REPO_ROOT)}")
+    print(f"wrote {args.results}")
     return 0
 
 

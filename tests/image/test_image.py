@@ -73,7 +73,7 @@ def test_each_container_runs_read_only_as_the_images_own_user(image_stack: Image
     assert engine.run("exec", container, "id", "-u").strip() == "10001"
     # Nothing writable but what the test mounted: not the code, not /tmp.
     probe = "import pathlib,sys; p=pathlib.Path(sys.argv[1]); p.write_text('x')"
-    for path in ("/app/relay/probe", "/tmp/probe", "/nonexistent/probe"):  # noqa: S108
+    for path in ("/app/replicate_relay/probe", "/tmp/probe", "/nonexistent/probe"):  # noqa: S108
         refused = engine.run("exec", container, "python", "-c", probe, path, check=False)
         assert refused == "", f"{service} could write {path}"
         assert engine.run("exec", container, "test", "-e", path, check=False) == ""
