@@ -4,12 +4,19 @@ Answered as RFC 9457 problem details (`application/problem+json`) in one place, 
 `type` URIs are stable (docs/API.md lists them): clients branch on `type`, never on `title` or
 `detail`. They are URNs, as the schemas' `$id`s are: the project owns no domain to serve pages
 from, and RFC 9457 lets a type be a URI that is not dereferenced.
+
+ApiError is a branch of the one exception tree (replicate_relay/errors.py, which says why the
+problem types stay here): its `reason` is the problem type's slug, its `message` the `detail`.
+The core's errors become problems where the API calls the core (api/auth.py: TokenRejected,
+CertsUnavailable; api/core.py: SubmitFailed), and TRANSIENT_ERRORS a 503 `unavailable` in main.py.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
+
+from replicate_relay.errors import RelayError
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_TYPE_PREFIX = "urn:replicate-relay:problem:"
@@ -19,7 +26,7 @@ def problem_type(slug: str) -> str:
     return PROBLEM_TYPE_PREFIX + slug
 
 
-class ApiError(Exception):
+class ApiError(RelayError):
     """A request the API does not carry out. `slug` names the problem type; `errors` lists the
     fields at fault ({field, message}), for validation problems."""
 
@@ -35,7 +42,7 @@ class ApiError(Exception):
         headers: Mapping[str, str] | None = None,
         extra: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(detail)
+        super().__init__(detail, reason=self.slug)
         self.detail = detail
         self.errors = [dict(error) for error in errors]
         self.headers = dict(headers or {})

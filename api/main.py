@@ -18,10 +18,7 @@ from typing import Any
 
 import flask
 import functions_framework
-import google.auth.exceptions
 import google.cloud.storage as storage
-import requests
-from google.api_core import exceptions as google_exceptions
 from google.cloud import firestore
 from opentelemetry.trace import SpanKind
 
@@ -32,6 +29,7 @@ from api.idempotency import IdempotencyStore
 from api.settings import ApiSettings
 from replicate_relay import logs, telemetry, telemetry_setup
 from replicate_relay.config import load_or_exit
+from replicate_relay.errors import TRANSIENT_ERRORS
 from replicate_relay.jobstore import JobStore
 from replicate_relay.replicate_api import ReplicateAPI
 from replicate_relay.serve import flask_headers, flask_health
@@ -50,14 +48,6 @@ if SETTINGS.auth.mode == "oidc" and not SETTINGS.auth.invokers:
 
 OPENAPI_PATH = "/v1/openapi.json"
 _JOB_PATH = re.compile(r"^/v1/jobs/(?P<job_id>[^/]+)/?$")
-# What "Firestore or Replicate's network is unavailable" looks like from the clients.
-_TRANSIENT = (
-    google_exceptions.GoogleAPIError,
-    google.auth.exceptions.TransportError,
-    requests.RequestException,
-    ConnectionError,
-    TimeoutError,
-)
 _READ_CHUNK = 64 * 1024
 
 _lock = threading.Lock()
@@ -112,7 +102,7 @@ def api(request: flask.Request) -> flask.Response:
             response = _answer(_dispatch(request))
         except errors.ApiError as error:
             response = problem_response(error, request.path)
-        except _TRANSIENT as error:
+        except TRANSIENT_ERRORS as error:
             log.warning("unavailable: %s", error)
             response = problem_response(errors.Unavailable(f"try again shortly: {type(error).__name__}"), request.path)
         except Exception:

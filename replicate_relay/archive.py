@@ -11,11 +11,10 @@ from google.api_core import exceptions as google_exceptions
 
 from replicate_relay import telemetry
 from replicate_relay.downloads import Download, Downloader, safe_url
+
+# Defined in the one exception tree, replicate_relay/errors.py; still importable from here.
+from replicate_relay.errors import ArchiveConflict as ArchiveConflict  # noqa: PLC0414 - re-export
 from replicate_relay.outputs import ArchivedObject, OutputFile
-
-
-class ArchiveConflict(Exception):
-    """A different object already sits at the deterministic name: never overwritten, never retried."""
 
 
 def object_name(prediction_id: str, index: int, file_name: str) -> str:

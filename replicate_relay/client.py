@@ -16,6 +16,12 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.watch import Watch
 
 from replicate_relay.config import ConfigError, Env, bucket_name, inline_value_bytes, project_id
+
+# Defined in the one exception tree, replicate_relay/errors.py; still importable from here.
+from replicate_relay.errors import ClientClosed as ClientClosed  # noqa: PLC0414 - re-export
+from replicate_relay.errors import JobFailed as JobFailed  # noqa: PLC0414 - re-export
+from replicate_relay.errors import JobGone as JobGone  # noqa: PLC0414 - re-export
+from replicate_relay.errors import JobWaitTimeout as JobWaitTimeout  # noqa: PLC0414 - re-export
 from replicate_relay.jobs import Job, JobState, Policy
 from replicate_relay.jobstore import JobStore
 from replicate_relay.replicate_api import ModelRef
@@ -23,39 +29,6 @@ from replicate_relay.values import ValueStore
 
 if TYPE_CHECKING:
     from replicate_relay.submit import Submitter
-
-
-class JobWaitTimeout(TimeoutError):
-    """The job was not final within the timeout; `last_job` is the last version the listener saw."""
-
-    def __init__(self, job_id: str, timeout: float, last_job: Job | None) -> None:
-        seen = last_job.state if last_job is not None else "no such job yet"
-        super().__init__(f"job {job_id} has not ended after {timeout:g} s (last seen: {seen})")
-        self.job_id = job_id
-        self.timeout = timeout
-        self.last_job = last_job
-
-    @property
-    def last_state(self) -> str | None:
-        return self.last_job.state if self.last_job is not None else None
-
-
-class JobFailed(Exception):
-    """`wait`: the job ended failed, canceled or aborted; `job` holds its `error` and `error_code`."""
-
-    def __init__(self, job: Job) -> None:
-        super().__init__(f"job {job.job_id} {job.state} ({job.error_code or '-'}): {job.error or '-'}")
-        self.job = job
-
-
-class JobGone(LookupError):
-    """The job's document was deleted while it was watched: a submitted job whose prediction's first
-    webhook had already made a job of its own (JobStore.attach_prediction keeps that one; `submit`
-    returns its id, so waiting on what `submit` returned never ends here)."""
-
-
-class ClientClosed(RuntimeError):
-    """`RelayClient.close()` closed the listener this wait or watch was blocked on (from another thread)."""
 
 
 class _Closed:
@@ -103,7 +76,7 @@ class RelayClient:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, submitting: bool = True) -> RelayClient:
-        """A client configured like `relay submit` (see docs/CONFIGURATION.md).
+        """The client `relay submit` is, configured from the environment (see docs/CONFIGURATION.md).
 
         With `submitting=False` only Firestore is needed (RELAY_PROJECT): for processes that only
         wait for or watch jobs submitted elsewhere.
@@ -133,9 +106,7 @@ class RelayClient:
             replicate=ReplicateAPI.connect(settings.replicate_token.value, base_url=settings.replicate_base_url),
             webhook_url=settings.webhook_url,
             events_filter=settings.events_filter,
-            job_events=TopicPublisher(
-                f"projects/{project}/topics/{env.get_str('RELAY_JOB_EVENTS_TOPIC', 'job-events')}", deadline_seconds=10
-            ),
+            job_events=TopicPublisher(f"projects/{project}/topics/{settings.job_events_topic}", deadline_seconds=10),
         )
         return cls(store, submitter=submitter, owns_submitter=True)
 

@@ -10,13 +10,12 @@ from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 from replicate_relay import logs
+
+# Defined in the one exception tree, replicate_relay/errors.py; still importable from here.
+from replicate_relay.errors import ConfigError as ConfigError  # noqa: PLC0414 - re-export
 from replicate_relay.values import DEFAULT_INLINE_BYTES
 
 T = TypeVar("T")
-
-
-class ConfigError(Exception):
-    """A configuration variable is missing or malformed; the message names it."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +121,12 @@ def bucket_name(env: Env, project: str) -> str:
 def inline_value_bytes(env: Env) -> int:
     """RELAY_INLINE_VALUE_BYTES: how much of a prediction's JSON a job document keeps inline (see values.py)."""
     return env.get_int("RELAY_INLINE_VALUE_BYTES", DEFAULT_INLINE_BYTES, minimum=1024, maximum=512 * 1024)
+
+
+def job_events_topic(env: Env) -> str:
+    """RELAY_JOB_EVENTS_TOPIC: the topic final jobs are announced on, by the handlers and by the submitter
+    (`relay submit`, RelayClient.from_env) of a job whose prediction Replicate refused."""
+    return env.get_str("RELAY_JOB_EVENTS_TOPIC", "job-events")
 
 
 def load_or_exit(load: Callable[[], T], service: str) -> T:

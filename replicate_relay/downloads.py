@@ -17,6 +17,12 @@ from dataclasses import dataclass, field
 
 import httpx
 
+# Defined in the one exception tree, replicate_relay/errors.py; still importable from here.
+from replicate_relay.errors import DownloadError as DownloadError  # noqa: PLC0414 - re-export
+from replicate_relay.errors import DownloadFailed as DownloadFailed  # noqa: PLC0414 - re-export
+from replicate_relay.errors import DownloadGone as DownloadGone  # noqa: PLC0414 - re-export
+from replicate_relay.errors import DownloadRefused as DownloadRefused  # noqa: PLC0414 - re-export
+from replicate_relay.errors import DownloadUnavailable as DownloadUnavailable  # noqa: PLC0414 - re-export
 from replicate_relay.logs import fields
 
 Resolver = Callable[[str, int], list[str]]
@@ -59,32 +65,6 @@ class DownloadPolicy:
             raise ValueError("download sizes must be positive and max_redirects not negative")
         if not (self.connect_timeout > 0 and self.read_timeout > 0):
             raise ValueError("download timeouts must be positive")
-
-
-class DownloadError(Exception):
-    """A download did not happen. `reason` is a stable code; `url` and `message` never carry a query string."""
-
-    def __init__(self, reason: str, message: str, *, url: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-        self.url = url
-
-
-class DownloadRefused(DownloadError):
-    """Permanent: the URL, a redirect or the file is not allowed; nothing was requested from the refused target."""
-
-
-class DownloadGone(DownloadError):
-    """Permanent: the host answered 404 or 410, as Replicate does once an output has expired."""
-
-
-class DownloadUnavailable(DownloadError):
-    """Permanent: the host answered another 4xx, or an unusable response."""
-
-
-class DownloadFailed(DownloadError):
-    """Transient: network error, timeout, 429 or 5xx; trying again later may succeed."""
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+# Defined in the one exception tree, replicate_relay/errors.py; still importable from here.
+from replicate_relay.errors import PayloadError as PayloadError  # noqa: PLC0414 - re-export
+
 # Prediction ids are short lower-case base32-like strings; be a little generous but keep them
 # safe to use as a Firestore document id and a Cloud Storage path segment.
 _PREDICTION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
@@ -35,15 +38,6 @@ class Source(StrEnum):
     RECONCILER = "reconciler"
     REPLAY = "replay"
     ADOPTED = "adopted"  # `relay adopt`: a prediction created without a webhook (the old polling worker's)
-
-
-class PayloadError(Exception):
-    """A body that is not a usable prediction. `reason` is a stable code for logs."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
 
 
 class Prediction(BaseModel):

@@ -20,6 +20,10 @@ import google.auth.transport
 import google.auth.transport.requests
 from google.auth import jwt
 
+# Defined in the one exception tree, replicate_relay/errors.py; still importable from here.
+from replicate_relay.errors import CertsUnavailable as CertsUnavailable  # noqa: PLC0414 - re-export
+from replicate_relay.errors import TokenRejected as TokenRejected  # noqa: PLC0414 - re-export
+
 # Where Google publishes the certificates (key id → PEM) its ID tokens are signed with: the URL
 # google.oauth2.id_token.verify_oauth2_token uses.
 GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
@@ -36,10 +40,6 @@ _UNKNOWN_KEY_REFETCH_SECONDS = 30.0
 _FAILED_FETCH_BACKOFF_SECONDS = 5.0
 _MAX_TOKEN_CHARS = 16 * 1024
 _MAX_AGE = re.compile(r"(?:^|[,\s])max-age\s*=\s*\"?(\d+)", re.IGNORECASE)
-
-
-class CertsUnavailable(Exception):
-    """Google's signing certificates could not be fetched: retrying later can help."""
 
 
 class GoogleCerts:
@@ -127,18 +127,6 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
         if key.lower() == name:
             return value
     return None
-
-
-class TokenRejected(Exception):
-    """The request's token is missing or not acceptable. `reason` is a stable code for logs and
-    metrics; `status` is 401 (no valid Google token) or 403 (a valid one for another audience or
-    caller). No message ever contains the token."""
-
-    def __init__(self, reason: str, message: str, *, status: int = 401) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-        self.status = status
 
 
 class IdTokenVerifier:

@@ -28,6 +28,9 @@ from google.pubsub_v1.types import pubsub
 
 from replicate_relay import telemetry
 
+# Defined in the one exception tree, replicate_relay/errors.py; still importable from here.
+from replicate_relay.errors import PublishError as PublishError  # noqa: PLC0414 - re-export
+
 _SCOPES = ("https://www.googleapis.com/auth/pubsub",)
 _ENDPOINT = "pubsub.googleapis.com:443"
 _METHOD = "/google.pubsub.v1.Publisher/Publish"
@@ -49,10 +52,6 @@ _RETRYABLE = frozenset(
 _Request = pubsub.PublishRequest.pb()
 _Message = pubsub.PubsubMessage.pb()
 _Response = pubsub.PublishResponse.pb()
-
-
-class PublishError(Exception):
-    """Pub/Sub did not confirm the message within the deadline; the caller must not acknowledge."""
 
 
 class AsyncPublisher(Protocol):

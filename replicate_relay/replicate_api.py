@@ -11,16 +11,10 @@ import httpx
 from replicate.client import Client as ReplicateClient
 from replicate.exceptions import ReplicateError
 
+# Defined in the one exception tree, replicate_relay/errors.py; still importable from here.
+from replicate_relay.errors import ReplicateAPIError as ReplicateAPIError  # noqa: PLC0414 - re-export
+
 DEFAULT_BASE_URL = "https://api.replicate.com"
-
-
-class ReplicateAPIError(Exception):
-    """Replicate refused or could not be reached. `transient` says whether trying later may help."""
-
-    def __init__(self, message: str, *, status: int | None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.transient = status is None or status == 429 or status >= 500
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,9 @@ import google_crc32c
 from google.api_core import exceptions as google_exceptions
 from pydantic import BaseModel, ConfigDict, Field
 
+# Defined in the one exception tree, replicate_relay/errors.py; still importable from here.
+from replicate_relay.errors import Unstorable as Unstorable  # noqa: PLC0414 - re-export
+
 if TYPE_CHECKING:
     import google.cloud.storage as storage
 
@@ -35,11 +38,6 @@ VALUE_FIELDS = ("input", "output", "error", "metrics", "logs")
 # Inline JSON text of all values together: a quarter of Firestore's 1 MiB document limit, which
 # leaves the rest of the job (outputs, logs tail, timestamps) far from it.
 DEFAULT_INLINE_BYTES = 256 * 1024
-
-
-class Unstorable(Exception):
-    """Firestore refused a write as invalid (a document too large, a value it cannot hold): retrying
-    the same write can never succeed."""
 
 
 class StoredValue(BaseModel):

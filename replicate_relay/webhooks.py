@@ -17,6 +17,9 @@ from dataclasses import dataclass
 
 from replicate_relay.config import ConfigError, Secret
 
+# Defined in the one exception tree, replicate_relay/errors.py; still importable from here.
+from replicate_relay.errors import VerificationError as VerificationError  # noqa: PLC0414 - re-export
+
 SECRET_PREFIX = "whsec_"  # noqa: S105 - a prefix, not a secret
 SIGNATURE_VERSION = "v1"
 DEFAULT_TOLERANCE_SECONDS = 300
@@ -30,18 +33,6 @@ HEADER_SIGNATURE = "webhook-signature"
 MAX_ID_LENGTH = 256
 MAX_SIGNATURE_HEADER_LENGTH = 4096
 MAX_SIGNATURE_ENTRIES = 16
-
-
-class VerificationError(Exception):
-    """The request is not a validly signed webhook. `reason` is a stable code for logs/metrics."""
-
-    def __init__(self, reason: str, message: str, *, malformed: bool) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-        # malformed: the request is not even of the right form (400); otherwise the form is
-        # right but the signature or timestamp is not acceptable (401).
-        self.malformed = malformed
 
 
 @dataclass(frozen=True)

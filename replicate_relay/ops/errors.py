@@ -9,13 +9,10 @@ from contextlib import contextmanager
 from google.api_core import exceptions as google_exceptions
 from google.auth import exceptions as auth_exceptions
 
-from replicate_relay.config import ConfigError
+# Defined in the one exception tree, replicate_relay/errors.py; still importable from here.
+from replicate_relay.errors import OpsError as OpsError  # noqa: PLC0414 - re-export
 
 NO_CREDENTIALS = "no Google credentials: run gcloud auth application-default login or set the *_EMULATOR_HOST variables"
-
-
-class OpsError(ConfigError):
-    """Something the operator can fix; one sentence. A ConfigError, so `relay` exits 2."""
 
 
 @contextmanager
