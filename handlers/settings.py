@@ -14,6 +14,7 @@ from replicate_relay.config import (
     Secret,
     bucket_name,
     inline_value_bytes,
+    job_events_topic,
     project_id,
     token_check_mode,
 )
@@ -122,7 +123,7 @@ class HandlerSettings:
             ),
             event_retention=timedelta(days=env.get_int("RELAY_EVENT_RETENTION_DAYS", 30, minimum=1, maximum=3650)),
             bucket=bucket_name(env, project),
-            job_events_topic=env.get_str("RELAY_JOB_EVENTS_TOPIC", "job-events"),
+            job_events_topic=job_events_topic(env),
             publish_deadline_seconds=env.get_float("RELAY_PUBLISH_DEADLINE_SECONDS", 10.0, minimum=0.1),
             downloads=DownloadPolicy(
                 allowed_hosts=env.get_list("RELAY_DOWNLOAD_ALLOWED_HOSTS", ("replicate.delivery",)),

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import re
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import google.cloud.pubsub_v1 as pubsub_v1
 import pytest
 from google.cloud import firestore
 from google.cloud.firestore_v1.document import DocumentReference
@@ -19,8 +22,8 @@ from replicate_relay.devstack.stack import LocalStack
 from replicate_relay.jobs import Job, JobState
 from replicate_relay.jobstore import JobStore
 from replicate_relay.replicate_api import ReplicateAPI
-from replicate_relay.submit import Submitter
-from tests.integration.conftest import WAIT_SECONDS, wait_for
+from replicate_relay.submit import SubmitFailed, Submitter
+from tests.integration.conftest import WAIT_SECONDS, Tap, _tap, announcements, wait_for
 
 MODEL = "flux-kontext-apps/restore-image"
 FAST = {"input_image": "https://example.com/old.jpg", "seed": 1, "sim_duration": 0.5}
@@ -237,3 +240,51 @@ def test_relay_submit_wait_that_runs_out_says_the_last_state_and_exits_one(capsy
     assert code == 1, out
     assert time.monotonic() - started < 10
     assert "has not ended after 1 s (last seen: " in out.splitlines()[-1]
+
+
+@pytest.fixture
+def other_job_events(stack: LocalStack, monkeypatch: pytest.MonkeyPatch) -> Iterator[Tap]:
+    """A job-events topic of another name, made for one test and named by RELAY_JOB_EVENTS_TOPIC."""
+    topic = f"job-events-{uuid.uuid4().hex[:8]}"
+    publisher = pubsub_v1.PublisherClient()
+    path = publisher.topic_path(stack.config.project, topic)
+    publisher.create_topic(request={"name": path})
+    monkeypatch.setenv("RELAY_JOB_EVENTS_TOPIC", topic)
+    try:
+        yield from _tap(stack, topic)
+    finally:
+        publisher.delete_topic(request={"topic": path})
+
+
+def _submit_refused_with_relay_submit(capsys: pytest.CaptureFixture[str]) -> str:
+    code = cli.main(["submit", "--model", MODEL, "--input", "sim_outcome=no-such-outcome"])
+    out = capsys.readouterr().out
+    assert code == 1, out
+    match = re.match(r"job (\w+) failed: ", out)
+    assert match is not None, out
+    return match.group(1)
+
+
+def _submit_refused_with_the_client(capsys: pytest.CaptureFixture[str]) -> str:
+    with RelayClient.from_env() as client, pytest.raises(SubmitFailed) as refused:
+        client.submit(MODEL, {**FAST, "sim_outcome": "no-such-outcome"})
+    return refused.value.job.job_id
+
+
+@pytest.mark.parametrize(
+    "submit",
+    [
+        pytest.param(_submit_refused_with_relay_submit, id="relay-submit"),
+        pytest.param(_submit_refused_with_the_client, id="relay-client"),
+    ],
+)
+def test_a_submission_replicate_refuses_is_announced_on_relay_job_events_topic(
+    other_job_events: Tap,
+    capsys: pytest.CaptureFixture[str],
+    submit: Callable[[pytest.CaptureFixture[str]], str],
+) -> None:
+    """`relay submit` and RelayClient.from_env read RELAY_JOB_EVENTS_TOPIC alike: the job of a
+    submission Replicate refuses is final at once, and announced there, not on job-events."""
+    job_id = submit(capsys)
+    [announced] = announcements(other_job_events, job_id, settle=0.5)
+    assert (announced["job_id"], announced["state"], announced["error_code"]) == (job_id, "failed", "submit_failed")

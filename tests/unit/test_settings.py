@@ -330,3 +330,10 @@ def test_bad_old_worker_variable_raises_config_error_naming_it(changes: dict[str
         SubmitSettings.from_env({**SUBMIT_ENV, **changes})
     for variable in variables:
         assert variable in str(caught.value)
+
+
+def test_submit_reads_relay_job_events_topic_as_the_handlers_do() -> None:
+    """Where the job of a prediction Replicate refused is announced (`relay submit`, RelayClient.from_env)."""
+    assert SubmitSettings.from_env(SUBMIT_ENV).job_events_topic == "job-events"
+    other = {**SUBMIT_ENV, "RELAY_JOB_EVENTS_TOPIC": "jobs-done"}
+    assert SubmitSettings.from_env(other).job_events_topic == "jobs-done"
