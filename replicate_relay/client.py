@@ -76,7 +76,7 @@ class RelayClient:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, submitting: bool = True) -> RelayClient:
-        """A client configured like `relay submit` (see docs/CONFIGURATION.md).
+        """The client `relay submit` is, configured from the environment (see docs/CONFIGURATION.md).
 
         With `submitting=False` only Firestore is needed (RELAY_PROJECT): for processes that only
         wait for or watch jobs submitted elsewhere.
@@ -106,9 +106,7 @@ class RelayClient:
             replicate=ReplicateAPI.connect(settings.replicate_token.value, base_url=settings.replicate_base_url),
             webhook_url=settings.webhook_url,
             events_filter=settings.events_filter,
-            job_events=TopicPublisher(
-                f"projects/{project}/topics/{env.get_str('RELAY_JOB_EVENTS_TOPIC', 'job-events')}", deadline_seconds=10
-            ),
+            job_events=TopicPublisher(f"projects/{project}/topics/{settings.job_events_topic}", deadline_seconds=10),
         )
         return cls(store, submitter=submitter, owns_submitter=True)
 

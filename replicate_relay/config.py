@@ -123,6 +123,12 @@ def inline_value_bytes(env: Env) -> int:
     return env.get_int("RELAY_INLINE_VALUE_BYTES", DEFAULT_INLINE_BYTES, minimum=1024, maximum=512 * 1024)
 
 
+def job_events_topic(env: Env) -> str:
+    """RELAY_JOB_EVENTS_TOPIC: the topic final jobs are announced on, by the handlers and by the submitter
+    (`relay submit`, RelayClient.from_env) of a job whose prediction Replicate refused."""
+    return env.get_str("RELAY_JOB_EVENTS_TOPIC", "job-events")
+
+
 def load_or_exit(load: Callable[[], T], service: str) -> T:
     """Build a deployable's settings at start; a ConfigError stops the process with one log line."""
     try:
