@@ -9,10 +9,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from google.cloud import firestore
-
 from replicate_relay.client import JobFailed, JobWaitTimeout, RelayClient
-from replicate_relay.config import ConfigError, Env, Secret, project_id
+from replicate_relay.config import ConfigError, Env, Secret, job_events_topic
 
 # Defined in the one exception tree, replicate_relay/errors.py; still importable from here.
 from replicate_relay.errors import SubmitFailed as SubmitFailed  # noqa: PLC0414 - re-export
@@ -42,6 +40,8 @@ class SubmitSettings:
     # The polling worker's REPLICATE_OUTPUT_FORMAT and REPLICATE_SAFETY_TOLERANCE: inputs added to a
     # prediction of the default model unless given explicitly.
     default_input: Mapping[str, Any] = field(default_factory=dict)
+    # RELAY_JOB_EVENTS_TOPIC: where the job of a prediction Replicate refused is announced.
+    job_events_topic: str = "job-events"
 
     def input_for(self, model: ModelRef, given: Mapping[str, Any]) -> dict[str, Any]:
         """`given`, with the default inputs under it when `model` is the default model (any version)."""
@@ -68,6 +68,7 @@ class SubmitSettings:
             events_filter=events,
             default_model=_default_model(env),
             default_input=_default_input(env),
+            job_events_topic=job_events_topic(env),
         )
 
 
@@ -166,32 +167,27 @@ class Submitter:
 
 
 def run_submit(*, model: str | None, inputs: dict[str, Any], metadata: dict[str, str], wait_seconds: float) -> int:
-    """`relay submit`: submit one prediction, print the job, optionally wait for its end."""
+    """`relay submit`: submit one prediction, print the job, optionally wait for its end.
+
+    Through RelayClient.from_env: the command is an app's client, made from the same variables
+    (the job-events topic, and the bucket and inline budget of the job's values, among them).
+    """
     settings = SubmitSettings.from_env(os.environ)
     try:
         ref = ModelRef.parse(model or settings.default_model)
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    project = project_id(Env(os.environ))
-    submitter = Submitter(
-        store=JobStore(firestore.Client(project=project)),
-        replicate=ReplicateAPI.connect(settings.replicate_token.value, base_url=settings.replicate_base_url),
-        webhook_url=settings.webhook_url,
-        events_filter=settings.events_filter,
-        job_events=TopicPublisher(f"projects/{project}/topics/job-events", deadline_seconds=10),
-    )
-    try:
-        job = submitter.submit(ref, settings.input_for(ref, inputs), metadata=check_metadata_option(metadata))
-    except SubmitFailed as error:
-        print(f"job {error.job.job_id} failed: {error}")
-        return 1
-    finally:
-        submitter.replicate.close()
-    print(f"job {job.job_id} submitted: prediction {job.prediction_id} of {ref}")
-    if not wait_seconds:
-        return 0
-    # One Firestore listener on the job, told of each change: no re-reading.
-    with RelayClient(submitter.store) as client:
+    checked = check_metadata_option(metadata)
+    with RelayClient.from_env(os.environ) as client:
+        try:
+            job = client.submit(ref, settings.input_for(ref, inputs), metadata=checked)
+        except SubmitFailed as error:
+            print(f"job {error.job.job_id} failed: {error}")
+            return 1
+        print(f"job {job.job_id} submitted: prediction {job.prediction_id} of {ref}")
+        if not wait_seconds:
+            return 0
+        # One Firestore listener on the job, told of each change: no re-reading.
         try:
             final = client.wait(job.job_id, timeout=wait_seconds)
         except JobFailed as failed:
