@@ -7,7 +7,8 @@ The public surface is what this module exports, every name in `__all__`, and not
   subscription, handed to a callback as typed events;
 - the models: `Job`, `JobState`, `JobEvent` (with its `AnnouncedOutput`s) and `StoredValue`;
 - the errors an app catches: `JobFailed`, `JobWaitTimeout`, `JobGone`, `ClientClosed`,
-  `SubmitFailed`, `ConfigError`.
+  `SubmitFailed`, `ConfigError`, and `RelayError`, the base of every error Relay raises on purpose
+  (the whole tree is drawn in replicate_relay/errors.py).
 
 Import them from here: `from replicate_relay import RelayClient, JobEvent`. Everything else is
 internal: every submodule (`replicate_relay.client`, `.jobstore`, `.telemetry`, …) and every name not
@@ -26,12 +27,19 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from replicate_relay.client import ClientClosed, JobFailed, JobGone, JobWaitTimeout, RelayClient
-    from replicate_relay.config import ConfigError
+    from replicate_relay.client import RelayClient
     from replicate_relay.consumer import ConsumerStats, JobEventsConsumer
+    from replicate_relay.errors import (
+        ClientClosed,
+        ConfigError,
+        JobFailed,
+        JobGone,
+        JobWaitTimeout,
+        RelayError,
+        SubmitFailed,
+    )
     from replicate_relay.jobevents import AnnouncedOutput, JobEvent
     from replicate_relay.jobs import Job, JobState
-    from replicate_relay.submit import SubmitFailed
     from replicate_relay.values import StoredValue
 
 # Each public name and the internal module that defines it.
@@ -44,12 +52,13 @@ _EXPORTS: dict[str, str] = {
     "JobEvent": "replicate_relay.jobevents",
     "AnnouncedOutput": "replicate_relay.jobevents",
     "StoredValue": "replicate_relay.values",
-    "JobFailed": "replicate_relay.client",
-    "JobWaitTimeout": "replicate_relay.client",
-    "JobGone": "replicate_relay.client",
-    "ClientClosed": "replicate_relay.client",
-    "SubmitFailed": "replicate_relay.submit",
-    "ConfigError": "replicate_relay.config",
+    "RelayError": "replicate_relay.errors",
+    "JobFailed": "replicate_relay.errors",
+    "JobWaitTimeout": "replicate_relay.errors",
+    "JobGone": "replicate_relay.errors",
+    "ClientClosed": "replicate_relay.errors",
+    "SubmitFailed": "replicate_relay.errors",
+    "ConfigError": "replicate_relay.errors",
 }
 
 __all__ = [
@@ -65,6 +74,7 @@ __all__ = [
     "JobState",
     "JobWaitTimeout",
     "RelayClient",
+    "RelayError",
     "StoredValue",
     "SubmitFailed",
     "__version__",
