@@ -104,8 +104,9 @@ node:  ## install Debian's nodejs and npm if node is missing (for examples/types
 
 # Benchmarks, not tests (make test runs none): receiver, archive streaming (128 MiB; the 1 GiB run is
 # `bench/archive.py` alone, ~11 min), end to end at issue #14's two target rates (1/s × 60, ~2 min; 5/s × 200,
-# ~2 min), image, api, then docs/BENCHMARKS.md. BENCH_FLAGS=--quick: smoke run; the 1/s run keeps its 60
-# predictions (a given --predictions wins over --quick), and the report counts no --quick run as a target run.
+# ~2 min), image, api, the package (installed size, import time), then docs/BENCHMARKS.md. BENCH_FLAGS=--quick:
+# smoke run; the 1/s run keeps its 60 predictions (a given --predictions wins over --quick), and the report counts
+# no --quick run as a target run.
 BENCH_FLAGS ?=
 bench: venv image  ## benchmarks (receiver, archive, end to end, image), then docs/BENCHMARKS.md and docs/bench/*.png
 	$(BIN)/python bench/receiver.py $(BENCH_FLAGS)
@@ -115,6 +116,7 @@ bench: venv image  ## benchmarks (receiver, archive, end to end, image), then do
 	$(BIN)/python bench/e2e.py $(BENCH_FLAGS)
 	RELAY_IMAGE=$(IMAGE) $(BIN)/python bench/image.py $(BENCH_FLAGS)
 	$(BIN)/python bench/api.py $(BENCH_FLAGS)
+	$(BIN)/python bench/package.py $(BENCH_FLAGS)
 	$(BIN)/python bench/report.py
 	@echo "report: docs/BENCHMARKS.md (plots in docs/bench/, raw results in bench/results/)"
 

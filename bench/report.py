@@ -930,6 +930,124 @@ def _start_figures(times: Sequence[float]) -> list[str]:
     return [f"{statistics.median(times):.2f}", f"{max(times):.2f}"]
 
 
+PACKAGE_HISTORY_FILE = "package-history.json"  # in docs/bench/, committed: every package measurement reported
+PACKAGE_IMPORTS = ("import replicate_relay", "from replicate_relay import RelayClient", "from replicate_relay import *")
+
+
+def package_history_row(package: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """bench/package.py's results as a row of the package history: sizes and median import times."""
+    if not package:
+        return None
+    installs = package["installs"]
+    return {
+        "generated_at": package.get("generated_at"),
+        "commit": dig(package, "code", "commit"),
+        "modified": dig(package, "code", "modified") or [],
+        "quick": bool(dig(package, "settings", "quick")),
+        "plain_mb": round(installs["plain"]["site_packages_bytes"] / 1e6, 1),
+        "services_mb": round(installs["services"]["site_packages_bytes"] / 1e6, 1) if "services" in installs else None,
+        "own_kb": round(installs["plain"]["own_bytes"] / 1e3),
+        "import_ms": {label: round(package["import_ms"][label]["median_ms"], 1) for label in PACKAGE_IMPORTS},
+    }
+
+
+def recorded_packages(path: Path, row: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The package history in `path`, with `row` appended (and the file rewritten) unless None or there already."""
+    try:
+        rows: list[dict[str, Any]] = json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
+    except (OSError, json.JSONDecodeError) as error:
+        raise SystemExit(f"cannot read {path} ({error}): restore it with git, then run bench/report.py again") from None
+    if row is not None and row.get("generated_at") not in {recorded.get("generated_at") for recorded in rows}:
+        rows.append(dict(row))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    return rows
+
+
+def _mb(size: float | None) -> str:
+    return "n/a" if size is None else f"{size:.1f}"
+
+
+def _package_history_table(recorded: Sequence[Mapping[str, Any]]) -> list[str]:
+    rows = []
+    for row in recorded:
+        commit = f"`{row.get('commit') or '?'}`" + (f" +{len(row['modified'])} modified" if row.get("modified") else "")
+        measured = str(row.get("generated_at") or "?")[:16].replace("T", " ")
+        imports = [
+            f"{row['import_ms'][label]:.0f}" if label in row["import_ms"] else "n/a" for label in PACKAGE_IMPORTS
+        ]
+        quick = " (`--quick`)" if row.get("quick") else ""
+        rows.append([measured + quick, commit, _mb(row["plain_mb"]), _mb(row.get("services_mb")), *imports])
+    headers = ["measured (UTC)", "commit", "plain MB", "[services] MB", *(f"{label} ms" for label in PACKAGE_IMPORTS)]
+    return [
+        "### Every package measurement",
+        "",
+        f"Each run of `bench/package.py` this report has seen (docs/bench/{PACKAGE_HISTORY_FILE}): site-packages "
+        "of the plain install and with `[services]`, and the median import times.",
+        "",
+        text_table(headers, rows),
+        "",
+    ]
+
+
+def package_section(package: Mapping[str, Any] | None, recorded: Sequence[Mapping[str, Any]] = ()) -> list[str]:
+    out = ["## The package", ""]
+    history = _package_history_table(recorded) if recorded else []
+    if not package:
+        return [*out, "Not measured: `bench/results/package.json` is missing (run `bench/package.py`).", "", *history]
+    installs = package["installs"]
+    plain = installs["plain"]
+    sizes = [
+        [
+            "plain: `pip install replicate-relay` (the app's side)" if name == "plain" else f"`[{name}]`",
+            f"{info['site_packages_bytes'] / 1e6:.1f}",
+            str(info["distributions"]),
+            f"{info['own_bytes'] / 1e3:.0f}",
+        ]
+        for name, info in installs.items()
+    ]
+    largest = ", ".join(
+        f"{name} {size / 1e6:.1f} MB" for name, size in list(plain["by_distribution_bytes"].items())[:6]
+    )
+    imports = package["import_ms"]
+    rounds = package["settings"]["rounds"]
+    times = [
+        [
+            "`python -c pass`: the interpreter's start (baseline, timed from outside)"
+            if label == "python -c pass"
+            else f"`{label}`",
+            f"{row['median_ms']:.0f}",
+            f"{row['min_ms']:.0f}–{row['max_ms']:.0f}",
+        ]
+        for label, row in imports.items()
+    ]
+    spent = ", ".join(
+        f"{row['package']} {row['ms']:.0f} ms ({row['share']:.0%})" for row in package["client_heaviest_imports"]
+    )
+    return [
+        *out,
+        f"The wheel ({package['wheel_bytes'] / 1e3:.0f} kB) installed by `bench/package.py` into fresh virtualenvs "
+        f"without pip, with requirements.txt as constraints (the versions the image runs); {provenance(package)}. "
+        "Size: every file under site-packages, bytecode pip compiled included; replicate-relay's own is what its "
+        "RECORD lists (the whole package: the dev stack and the services' core too, imported only on use).",
+        "",
+        text_table(["install", "site-packages MB", "distributions", "replicate-relay kB"], sizes),
+        "",
+        f"Largest in the plain install: {largest}. google-cloud-pubsub brings the OpenTelemetry SDK (it requires "
+        "it); Relay's own code records through the API only.",
+        "",
+        f"Import time in a fresh interpreter of the plain install, {rounds} rounds interleaved after a warm-up, "
+        "the interpreter's start left out (timed inside it):",
+        "",
+        text_table(["statement", "median ms", "range ms"], times),
+        "",
+        "`import replicate_relay` loads no client: the public names load on first use. Where "
+        f"`from replicate_relay import RelayClient` spends its time (`-X importtime`, one run, by package): {spent}.",
+        "",
+        *history,
+    ]
+
+
 def faults_section(runs: list[dict[str, Any]], images: Mapping[str, str]) -> list[str]:
     out = ["## Fault runs: throughput over time", ""]
     if not runs:
@@ -1236,6 +1354,8 @@ def write_report(results: Path, docs: Path) -> Path:
     e2e = runs["5/s"]
     image = load(results / "image.json")
     api = load(results / "api.json")
+    package = load(results / "package.json")
+    recorded_package_runs = recorded_packages(images_dir / PACKAGE_HISTORY_FILE, package_history_row(package))
     faults = load_faults(results / "faults")
 
     images: dict[str, str] = {}
@@ -1262,6 +1382,7 @@ def write_report(results: Path, docs: Path) -> Path:
         "e2e-1ps": runs["1/s"],
         "image": image,
         "api": api,
+        "package": package,
     }
     quick = [name for name, doc in documents.items() if doc and doc.get("settings", {}).get("quick")]
     lines = [
@@ -1283,7 +1404,7 @@ def write_report(results: Path, docs: Path) -> Path:
         "## Reproduce",
         "",
         "```sh",
-        "make bench                            # receiver, archive, end to end at 1/s and 5/s, image, api; this report",
+        "make bench                            # receiver, archive, e2e at 1/s and 5/s, image, api, package; report",
         "make bench BENCH_FLAGS=--quick        # the same as a smoke check (short runs)",
         ".venv/bin/python bench/receiver.py    # receiver vs no-op: wrk + hey (from Debian if missing)",
         ".venv/bin/python bench/receiver_cpu.py  # the receiver's CPU per webhook in process, OpenTelemetry's share",
@@ -1292,6 +1413,7 @@ def write_report(results: Path, docs: Path) -> Path:
         ".venv/bin/python bench/e2e.py --rate 1 --predictions 60 --results bench/results/e2e-1ps.json  # the 1/s run",
         ".venv/bin/python bench/image.py       # the image's size, each service's start as a container (make image)",
         ".venv/bin/python bench/api.py         # submits per second through the api service, against the library",
+        ".venv/bin/python bench/package.py     # the wheel with no extras: installed size, the client's import time",
         ".venv/bin/python bench/report.py      # this file and docs/bench/*.png from bench/results/",
         "```",
         "",
@@ -1305,6 +1427,7 @@ def write_report(results: Path, docs: Path) -> Path:
         *archive_section(archive),
         *image_section(image),
         *api_section(api),
+        *package_section(package, recorded_package_runs),
         *faults_section(faults, images),
         *soak_section(load(results / "soak.json"), images_dir),
         *limits_section(),
