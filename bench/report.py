@@ -875,24 +875,106 @@ def archive_section(archive: Mapping[str, Any] | None) -> list[str]:
     return [*out, ""]
 
 
-def image_section(image: Mapping[str, Any] | None) -> list[str]:
+IMAGE_HISTORY_FILE = "image-history.json"  # in docs/bench/, committed: every image measurement reported
+
+
+def image_history_row(image: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """bench/image.py's results as a row of the image history: sizes and median starts, and what was measured."""
+    if not image:
+        return None
+    sizes = image["sizes"]
+    return {
+        "generated_at": image.get("generated_at"),
+        "commit": dig(image, "code", "commit"),
+        "modified": dig(image, "code", "modified") or [],
+        "image": dig(image, "host", "image"),
+        "image_id": dig(image, "host", "image_id"),
+        "note": dig(image, "settings", "note"),
+        "quick": bool(dig(image, "settings", "quick")),
+        "cpu_busy_before_run_percent": dig(image, "host", "cpu_busy_before_run_percent"),
+        "image_mb": round(sizes["image_mb"], 1),
+        "venv_mb": round(sizes["venv_mb"], 1),
+        "app_mb": round(sizes["app_mb"], 2),
+        "baseline_s": round(statistics.median(image["baseline_seconds"]), 3),
+        "start_s": {name: round(statistics.median(times), 3) for name, times in image["start_seconds"].items()},
+    }
+
+
+def recorded_images(path: Path, row: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The image history in `path`, with `row` appended (and the file rewritten) unless None or there already."""
+    try:
+        rows: list[dict[str, Any]] = json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
+    except (OSError, json.JSONDecodeError) as error:
+        raise SystemExit(f"cannot read {path} ({error}): restore it with git, then run bench/report.py again") from None
+    if row is not None and row.get("generated_at") not in {recorded.get("generated_at") for recorded in rows}:
+        rows.append(dict(row))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    return rows
+
+
+def _image_history_table(recorded: Sequence[Mapping[str, Any]]) -> list[str]:
+    services = list(dict.fromkeys(name for row in recorded for name in row["start_s"]))
+    rows = []
+    for row in recorded:
+        commit = f"`{row.get('commit') or '?'}`"
+        if row.get("modified"):
+            commit += f" +{len(row['modified'])} modified"
+        starts = [f"{row['start_s'][name]:.2f}" if name in row["start_s"] else "n/a" for name in services]
+        measured = str(row.get("generated_at") or "?")[:16].replace("T", " ")
+        rows.append(
+            [
+                measured + (" (`--quick`)" if row.get("quick") else ""),
+                commit,
+                row.get("note") or "",
+                f"{row['image_mb']:.0f}",
+                f"{row['venv_mb']:.0f}",
+                f"{row['app_mb']:.2f}",
+                f"{row['baseline_s']:.2f}",
+                *starts,
+            ]
+        )
+    headers = ["measured (UTC)", "commit", "what", "image MB", "venv MB", "/app MB", "baseline s", *services]
+    return [
+        "### Every image measured",
+        "",
+        f"Each run of `bench/image.py` this report has seen (docs/bench/{IMAGE_HISTORY_FILE}): sizes, and the median "
+        "seconds from `run` to the first 200 on `/health` for the engine baseline and each service. Start times only "
+        "compare against the baseline of the same row: the machine is shared.",
+        "",
+        text_table(headers, rows),
+        "",
+    ]
+
+
+def image_section(image: Mapping[str, Any] | None, recorded: Sequence[Mapping[str, Any]] = ()) -> list[str]:
     out = ["## The image", ""]
     if not image:
         return [
             *out,
             "Not measured: `bench/results/image.json` is missing (run `make image`, then `bench/image.py`).",
             "",
+            *(_image_history_table(recorded) if recorded else []),
         ]
     sizes = image["sizes"]
     rounds = image["settings"]["rounds"]
     rows = [["engine: `run` of `python -c pass` (baseline)", *_start_figures(image["baseline_seconds"])]]
     rows += [[name, *_start_figures(times)] for name, times in image["start_seconds"].items()]
+    parts = sizes.get("app_parts_mb") or {}
+    contents = (
+        " /app: " + ", ".join(f"{name}/ {size:.2f} MB" for name, size in sorted(parts.items())) + "." if parts else ""
+    )
     return [
         *out,
         f"`{image['host'].get('image')}`, built by `make image` with {image['host'].get('engine')}: "
         f"**{sizes['image_mb']:.0f} MB** ({sizes['venv_mb']:.0f} MB of it the virtualenv, {sizes['app_mb']:.1f} MB "
         "Relay's own code with its bytecode; "
-        f"{provenance(image)}).",
+        f"{provenance(image)}).{contents} The rest is the base image (Debian and its Python).",
+        "",
+        "The image holds only what runs on Cloud Run (issue #22): the services (receiver/, handlers/, api/), the "
+        "modules of replicate_relay/ they import, infra/topology.yaml, and requirements.txt's packages without pip "
+        "or setuptools. The dev stack, the simulator, the trace viewer, the schema tools, the command line and the "
+        "test helpers stay out (.dockerignore); tests/image/test_contents.py fails if any comes back.",
         "",
         f"Each service started alone, {rounds} times, as `make test-image` runs it (read-only root, the image's user, "
         "the environment infra/terraform gives it): seconds from `run` to the first 200 on `/health`. The baseline "
@@ -901,6 +983,7 @@ def image_section(image: Mapping[str, Any] | None) -> list[str]:
         "",
         text_table(["service", "median s", "max s"], rows),
         "",
+        *(_image_history_table(recorded) if recorded else []),
     ]
 
 
@@ -1353,6 +1436,7 @@ def write_report(results: Path, docs: Path) -> Path:
     recorded = recorded_runs(images_dir / HISTORY_FILE, history_row(runs))
     e2e = runs["5/s"]
     image = load(results / "image.json")
+    recorded_image_runs = recorded_images(images_dir / IMAGE_HISTORY_FILE, image_history_row(image))
     api = load(results / "api.json")
     package = load(results / "package.json")
     recorded_package_runs = recorded_packages(images_dir / PACKAGE_HISTORY_FILE, package_history_row(package))
@@ -1425,7 +1509,7 @@ def write_report(results: Path, docs: Path) -> Path:
         *receiver_cpu_section(receiver_cpu),
         *e2e_section(runs, recorded, images),
         *archive_section(archive),
-        *image_section(image),
+        *image_section(image, recorded_image_runs),
         *api_section(api),
         *package_section(package, recorded_package_runs),
         *faults_section(faults, images),
