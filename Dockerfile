@@ -56,7 +56,7 @@ ENV PATH=/opt/venv/bin:$PATH \
 # No FUNCTION_SOURCE / FUNCTION_TARGET default: a service that does not set them stops at start
 # naming the variable, instead of serving another service's function.
 # google-cloud-storage traces its uploads only when the first is set before it is imported; the
-# second stops it fetching bucket metadata for span attributes (see replicate_relay/telemetry.py).
+# second stops it fetching bucket metadata for span attributes (see replicate_relay/telemetry_setup.py).
 USER 10001:10001
 EXPOSE 8080
 # replicate_relay.serve is PID 1 (exec form): functions-framework's app under gunicorn with Cloud Run's settings

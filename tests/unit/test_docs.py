@@ -135,7 +135,7 @@ def test_every_script_and_module_shown_exists(page: Path) -> None:
         for script in re.findall(r"(?:^|\s)(?:\.venv/bin/)?python3? ((?:bench|examples)/[\w/]+\.py)", line):
             if not (ROOT / script).exists():
                 missing.append(script)
-        for module in re.findall(r"python3? -m (relay\.[\w.]+)", line):
+        for module in re.findall(r"python3? -m (replicate_relay\.[\w.]+)", line):
             path = ROOT / module.replace(".", "/")
             if not (path.with_suffix(".py").exists() or (path / "__main__.py").exists()):
                 missing.append(module)
