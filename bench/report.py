@@ -571,17 +571,26 @@ def _identity(row: Mapping[str, Any]) -> tuple[Any, ...]:
     return tuple(dig(row, "runs", run.name, "generated_at") for run in TARGET_RUNS)
 
 
-def recorded_runs(path: Path, row: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    """The history in `path`, with `row` appended to it (and the file rewritten) unless None or there already."""
+def recorded_runs(
+    path: Path, row: Mapping[str, Any] | None, *, identity: Callable[[Mapping[str, Any]], Any] | None = None
+) -> list[dict[str, Any]]:
+    """The history in `path`, with `row` appended to it (and the file rewritten) unless None or there
+    already: a row whose `identity` (the target runs' pair by default) is recorded is not added again."""
+    identity = identity or _identity
     try:
         rows: list[dict[str, Any]] = json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
     except (OSError, json.JSONDecodeError) as error:
         raise SystemExit(f"cannot read {path} ({error}): restore it with git, then run bench/report.py again") from None
-    if row is not None and _identity(row) not in {_identity(recorded) for recorded in rows}:
+    if row is not None and identity(row) not in {identity(recorded) for recorded in rows}:
         rows.append(dict(row))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
     return rows
+
+
+def by_generated_at(row: Mapping[str, Any]) -> Any:
+    """One run of one benchmark (the image's, the package's) is one row of its history."""
+    return row.get("generated_at")
 
 
 def _when(runs: Mapping[str, Mapping[str, Any]]) -> str:
@@ -900,19 +909,6 @@ def image_history_row(image: Mapping[str, Any] | None) -> dict[str, Any] | None:
     }
 
 
-def recorded_images(path: Path, row: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    """The image history in `path`, with `row` appended (and the file rewritten) unless None or there already."""
-    try:
-        rows: list[dict[str, Any]] = json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
-    except (OSError, json.JSONDecodeError) as error:
-        raise SystemExit(f"cannot read {path} ({error}): restore it with git, then run bench/report.py again") from None
-    if row is not None and row.get("generated_at") not in {recorded.get("generated_at") for recorded in rows}:
-        rows.append(dict(row))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
-    return rows
-
-
 def _image_history_table(recorded: Sequence[Mapping[str, Any]]) -> list[str]:
     services = list(dict.fromkeys(name for row in recorded for name in row["start_s"]))
     rows = []
@@ -1032,19 +1028,6 @@ def package_history_row(package: Mapping[str, Any] | None) -> dict[str, Any] | N
         "own_kb": round(installs["plain"]["own_bytes"] / 1e3),
         "import_ms": {label: round(package["import_ms"][label]["median_ms"], 1) for label in PACKAGE_IMPORTS},
     }
-
-
-def recorded_packages(path: Path, row: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    """The package history in `path`, with `row` appended (and the file rewritten) unless None or there already."""
-    try:
-        rows: list[dict[str, Any]] = json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
-    except (OSError, json.JSONDecodeError) as error:
-        raise SystemExit(f"cannot read {path} ({error}): restore it with git, then run bench/report.py again") from None
-    if row is not None and row.get("generated_at") not in {recorded.get("generated_at") for recorded in rows}:
-        rows.append(dict(row))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
-    return rows
 
 
 def _mb(size: float | None) -> str:
@@ -1436,10 +1419,14 @@ def write_report(results: Path, docs: Path) -> Path:
     recorded = recorded_runs(images_dir / HISTORY_FILE, history_row(runs))
     e2e = runs["5/s"]
     image = load(results / "image.json")
-    recorded_image_runs = recorded_images(images_dir / IMAGE_HISTORY_FILE, image_history_row(image))
+    recorded_image_runs = recorded_runs(
+        images_dir / IMAGE_HISTORY_FILE, image_history_row(image), identity=by_generated_at
+    )
     api = load(results / "api.json")
     package = load(results / "package.json")
-    recorded_package_runs = recorded_packages(images_dir / PACKAGE_HISTORY_FILE, package_history_row(package))
+    recorded_package_runs = recorded_runs(
+        images_dir / PACKAGE_HISTORY_FILE, package_history_row(package), identity=by_generated_at
+    )
     faults = load_faults(results / "faults")
 
     images: dict[str, str] = {}

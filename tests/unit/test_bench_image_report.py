@@ -53,9 +53,11 @@ def test_the_history_keeps_each_run_once_and_the_section_shows_before_and_after(
     history = tmp_path / "image-history.json"
     before = image_results(generated_at="2026-12-05T00:00:00+00:00", commit="1111111", image_mb=372.3, start=0.6)
     after = image_results(generated_at="2026-12-06T00:00:00+00:00", commit="2222222", image_mb=348.0, start=0.62)
-    report.recorded_images(history, report.image_history_row(before))
-    report.recorded_images(history, report.image_history_row(after))
-    recorded = report.recorded_images(history, report.image_history_row(after))  # the same run again
+    report.recorded_runs(history, report.image_history_row(before), identity=report.by_generated_at)
+    report.recorded_runs(history, report.image_history_row(after), identity=report.by_generated_at)
+    recorded = report.recorded_runs(
+        history, report.image_history_row(after), identity=report.by_generated_at
+    )  # the same run again
     assert [row["commit"] for row in json.loads(history.read_text())] == ["1111111", "2222222"]
 
     text = "\n".join(report.image_section(after, recorded))

@@ -66,10 +66,10 @@ def test_without_results_the_section_says_so_and_keeps_the_recorded_measurements
 def test_the_history_records_each_measurement_once(tmp_path: Path) -> None:
     path = tmp_path / "package-history.json"
     row = report.package_history_row(results())
-    assert len(report.recorded_packages(path, row)) == 1
-    assert len(report.recorded_packages(path, row)) == 1  # the same run seen again
+    assert len(report.recorded_runs(path, row, identity=report.by_generated_at)) == 1
+    assert len(report.recorded_runs(path, row, identity=report.by_generated_at)) == 1  # the same run seen again
     later = report.package_history_row(results(generated_at="2026-12-07T00:00:00+00:00"))
-    assert len(report.recorded_packages(path, later)) == 2
+    assert len(report.recorded_runs(path, later, identity=report.by_generated_at)) == 2
     assert json.loads(path.read_text())[0]["import_ms"]["from replicate_relay import RelayClient"] == 400.0
 
 
