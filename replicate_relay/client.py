@@ -184,7 +184,7 @@ class RelayClient:
                     if last is not None:
                         raise JobGone(f"job {job_id} was deleted while watched (last seen {last.state})")
                     continue
-                job = self._store.parse(data)
+                job = Job.from_document(data)
                 if last is not None and job.state == last.state:
                     continue  # progress within a state (logs, outputs): not a state change
                 last = job

@@ -33,7 +33,6 @@ from replicate_relay.jobs import (
     left_to_archive,
     needs_archive,
     newly_final,
-    output_value,
 )
 from replicate_relay.values import VALUE_FIELDS, StoredValue, Unstorable, ValueStore, dumps, object_name, place
 
@@ -475,10 +474,6 @@ class JobStore:
 
         return self._jobs.document(job_id).on_snapshot(on_snapshot)
 
-    def parse(self, data: dict[str, Any]) -> Job:
-        """A job from a document's data as a listener or a query returns it."""
-        return Job.from_document(data)
-
     def find_by_prediction(self, prediction_id: str) -> Job | None:
         mapping = self._client.collection(PREDICTIONS).document(prediction_id).get()
         return self.get(mapping.get("job_id")) if mapping.exists else self.get(prediction_id)
@@ -696,8 +691,9 @@ class JobStore:
         else:  # in the document, or linked as read
             too_large = "output" in stored and job.output_value_too_large
         updates: dict[str, Any] = dict.fromkeys([*left_out, *stored])
-        output = None if "output" in updates else job.output
-        updates.update(stored_values=stored, output_value_too_large=too_large, output_value=output_value(output))
+        if "output" in updates:  # not in the document, so neither is its plain value
+            updates["output_value"] = None
+        updates.update(stored_values=stored, output_value_too_large=too_large)
         seen = job.model_copy(update=updates)
         return seen.document(placement.inline), seen
 
