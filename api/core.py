@@ -22,6 +22,7 @@ from api.listing import DEFAULT_LIMIT, MAX_LIMIT, Cursor, InvalidCursor, list_jo
 from api.models import CreateJob
 from replicate_relay.jobs import Job, JobState
 from replicate_relay.jobstore import JobStore
+from replicate_relay.metadata import reserved_by_firestore
 from replicate_relay.replicate_api import ModelRef, ReplicateAPIError
 from replicate_relay.submit import SubmitFailed, Submitter
 
@@ -29,7 +30,6 @@ JOBS_PATH = "/v1/jobs"
 # Firestore document ids: no "/", not "." or "..", at most 1,500 bytes. Relay's ids are UUID hex
 # or Replicate's prediction ids; anything else cannot name a job, so it is a 404 without a read.
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")
-_RESERVED_ID = re.compile(r"__.*__", re.DOTALL)
 _JSON_TYPE = re.compile(r"^application/(?:[\w.+-]+\+)?json$")
 _KEY = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII without spaces, as HTTP header tokens go
 
@@ -203,7 +203,7 @@ class JobsApi:
 def _can_name_a_job(job_id: str) -> bool:
     """Whether Firestore would accept `job_id` as a document id: not "." or "..", nor of its reserved
     form `__.*__` (a read of which is refused with InvalidArgument)."""
-    return bool(_JOB_ID.match(job_id)) and job_id not in {".", ".."} and not _RESERVED_ID.fullmatch(job_id)
+    return bool(_JOB_ID.match(job_id)) and job_id not in {".", ".."} and not reserved_by_firestore(job_id)
 
 
 def _state(value: str | None) -> JobState | None:

@@ -29,7 +29,13 @@ MAX_VALUE_CHARS = 1024
 # Firestore's reserved field names, `__.*__`: beginning and ending with two underscores, whatever
 # is between them (newlines too). As an ECMA-262 pattern for JSON Schema: `.` would not match "\n".
 RESERVED_KEY_PATTERN = r"^__[\s\S]*__$"
-_RESERVED_KEY = re.compile(r"__.*__", re.DOTALL)
+_RESERVED_NAME = re.compile(r"__.*__", re.DOTALL)
+
+
+def reserved_by_firestore(name: str) -> bool:
+    """Whether Firestore reserves `name` (`__.*__`): as a field name, and as a document id too, whose
+    read it refuses with InvalidArgument."""
+    return _RESERVED_NAME.fullmatch(name) is not None
 
 
 def key_problem(key: object) -> str | None:
@@ -40,7 +46,7 @@ def key_problem(key: object) -> str | None:
         return "must not be empty"
     if len(key) > MAX_KEY_CHARS:
         return f"must be at most {MAX_KEY_CHARS} characters, not {len(key)}"
-    if _RESERVED_KEY.fullmatch(key):
+    if reserved_by_firestore(key):
         return "must not begin and end with __ (Firestore reserves such names)"
     return _text_problem(key)
 
