@@ -77,12 +77,7 @@ def archive(event: PredictionEvent, *, store: JobStore, archiver: Archiver) -> A
                 outputs.append(failed.to_document())
     except TRANSIENT_ERRORS as error:
         raise TransientError("storage_unavailable", _describe(error)) from error
-    try:
-        # The job store: Firestore (and the bucket for a value too large for the document, as in job-status).
-        applied = store.finish_archive(event, outputs, failure, located=located)
-    except TRANSIENT_ERRORS as error:
-        raise TransientError("firestore_unavailable", _describe(error)) from error
-    return ArchiveResult(applied.outcome.value, applied, outputs, failure)
+    return _finish(store, event, outputs, failure, located)
 
 
 def _copy(copy: Callable[..., ArchivedObject], *args: Any) -> Future[ArchivedObject]:
@@ -93,11 +88,23 @@ def _copy(copy: Callable[..., ArchivedObject], *args: Any) -> Future[ArchivedObj
 def _expired(event: PredictionEvent, store: JobStore) -> ArchiveResult:
     """A succeeded prediction whose outputs Replicate had already removed: nothing to fetch, the job fails."""
     failure = Failure("output_expired", "Replicate had removed the outputs (data_removed) before Relay read them")
+    return _finish(store, event, [], failure, None)
+
+
+def _finish(
+    store: JobStore,
+    event: PredictionEvent,
+    outputs: list[dict[str, Any]],
+    failure: Failure | None,
+    located: Located | None,
+) -> ArchiveResult:
+    """Make the job final; the job store being unavailable (Firestore, and the bucket for a value
+    too large for the document, as in job-status) is a TransientError."""
     try:
-        applied = store.finish_archive(event, [], failure)
+        applied = store.finish_archive(event, outputs, failure, located=located)
     except TRANSIENT_ERRORS as error:
         raise TransientError("firestore_unavailable", _describe(error)) from error
-    return ArchiveResult(applied.outcome.value, applied, [], failure)
+    return ArchiveResult(applied.outcome.value, applied, outputs, failure)
 
 
 def _permanent(error: DownloadError | ArchiveConflict) -> tuple[str, str]:
