@@ -237,6 +237,13 @@ class LocalStack:
         for process in self.emulators.values():
             process.wait_ready(self.config.start_timeout)
 
+    def start_emulator(self, name: str) -> ManagedProcess:
+        """Start one emulator alone ("pubsub", "firestore", "storage"), for a benchmark that needs no more."""
+        self.emulators[name] = self._emulator(name)
+        self.emulators[name].start()
+        self.emulators[name].wait_ready(self.config.start_timeout)
+        return self.emulators[name]
+
     def restart_emulator(self, name: str) -> None:
         """Stop and start one emulator on the same port (its data is lost)."""
         self.emulators[name].stop()
