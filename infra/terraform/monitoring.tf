@@ -105,164 +105,72 @@ resource "google_logging_metric" "jobs_finished" {
 # ---- dashboard ----
 
 locals {
-  # Each chart: title, y-axis label, plot type, and its data sets, whose filter and aggregation
-  # are written exactly as the Dashboards API takes them (camelCase JSON fields). Nothing is sent
-  # that the API leaves out of what it returns (empty strings and lists, zero positions): the
-  # provider would show it as a change on every plan.
-  dashboard_charts = [
-    {
-      title   = "Webhooks by outcome"
-      y_label = "webhooks/s"
-      plot    = "STACKED_AREA"
-      data_sets = [{
-        legend      = ""
-        filter      = "metric.type = \"workload.googleapis.com/relay.webhooks\" AND ${local.otel_resource}"
-        aggregation = { alignmentPeriod = "60s", perSeriesAligner = "ALIGN_RATE", crossSeriesReducer = "REDUCE_SUM", groupByFields = ["metric.labels.outcome"] }
-      }]
-    },
-    {
-      title   = "Webhook latency (all outcomes)"
-      y_label = "seconds"
-      plot    = "LINE"
-      data_sets = [
-        {
-          legend      = "p50"
-          filter      = "metric.type = \"workload.googleapis.com/relay.webhook.duration\" AND ${local.otel_resource}"
-          aggregation = { alignmentPeriod = "60s", perSeriesAligner = "ALIGN_DELTA", crossSeriesReducer = "REDUCE_PERCENTILE_50" }
-        },
-        {
-          legend      = "p99"
-          filter      = "metric.type = \"workload.googleapis.com/relay.webhook.duration\" AND ${local.otel_resource}"
-          aggregation = { alignmentPeriod = "60s", perSeriesAligner = "ALIGN_DELTA", crossSeriesReducer = "REDUCE_PERCENTILE_99" }
-        },
-      ]
-    },
-    {
-      title   = "Verification failures by reason"
-      y_label = "webhooks/s"
-      plot    = "STACKED_AREA"
-      data_sets = [{
-        legend      = ""
-        filter      = "metric.type = \"workload.googleapis.com/relay.webhook.verification_failures\" AND ${local.otel_resource}"
-        aggregation = { alignmentPeriod = "60s", perSeriesAligner = "ALIGN_RATE", crossSeriesReducer = "REDUCE_SUM", groupByFields = ["metric.labels.reason"] }
-      }]
-    },
-    {
-      title   = "Publish latency p99 by topic and outcome"
-      y_label = "seconds"
-      plot    = "LINE"
-      data_sets = [{
-        legend      = ""
-        filter      = "metric.type = \"workload.googleapis.com/relay.publish.duration\" AND ${local.otel_resource}"
-        aggregation = { alignmentPeriod = "60s", perSeriesAligner = "ALIGN_DELTA", crossSeriesReducer = "REDUCE_PERCENTILE_99", groupByFields = ["metric.labels.topic", "metric.labels.outcome"] }
-      }]
-    },
-    {
-      title   = "Handler latency p95 by handler"
-      y_label = "seconds"
-      plot    = "LINE"
-      data_sets = [{
-        legend      = ""
-        filter      = "metric.type = \"workload.googleapis.com/relay.handler.duration\" AND ${local.otel_resource}"
-        aggregation = { alignmentPeriod = "60s", perSeriesAligner = "ALIGN_DELTA", crossSeriesReducer = "REDUCE_PERCENTILE_95", groupByFields = ["metric.labels.handler"] }
-      }]
-    },
-    {
-      title   = "Oldest unacknowledged message age per subscription"
-      y_label = "seconds"
-      plot    = "LINE"
-      data_sets = [{
-        legend      = ""
-        filter      = "metric.type = \"pubsub.googleapis.com/subscription/oldest_unacked_message_age\" AND ${local.push_subscriptions}"
-        aggregation = { alignmentPeriod = "60s", perSeriesAligner = "ALIGN_MAX", crossSeriesReducer = "REDUCE_MAX", groupByFields = ["resource.labels.subscription_id"] }
-      }]
-    },
-    {
-      title   = "Push backlog (undelivered messages) per subscription"
-      y_label = "messages"
-      plot    = "LINE"
-      data_sets = [{
-        legend      = ""
-        filter      = "metric.type = \"pubsub.googleapis.com/subscription/num_undelivered_messages\" AND ${local.push_subscriptions}"
-        aggregation = { alignmentPeriod = "60s", perSeriesAligner = "ALIGN_MAX", crossSeriesReducer = "REDUCE_SUM", groupByFields = ["resource.labels.subscription_id"] }
-      }]
-    },
-    {
-      title   = "Dead-letter backlog (relay replay --from <subscription>)"
-      y_label = "messages"
-      plot    = "STACKED_AREA"
-      data_sets = [{
-        legend      = ""
-        filter      = "metric.type = \"pubsub.googleapis.com/subscription/num_undelivered_messages\" AND ${local.dead_letter_subscriptions}"
-        aggregation = { alignmentPeriod = "60s", perSeriesAligner = "ALIGN_MAX", crossSeriesReducer = "REDUCE_SUM", groupByFields = ["resource.labels.subscription_id"] }
-      }]
-    },
-    {
-      title   = "Messages dead-lettered (Pub/Sub by subscription, Relay by handler)"
-      y_label = "messages per 5 min"
-      plot    = "STACKED_BAR"
-      data_sets = [
-        {
-          legend      = ""
-          filter      = "metric.type = \"pubsub.googleapis.com/subscription/dead_letter_message_count\" AND ${local.push_subscriptions}"
-          aggregation = { alignmentPeriod = "300s", perSeriesAligner = "ALIGN_DELTA", crossSeriesReducer = "REDUCE_SUM", groupByFields = ["resource.labels.subscription_id"] }
-        },
-        {
-          legend      = ""
-          filter      = "metric.type = \"workload.googleapis.com/relay.messages.dead_lettered\" AND ${local.otel_resource}"
-          aggregation = { alignmentPeriod = "300s", perSeriesAligner = "ALIGN_DELTA", crossSeriesReducer = "REDUCE_SUM", groupByFields = ["metric.labels.handler"] }
-        },
-      ]
-    },
-    {
-      title   = "Reconciler recoveries (final webhooks that never came)"
-      y_label = "jobs per 5 min"
-      plot    = "STACKED_BAR"
-      data_sets = [{
-        legend      = "recovered"
-        filter      = "metric.type = \"workload.googleapis.com/relay.reconciler.recovered\" AND ${local.otel_resource}"
-        aggregation = { alignmentPeriod = "300s", perSeriesAligner = "ALIGN_DELTA", crossSeriesReducer = "REDUCE_SUM" }
-      }]
-    },
-    {
-      title   = "End-to-end latency (Replicate completed → job final)"
-      y_label = "seconds"
-      plot    = "LINE"
-      data_sets = [
-        {
-          legend      = "p50, all states"
-          filter      = "metric.type = \"workload.googleapis.com/relay.job.end_to_end_latency\" AND ${local.otel_resource}"
-          aggregation = { alignmentPeriod = "300s", perSeriesAligner = "ALIGN_DELTA", crossSeriesReducer = "REDUCE_PERCENTILE_50" }
-        },
-        {
-          legend      = ""
-          filter      = "metric.type = \"workload.googleapis.com/relay.job.end_to_end_latency\" AND ${local.otel_resource}"
-          aggregation = { alignmentPeriod = "300s", perSeriesAligner = "ALIGN_DELTA", crossSeriesReducer = "REDUCE_PERCENTILE_95", groupByFields = ["metric.labels.state"] }
-        },
-      ]
-    },
-    {
-      title   = "Bytes archived"
-      y_label = "bytes/s"
-      plot    = "STACKED_AREA"
-      data_sets = [{
-        legend      = "archived"
-        filter      = "metric.type = \"workload.googleapis.com/relay.archive.bytes\" AND ${local.otel_resource}"
-        aggregation = { alignmentPeriod = "60s", perSeriesAligner = "ALIGN_RATE", crossSeriesReducer = "REDUCE_SUM" }
-      }]
-    },
-    {
-      title   = "Jobs finished by final state"
-      y_label = "jobs per 5 min"
-      plot    = "STACKED_BAR"
-      data_sets = [{
-        legend      = ""
-        filter      = "metric.type = \"logging.googleapis.com/user/${google_logging_metric.jobs_finished.name}\" AND resource.type = \"cloud_run_revision\""
-        aggregation = { alignmentPeriod = "300s", perSeriesAligner = "ALIGN_DELTA", crossSeriesReducer = "REDUCE_SUM", groupByFields = ["metric.labels.state"] }
-      }]
-    },
+  # Each chart: title, y-axis label, plot type, then one line per data set: the metric type, the
+  # resources it is read from (`on`, by default the services' own: local.otel_resource), the
+  # alignment period, per-series aligner and cross-series reducer, and optionally the fields it is
+  # grouped by and a legend.
+  charts = [
+    { title = "Webhooks by outcome", y_label = "webhooks/s", plot = "STACKED_AREA", data_sets = [
+      { metric = "workload.googleapis.com/relay.webhooks", period = "60s", aligner = "ALIGN_RATE", reducer = "REDUCE_SUM", by = ["metric.labels.outcome"] },
+    ] },
+    { title = "Webhook latency (all outcomes)", y_label = "seconds", plot = "LINE", data_sets = [
+      { metric = "workload.googleapis.com/relay.webhook.duration", period = "60s", aligner = "ALIGN_DELTA", reducer = "REDUCE_PERCENTILE_50", legend = "p50" },
+      { metric = "workload.googleapis.com/relay.webhook.duration", period = "60s", aligner = "ALIGN_DELTA", reducer = "REDUCE_PERCENTILE_99", legend = "p99" },
+    ] },
+    { title = "Verification failures by reason", y_label = "webhooks/s", plot = "STACKED_AREA", data_sets = [
+      { metric = "workload.googleapis.com/relay.webhook.verification_failures", period = "60s", aligner = "ALIGN_RATE", reducer = "REDUCE_SUM", by = ["metric.labels.reason"] },
+    ] },
+    { title = "Publish latency p99 by topic and outcome", y_label = "seconds", plot = "LINE", data_sets = [
+      { metric = "workload.googleapis.com/relay.publish.duration", period = "60s", aligner = "ALIGN_DELTA", reducer = "REDUCE_PERCENTILE_99", by = ["metric.labels.topic", "metric.labels.outcome"] },
+    ] },
+    { title = "Handler latency p95 by handler", y_label = "seconds", plot = "LINE", data_sets = [
+      { metric = "workload.googleapis.com/relay.handler.duration", period = "60s", aligner = "ALIGN_DELTA", reducer = "REDUCE_PERCENTILE_95", by = ["metric.labels.handler"] },
+    ] },
+    { title = "Oldest unacknowledged message age per subscription", y_label = "seconds", plot = "LINE", data_sets = [
+      { metric = "pubsub.googleapis.com/subscription/oldest_unacked_message_age", on = local.push_subscriptions, period = "60s", aligner = "ALIGN_MAX", reducer = "REDUCE_MAX", by = ["resource.labels.subscription_id"] },
+    ] },
+    { title = "Push backlog (undelivered messages) per subscription", y_label = "messages", plot = "LINE", data_sets = [
+      { metric = "pubsub.googleapis.com/subscription/num_undelivered_messages", on = local.push_subscriptions, period = "60s", aligner = "ALIGN_MAX", reducer = "REDUCE_SUM", by = ["resource.labels.subscription_id"] },
+    ] },
+    { title = "Dead-letter backlog (relay replay --from <subscription>)", y_label = "messages", plot = "STACKED_AREA", data_sets = [
+      { metric = "pubsub.googleapis.com/subscription/num_undelivered_messages", on = local.dead_letter_subscriptions, period = "60s", aligner = "ALIGN_MAX", reducer = "REDUCE_SUM", by = ["resource.labels.subscription_id"] },
+    ] },
+    { title = "Messages dead-lettered (Pub/Sub by subscription, Relay by handler)", y_label = "messages per 5 min", plot = "STACKED_BAR", data_sets = [
+      { metric = "pubsub.googleapis.com/subscription/dead_letter_message_count", on = local.push_subscriptions, period = "300s", aligner = "ALIGN_DELTA", reducer = "REDUCE_SUM", by = ["resource.labels.subscription_id"] },
+      { metric = "workload.googleapis.com/relay.messages.dead_lettered", period = "300s", aligner = "ALIGN_DELTA", reducer = "REDUCE_SUM", by = ["metric.labels.handler"] },
+    ] },
+    { title = "Reconciler recoveries (final webhooks that never came)", y_label = "jobs per 5 min", plot = "STACKED_BAR", data_sets = [
+      { metric = "workload.googleapis.com/relay.reconciler.recovered", period = "300s", aligner = "ALIGN_DELTA", reducer = "REDUCE_SUM", legend = "recovered" },
+    ] },
+    { title = "End-to-end latency (Replicate completed → job final)", y_label = "seconds", plot = "LINE", data_sets = [
+      { metric = "workload.googleapis.com/relay.job.end_to_end_latency", period = "300s", aligner = "ALIGN_DELTA", reducer = "REDUCE_PERCENTILE_50", legend = "p50, all states" },
+      { metric = "workload.googleapis.com/relay.job.end_to_end_latency", period = "300s", aligner = "ALIGN_DELTA", reducer = "REDUCE_PERCENTILE_95", by = ["metric.labels.state"] },
+    ] },
+    { title = "Bytes archived", y_label = "bytes/s", plot = "STACKED_AREA", data_sets = [
+      { metric = "workload.googleapis.com/relay.archive.bytes", period = "60s", aligner = "ALIGN_RATE", reducer = "REDUCE_SUM", legend = "archived" },
+    ] },
+    { title = "Jobs finished by final state", y_label = "jobs per 5 min", plot = "STACKED_BAR", data_sets = [
+      { metric = "logging.googleapis.com/user/${google_logging_metric.jobs_finished.name}", on = "resource.type = \"cloud_run_revision\"", period = "300s", aligner = "ALIGN_DELTA", reducer = "REDUCE_SUM", by = ["metric.labels.state"] },
+    ] },
   ]
 
+  # The charts with each data set's filter and aggregation written exactly as the Dashboards API
+  # takes them (camelCase JSON fields). Nothing is sent that the API leaves out of what it returns
+  # (empty strings and lists, zero positions): the provider would show it as a change on every plan.
+  dashboard_charts = [
+    for chart in local.charts : merge(chart, {
+      data_sets = [
+        for data_set in chart.data_sets : {
+          legend = lookup(data_set, "legend", "")
+          filter = "metric.type = \"${data_set.metric}\" AND ${lookup(data_set, "on", local.otel_resource)}"
+          aggregation = merge(
+            { alignmentPeriod = data_set.period, perSeriesAligner = data_set.aligner, crossSeriesReducer = data_set.reducer },
+            contains(keys(data_set), "by") ? { groupByFields = data_set.by } : {},
+          )
+        }
+      ]
+    })
+  ]
   jobs_by_state_note = <<-EOT
     **Jobs by state, right now,** are in Firestore, not in Cloud Monitoring (the services emit no
     gauge of them: counting every state every minute is a query per state, for a number only an

@@ -1,4 +1,4 @@
-"""Offline checks of the deployment layer (issue #6): Terraform, cloudbuild.yaml and the Dockerfile.
+"""Offline checks of the deployment layer: Terraform, cloudbuild.yaml and the Dockerfile.
 
 Nothing here reaches Google: Terraform is parsed with python-hcl2, not planned. The checks hold
 production to the local topology (infra/topology.yaml) and to the security invariants.
@@ -23,6 +23,8 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from replicate_relay import telemetry, telemetry_setup
+from replicate_relay.devstack.hcl_eval import load_blocks
+from replicate_relay.devstack.terraform_env import _Module, local_computed  # _Module: to evaluate a local
 
 ROOT = Path(__file__).resolve().parents[2]
 TERRAFORM = ROOT / "infra" / "terraform"
@@ -315,7 +317,7 @@ def test_no_iam_grant_gives_owner_or_editor() -> None:
         assert not set(re.findall(r"roles/[a-zA-Z.]+", path.read_text())) & forbidden, path.name
 
 
-# ---- the status page (issue #8): a private, read-only Cloud Run service ----
+# ---- the status page: a private, read-only Cloud Run service ----
 
 STATUS_PAGE_MEMBER = '${google_service_account.service["status-page"].member}'
 WRITE_ROLES = {
@@ -551,8 +553,15 @@ PUBSUB_KINDS = {
 }
 
 
+@functools.cache
+def _evaluated_local(name: str) -> Any:
+    """A local value as Terraform computes it, by replicate_relay.devstack's evaluator (no heredocs)."""
+    blocks = load_blocks(TERRAFORM)
+    return _Module(TERRAFORM, blocks, {"project_id": "p"}, local_computed("p")).local(name)
+
+
 def _charts() -> list[dict[str, Any]]:
-    charts = _locals(MONITORING)["dashboard_charts"]
+    charts = _evaluated_local("dashboard_charts")
     assert isinstance(charts, list)
     assert charts, "the dashboard has no charts"
     return charts
@@ -582,7 +591,13 @@ def _queries() -> list[tuple[str, str, dict[str, Any]]]:
             "crossSeriesReducer": _block(_threshold("metric"), "aggregations")["cross_series_reducer"],
             "groupByFields": alert["group_by"],
         }
-        queries.append((f"alert {name}", alert["filter"], aggregation))
+        queries.append(
+            (
+                f"alert {name}",
+                alert["filter"].replace("${local.otel_resource}", _evaluated_local("otel_resource")),
+                aggregation,
+            )
+        )
     for policy in ("dead_lettered", "unacked_age"):
         condition = _threshold(policy)
         aggregation = _block(condition, "aggregations")
@@ -601,10 +616,15 @@ def _metric_type(filter_: str) -> str:
 
 
 def _resolve_log_metric(metric_type: str) -> str:
-    """logging.googleapis.com/user/${google_logging_metric.X.name} -> .../user/<X's name>."""
-    match = re.fullmatch(r"logging\.googleapis\.com/user/\$\{google_logging_metric\.(\w+)\.name\}", metric_type)
-    assert match, f"log-based metrics are referenced through their resource: {metric_type}"
-    return _resource("google_logging_metric", match.group(1))["name"]
+    """logging.googleapis.com/user/<name>: the name of a google_logging_metric declared here.
+
+    Alerts are read as written (`${google_logging_metric.X.name}`), charts as evaluated."""
+    declared = {name: body["name"] for rtype, name, body in _resources() if rtype == "google_logging_metric"}
+    name = metric_type.removeprefix("logging.googleapis.com/user/")
+    if match := re.fullmatch(r"\$\{google_logging_metric\.(\w+)\.name\}", name):
+        return declared[match.group(1)]
+    assert name in declared.values(), f"not a log-based metric declared in monitoring.tf: {metric_type}"
+    return name
 
 
 def test_the_dashboard_is_json_built_with_jsonencode_from_hcl() -> None:
@@ -662,7 +682,7 @@ def test_dashboard_and_alerts_name_only_metrics_relay_emits_with_their_labels() 
     for where, filter_, aggregation in _queries():
         labels = set(re.findall(r"metric\.labels?\.(\w+)", filter_ + " ".join(aggregation.get("groupByFields", []))))
         for name in WORKLOAD_METRIC.findall(filter_):
-            assert "${local.otel_resource}" in filter_, f"{where}: {name} without the exporter's resource"
+            assert _evaluated_local("otel_resource") in filter_, f"{where}: {name} without the exporter's resource"
             assert labels <= RELAY_METRICS[name], f"{where}: {name} has no label {labels - RELAY_METRICS[name]}"
 
 
@@ -759,7 +779,7 @@ def test_every_alert_policy_has_documentation_saying_what_to_do() -> None:
         assert command in everything, f"no alert tells the operator about `{command}`"
 
 
-def test_the_alerts_issue_6_asks_for_exist_with_configurable_thresholds() -> None:
+def test_the_alerts_exist_with_configurable_thresholds() -> None:
     assert _resource("google_monitoring_alert_policy", "dead_lettered")["for_each"] == "${local.dead_letters}"
     condition = _threshold("dead_lettered")
     assert "subscription/num_undelivered_messages" in condition["filter"]
@@ -942,7 +962,7 @@ def test_each_app_may_consume_its_own_subscription_only_and_never_publicly() -> 
         assert not pattern.search(member), member
 
 
-# ---- job-events pushed to apps (issue #17) ----
+# ---- job-events pushed to apps ----
 
 
 def _validation_pattern(variable: str, needle: str) -> re.Pattern[str]:
