@@ -24,14 +24,14 @@ if __name__ == "__main__" and not __package__:
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import httpx
-from google.auth.exceptions import DefaultCredentialsError
 from replicate.client import Client as ReplicateClient
 
 from examples.restore_photos.photos import Photo, UsageError, find_photos
 from examples.restore_photos.polling_worker import DEFAULT_INTERVAL_SECONDS, connect, poll
 from examples.restore_photos.report import PhotoResult, table
+from examples.restore_photos.startup import STARTUP_ERRORS, why_not
 from examples.restore_photos.worker import DEFAULT_SUBSCRIPTION, project_id, restore
-from replicate_relay import ConfigError, RelayClient
+from replicate_relay import RelayClient
 
 
 @dataclass(frozen=True)
@@ -160,11 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 duration=args.duration,
                 subscription=args.subscription,
             )
-    except (UsageError, ConfigError) as error:
-        print(f"compare.py: {error}", file=sys.stderr)
-        return 2
-    except DefaultCredentialsError as error:
-        print(f"compare.py: no Google credentials ({error})", file=sys.stderr)
+    except STARTUP_ERRORS as error:
+        print(why_not("compare.py", error), file=sys.stderr)
         return 2
     print(render(ways, interval=args.interval, duration=args.duration))
     return 0 if all(result.succeeded for way in ways for result in way.results) else 1

@@ -26,16 +26,7 @@ from replicate.client import Client as ReplicateClient
 from replicate.exceptions import ReplicateError
 from replicate.prediction import Prediction
 
-from examples.restore_photos.photos import (
-    MODEL,
-    Photo,
-    PhotoTooLarge,
-    UsageError,
-    find_photos,
-    output_names,
-    output_path,
-    prepare_out_dir,
-)
+from examples.restore_photos import photos as album
 from examples.restore_photos.report import PhotoResult, Progress, summary
 
 FINAL = frozenset({"succeeded", "failed", "canceled", "aborted"})
@@ -44,7 +35,7 @@ DEFAULT_INTERVAL_SECONDS = 30.0  # what production used
 
 def poll(
     client: ReplicateClient,
-    photos: Sequence[Photo],
+    photos: Sequence[album.Photo],
     out_dir: Path,
     *,
     interval: float = DEFAULT_INTERVAL_SECONDS,
@@ -53,14 +44,14 @@ def poll(
     progress_stream: TextIO | None = None,
 ) -> list[PhotoResult]:
     """The old loop: create all, then every `interval` s GET each unfinished one; download what succeeded."""
-    stems = output_names(photos)
+    stems = album.output_names(photos)
     progress = Progress(len(photos), f"polling every {interval:g} s", progress_stream)
     results: dict[str, PhotoResult] = {}
-    running: dict[str, tuple[Photo, float]] = {}
+    running: dict[str, tuple[album.Photo, float]] = {}
     for photo in photos:
         try:
-            created = client.predictions.create(model=MODEL, input=photo.inputs(extra_inputs))  # no webhook
-        except (PhotoTooLarge, OSError, ReplicateError) as error:
+            created = client.predictions.create(model=album.MODEL, input=photo.inputs(extra_inputs))  # no webhook
+        except (album.PhotoTooLarge, OSError, ReplicateError) as error:
             results[photo.name] = PhotoResult(photo.name, "not submitted", reason=str(error))
             progress.advance(f"{photo.name} not submitted")
             continue
@@ -95,7 +86,7 @@ def _ended(prediction: Prediction, photo: str, submitted_at: float, stem: Path) 
         # Straight from Replicate's URLs, which it deletes an hour after the prediction ends.
         urls = prediction.output if isinstance(prediction.output, list) else [prediction.output]
         for index, url in enumerate(urls):
-            target = output_path(stem.parent, stem.name, index=index, count=len(urls), source=url)
+            target = album.output_path(stem.parent, stem.name, index=index, count=len(urls), source=url)
             target.write_bytes(httpx.get(url, follow_redirects=True, timeout=60).raise_for_status().content)
             result.files.append(target.name)
     return result
@@ -105,7 +96,7 @@ def connect() -> tuple[ReplicateClient, httpx.HTTPTransport]:
     """Replicate's client from the environment, and its transport to close (the client has no close())."""
     token = os.environ.get("REPLICATE_API_TOKEN")
     if not token:
-        raise UsageError("REPLICATE_API_TOKEN is not set")
+        raise album.UsageError("REPLICATE_API_TOKEN is not set")
     base_url = os.environ.get("REPLICATE_BASE_URL") or os.environ.get("RELAY_REPLICATE_BASE_URL")
     transport = httpx.HTTPTransport()
     return ReplicateClient(api_token=token, base_url=base_url, transport=transport), transport
@@ -119,10 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for all")
     args = parser.parse_args(argv)
     try:
-        photos = find_photos(args.photos_dir)
-        out_dir = prepare_out_dir(args.out_dir)
+        photos = album.find_photos(args.photos_dir)
+        out_dir = album.prepare_out_dir(args.out_dir)
         client, transport = connect()
-    except UsageError as error:
+    except album.UsageError as error:
         print(f"polling_worker.py: {error}", file=sys.stderr)
         return 2
     with transport:

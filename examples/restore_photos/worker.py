@@ -26,19 +26,18 @@ if __name__ == "__main__" and not __package__:
 import google.cloud.pubsub_v1 as pubsub_v1
 import google.cloud.storage as storage
 from google.api_core import exceptions as google_exceptions
-from google.auth.exceptions import DefaultCredentialsError
 
 from examples.restore_photos.photos import (
     MODEL,
     Photo,
     PhotoTooLarge,
-    UsageError,
     find_photos,
     output_names,
     output_path,
     prepare_out_dir,
 )
 from examples.restore_photos.report import PhotoResult, Progress, summary, write_json
+from examples.restore_photos.startup import STARTUP_ERRORS, why_not
 from replicate_relay import ConfigError, JobEvent, JobEventsConsumer, RelayClient, SubmitFailed
 
 DEFAULT_SUBSCRIPTION = "restore-photos"
@@ -257,19 +256,12 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"the pull subscription of job-events, a name or a full path (default {DEFAULT_SUBSCRIPTION})",
     )
     parser.add_argument(
-        "--timeout", type=_positive, default=DEFAULT_TIMEOUT_SECONDS, help="seconds to wait for all (default 600)"
+        "--timeout", type=float, default=DEFAULT_TIMEOUT_SECONDS, help="seconds to wait for all (default 600)"
     )
-    return parser.parse_args(argv)
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
-    return value
+    args = parser.parse_args(argv)
+    if not args.timeout > 0:
+        parser.error(f"--timeout must be more than 0, got {args.timeout:g}")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -282,11 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             results = restore(
                 relay, photos, out_dir, project=project, subscription=args.subscription, timeout=args.timeout
             )
-    except (UsageError, ConfigError) as error:
-        print(f"worker.py: {error}", file=sys.stderr)
-        return 2
-    except DefaultCredentialsError as error:
-        print(f"worker.py: no Google credentials ({error}); locally, export the dev stack's variables", file=sys.stderr)
+    except STARTUP_ERRORS as error:
+        print(why_not("worker.py", error), file=sys.stderr)
         return 2
     write_json(results, out_dir / SUMMARY_FILE)
     print(summary(results))

@@ -8,21 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from examples.restore_photos.photos import (
-    MAX_DATA_URI_CHARS,
-    Photo,
-    PhotoTooLarge,
-    UsageError,
-    find_photos,
-    output_names,
-    output_path,
-)
+from examples.restore_photos import photos as album
 from examples.restore_photos.report import PhotoResult, Progress, summary
 
 
 def test_inputs_are_the_old_workers_four_with_the_photo_as_a_data_uri_and_a_seed_fixed_by_name(tmp_path: Path) -> None:
     (tmp_path / "old.jpg").write_bytes(b"\xff\xd8\xff")
-    photo = find_photos(tmp_path)[0]
+    photo = album.find_photos(tmp_path)[0]
 
     inputs = photo.inputs()
 
@@ -32,7 +24,7 @@ def test_inputs_are_the_old_workers_four_with_the_photo_as_a_data_uri_and_a_seed
         "output_format": "png",
         "safety_tolerance": 2,
     }
-    assert Photo(tmp_path / "old.jpg").seed == photo.seed != Photo(tmp_path / "new.jpg").seed
+    assert album.Photo(tmp_path / "old.jpg").seed == photo.seed != album.Photo(tmp_path / "new.jpg").seed
 
 
 def test_a_sidecar_of_extra_inputs_wins_over_the_defaults_and_the_runs_extras(tmp_path: Path) -> None:
@@ -40,7 +32,7 @@ def test_a_sidecar_of_extra_inputs_wins_over_the_defaults_and_the_runs_extras(tm
     (tmp_path / "old.png.json").write_text(json.dumps({"seed": 7, "sim_outcome": "failed"}))
     (tmp_path / "notes.txt").write_text("not a photo")
 
-    photos = find_photos(tmp_path)
+    photos = album.find_photos(tmp_path)
 
     assert [photo.name for photo in photos] == ["old.png"]
     inputs = photos[0].inputs({"seed": 1, "sim_duration": 2})
@@ -59,27 +51,31 @@ def test_unusable_folders_and_sidecars_are_usage_errors(tmp_path: Path, files: d
     for name, text in files.items():
         (tmp_path / name).write_text(text)
 
-    with pytest.raises(UsageError, match=message):
-        find_photos(tmp_path)
+    with pytest.raises(album.UsageError, match=message):
+        album.find_photos(tmp_path)
 
 
 def test_a_photo_whose_data_uri_passes_the_limit_is_refused_before_submitting(tmp_path: Path) -> None:
     path = tmp_path / "huge.png"
-    path.write_bytes(b"\0" * (MAX_DATA_URI_CHARS * 3 // 4))
+    path.write_bytes(b"\0" * (album.MAX_DATA_URI_CHARS * 3 // 4))
 
-    with pytest.raises(PhotoTooLarge, match="host it and pass its URL"):
-        Photo(path).inputs()
+    with pytest.raises(album.PhotoTooLarge, match="host it and pass its URL"):
+        album.Photo(path).inputs()
 
 
 def test_outputs_are_named_after_the_photo_numbered_when_several_and_by_full_name_when_stems_clash() -> None:
-    photos = [Photo(Path("a.jpg")), Photo(Path("a.png")), Photo(Path("b.jpg"))]
+    photos = [album.Photo(Path("a.jpg")), album.Photo(Path("a.png")), album.Photo(Path("b.jpg"))]
 
-    stems = output_names(photos)
+    stems = album.output_names(photos)
 
     assert stems == {"a.jpg": "a_jpg", "a.png": "a_png", "b.jpg": "b"}
     out = Path("out")
-    assert output_path(out, "b", index=0, count=1, source="gs://bkt/predictions/p/0-0-output.png") == out / "b.png"
-    assert output_path(out, "b", index=1, count=2, source="https://x/files/p/1-output.webp?t=1") == out / "b-2.webp"
+    assert (
+        album.output_path(out, "b", index=0, count=1, source="gs://bkt/predictions/p/0-0-output.png") == out / "b.png"
+    )
+    assert (
+        album.output_path(out, "b", index=1, count=2, source="https://x/files/p/1-output.webp?t=1") == out / "b-2.webp"
+    )
 
 
 def test_progress_redraws_one_line_on_a_terminal_and_writes_a_line_per_step_otherwise() -> None:
