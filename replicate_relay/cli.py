@@ -20,6 +20,7 @@ from replicate_relay.devstack.processes import StackError
 from replicate_relay.devstack.stack import LocalStack, StackConfig
 from replicate_relay.ops.commands import add_commands
 from replicate_relay.topology import AppEndpoint, parse_app_endpoint
+from replicate_relay.verify import add_verify_command
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -124,6 +125,7 @@ def _parser() -> argparse.ArgumentParser:
     adopt.add_argument("--json", action="store_true", help="print JSON for scripts")
     adopt.set_defaults(command=_adopt)
     add_commands(commands)
+    add_verify_command(commands)
 
     trace = commands.add_parser(
         "trace",

@@ -183,7 +183,8 @@ class LocalStack:
 
     @property
     def client_env(self) -> dict[str, str]:
-        """What `relay submit` and other clients of the stack need: emulators, simulator, webhook URL."""
+        """What `relay submit`, `relay verify` and other clients of the stack need: emulators, simulator,
+        the webhook and API URLs, the bucket and the (development) signing secrets."""
         return {
             **self.emulator_env,
             "REPLICATE_API_TOKEN": DEV_REPLICATE_TOKEN,
@@ -191,6 +192,9 @@ class LocalStack:
             "RELAY_METRICS_FILE": str(self.metrics_file),
             "RELAY_REPLICATE_BASE_URL": self.simulator_url,
             "RELAY_WEBHOOK_URL": self.receiver_url + "/",
+            "RELAY_API_URL": self.api_url,
+            "RELAY_BUCKET": self.topology.bucket.name(self.config.project),
+            "RELAY_WEBHOOK_SECRETS": " ".join(self.config.webhook_secrets),
         }
 
     @property
