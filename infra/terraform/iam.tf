@@ -16,7 +16,7 @@ locals {
 
   # Every account exports traces and metrics (RELAY_GCP_TELEMETRY, run.tf); those that keep jobs
   # in Firestore also get datastore.user. Spans go through the Telemetry API (telemetry.traces.write
-  # only; cloudtrace.agent would add the Cloud Trace API's write, which nothing uses any more),
+  # only; cloudtrace.agent would add the Cloud Trace API's write, which nothing uses),
   # metrics to Cloud Monitoring.
   telemetry_roles = ["roles/telemetry.tracesWriter", "roles/monitoring.metricWriter"]
   # The API writes jobs and idempotency keys; it publishes nothing (a submission Replicate refuses
@@ -166,7 +166,7 @@ resource "google_cloud_run_v2_service_iam_member" "receiver_public" {
   member   = "allUsers"
 }
 
-# It was one resource before run.tf's `public` chose it: keep the grant in place, not re-created.
+# A state that holds the receiver's grant as a single resource keeps it in place, not re-created.
 moved {
   from = google_cloud_run_v2_service_iam_member.receiver_public
   to   = google_cloud_run_v2_service_iam_member.receiver_public["receiver"]

@@ -17,7 +17,7 @@ resource "google_pubsub_topic" "dead_letter" {
   depends_on                 = [google_project_service.apis]
 }
 
-# Each dead-letter topic has a pull subscription that keeps messages for `relay replay` (#8).
+# Each dead-letter topic has a pull subscription that keeps messages for `relay replay`.
 resource "google_pubsub_subscription" "dead_letter" {
   for_each                   = local.dead_letters
   name                       = each.value.subscription

@@ -30,7 +30,7 @@ locals {
   # minutes before Cloud Run stops it: about 50 USD a month per instance kept alive (1 vCPU).
   # - receiver: always allocated. It has a warm instance anyway (billed at the idle rate
   #   otherwise), the webhook metrics drive the verification-failure alert, and Replicate's
-  #   requests no longer wait for their spans to be exported (RELAY_TELEMETRY_FLUSH_EACH_REQUEST).
+  #   requests do not wait for their spans to be exported (RELAY_TELEMETRY_FLUSH_EACH_REQUEST false).
   # - handlers: throttled by default. No alert waits on their metrics (dead letters and archive
   #   failures alert from Pub/Sub's own metrics and from logs), and a trickle of messages would
   #   keep an always-allocated instance billed around the clock. Set

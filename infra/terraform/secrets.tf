@@ -46,7 +46,7 @@ resource "google_secret_manager_secret_iam_member" "reader" {
   member    = google_service_account.service[each.value.service].member
 }
 
-# The grants were keyed by secret alone while each secret had one reader: keep them in place.
+# A state whose grants are keyed by secret alone (one reader per secret) keeps them in place.
 moved {
   from = google_secret_manager_secret_iam_member.reader["webhook"]
   to   = google_secret_manager_secret_iam_member.reader["webhook receiver"]

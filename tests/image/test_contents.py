@@ -1,7 +1,7 @@
 """What the image holds: the Cloud Run services and the code they import, and no tooling.
 
-Issue #22: the dev stack, the Replicate simulator, the trace viewer, the schema checker and test code
-do not run on Cloud Run, so the image must not carry them. Read from the image itself: its /app as a
+The dev stack, the Replicate simulator, the trace viewer, the schema checker and test code do not
+run on Cloud Run, so the image must not carry them. Read from the image itself: its /app as a
 tar, and its virtualenv's installed distributions. Needs no emulators (only `make image`'s image);
 that each service still starts from what is left is test_image.py's first test.
 """

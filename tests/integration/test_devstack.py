@@ -43,8 +43,8 @@ def _time_wait_sockets(port: int) -> int:
 
 @pytest.mark.skipif(not Path("/proc/net/tcp6").exists(), reason="reads the sockets' states from Linux's /proc/net")
 def test_a_stack_starts_at_once_on_the_ports_of_one_just_stopped(tmp_path: Path) -> None:
-    """`relay dev` started again within a minute of the last one refused the Pub/Sub emulator's port
-    (issue 21): the connections the stopped servers had closed sat there in TIME_WAIT."""
+    """`relay dev` started again within a minute of the last one gets the Pub/Sub emulator's port,
+    though the connections the stopped servers closed still sit there in TIME_WAIT."""
     config = StackConfig.on_free_ports(
         reconcile_every=0, log_dir=tmp_path / "logs", telemetry_dir=tmp_path / "telemetry"
     )

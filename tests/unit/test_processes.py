@@ -126,9 +126,8 @@ def _leave_time_wait_on(port: int) -> None:
 
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads the sockets' states from Linux's /proc/net/tcp")
 def test_a_port_held_only_by_time_wait_connections_is_free() -> None:
-    """`relay dev` started within a minute of the last stack's stop refused the Pub/Sub emulator's
-    port (issue 21): its connections were still in TIME_WAIT there, which keeps a bind without
-    SO_REUSEADDR out, though not the emulator's own."""
+    """A port whose only connections are in TIME_WAIT (a stack stopped within the last minute) is
+    free: TIME_WAIT keeps a bind without SO_REUSEADDR out, though not the emulator's own."""
     port = free_port()
     _leave_time_wait_on(port)
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as plain:  # what the check did before
