@@ -28,8 +28,9 @@ from typing import Any
 # Run as a script, so sys.path[0] is bench/ (for `common`); the project's packages live one level up.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import common
 import httpx
-from common import RESULTS_DIR, check_busy, print_table, results_header, write_results
+from common import RESULTS_DIR, check_busy, results_header
 
 from replicate_relay.client import RelayClient
 from replicate_relay.devstack.stack import LocalStack, StackConfig
@@ -115,14 +116,26 @@ def main(argv: list[str] | None = None) -> int:
         "api": api,
         "library": library,
     }
-    write_results(RESULTS_DIR / "api.json", results)
-    rows = [
-        [name, f"{row['per_second']:.1f}", f"{row['p50_ms']:.0f}", f"{row['p99_ms']:.0f}", str(row["errors"])]
-        for name, row in (("RelayClient.submit in process (baseline)", library), ("POST /v1/jobs", api))
-    ]
-    print_table(["path", "submits/s", "p50 ms", "p99 ms", "errors"], rows)
-    print(f"wrote {(RESULTS_DIR / 'api.json').relative_to(Path(__file__).resolve().parents[1])}")
+    common.publish("api", RESULTS_DIR / "api.json", results, render)
     return 0
+
+
+def render(document: dict[str, Any]) -> str:
+    """The api section: submits per second and latency, the library in process as the baseline."""
+    paths = (("`RelayClient.submit` in process (baseline)", document["library"]), ("`POST /v1/jobs`", document["api"]))
+    rows = [
+        [name, f"{row['per_second']:.1f}", common.ms(row["p50_ms"]), common.ms(row["p99_ms"]), str(row["errors"])]
+        for name, row in paths
+    ]
+    settings = document["settings"]
+    return "\n".join(
+        [
+            common.provenance(document)
+            + f" {settings['count']} submissions per row, {settings['concurrency']} in flight.",
+            "",
+            common.markdown_table(["path", "submits/s", "p50", "p99", "errors"], rows),
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -1,21 +1,23 @@
-"""Helpers the benchmarks share: process bookkeeping, signal-safe cleanup, tables and the results file.
+"""What the benchmarks share: processes, cleanup, percentiles, formatting, results and report sections.
 
-Imported by bench/receiver.py and bench/archive.py, which run as scripts (so sys.path[0] is bench/)
-and put the project root on sys.path before importing this module. Only modules both scripts already
-import are imported here: archive.py's measuring children load this module too, and their RSS is measured.
+Each benchmark runs as a script (sys.path[0] is bench/) with the project root put on sys.path first.
+It writes its results to bench/results/NAME.json and its own section of docs/BENCHMARKS.md, between
+`<!-- bench:NAME -->` and `<!-- /bench:NAME -->`, plus its plots in docs/bench/. Only light modules
+are imported here: archive.py's measuring children load this module too, and their RSS is measured.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import platform
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -26,6 +28,8 @@ from replicate_relay.devstack.processes import ManagedProcess, StackError
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 LOG_DIR = RESULTS_DIR / "logs"
+REPORT = REPO_ROOT / "docs" / "BENCHMARKS.md"
+PLOTS_DIR = REPO_ROOT / "docs" / "bench"
 
 BUSY_WARNING_PERCENT = 15.0
 
@@ -42,6 +46,11 @@ class Processes:
 
     def __init__(self) -> None:
         self._running: list[ManagedProcess] = []
+        self._stops: list[Callable[[], object]] = []
+
+    def on_stop(self, stop: Callable[[], object]) -> None:
+        """`stop()` is called by stop_all() too (a local stack, a set of children)."""
+        self._stops.append(stop)
 
     def start(self, process: ManagedProcess, timeout: float) -> ManagedProcess:
         self._running.append(process)
@@ -59,6 +68,23 @@ class Processes:
             with contextlib.suppress(Exception):
                 process.stop()
         self._running.clear()
+        for stop in reversed(self._stops):
+            try:
+                stop()
+            except Exception as error:  # reported; the other stops still run
+                print(f"warning: stopping: {error}", file=sys.stderr)
+        self._stops.clear()
+
+
+def start_emulators(processes: Processes, *names: str, log_dir: Path = LOG_DIR) -> Any:
+    """A LocalStack on free ports with only the emulators `names` started (its stop() is registered)."""
+    from replicate_relay.devstack.stack import LocalStack, StackConfig  # noqa: PLC0415 - the parent only
+
+    stack = LocalStack(StackConfig.on_free_ports(log_dir=log_dir))
+    processes.on_stop(stack.stop)
+    for name in names:
+        stack.start_emulator(name)
+    return stack
 
 
 def fresh_log_path(name: str) -> Path:
@@ -158,7 +184,39 @@ def check_busy() -> float | None:
     return busy
 
 
-# Output ----------------------------------------------------------------------------------------
+# Figures -----------------------------------------------------------------------------------------
+
+
+def percentile(values: Iterable[float], p: float) -> float | None:
+    """Nearest rank: the smallest value with at least p% of the values at or below it."""
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    return ordered[max(math.ceil(p / 100 * len(ordered)), 1) - 1]
+
+
+def distribution(values: Sequence[float]) -> dict[str, float | int | None]:
+    """Count, mean, p50, p90, p99 and max of `values` (in their unit)."""
+    return {
+        "count": len(values),
+        "mean": round(sum(values) / len(values), 4) if values else None,
+        **{f"p{p}": percentile(values, p) for p in (50, 90, 99)},
+        "max": max(values) if values else None,
+    }
+
+
+def ms(value: float | None) -> str:
+    """Milliseconds, with the digits the size deserves."""
+    if value is None:
+        return "n/a"
+    return f"{value:.2f} ms" if value < 10 else f"{value:.1f} ms" if value < 1000 else f"{value / 1000:.2f} s"
+
+
+def secs(value: float | None) -> str:
+    """Seconds, shown as milliseconds under one second."""
+    if value is None:
+        return "n/a"
+    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
 
 
 def print_table(headers: Sequence[str], rows: list[list[str]]) -> None:
@@ -170,17 +228,21 @@ def print_table(headers: Sequence[str], rows: list[list[str]]) -> None:
             print("  ".join("-" * width for width in widths))
 
 
-def markdown_table(headers: Sequence[str], rows: list[list[str]]) -> str:
-    """The same table in Markdown, numeric columns right-aligned."""
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown table, every column after the first right-aligned."""
     lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join(["---"] + ["---:"] * (len(headers) - 1)) + " |"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
 
 
+# Results and the report ------------------------------------------------------------------------------
+
+
 def results_header(busy: float | None, **host: Any) -> dict[str, Any]:
-    """The start of a results document: when, and on what (`host` adds fields before the CPU load)."""
+    """The start of a results document: when, what code, and on what (`host` adds fields)."""
     return {
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "code": code_version(),
         "host": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
@@ -208,7 +270,59 @@ def code_version() -> dict[str, Any]:
     return {"commit": git("rev-parse", "--short", "HEAD").strip() or None, "modified": dirty}
 
 
+def provenance(document: Mapping[str, Any]) -> str:
+    """One italic line: when it was measured, how, at what commit, how busy the machine was."""
+    settings, code = document.get("settings", {}), document.get("code") or {}
+    parts = [f"measured {document.get('generated_at', '?')}", "`--quick`" if settings.get("quick") else "full run"]
+    if code.get("commit"):
+        modified = len(code.get("modified") or [])
+        parts.append(f"commit {code['commit']}" + (f" with {modified} file(s) modified" if modified else ""))
+    busy = document.get("host", {}).get("cpu_busy_before_run_percent")
+    if busy is not None:
+        parts.append(f"CPU {busy:.0f}% busy before the run")
+    return "_" + "; ".join(parts) + "._"
+
+
 def write_results(path: Path, document: Mapping[str, Any]) -> None:
     """The results document as indented JSON, its folder created if need be."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+
+
+def write_section(name: str, text: str, report: Path = REPORT) -> None:
+    """Replace what lies between `<!-- bench:name -->` and `<!-- /bench:name -->` in the report with `text`."""
+    begin, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    document = report.read_text(encoding="utf-8")
+    if begin not in document or end not in document:
+        raise BenchError(f"{report.name} has no {begin} … {end} markers for this benchmark's section")
+    head, rest = document.split(begin, 1)
+    report.write_text(f"{head}{begin}\n{text.strip()}\n{end}{rest.split(end, 1)[1]}", encoding="utf-8")
+
+
+def publish(name: str, path: Path, document: Mapping[str, Any], render: Callable[[Mapping[str, Any]], str]) -> None:
+    """Write the results to `path`, then print the rendered section and put it into the report."""
+    write_results(path, document)
+    text = render(document)
+    print(f"\n{text}\n\nwrote {path.relative_to(REPO_ROOT)} and the {name} section of docs/BENCHMARKS.md")
+    write_section(name, text)
+
+
+def figure(columns: int = 1) -> tuple[Any, Any]:
+    """A matplotlib figure (Agg backend: no display needed) and its axes."""
+    import matplotlib  # noqa: PLC0415 - only where a benchmark draws
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    return plt.subplots(1, columns, figsize=(6 * columns, 4), squeeze=columns == 1)
+
+
+def save(fig: Any, name: str) -> str:
+    """Save `fig` as docs/bench/NAME.png; the Markdown image line for it."""
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    PLOTS_DIR.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(PLOTS_DIR / f"{name}.png", dpi=110)
+    plt.close(fig)
+    return f"![{name}](bench/{name}.png)"

@@ -1,32 +1,20 @@
-"""End-to-end benchmark: N predictions at R a second through the whole local stack, every webhook accounted for.
+"""End to end: predictions through the whole local stack, every webhook accounted for; `--soak` for leaks.
 
-Starts the local stack on free ports (the Pub/Sub and Firestore emulators, fake-gcs-server, the
-Replicate simulator, the receiver, both handlers and the reconciler, which is never called: the run
-measures webhooks alone), adds a pull subscription to `replicate-events` and one to `job-events` to
-count what is published, then submits N predictions with relay's Submitter (Replicate's own client,
-pointed at the simulator) at a steady R a second. Each prediction runs for a set time, writes log
-lines and small output files, and sends the default webhook events (start, output, logs, completed).
+The local stack on free ports (both emulators, fake-gcs-server, the Replicate simulator, the
+receiver, the handlers); predictions submitted with relay's Submitter at a steady rate. Once every
+job is final it reads back what happened: webhooks delivered, end-to-end latency (Replicate's
+`completed_at` → the job final in Firestore), Pub/Sub messages and Firestore writes per prediction,
+and lost webhooks (one acknowledged by the receiver with no event record and the job behind it).
 
-Once every job is final, it reads back what happened and reports:
+The default run has the reconciler off, so every job must end through its webhooks alone. `--soak`
+runs `--minutes` of load with chaos and the reconciler on, a fixed mix (`plan()`), and samples RSS,
+open fds and CPU of every process of the stack from /proc to judge growth. Writes
+bench/results/<name>.json and the <name> section of docs/BENCHMARKS.md with its plots (e2e, or
+the --results file's name; soak). Exits 1 if a webhook was lost, a job did not end as it should,
+or it could not measure.
 
-- webhooks delivered (2xx) and per second, from the simulator's delivery records;
-- end-to-end latency: Replicate's `completed_at` → the job's final `updated_at` in Firestore;
-- Pub/Sub messages per prediction (published on replicate-events and job-events, counted by the
-  pull subscriptions; push deliveries, counted from the handlers' one log line per message);
-- Firestore document writes per prediction, derived from what the run left in Firestore (method in
-  `firestore_writes()`), with the handlers' Commit RPCs from their span file as a cross-check;
-- lost: every webhook the simulator got a 2xx for must have its record
-  `jobs/{job}/events/{sha256(webhook_id)[:40]}`, written in the same transaction as its effect on the
-  job (or, without a record, a job at least as far as that webhook's status): anything else is lost;
-- the old polling design beside it (every 30 s: 15 s mean delay, p99 29.7 s, N·D/30 API calls).
-
-Results go to stdout and bench/results/e2e.json (with per-prediction latencies for the plots;
-`--results` names another file, so that `make bench` keeps its 1/s run beside the 5/s one), the
-stack's logs and span file to bench/results/logs/<the results file's name>/ (logs/e2e/ by default).
-Bounded by a global timeout; everything it starts is stopped on the way out, including on Ctrl-C and
-SIGTERM. Exits 1 if a webhook was lost, a job did not end, or it could not measure.
-
-    .venv/bin/python bench/e2e.py [--predictions 200] [--rate 5] [--quick] [--timeout S] [--results PATH]
+    .venv/bin/python bench/e2e.py [--predictions 200] [--rate 5] [--quick] [--results PATH]
+    .venv/bin/python bench/e2e.py --soak [--minutes 30] [--rate 2]
 """
 
 from __future__ import annotations
@@ -40,10 +28,11 @@ import shutil
 import signal
 import statistics
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -52,67 +41,68 @@ from types import FrameType
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# Run as a script, so sys.path[0] is bench/ (for `common`); the project's packages live one level up.
-sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(REPO_ROOT))  # run as a script: sys.path[0] is bench/, the packages are one level up
 
 import common  # noqa: E402
-from common import LOG_DIR, RESULTS_DIR, BenchError, Processes  # noqa: E402
+from common import LOG_DIR, RESULTS_DIR, BenchError, Processes, percentile, secs  # noqa: E402
 
 from replicate_relay.devstack.stack import LocalStack, StackConfig  # noqa: E402
 from replicate_relay.jobstore import EVENTS, JOBS, PREDICTIONS, event_key  # noqa: E402
 
-RESULTS_JSON = RESULTS_DIR / "e2e.json"
-
 MODEL = "flux-kontext-apps/restore-image"
 POLL_EVERY_S = 30.0  # the old design: GET every job's prediction every 30 s
-SUBMIT_WORKERS = 32  # threads submitting: R × a submit's time must fit, or the rate falls behind schedule
 READ_BATCH = 100  # documents per Firestore get_all
 SETTLE_S = 60.0  # at most this long, after every job is final, for the last event records
 PULL_BATCH = 1000
+MIB = 1024 * 1024
 
 # How far a webhook's status takes a job, and how far each job state is (replicate_relay/jobs.py's order):
 # a webhook without its record is only "superseded" when the job is at least that far.
 STATUS_RANK = {"starting": 1, "processing": 2, "succeeded": 3, "failed": 4, "canceled": 4, "aborted": 4}
-STATE_RANK = {
-    "submitted": 0,
-    "starting": 1,
-    "processing": 2,
-    "archiving": 3,
-    "succeeded": 4,
-    "failed": 4,
-    "canceled": 4,
-    "aborted": 4,
-}
+STATE_RANK = {"submitted": 0, "starting": 1, "processing": 2, "archiving": 3} | dict.fromkeys(
+    ("succeeded", "failed", "canceled", "aborted"), 4
+)
 TERMINAL = frozenset({"succeeded", "failed", "canceled", "aborted"})
 # Firestore writes an event record's transaction makes, by the outcome recorded on it (replicate_relay/jobstore.py):
 # the record itself, plus the job document, plus the predictions/{id} mapping when the event created the job.
 WRITES_BY_OUTCOME = {"created": 3, "applied": 2}
 SUBMIT_WRITES = 3  # jobs/{id} created; then predictions/{id} set and the job updated in one transaction
-# The announcement marked sent; its claim rides on the write that made the job final (replicate_relay/jobstore.py
-# _transact). A redelivery or the reconciler claiming it again after a failed publish adds one, not counted.
-ANNOUNCE_WRITES = 1
+ANNOUNCE_WRITES = 1  # announced_at; the claim rides on the write that made the job final
 
+# Limits for a run with the defaults (2 files of 16 KiB, 3 s, 3 log lines, no chaos), by rate:
+# (label, where the figure is in the results, the limit, how it is shown).
+TARGETS: dict[float, list[tuple[str, tuple[str, ...], float, Callable[[Any], str]]]] = {
+    1.0: [
+        ("end-to-end p50", ("end_to_end_s", "p50"), 0.120, secs),
+        ("end-to-end p99", ("end_to_end_s", "p99"), 0.400, secs),
+        ("handler Commits failed", ("firestore", "handler_commits_failed"), 0, str),
+    ],
+    5.0: [
+        ("end-to-end p50", ("end_to_end_s", "p50"), 0.400, secs),
+        ("end-to-end p99", ("end_to_end_s", "p99"), 1.5, secs),
+        (
+            "archive-outputs, a two-file message's p50 (spans)",
+            ("archive_outputs_spans", "message", "p50_ms"),
+            120.0,
+            common.ms,
+        ),
+    ],
+}
+DEFAULTS = {"prediction_duration_s": 3.0, "files": 2, "file_bytes": 16_384, "logs": 3, "duplicate_probability": 0.0}
 
-# Processes -----------------------------------------------------------------------------------------
-
-
-class StackProcesses(Processes):
-    """Processes, plus the local stack: `stop_all()` also stops every process group the stack started."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stack: LocalStack | None = None
-
-    def stop_all(self) -> None:
-        try:
-            super().stop_all()
-        finally:
-            stack, self.stack = self.stack, None
-            if stack is not None:
-                try:
-                    stack.stop()
-                except Exception as error:  # reported; the exit goes on
-                    print(f"warning: stopping the local stack: {error}", file=sys.stderr)
+# The soak: its mix is fixed by each prediction's index (plan()); growth is judged over the last
+# JUDGED_FRACTION of the load, comparing the medians (fds: minima) of its first and last EDGE_FRACTION.
+SOAK_PREDICTION_S = 2.0
+SOAK_FILE_BYTES = 8_192
+QUIET_S = 10  # RELAY_RECONCILE_QUIET_SECONDS: a job silent this long is checked against Replicate
+JUDGED_FRACTION = 2 / 3
+EDGE_FRACTION = 1 / 6
+BOUND_FRACTION = 0.05  # relay's processes are flat when growth stays under 5% or under the absolute bound
+BOUND_RSS_BYTES = 10 * MIB
+BOUND_FDS = 10
+EMULATOR_GROUPS = ("pubsub", "firestore", "storage")
+ROLE_NAMES = {"python3": "gcloud", "cloud_firestore": "launcher", "java": "jvm"}  # by /proc comm
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @contextlib.contextmanager
@@ -129,9 +119,6 @@ def global_timeout(seconds: float) -> Iterator[None]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-
-
-# Records -------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -151,10 +138,8 @@ class PredictionResult:
     prediction_id: str
     job_id: str | None
     state: str | None
-    replicate_status: str | None
-    duration_s: float | None  # Replicate's created_at → completed_at
+    completed_at: float | None  # Replicate's, as a Unix time
     end_to_end_s: float | None  # Replicate's completed_at → the job's final updated_at
-    announce_s: float | None  # Replicate's completed_at → the job-events announcement recorded
     outputs_archived: int
     webhooks: int  # messages the simulator made (unique webhook-ids), dropped ones included
     attempts: int
@@ -163,12 +148,8 @@ class PredictionResult:
     superseded: int
     lost: list[str] = field(default_factory=list)
     event_outcomes: dict[str, int] = field(default_factory=dict)
-    final: str = ""  # how the simulator's completed webhook ended
     # Replicate's completed_at → the completed webhook accepted by the receiver / handled by each handler.
     stages: dict[str, float | None] = field(default_factory=dict)
-
-
-# Helpers ---------------------------------------------------------------------------------------------
 
 
 def chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
@@ -177,59 +158,13 @@ def chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
 
 
 def seconds_between(start: datetime | None, end: datetime | None) -> float | None:
-    if start is None or end is None:
-        return None
-    return round((end - start).total_seconds(), 4)
+    return None if start is None or end is None else round((end - start).total_seconds(), 4)
 
 
-def percentile(values: Iterable[float], p: float) -> float | None:
-    """Nearest rank: the smallest value with at least p% of the values at or below it."""
-    ordered = sorted(values)
-    if not ordered:
-        return None
-    return ordered[max(math.ceil(p / 100 * len(ordered)), 1) - 1]
-
-
-def distribution(values: list[float]) -> dict[str, float | int | None]:
-    return {
-        "count": len(values),
-        "mean": round(statistics.fmean(values), 4) if values else None,
-        "p50": percentile(values, 50),
-        "p90": percentile(values, 90),
-        "p99": percentile(values, 99),
-        "max": max(values) if values else None,
-    }
-
-
-def fmt_s(value: float | None) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
-
-
-# The run ---------------------------------------------------------------------------------------------
-
-
-def stack_log_dir(results: Path) -> Path:
-    """bench/results/logs/<the results file's name>/: runs that keep their results apart keep their logs apart."""
-    return LOG_DIR / results.stem
-
-
-def shown(path: Path) -> Path:
-    """The path from the repository's root, for messages (a --results file may lie outside it)."""
-    return path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
-
-
-def stack_config(args: argparse.Namespace, log_dir: Path) -> StackConfig:
-    if log_dir.exists():
-        shutil.rmtree(log_dir)  # the processes append to their logs: start each run clean
-    return StackConfig.on_free_ports(
-        reconcile_every=0,  # no reconciler runs: every job must end through its webhooks alone
-        log_dir=log_dir,
-        telemetry_dir=log_dir / "telemetry",
-        extra_env={"RELAY_LOG_LEVEL": "INFO"},  # one line per webhook and per message: counted below
-        start_timeout=args.start_timeout,
-    )
+def dig(document: Any, *keys: str) -> Any:
+    for key in keys:
+        document = document.get(key) if isinstance(document, Mapping) else None
+    return document
 
 
 class Tap:
@@ -278,34 +213,6 @@ def configure_simulator(stack: LocalStack, args: argparse.Namespace) -> None:
         if response.status_code != 200:
             raise BenchError(f"the simulator refused {changes}: {response.text[:300]}")
         print(f"simulator chaos: {changes}")
-
-
-def submit_all(stack: LocalStack, db: Any, args: argparse.Namespace, deadline: float) -> tuple[list[Submitted], float]:
-    """Submit N predictions, the i-th at i/R seconds after the first; returns them and the wall time at the first."""
-    inputs = {
-        "input_image": "https://example.com/old-photo.jpg",
-        "output_format": "png",
-        "sim_duration": args.duration,
-        "sim_files": args.files,
-        "sim_file_bytes": args.file_bytes,
-        "sim_logs": args.logs,
-    }
-    records = [Submitted(index, round(index / args.rate, 4)) for index in range(args.predictions)]
-    begin = time.monotonic() + 0.2
-    wall_begin = time.time() + 0.2
-    every = max(int(args.rate * 10), 1)
-    submit_paced(
-        stack,
-        db,
-        records,
-        begin=begin,
-        deadline=deadline,
-        inputs=lambda index: inputs,
-        label="e2e",
-        workers=SUBMIT_WORKERS,
-        progress=lambda index: f"submitted {index} of {args.predictions}" if index % every == 0 else None,
-    )  # events_filter: the default, every event (start, output, logs, completed)
-    return records, wall_begin
 
 
 def submit_paced(
@@ -485,8 +392,8 @@ class LogFacts:
         latencies = [end - start for start, end in spans]
         return {
             "requests": len(spans),
-            "p50_ms": round(p * 1000, 1) if (p := percentile(latencies, 50)) is not None else None,
-            "p99_ms": round(p * 1000, 1) if (p := percentile(latencies, 99)) is not None else None,
+            "p50_ms": round(p * 1000, 1) if (p := common.percentile(latencies, 50)) is not None else None,
+            "p99_ms": round(p * 1000, 1) if (p := common.percentile(latencies, 99)) is not None else None,
             "busy_s": round(sum(latencies), 2),
             "max_in_flight": most,
         }
@@ -567,15 +474,6 @@ def _span_ms(span: Mapping[str, Any]) -> float:
     return (int(span["endTimeUnixNano"]) - int(span["startTimeUnixNano"])) / 1e6
 
 
-def _summary_ms(values: list[float]) -> dict[str, float | int | None]:
-    return {
-        "count": len(values),
-        "p50_ms": round(p, 1) if (p := percentile(values, 50)) is not None else None,
-        "p90_ms": round(p, 1) if (p := percentile(values, 90)) is not None else None,
-        "p99_ms": round(p, 1) if (p := percentile(values, 99)) is not None else None,
-    }
-
-
 def archive_breakdown(span_file: Path) -> dict[str, Any]:
     """archive-outputs's messages that copied files, from its spans: the whole message (its consumer
     span) and each step under it, in milliseconds. Steps: the copies ("archive file", each, and all of
@@ -610,8 +508,8 @@ def archive_breakdown(span_file: Path) -> dict[str, Any]:
             if name != "archive file":
                 steps.setdefault(name, []).append(total)
     return {
-        "message": _summary_ms(messages),
-        "steps": {name: _summary_ms(values) for name, values in sorted(steps.items())},
+        "message": summary_ms(messages),
+        "steps": {name: summary_ms(values) for name, values in sorted(steps.items())},
         "method": "archive-outputs's consumer spans with at least one 'archive file' span under them; a step's "
         "figure sums its spans within one message",
     }
@@ -646,150 +544,6 @@ def firestore_writes(
     return writes
 
 
-# Main -------------------------------------------------------------------------------------------------
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--predictions", type=int, help="N predictions (default 200; --quick: 40 unless given)")
-    parser.add_argument("--rate", type=float, default=5.0, help="R: predictions submitted per second (default 5)")
-    parser.add_argument("--duration", type=float, default=3.0, help="seconds each prediction runs (default 3)")
-    parser.add_argument("--files", type=int, default=2, help="output files per prediction (default 2)")
-    parser.add_argument("--file-bytes", type=int, default=16_384, help="bytes per output file (default 16384)")
-    parser.add_argument("--logs", type=int, default=3, help="log lines per prediction (default 3)")
-    parser.add_argument("--duplicate-probability", type=float, default=0.0, help="simulator chaos (default 0)")
-    parser.add_argument("--reorder-probability", type=float, default=0.0, help="simulator chaos (default 0)")
-    parser.add_argument("--quick", action="store_true", help="40 predictions: a smoke check of about a minute")
-    parser.add_argument("--start-timeout", type=float, default=120.0, help="per process at start-up (default 120)")
-    parser.add_argument("--timeout", type=float, help="global bound in seconds (default: from N, R and the duration)")
-    parser.add_argument(
-        "--results",
-        type=Path,
-        default=RESULTS_JSON,
-        help="the results file (default bench/results/e2e.json); the stack's logs go to bench/results/logs/<its name>/",
-    )
-    args = parser.parse_args(argv)
-    args.results = args.results.resolve()
-    if args.predictions is None:
-        args.predictions = 40 if args.quick else 200
-    if not 1 <= args.predictions <= 5000:
-        parser.error("--predictions must be between 1 and 5000")
-    if not 0.1 <= args.rate <= 100:
-        parser.error("--rate must be between 0.1 and 100 a second")
-    if not 0.1 <= args.duration <= 600:
-        parser.error("--duration must be between 0.1 and 600 seconds")
-    if not 0 <= args.files <= 100 or not 1 <= args.file_bytes <= 50_000_000 or not 0 <= args.logs <= 1000:
-        parser.error("--files must be 0-100, --file-bytes 1-50000000, --logs 0-1000")
-    for name in ("duplicate_probability", "reorder_probability"):
-        if not 0 <= getattr(args, name) <= 1:
-            parser.error(f"--{name.replace('_', '-')} must be between 0 and 1")
-    if args.timeout is None:
-        # Start-up, submitting (slack for a busy machine), the last run, settling, reading back.
-        args.timeout = 3 * args.start_timeout + 1.5 * args.predictions / args.rate + args.duration + SETTLE_S + 120
-    return args
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    processes = StackProcesses()
-
-    def body() -> int:
-        with global_timeout(args.timeout):
-            return run(args, processes)
-
-    return common.run_guarded(processes, body)
-
-
-def run(args: argparse.Namespace, processes: StackProcesses) -> int:
-    started = time.monotonic()
-    deadline = started + args.timeout - 15  # cooperative; the alarm at args.timeout is the backstop
-    print(
-        f"settings: {args.predictions} predictions at {args.rate:g}/s, each {args.duration:g} s with {args.files} "
-        f"file(s) of {args.file_bytes:,} bytes and {args.logs} log lines; webhook events start, output, logs, "
-        f"completed; reconciler off; global timeout {args.timeout:.0f} s; {os.cpu_count()} CPUs; loopback only"
-    )
-    busy = common.check_busy()
-    code = common.code_version()  # as the stack starts: its processes load the code now
-    log_dir = stack_log_dir(args.results)
-
-    config = stack_config(args, log_dir)
-    stack = LocalStack(config)
-    processes.stack = stack
-    print("starting the local stack (emulators, simulator, receiver, handlers) …", flush=True)
-    stack.start()
-    stack_ready = time.monotonic()
-    os.environ.update(stack.client_env)
-    print(f"stack ready after {stack_ready - started:.0f} s; logs in {shown(log_dir)}/")
-    configure_simulator(stack, args)
-
-    from google.cloud import firestore  # noqa: PLC0415 - once the emulators' addresses are set
-
-    db = firestore.Client(project=config.project)
-    taps = {topic: Tap(config.project, topic) for topic in ("replicate-events", "job-events")}
-    try:
-        print(f"\n== submitting {args.predictions} predictions at {args.rate:g}/s", flush=True)
-        submitted, wall_begin = submit_all(stack, db, args, deadline)
-        submit_done = time.monotonic()
-        ok = [record for record in submitted if record.prediction_id and record.job_id]
-        failed_submits = [record for record in submitted if record.error]
-        lags = [record.started_s - record.scheduled_s for record in submitted if record.started_s is not None]
-        print(
-            f"   {len(ok)} submitted, {len(failed_submits)} refused; submit took p50 "
-            f"{fmt_s(percentile([r.took_s for r in ok if r.took_s], 50))}, max start lag behind schedule "
-            f"{fmt_s(max(lags, default=0.0))}",
-            flush=True,
-        )
-        for record in failed_submits[:5]:
-            print(f"   ! submit {record.index}: {record.error}")
-
-        print("\n== waiting for every job to be final", flush=True)
-        wait_for_jobs(db, [record.job_id for record in ok if record.job_id], deadline)
-        all_final = time.monotonic()
-        back = read_back(db, stack.simulator_url, ok, deliveries_until=deadline, records_until=deadline)
-        for tap in taps.values():
-            tap.drain(deadline)
-    finally:
-        for tap in taps.values():
-            tap.close()
-    ended = time.monotonic()
-
-    facts = read_logs(log_dir)
-    results = back.assess(ok, facts)
-    rpcs = firestore_rpcs(stack.trace_file)
-    archive_steps = archive_breakdown(stack.trace_file)
-    processes.stop_all()  # the stack: not needed for the report
-
-    document = summarise(
-        args,
-        busy=busy,
-        submitted=submitted,
-        results=results,
-        logs=back.logs,
-        jobs=back.jobs,
-        by_job_records=back.by_job_records,
-        taps=taps,
-        counts=facts.outcomes,
-        services={process: facts.service(process) for process in facts.spans},
-        rpcs=rpcs,
-        archive_steps=archive_steps,
-        wall_begin=wall_begin,
-        timings={
-            "stack_start_s": round(stack_ready - started, 1),
-            "submitting_s": round(submit_done - stack_ready, 1),
-            "until_all_final_s": round(all_final - submit_done, 1),
-            "total_s": round(ended - started, 1),
-        },
-    )
-    document["code"] = code
-    report(document)
-    common.write_results(args.results, document)
-    print(f"\nwrote {shown(args.results)}; stack logs in {shown(log_dir)}/")
-    problems = document["problems"]
-    for problem in problems:
-        print(f"FAILED: {problem}", file=sys.stderr)
-    return 1 if problems else 0
-
-
 @dataclass
 class ReadBack:
     """What the lost check reads once every job is final: each prediction's webhook deliveries (the
@@ -820,7 +574,7 @@ class ReadBack:
 def read_back(
     db: Any, simulator_url: str, submitted: list[Submitted], *, deliveries_until: float, records_until: float
 ) -> ReadBack:
-    """Read what `ReadBack` holds for the predictions `submitted` made (bench/soak.py uses it too)."""
+    """Read what `ReadBack` holds for the predictions `submitted` made."""
     prediction_ids = [record.prediction_id for record in submitted if record.prediction_id]
     logs = fetch_deliveries(simulator_url, prediction_ids, deliveries_until)
     mappings = read_documents(db, [db.collection(PREDICTIONS).document(pid) for pid in prediction_ids])
@@ -872,10 +626,8 @@ def assess(
         prediction_id=prediction_id,
         job_id=job_id,
         state=state,
-        replicate_status=job.get("replicate_status"),
-        duration_s=seconds_between(job.get("created_at"), completed_at),
+        completed_at=completed_at.timestamp() if completed_at else None,
         end_to_end_s=seconds_between(completed_at, job.get("updated_at")) if final else None,
-        announce_s=seconds_between(completed_at, job.get("announced_at")) if final else None,
         outputs_archived=sum(1 for entry in job.get("outputs") or [] if entry.get("gs_uri")),
         webhooks=len({attempt["webhook_id"] for attempt in deliveries}),
         attempts=sum(1 for attempt in deliveries if not attempt.get("dropped")),
@@ -884,252 +636,731 @@ def assess(
         superseded=superseded,
         lost=lost,
         event_outcomes=dict(Counter(str(item.get("outcome")) for item in by_job_records.get(job_id or "", []))),
-        final=str(log["final"]) if log else "unknown",
         stages=stages,
     )
+
+
+def summary_ms(values: list[float]) -> dict[str, float | int | None]:
+    found = {f"p{p}_ms": common.percentile(values, p) for p in (50, 90, 99)}
+    return {"count": len(values), **{key: None if v is None else round(v, 1) for key, v in found.items()}}
+
+
+# The soak -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    kind: str  # "files", "failed" or "lost-final"
+    expected: str  # the job's final state
+    files: int  # output files a succeeded job must have archived
+    inputs: dict[str, Any]
+
+
+def plan(index: int) -> Plan:
+    """Prediction `index` of a soak: 1 in 50 loses its final webhook (the reconciler must finish it),
+    1 in 10 fails, the rest succeed with one or two files."""
+    inputs: dict[str, Any] = {
+        "input_image": "https://example.com/old-photo.jpg",
+        "sim_duration": SOAK_PREDICTION_S,
+        "sim_file_bytes": SOAK_FILE_BYTES,
+        "sim_logs": 2,
+    }
+    if index % 50 == 25:
+        return Plan("lost-final", "succeeded", 1, {**inputs, "sim_files": 1, "sim_drop_final": True})
+    if index % 10 == 7:
+        return Plan("failed", "failed", 0, {**inputs, "sim_outcome": "failed", "sim_error": "CUDA out of memory"})
+    return Plan("files", "succeeded", 1 + index % 2, {**inputs, "sim_files": 1 + index % 2})
+
+
+def growth(points: Sequence[tuple[float, float]], start: float, end: float) -> dict[str, float | None]:
+    """How a series moved over [start, end]: the least-squares line's rise over the window ("fitted"),
+    the last sixth's median less the first's ("edges"), the last sixth's minimum less the first's
+    ("floor"), against the first sixth's median ("first")."""
+    window = sorted((t, y) for t, y in points if start <= t <= end)
+    if len(window) < 2:
+        return {"first": None, "fitted": None, "edges": None, "floor": None}
+    edge = (end - start) * EDGE_FRACTION
+    first = [y for t, y in window if t <= start + edge] or [window[0][1]]
+    last = [y for t, y in window if t >= end - edge] or [window[-1][1]]
+    mean_t, mean_y = statistics.fmean(t for t, _ in window), statistics.fmean(y for _, y in window)
+    spread = sum((t - mean_t) ** 2 for t, _ in window)
+    slope = sum((t - mean_t) * (y - mean_y) for t, y in window) / spread if spread else 0.0
+    return {
+        "first": statistics.median(first),
+        "fitted": slope * (end - start),
+        "edges": statistics.median(last) - statistics.median(first),
+        "floor": min(last) - min(first),
+    }
+
+
+def flat(grown: Mapping[str, float | None], absolute: float, *keys: str) -> bool | None:
+    """Every growth in `keys` under BOUND_FRACTION of the first sixth, or under `absolute`; None: too few samples."""
+    if grown["first"] is None:
+        return None
+    return all((grown[key] or 0.0) < max(BOUND_FRACTION * grown["first"], absolute) for key in keys)
+
+
+@dataclass
+class Series:
+    """One process of the stack, sampled over the run: (t, RSS bytes, open fds, CPU seconds) each round."""
+
+    name: str  # group/role: receiver/worker-1, firestore/jvm, ...
+    kind: str  # relay, emulator or simulator
+    samples: list[tuple[float, int, int, float]] = field(default_factory=list)
+
+
+def read_proc(pid: int) -> tuple[int, int, int, float, str] | None:
+    """(pgid, RSS bytes, open fds, CPU seconds, comm) of one process; None once it is gone."""
+    base = Path("/proc") / str(pid)
+    try:
+        stat, status, fds = (base / "stat").read_text(), (base / "status").read_text(), len(os.listdir(base / "fd"))
+    except (FileNotFoundError, ProcessLookupError, PermissionError, NotADirectoryError):
+        return None
+    after = stat.rsplit(")", 1)[1].split()  # state, ppid, pgrp, ..., utime (11), stime (12)
+    rss = next((int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+    comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+    return int(after[2]), rss, fds, (int(after[11]) + int(after[12])) / CLOCK_TICKS, comm
+
+
+class Sampler:
+    """Every process of the stack's process groups, read from /proc every `every` seconds on its own thread."""
+
+    def __init__(self, stack: LocalStack, every: float, origin: float) -> None:
+        groups = {**stack.emulators, **stack.functions}
+        self.groups = {process.pid: name for name, process in groups.items() if process.pid is not None}
+        self.every, self.origin = every, origin
+        self.series: dict[int, Series] = {}
+        self.machine: list[tuple[float, float | None]] = []  # the whole machine's CPU busy % each round
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="soak-sampler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            t = round(time.monotonic() - self.origin, 2)
+            for entry in filter(str.isdigit, os.listdir("/proc")):
+                read = read_proc(int(entry))
+                if read is not None and read[0] in self.groups:
+                    series = self.series.get(int(entry)) or self._new(int(entry), read[0], read[4])
+                    series.samples.append((t, read[1], read[2], round(read[3], 2)))
+            self.machine.append((t, common.busy_cpu_percent(0.2)))
+            self._stop.wait(self.every)
+
+    def _new(self, pid: int, pgid: int, comm: str) -> Series:
+        group = self.groups[pgid]
+        kind = "emulator" if group in EMULATOR_GROUPS else "simulator" if group == "simulator" else "relay"
+        if kind == "relay":  # replicate_relay.serve: gunicorn's master leads the group, the rest are workers
+            role = (
+                "master"
+                if pid == pgid
+                else f"worker-{sum(1 for s in self.series.values() if s.name.startswith(group + '/w')) + 1}"
+            )
+        else:
+            role = group if kind == "simulator" else ROLE_NAMES.get(comm, comm)
+            same = sum(1 for s in self.series.values() if s.name.split("-")[0] == f"{group}/{role}")
+            role += f"-{same + 1}" if same else ""
+        self.series[pid] = Series(f"{group}/{role}", kind)
+        return self.series[pid]
+
+
+def judge(series: Series, start: float, end: float) -> dict[str, Any]:
+    """One process's growth over the window, with the verdict for relay's own."""
+    rss = growth([(t, float(rss)) for t, rss, _, _ in series.samples], start, end)
+    fds = growth([(t, float(fds)) for t, _, fds, _ in series.samples], start, end)
+    cpu = [(t, cpu_s) for t, _, _, cpu_s in series.samples if start <= t <= end]
+    verdicts = [flat(rss, BOUND_RSS_BYTES, "fitted", "edges"), flat(fds, BOUND_FDS, "floor")]
+    return {
+        "name": series.name,
+        "kind": series.kind,
+        "rss": rss,
+        "fds": fds,
+        "flat": None if None in verdicts else all(verdicts),
+        "rss_mib_max": round(max((s[1] for s in series.samples), default=0) / MIB, 1),
+        "cores": round((cpu[-1][1] - cpu[0][1]) / (cpu[-1][0] - cpu[0][0]), 3) if len(cpu) > 1 else None,
+    }
+
+
+def per_minute(points: Sequence[tuple[float, float]], minutes: int) -> list[dict[str, Any]]:
+    """(t seconds, latency) → one row per minute of t, every minute shown: count, p50, p99."""
+    by_minute: dict[int, list[float]] = {}
+    for t, latency in points:
+        by_minute.setdefault(max(int(t // 60), 0), []).append(latency)
+    return [
+        {"minute": m, "count": len(v := by_minute.get(m, [])), "p50": percentile(v, 50), "p99": percentile(v, 99)}
+        for m in range(max(minutes, max(by_minute, default=-1) + 1))
+    ]
+
+
+def reconciler_runs(log_path: Path) -> dict[str, int]:
+    """The reconciler's runs, from its one summary line each: how many, what they checked and recovered."""
+    totals: Counter[str] = Counter()
+    for entry in log_entries(log_path):
+        if entry.get("handler") == "reconciler" and "checked" in entry:
+            totals["runs"] += 1
+            totals.update(
+                {key: entry[key] for key in ("checked", "recovered", "errors") if isinstance(entry.get(key), int)}
+            )
+    return dict(totals)
+
+
+# The run --------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--soak", action="store_true", help="steady load with chaos and the reconciler, for leaks")
+    parser.add_argument("--minutes", type=float, default=30.0, help="--soak: minutes of load (default 30)")
+    parser.add_argument("--predictions", type=int, help="N predictions (default 200; --quick: 40)")
+    parser.add_argument("--rate", type=float, help="predictions submitted per second (default 5; --soak: 2)")
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds each prediction runs (default 3)")
+    parser.add_argument("--files", type=int, default=2, help="output files per prediction (default 2)")
+    parser.add_argument("--file-bytes", type=int, default=16_384, help="bytes per output file (default 16384)")
+    parser.add_argument("--logs", type=int, default=3, help="log lines per prediction (default 3)")
+    parser.add_argument("--duplicate-probability", type=float, help="simulator chaos (default 0; --soak: 0.05)")
+    parser.add_argument("--reorder-probability", type=float, help="simulator chaos (default 0; --soak: 0.1)")
+    parser.add_argument("--reconcile-every", type=float, default=20.0, help="--soak: scheduler period (default 20)")
+    parser.add_argument("--sample-every", type=float, default=10.0, help="--soak: seconds between /proc samples")
+    parser.add_argument("--drain", type=float, default=180.0, help="--soak: at most this long after the load")
+    parser.add_argument("--quick", action="store_true", help="40 predictions: a smoke check of about a minute")
+    parser.add_argument("--start-timeout", type=float, default=120.0, help="per process at start-up (default 120)")
+    parser.add_argument("--timeout", type=float, help="global bound in seconds (default: from the load)")
+    parser.add_argument("--results", type=Path, help="the results file (default bench/results/e2e.json, soak.json)")
+    args = parser.parse_args(argv)
+    soak = args.soak
+    args.rate = args.rate or (2.0 if soak else 5.0)
+    args.duplicate_probability = args.duplicate_probability if args.duplicate_probability is not None else 0.05 * soak
+    args.reorder_probability = args.reorder_probability if args.reorder_probability is not None else 0.1 * soak
+    args.results = (args.results or RESULTS_DIR / ("soak.json" if soak else "e2e.json")).resolve()
+    if soak:
+        args.predictions, args.duration = int(args.minutes * 60 * args.rate), SOAK_PREDICTION_S
+    elif args.predictions is None:
+        args.predictions = 40 if args.quick else 200
+    if not 1 <= args.predictions <= 100_000 or not 0.1 <= args.rate <= 100 or not 0.1 <= args.duration <= 600:
+        parser.error("--predictions 1-100000 (--minutes × rate for --soak), --rate 0.1-100/s, --duration 0.1-600 s")
+    if not 0 <= args.duplicate_probability <= 1 or not 0 <= args.reorder_probability <= 1:
+        parser.error("the chaos probabilities must be between 0 and 1")
+    if args.timeout is None:  # start-up, submitting (slack for a busy machine), the last run, settling, reading back
+        args.timeout = 3 * args.start_timeout + 1.5 * args.predictions / args.rate + args.duration + SETTLE_S + 120
+        args.timeout += args.drain + 480 if soak else 0
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    processes = Processes()
+
+    def body() -> int:
+        with global_timeout(args.timeout):
+            return run(args, processes)
+
+    return common.run_guarded(processes, body)
+
+
+def run(args: argparse.Namespace, processes: Processes) -> int:
+    started = time.monotonic()
+    deadline = started + args.timeout - 15  # cooperative; the alarm at args.timeout is the backstop
+    busy = common.check_busy()
+    log_dir = LOG_DIR / args.results.stem
+    shutil.rmtree(log_dir, ignore_errors=True)  # the processes append to their logs: start each run clean
+    config = StackConfig.on_free_ports(
+        reconcile_every=args.reconcile_every if args.soak else 0,  # off: every job must end through its webhooks
+        log_dir=log_dir,
+        telemetry_dir=log_dir / "telemetry",
+        extra_env={"RELAY_LOG_LEVEL": "INFO", "RELAY_RECONCILE_QUIET_SECONDS": str(QUIET_S)},
+        start_timeout=args.start_timeout,
+    )
+    stack = LocalStack(config)
+    processes.on_stop(stack.stop)
+    print(f"starting the local stack; logs in {log_dir.relative_to(REPO_ROOT)}/ …", flush=True)
+    stack.start()
+    os.environ.update(stack.client_env)
+    configure_simulator(stack, args)
+
+    from google.cloud import firestore  # noqa: PLC0415 - once the emulators' addresses are set
+
+    db = firestore.Client(project=config.project)
+    taps = {} if args.soak else {topic: Tap(config.project, topic) for topic in ("replicate-events", "job-events")}
+    records = [Submitted(index, round(index / args.rate, 4)) for index in range(args.predictions)]
+    begin, wall_begin = time.monotonic() + 0.5, time.time() + 0.5
+    sampler = Sampler(stack, args.sample_every, begin) if args.soak else None
+    inputs = {
+        "input_image": "https://example.com/old-photo.jpg",
+        **{f"sim_{key}": getattr(args, key) for key in ("duration", "files", "file_bytes", "logs")},
+    }
+    every = max(int(args.rate * (60 if args.soak else 10)), 1)
+    try:
+        print(f"submitting {args.predictions} predictions at {args.rate:g}/s", flush=True)
+        submit_paced(
+            stack,
+            db,
+            records,
+            begin=begin,
+            deadline=deadline,
+            inputs=(lambda index: plan(index).inputs) if args.soak else (lambda index: inputs),
+            label=args.results.stem,
+            workers=32,
+            progress=lambda index: f"submitted {index} of {args.predictions}" if index % every == 0 else None,
+        )
+        ok = [record for record in records if record.prediction_id and record.job_id]
+        until = min(time.monotonic() + args.drain, deadline) if args.soak else deadline
+        wait_for_jobs(db, [record.job_id for record in ok if record.job_id], until)
+        back = read_back(db, stack.simulator_url, ok, deliveries_until=until + 60, records_until=until + 120)
+        for tap in taps.values():
+            tap.drain(deadline)
+    finally:
+        for tap in taps.values():
+            tap.close()
+        if sampler:
+            sampler.stop()
+    facts = read_logs(log_dir)
+    results = back.assess(ok, facts)
+    document: dict[str, Any] = {
+        **common.results_header(busy),
+        "settings": {
+            key: getattr(args, key)
+            for key in (
+                "predictions",
+                "rate",
+                "duration",
+                "files",
+                "file_bytes",
+                "logs",
+                "duplicate_probability",
+                "reorder_probability",
+                "quick",
+                "soak",
+                "minutes",
+            )
+        },
+    }
+    document["settings"] |= {"rate_per_s": args.rate, "prediction_duration_s": args.duration}
+    if sampler:
+        document |= summarise_soak(
+            args, results=results, back=back, facts=facts, sampler=sampler, wall_begin=wall_begin, log_dir=log_dir
+        )
+    else:
+        document |= summarise(
+            args,
+            records=records,
+            results=results,
+            back=back,
+            facts=facts,
+            taps=taps,
+            trace_file=stack.trace_file,
+            wall_begin=wall_begin,
+        )
+    document["total_s"] = round(time.monotonic() - started, 1)
+    processes.stop_all()  # the stack: not needed for the report
+    name = args.results.stem
+    common.publish(name, args.results, document, render_soak if args.soak else render)
+    for problem in document["problems"]:
+        print(f"FAILED: {problem}", file=sys.stderr)
+    return 1 if document["problems"] else 0
+
+
+def problems_of(results: list[PredictionResult], records: list[Submitted]) -> list[str]:
+    """What makes a run fail: lost webhooks, refused submits, jobs not final."""
+    lost = [webhook_id for result in results for webhook_id in result.lost]
+    unfinished = [r.prediction_id for r in results if r.state not in TERMINAL]
+    refused = [record.error for record in records if record.error]
+    found = [f"{len(lost)} acknowledged webhook(s) lost (no event record, job behind): {lost[:5]}"] if lost else []
+    found += [f"{len(unfinished)} job(s) not final by the deadline: {unfinished[:5]}"] if unfinished else []
+    return found + ([f"{len(refused)} submit(s) refused: {refused[:2]}"] if refused else [])
 
 
 def summarise(
     args: argparse.Namespace,
     *,
-    busy: float | None,
-    submitted: list[Submitted],
+    records: list[Submitted],
     results: list[PredictionResult],
-    logs: Mapping[str, Mapping[str, Any]],
-    jobs: Mapping[str, Mapping[str, Any]],
-    by_job_records: Mapping[str, list[dict[str, Any]]],
+    back: ReadBack,
+    facts: LogFacts,
     taps: Mapping[str, Tap],
-    counts: Mapping[str, Counter[str]],
-    services: Mapping[str, Mapping[str, Any]],
-    rpcs: Counter[str],
-    archive_steps: Mapping[str, Any],
+    trace_file: Path,
     wall_begin: float,
-    timings: dict[str, Any],
 ) -> dict[str, Any]:
-    n = len(results)
-    per = 1 / n if n else 0.0
-    attempts = [attempt for log in logs.values() for attempt in log["deliveries"] if not attempt.get("dropped")]
-    ok_attempts = [a for a in attempts if a.get("status_code") is not None and 200 <= a["status_code"] < 300]
-    times = sorted(attempt["at"] for attempt in ok_attempts)
+    per = 1 / len(results) if results else 0.0
+    attempts = [attempt for log in back.logs.values() for attempt in log["deliveries"] if not attempt.get("dropped")]
+    times = sorted(a["at"] for a in attempts if a.get("status_code") is not None and 200 <= a["status_code"] < 300)
     span = (times[-1] - times[0]) if len(times) > 1 else 0.0
     series = Counter(int(at - wall_begin) for at in times)
-    by_event = Counter(attempt["event"] for attempt in ok_attempts)
-    e2e = [r.end_to_end_s for r in results if r.end_to_end_s is not None]
-    announce = [r.announce_s for r in results if r.announce_s is not None]
-    durations = [r.duration_s for r in results if r.duration_s is not None]
-    lost = [webhook_id for r in results for webhook_id in r.lost]
-    acknowledged = sum(r.acknowledged for r in results)
-    unfinished = [r.prediction_id for r in results if r.state not in TERMINAL]
-    states = Counter(str(r.state) for r in results)
-    published = taps["replicate-events"].messages
+    rpcs = firestore_rpcs(trace_file)
+    writes = firestore_writes(sum(1 for s in records if s.job_id), back.jobs, back.by_job_records)
     announcements = Counter(attrs.get("job_id", "") for attrs in taps["job-events"].messages.values())
-    twice_announced = [job_id for job_id, count in announcements.items() if count > 1]
-    writes = firestore_writes(sum(1 for s in submitted if s.job_id), jobs, by_job_records)
+    push = {handler: sum(facts.outcomes[handler].values()) for handler in ("job-status", "archive-outputs")}
     outcomes: Counter[str] = Counter()
-    for r in results:
-        outcomes.update(r.event_outcomes)
-    mean_duration = statistics.fmean(durations) if durations else args.duration
-    push = {handler: sum(counts[handler].values()) for handler in ("job-status", "archive-outputs")}
-
-    problems = []
-    if lost:
-        problems.append(f"{len(lost)} acknowledged webhook(s) lost (no event record, job behind): {lost[:5]}")
-    if unfinished:
-        problems.append(f"{len(unfinished)} job(s) not final by the deadline: {unfinished[:5]}")
-    if len(results) < args.predictions:
-        problems.append(f"only {len(results)} of {args.predictions} predictions were submitted")
-    if twice_announced:
-        problems.append(f"{len(twice_announced)} job(s) announced more than once on job-events: {twice_announced[:5]}")
-    expected_files = args.files
-    short = [r.prediction_id for r in results if r.state == "succeeded" and r.outputs_archived != expected_files]
-    if short:
-        problems.append(f"{len(short)} succeeded job(s) without {expected_files} archived file(s): {short[:5]}")
-
+    for result in results:
+        outcomes.update(result.event_outcomes)
+    problems = problems_of(results, records)
+    if twice := [job_id for job_id, count in announcements.items() if count > 1]:
+        problems.append(f"{len(twice)} job(s) announced more than once on job-events: {twice[:5]}")
+    if short := [r.prediction_id for r in results if r.state == "succeeded" and r.outputs_archived != args.files]:
+        problems.append(f"{len(short)} succeeded job(s) without {args.files} archived file(s): {short[:5]}")
     return {
-        **common.results_header(busy),
-        "settings": {
-            "predictions": args.predictions,
-            "rate_per_s": args.rate,
-            "prediction_duration_s": args.duration,
-            "files": args.files,
-            "file_bytes": args.file_bytes,
-            "logs": args.logs,
-            "webhook_events": ["start", "output", "logs", "completed"],
-            "duplicate_probability": args.duplicate_probability,
-            "reorder_probability": args.reorder_probability,
-            "reconciler": "off",
-            "quick": args.quick,
-            "timeout_s": args.timeout,
-        },
-        "timings": timings,
         "submit": {
-            "submitted": sum(1 for s in submitted if s.job_id),
-            "refused": sum(1 for s in submitted if s.error),
-            "achieved_rate_per_s": round((len(submitted) - 1) / max(s.started_s or 0 for s in submitted), 2)
-            if len(submitted) > 1 and any(s.started_s for s in submitted)
-            else None,
-            "max_start_lag_s": round(max((s.started_s or 0) - s.scheduled_s for s in submitted), 3)
-            if submitted
-            else None,
-            "took_s": distribution([s.took_s for s in submitted if s.took_s is not None]),
+            "submitted": len(results),
+            "achieved_rate_per_s": round((len(records) - 1) / max(s.started_s or 1e-9 for s in records), 2),
         },
-        "jobs": {"final": n - len(unfinished), "unfinished": len(unfinished), "states": dict(states)},
+        "jobs": {
+            "final": sum(1 for r in results if r.state in TERMINAL),
+            "states": dict(Counter(map(str, (r.state for r in results)))),
+        },
         "webhooks": {
-            "messages": sum(r.webhooks for r in results),
             "attempts": len(attempts),
-            "delivered_2xx": len(ok_attempts),
-            "non_2xx_or_error": len(attempts) - len(ok_attempts),
-            "by_event": dict(by_event),
-            "per_prediction": round(len(ok_attempts) * per, 2),
-            "per_second": round(len(ok_attempts) / span, 1) if span else None,
+            "delivered_2xx": len(times),
+            "per_prediction": round(len(times) * per, 2),
+            "per_second": round(len(times) / span, 1) if span else None,
             "span_s": round(span, 2),
             "series_per_second": [[second, series[second]] for second in range(max(series, default=-1) + 1)],
-            "receiver_outcomes": dict(counts["receiver"]),
         },
-        "services": dict(services),
-        "archive_outputs_spans": dict(archive_steps),
-        "end_to_end_s": distribution(e2e),
+        "services": {process: facts.service(process) for process in facts.spans},
+        "archive_outputs_spans": archive_breakdown(trace_file),
+        "end_to_end_s": common.distribution([r.end_to_end_s for r in results if r.end_to_end_s is not None]),
         "stages_s": {
-            stage: distribution([v for r in results if (v := r.stages.get(stage)) is not None])
+            stage: common.distribution([v for r in results if (v := r.stages.get(stage)) is not None])
             for stage in ("accepted", "job_status", "archived")
         },
-        "to_announcement_s": distribution(announce),
-        "prediction_duration_s": distribution(durations),
         "pubsub": {
-            "replicate_events_published": len(published),
-            "replicate_events_per_prediction": round(len(published) * per, 2),
-            "job_events_published": len(taps["job-events"].messages),
+            "replicate_events_per_prediction": round(len(taps["replicate-events"].messages) * per, 2),
             "job_events_per_prediction": round(len(taps["job-events"].messages) * per, 2),
-            "push_deliveries": push,
             "push_deliveries_per_prediction": round(sum(push.values()) * per, 2),
-            "handler_outcomes": {handler: dict(counts[handler]) for handler in ("job-status", "archive-outputs")},
-            "note": "the emulator ignores subscription filters, so archive-outputs is pushed every event here; "
-            "in production only succeeded ones (one per prediction)",
         },
         "firestore": {
             "writes": writes,
             "writes_per_prediction": round(writes["total"] * per, 2),
             "event_record_outcomes": dict(outcomes),
-            "handler_rpcs": dict(rpcs),
             "handler_commits_per_prediction": round(rpcs.get("Commit", 0) * per, 2),
             "handler_commits_failed": rpcs.get("Commit failed", 0),
-            "handler_commits_refused_by_precondition": rpcs.get("Commit refused", 0),
-            "method": "derived from what the run left in Firestore (see firestore_writes() in bench/e2e.py); "
-            "Commit RPCs counted from the handlers' gRPC client spans as a cross-check",
         },
         "lost": {
-            "acknowledged_webhook_ids": acknowledged,
+            "acknowledged_webhook_ids": sum(r.acknowledged for r in results),
             "with_event_record": sum(r.with_record for r in results),
             "superseded_without_record": sum(r.superseded for r in results),
-            "lost": len(lost),
-            "lost_ids": lost[:50],
-        },
-        "polling_comparison": {
-            "poll_every_s": POLL_EVERY_S,
-            "mean_delay_s": POLL_EVERY_S / 2,
-            "p99_delay_s": round(POLL_EVERY_S * 0.99, 2),
-            "mean_prediction_duration_s": round(mean_duration, 3),
-            "api_calls_formula": "N·D/30",
-            "api_calls": round(n * mean_duration / POLL_EVERY_S, 1),
-            "api_calls_at_least_one_per_job": sum(max(math.ceil((d or 0) / POLL_EVERY_S), 1) for d in durations),
-            "webhook_design_api_calls": 0,
+            "lost": sum(len(r.lost) for r in results),
         },
         "predictions": [asdict(r) for r in results],
         "problems": problems,
     }
 
 
-def report(document: Mapping[str, Any]) -> None:
-    settings, webhooks, pubsub, firestore = (
+def targets(document: Mapping[str, Any]) -> tuple[list[list[str]], str]:
+    """This run's target rows (limit, measured, verdict), and why it is not a target run, if it is not."""
+    settings = document["settings"]
+    why = ["`--quick`"] if settings.get("quick") else []
+    why += [f"{key} {settings.get(key)}" for key, value in DEFAULTS.items() if settings.get(key) != value]
+    why += ["problems reported"] if document["problems"] else []
+    rows = []
+    for label, keys, limit, show in TARGETS.get(settings["rate_per_s"], []):
+        value = dig(document, *keys)
+        verdict = "not measured" if value is None else "met" if value <= limit else "missed"
+        rows.append([label, f"≤ {show(limit)}", "n/a" if value is None else show(value), verdict])
+    return rows, ("not a target run: " + ", ".join(why)) if why else ""
+
+
+def render(document: Mapping[str, Any]) -> str:
+    """The run's section: targets, the figures, how polling every 30 s would compare, two plots."""
+    settings, e2e, webhooks, lost = (
         document["settings"],
-        document["webhooks"],
-        document["pubsub"],
-        document["firestore"],
-    )
-    e2e, lost, polling, jobs = (
         document["end_to_end_s"],
+        document["webhooks"],
         document["lost"],
-        document["polling_comparison"],
-        document["jobs"],
     )
-    submit = document["submit"]
-    print(f"\n== results ({document['timings']['total_s']:.0f} s in all)\n")
-    rows = [
+    stages, pubsub, firestore = document["stages_s"], document["pubsub"], document["firestore"]
+    name = f"{settings['predictions']} predictions at {settings['rate_per_s']:g}/s"
+    rows, why = targets(document)
+    writes = document["firestore"]["writes"]
+    services = "; ".join(
+        f"{process}: {info['requests']} requests, p50 {common.ms(info['p50_ms'])}, p99 {common.ms(info['p99_ms'])}, "
+        f"at most {info['max_in_flight']} in flight"
+        for process, info in document["services"].items()
+    )
+    archive = document["archive_outputs_spans"]
+    steps = ", ".join(f"{step} {common.ms(v['p50_ms'])}" for step, v in archive["steps"].items())
+    figures = [
         [
             "predictions",
-            f"{submit['submitted']} submitted at {settings['rate_per_s']:g}/s (achieved "
-            f"{submit['achieved_rate_per_s']}/s), {jobs['final']} final {jobs['states']}",
+            f"{document['submit']['submitted']} submitted (achieved {document['submit']['achieved_rate_per_s']}/s), "
+            f"{document['jobs']['final']} final: {document['jobs']['states']}",
         ],
         [
             "webhooks delivered",
-            f"{webhooks['delivered_2xx']:,} (2xx) of {webhooks['attempts']:,} attempts, {webhooks['per_prediction']} "
-            f"per prediction, {webhooks['per_second']}/s over {webhooks['span_s']} s; by event {webhooks['by_event']}",
+            f"{webhooks['delivered_2xx']:,} answered 2xx of {webhooks['attempts']:,} attempts; "
+            f"{webhooks['per_prediction']} per prediction; **{webhooks['per_second']}/s** over {webhooks['span_s']} s",
         ],
         [
             "end-to-end latency",
-            f"p50 {fmt_s(e2e['p50'])}, p90 {fmt_s(e2e['p90'])}, p99 {fmt_s(e2e['p99'])}, max {fmt_s(e2e['max'])}, "
-            f"mean {fmt_s(e2e['mean'])} (Replicate completed_at → job final)",
+            f"p50 **{secs(e2e['p50'])}**, p90 {secs(e2e['p90'])}, p99 **{secs(e2e['p99'])}**, "
+            f"max {secs(e2e['max'])}, mean {secs(e2e['mean'])}",
         ],
         [
-            "Pub/Sub messages",
-            f"{pubsub['replicate_events_per_prediction']} published on replicate-events and "
-            f"{pubsub['job_events_per_prediction']} on job-events per prediction; "
-            f"{pubsub['push_deliveries_per_prediction']} push deliveries {pubsub['push_deliveries']}",
+            "  completed webhook accepted",
+            f"p50 {secs(stages['accepted']['p50'])}, p99 {secs(stages['accepted']['p99'])} after completed_at",
         ],
         [
-            "Firestore writes",
-            f"{firestore['writes_per_prediction']} per prediction {firestore['writes']}; handler Commit RPCs "
-            f"{firestore['handler_commits_per_prediction']} per prediction, {firestore['handler_commits_failed']} of "
-            f"them failed (contention: retried); {firestore.get('handler_commits_refused_by_precondition', 0)} "
-            f"refused by their precondition (a lost first-write race, a stale conditional write: by design)",
+            "  outputs archived",
+            f"p50 {secs(stages['archived']['p50'])}, p99 {secs(stages['archived']['p99'])} after completed_at",
         ],
         [
-            "lost",
-            f"{lost['lost']} of {lost['acknowledged_webhook_ids']:,} acknowledged webhook ids "
-            f"({lost['with_event_record']:,} with their event record, {lost['superseded_without_record']} superseded)",
+            "Pub/Sub messages per prediction",
+            f"{pubsub['replicate_events_per_prediction']} on replicate-events, "
+            f"{pubsub['job_events_per_prediction']} on job-events; "
+            f"{pubsub['push_deliveries_per_prediction']} push deliveries",
+        ],
+        [
+            "Firestore writes per prediction",
+            f"{firestore['writes_per_prediction']} ({', '.join(f'{k} {v}' for k, v in writes.items())}); "
+            f"handler Commit RPCs {firestore['handler_commits_per_prediction']}, "
+            f"{firestore['handler_commits_failed']} failed",
+        ],
+        ["event record outcomes", ", ".join(f"{k} {v}" for k, v in firestore["event_record_outcomes"].items())],
+        [
+            "**lost**",
+            f"**{lost['lost']}** of {lost['acknowledged_webhook_ids']:,} acknowledged webhook ids "
+            f"({lost['with_event_record']:,} with their event record, "
+            f"{lost['superseded_without_record']} superseded)",
+        ],
+        ["handlers (their logs)", services],
+        [
+            "archive-outputs messages that copied files (spans)",
+            f"{archive['message']['count']}, p50 "
+            f"**{common.ms(archive['message']['p50_ms'])}**, p99 {common.ms(archive['message']['p99_ms'])}; "
+            f"steps p50: {steps}",
         ],
     ]
-    stages = document["stages_s"]
-    rows.insert(
-        3,
+    jobs, duration = document["submit"]["submitted"], settings["prediction_duration_s"]
+    polling = [
+        ["mean delay after completion", secs(e2e["mean"]), f"{POLL_EVERY_S / 2:g} s"],
+        ["p99 delay", secs(e2e["p99"]), f"{POLL_EVERY_S * 0.99:g} s"],
         [
-            "  where it goes",
-            "completed webhook accepted by the receiver p50 "
-            + ", handled by job-status p50 ".join(fmt_s(stages[k]["p50"]) for k in ("accepted", "job_status"))
-            + f", archived and final p50 {fmt_s(stages['archived']['p50'])} (after completed_at)",
+            f"Replicate API reads for {jobs} jobs of {duration:g} s",
+            "0",
+            f"N·D/30 = {jobs * duration / POLL_EVERY_S:g}; "
+            f"at least one per job: {jobs * max(math.ceil(duration / POLL_EVERY_S), 1)}",
         ],
-    )
-    services = document["services"]
-    rows.append(
+    ]
+    return "\n".join(
         [
-            "services",
-            "; ".join(
-                f"{name} {info['requests']} requests, p50 {info['p50_ms']} ms, p99 {info['p99_ms']} ms, at most "
-                f"{info['max_in_flight']} at once"
-                for name, info in services.items()
-            ),
+            common.provenance(document) + (f" {why.capitalize()}." if why else ""),
+            "",
+            common.markdown_table(["target", "limit", "measured", "verdict"], rows)
+            if rows
+            else f"No targets at {name}.",
+            "",
+            common.markdown_table(["figure", name], figures),
+            "",
+            common.markdown_table(["", "webhooks (this run)", f"polling every {POLL_EVERY_S:g} s"], polling),
+            "",
+            plot(document),
         ]
     )
-    archive = document.get("archive_outputs_spans", {})
-    if archive.get("message", {}).get("count"):
-        message = archive["message"]
-        rows.append(
-            [
-                "archive-outputs",
-                f"{message['count']} messages that copied files, from their spans: p50 {message['p50_ms']} ms, p90 "
-                f"{message['p90_ms']} ms, p99 {message['p99_ms']} ms; steps p50: "
-                + ", ".join(f"{name} {step['p50_ms']} ms" for name, step in archive["steps"].items()),
-            ]
+
+
+def plot(document: Mapping[str, Any]) -> str:
+    """The latency CDF (with polling's beside it) and the webhooks delivered per second."""
+    stem = "e2e" if document["settings"]["rate_per_s"] == 5.0 else f"e2e-{document['settings']['rate_per_s']:g}ps"
+    fig, axes = common.figure(2)
+    left, right = axes[0]
+    for key, label in (
+        ("end_to_end_s", "job final"),
+        ("accepted", "completed webhook accepted"),
+        ("archived", "archived"),
+    ):
+        values = sorted(
+            v
+            for p in document["predictions"]
+            if (v := p[key] if key == "end_to_end_s" else p["stages"].get(key)) is not None
         )
-    for label, value in rows:
-        print(f"{label:<20}{value}")
-    print(
-        f"\npolling every {polling['poll_every_s']:g} s instead: mean delay {polling['mean_delay_s']:g} s, "
-        f"p99 {polling['p99_delay_s']:g} s (plus the API call), and N·D/30 = {polling['api_calls']:g} GET calls for "
-        f"{jobs['final']} jobs of {polling['mean_prediction_duration_s']:.1f} s (at least one per job: "
-        f"{polling['api_calls_at_least_one_per_job']}); webhooks: p50 {fmt_s(e2e['p50'])}, p99 {fmt_s(e2e['p99'])}, "
-        f"no GET calls"
+        left.step(values, [(i + 1) / len(values) for i in range(len(values))], where="post", label=label)
+    left.plot([0.01, POLL_EVERY_S, 60], [0.01 / POLL_EVERY_S, 1, 1], "--", label="polling every 30 s")
+    left.set(xscale="log", xlabel="seconds after Replicate's completed_at", ylabel="share of predictions")
+    left.legend(fontsize=7)
+    series = document["webhooks"]["series_per_second"]
+    right.bar([t for t, _ in series], [n for _, n in series], width=1.0, align="edge")
+    right.set(xlabel="seconds since the first submit", ylabel="webhooks answered 2xx per second")
+    return common.save(fig, stem)
+
+
+def summarise_soak(
+    args: argparse.Namespace,
+    *,
+    results: list[PredictionResult],
+    back: ReadBack,
+    facts: LogFacts,
+    sampler: Sampler,
+    wall_begin: float,
+    log_dir: Path,
+) -> dict[str, Any]:
+    start, end = args.minutes * 60 * (1 - JUDGED_FRACTION), args.minutes * 60
+    kinds = ["relay", "simulator", "emulator"]
+    processes = sorted(
+        (judge(s, start, end) for s in sampler.series.values()), key=lambda p: (kinds.index(p["kind"]), p["name"])
     )
+    relay = [p for p in processes if p["kind"] == "relay"]
+    wrong, by_kind = [], {}
+    for result in results:
+        steered = plan(result.index)
+        by_kind.setdefault(steered.kind, Counter())[str(result.state)] += 1
+        if result.state != steered.expected or (
+            steered.expected == "succeeded" and result.outputs_archived != steered.files
+        ):
+            wrong.append(f"{result.index} ({steered.kind}): {result.state}, {result.outputs_archived} file(s)")
+    points = {
+        reconciled: [
+            (r.completed_at - wall_begin, r.end_to_end_s)
+            for r in results
+            if r.end_to_end_s is not None and r.completed_at and (plan(r.index).kind == "lost-final") == reconciled
+        ]
+        for reconciled in (False, True)
+    }
+    minutes = math.ceil(args.minutes)
+    busy = [value for _, value in sampler.machine if value is not None]
+    problems = problems_of(results, [])
+    problems += [f"{len(wrong)} job(s) not final as steered: {wrong[:5]}"] if wrong else []
+    problems += ["no process of relay's was sampled"] if not relay else []
+    services = {
+        process: {
+            **facts.service(process),
+            "max_ms": round(max((b - a for a, b in facts.spans.get(process, [])), default=0) * 1000, 1),
+            "outcomes": dict(facts.outcomes.get(process, {})),
+        }
+        for process in ("receiver", "job-status", "archive-outputs")
+    }
+    return {
+        "judged_window_s": [round(start, 1), end],
+        "flat": {"relay_processes": len(relay), "met": all(p["flat"] is not False for p in relay) if relay else None},
+        "jobs": {
+            "submitted": len(results),
+            "final": sum(1 for r in results if r.state in TERMINAL),
+            "states_by_kind": {kind: dict(counter) for kind, counter in sorted(by_kind.items())},
+            "not_as_steered": len(wrong),
+            "acknowledged_webhook_ids": sum(r.acknowledged for r in results),
+            "lost": sum(len(r.lost) for r in results),
+        },
+        "end_to_end_s": common.distribution([latency for _, latency in points[False]]),
+        "reconciled_end_to_end_s": common.distribution([latency for _, latency in points[True]]),
+        "latency_per_minute": per_minute(points[False], minutes),
+        "reconciled_per_minute": per_minute(points[True], minutes),
+        "reconciler": reconciler_runs(log_dir / "reconciler.log"),
+        "services": services,
+        "machine_busy_percent": {
+            "mean": round(statistics.fmean(busy), 1) if busy else None,
+            "max": max(busy, default=None),
+        },
+        "processes": processes,
+        "samples": {s.name: {"kind": s.kind, "t_rss_fds_cpu": s.samples} for s in sampler.series.values()},
+        "problems": problems,
+    }
+
+
+def render_soak(document: Mapping[str, Any]) -> str:
+    """The soak's section: jobs and losses, growth per process, the services, latency per minute, three plots."""
+    jobs, e2e, rec = document["jobs"], document["end_to_end_s"], document["reconciled_end_to_end_s"]
+    busy, settings = document["machine_busy_percent"], document["settings"]
+    figures = [
+        [
+            "predictions",
+            f"{jobs['submitted']:,} submitted over {settings['minutes']:g} min, {jobs['final']:,} final; by kind "
+            + "; ".join(f"{kind}: {states}" for kind, states in jobs["states_by_kind"].items()),
+        ],
+        ["not as steered", f"**{jobs['not_as_steered']}**"],
+        ["**lost**", f"**{jobs['lost']}** of {jobs['acknowledged_webhook_ids']:,} acknowledged webhook ids"],
+        [
+            "relay's processes flat",
+            f"**{'met' if document['flat']['met'] else 'missed'}** ({document['flat']['relay_processes']} processes)",
+        ],
+        ["webhook-ended jobs", f"p50 {secs(e2e['p50'])}, p99 {secs(e2e['p99'])}, max {secs(e2e['max'])}"],
+        ["reconciled jobs (final webhook dropped)", f"{rec['count']}, p50 {secs(rec['p50'])}, max {secs(rec['max'])}"],
+        ["reconciler", ", ".join(f"{k} {v}" for k, v in document["reconciler"].items())],
+        ["machine CPU busy during the run", f"mean {busy['mean']}%, max {busy['max']}%"],
+    ]
+    grown = [
+        [
+            p["name"],
+            p["kind"],
+            f"{p['rss_mib_max']:.1f}",
+            f"{(p['rss']['fitted'] or 0) / MIB:+.1f}",
+            f"{(p['rss']['edges'] or 0) / MIB:+.1f}",
+            f"{p['fds']['first'] or 0:g}",
+            f"{p['fds']['floor'] or 0:+g}",
+            "n/a" if p["cores"] is None else f"{p['cores']:.2f}",
+            ("flat" if p["flat"] else "**grows**" if p["flat"] is False else "n/a")
+            + ("" if p["kind"] == "relay" else " (apart)"),
+        ]
+        for p in document["processes"]
+    ]
+    services = [
+        [
+            name,
+            f"{s['requests']:,}",
+            common.ms(s["p50_ms"]),
+            common.ms(s["p99_ms"]),
+            common.ms(s["max_ms"]),
+            ", ".join(f"{k} {v}" for k, v in s["outcomes"].items()),
+        ]
+        for name, s in document["services"].items()
+    ]
+    reconciled = {row["minute"]: row for row in document["reconciled_per_minute"]}
+    minutes = [
+        [
+            str(row["minute"]),
+            str(row["count"]),
+            secs(row["p50"]),
+            secs(row["p99"]),
+            str(reconciled.get(row["minute"], {}).get("count", 0)),
+            secs(reconciled.get(row["minute"], {}).get("p99")),
+        ]
+        for row in document["latency_per_minute"]
+    ]
+    start, end = document["judged_window_s"]
+    return "\n".join(
+        [
+            common.provenance(document),
+            "",
+            common.markdown_table(["figure", "value"], figures),
+            "",
+            f"Growth per process over {start / 60:g}–{end / 60:g} min:",
+            "",
+            common.markdown_table(
+                ["process", "kind", "RSS MiB max", "fit MiB", "last−first MiB", "fds", "fds floor", "cores", "verdict"],
+                grown,
+            ),
+            "",
+            common.markdown_table(["process", "requests", "p50", "p99", "slowest", "outcomes"], services),
+            "",
+            common.markdown_table(["minute", "jobs", "p50", "p99", "reconciled", "reconciled p99"], minutes),
+            "",
+            plot_soak(document),
+        ]
+    )
+
+
+def plot_soak(document: Mapping[str, Any]) -> str:
+    """RSS and open fds over time per process (relay's, then the rest), and the latency per minute."""
+    start, end = document["judged_window_s"]
+    lines = []
+    for index, (name, label, scale) in enumerate((("soak-rss", "RSS (MiB)", MIB), ("soak-fds", "open fds", 1))):
+        fig, axes = common.figure(2)
+        for panel, kinds in zip(axes[0], (("relay",), ("simulator", "emulator")), strict=True):
+            for process, series in document["samples"].items():
+                if series["kind"] in kinds:
+                    points = series["t_rss_fds_cpu"]
+                    panel.plot([p[0] / 60 for p in points], [p[1 + index] / scale for p in points], label=process, lw=1)
+            panel.axvspan(start / 60, end / 60, color="#e9ecef", zorder=0)
+            panel.set(xlabel="minutes since the first submit", ylabel=label)
+            panel.legend(fontsize=6, ncol=2)
+        lines.append(common.save(fig, name))
+    fig, axes = common.figure()
+    rows = document["latency_per_minute"]
+    for key in ("p50", "p99"):
+        axes.plot([r["minute"] for r in rows], [r[key] for r in rows], marker="o", label=key)
+    axes.set(yscale="log", xlabel="minute (Replicate's completed_at)", ylabel="seconds to the job final")
+    axes.legend()
+    lines.append(common.save(fig, "soak-latency"))
+    return "\n\n".join(lines)
 
 
 if __name__ == "__main__":

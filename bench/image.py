@@ -7,10 +7,7 @@ is made on first use. The baseline, measured in the same run: the engine running
 in the same image, which is what any container of it costs before our code runs.
 
 Sizes: the image as the engine reports it, and `du` of the virtualenv and of /app (each of /app's
-top-level entries too). The results name the image's ID and the commit measured, so that bench/report.py
-can keep each image it reported (docs/bench/image-history.json) and show them side by side.
-
-Writes bench/results/image.json; bench/report.py puts it in docs/BENCHMARKS.md.
+top-level entries too). Writes bench/results/image.json and the image section of docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -29,7 +26,8 @@ from typing import Any
 # Run as a script, so sys.path[0] is bench/ (for `common`); the project's packages live one level up.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import RESULTS_DIR, check_busy, code_version, print_table, results_header, write_results
+import common
+from common import RESULTS_DIR, check_busy, results_header
 
 from replicate_relay.devstack.containers import DEFAULT_IMAGE, ContainerLauncher, Engine, detect_engine
 from replicate_relay.devstack.processes import free_port
@@ -126,7 +124,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="starts per service")
     parser.add_argument("--quick", action="store_true", help="2 rounds: a smoke run")
     parser.add_argument("--results", type=Path, default=RESULTS_DIR / "image.json", help="where to write the JSON")
-    parser.add_argument("--note", help="what this image is, for the report's table of every image measured")
     args = parser.parse_args(argv)
     rounds = 2 if args.quick else args.rounds
     engine = detect_engine()
@@ -142,8 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     results: dict[str, Any] = {
         **results_header(busy, engine=engine.name, image=args.image, image_id=image_id),
-        "code": code_version(),
-        "settings": {"rounds": rounds, "quick": args.quick, "note": args.note},
+        "settings": {"rounds": rounds, "quick": args.quick},
         "sizes": sizes(engine, args.image),
     }
     with tempfile.TemporaryDirectory(prefix="relay-bench-image-") as scratch:
@@ -153,20 +149,30 @@ def main(argv: list[str] | None = None) -> int:
         starts = {name: [start_once(launcher, name, folder) for _ in range(rounds)] for name in SPECS}
     results["baseline_seconds"] = baseline
     results["start_seconds"] = starts
-    write_results(args.results, results)
-
-    rows = [["engine: run `python -c pass`", f"{statistics.median(baseline):.2f}", f"{max(baseline):.2f}"]]
-    rows += [[name, f"{statistics.median(times):.2f}", f"{max(times):.2f}"] for name, times in starts.items()]
-    size = results["sizes"]
-    print(
-        f"image {args.image} ({image_id}): {size['image_mb']:.0f} MB, venv {size['venv_mb']:.0f} MB, /app "
-        + f"{size['app_mb']:.1f} MB ("
-        + ", ".join(f"{k} {v:.2f}" for k, v in size["app_parts_mb"].items())
-        + ")"
-    )
-    print_table(["start to first 200 on /health", f"median s ({rounds})", "max s"], rows)
-    print(f"wrote {args.results}")
+    common.publish("image", args.results, results, render)
     return 0
+
+
+def render(document: dict[str, Any]) -> str:
+    """The image's section: sizes, and each service's start against the engine's baseline."""
+    size, host = document["sizes"], document["host"]
+    rows = [["engine: `run` of `python -c pass` (baseline)", *figures(document["baseline_seconds"])]]
+    rows += [[name, *figures(times)] for name, times in document["start_seconds"].items()]
+    parts = ", ".join(f"{name}/ {mb:.2f} MB" for name, mb in sorted(size["app_parts_mb"].items()))
+    return "\n".join(
+        [
+            common.provenance(document),
+            "",
+            f"`{host['image']}` ({host['engine']}): **{size['image_mb']:.0f} MB**, of which {size['venv_mb']:.0f} MB "
+            f"the virtualenv and {size['app_mb']:.1f} MB Relay's own code with its bytecode ({parts}).",
+            "",
+            common.markdown_table(["service", "median s", "max s"], rows),
+        ]
+    )
+
+
+def figures(times: list[float]) -> list[str]:
+    return [f"{statistics.median(times):.2f}", f"{max(times):.2f}"]
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ once with `[services]` (what the Cloud Run services add), and measures:
 
     .venv/bin/python bench/package.py [--rounds 15] [--quick]
 
-Writes bench/results/package.json; bench/report.py puts it in docs/BENCHMARKS.md.
+Writes bench/results/package.json and the package section of docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from common import RESULTS_DIR, check_busy, code_version, print_table, results_header, write_results  # noqa: E402
+import common  # noqa: E402
+from common import RESULTS_DIR, check_busy, results_header  # noqa: E402
 
 DISTRIBUTION = "replicate-relay"
 # What an app imports, from the cheapest to everything; each timed in a fresh interpreter.
@@ -190,7 +191,6 @@ def main(argv: list[str] | None = None) -> int:
         heaviest = heaviest_imports(plain, IMPORTS["from replicate_relay import RelayClient"], work)
         results = {
             **results_header(busy),
-            "code": code_version(),
             "settings": {"rounds": rounds, "quick": args.quick},
             "wheel_bytes": wheel.stat().st_size,
             "installs": installs,
@@ -199,20 +199,43 @@ def main(argv: list[str] | None = None) -> int:
         }
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    write_results(args.results, results)
+    common.publish("package", args.results, results, render)
+    return 0
 
-    size_rows = [
-        [name, f"{info['site_packages_bytes'] / 1e6:.1f}", str(info["distributions"]), f"{info['own_bytes'] / 1e3:.0f}"]
+
+def render(document: dict[str, Any]) -> str:
+    """The package section: installed sizes, the largest distributions, import times."""
+    installs = document["installs"]
+    sizes = [
+        [
+            f"`[{name}]`" if name != "plain" else "plain (the app's side)",
+            f"{info['site_packages_bytes'] / 1e6:.1f}",
+            str(info["distributions"]),
+            f"{info['own_bytes'] / 1e3:.0f}",
+        ]
         for name, info in installs.items()
     ]
-    print_table(["install", "site-packages MB", "distributions", "replicate-relay kB"], size_rows)
-    print()
-    time_rows = [
-        [label, f"{row['median_ms']:.0f}", f"{row['min_ms']:.0f}–{row['max_ms']:.0f}"] for label, row in imports.items()
+    largest = list(installs["plain"]["by_distribution_bytes"].items())[:6]
+    times = [
+        [f"`{label}`", f"{row['median_ms']:.0f}", f"{row['min_ms']:.0f}–{row['max_ms']:.0f}"]
+        for label, row in document["import_ms"].items()
     ]
-    print_table([f"fresh interpreter, {rounds} rounds", "median ms", "range ms"], time_rows)
-    print(f"wrote {args.results.relative_to(REPO_ROOT) if args.results.is_relative_to(REPO_ROOT) else args.results}")
-    return 0
+    spent = document["client_heaviest_imports"]
+    return "\n".join(
+        [
+            common.provenance(document) + f" Wheel: {document['wheel_bytes'] / 1e3:.0f} kB.",
+            "",
+            common.markdown_table(["install", "site-packages MB", "distributions", "replicate-relay kB"], sizes),
+            "",
+            "Largest in the plain install: " + ", ".join(f"{name} {size / 1e6:.1f} MB" for name, size in largest) + ".",
+            "",
+            common.markdown_table([f"{document['settings']['rounds']} rounds", "median ms", "range ms"], times),
+            "",
+            "Where `from replicate_relay import RelayClient` spends its time, by package: "
+            + ", ".join(f"{row['package']} {row['ms']:.0f} ms ({row['share']:.0%})" for row in spent)
+            + ".",
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -1,22 +1,14 @@
 """In-process CPU per webhook of the receiver's ASGI app, and where OpenTelemetry's share of it goes.
 
 No server, no network, no emulator: each variant's ASGI app is called directly on a uvloop event
-loop, one validly signed `succeeded` webhook after another, and `time.process_time()` (the process's
-user + system CPU) is read around the lot. The variants:
-
-- the receiver as served: functions-framework's `create_asgi_app` around `receive`, OpenTelemetry on;
-- the same with `OTEL_SDK_DISABLED=true`;
-- the receiver without functions-framework's layers: `receive` on a Starlette `Request`;
-- functions-framework's no-op ASGI app (bench/noop.py `noop_async`): the baseline, the framework's
-  own share, so that runs on different machines compare as multiples of it.
-
-Publishing is bench/receiver_no_pubsub.py's `InstantPublisher` (the real publish span and metric, no
-gRPC). Every variant runs in a fresh child process (OpenTelemetry and the receiver's settings are
-read at import), once per round, rounds interleaved; every answer must be 200 (and "accepted" from a
-receiver), or the run fails. A further child times OpenTelemetry's work for one accepted webhook
-alone: the exact calls receiver/main.py and replicate_relay/telemetry.publish_span make, then its parts (bare
-spans, attributes, metric records, trace context), and checks that those calls still make the spans
-one webhook through the real `receive` makes. Results go to stdout and bench/results/receiver_cpu.json.
+loop, one validly signed `succeeded` webhook after another, and `time.process_time()` is read around
+the lot, in a fresh child process per variant and round (rounds interleaved). Variants: the receiver
+as served (functions-framework's `create_asgi_app` around `receive`), the same with
+`OTEL_SDK_DISABLED=true`, `receive` on a bare Starlette `Request`, and functions-framework's no-op
+(the baseline). Publishing is bench/receiver_no_pubsub.py's `InstantPublisher`. OpenTelemetry's share
+is the receiver less the SDK-off variant; a further child times its parts alone through the real
+`replicate_relay.telemetry` calls, with the attributes the real `receive` puts on its spans. Writes
+bench/results/receiver_cpu.json and the receiver_cpu section of docs/BENCHMARKS.md.
 
     .venv/bin/python bench/receiver_cpu.py [--requests 20000] [--rounds 3] [--quick]
 """
@@ -37,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Run as a script, so sys.path[0] is bench/ (for `common`, `noop`, `receiver_no_pubsub`); the project's
-# packages live one level up, and come first: bench/receiver.py would shadow the receiver package.
+# packages live one level up.
 sys.path.insert(0, str(REPO_ROOT))
 
 import common  # noqa: E402
@@ -122,17 +114,15 @@ VARIANT_BY_KEY = {variant.key: variant for variant in VARIANTS}
 BASELINE = "noop-asgi"
 TELEMETRY_CHILD = "telemetry"
 
-# OpenTelemetry's work for one accepted webhook, and its parts, each timed alone; the attributes as the
-# two spans started with the webhook's attributes less the bare spans. "rest" is the webhook's figure
-# less the parts: publish_span's and _record's own bookkeeping, the setup() fast path.
-TELEMETRY_PARTS = (
-    ("webhook", "all of it: receiver/main.py's calls and publish_span"),
-    ("spans", "two bare spans, nested (SERVER, PRODUCER)"),
-    ("attributes", "the webhook's span attributes (the same spans started with them − bare)"),
-    ("metrics", "three metric records"),
-    ("context", "trace context: from the request's headers, into the message"),
-)
-TELEMETRY_LABELS = dict(TELEMETRY_PARTS) | {"rest": "the rest: publish_span's and _record's own work (all − the parts)"}
+# OpenTelemetry's parts for one accepted webhook, each timed alone; "rest" is the receiver less the
+# SDK-off variant (the whole share) less the parts: the receiver's own span and metric bookkeeping.
+TELEMETRY_PARTS = {
+    "spans": "two bare spans, nested (SERVER, PRODUCER)",
+    "attributes": "the webhook's span attributes (the same spans started with them − bare)",
+    "metrics": "three metric records",
+    "context": "trace context: from the request's headers, into the message",
+    "rest": "the rest (the share less the parts)",
+}
 
 
 # The request ----------------------------------------------------------------------------------
@@ -242,79 +232,53 @@ def measure_app(variant: Variant, *, requests: int, warmup: int, sign_secret: st
 
 
 def measure_telemetry(*, iterations: int, warmup: int) -> dict[str, Any]:
-    """CPU µs of OpenTelemetry's work for one accepted webhook, and of each part, each timed alone.
+    """CPU µs of each part of OpenTelemetry's work for one webhook, timed alone through replicate_relay.telemetry,
+    with the span names, kinds and attributes one webhook through the real `receive` makes."""
+    import uvloop  # noqa: PLC0415
+    from opentelemetry import trace  # noqa: PLC0415
+    from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor  # noqa: PLC0415
 
-    `webhook_telemetry()` makes the calls receiver/main.py's `receive` makes for an accepted webhook, around what
-    bench/receiver_no_pubsub.py's publisher does (replicate_relay/telemetry.publish_span), through the same
-    functions; `check_mirror` then fails the run if they no longer make the spans the real `receive` makes.
-    """
-    from opentelemetry.trace import SpanKind  # noqa: PLC0415
+    from replicate_relay import telemetry  # noqa: PLC0415
 
-    from receiver import main  # noqa: PLC0415 - settings from this child's environment
-    from replicate_relay import telemetry, telemetry_setup  # noqa: PLC0415
-    from replicate_relay.events import EventAttributes, Source, parse_prediction_ref  # noqa: PLC0415
-
-    settings = main.SETTINGS
-    telemetry_setup.setup(settings.telemetry)
-    main.tune_gc()  # as the served worker does once its intake exists
-    tracer = telemetry.tracer()
-
+    app = build_app(VARIANT_BY_KEY["receiver-bare"])  # sets the receiver's telemetry up, as served
     webhook = signed_webhook()
-    scope = asgi_scope(webhook)
-    headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
-    prediction = parse_prediction_ref(webhook.body)
-    message = EventAttributes(
-        prediction_id=prediction.id,
-        status=prediction.status,
-        webhook_id=webhook.webhook_id,
-        webhook_timestamp=webhook.timestamp,
-        source=Source.WEBHOOK,
-    ).to_message()
-    accepted = {
-        telemetry.PREDICTION_ID: prediction.id,
-        telemetry.STATUS: prediction.status,
-        telemetry.WEBHOOK_ID: webhook.webhook_id,
-    }
-    size = len(webhook.body)
+    captured: list[ReadableSpan] = []
 
-    def webhook_telemetry() -> tuple[Any, Any]:
-        # receiver/main.py's receive and _receive, accepted path; the publish as InstantPublisher.publish.
-        telemetry_setup.setup(settings.telemetry)
-        started = time.perf_counter()
-        with tracer.start_as_current_span(
-            "POST /",
-            context=telemetry.extract_http(headers),
-            kind=SpanKind.SERVER,
-            attributes={"http.request.method": "POST", "url.path": "/"},
-        ) as span:
-            with telemetry.publish_span(settings.topic_path, message, size) as publish:
-                publish.sent("1")
-            main._record(span, started, "accepted", 200, prediction=accepted)
-        telemetry.flush_each_request()
-        return span, publish.span
+    class Capture(SpanProcessor):  # records one request's spans; then off (a processor cannot be removed)
+        def on_end(self, span: ReadableSpan) -> None:
+            if len(captured) < 2:
+                captured.append(span)
 
-    server_span, producer_span = webhook_telemetry()
-    server_attributes, producer_attributes = dict(server_span.attributes), dict(producer_span.attributes)
+    uvloop.run(post(app, asgi_scope(webhook), webhook.body))  # the first request sets OpenTelemetry up
+    trace.get_tracer_provider().add_span_processor(Capture())  # type: ignore[attr-defined]
+    uvloop.run(post(app, asgi_scope(webhook), webhook.body))
+    spans = sorted(captured, key=lambda span: span.parent is not None)
+    if [span.kind.name for span in spans] != ["SERVER", "PRODUCER"]:
+        raise BenchError(f"one webhook made spans {[(s.name, s.kind.name) for s in spans]}, not SERVER and PRODUCER")
+    (server, server_attributes), (producer, producer_attributes) = [(s, dict(s.attributes or {})) for s in spans]
+    tracer = telemetry.tracer()
+    headers = dict(webhook.headers)
+    message = {"prediction_id": "bench", "webhook_id": webhook.webhook_id}
 
-    def spans() -> None:
-        with (
-            tracer.start_as_current_span("POST /", kind=SpanKind.SERVER),
-            tracer.start_as_current_span("send", kind=SpanKind.PRODUCER),
-        ):
-            pass
+    def spans_with(first: dict[str, Any], second: dict[str, Any]) -> Callable[[], None]:
+        def work() -> None:
+            with (
+                tracer.start_as_current_span(server.name, kind=server.kind, attributes=first),
+                tracer.start_as_current_span(producer.name, kind=producer.kind, attributes=second),
+            ):
+                pass
 
-    def spans_with_attributes() -> None:
-        # Given at the start, as most of them are (the sampler and the span each copy them then).
-        with (
-            tracer.start_as_current_span("POST /", kind=SpanKind.SERVER, attributes=server_attributes),
-            tracer.start_as_current_span("send", kind=SpanKind.PRODUCER, attributes=producer_attributes),
-        ):
-            pass
+        return work
 
     def metrics() -> None:
         telemetry.METRICS.webhooks.add(1, {"outcome": "accepted"})
         telemetry.METRICS.webhook_duration.record(0.001, {"outcome": "accepted"})
         telemetry.METRICS.publish_duration.record(0.001, {"topic": "replicate-events", "outcome": "ok"})
+
+    def context() -> None:
+        with tracer.start_as_current_span("send"):  # inject_message writes nothing without a current span
+            telemetry.extract_http(headers)
+            telemetry.inject_message(dict(message))
 
     def timed(work: Callable[[], Any]) -> float:
         for _ in range(warmup):
@@ -324,62 +288,14 @@ def measure_telemetry(*, iterations: int, warmup: int) -> dict[str, Any]:
             work()
         return (time.process_time() - started) / iterations * 1e6
 
-    def context() -> None:
-        telemetry.extract_http(headers)
-        telemetry.inject_message(dict(message))
-
-    def timed_in_a_span(work: Callable[[], Any]) -> float:
-        """`work` with a span current (inject_message writes nothing without one)."""
-        with tracer.start_as_current_span("send", kind=SpanKind.PRODUCER):
-            return timed(work)
-
     us = {
-        "webhook": timed(webhook_telemetry),
-        "spans": timed(spans),
-        "spans_with_attributes": timed(spans_with_attributes),
+        "spans": timed(spans_with({}, {})),
+        "attributes": timed(spans_with(server_attributes, producer_attributes)),
         "metrics": timed(metrics),
-        "context": timed_in_a_span(context),
+        "context": timed(context) - timed(spans_with({}, {})) / 2,  # less the one span it needs
     }
-    us["attributes"] = us["spans_with_attributes"] - us["spans"]
-    check_mirror(webhook_telemetry)
-    return {
-        "variant": TELEMETRY_CHILD,
-        "iterations": iterations,
-        "us": us,
-        "span_attributes": len(server_attributes) + len(producer_attributes),
-    }
-
-
-def check_mirror(webhook_telemetry: Callable[[], Any]) -> None:
-    """BenchError unless `webhook_telemetry` makes the spans (names, kinds, attribute names, nesting) that
-    one webhook through the real `receive` makes. Run after the timing: the recording processor costs CPU."""
-    import uvloop  # noqa: PLC0415
-    from opentelemetry import trace  # noqa: PLC0415
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: PLC0415
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: PLC0415
-
-    exporter = InMemorySpanExporter()
-    trace.get_tracer_provider().add_span_processor(SimpleSpanProcessor(exporter))  # type: ignore[attr-defined]
-
-    def shape() -> list[tuple[str, str, list[str], bool]]:
-        spans = exporter.get_finished_spans()
-        exporter.clear()
-        return sorted(
-            (span.name, span.kind.name, sorted(span.attributes or {}), span.parent is not None) for span in spans
-        )
-
-    app = build_app(VARIANT_BY_KEY["receiver-bare"])
-    webhook = signed_webhook()
-
-    uvloop.run(post(app, asgi_scope(webhook), webhook.body))
-    real = shape()
-    webhook_telemetry()
-    mirror = shape()
-    if real != mirror:
-        raise BenchError(
-            "the telemetry breakdown no longer makes the spans one accepted webhook makes (update "
-            f"measure_telemetry's webhook_telemetry to match receiver/main.py): real {real}, breakdown {mirror}"
-        )
+    us["attributes"] -= us["spans"]
+    return {"variant": TELEMETRY_CHILD, "iterations": iterations, "us": us}
 
 
 def child_main(argv: list[str]) -> int:
@@ -464,90 +380,50 @@ def spread(values: Sequence[float]) -> dict[str, float]:
 def summarise(
     app_rounds: Mapping[str, Sequence[float]], telemetry_rounds: Sequence[Mapping[str, float]]
 ) -> dict[str, Any]:
-    """The results' figures: each variant's and each telemetry part's median and spread, and what they imply."""
-    variants: dict[str, dict[str, Any]] = {
-        key: {"label": VARIANT_BY_KEY[key].label, **spread(values), "rounds": [round(v, 1) for v in values]}
-        for key, values in app_rounds.items()
-    }
-    parts: dict[str, dict[str, Any]] = {}
-    for key, _ in TELEMETRY_PARTS:
-        values = [one[key] for one in telemetry_rounds]
-        parts[key] = {"label": TELEMETRY_LABELS[key], **spread(values), "rounds": [round(v, 1) for v in values]}
-    webhook = parts["webhook"]["median"]
-    rest = webhook - sum(part["median"] for key, part in parts.items() if key != "webhook")
-    parts["rest"] = {"label": TELEMETRY_LABELS["rest"], "median": round(rest, 1)}
-
+    """Each variant's and each telemetry part's median and range, and what they imply."""
+    variants = {key: {"label": VARIANT_BY_KEY[key].label, **spread(v)} for key, v in app_rounds.items()}
     median = {key: row["median"] for key, row in variants.items()}
-    receiver, baseline = median["receiver"], median[BASELINE]
+    share = median["receiver"] - median["receiver-no-telemetry"]
+    parts = {key: spread([one[key] for one in telemetry_rounds]) for key in TELEMETRY_PARTS if key != "rest"}
+    parts["rest"] = {"median": round(share - sum(part["median"] for part in parts.values()), 1)}
     return {
         "variants": variants,
+        "telemetry_us": round(share, 1),
         "telemetry": parts,
-        "baseline_multiple": round(receiver / baseline, 2) if baseline else None,
-        "derived_us": {
-            # By difference between medians of the same run: each carries two variants' noise.
-            "framework_layers": round(receiver - median["receiver-bare"], 1),
-            "telemetry_on_minus_off": round(receiver - median["receiver-no-telemetry"], 1),
-            "over_baseline": round(receiver - baseline, 1),
-        },
+        "baseline_multiple": round(median["receiver"] / median[BASELINE], 2) if median[BASELINE] else None,
     }
 
 
-# Output -------------------------------------------------------------------------------------------
-
-
-def us(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:,.1f}"
-
-
-def variant_rows(summary: Mapping[str, Any]) -> list[list[str]]:
-    baseline = summary["variants"][BASELINE]["median"]
-    return [
+def render(document: Mapping[str, Any]) -> str:
+    """The section: CPU per webhook per variant against the no-op, OpenTelemetry's share in parts."""
+    variants, parts, share = document["variants"], document["telemetry"], document["telemetry_us"]
+    baseline = variants[BASELINE]["median"]
+    rows = [
         [
             row["label"],
-            us(row["median"]),
-            f"{us(row['min'])}–{us(row['max'])}",
-            f"{row['spread_pct']:.0f}%",
-            f"{row['median'] / baseline:.2f}×" if baseline else "n/a",
+            f"{row['median']:,.1f}",
+            f"{row['min']:,.1f}–{row['max']:,.1f}",
+            f"{row['median'] / baseline:.2f}×",
         ]
-        for row in summary["variants"].values()
+        for row in variants.values()
     ]
-
-
-VARIANT_HEADERS = ["variant", "CPU µs / webhook", "min–max", "spread", "× no-op"]
-
-
-def telemetry_rows(summary: Mapping[str, Any]) -> list[list[str]]:
-    parts = summary["telemetry"]
-    webhook = parts["webhook"]["median"]
-    receiver = summary["variants"]["receiver"]["median"]
-    rows = []
-    for key, row in parts.items():
-        label = row["label"] if key == "webhook" else f"- {row['label']}"
-        share = f"{row['median'] / webhook:.0%}" if webhook else "n/a"
-        rows.append([label, us(row["median"]), share, f"{row['median'] / receiver:.0%}" if receiver else "n/a"])
-    return rows
-
-
-TELEMETRY_HEADERS = ["OpenTelemetry for one accepted webhook", "CPU µs", "of the telemetry", "of the receiver"]
-
-
-def comparison_line(summary: Mapping[str, Any]) -> str:
-    variants = summary["variants"]
-    return (
-        f"receiver as served: {variants['receiver']['median']:,.1f} µs a webhook = "
-        f"{summary['baseline_multiple']:.2f}× functions-framework's no-op ({variants[BASELINE]['median']:,.1f} µs) "
-        "in the same run"
+    telemetry = [["OpenTelemetry: the receiver − the SDK-off variant", f"{share:,.1f}", "100%"]]
+    telemetry += [
+        [f"- {TELEMETRY_PARTS[key]}", f"{p['median']:,.1f}", f"{p['median'] / share:.0%}"] for key, p in parts.items()
+    ]
+    return "\n".join(
+        [
+            common.provenance(document) + f" {document['settings']['requests']:,} webhooks a child, "
+            f"{document['settings']['rounds']} rounds.",
+            "",
+            common.markdown_table(["variant", "CPU µs / webhook", "min–max", "× no-op"], rows),
+            "",
+            f"The receiver as served costs **{document['baseline_multiple']:.2f}×** functions-framework's no-op in the "
+            "same run: across machines, compare this multiple.",
+            "",
+            common.markdown_table(["OpenTelemetry for one accepted webhook", "CPU µs", "share"], telemetry),
+        ]
     )
-
-
-def derived_lines(summary: Mapping[str, Any]) -> list[str]:
-    derived, telemetry = summary["derived_us"], summary["telemetry"]
-    return [
-        f"OpenTelemetry: {telemetry['webhook']['median']:,.1f} µs timed alone; receiver − SDK-off "
-        f"{derived['telemetry_on_minus_off']:,.1f} µs (the SDK-off variant still calls the API's no-op spans)",
-        f"functions-framework's layers over a bare `receive`: {derived['framework_layers']:,.1f} µs; "
-        f"the receiver over the no-op: {derived['over_baseline']:,.1f} µs",
-    ]
 
 
 # Main ---------------------------------------------------------------------------------------------
@@ -590,7 +466,6 @@ def run(args: argparse.Namespace, started: float) -> int:
     roles = [*VARIANT_BY_KEY, TELEMETRY_CHILD]
     app_rounds: dict[str, list[float]] = {key: [] for key in VARIANT_BY_KEY}
     telemetry_rounds: list[dict[str, float]] = []
-    span_attributes = None
     for number in range(1, args.rounds + 1):
         # Every other round backwards, so drift (a busy neighbour) does not always fall on the same variant.
         order = roles if number % 2 else roles[::-1]
@@ -599,50 +474,19 @@ def run(args: argparse.Namespace, started: float) -> int:
             if role == TELEMETRY_CHILD:
                 result = run_child(role, requests=args.requests)
                 telemetry_rounds.append(result["us"])
-                span_attributes = result["span_attributes"]
-                figures.append(f"telemetry {result['us']['webhook']:,.1f}")
+                figures.append(f"telemetry spans {result['us']['spans']:,.1f}")
             else:
                 result = run_child(role, requests=args.requests, telemetry=VARIANT_BY_KEY[role].telemetry)
                 app_rounds[role].append(result["us_per_webhook"])
                 figures.append(f"{role} {result['us_per_webhook']:,.1f}")
         print(f"round {number}: CPU µs per webhook: {', '.join(figures)}", flush=True)
 
-    summary = summarise(app_rounds, telemetry_rounds)
-    summary["telemetry_span_attributes"] = span_attributes
-    print(f"\n== results ({time.monotonic() - started:.0f} s in all)\n")
-    common.print_table(VARIANT_HEADERS, variant_rows(summary))
-    print()
-    common.print_table(TELEMETRY_HEADERS, telemetry_rows(summary))
-    print(f"\n{comparison_line(summary)}")
-    print("\n".join(derived_lines(summary)))
-    markdown = "\n\n".join(
-        [
-            common.markdown_table(VARIANT_HEADERS, variant_rows(summary)),
-            common.markdown_table(TELEMETRY_HEADERS, telemetry_rows(summary)),
-        ]
-    )
-    print("\nMarkdown:\n")
-    print(markdown)
-
     document = {
         **common.results_header(busy),
-        "code": common.code_version(),
-        "settings": {
-            "requests": args.requests,
-            "warmup": WARMUP,
-            "rounds": args.rounds,
-            "quick": args.quick,
-            "loop": "uvloop",
-            "clock": "time.process_time (the child's user + system CPU), over the timed requests only",
-            "log_level": LOG_LEVEL,
-            "exporters": "none (RELAY_GCP_TELEMETRY=false, no OTLP endpoint, no span or metric file)",
-            "publisher": "bench/receiver_no_pubsub.py InstantPublisher",
-        },
-        **summary,
-        "markdown": markdown,
+        "settings": {"requests": args.requests, "warmup": WARMUP, "rounds": args.rounds, "quick": args.quick},
+        **summarise(app_rounds, telemetry_rounds),
     }
-    common.write_results(RESULTS_JSON, document)
-    print(f"\nwrote {RESULTS_JSON.relative_to(REPO_ROOT)}")
+    common.publish("receiver_cpu", RESULTS_JSON, document, render)
     return 0
 
 

@@ -1,15 +1,13 @@
-"""Receiver benchmark: the real receiver against no-op functions-framework functions, in one run.
+"""Webhook load: the real receiver against no-op functions-framework functions, in one run.
 
-Starts the Pub/Sub emulator (topic `replicate-events`, no subscriptions), then one server at a
-time on 127.0.0.1 (a no-op `--asgi` function, the receiver, a no-op Flask function), and for each
-measures peak throughput with wrk and latency at half that peak with hey. Every request is one
-realistic, validly signed Replicate webhook. Percentiles (p50, p90, p99, p99.9, max) come from wrk's
-own microsecond histogram at peak (printed by a Lua `done` hook) and from every request hey timed at
-half peak (`-o csv`, 0.1 ms resolution), whose sorted latencies are kept for the report's CDF.
-Results go to stdout (plain and Markdown tables) and to bench/results/receiver.json. Every process
-group started here is stopped on the way out, including on Ctrl-C and SIGTERM.
+One server at a time on 127.0.0.1 (a no-op `--asgi` function, the receiver and two variants of it, a
+no-op Flask function), each hit with validly signed `succeeded` webhooks: peak throughput with wrk
+(percentiles from its 1 µs histogram through a Lua `done` hook), latency at half that peak with hey
+(every request timed), CPU per request from /proc. The receiver publishes to the dev stack's Pub/Sub
+emulator (topic `replicate-events`, no subscriptions). Writes bench/results/webhook_load.json and the
+`webhook_load` section of docs/BENCHMARKS.md with docs/bench/receiver-latency-cdf.png.
 
-    .venv/bin/python bench/receiver.py [--duration 10] [--connections 32] [--quick]
+    .venv/bin/python bench/webhook_load.py [--duration 10] [--connections 32] [--quick]
 """
 
 from __future__ import annotations
@@ -17,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import re
 import shutil
@@ -39,12 +36,7 @@ sys.path.insert(0, str(REPO_ROOT))
 import common  # noqa: E402
 from common import LOG_DIR, RESULTS_DIR, BenchError, Processes  # noqa: E402
 
-from replicate_relay.devstack.processes import (  # noqa: E402
-    ManagedProcess,
-    free_port,
-    http_answers,
-    log_contains,
-)
+from replicate_relay.devstack.processes import ManagedProcess, free_port, http_answers  # noqa: E402
 from replicate_relay.devstack.stack import DEV_WEBHOOK_SECRET  # noqa: E402
 from replicate_relay.testing import SignedWebhook, succeeded_webhook  # noqa: E402
 
@@ -55,7 +47,7 @@ WEBHOOK_SECRET = DEV_WEBHOOK_SECRET  # the local stack's: the Standard Webhooks 
 SIGNATURE_TOLERANCE_SECONDS = 300  # the receiver's default RELAY_WEBHOOK_TOLERANCE_SECONDS
 RECEIVER_LOG_LEVEL = "WARNING"
 
-RESULTS_JSON = RESULTS_DIR / "receiver.json"
+RESULTS_JSON = RESULTS_DIR / "webhook_load.json"
 
 WRK_THREADS = 1  # 2 cores: one for wrk, one for the server (and the emulator, for the receiver)
 HEY_CONNECTIONS = 16
@@ -64,6 +56,7 @@ ALLOWED_FAILURES = 5  # "a handful": more non-2xx answers than this from the rec
 # spaced ranks beyond it: the shape stays exact to 1/MAX_SAMPLES; the percentiles use every request).
 MAX_SAMPLES = 20_000
 WRK_PERCENTILES = (50.0, 90.0, 99.0, 99.9, 100.0)
+HEY_PERCENTILES = {"p50_ms": 50, "p90_ms": 90, "p99_ms": 99, "p999_ms": 99.9}
 EMULATOR_START_TIMEOUT = 90.0
 SERVER_START_TIMEOUT = 60.0
 
@@ -164,25 +157,16 @@ class ServerResult:
 
 
 def ensure_tools() -> dict[str, str]:
-    """wrk and hey on PATH, installed with apt-get if missing; returns their paths."""
-    missing = [tool for tool in ("wrk", "hey") if shutil.which(tool) is None]
-    if missing:
-        if shutil.which("apt-get") is None or os.geteuid() != 0:
-            raise BenchError(
-                f"{' and '.join(missing)} not found and cannot be installed here (needs root and apt-get): "
-                f"run `sudo apt-get install -y wrk hey` and try again"
-            )
+    """wrk and hey on PATH, installed with apt-get (as root) if missing; returns their paths."""
+    if any(shutil.which(tool) is None for tool in ("wrk", "hey")) and shutil.which("apt-get") and os.geteuid() == 0:
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        install = ["apt-get", "install", "-y", "--no-install-recommends", "wrk", "hey"]
-        print(f"installing {' '.join(missing)}: {' '.join(install)}", flush=True)
-        if subprocess.run(install, env=env, check=False, timeout=600).returncode != 0:
-            print("apt-get install failed; running apt-get update and trying once more", flush=True)
-            subprocess.run(["apt-get", "update"], env=env, check=False, timeout=600)
-            if subprocess.run(install, env=env, check=False, timeout=600).returncode != 0:
-                raise BenchError("apt-get could not install wrk and hey: install them by hand and try again")
+        subprocess.run(["apt-get", "update"], env=env, check=False, timeout=600)
+        subprocess.run(
+            ["apt-get", "install", "-y", "--no-install-recommends", "wrk", "hey"], env=env, check=False, timeout=600
+        )
     paths = {tool: shutil.which(tool) for tool in ("wrk", "hey")}
     if not all(paths.values()):
-        raise BenchError("wrk or hey is still not on PATH after installing: check the apt-get output above")
+        raise BenchError("wrk and hey are needed: `sudo apt-get install -y wrk hey`")
     return {tool: str(path) for tool, path in paths.items()}
 
 
@@ -305,24 +289,13 @@ def parse_hey_csv(output: str, *, sent: int) -> dict[str, Any]:
         "requests": answered,
         "duration_s": round(duration, 3),
         "requests_per_s": round(answered / duration, 1) if duration else 0.0,
-        "p50_ms": percentile(latencies, 50),
-        "p90_ms": percentile(latencies, 90),
-        "p99_ms": percentile(latencies, 99),
-        "p999_ms": percentile(latencies, 99.9),
+        **{key: common.percentile(latencies, p) for key, p in HEY_PERCENTILES.items()},
         "max_ms": round(latencies[-1], 3) if latencies else None,
         "status_codes": dict(sorted(status_codes.items())),
         "errors": {"no answer (socket error or timeout; hey's CSV omits them)": failed} if failed else {},
         "latency_samples_us": thin([round(ms * 1000) for ms in latencies], MAX_SAMPLES),
         "samples_total": len(latencies),
     }
-
-
-def percentile(ordered: list[float], p: float) -> float | None:
-    """Nearest-rank percentile of an ascending list: the smallest value with at least p% at or below it."""
-    if not ordered:
-        return None
-    rank = max(math.ceil(p / 100 * len(ordered)), 1)
-    return round(ordered[rank - 1], 3)
 
 
 def thin(ordered: list[int], limit: int) -> list[int]:
@@ -382,22 +355,6 @@ def run_hey(hey: str, url: str, webhook: SignedWebhook, body: Path, *, total_rat
 
 
 # Processes -------------------------------------------------------------------------------------
-
-
-def start_emulator(processes: Processes, port: int) -> ManagedProcess:
-    if shutil.which("gcloud") is None or shutil.which("java") is None:
-        raise BenchError(
-            "gcloud or java was not found on PATH: install google-cloud-cli, google-cloud-cli-pubsub-emulator "
-            "and openjdk-17-jre-headless (see docs/EMULATORS.md)"
-        )
-    argv = ["gcloud", "beta", "emulators", "pubsub", "start", f"--host-port={HOST}:{port}", f"--project={PROJECT}"]
-    process = ManagedProcess(
-        "Pub/Sub emulator",
-        argv,
-        log_path=common.fresh_log_path("pubsub-emulator"),
-        ready=log_contains(f"Server started, listening on {port}"),
-    )
-    return processes.start(process, EMULATOR_START_TIMEOUT)
 
 
 def create_topic(emulator_host: str) -> None:
@@ -460,25 +417,14 @@ def bench_server(
         cpu_after = common.group_cpu_seconds(process.pid), common.group_cpu_seconds(emulator.pid)
         cpu = cpu_use(cpu_before, cpu_after, peak)
         print(
-            f"   peak: {peak.requests_per_s:,.0f} req/s, p50 {fmt_ms(peak.p50_ms)}, p99 {fmt_ms(peak.p99_ms)}, "
-            f"p99.9 {fmt_ms(peak.p999_ms)} "
-            f"(wrk, {args.connections} connections, {peak.requests:,} requests); CPU: server "
-            f"{cpu.server_cores:.2f} cores, {cpu.server_us_per_request:,.0f} µs a request; emulator "
-            f"{cpu.emulator_cores:.2f} cores, {cpu.emulator_us_per_request:,.0f} µs a request",
-            flush=True,
+            f"   peak {peak.requests_per_s:,.0f} req/s, {cpu.server_us_per_request:,.0f} µs CPU a request", flush=True
         )
         report_failures(server, peak)
 
         webhook = signed_webhook()
         body, script = write_request_files(webhook, workdir)
         half = run_hey(tools["hey"], url, webhook, body, total_rate=peak.requests_per_s / 2, seconds=args.duration)
-        print(
-            f"   half peak: target {half.target_rate:,.0f} req/s, got {half.requests_per_s:,.0f} req/s, "
-            f"p50 {fmt_ms(half.p50_ms)}, p99 {fmt_ms(half.p99_ms)}, p99.9 {fmt_ms(half.p999_ms)} "
-            f"(hey, {HEY_CONNECTIONS} connections, {half.requests:,} requests); "
-            f"status codes {half.status_codes or '{}'}",
-            flush=True,
-        )
+        print(f"   half peak {half.requests_per_s:,.0f} req/s, p99 {common.ms(half.p99_ms)}", flush=True)
         report_failures(server, half)
         if not process.alive():
             raise BenchError(f"the {server.label} exited during the run; its log ends with: {process.log_tail()}")
@@ -512,12 +458,6 @@ def report_failures(server: Server, result: LoadResult) -> None:
 
 
 # Output ----------------------------------------------------------------------------------------
-
-
-def fmt_ms(value: float | None) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:.2f} ms" if value < 10 else f"{value:.1f} ms"
 
 
 def summarise(results: list[ServerResult]) -> dict[str, Any]:
@@ -587,66 +527,6 @@ def cpu_split(rows: Mapping[str, Mapping[str, Any]]) -> dict[str, float] | None:
     }
 
 
-def budget_lines(budget: Mapping[str, Any]) -> list[str]:
-    """The budget in sentences, for stdout and the report."""
-    allowed = budget["server_us_per_request_allowed"]
-    lines = [
-        f"{TARGET_PEAK_RATIO:.0%} of the ceiling is {budget['target_rps']:,} req/s: one worker (one core) has at most "
-        f"{allowed:,.0f} µs of CPU per request at that rate, the framework's own share included."
-    ]
-    for row in budget["rows"].values():
-        spent = row["server_us_per_request"]
-        verdict = "within" if spent <= allowed else f"{spent / allowed:.1f}× over"
-        emulator = row["emulator_us_per_request"] or 0.0
-        lines.append(
-            f"- {row['label']}: {row['vs_ceiling']:.0%} of the ceiling; server {spent:,.0f} µs a request ({verdict})"
-            + (f", emulator {emulator:,.0f} µs" if emulator >= 1 else "")
-        )
-    split = budget.get("split_us")
-    if split:
-        lines.append(
-            f"The receiver's {sum(split.values()):,.0f} µs, by difference between the rows: the framework (the "
-            f"no-op) {split['framework']:,.0f}, publishing to Pub/Sub {split['publishing']:,.0f}, OpenTelemetry "
-            f"{split['telemetry']:,.0f}, verifying, checking and answering {split['the_rest']:,.0f}."
-        )
-    return lines
-
-
-def table_rows(results: list[ServerResult]) -> list[list[str]]:
-    rows = []
-    for result in results:
-        peak, half = result.peak, result.half
-        rows.append(
-            [
-                result.label,
-                f"{peak.requests_per_s:,.0f}",
-                fmt_ms(peak.p50_ms),
-                fmt_ms(peak.p99_ms),
-                fmt_ms(peak.p999_ms),
-                f"{half.requests_per_s:,.0f}",
-                fmt_ms(half.p50_ms),
-                fmt_ms(half.p99_ms),
-                fmt_ms(half.p999_ms),
-                str(peak.non_2xx + peak.socket_errors + half.non_2xx + half.socket_errors),
-            ]
-        )
-    return rows
-
-
-HEADERS = [
-    "server",
-    "peak req/s",
-    "p50 @peak",
-    "p99 @peak",
-    "p99.9 @peak",
-    "req/s @half",
-    "p50 @half",
-    "p99 @half",
-    "p99.9 @half",
-    "failed",
-]
-
-
 def tool_version(argv: list[str]) -> str:
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
@@ -684,75 +564,33 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace, tools: Mapping[str, str], processes: Processes, started: float) -> int:
     wrk_version = tool_version([tools["wrk"], "--version"])
-    print(f"tools: {wrk_version}; hey at {tools['hey']}")
-    print(
-        f"settings: {args.duration:g} s per measurement, {args.warmup:g} s warm-up, wrk -t{WRK_THREADS} "
-        f"-c{args.connections}, hey -c{HEY_CONNECTIONS} at half of each server's peak; "
-        f"{os.cpu_count()} CPUs, gunicorn workers {os.environ.get('WORKERS', '1')}; loopback only"
-    )
+    print(f"tools: {wrk_version}; hey at {tools['hey']}; {args.duration:g} s per measurement", flush=True)
     busy = common.check_busy()
-    print(
-        f"the receiver runs with RELAY_LOG_LEVEL={RECEIVER_LOG_LEVEL}, so its per-request INFO line "
-        f"('webhook accepted') is not written and logging does not dominate the measurement"
-    )
-
-    emulator_port = free_port(HOST)
-    emulator_host = f"{HOST}:{emulator_port}"
-    print(f"\nstarting the Pub/Sub emulator on {emulator_host} …", flush=True)
-    emulator = start_emulator(processes, emulator_port)
+    print("starting the Pub/Sub emulator …", flush=True)
+    stack = common.start_emulators(processes, "pubsub", log_dir=LOG_DIR / "webhook_load")
+    emulator, emulator_host = stack.emulators["pubsub"], stack.emulator_env["PUBSUB_EMULATOR_HOST"]
     create_topic(emulator_host)
     print(f"emulator ready after {time.monotonic() - started:.0f} s; topic {TOPIC} created (no subscriptions)")
-
     receiver_env = {
         "RELAY_PROJECT": PROJECT,
         "PUBSUB_EMULATOR_HOST": emulator_host,
         "RELAY_WEBHOOK_SECRETS": WEBHOOK_SECRET,
-        "RELAY_LOG_LEVEL": RECEIVER_LOG_LEVEL,
+        "RELAY_LOG_LEVEL": RECEIVER_LOG_LEVEL,  # its per-request INFO line is not part of the measurement
     }
-    results: list[ServerResult] = []
     with tempfile.TemporaryDirectory(prefix="relay-bench-") as folder:
-        for server in SERVERS:
-            results.append(
-                bench_server(
-                    server,
-                    processes=processes,
-                    tools=tools,
-                    emulator=emulator,
-                    workdir=Path(folder),
-                    args=args,
-                    extra_env=receiver_env,
-                )
+        results = [
+            bench_server(
+                server,
+                processes=processes,
+                tools=tools,
+                emulator=emulator,
+                workdir=Path(folder),
+                args=args,
+                extra_env=receiver_env,
             )
+            for server in SERVERS
+        ]
     processes.stop_all()  # the emulator: not needed for the report
-
-    summary = summarise(results)
-    rows = table_rows(results)
-    ratio = summary["receiver_vs_noop_asgi_peak"]
-    targets = summary["targets"]
-    print(f"\n== results ({time.monotonic() - started:.0f} s in all)\n")
-    common.print_table(HEADERS, rows)
-    print(f"\nreceiver / no-op --asgi peak: {ratio:.0%}")
-    print(
-        f"target: receiver peak >= {TARGET_PEAK_RATIO:.0%} of the --asgi no-op ceiling: "
-        f"{'MET' if targets['peak_ratio']['met'] else 'MISSED'} ({ratio:.0%})"
-    )
-    latency = targets["p99_at_half_peak_ms"]
-    print(
-        f"target: receiver p99 < {TARGET_P99_HALF_PEAK_MS:g} ms at half its own peak: "
-        f"{'MET' if latency['met'] else 'MISSED'} ({fmt_ms(latency['value'])})"
-    )
-    print("\nCPU at peak, where the time goes:")
-    print("\n".join(budget_lines(summary["budget"])))
-
-    markdown = common.markdown_table(HEADERS, rows)
-    print("\nMarkdown:\n")
-    print(markdown)
-    print(
-        f"\nReceiver peak = {ratio:.0%} of the `--asgi` no-op ceiling; {args.duration:g} s per run, "
-        f"wrk {args.connections} connections at peak, hey {HEY_CONNECTIONS} connections at half peak, "
-        f"{os.cpu_count()} cores shared with the Pub/Sub emulator, loopback."
-    )
-
     document = {
         **common.results_header(busy, wrk=wrk_version, gunicorn_workers=int(os.environ.get("WORKERS", "1"))),
         "settings": {
@@ -763,17 +601,83 @@ def run(args: argparse.Namespace, tools: Mapping[str, str], processes: Processes
             "hey_connections": HEY_CONNECTIONS,
             "receiver_log_level": RECEIVER_LOG_LEVEL,
             "quick": args.quick,
-            "percentiles": "peak: wrk's histogram (1 µs buckets) through a Lua done hook; half peak: nearest rank "
-            "over every 2xx request hey timed (-o csv, 0.1 ms resolution); latency_samples_us: those, sorted, "
-            f"at most {MAX_SAMPLES:,} evenly spaced ranks",
         },
         "servers": [asdict(result) for result in results],
-        **summary,
-        "markdown": markdown,
+        **summarise(results),
     }
-    common.write_results(RESULTS_JSON, document)
-    print(f"\nwrote {RESULTS_JSON.relative_to(REPO_ROOT)}; server logs in {LOG_DIR.relative_to(REPO_ROOT)}/")
+    common.publish("webhook_load", RESULTS_JSON, document, render)
     return 0
+
+
+CPU_KEYS = ("server_cores", "server_us_per_request", "emulator_cores", "emulator_us_per_request")
+SPLIT = (
+    ("framework", "functions-framework, uvicorn and the HTTP exchange (the no-op)"),
+    ("publishing", "publishing to Pub/Sub and waiting for it (receiver − no-Pub/Sub row)"),
+    ("telemetry", "OpenTelemetry (receiver − SDK-off row)"),
+    ("the_rest", "verifying, checking and answering the webhook (what is left)"),
+)
+
+
+def render(document: Mapping[str, Any]) -> str:
+    """The section: latency and throughput per server, CPU per request, the split, the CDF plot."""
+    servers, targets, budget = document["servers"], document["targets"], document["budget"]
+    rows, cpu = [], []
+    for server in servers:
+        peak, half, use = server["peak"], server["half"], server["cpu"]
+        failed = peak["non_2xx"] + peak["socket_errors"] + half["non_2xx"] + half["socket_errors"]
+        rows.append(
+            [server["label"], f"{peak['requests_per_s']:,.0f}"]
+            + [common.ms(peak[key]) for key in ("p50_ms", "p99_ms", "p999_ms")]
+            + [f"{half['requests_per_s']:,.0f}"]
+            + [common.ms(half[key]) for key in ("p50_ms", "p99_ms", "p999_ms")]
+            + [str(failed)]
+        )
+        cpu.append(
+            [
+                server["label"],
+                *(f"{use[key]:.2f}" if key.endswith("cores") else f"{use[key]:,.0f}" for key in CPU_KEYS),
+            ]
+        )
+    ratio, latency = targets["peak_ratio"], targets["p99_at_half_peak_ms"]
+    out = [
+        common.provenance(document),
+        "",
+        common.markdown_table(
+            ["server", "peak req/s", "p50", "p99", "p99.9", "req/s @half", "p50", "p99", "p99.9", "failed"], rows
+        ),
+        "",
+        f"- Receiver peak = **{ratio['value']:.0%}** of the `--asgi` no-op ceiling (target {ratio['target']}: "
+        f"{'met' if ratio['met'] else 'missed'}).",
+        f"- Receiver p99 at half its peak = **{common.ms(latency['value'])}** (target {latency['target']}: "
+        f"{'met' if latency['met'] else 'missed'}).",
+        f"- The peak target, {budget['target_rps']:,} req/s, leaves a request at most "
+        f"**{budget['server_us_per_request_allowed']:,.0f} µs** of CPU.",
+        "",
+        common.markdown_table(
+            ["server", "server cores", "server µs / request", "emulator cores", "emulator µs / request"], cpu
+        ),
+    ]
+    split = budget.get("split_us")
+    if split:
+        total = sum(split.values())
+        parts = [[label, f"{split[key]:,.0f}", f"{split[key] / total:.0%}"] for key, label in SPLIT]
+        out += ["", common.markdown_table([f"the receiver's {total:,.0f} µs a request", "µs", "share"], parts)]
+    return "\n".join([*out, "", plot(servers)])
+
+
+def plot(servers: list[Mapping[str, Any]]) -> str:
+    """docs/bench/receiver-latency-cdf.png: each server's half-peak latencies, CDF and tail."""
+    fig, axes = common.figure(2)
+    left, right = axes[0]
+    for server in servers:
+        samples = [us / 1000 for us in server["half"].get("latency_samples_us") or []]
+        fractions = [(index + 1) / len(samples) for index in range(len(samples))]
+        left.plot(samples, fractions, label=server["label"], linewidth=1.2)
+        right.plot(samples, [1 - f + 1 / len(samples) for f in fractions], label=server["label"], linewidth=1.2)
+    left.set(xscale="log", xlabel="latency at half peak (ms)", ylabel="share answered within x")
+    right.set(xscale="log", yscale="log", xlabel="latency at half peak (ms)", ylabel="share slower than x")
+    left.legend(fontsize=7)
+    return common.save(fig, "receiver-latency-cdf")
 
 
 if __name__ == "__main__":
