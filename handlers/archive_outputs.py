@@ -12,16 +12,16 @@ from typing import Any
 from handlers.errors import TRANSIENT_ERRORS, TransientError
 from replicate_relay.archive import ArchiveConflict, Archiver
 from replicate_relay.downloads import DownloadError, DownloadFailed, DownloadGone
-from replicate_relay.events import PredictionEvent, PredictionStatus
-from replicate_relay.jobs import Failure, Outcome, outputs_removed
+from replicate_relay.events import PredictionEvent
+from replicate_relay.jobs import Failure, plan_archive
 from replicate_relay.jobstore import Applied, JobStore, Located
-from replicate_relay.outputs import ArchivedObject, FailedOutput, find_files
+from replicate_relay.outputs import ArchivedObject, FailedOutput
 
 ACTOR = "archive-outputs"
-# A job's files are copied side by side (two 16 KiB files: ~25 ms instead of ~45 ms here), on one
-# pool per process, so at most COPY_THREADS copies stream at once whatever the number of messages
-# and files: what the service's memory was sized for (infra/terraform/run.tf: 8 at ~48 MiB each in
-# 1 GiB). Threads start on the first copy, in the serving process (after gunicorn's fork).
+# A job's files are copied side by side (their latencies overlap), on one pool per process, so at
+# most COPY_THREADS copies stream at once whatever the number of messages and files: what the
+# service's memory is sized for (infra/terraform/run.tf). Threads start on the first copy, in the
+# serving process (after gunicorn's fork).
 COPY_THREADS = 8
 _COPIES = ThreadPoolExecutor(max_workers=COPY_THREADS, thread_name_prefix="archive-copy")
 
@@ -41,26 +41,23 @@ def archive(event: PredictionEvent, *, store: JobStore, archiver: Archiver) -> A
     5xx and storage outages raise TransientError so Pub/Sub redelivers the message. Files stored
     by an earlier attempt are found by name and not copied again.
     """
-    if event.attributes.status != PredictionStatus.SUCCEEDED:
-        return ArchiveResult("ignored")  # the production subscription filters these out already
-    prediction = event.prediction
-    if outputs_removed(event):
-        return _expired(event, store)
-    files = find_files(prediction.output)
-    if not files:
-        return ArchiveResult("nothing_to_archive")  # job-status makes such a job final by itself
+    plan = plan_archive(event)
+    if plan.skip is not None:
+        return ArchiveResult(plan.skip)
+    if plan.failure is not None:  # nothing left to copy
+        return _finish(store, event, [], plan.failure, None)
+    files = plan.files
 
     # The copies run on the shared pool while this thread looks the job up: neither waits for the other.
-    copies = [_copy(archiver.archive_file, prediction.id, output) for output in files]
+    copies = [_copy(archiver.archive_file, event.prediction.id, output) for output in files]
     try:
-        located: Located | None = store.locate(prediction.id)
+        located: Located | None = store.locate(event.prediction.id)
     except TRANSIENT_ERRORS:
         located = None  # the transaction reads it again, and raises if Firestore is still away
     wait(copies)
-    if located is not None and located.job is not None and located.job.is_terminal:
+    if (absorbed := store.absorbed(located)) is not None:
         # A redelivery of a job already final: whatever the copies found changes nothing.
-        current = located.job
-        return ArchiveResult(Outcome.ABSORBED.value, Applied(Outcome.ABSORBED, current.job_id, current))
+        return ArchiveResult(absorbed.outcome.value, absorbed)
 
     outputs: list[dict[str, Any]] = []
     failure: Failure | None = None
@@ -83,12 +80,6 @@ def archive(event: PredictionEvent, *, store: JobStore, archiver: Archiver) -> A
 def _copy(copy: Callable[..., ArchivedObject], *args: Any) -> Future[ArchivedObject]:
     # In a copy of this context, so each copy's spans stay in the message's trace.
     return _COPIES.submit(contextvars.copy_context().run, copy, *args)
-
-
-def _expired(event: PredictionEvent, store: JobStore) -> ArchiveResult:
-    """A succeeded prediction whose outputs Replicate had already removed: nothing to fetch, the job fails."""
-    failure = Failure("output_expired", "Replicate had removed the outputs (data_removed) before Relay read them")
-    return _finish(store, event, [], failure, None)
 
 
 def _finish(

@@ -25,11 +25,10 @@ from handlers.push import PushEnvelope, decode_event, parse_envelope
 from handlers.reconcile import ACTOR as RECONCILER
 from handlers.reconcile import Reconciler
 from handlers.settings import HandlerSettings, ReconcilerSettings
-from replicate_relay import jobevents, logs, telemetry, telemetry_setup
+from replicate_relay import announcements, logs, telemetry, telemetry_setup
 from replicate_relay.archive import Archiver
 from replicate_relay.config import load_or_exit
 from replicate_relay.downloads import Downloader
-from replicate_relay.jobs import needs_announcement
 from replicate_relay.jobstore import Applied, JobStore, utcnow
 from replicate_relay.publisher import PublishError, TopicPublisher
 from replicate_relay.replicate_api import ReplicateAPI
@@ -215,23 +214,16 @@ def _not_stored(applied: Applied | None) -> dict[str, Any]:
 
 
 def _announce_if_owed(clients: Clients, applied: Applied | None, actor: str) -> bool:
-    """Publish the final state on job-events if this handler made the job final and has not yet.
-
-    The transaction that made the job final claimed the announcement in the same write (claimed);
-    a redelivery after a failed publish claims it on its own (announce_once)."""
-    job = applied.job if applied else None
-    if applied is None or job is None or not needs_announcement(job, actor):
+    """Publish the final state on job-events if this handler made the job final and has not yet."""
+    if applied is None:
         return False
+    job = applied.job
     try:
-        if applied.claimed:
-            jobevents.announce_claimed(clients.store, clients.job_events, job)
-            announced = True
-        else:
-            announced = jobevents.announce_once(clients.store, clients.job_events, job)
+        announced = announcements.announce_owed(clients.store, clients.job_events, job, actor, claimed=applied.claimed)
     except PublishError as error:
         # The transition is committed; redelivery of this message announces it then.
         raise TransientError("announce_failed", str(error)) from error
-    if announced and job.completed_at is not None:
+    if announced and job is not None and job.completed_at is not None:
         # Once per job (the announcement is claimed once): Replicate finished → the job is final.
         latency = (utcnow() - job.completed_at).total_seconds()
         telemetry.METRICS.end_to_end.record(max(latency, 0.0), {"state": job.state})

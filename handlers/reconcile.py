@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 
 from opentelemetry import trace
 
-from replicate_relay import jobevents, telemetry
+from replicate_relay import announcements, telemetry
 from replicate_relay.events import EventAttributes, PayloadError, Source, parse_prediction
 from replicate_relay.jobs import TERMINAL_STATES, Job, JobState
 from replicate_relay.jobstore import JobStore, utcnow
@@ -183,7 +183,7 @@ class Reconciler:
 
     def _announce(self, job: Job) -> bool:
         try:
-            return jobevents.announce_once(self.store, self.job_events, job)
+            return announcements.announce_once(self.store, self.job_events, job)
         except PublishError as error:
             log.warning("reconciler could not announce job %s: %s", job.job_id, error)
             return False

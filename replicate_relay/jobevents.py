@@ -9,7 +9,6 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_serializer
 
 from replicate_relay.jobs import Job
-from replicate_relay.jobstore import JobStore
 from replicate_relay.outputs import ArchivedObject
 from replicate_relay.publisher import TopicPublisher
 from replicate_relay.values import StoredValue
@@ -166,25 +165,3 @@ def announce(publisher: TopicPublisher, job: Job) -> str:
     """Publish the job's final state and wait for Pub/Sub; raises PublishError."""
     data, attributes = job_event(job)
     return publisher.publish(data, attributes)
-
-
-def announce_once(store: JobStore, publisher: TopicPublisher, job: Job) -> bool:
-    """Announce a final job unless it was announced or another process is announcing it.
-
-    Returns whether this call published. Raises PublishError (the claim then lapses, so a retry
-    announces it). A crash between publishing and recording leaves a duplicate, which consumers
-    drop by `event_id`.
-    """
-    claimed = store.claim_announcement(job.job_id)
-    if claimed is None:
-        return False
-    announce_claimed(store, publisher, claimed)
-    return True
-
-
-def announce_claimed(store: JobStore, publisher: TopicPublisher, job: Job) -> None:
-    """Announce a job whose claim the caller holds already: taken in the transaction that made it
-    final (jobstore.Applied.claimed), or by claim_announcement. Raises PublishError (the claim
-    then lapses, as in announce_once)."""
-    announce(publisher, job)
-    store.mark_announced(job.job_id)

@@ -19,7 +19,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
 from replicate_relay.events import PredictionEvent, PredictionStatus
-from replicate_relay.outputs import ArchivedObject, FailedOutput, find_files, plain_value
+from replicate_relay.outputs import ArchivedObject, FailedOutput, OutputFile, find_files, plain_value
 from replicate_relay.values import DEFAULT_INLINE_BYTES, VALUE_FIELDS, StoredValue, loads
 
 
@@ -177,7 +177,7 @@ class Job(BaseModel):
     announced_at: datetime | None = Field(
         default=None, description="When the final state was published on job-events; null until then."
     )
-    announce_claimed_at: datetime | None = Field(  # see JobStore.claim_announcement
+    announce_claimed_at: datetime | None = Field(  # see replicate_relay.announcements
         default=None, description="When a process last claimed the right to announce (internal, a 60 s lease)."
     )
 
@@ -295,10 +295,33 @@ def left_to_archive(event: PredictionEvent) -> bool:
     )
 
 
-def newly_final(before: Job | None, after: Job | None) -> bool:
-    """Whether a write takes the job from open (or absent) to final: the one write that may also
-    claim its announcement, since no other process can have claimed a job that was not final."""
-    return after is not None and after.is_terminal and (before is None or not before.is_terminal)
+def absorbs(job: Job | None) -> bool:
+    """Whether `job` takes nothing any more: a final state absorbs every later event. A final job
+    never changes, so a read outside any transaction that shows it final is enough."""
+    return job is not None and job.is_terminal
+
+
+@dataclass(frozen=True)
+class ArchivePlan:
+    """What archive-outputs does with an event: nothing (`skip` names why), copy `files`, or
+    finish the job with `failure` at once (nothing left to copy)."""
+
+    skip: str | None = None
+    files: tuple[OutputFile, ...] = ()
+    failure: Failure | None = None
+
+
+def plan_archive(event: PredictionEvent) -> ArchivePlan:
+    """archive-outputs's part of an event; job-status's is the rest (left_to_archive)."""
+    if event.attributes.status != PredictionStatus.SUCCEEDED:
+        return ArchivePlan(skip="ignored")  # the production subscription filters these out already
+    if not left_to_archive(event):
+        return ArchivePlan(skip="nothing_to_archive")  # job-status makes such a job final by itself
+    if outputs_removed(event):
+        return ArchivePlan(
+            failure=Failure("output_expired", "Replicate had removed the outputs (data_removed) before Relay read them")
+        )
+    return ArchivePlan(files=tuple(find_files(event.prediction.output)))
 
 
 def target_state(status: str, output: Any) -> JobState | None:
@@ -333,7 +356,7 @@ def apply_event(  # noqa: PLR0911 - one return per rule reads better than a chai
         return Decision(
             Outcome.CREATED, _merge(fresh, event, target or JobState.SUBMITTED, now=now, policy=policy, actor=actor)
         )
-    if job.is_terminal:
+    if absorbs(job):
         return Decision(Outcome.ABSORBED, None)
     if target is None:
         return Decision(Outcome.UNKNOWN_STATUS, None)
@@ -378,7 +401,7 @@ def finish_archive(
     The succeeded event is applied first, so this works whether or not the job-status handler
     has seen it yet (both subscriptions get every event, in no set order).
     """
-    if job is not None and job.is_terminal:
+    if absorbs(job):
         return Decision(Outcome.ABSORBED, None)
     applied = apply_event(job, event, job_id=job_id, now=now, policy=policy, actor=actor)
     base = applied.job or job
@@ -395,11 +418,6 @@ def finish_archive(
     if failure is not None:
         updates.update(error=failure.message, error_code=failure.code)
     return Decision(Outcome.CREATED if job is None else Outcome.APPLIED, base.model_copy(update=updates))
-
-
-def needs_announcement(job: Job | None, actor: str) -> bool:
-    """Whether `actor` still owes job-events the announcement of this job's final state."""
-    return job is not None and job.is_terminal and job.announcer == actor and job.announced_at is None
 
 
 _EPOCH = datetime.fromtimestamp(0, UTC)

@@ -19,6 +19,7 @@ from google.cloud.firestore_v1.watch import Watch
 from opentelemetry.trace import SpanKind
 
 from replicate_relay import telemetry
+from replicate_relay.announcements import with_claim
 from replicate_relay.events import Prediction, PredictionEvent
 from replicate_relay.jobs import (
     DEFAULT_POLICY,
@@ -28,11 +29,11 @@ from replicate_relay.jobs import (
     JobState,
     Outcome,
     Policy,
+    absorbs,
     apply_event,
     finish_archive,
     left_to_archive,
     needs_archive,
-    newly_final,
 )
 from replicate_relay.values import VALUE_FIELDS, StoredValue, Unstorable, ValueStore, dumps, object_name, place
 
@@ -177,6 +178,12 @@ class JobStore:
             return Located(job_id, mapping.exists, None)
         return Located(job_id, mapping.exists, Job.from_document(_data(snapshot)), snapshot.update_time)
 
+    def absorbed(self, located: Located | None) -> Applied | None:
+        """Applied(ABSORBED) when `located` read the job final (it never changes again), else None."""
+        if located is None or located.job is None or not absorbs(located.job):
+            return None
+        return Applied(Outcome.ABSORBED, located.job_id, located.job)
+
     def finish_archive(
         self,
         event: PredictionEvent,
@@ -242,9 +249,7 @@ class JobStore:
             decision = work(batch, located.job_id, located.job, [])
             if decision.job is None:
                 return None
-            written, claimed = decision.job, newly_final(located.job, decision.job)
-            if claimed:
-                written = written.model_copy(update={"announce_claimed_at": self._clock()})
+            written, claimed = with_claim(located.job, decision.job, self._clock())
             option = self._client.write_option(last_update_time=located.update_time)
             document, written = self._document(written)
             # update, not set (which takes no precondition): every field is written, so the same document.
@@ -257,31 +262,30 @@ class JobStore:
                     return None
         return Applied(decision.outcome, located.job_id, written, claimed=claimed)
 
-    def claim_announcement(self, job_id: str, *, lease: timedelta = timedelta(seconds=60)) -> Job | None:
-        """Take the right to announce a final job; None if it is announced or someone else holds it.
+    def now(self) -> datetime:
+        """The store's clock, as it stamps what it writes."""
+        return self._clock()
 
-        Two deliveries of the same final event can be handled at once; only the one holding the
-        claim publishes. A claim not followed by mark_announced lapses after `lease`, so a failed
-        publish is retried by a redelivery or the reconciler.
-        """
+    def update_if(
+        self, operation: str, job_id: str, decide: Callable[[Job | None, datetime], dict[str, Any] | None]
+    ) -> Job | None:
+        """In a transaction: the fields `decide` picks for the job as read now, written; the job as
+        read, or None when `decide` picks none."""
 
         def run(transaction: firestore.Transaction) -> Job | None:
             ref, job = self._read(transaction, job_id)
-            if job is None:
+            fields = decide(job, self._clock())
+            if fields is None:
                 return None
-            now = self._clock()
-            held = job.announce_claimed_at is not None and now - job.announce_claimed_at < lease
-            if not job.is_terminal or job.announced_at is not None or held:
-                return None
-            transaction.update(ref, {"announce_claimed_at": now})
+            transaction.update(ref, fields)
             return job
 
-        claimed: Job | None = self._commit("claim_announcement", run)
-        return claimed
+        updated: Job | None = self._commit(operation, run)
+        return updated
 
-    def mark_announced(self, job_id: str) -> None:
-        """Note that the job's final state went out on job-events (a final state never changes)."""
-        self._jobs.document(job_id).update({"announced_at": self._clock()})
+    def update_fields(self, job_id: str, fields: dict[str, Any]) -> None:
+        """Write `fields` of an existing job without reading it (fields nothing else writes)."""
+        self._jobs.document(job_id).update(fields)
 
     def create_submitted(self, job: Job) -> Job:
         """Store a new job before its prediction exists (fails if the id is taken); returns it as stored."""
@@ -504,7 +508,7 @@ class JobStore:
         request as the job (one round trip fewer inside the transaction, whose locks are held
         that much less long), and `work` gets their snapshots, in the same order. `mapped_job_id`:
         the job id from a `predictions/{id}` the caller saw exist, which is then not read again.
-        A write that makes the job final also claims its announcement (see claim_announcement).
+        A write that makes the job final also claims its announcement (replicate_relay.announcements).
 
         The mapping is first read outside the transaction: once written it never changes, so the
         transaction need not lock it, and when it is missing the job's first write is made without
@@ -539,11 +543,10 @@ class JobStore:
                 return result
             if not mapping_exists:
                 transaction.set(mapping_ref, {"job_id": job_id, "created_at": self._clock()})
-            written, claimed = result.job, newly_final(job, result.job)
+            written, claimed = result.job, False
             if written is not None:
-                if claimed:
-                    # The claim rides on the final write: one transaction fewer before announcing.
-                    written = written.model_copy(update={"announce_claimed_at": self._clock()})
+                # The claim rides on the final write: one transaction fewer before announcing.
+                written, claimed = with_claim(job, written, self._clock())
                 document, written = self._document(written)
                 with _refusals():
                     transaction.set(job_ref, document)
@@ -587,9 +590,7 @@ class JobStore:
                 return result
             if result.job is None:
                 return None
-            written, claimed = result.job, newly_final(None, result.job)
-            if claimed:
-                written = written.model_copy(update={"announce_claimed_at": self._clock()})
+            written, claimed = with_claim(None, result.job, self._clock())
             mapping_ref = self._client.collection(PREDICTIONS).document(prediction_id)
             document, written = self._document(written)
             batch.create(mapping_ref, {"job_id": prediction_id, "created_at": self._clock()})
@@ -725,16 +726,11 @@ def _data(snapshot: firestore.DocumentSnapshot[Any]) -> dict[str, Any]:
 
 def _without_values(event: PredictionEvent) -> PredictionEvent:
     """The event with only what every job document can hold: which prediction, its status and times."""
-    prediction = event.prediction
-    kept = Prediction(
-        id=prediction.id,
-        status=prediction.status,
-        created_at=prediction.created_at,
-        started_at=prediction.started_at,
-        completed_at=prediction.completed_at,
-        data_removed=prediction.data_removed,
-    )
+    kept = Prediction.model_validate(event.prediction.model_dump(include=_ALWAYS_STORABLE))
     return PredictionEvent(attributes=event.attributes, prediction=kept)
+
+
+_ALWAYS_STORABLE = {"id", "status", "created_at", "started_at", "completed_at", "data_removed"}
 
 
 def _marked(decision: Decision, refused: str | None) -> Decision:

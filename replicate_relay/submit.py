@@ -9,12 +9,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from replicate_relay.announcements import announce_once
 from replicate_relay.client import JobFailed, JobWaitTimeout, RelayClient
 from replicate_relay.config import ConfigError, Env, Secret, job_events_topic
 
 # Defined in the one exception tree, replicate_relay/errors.py; still importable from here.
 from replicate_relay.errors import SubmitFailed as SubmitFailed  # noqa: PLC0414 - re-export
-from replicate_relay.jobevents import announce_once
 from replicate_relay.jobs import Job
 from replicate_relay.jobstore import JobStore
 from replicate_relay.metadata import check_metadata

@@ -15,6 +15,7 @@ from google.api_core import exceptions as google_exceptions
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
+from replicate_relay import announcements
 from replicate_relay.events import EventAttributes, Prediction, PredictionEvent, Source
 from replicate_relay.jobs import TERMINAL_STATES, Job, Outcome
 from replicate_relay.jobstore import EVENTS, JOBS, PREDICTIONS, JobStore, event_key
@@ -43,7 +44,7 @@ def store(db: firestore.Client) -> Iterator[JobStore]:
     unannounced = db.collection(JOBS).where(filter=FieldFilter("announced_at", "==", None))
     for snapshot in unannounced.where(filter=FieldFilter("job_id", "in", sorted(_MADE) or ["-"])).stream():
         if snapshot.get("state") in TERMINAL_STATES:
-            made.mark_announced(snapshot.id)
+            made.update_fields(snapshot.id, {"announced_at": made.now()})
     _MADE.clear()
 
 
@@ -94,7 +95,7 @@ def test_the_write_that_makes_a_job_final_claims_its_announcement_once(db: fires
     assert (finished.outcome, finished.state, finished.claimed) == (Outcome.APPLIED, "succeeded", True)
     assert finished.job is not None
     assert finished.job.announce_claimed_at is not None
-    assert store.claim_announcement(prediction_id) is None  # held: no second announcer
+    assert announcements.claim(store, prediction_id) is None  # held: no second announcer
 
     again = store.finish_archive(succeeded, [], None)
     assert (again.outcome, again.claimed) == (Outcome.ABSORBED, False)
@@ -111,7 +112,7 @@ def test_a_final_event_applied_by_job_status_claims_the_announcement_in_the_same
     assert (applied.outcome, applied.state, applied.claimed) == (Outcome.CREATED, "succeeded", True)
     assert applied.job is not None
     assert applied.job.announcer == "job-status"
-    assert store.claim_announcement(prediction_id) is None
+    assert announcements.claim(store, prediction_id) is None
 
 
 def test_succeeded_event_with_files_for_no_known_job_creates_it_archiving(
@@ -133,7 +134,7 @@ def test_claim_lapses_after_its_lease_when_the_announcement_was_not_marked(
     *_, succeeded = events(prediction_id, "text")
     store.apply(succeeded)  # final and claimed, never marked announced (a publish that failed)
     time.sleep(0.2)
-    assert store.claim_announcement(prediction_id, lease=timedelta(milliseconds=100)) is not None
+    assert announcements.claim(store, prediction_id, lease=timedelta(milliseconds=100)) is not None
 
 
 def test_first_webhooks_racing_the_submitters_link_leave_one_job_holding_every_event(

@@ -15,7 +15,7 @@ from handlers.errors import TransientError
 from replicate_relay.downloads import DownloadFailed
 from replicate_relay.events import EventAttributes, Prediction, PredictionEvent, Source
 from replicate_relay.jobs import Failure, Job, Outcome
-from replicate_relay.jobstore import Applied, Located
+from replicate_relay.jobstore import Applied, JobStore, Located
 from replicate_relay.outputs import ArchivedObject, OutputFile
 
 URL = "https://replicate.delivery/xezq/abc/out-0.png"
@@ -37,13 +37,10 @@ class FakeStore:
     def locate(self, prediction_id: str) -> Located | None:
         return Located(job_id=prediction_id, mapped=True, job=None)
 
+    absorbed = JobStore.absorbed  # the real rule: it reads nothing
+
     def finish_archive(
-        self,
-        event: PredictionEvent,
-        outputs: list[dict[str, Any]],
-        failure: Failure | None,
-        *,
-        located: Located | None = None,
+        self, _: PredictionEvent, outputs: list[dict[str, Any]], failure: Failure | None, **__: Any
     ) -> Applied:
         if self.finish_error is not None:
             raise self.finish_error

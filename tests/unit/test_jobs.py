@@ -20,7 +20,7 @@ from replicate_relay.jobs import (
     Policy,
     apply_event,
     left_to_archive,
-    newly_final,
+    plan_archive,
     target_state,
 )
 from replicate_relay.testing import prediction_lifecycle
@@ -299,15 +299,22 @@ def test_only_succeeded_events_with_something_to_archive_are_left_to_archive_out
     assert left == (apply_event(None, last, job_id="p1", now=T0).job.state == JobState.ARCHIVING)  # type: ignore[union-attr]
 
 
-def test_only_the_write_that_makes_a_job_final_is_newly_final() -> None:
-    starting, *_, last = lifecycle_events({"output": "text"})
-    opened = apply_event(None, starting, job_id="p1", now=T0).job
-    final = apply_event(opened, last, job_id="p1", now=T0).job
-    assert newly_final(opened, final)
-    assert newly_final(None, final)
-    assert not newly_final(None, opened)
-    assert not newly_final(final, final)  # a final job rewritten (announced_at) claims nothing again
-    assert not newly_final(opened, None)
+@pytest.mark.parametrize(
+    ("final", "skip", "files", "failure"),
+    [
+        ({"output": ["https://replicate.delivery/x/a.png", "https://replicate.delivery/x/b.png"]}, None, 2, None),
+        ({"output": None, "data_removed": True}, None, 0, "output_expired"),
+        ({"output": "a short text"}, "nothing_to_archive", 0, None),
+        ({"status": "failed", "output": None, "error": "boom"}, "ignored", 0, None),
+    ],
+)
+def test_archive_outputs_copies_only_what_the_state_machine_leaves_to_it(
+    final: dict[str, Any], skip: str | None, files: int, failure: str | None
+) -> None:
+    *progress, last = lifecycle_events(final)
+    plan = plan_archive(last)
+    assert (plan.skip, len(plan.files), plan.failure.code if plan.failure else None) == (skip, files, failure)
+    assert all(plan_archive(e).skip == "ignored" for e in progress)
 
 
 def test_the_json_form_keeps_values_pydantic_cannot_encode() -> None:

@@ -16,6 +16,7 @@ from google.cloud.firestore_v1 import transaction as firestore_transaction
 from google.cloud.firestore_v1.base_transaction import _EXCEED_ATTEMPTS_TEMPLATE
 from google.cloud.firestore_v1.types import BatchGetDocumentsResponse
 
+from replicate_relay import announcements
 from replicate_relay.jobstore import JobStore
 
 PROJECT = "contention-test"
@@ -74,7 +75,7 @@ def test_attempts_that_run_out_are_contention_whatever_the_library_says(
     api = FakeFirestoreAPI()
 
     with pytest.raises(google_exceptions.Aborted) as aborted:
-        store_on(api).claim_announcement("j1")
+        announcements.claim(store_on(api), "j1")
 
     assert "Firestore transaction claim_announcement still contended after" in str(aborted.value)
     assert "budget 0.5 s" in str(aborted.value)
@@ -87,7 +88,7 @@ def test_an_error_carrying_the_librarys_words_is_not_contention(monkeypatch: pyt
     api = FakeFirestoreAPI(read_error=ValueError(words))
 
     with pytest.raises(ValueError, match=words) as raised:
-        store_on(api).claim_announcement("j1")
+        announcements.claim(store_on(api), "j1")
 
     assert not isinstance(raised.value, google_exceptions.Aborted)
     assert (api.begins, api.commits) == (1, 0)
@@ -98,7 +99,7 @@ def test_a_read_refused_as_contended_is_retried_in_another_round() -> None:
     api = FakeFirestoreAPI(read_error=google_exceptions.Aborted("Transaction lock timeout"))  # type: ignore[no-untyped-call]
 
     with pytest.raises(google_exceptions.Aborted, match="still contended after") as aborted:
-        store_on(api).claim_announcement("j1")
+        announcements.claim(store_on(api), "j1")
 
     assert isinstance(aborted.value.__cause__, google_exceptions.Aborted)
     assert api.begins > 1
