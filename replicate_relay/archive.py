@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
 
 import google.cloud.storage as storage
 import google_crc32c
@@ -46,16 +45,16 @@ class Archiver:
             return archived
 
     def _archive_file(self, prediction_id: str, output: OutputFile) -> ArchivedObject:
-        self._downloader.check(output.url)  # a refused URL stays refused, archived or not
-        name = object_name(prediction_id, output.index, self._downloader.file_name(output.url))
-        existing = self._stored(name)
-        if existing is not None:
-            # A redelivered message: the object is complete (GCS shows only finished uploads), so
-            # the file is not fetched again, which also matters once Replicate has deleted it.
-            return self._describe(existing, output.index, safe_url(output.url), already=True)
+        # One call into the downloader: the URL is checked (a refused URL stays refused, archived or
+        # not) and named at once; its body is fetched only if the object is not stored yet.
         with self._downloader.open(output.url) as download:
-            reader = ChecksummingReader(download.iter_chunks())
-            return self._upload(name, reader, download, output.index)
+            name = object_name(prediction_id, output.index, download.file_name)
+            existing = self._stored(name)
+            if existing is not None:
+                # A redelivered message: the object is complete (GCS shows only finished uploads), so
+                # the file is not fetched again, which also matters once Replicate has deleted it.
+                return self._describe(existing, output.index, download.url, already=True)
+            return self._upload(name, ChecksummingReader(download), download, output.index)
 
     def _stored(self, name: str) -> storage.Blob | None:
         """The object `name`, if it exists: listed with its name as the prefix, not fetched.
@@ -116,30 +115,22 @@ class Archiver:
 
 
 class ChecksummingReader:
-    """A read()-able view of a chunk iterator that counts bytes and computes CRC32C on the way."""
+    """A download read as a file, counting bytes and computing CRC32C on the way (no copy)."""
 
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self._buffer = bytearray()
+    def __init__(self, download: Download) -> None:
+        self._download = download
         # google-crc32c ships no type annotations, hence the ignores below.
         self._checksum = google_crc32c.Checksum()  # type: ignore[no-untyped-call]
         self.size = 0
 
     def read(self, size: int = -1) -> bytes:
-        while size < 0 or len(self._buffer) < size:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                break
-            self._checksum.update(chunk)  # type: ignore[no-untyped-call]
-            self.size += len(chunk)
-            self._buffer += chunk
-        end = len(self._buffer) if size < 0 else min(size, len(self._buffer))
-        data = bytes(self._buffer[:end])
-        del self._buffer[:end]
+        data = self._download.read(size)
+        self._checksum.update(data)  # type: ignore[no-untyped-call]
+        self.size += len(data)
         return data
 
     def tell(self) -> int:
-        return self.size - len(self._buffer)
+        return self.size
 
     def drain(self) -> None:
         """Read the rest, so size and checksum describe the whole file."""

@@ -13,7 +13,7 @@ import unicodedata
 import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import httpx
 
@@ -68,18 +68,79 @@ class DownloadPolicy:
 
 
 @dataclass(frozen=True)
-class Download:
-    """An open download: its metadata now, its body streamed by `iter_chunks` inside the `open` block."""
+class _Body:
+    """A fetched body: its metadata from the response headers, its pieces as they arrive."""
 
     url: str  # where the body comes from, after redirects, without query string
     content_type: str
     content_length: int | None
-    file_name: str
-    _chunks: Callable[[], Iterator[bytes]] = field(repr=False, compare=False)
+    pieces: Iterator[bytes]
+
+
+class Download:
+    """One checked output file, from `Downloader.open`: its name is known without any request; the
+    request is sent on first use of its body or headers (`content_type`, `content_length`, `read`),
+    inside the `open` block.
+
+    Reading raises DownloadRefused("too_large") past max_bytes and DownloadFailed on network errors.
+    """
+
+    def __init__(self, *, url: str, file_name: str, fetch: Callable[[], _Body], chunk_bytes: int) -> None:
+        self.file_name = file_name
+        self._url = url
+        self._fetch = fetch
+        self._body: _Body | None = None
+        self._chunk_bytes = chunk_bytes
+        # Pieces received but not yet read; the last may be a view of what a read left over.
+        self._held: list[bytes | memoryview] = []
+        self._held_bytes = 0
+
+    @property
+    def url(self) -> str:
+        """The URL without query string: after redirects once fetched."""
+        return self._body.url if self._body is not None else self._url
+
+    @property
+    def content_type(self) -> str:
+        return self._fetched().content_type
+
+    @property
+    def content_length(self) -> int | None:
+        return self._fetched().content_length
+
+    def read(self, size: int = -1) -> bytes:
+        """The next `size` bytes (all the rest if negative); fewer only at the end of the body.
+
+        Pieces are joined once per read, so each byte is copied once on its way through.
+        """
+        pieces = self._fetched().pieces
+        held = self._held
+        while size < 0 or self._held_bytes < size:
+            piece = next(pieces, None)
+            if piece is None:
+                break
+            held.append(piece)
+            self._held_bytes += len(piece)
+        if size < 0 or self._held_bytes <= size:
+            data = b"".join(held)
+            held.clear()
+            self._held_bytes = 0
+            return data
+        last = memoryview(held[-1])
+        keep = self._held_bytes - size  # from the end of the last piece
+        data = b"".join([*held[:-1], last[: len(last) - keep]])
+        self._held, self._held_bytes = [last[len(last) - keep :]], keep
+        return data
 
     def iter_chunks(self) -> Iterator[bytes]:
-        """The body in chunks; DownloadRefused("too_large") past max_bytes, DownloadFailed on network errors."""
-        return self._chunks()
+        """The body in chunks of the policy's chunk_bytes (the last may be shorter)."""
+        while chunk := self.read(self._chunk_bytes):
+            yield chunk
+
+    def _fetched(self) -> _Body:
+        if self._body is None:
+            self._body = self._fetch()
+        return self._body
 
 
 @dataclass(frozen=True)
@@ -124,56 +185,55 @@ class Downloader:
 
     def check(self, url: str) -> None:
         """Raise DownloadRefused if `url` may not be downloaded; resolves the host name but sends no request."""
-        if _is_data_uri(url):
-            self._decode_data_uri(url)
-        else:
-            self._check(url)
-
-    def file_name(self, url: str) -> str:
-        """The `file_name` that `open(url)` gives, known without any request (the archiver names
-        objects by it, so an already archived file is found without fetching it again)."""
-        if _is_data_uri(url):
-            media_type, _ = self._decode_data_uri(url)
-            return "output" + _extension(media_type)
-        try:
-            return _file_name(httpx.URL(url).raw_path)
-        except httpx.InvalidURL:
-            safe = safe_url(url)
-            raise DownloadRefused("bad_url", f"{safe} is not a valid URL", url=safe) from None
+        with self.open(url):
+            pass
 
     @contextmanager
     def open(self, url: str) -> Iterator[Download]:
-        """Check `url`, connect to a checked address and yield the Download; each redirect is checked afresh."""
+        """Check `url` (resolving its host, or decoding a data: URI, once) and yield its Download.
+
+        The request goes to a checked address on first use of the body; each redirect is checked
+        afresh. Raises DownloadRefused here, before anything is fetched.
+        """
         if _is_data_uri(url):
-            yield self._data_download(url)
+            media_type, data = self._decode_data_uri(url)
+            body = _Body(safe_url(url), media_type, len(data), iter((data,) if data else ()))
+            file_name = "output" + _extension(media_type)
+            yield Download(url=body.url, file_name=file_name, fetch=lambda: body, chunk_bytes=self._policy.chunk_bytes)
             return
         target = self._check(url)
-        file_name = _file_name(target.url.raw_path)
-        response = self._request(target)
+        responses: list[httpx.Response] = []
         try:
-            redirects = 0
-            while response.status_code in _REDIRECT_STATUSES:
-                redirects += 1
-                target = self._redirect_target(target, response, redirects)
-                response.close()
-                response = self._request(target)
-            safe = safe_url(str(target.url))
-            _raise_for_status(response.status_code, safe)
-            length = _content_length(response)
-            if length is not None and length > self._policy.max_bytes:
-                raise DownloadRefused(
-                    "too_large", f"{safe} is {length} bytes, over the {self._policy.max_bytes} byte limit", url=safe
-                )
-            content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
             yield Download(
-                url=safe,
-                content_type=content_type or _DEFAULT_CONTENT_TYPE,
-                content_length=length,
-                file_name=file_name,
-                _chunks=lambda: self._stream(response, safe),
+                url=safe_url(url),
+                file_name=_file_name(target.url.raw_path),
+                fetch=lambda: self._fetch(target, responses),
+                chunk_bytes=self._policy.chunk_bytes,
             )
         finally:
+            for response in responses:
+                response.close()
+
+    def _fetch(self, target: _Target, responses: list[httpx.Response]) -> _Body:
+        """Send the request, following checked redirects; `responses` gets each one, to be closed."""
+        response = self._request(target)
+        responses.append(response)
+        redirects = 0
+        while response.status_code in _REDIRECT_STATUSES:
+            redirects += 1
+            target = self._redirect_target(target, response, redirects)
             response.close()
+            response = self._request(target)
+            responses.append(response)
+        safe = safe_url(str(target.url))
+        _raise_for_status(response.status_code, safe)
+        length = _content_length(response)
+        if length is not None and length > self._policy.max_bytes:
+            raise DownloadRefused(
+                "too_large", f"{safe} is {length} bytes, over the {self._policy.max_bytes} byte limit", url=safe
+            )
+        content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+        return _Body(safe, content_type or _DEFAULT_CONTENT_TYPE, length, self._stream(response, safe))
 
     def _check(self, url: str) -> _Target:
         safe = safe_url(url)
@@ -279,27 +339,22 @@ class Downloader:
         raise AssertionError("a checked target has at least one address")  # pragma: no cover
 
     def _stream(self, response: httpx.Response, safe: str) -> Iterator[bytes]:
-        # Counted per network read, not per output chunk, so an oversized body is stopped as soon as it shows.
-        limit, size = self._policy.max_bytes, self._policy.chunk_bytes
+        # Counted per network read, so an oversized body is stopped as soon as it shows; the pieces
+        # go on as they arrive, and Download.read joins them once.
+        limit = self._policy.max_bytes
         received = 0
-        buffer = bytearray()
         try:
             for piece in response.iter_bytes():
                 received += len(piece)
                 if received > limit:
                     raise DownloadRefused("too_large", f"{safe}: more than {limit} bytes", url=safe)
-                buffer += piece
-                while len(buffer) >= size:
-                    yield bytes(buffer[:size])
-                    del buffer[:size]
+                yield piece
         except httpx.TimeoutException as exc:
             raise DownloadFailed("timeout", f"{safe}: {type(exc).__name__} while reading", url=safe) from None
         except httpx.TransportError as exc:
             raise DownloadFailed("network_error", f"{safe}: {type(exc).__name__}: {exc}", url=safe) from None
         except httpx.DecodingError:
             raise DownloadUnavailable("bad_content_encoding", f"{safe}: undecodable body", url=safe) from None
-        if buffer:
-            yield bytes(buffer)
 
     def _decode_data_uri(self, uri: str) -> tuple[str, bytes]:
         safe = safe_url(uri)
@@ -323,17 +378,6 @@ class Downloader:
         if len(data) > limit:
             raise DownloadRefused("too_large", f"{safe}: {len(data)} bytes, over the {limit} byte limit", url=safe)
         return media_type, data
-
-    def _data_download(self, uri: str) -> Download:
-        media_type, data = self._decode_data_uri(uri)
-        size = self._policy.chunk_bytes
-        return Download(
-            url=safe_url(uri),
-            content_type=media_type,
-            content_length=len(data),
-            file_name="output" + _extension(media_type),
-            _chunks=lambda: (data[start : start + size] for start in range(0, len(data), size)),
-        )
 
 
 def _system_resolver(host: str, port: int) -> list[str]:

@@ -279,9 +279,15 @@ def base(server: FileServer) -> str:
     return f"http://files.test:{server.port}"
 
 
+def fetch(downloader: Downloader, url: str) -> bytes:
+    """The whole body: opens the URL (the checks) and reads it (the request)."""
+    with downloader.open(url) as download:
+        return download.read()
+
+
 def refused(downloader: Downloader, url: str) -> DownloadRefused:
-    with pytest.raises(DownloadRefused) as caught, downloader.open(url):
-        pytest.fail("a refused URL was opened")
+    with pytest.raises(DownloadRefused) as caught:
+        fetch(downloader, url)
     return caught.value
 
 
@@ -419,6 +425,23 @@ def test_file_is_fetched_from_the_resolved_address_with_the_original_host_header
     assert download.url == f"{base(server)}/file"
     assert server.hosts == [f"files.test:{server.port}"]
     assert resolver.calls == ["files.test"]
+
+
+def test_open_resolves_once_and_requests_nothing_until_the_body_is_read(
+    downloader: Downloader, server: FileServer, resolver: FakeResolver
+) -> None:
+    with downloader.open(f"{base(server)}/file") as download:
+        assert (download.file_name, server.connections, resolver.calls) == ("file", 0, ["files.test"])
+        assert download.read() == PNG
+    assert (server.connections, resolver.calls) == (1, ["files.test"])
+
+
+def test_reads_are_filled_to_the_size_asked_for_across_network_pieces(
+    downloader: Downloader, server: FileServer
+) -> None:
+    with downloader.open(f"{base(server)}/sized/{CHUNK * 3 + 5}") as download:
+        sizes = [len(download.read(CHUNK + 1)) for _ in range(4)]
+    assert sizes == [CHUNK + 1, CHUNK + 1, CHUNK + 1, 2]
 
 
 def test_chunks_are_at_most_the_configured_size(downloader: Downloader, server: FileServer) -> None:
@@ -632,8 +655,8 @@ def test_bad_or_oversized_data_uri_is_refused(offline: Downloader, uri: str, rea
 def test_status_maps_to_its_error(
     downloader: Downloader, server: FileServer, path: str, error: type[DownloadError], reason: str
 ) -> None:
-    with pytest.raises(DownloadError) as caught, downloader.open(f"{base(server)}{path}?token=s3cret"):
-        pytest.fail("an error status was opened")
+    with pytest.raises(DownloadError) as caught:
+        fetch(downloader, f"{base(server)}{path}?token=s3cret")
     assert type(caught.value) is error
     assert caught.value.reason == reason
     assert caught.value.url == f"{base(server)}{path}"
@@ -646,8 +669,8 @@ def test_connection_refused_is_a_transient_failure(resolver: FakeResolver) -> No
         port = unused.getsockname()[1]
         closed = Downloader(policy_for(port), resolver=resolver)
         try:
-            with pytest.raises(DownloadFailed) as caught, closed.open(f"http://files.test:{port}/file"):
-                pytest.fail("a closed port was opened")
+            with pytest.raises(DownloadFailed) as caught:
+                fetch(closed, f"http://files.test:{port}/file")
         finally:
             closed.close()
     assert caught.value.reason == "connect_failed"
@@ -656,8 +679,8 @@ def test_connection_refused_is_a_transient_failure(resolver: FakeResolver) -> No
 def test_read_timeout_is_a_transient_failure(server: FileServer, resolver: FakeResolver) -> None:
     impatient = Downloader(policy_for(server.port, read_timeout=0.2), resolver=resolver)
     try:
-        with pytest.raises(DownloadFailed) as caught, impatient.open(f"{base(server)}/slow"):
-            pytest.fail("a response that never came was opened")
+        with pytest.raises(DownloadFailed) as caught:
+            fetch(impatient, f"{base(server)}/slow")
     finally:
         impatient.close()
     assert caught.value.reason == "timeout"
@@ -738,8 +761,8 @@ def test_tls_uses_the_real_name_for_sni_and_certificate_check(
             assert read_all(download) == PNG
         # Same address, a name the certificate does not cover: the handshake must fail, even right after a
         # successful download from that address (no connection is reused across names).
-        with pytest.raises(DownloadFailed) as caught, tls.open(f"https://other.test:{server.port}/file"):
-            pytest.fail("a certificate for another name was accepted")
+        with pytest.raises(DownloadFailed) as caught:
+            fetch(tls, f"https://other.test:{server.port}/file")
     assert caught.value.reason == "connect_failed"
     assert server.server_names == ["files.test", "other.test"]
     assert server.hosts == [f"files.test:{server.port}"]
