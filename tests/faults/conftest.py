@@ -6,9 +6,8 @@ backlogs behind it, and the next case's invariants must not depend on them."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -16,7 +15,6 @@ from google.cloud import firestore, storage
 
 from replicate_relay.devstack.processes import free_port
 from replicate_relay.devstack.stack import DEV_REPLICATE_TOKEN, LocalStack, StackConfig
-from replicate_relay.testing import SignedWebhook, sign_webhook
 from tests.faults.harness import Invariants, Load
 from tests.faults.proxy import FaultProxy
 from tests.integration import conftest as integration
@@ -105,9 +103,8 @@ def invariants(
     return Invariants(db=db, bucket=bucket, simulator=simulator, job_events=job_events, reconcile=stack.reconcile)
 
 
-@pytest.fixture
-def sign(stack: LocalStack) -> Callable[..., SignedWebhook]:
-    def signer(prediction: dict[str, Any], **options: Any) -> SignedWebhook:
-        return sign_webhook(prediction, stack.config.webhook_secrets, **options)
-
-    return signer
+# Signing and posting webhooks to the receiver, as the integration tests do.
+sign = integration.sign
+http = integration.http
+post = integration.post
+deliver = integration.deliver

@@ -6,7 +6,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from replicate_relay.testing import SignedWebhook, prediction_lifecycle
 from tests.faults.conftest import FAULT_TOPOLOGY
 from tests.faults.harness import Invariants, Load, StateSampler, Submitted, wait_all_final, write_series
 from tests.faults.proxy import FaultProxy
-from tests.integration.conftest import unique_id, wait_for
+from tests.integration.conftest import Deliver, Sign, unique_id, wait_for
 from tests.integration.fileserver import Answer, FileServer
 
 
@@ -88,7 +87,7 @@ def test_handler_killed_while_archiving_a_large_file(
     db: firestore.Client,
     files: FileServer,
     bucket: storage.Bucket,
-    sign: Callable[..., SignedWebhook],
+    deliver: Deliver,
     invariants: Invariants,
 ) -> None:
     """SIGKILL mid-download: Pub/Sub redelivers to the restarted handler, which copies the file
@@ -98,19 +97,13 @@ def test_handler_killed_while_archiving_a_large_file(
     path = f"/{prediction_id}/big.bin"
     url = files.serve(path, Answer(body=body, content_type="application/octet-stream", chunk_delay=0.005))
     final = prediction_lifecycle(prediction_id, output=[url], progress_events=0)[-1]
-    webhook = sign(final)
-    with httpx.Client(timeout=15) as http:
-        assert http.post(stack.receiver_url, content=webhook.body, headers=webhook.headers).status_code == 200
+    webhook = deliver(final)
     wait_for(lambda: files.requests[path] >= 1, timeout=30, what="the archive handler to start the download")
     time.sleep(1.0)
     stack.functions["archive-outputs"].kill()
     stack.start_function("archive-outputs")
 
-    job = wait_for(
-        lambda: (j := _job(db, prediction_id)) and j.is_terminal and j,
-        timeout=120,
-        what="the job to end after the handler's restart",
-    )
+    job = _final_job(db, prediction_id, timeout=120, what="the job to end after the handler's restart")
     assert job.state == "succeeded", (job.error_code, job.error)
     assert files.requests[path] >= 2  # the first copy died with the handler; the file was fetched again
     [stored] = list(bucket.list_blobs(prefix=f"predictions/{prediction_id}/"))
@@ -197,9 +190,7 @@ def test_receiver_down_longer_than_replicates_retries(
     assert all(not invariants.acknowledged(case.prediction_id) for case in load.submitted)
 
 
-def test_sigterm_to_the_receiver_under_load(
-    stack: LocalStack, db: firestore.Client, sign: Callable[..., SignedWebhook]
-) -> None:
+def test_sigterm_to_the_receiver_under_load(stack: LocalStack, db: firestore.Client, sign: Sign) -> None:
     """In-flight requests finish or fail; none is acknowledged without its publish."""
     webhooks = [sign(prediction_lifecycle(unique_id(), progress_events=0)[-1]) for _ in range(300)]
     results: dict[str, int | str] = {}
@@ -238,7 +229,7 @@ def test_poison_message_is_dead_lettered_then_replayed_once_fixed(
     stack: LocalStack,
     db: firestore.Client,
     files: FileServer,
-    sign: Callable[..., SignedWebhook],
+    deliver: Deliver,
     invariants: Invariants,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -248,9 +239,7 @@ def test_poison_message_is_dead_lettered_then_replayed_once_fixed(
     prediction_id = unique_id()
     path = f"/{prediction_id}/late.png"
     url = files.serve(path, Answer(503, b"busy"))
-    webhook = sign(prediction_lifecycle(prediction_id, output=[url], progress_events=0)[-1])
-    with httpx.Client(timeout=15) as http:
-        assert http.post(stack.receiver_url, content=webhook.body, headers=webhook.headers).status_code == 200
+    webhook = deliver(prediction_lifecycle(prediction_id, output=[url], progress_events=0)[-1])
 
     attempts = stack.topology.subscriptions[1].dead_letter.max_delivery_attempts
     wait_for(lambda: files.requests[path] >= attempts, timeout=120, what=f"{attempts} delivery attempts")
@@ -266,7 +255,7 @@ def test_poison_message_is_dead_lettered_then_replayed_once_fixed(
     files.serve(path, Answer(body=b"\x89PNG-recovered", content_type="image/png"))
     assert relay_main(["replay", "--from", "archive-outputs-dead-letter"]) == 0
     assert "republished 1" in capsys.readouterr().out
-    job = wait_for(lambda: (j := _job(db, prediction_id)) and j.is_terminal and j, timeout=60, what="the replay")
+    job = _final_job(db, prediction_id, timeout=60, what="the replay")
     assert job.state == "succeeded"
     invariants.check([Submitted(prediction_id, prediction_id, files=1, posted=(webhook.webhook_id,))], None)
 
@@ -280,11 +269,10 @@ POISON_MODEL = "acme/" + "m" * 1_100_000  # any job document holding it is over 
     ids=["failed, job-status ends it", "succeeded with a file, archive-outputs ends it"],
 )
 def test_a_prediction_firestore_can_never_store_still_ends_its_job_and_nothing_is_dead_lettered(
-    stack: LocalStack,
     db: firestore.Client,
     files: FileServer,
     bucket: storage.Bucket,
-    sign: Callable[..., SignedWebhook],
+    deliver: Deliver,
     invariants: Invariants,
     capsys: pytest.CaptureFixture[str],
     final: dict[str, Any],
@@ -298,14 +286,9 @@ def test_a_prediction_firestore_can_never_store_still_ends_its_job_and_nothing_i
     url = files.serve(f"/{prediction_id}/out.png", Answer(body=b"\x89PNG-poison", content_type="image/png"))
     bodies = prediction_lifecycle(prediction_id, model=POISON_MODEL, output=[url] if with_file else None)
     bodies[-1].update(final)
-    posted = []
-    with httpx.Client(timeout=30) as http:
-        for body in bodies:
-            webhook = sign(body)
-            assert http.post(stack.receiver_url, content=webhook.body, headers=webhook.headers).status_code == 200
-            posted.append(webhook.webhook_id)
+    posted = [deliver(body).webhook_id for body in bodies]
 
-    job = wait_for(lambda: (j := _job(db, prediction_id)) and j.is_terminal and j, timeout=90, what="the job to end")
+    job = _final_job(db, prediction_id, timeout=90, what="the job to end")
     assert (job.state, job.error_code) == (final["status"], "not_stored")
     assert "InvalidArgument" in str(job.error), job.error
     assert job.model is None  # what could not be kept is not on the job
@@ -322,6 +305,10 @@ def test_a_prediction_firestore_can_never_store_still_ends_its_job_and_nothing_i
 def _job(db: firestore.Client, job_id: str) -> Job | None:
     snapshot = db.collection(JOBS).document(job_id).get()
     return Job.from_document(snapshot.to_dict() or {}) if snapshot.exists else None
+
+
+def _final_job(db: firestore.Client, job_id: str, *, timeout: float, what: str) -> Job:
+    return wait_for(lambda: (job := _job(db, job_id)) and job.is_terminal and job, timeout=timeout, what=what)
 
 
 def _answered_since(invariants: Invariants, cases: list[Submitted], since: float, status: int) -> bool:

@@ -24,6 +24,10 @@ from tests.integration import fileserver
 from tests.integration.fileserver import FileServer
 
 T = TypeVar("T")
+# What the `post`, `sign` and `deliver` fixtures give a test.
+Post = Callable[[SignedWebhook], httpx.Response]
+Sign = Callable[..., SignedWebhook]
+Deliver = Callable[[dict[str, Any]], SignedWebhook]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -106,7 +110,7 @@ def http() -> Iterator[httpx.Client]:
 
 
 @pytest.fixture
-def post(stack: LocalStack, http: httpx.Client) -> Callable[[SignedWebhook], httpx.Response]:
+def post(stack: LocalStack, http: httpx.Client) -> Post:
     def send(webhook: SignedWebhook) -> httpx.Response:
         return http.post(stack.receiver_url, content=webhook.body, headers=webhook.headers)
 
@@ -114,11 +118,24 @@ def post(stack: LocalStack, http: httpx.Client) -> Callable[[SignedWebhook], htt
 
 
 @pytest.fixture
-def sign(stack: LocalStack) -> Callable[..., SignedWebhook]:
+def sign(stack: LocalStack) -> Sign:
     def signer(prediction: dict[str, Any], **options: Any) -> SignedWebhook:
         return sign_webhook(prediction, stack.config.webhook_secrets, **options)
 
     return signer
+
+
+@pytest.fixture
+def deliver(sign: Sign, post: Post) -> Deliver:
+    """Sign a prediction as Replicate does and post it to the receiver, which must answer 200."""
+
+    def send(prediction: dict[str, Any]) -> SignedWebhook:
+        webhook = sign(prediction)
+        response = post(webhook)
+        assert response.status_code == 200, response.text
+        return webhook
+
+    return send
 
 
 class Tap:

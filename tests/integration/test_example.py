@@ -39,6 +39,27 @@ def photo_folder(root: Path, names: list[str]) -> Path:
     return folder
 
 
+def restore_case(root: Path) -> Path:
+    """Three photos, one of them (torn.png) steered by its extra inputs to fail on the simulator."""
+    photos = photo_folder(root, ["attic.png", "garden.jpg", "torn.png"])
+    (photos / "torn.png.json").write_text(json.dumps({"sim_outcome": "failed", "sim_error": "CUDA out of memory"}))
+    return photos
+
+
+def check_restored(out: Path, printed: str, simulator: httpx.Client) -> None:
+    """What the worker leaves for restore_case: two restored photos, the simulator's bytes, and the summary."""
+    results = {entry["photo"]: entry for entry in json.loads((out / worker.SUMMARY_FILE).read_text())}
+    for photo, restored in (("attic.png", "attic.png"), ("garden.jpg", "garden.png")):
+        entry = results[photo]
+        assert (entry["state"], entry["files"]) == ("succeeded", [restored])
+        served = simulator.get(f"/files/{entry['prediction_id']}/0-output.png")
+        assert (out / restored).read_bytes() == served.raise_for_status().content
+    assert (results["torn.png"]["state"], results["torn.png"]["reason"]) == ("failed", "failed: CUDA out of memory")
+    assert sorted(path.name for path in out.iterdir()) == ["attic.png", "garden.png", worker.SUMMARY_FILE]
+    assert printed.startswith("2 succeeded, 1 failed, of 3 photos")
+    assert re.search(r"^torn\.png\s+failed\s+\d+\.\d\d\s+failed: CUDA out of memory$", printed, re.MULTILINE)
+
+
 def stream_threads() -> int:
     return sum(1 for thread in threading.enumerate() if thread.name.startswith(STREAM_THREADS))
 
@@ -57,9 +78,7 @@ def subscription_exists(path: str) -> bool:
 def test_worker_restores_good_photos_reports_the_failed_one_and_leaves_no_subscription_or_stream(
     stack: LocalStack, simulator: httpx.Client, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    photos = photo_folder(tmp_path, ["attic.png", "garden.jpg", "torn.png"])
-    # Extra inputs per photo: this one is steered to fail on the simulator.
-    (photos / "torn.png.json").write_text(json.dumps({"sim_outcome": "failed", "sim_error": "CUDA out of memory"}))
+    photos = restore_case(tmp_path)
     out = tmp_path / "restored"
     subscription = f"restore-test-{uuid.uuid4().hex[:8]}"
     baseline = stream_threads()
@@ -68,16 +87,7 @@ def test_worker_restores_good_photos_reports_the_failed_one_and_leaves_no_subscr
 
     printed = capsys.readouterr().out
     assert code == 1
-    results = {entry["photo"]: entry for entry in json.loads((out / worker.SUMMARY_FILE).read_text())}
-    for photo, restored in (("attic.png", "attic.png"), ("garden.jpg", "garden.png")):
-        entry = results[photo]
-        assert (entry["state"], entry["files"]) == ("succeeded", [restored])
-        served = simulator.get(f"/files/{entry['prediction_id']}/0-output.png")
-        assert (out / restored).read_bytes() == served.raise_for_status().content
-    assert (results["torn.png"]["state"], results["torn.png"]["reason"]) == ("failed", "failed: CUDA out of memory")
-    assert sorted(path.name for path in out.iterdir()) == ["attic.png", "garden.png", worker.SUMMARY_FILE]
-    assert printed.startswith("2 succeeded, 1 failed, of 3 photos")
-    assert re.search(r"^torn\.png\s+failed\s+\d+\.\d\d\s+failed: CUDA out of memory$", printed, re.MULTILINE)
+    check_restored(out, printed, simulator)
     assert re.search(r"^attic\.png\s+succeeded\s+\d+\.\d\d\s+attic\.png$", printed, re.MULTILINE)
     assert not subscription_exists(f"projects/{stack.config.project}/subscriptions/{subscription}")
     wait_for(lambda: stream_threads() <= baseline, timeout=5, what="the worker's stream threads to end")

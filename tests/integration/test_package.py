@@ -36,9 +36,8 @@ from packaging.utils import canonicalize_name
 
 import replicate_relay
 from replicate_relay.devstack.stack import LocalStack
-from replicate_relay.testing import png
 from tests.integration.conftest import WAIT_SECONDS
-from tests.integration.test_example import subscription_exists
+from tests.integration.test_example import check_restored, restore_case, subscription_exists
 
 ROOT = Path(__file__).resolve().parents[2]
 DISTRIBUTION = "replicate-relay"
@@ -209,11 +208,7 @@ def test_the_example_worker_runs_from_the_plain_install_against_the_stack(
         app / "examples",
         ignore=lambda folder, names: [name for name in names if not (name.endswith(".py") or name == "restore_photos")],
     )
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for seed, name in enumerate(["attic.png", "garden.jpg", "torn.png"]):
-        (photos / name).write_bytes(png(seed))
-    (photos / "torn.png.json").write_text(json.dumps({"sim_outcome": "failed", "sim_error": "CUDA out of memory"}))
+    photos = restore_case(tmp_path)
     out = tmp_path / "restored"
     subscription = f"restore-wheel-{uuid.uuid4().hex[:8]}"
     argv = [str(photos), str(out), "--subscription", subscription, "--timeout", str(WAIT_SECONDS)]
@@ -229,14 +224,5 @@ def test_the_example_worker_runs_from_the_plain_install_against_the_stack(
     )
 
     assert done.returncode == 1, done.stderr[-3000:]  # one photo is steered to fail
-    results = {entry["photo"]: entry for entry in json.loads((out / "restore-summary.json").read_text())}
-    for photo, restored in (("attic.png", "attic.png"), ("garden.jpg", "garden.png")):
-        entry = results[photo]
-        assert (entry["state"], entry["files"]) == ("succeeded", [restored])
-        served = simulator.get(f"/files/{entry['prediction_id']}/0-output.png")
-        assert (out / restored).read_bytes() == served.raise_for_status().content
-    assert (results["torn.png"]["state"], results["torn.png"]["reason"]) == ("failed", "failed: CUDA out of memory")
-    assert sorted(path.name for path in out.iterdir()) == ["attic.png", "garden.png", "restore-summary.json"]
-    assert done.stdout.startswith("2 succeeded, 1 failed, of 3 photos")
-    assert re.search(r"^torn\.png\s+failed\s+\d+\.\d\d\s+failed: CUDA out of memory$", done.stdout, re.MULTILINE)
+    check_restored(out, done.stdout, simulator)
     assert not subscription_exists(f"projects/{stack.config.project}/subscriptions/{subscription}")

@@ -5,23 +5,19 @@ from __future__ import annotations
 import copy
 import json
 import re
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-import httpx
 import jsonschema
 from google.cloud import firestore
 
 from replicate_relay import schemas
 from replicate_relay.jobs import Job
 from replicate_relay.jobstore import JOBS
-from replicate_relay.testing import SignedWebhook, prediction_lifecycle
-from tests.integration.conftest import INLINE_VALUE_BYTES, Tap, announcements, unique_id, wait_for
+from replicate_relay.testing import prediction_lifecycle
+from tests.integration.conftest import INLINE_VALUE_BYTES, Post, Sign, Tap, announcements, unique_id, wait_for
 from tests.integration.fileserver import Answer, FileServer
 
-Post = Callable[[SignedWebhook], httpx.Response]
-Sign = Callable[..., SignedWebhook]
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
 _RFC_3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
 _FORMATS = jsonschema.FormatChecker(formats=())

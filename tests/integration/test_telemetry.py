@@ -10,7 +10,6 @@ import base64
 import json
 import re
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +20,11 @@ from replicate_relay.devstack.stack import DEV_REPLICATE_TOKEN, LocalStack
 from replicate_relay.jobstore import JobStore
 from replicate_relay.replicate_api import ModelRef, ReplicateAPI
 from replicate_relay.submit import Submitter
-from replicate_relay.testing import SignedWebhook, prediction_lifecycle
+from replicate_relay.testing import prediction_lifecycle
 from replicate_relay.traceview.lookup import find_in_file
 from replicate_relay.traceview.model import Span, SpanKind, Trace
 from replicate_relay.webhooks import parse_secret
-from tests.integration.conftest import read_job, unique_id, wait_for, wait_for_job
+from tests.integration.conftest import Post, Sign, read_job, unique_id, wait_for, wait_for_job
 from tests.integration.fileserver import Answer, FileServer
 
 MODEL = ModelRef.parse("flux-kontext-apps/restore-image")
@@ -59,11 +58,7 @@ def _descendants(spans: list[Span], root: Span) -> list[Span]:
 
 
 def test_one_webhook_is_one_trace_from_the_receiver_through_both_handlers(
-    stack: LocalStack,
-    db: firestore.Client,
-    files: FileServer,
-    sign: Callable[..., SignedWebhook],
-    post: Callable[[SignedWebhook], httpx.Response],
+    stack: LocalStack, db: firestore.Client, files: FileServer, sign: Sign, post: Post
 ) -> None:
     prediction_id = unique_id()
     url = files.serve(f"/{prediction_id}/restored.png", Answer(body=b"\x89PNG-trace", content_type="image/png"))
@@ -171,11 +166,7 @@ def test_a_reconciled_jobs_trace_links_to_the_reconciler_run(stack: LocalStack, 
 
 
 def test_every_log_line_is_json_and_no_secret_reaches_logs_spans_or_metrics(
-    stack: LocalStack,
-    db: firestore.Client,
-    sign: Callable[..., SignedWebhook],
-    post: Callable[[SignedWebhook], httpx.Response],
-    http: httpx.Client,
+    stack: LocalStack, db: firestore.Client, sign: Sign, post: Post, http: httpx.Client
 ) -> None:
     prediction_id = unique_id()
     sent = [sign(body) for body in prediction_lifecycle(prediction_id)]
@@ -247,11 +238,7 @@ def _metric_total(path: Path, name: str, **attributes: str) -> int:
 
 
 def test_every_trace_starts_at_a_request_a_message_or_a_reconciler_run(
-    stack: LocalStack,
-    db: firestore.Client,
-    files: FileServer,
-    sign: Callable[..., SignedWebhook],
-    post: Callable[[SignedWebhook], httpx.Response],
+    stack: LocalStack, db: firestore.Client, files: FileServer, sign: Sign, post: Post
 ) -> None:
     """No library call starts a trace of its own (a background thread, a batch publisher): such
     orphans clutter Cloud Trace and are missing from the waterfall they belong to. Checked over
