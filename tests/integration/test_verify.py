@@ -26,7 +26,7 @@ CHECKS = [
 
 def _verify(stack: LocalStack, *args: str, **env: str) -> tuple[int, str, str]:
     environ = {**os.environ, **stack.client_env, **env}
-    result = subprocess.run(
+    result = subprocess.run(  # noqa: S603 - our own command line, with test arguments
         [sys.executable, "-m", "replicate_relay", "verify", "--timeout", "60", *args],
         capture_output=True,
         text=True,
@@ -55,7 +55,10 @@ def test_verify_passes_every_check_on_a_working_stack_and_leaves_nothing_behind(
     assert not db.collection(JOBS).document(prediction_id).get().exists
     assert not db.collection(PREDICTIONS).document(prediction_id).get().exists
     bucket = stack.client_env["RELAY_BUCKET"]
-    assert list(storage.Client(project=stack.config.project).list_blobs(bucket, prefix=f"predictions/{prediction_id}/")) == []
+    assert (
+        list(storage.Client(project=stack.config.project).list_blobs(bucket, prefix=f"predictions/{prediction_id}/"))
+        == []
+    )
     subscriber = pubsub_v1.SubscriberClient()
     names = [s.name for s in subscriber.list_subscriptions(request={"project": f"projects/{stack.config.project}"})]
     assert not [name for name in names if prediction_id in name]
