@@ -1,0 +1,374 @@
+"""The steps of `relay deploy`, each of which looks at the real state first, so that a rerun resumes.
+
+No local state is kept: Terraform's plan says whether an apply is needed, Secret Manager's latest enabled
+version whether a secret version is, and the image each Cloud Run service runs whether a build is.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from replicate_relay.config import ConfigError
+from replicate_relay.deploy import checks
+from replicate_relay.deploy.runner import INDENT, DeployError, Runner, StepNote, Steps
+from replicate_relay.errors import OpsError
+
+TERRAFORM_DIR = Path("infra/terraform")
+PHASE_ONE_TARGET = "google_secret_manager_secret.secret"
+
+TITLES = (
+    "gcloud installed and signed in",
+    "Terraform installed and recent enough",
+    "your permissions on the project",
+    "the APIs Terraform needs first",
+    "Replicate token and webhook signing secret",
+    "terraform init",
+    "Terraform phase 1: the secret containers",
+    "secret versions: signing secret and API token",
+    "Terraform phase 2: everything else",
+    "image built and deployed by Cloud Build",
+    "webhook and API URLs",
+    "relay verify",
+)
+CHECKS = 5  # the first steps only read; nothing is changed unless all of them pass
+
+
+@dataclass(frozen=True)
+class DeployOptions:
+    """What `relay deploy`'s flags say."""
+
+    project: str
+    region: str
+    root: Path  # the checkout holding infra/terraform and cloudbuild.yaml
+    variables: tuple[tuple[str, str], ...] = ()  # --var NAME=VALUE, in order
+    var_file: Path | None = None
+    alert_email: str | None = None
+    webhook_secret_file: Path | None = None
+    tag: str | None = None
+    plan: bool = False
+    verify: bool = True
+
+
+@dataclass(frozen=True)
+class Deployed:
+    """What `relay verify` is pointed at once the deploy is done."""
+
+    project: str
+    receiver_url: str
+    api_url: str
+    bucket: str
+    webhook_secret: str  # the first of the space-separated list
+
+    def __repr__(self) -> str:
+        return f"Deployed(project={self.project!r}, receiver_url={self.receiver_url!r}, webhook_secret=<hidden>)"
+
+
+VerifyFunction = Callable[[Deployed, TextIO], bool]
+
+
+def verify_deployed(deployed: Deployed, out: TextIO) -> bool:
+    """`relay verify` against the deployed Relay on Google Cloud."""
+    from replicate_relay.verify import Target, verify  # noqa: PLC0415 - only the last step needs it
+
+    target = Target(
+        receiver_url=deployed.receiver_url,
+        api_url=deployed.api_url,
+        project=deployed.project,
+        bucket=deployed.bucket,
+        webhook_secret=deployed.webhook_secret,
+        on_gcp=True,
+    )
+    return verify(target, out)
+
+
+def deploy(
+    options: DeployOptions,
+    *,
+    environ: Mapping[str, str],
+    out: TextIO,
+    verify: VerifyFunction = verify_deployed,
+) -> None:
+    """Run every step, printing the numbered list. Raises OpsError (a ConfigError) when a prerequisite
+    is missing, before anything changed; DeployError naming the step when one fails."""
+    env = {**environ, "TF_IN_AUTOMATION": "1", "TF_INPUT": "0"}
+    runner = Runner(out, plan=options.plan, cwd=options.root, environ=env)
+    steps = Steps(out, TITLES)
+    mode = "--plan: prints what it would change and changes nothing" if options.plan else "deploying"
+    print(f"relay deploy: project {options.project}, region {options.region} ({mode})", file=out, flush=True)
+    if options.plan:
+        print(
+            "  Read-only calls still run: the checks, terraform init (local files only), terraform plan, "
+            "reading secret versions and services.",
+            file=out,
+        )
+    try:
+        webhook_secret, token = _checks(options, runner, steps)
+        _terraform_and_release(options, runner, steps, webhook_secret=webhook_secret, token=token, verify=verify)
+    finally:
+        steps.summary()
+    if options.plan:
+        print(f"\n{len(runner.would_run)} command(s) would change something; nothing was changed.", file=out)
+
+
+def _checks(options: DeployOptions, runner: Runner, steps: Steps) -> tuple[str, str]:
+    problems: list[checks.Problem] = []
+
+    def report(note: StepNote, found: list[checks.Problem], summary: str) -> None:
+        problems.extend(found)
+        note.problems = [str(problem) for problem in found]
+        note.summary = summary
+
+    with steps.step(TITLES[0]) as note:
+        account, found = checks.check_gcloud(runner)
+        report(note, found, f"signed in as {account}" if account else "")
+    with steps.step(TITLES[1]) as note:
+        version, found = checks.check_terraform(runner, options.root / TERRAFORM_DIR / "versions.tf")
+        report(note, found, f"terraform {version}" if version else "")
+    signed_in = account is not None and not any("gcloud" in problem.missing for problem in problems)
+    with steps.step(TITLES[2]) as note:
+        if signed_in:
+            report(note, checks.check_permissions(runner, options.project, account), "all granted")
+        else:
+            note.skipped, note.summary = True, "needs gcloud signed in"
+    with steps.step(TITLES[3]) as note:
+        if signed_in:
+            report(note, checks.check_apis(runner, options.project), ", ".join(checks.REQUIRED_APIS) + " enabled")
+        else:
+            note.skipped, note.summary = True, "needs gcloud signed in"
+    with steps.step(TITLES[4]) as note:
+        token = runner.environ.get("REPLICATE_API_TOKEN", "").strip()
+        secret: str | checks.Problem
+        if not token:
+            secret = checks.Problem("REPLICATE_API_TOKEN is not set", f"export it (a token from {checks.TOKEN_PAGE})")
+        elif options.webhook_secret_file is not None:
+            secret = checks.read_secret_file(options.webhook_secret_file)
+        else:
+            base_url = checks.replicate_base_url(runner.environ)
+            print(f"{INDENT}GET {base_url}/v1/webhooks/default/secret", file=runner.out, flush=True)
+            secret = checks.fetch_signing_secret(token, base_url)
+        source = "from --webhook-secret-file" if options.webhook_secret_file else "fetched from Replicate"
+        report(note, [secret] if isinstance(secret, checks.Problem) else [], f"token set; signing secret {source}")
+    if problems:
+        raise OpsError(
+            f"{len(problems)} prerequisite(s) missing, nothing was changed:\n"
+            + "\n".join(f"  - {problem}" for problem in problems)
+        )
+    assert isinstance(secret, str)  # noqa: S101 - a Problem was reported above
+    return secret, token
+
+
+def _terraform_and_release(
+    options: DeployOptions, runner: Runner, steps: Steps, *, webhook_secret: str, token: str, verify: VerifyFunction
+) -> None:
+    chdir = f"-chdir={TERRAFORM_DIR}"
+    variables = _variable_args(options)
+    with steps.step(TITLES[5]) as note:
+        runner.run(["terraform", chdir, "init", "-input=false", "-no-color"], stream=True)
+        note.summary = "providers ready (infra/terraform/.terraform)"
+    with tempfile.TemporaryDirectory(prefix="relay-deploy-") as plans:
+        with steps.step(TITLES[6]) as note:
+            _apply(runner, chdir, [f"-target={PHASE_ONE_TARGET}", *variables], Path(plans) / "phase1.tfplan", note)
+        with steps.step(TITLES[7]) as note:
+            outputs = _outputs(runner, chdir)
+            ids = [
+                (_value(options, outputs, "webhook_secret_id"), webhook_secret, True),
+                (_value(options, outputs, "replicate_token_secret_id"), token, False),
+            ]
+            added = [
+                secret_id
+                for secret_id, value, rotation in ids
+                if _put_secret(runner, options.project, secret_id, value, rotation=rotation)
+            ]
+            verb = "would add" if runner.plan else "added"
+            note.summary = f"{verb} a version to {', '.join(added)}" if added else "both up to date"
+        with steps.step(TITLES[8]) as note:
+            _apply(runner, chdir, variables, Path(plans) / "phase2.tfplan", note)
+    with steps.step(TITLES[9]) as note:
+        outputs = _outputs(runner, chdir)
+        _release(options, runner, outputs, note)
+    with steps.step(TITLES[10]) as note:
+        if "webhook_url" not in outputs:
+            note.skipped, note.summary = True, "known after the apply"
+        else:
+            print(
+                f"{INDENT}webhook URL  {outputs['webhook_url']}   (Replicate's webhook=…, RELAY_WEBHOOK_URL)",
+                file=runner.out,
+            )
+            print(f"{INDENT}API URL      {outputs['api_url']}", file=runner.out)
+            note.summary = str(outputs["webhook_url"])
+    with steps.step(TITLES[11]) as note:
+        if options.plan:
+            note.skipped, note.summary = True, "not run under --plan"
+        elif not options.verify:
+            note.skipped, note.summary = True, "skipped (--no-verify); run `relay verify` to check the deployment"
+        else:
+            deployed = Deployed(
+                project=options.project,
+                receiver_url=str(outputs["webhook_url"]),
+                api_url=str(outputs["api_url"]),
+                bucket=str(outputs["bucket"]),
+                webhook_secret=webhook_secret.split(maxsplit=1)[0],
+            )
+            if not verify(deployed, runner.out):
+                raise DeployError("relay verify failed (its checklist above names the hop and how to look)")
+            note.summary = "every hop answered"
+
+
+def _variable_args(options: DeployOptions) -> list[str]:
+    """Terraform's -var-file and -var flags; later ones win, so the explicit flags come last."""
+    args = [f"-var-file={options.var_file.resolve()}"] if options.var_file else []
+    args += [f"-var=project_id={options.project}", f"-var=region={options.region}"]
+    if options.alert_email is not None:
+        args.append(f"-var=alert_email={options.alert_email}")
+    return args + [f"-var={name}={value}" for name, value in options.variables]
+
+
+def _apply(runner: Runner, chdir: str, args: list[str], plan_file: Path, note: StepNote) -> None:
+    """terraform plan, then apply exactly that plan when it has changes."""
+    planned = runner.run(
+        ["terraform", chdir, "plan", "-input=false", "-no-color", "-detailed-exitcode", f"-out={plan_file}", *args],
+        stream=True,
+        check=False,
+    )
+    if planned.returncode == 0:
+        note.summary = "no changes"
+        return
+    if planned.returncode != 2:
+        raise DeployError(f"terraform plan exited {planned.returncode} (its output is above)")
+    runner.run(["terraform", chdir, "apply", "-input=false", "-no-color", str(plan_file)], mutating=True, stream=True)
+    note.summary = "would apply the changes above" if runner.plan else "applied"
+
+
+def _outputs(runner: Runner, chdir: str) -> dict[str, Any]:
+    """`terraform output -json` as {name: value}; empty before the first apply."""
+    result = runner.run(["terraform", chdir, "output", "-json"], check=not runner.plan)
+    try:
+        document = json.loads(result.stdout or "{}")
+    except ValueError:
+        raise DeployError("terraform output -json is not JSON") from None
+    return {name: output.get("value") for name, output in document.items() if isinstance(output, dict)}
+
+
+def _value(options: DeployOptions, outputs: Mapping[str, Any], name: str) -> str:
+    """A Terraform output, else the variable of that name: --var, --var-file, then variables.tf's default."""
+    if isinstance(outputs.get(name), str):
+        return str(outputs[name])
+    for given, value in reversed(options.variables):
+        if given == name:
+            return value
+    if options.var_file is not None:
+        text = options.var_file.read_text(encoding="utf-8")
+        if options.var_file.name.endswith(".json"):
+            value = json.loads(text).get(name)
+            if isinstance(value, str):
+                return value
+        elif found := re.search(rf'^\s*{name}\s*=\s*"([^"]*)"', text, re.MULTILINE):
+            return found.group(1)
+    variables = (options.root / TERRAFORM_DIR / "variables.tf").read_text(encoding="utf-8")
+    block = re.search(rf'variable "{name}" {{(.*?)\n}}', variables, re.DOTALL)
+    default = re.search(r'^\s*default\s*=\s*"([^"]*)"', block.group(1), re.MULTILINE) if block else None
+    if default is None:
+        raise ConfigError(f"no value for {name}: pass --var {name}=…")
+    return default.group(1)
+
+
+def _put_secret(runner: Runner, project: str, secret_id: str, value: str, *, rotation: bool) -> bool:
+    """Add `value` as a version of `secret_id` unless the latest enabled version already holds it (for the
+    signing secrets, among the space-separated ones of a rotation). True when a version is (or would be) added."""
+    listed = runner.run(
+        [
+            "gcloud", "secrets", "versions", "list", secret_id, f"--project={project}",
+            "--filter=state:ENABLED", "--sort-by=~createTime", "--limit=1", "--format=value(name.basename())",
+        ],
+        check=not runner.plan,
+    )  # fmt: skip
+    current: str | None = None
+    if listed.returncode != 0:
+        print(f"{INDENT}(cannot read {secret_id} yet: phase 1 creates it)", file=runner.out)
+    elif version := listed.stdout.strip():
+        accessed = runner.run(
+            [
+                "gcloud", "secrets", "versions", "access", version, f"--secret={secret_id}", f"--project={project}",
+                "--format=get(payload.data)",
+            ],
+            secret_output=True,
+        )  # fmt: skip
+        current = _decoded(accessed.stdout.strip(), secret_id)
+    if current is not None and (value in current.split() if rotation else current == value):
+        print(f"{INDENT}{secret_id}: version {version} already holds it", file=runner.out)
+        return False
+    runner.run(
+        ["gcloud", "secrets", "versions", "add", secret_id, f"--project={project}", "--data-file=-"],
+        mutating=True,
+        stdin=value,
+    )
+    return True
+
+
+def _decoded(payload: str, secret_id: str) -> str:
+    """gcloud's payload.data: URL-safe base64."""
+    try:
+        return base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)).decode("utf-8")
+    except (binascii.Error, ValueError):
+        raise DeployError(f"the latest version of {secret_id} did not decode as text") from None
+
+
+def _release(options: DeployOptions, runner: Runner, outputs: Mapping[str, Any], note: StepNote) -> None:
+    """gcloud builds submit, unless every Cloud Run service already runs the image of this tag."""
+    tag = options.tag or _commit_tag(runner)
+    repository = outputs.get("image_repository") or (
+        f"{options.region}-docker.pkg.dev/{options.project}/{_value(options, outputs, 'artifact_repository')}"
+    )
+    image = f"{repository}/relay:{tag}"
+    services = sorted(outputs.get("service_urls") or {})
+    running = _running_images(runner, options) if services else {}
+    stale = [service for service in services if running.get(service) != image]
+    if services and not stale:
+        note.summary = f"every service already runs relay:{tag}"
+        return
+    if services:
+        print(f"{INDENT}not yet on relay:{tag}: {', '.join(stale)}", file=runner.out)
+    substitutions = f"_REGION={options.region},_REPOSITORY={str(repository).rsplit('/', 1)[-1]},_TAG={tag}"
+    runner.run(
+        ["gcloud", "builds", "submit", f"--project={options.project}", "--config=cloudbuild.yaml",
+         f"--substitutions={substitutions}", "."],
+        mutating=True,
+        stream=True,
+    )  # fmt: skip
+    note.summary = f"{'would build' if runner.plan else 'built'} and deploy {image}"
+
+
+def _running_images(runner: Runner, options: DeployOptions) -> dict[str, str]:
+    """The image each Cloud Run service of the region runs, by name."""
+    listed = runner.run(
+        ["gcloud", "run", "services", "list", f"--project={options.project}", f"--region={options.region}",
+         "--format=value(metadata.name,spec.template.spec.containers[0].image)"],
+        check=not runner.plan,
+    )  # fmt: skip
+    pairs = (line.split("\t") for line in listed.stdout.splitlines() if "\t" in line)
+    return {name.strip(): image.strip() for name, image in pairs}
+
+
+def _commit_tag(runner: Runner) -> str:
+    """The checkout's short commit, the image tag when --tag is not given."""
+    if shutil.which("git", path=runner.environ.get("PATH")) is None:
+        raise DeployError("git is not on PATH to name the image after the commit: pass --tag")
+    commit = runner.run(["git", "rev-parse", "--short", "HEAD"], check=False)
+    if commit.returncode != 0:
+        raise DeployError("cannot name the image after the commit (not a git checkout?): pass --tag")
+    if runner.run(["git", "status", "--porcelain", "--untracked-files=no"], quiet=True).stdout.strip():
+        print(
+            f"{INDENT}note: uncommitted changes go into the image tagged {commit.stdout.strip()}, and a rerun "
+            "at this commit will not rebuild; commit them, or pass --tag",
+            file=runner.out,
+        )
+    return commit.stdout.strip()
