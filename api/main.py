@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import re
-import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -31,8 +30,7 @@ from replicate_relay import logs, telemetry, telemetry_setup
 from replicate_relay.config import load_or_exit
 from replicate_relay.errors import TRANSIENT_ERRORS
 from replicate_relay.jobstore import JobStore
-from replicate_relay.replicate_api import ReplicateAPI
-from replicate_relay.serve import flask_headers, flask_health
+from replicate_relay.serve import BoundedBody, PerProcess, flask_headers, flask_health
 from replicate_relay.submit import Submitter
 from replicate_relay.values import ValueStore
 
@@ -50,36 +48,24 @@ OPENAPI_PATH = "/v1/openapi.json"
 _JOB_PATH = re.compile(r"^/v1/jobs/(?P<job_id>[^/]+)/?$")
 _READ_CHUNK = 64 * 1024
 
-_lock = threading.Lock()
-_jobs_api: JobsApi | None = None
+
+def _make_api() -> JobsApi:
+    client = firestore.Client(project=SETTINGS.project)
+    bucket = storage.Client(project=SETTINGS.project).bucket(SETTINGS.bucket)
+    store = JobStore(client, policy=SETTINGS.policy, values=ValueStore(bucket))
+    return JobsApi(
+        store=store,
+        # No job-events publisher: the API's account has no Pub/Sub role. A submission
+        # Replicate refuses is answered at once; the reconciler announces its job.
+        submitter=Submitter.configured(store, SETTINGS.submit, job_events=None),
+        idempotency=IdempotencyStore(
+            client, retention=SETTINGS.idempotency_retention, lease=SETTINGS.idempotency_lease
+        ),
+        firestore=client,
+    )
 
 
-def _get_api() -> JobsApi:
-    # Created on first use in the serving process: gRPC channels must not cross gunicorn's fork.
-    global _jobs_api
-    with _lock:
-        if _jobs_api is None:
-            client = firestore.Client(project=SETTINGS.project)
-            bucket = storage.Client(project=SETTINGS.project).bucket(SETTINGS.bucket)
-            store = JobStore(client, policy=SETTINGS.policy, values=ValueStore(bucket))
-            submit = SETTINGS.submit
-            _jobs_api = JobsApi(
-                store=store,
-                submitter=Submitter(
-                    store=store,
-                    replicate=ReplicateAPI.connect(submit.replicate_token.value, base_url=submit.replicate_base_url),
-                    webhook_url=submit.webhook_url,
-                    events_filter=submit.events_filter,
-                    # No job-events publisher: the API's account has no Pub/Sub role. A submission
-                    # Replicate refuses is answered at once; the reconciler announces its job.
-                    job_events=None,
-                ),
-                idempotency=IdempotencyStore(
-                    client, retention=SETTINGS.idempotency_retention, lease=SETTINGS.idempotency_lease
-                ),
-                firestore=client,
-            )
-        return _jobs_api
+_JOBS_API = PerProcess(_make_api)
 
 
 def api(request: flask.Request) -> flask.Response:
@@ -149,18 +135,18 @@ def _dispatch(request: flask.Request) -> Answer:
     if path in (JOBS_PATH, JOBS_PATH + "/"):
         if method == "POST":
             body = read_body(request, SETTINGS.max_body_bytes)
-            return _get_api().create(
+            return _JOBS_API.get().create(
                 body,
                 content_type=request.headers.get("Content-Type"),
                 idempotency_key=request.headers.get("Idempotency-Key"),
             )
         if method in ("GET", "HEAD"):
-            return _get_api().list(request.args)
+            return _JOBS_API.get().list(request.args)
         raise errors.MethodNotAllowed(f"{method} is not accepted here", headers={"Allow": "GET, HEAD, POST"})
     found = _JOB_PATH.match(path)
     if found:
         if method in ("GET", "HEAD"):
-            return _get_api().get(found["job_id"])
+            return _JOBS_API.get().get(found["job_id"])
         raise errors.MethodNotAllowed(f"{method} is not accepted here", headers={"Allow": "GET, HEAD"})
     if path == OPENAPI_PATH and method in ("GET", "HEAD"):
         from api.openapi import document  # noqa: PLC0415 - only this route needs the generator
@@ -172,18 +158,16 @@ def _dispatch(request: flask.Request) -> Answer:
 def read_body(request: flask.Request, limit: int) -> bytes:
     """The body, refused with 413 past `limit` bytes: by Content-Length before reading, and while
     reading (a chunked body has none)."""
-    if request.content_length is not None and request.content_length > limit:
-        raise errors.PayloadTooLarge(f"the body is {request.content_length} bytes; at most {limit} are accepted")
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        chunk = request.stream.read(_READ_CHUNK)
-        if not chunk:
-            return b"".join(chunks)
-        size += len(chunk)
-        if size > limit:
-            raise errors.PayloadTooLarge(f"the body is larger than {limit} bytes")
-        chunks.append(chunk)
+
+    def too_large(size: int | None) -> errors.PayloadTooLarge:
+        if size is None:
+            return errors.PayloadTooLarge(f"the body is larger than {limit} bytes")
+        return errors.PayloadTooLarge(f"the body is {size} bytes; at most {limit} are accepted")
+
+    body = BoundedBody(limit, too_large, declared=request.content_length)
+    while chunk := request.stream.read(_READ_CHUNK):
+        body.add(chunk)
+    return body.joined()
 
 
 def _answer(answer: Answer) -> flask.Response:

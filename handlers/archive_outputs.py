@@ -9,7 +9,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from handlers.errors import TRANSIENT_ERRORS, TransientError
+from handlers.errors import TRANSIENT_ERRORS, TransientError, unavailable
 from replicate_relay.archive import ArchiveConflict, Archiver
 from replicate_relay.downloads import DownloadError, DownloadFailed, DownloadGone
 from replicate_relay.events import PredictionEvent
@@ -61,7 +61,7 @@ def archive(event: PredictionEvent, *, store: JobStore, archiver: Archiver) -> A
 
     outputs: list[dict[str, Any]] = []
     failure: Failure | None = None
-    try:
+    with unavailable("storage"):
         for output, copy in zip(files, copies, strict=False):
             try:
                 outputs.append(copy.result().to_document())
@@ -72,8 +72,6 @@ def archive(event: PredictionEvent, *, store: JobStore, archiver: Archiver) -> A
                 failure = failure or Failure(code, f"output {output.index}: {message}")
                 failed = FailedOutput(index=output.index, source_url=_source_url(error), error_code=code, error=message)
                 outputs.append(failed.to_document())
-    except TRANSIENT_ERRORS as error:
-        raise TransientError("storage_unavailable", _describe(error)) from error
     return _finish(store, event, outputs, failure, located)
 
 
@@ -91,10 +89,8 @@ def _finish(
 ) -> ArchiveResult:
     """Make the job final; the job store being unavailable (Firestore, and the bucket for a value
     too large for the document, as in job-status) is a TransientError."""
-    try:
+    with unavailable("firestore"):
         applied = store.finish_archive(event, outputs, failure, located=located)
-    except TRANSIENT_ERRORS as error:
-        raise TransientError("firestore_unavailable", _describe(error)) from error
     return ArchiveResult(applied.outcome.value, applied, outputs, failure)
 
 
@@ -108,7 +104,3 @@ def _permanent(error: DownloadError | ArchiveConflict) -> tuple[str, str]:
 
 def _source_url(error: DownloadError | ArchiveConflict) -> str | None:
     return error.url if isinstance(error, DownloadError) else None
-
-
-def _describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"[:500]

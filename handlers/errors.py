@@ -10,6 +10,19 @@ a TokenRejected an Unauthenticated of its status), and handlers/main.py answers 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from replicate_relay.errors import TRANSIENT_ERRORS, HandlerError, PermanentError, TransientError, Unauthenticated
 
 __all__ = ["TRANSIENT_ERRORS", "HandlerError", "PermanentError", "TransientError", "Unauthenticated"]
+
+
+@contextmanager
+def unavailable(service: str) -> Iterator[None]:
+    """Where what TRANSIENT_ERRORS lists means `service` is unavailable: a TransientError
+    `{service}_unavailable`, so Pub/Sub redelivers the message after its backoff."""
+    try:
+        yield
+    except TRANSIENT_ERRORS as error:
+        raise TransientError(f"{service}_unavailable", f"{type(error).__name__}: {error}"[:500]) from error

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from handlers.errors import TRANSIENT_ERRORS, TransientError
+from handlers.errors import unavailable
 from replicate_relay.events import PredictionEvent
 from replicate_relay.jobstore import Applied, JobStore
 
 
 def apply(store: JobStore, event: PredictionEvent) -> Applied:
     """Apply one event; Firestore being unavailable or contended is a TransientError (retry)."""
-    try:
+    with unavailable("firestore"):
         return store.apply(event)
-    except TRANSIENT_ERRORS as error:
-        raise TransientError("firestore_unavailable", f"{type(error).__name__}: {error}") from error

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from handlers.errors import TRANSIENT_ERRORS, HandlerError, TransientError
 from handlers.push import PushEnvelope, decode_event, parse_envelope
 from handlers.reconcile import ACTOR as RECONCILER
 from handlers.reconcile import Reconciler
-from handlers.settings import HandlerSettings, ReconcilerSettings
+from handlers.settings import HandlerSettings
 from replicate_relay import announcements, logs, telemetry, telemetry_setup
 from replicate_relay.archive import Archiver
 from replicate_relay.config import load_or_exit
@@ -32,7 +31,7 @@ from replicate_relay.downloads import Downloader
 from replicate_relay.jobstore import Applied, JobStore, utcnow
 from replicate_relay.publisher import PublishError, TopicPublisher
 from replicate_relay.replicate_api import ReplicateAPI
-from replicate_relay.serve import flask_headers, flask_health
+from replicate_relay.serve import PerProcess, flask_headers, flask_health
 from replicate_relay.topology import load as load_topology
 from replicate_relay.values import ValueStore
 
@@ -61,32 +60,25 @@ class Clients:
     archiver: Archiver
 
 
-_lock = threading.Lock()
-_clients: Clients | None = None
+def _make_clients() -> Clients:
+    bucket = storage.Client(project=SETTINGS.project).bucket(SETTINGS.bucket)
+    return Clients(
+        store=JobStore(
+            firestore.Client(project=SETTINGS.project),
+            policy=SETTINGS.policy,
+            event_retention=SETTINGS.event_retention,
+            values=ValueStore(bucket),
+        ),
+        job_events=_publisher(SETTINGS.job_events_topic),
+        archiver=Archiver(bucket, Downloader(SETTINGS.downloads), chunk_bytes=SETTINGS.upload_chunk_bytes),
+    )
 
 
-def _get_clients() -> Clients:
-    # Created on first use in the serving process: gRPC channels must not cross gunicorn's fork.
-    with _lock:
-        return _get_clients_unlocked()
+def _publisher(topic: str) -> TopicPublisher:
+    return TopicPublisher(SETTINGS.topic_path(topic), deadline_seconds=SETTINGS.publish_deadline_seconds)
 
 
-def _get_clients_unlocked() -> Clients:
-    global _clients
-    if _clients is None:
-        deadline = SETTINGS.publish_deadline_seconds
-        bucket = storage.Client(project=SETTINGS.project).bucket(SETTINGS.bucket)
-        _clients = Clients(
-            store=JobStore(
-                firestore.Client(project=SETTINGS.project),
-                policy=SETTINGS.policy,
-                event_retention=SETTINGS.event_retention,
-                values=ValueStore(bucket),
-            ),
-            job_events=TopicPublisher(SETTINGS.job_events_topic_path, deadline_seconds=deadline),
-            archiver=Archiver(bucket, Downloader(SETTINGS.downloads), chunk_bytes=SETTINGS.upload_chunk_bytes),
-        )
-    return _clients
+_CLIENTS = PerProcess(_make_clients)
 
 
 def _setup_telemetry() -> None:
@@ -105,9 +97,6 @@ def archive_outputs(request: flask.Request) -> flask.Response:
     return _serve_push(request, archive_handler.ACTOR, _archive_outputs)
 
 
-_reconciler: Reconciler | None = None
-
-
 def reconcile(request: flask.Request) -> flask.Response:
     """What Cloud Scheduler calls every few minutes: check quiet jobs against Replicate."""
     if (health := flask_health(request)) is not None:
@@ -115,8 +104,7 @@ def reconcile(request: flask.Request) -> flask.Response:
     _setup_telemetry()
     if request.method != "POST":
         return flask.make_response(({"error": "method_not_allowed"}, 405))
-    settings = SETTINGS.reconciler
-    if settings is None:  # the deployment did not set FUNCTION_TARGET=reconcile
+    if SETTINGS.reconciler is None:  # the deployment did not set FUNCTION_TARGET=reconcile
         log.error("reconcile called but its settings were not loaded: set FUNCTION_TARGET=reconcile")
         return flask.make_response(({"error": "not_configured"}, 500))
     started = time.perf_counter()
@@ -128,28 +116,32 @@ def reconcile(request: flask.Request) -> flask.Response:
         context=telemetry.new_trace(),
         links=[trace.Link(request_context)] if request_context.is_valid else [],
     ) as span:
-        response = _reconcile(settings, span, started)
+        response = _reconcile(span, started)
     if telemetry.flush_each_request():
         telemetry.flush()
     return response
 
 
-def _reconcile(settings: ReconcilerSettings, span: Span, started: float) -> flask.Response:
-    global _reconciler
-    with _lock:
-        if _reconciler is None:
-            clients = _get_clients_unlocked()
-            deadline = SETTINGS.publish_deadline_seconds
-            _reconciler = Reconciler(
-                store=clients.store,
-                replicate=ReplicateAPI.connect(settings.replicate_token.value, base_url=settings.replicate_base_url),
-                events=TopicPublisher(SETTINGS.events_topic_path, deadline_seconds=deadline),
-                job_events=clients.job_events,
-                settings=settings.run,
-            )
-        reconciler = _reconciler
+def _make_reconciler() -> Reconciler:
+    settings = SETTINGS.reconciler
+    if settings is None:  # checked by reconcile() before the first use
+        raise RuntimeError("no reconciler settings")
+    clients = _CLIENTS.get()
+    return Reconciler(
+        store=clients.store,
+        replicate=ReplicateAPI.connect(settings.replicate_token.value, base_url=settings.replicate_base_url),
+        events=_publisher(SETTINGS.events_topic),
+        job_events=clients.job_events,
+        settings=settings.run,
+    )
+
+
+_RECONCILER = PerProcess(_make_reconciler)
+
+
+def _reconcile(span: Span, started: float) -> flask.Response:
     try:
-        summary = reconciler.run().as_dict()
+        summary = _RECONCILER.get().run().as_dict()
     except TRANSIENT_ERRORS as error:
         telemetry.mark_error(span, "unavailable", str(error)[:300])
         _record_handling(RECONCILER, "retry", started)
@@ -167,7 +159,7 @@ def _reconcile(settings: ReconcilerSettings, span: Span, started: float) -> flas
 
 def _apply_job_status(envelope: PushEnvelope, span: Span) -> dict[str, Any]:
     event = decode_event(envelope)
-    clients = _get_clients()
+    clients = _CLIENTS.get()
     applied = job_status_handler.apply(clients.store, event)
     span.set_attribute(telemetry.JOB_ID, applied.job_id)
     announced = _announce_if_owed(clients, applied, "job-status")
@@ -183,7 +175,7 @@ def _apply_job_status(envelope: PushEnvelope, span: Span) -> dict[str, Any]:
 
 def _archive_outputs(envelope: PushEnvelope, span: Span) -> dict[str, Any]:
     event = decode_event(envelope)
-    clients = _get_clients()
+    clients = _CLIENTS.get()
     result = archive_handler.archive(event, store=clients.store, archiver=clients.archiver)
     job = result.applied.job if result.applied else None
     if result.applied:

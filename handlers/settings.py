@@ -17,6 +17,7 @@ from replicate_relay.config import (
     job_events_topic,
     project_id,
     token_check_mode,
+    topic_path,
 )
 from replicate_relay.downloads import DownloadPolicy
 from replicate_relay.jobs import Policy
@@ -98,13 +99,8 @@ class HandlerSettings:
     log_level: str
     telemetry: TelemetrySettings
 
-    @property
-    def events_topic_path(self) -> str:
-        return f"projects/{self.project}/topics/{self.events_topic}"
-
-    @property
-    def job_events_topic_path(self) -> str:
-        return f"projects/{self.project}/topics/{self.job_events_topic}"
+    def topic_path(self, topic: str) -> str:
+        return topic_path(self.project, topic)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> HandlerSettings:

@@ -6,19 +6,12 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
-from receiver.errors import (
-    BadRequest,
-    PayloadTooLarge,
-    PublishUnavailable,
-    Rejected,
-    TooManyFailures,
-    Unauthorized,
-    UnsupportedMediaType,
-)
+from receiver import errors
 from receiver.limiter import FailureLimiter
 from receiver.settings import ReceiverSettings
 from replicate_relay.events import EventAttributes, PayloadError, Source, parse_prediction_ref
 from replicate_relay.publisher import AsyncPublisher, PublishError
+from replicate_relay.serve import BoundedBody
 from replicate_relay.webhooks import VerificationError, verify
 
 
@@ -58,14 +51,14 @@ class Intake:
         *,
         client: str,
     ) -> Accepted:
-        """Raise a `Rejected` subclass for anything that is not a validly signed prediction."""
+        """Raise an `errors.Rejected` subclass for anything that is not a validly signed prediction."""
         if not self.limiter.allows(client, self._clock()):
-            raise TooManyFailures("too_many_failures", "too many failed requests from this client; slow down")
+            raise errors.TooManyFailures("too_many_failures", "too many failed requests from this client; slow down")
         try:
             return await self._handle(headers, body)
-        except PublishUnavailable:
+        except errors.PublishUnavailable:
             raise
-        except Rejected:
+        except errors.Rejected:
             self.limiter.record_failure(client, self._clock())
             raise
 
@@ -81,25 +74,19 @@ class Intake:
                 tolerance_seconds=self._settings.tolerance_seconds,
             )
         except VerificationError as error:
-            kind = BadRequest if error.malformed else Unauthorized
+            kind = errors.BadRequest if error.malformed else errors.Unauthorized
             raise kind(error.reason, error.message, verification=True) from None
         try:
             prediction = parse_prediction_ref(raw)
         except PayloadError as error:
-            raise BadRequest(error.reason, error.message) from None
+            raise errors.BadRequest(error.reason, error.message) from None
 
-        attributes = EventAttributes(
-            prediction_id=prediction.id,
-            status=prediction.status,
-            webhook_id=verified.webhook_id,
-            webhook_timestamp=verified.timestamp,
-            source=Source.WEBHOOK,
-        )
+        attributes = EventAttributes.of(prediction, verified.webhook_id, verified.timestamp, Source.WEBHOOK)
         try:
             # The exact verified bytes go on the topic, so a handler can re-verify or replay them.
             message_id = await self._publisher.publish(raw, attributes.to_message())
         except PublishError as error:
-            raise PublishUnavailable("publish_failed", str(error)) from None
+            raise errors.PublishUnavailable("publish_failed", str(error)) from None
         return Accepted(prediction.id, prediction.status, verified.webhook_id, message_id)
 
 
@@ -110,24 +97,22 @@ def check_content_type(value: str | None) -> None:
         media_type.startswith("application/") and media_type.endswith("+json")
     ):
         shown = media_type[:64] or "none"
-        raise UnsupportedMediaType("unsupported_media_type", f"content type {shown!r} is not JSON")
+        raise errors.UnsupportedMediaType("unsupported_media_type", f"content type {shown!r} is not JSON")
 
 
 async def read_body(chunks: AsyncIterator[bytes], declared_length: str | None, limit: int) -> bytes:
     """Read at most `limit` bytes; a declared or actual size above it is refused without reading on."""
-    if declared_length is not None:
-        if not (declared_length.isascii() and declared_length.isdigit()):
-            raise BadRequest("malformed_content_length", "content-length is not a whole number")
-        if int(declared_length) > limit:
-            raise PayloadTooLarge("body_too_large", f"body is larger than {limit} bytes")
-    parts: list[bytes] = []
-    size = 0
+    if declared_length is not None and not (declared_length.isascii() and declared_length.isdigit()):
+        raise errors.BadRequest("malformed_content_length", "content-length is not a whole number")
+    declared = int(declared_length) if declared_length is not None else None
+    body = BoundedBody(
+        limit,
+        lambda _: errors.PayloadTooLarge("body_too_large", f"body is larger than {limit} bytes"),
+        declared=declared,
+    )
     async for chunk in chunks:
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge("body_too_large", f"body is larger than {limit} bytes")
-        parts.append(chunk)
-    return b"".join(parts)
+        body.add(chunk)
+    return body.joined()
 
 
 def client_key(peer: str | None, forwarded_for: str | None, trusted_hops: int) -> str:

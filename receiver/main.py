@@ -19,25 +19,23 @@ from receiver.settings import ReceiverSettings
 from replicate_relay import logs, telemetry, telemetry_setup
 from replicate_relay.config import load_or_exit
 from replicate_relay.publisher import AsyncTopicPublisher
-from replicate_relay.serve import HEALTH_PATH
+from replicate_relay.serve import HEALTH_PATH, PerProcess
 
 log = logging.getLogger("relay.receiver")
 
 SETTINGS = load_or_exit(lambda: ReceiverSettings.from_env(os.environ), "receiver")
 logs.configure("receiver", level=SETTINGS.log_level, project=SETTINGS.project)
 
-_intake: Intake | None = None
+
+def _make_intake() -> Intake:
+    # Made on first use, inside the worker's running event loop: the grpc.aio channel belongs to it.
+    publisher = AsyncTopicPublisher(SETTINGS.topic_path, deadline_seconds=SETTINGS.publish_deadline_seconds)
+    intake = Intake(SETTINGS, publisher)
+    tune_gc()
+    return intake
 
 
-def _get_intake() -> Intake:
-    # Created on first use, inside the worker's running event loop: the grpc.aio channel belongs
-    # to that loop, and no channel may be opened before gunicorn forks.
-    global _intake
-    if _intake is None:
-        publisher = AsyncTopicPublisher(SETTINGS.topic_path, deadline_seconds=SETTINGS.publish_deadline_seconds)
-        _intake = Intake(SETTINGS, publisher)
-        tune_gc()
-    return _intake
+_INTAKE = PerProcess(_make_intake)
 
 
 def tune_gc() -> None:
@@ -45,9 +43,9 @@ def tune_gc() -> None:
 
     Everything made so far (modules, clients, the telemetry SDK) lives as long as the worker:
     frozen, collections stop walking it. And a webhook's spans allocate enough that the default
-    threshold (700) ran a collection every few requests. Measured with bench/receiver.py --quick,
-    telemetry on: 977 → 1,251 req/s at peak, p99 at half peak 81 → 26 ms. Reference counting still
-    frees almost everything at once; only cycles wait.
+    threshold (700) would run a collection every few requests, costing peak throughput and tail
+    latency (docs/PERFORMANCE.md). Reference counting still frees almost everything at once; only
+    cycles wait.
     """
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
@@ -86,7 +84,7 @@ async def _receive(request: Request, headers: dict[str, str], span: Span, starte
     try:
         if request.method != "POST":
             raise MethodNotAllowed("method_not_allowed", f"{request.method} is not accepted; Replicate POSTs")
-        accepted = await _get_intake().handle(headers, request.stream(), client=client)
+        accepted = await _INTAKE.get().handle(headers, request.stream(), client=client)
     except Rejected as rejected:
         outcome = "unavailable" if rejected.status >= 500 else "rejected"
         _record(span, started, outcome, rejected.status, rejected.reason)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from replicate_relay.config import ConfigError, Env, Secret, project_id
+from replicate_relay.config import ConfigError, Env, Secret, project_id, topic_path
 from replicate_relay.telemetry import TelemetrySettings
 from replicate_relay.webhooks import DEFAULT_TOLERANCE_SECONDS, SigningKey, parse_secrets
 
@@ -33,7 +33,7 @@ class ReceiverSettings:
 
     @property
     def topic_path(self) -> str:
-        return f"projects/{self.project}/topics/{self.events_topic}"
+        return topic_path(self.project, self.events_topic)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> ReceiverSettings:

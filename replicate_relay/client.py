@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from google.cloud import firestore
 from google.cloud.firestore_v1.watch import Watch
 
-from replicate_relay.config import ConfigError, Env, bucket_name, inline_value_bytes, project_id
+from replicate_relay.config import ConfigError, Env, bucket_name, inline_value_bytes, project_id, topic_path
 
 # Defined in the one exception tree, replicate_relay/errors.py; still importable from here.
 from replicate_relay.errors import ClientClosed as ClientClosed  # noqa: PLC0414 - re-export
@@ -85,7 +85,6 @@ class RelayClient:
         import google.cloud.storage as storage  # noqa: PLC0415 - only a client made from the environment needs it
 
         from replicate_relay.publisher import TopicPublisher  # noqa: PLC0415
-        from replicate_relay.replicate_api import ReplicateAPI  # noqa: PLC0415
         from replicate_relay.submit import SubmitSettings, Submitter  # noqa: PLC0415
 
         environ = os.environ if environ is None else environ
@@ -101,13 +100,8 @@ class RelayClient:
         if not submitting:
             return cls(store)
         settings = SubmitSettings.from_env(environ)
-        submitter = Submitter(
-            store=store,
-            replicate=ReplicateAPI.connect(settings.replicate_token.value, base_url=settings.replicate_base_url),
-            webhook_url=settings.webhook_url,
-            events_filter=settings.events_filter,
-            job_events=TopicPublisher(f"projects/{project}/topics/{settings.job_events_topic}", deadline_seconds=10),
-        )
+        job_events = TopicPublisher(topic_path(project, settings.job_events_topic), deadline_seconds=10)
+        submitter = Submitter.configured(store, settings, job_events=job_events)
         return cls(store, submitter=submitter, owns_submitter=True)
 
     # ---- submitting and reading ----

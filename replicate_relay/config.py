@@ -113,6 +113,11 @@ def project_id(env: Env) -> str:
     raise ConfigError("RELAY_PROJECT (or GOOGLE_CLOUD_PROJECT) is required but not set")
 
 
+def topic_path(project: str, topic: str) -> str:
+    """The full name of a Pub/Sub topic, as the clients take it."""
+    return f"projects/{project}/topics/{topic}"
+
+
 def bucket_name(env: Env, project: str) -> str:
     """The archive bucket (outputs, and values too large for a job document): RELAY_BUCKET, else Terraform's name."""
     return env.get_str("RELAY_BUCKET", f"{project}-relay-outputs")

@@ -195,17 +195,19 @@ class EventAttributes:
         return attributes
 
     @classmethod
+    def of(
+        cls, prediction: Prediction | PredictionRef, webhook_id: str, timestamp: int, source: Source
+    ) -> EventAttributes:
+        """The attributes of one event about `prediction`."""
+        return cls(prediction.id, prediction.status, webhook_id, timestamp, source)
+
+    @classmethod
     def observed(cls, prediction: Prediction, source: Source, now: datetime) -> EventAttributes:
         """The attributes of a prediction Relay read from Replicate's API instead of a webhook
         (the reconciler, `relay adopt`). The webhook id is deterministic per observed state, so the
         same state published twice, by two runs or two reconcilers, is one event to the handlers."""
-        return cls(
-            prediction_id=prediction.id,
-            status=prediction.status,
-            webhook_id=f"{source.value}:{prediction.id}:{prediction.status}:{len(prediction.logs or '')}",
-            webhook_timestamp=int(now.timestamp()),
-            source=source,
-        )
+        webhook_id = f"{source.value}:{prediction.id}:{prediction.status}:{len(prediction.logs or '')}"
+        return cls.of(prediction, webhook_id, int(now.timestamp()), source)
 
     @classmethod
     def from_message(cls, attributes: dict[str, str]) -> EventAttributes:

@@ -171,7 +171,7 @@ class JobStore:
 
     def locate(self, prediction_id: str) -> Located:
         """The prediction's job id and job, read without a transaction (no locks held)."""
-        mapping = self._client.collection(PREDICTIONS).document(prediction_id).get()
+        mapping = self._mapping(prediction_id).get()
         job_id: str = mapping.get("job_id") if mapping.exists else prediction_id
         snapshot = self._jobs.document(job_id).get()
         if not snapshot.exists:
@@ -306,7 +306,7 @@ class JobStore:
         """
         now = self._clock()
         batch = self._client.batch()
-        mapping_ref = self._client.collection(PREDICTIONS).document(prediction_id)
+        mapping_ref = self._mapping(prediction_id)
         batch.create(mapping_ref, {"job_id": job_id, "created_at": now})
         batch.update(self._jobs.document(job_id), {"prediction_id": prediction_id, "updated_at": now})
         try:
@@ -317,7 +317,7 @@ class JobStore:
             return job_id
 
         def run(transaction: firestore.Transaction) -> str:
-            mapping_ref = self._client.collection(PREDICTIONS).document(prediction_id)
+            mapping_ref = self._mapping(prediction_id)
             mapping = mapping_ref.get(transaction=transaction)
             job_ref = self._jobs.document(job_id)
             submitted = job_ref.get(transaction=transaction)
@@ -384,7 +384,7 @@ class JobStore:
         """
         if job.prediction_id is None:
             raise ValueError("an adopted job needs its prediction id")
-        mapping_ref = self._client.collection(PREDICTIONS).document(job.prediction_id)
+        mapping_ref = self._mapping(job.prediction_id)
         job_ref = self._jobs.document(job.job_id)
 
         def run(transaction: firestore.Transaction) -> bool:
@@ -479,12 +479,16 @@ class JobStore:
         return self._jobs.document(job_id).on_snapshot(on_snapshot)
 
     def find_by_prediction(self, prediction_id: str) -> Job | None:
-        mapping = self._client.collection(PREDICTIONS).document(prediction_id).get()
+        mapping = self._mapping(prediction_id).get()
         return self.get(mapping.get("job_id")) if mapping.exists else self.get(prediction_id)
 
     @property
     def _jobs(self) -> firestore.CollectionReference:
         return self._client.collection(JOBS)
+
+    def _mapping(self, prediction_id: str) -> firestore.DocumentReference:
+        """`predictions/{prediction_id}`: which job stands for the prediction."""
+        return self._client.collection(PREDICTIONS).document(prediction_id)
 
     def _record_ref(self, job_id: str, webhook_id: str) -> firestore.DocumentReference:
         record: firestore.DocumentReference = (
@@ -515,7 +519,7 @@ class JobStore:
         a transaction (_create_first).
         """
         if mapped_job_id is None:
-            mapping = self._client.collection(PREDICTIONS).document(event.attributes.prediction_id).get()
+            mapping = self._mapping(event.attributes.prediction_id).get()
             if mapping.exists:
                 mapped_job_id = mapping.get("job_id")
             elif (created := self._create_first(operation, event, work, also_read, refused)) is not None:
@@ -523,7 +527,7 @@ class JobStore:
 
         def run(transaction: firestore.Transaction) -> Applied:
             prediction_id = event.attributes.prediction_id
-            mapping_ref = self._client.collection(PREDICTIONS).document(prediction_id)
+            mapping_ref = self._mapping(prediction_id)
             if mapped_job_id is not None:
                 job_id, mapping_exists = mapped_job_id, True
             else:
@@ -591,7 +595,7 @@ class JobStore:
             if result.job is None:
                 return None
             written, claimed = with_claim(None, result.job, self._clock())
-            mapping_ref = self._client.collection(PREDICTIONS).document(prediction_id)
+            mapping_ref = self._mapping(prediction_id)
             document, written = self._document(written)
             batch.create(mapping_ref, {"job_id": prediction_id, "created_at": self._clock()})
             with _refusals():

@@ -4,9 +4,9 @@ Two publishers, for two kinds of caller:
 
 - `AsyncTopicPublisher` (the receiver): runs on the event loop and sends every message published
   during one loop iteration in a single Publish call over a grpc.aio channel. Written by hand
-  because google-cloud-pubsub's PublisherClient batches on threads behind a lock: measured here
-  it spent about 330 µs of CPU and 20 ms of latency per message, against about 75 µs and 2.4 ms
-  for this (see docs/PERFORMANCE.md). It uses the raw protobuf classes the library ships.
+  because google-cloud-pubsub's PublisherClient batches on threads behind a lock, at several
+  times the CPU and latency per message (docs/PERFORMANCE.md). It uses the raw protobuf classes
+  the library ships.
 - `TopicPublisher` (handlers, command line): the library's PublisherClient, blocking.
 """
 

@@ -25,14 +25,57 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import flask
 import uvicorn_worker
 
 from replicate_relay.config import ConfigError, Env, load_or_exit
+
+T = TypeVar("T")
+
+
+class BoundedBody:
+    """A request body read in pieces and refused past `limit` bytes as soon as that shows: by its
+    declared length before anything is read, then while reading (a chunked body declares none).
+    `too_large(size)` is the error to raise, `size` the declared length or None."""
+
+    def __init__(self, limit: int, too_large: Callable[[int | None], Exception], *, declared: int | None) -> None:
+        if declared is not None and declared > limit:
+            raise too_large(declared)
+        self._limit, self._too_large = limit, too_large
+        self._pieces: list[bytes] = []
+        self._size = 0
+
+    def add(self, piece: bytes) -> None:
+        self._size += len(piece)
+        if self._size > self._limit:
+            raise self._too_large(None)
+        self._pieces.append(piece)
+
+    def joined(self) -> bytes:
+        return b"".join(self._pieces)
+
+
+class PerProcess(Generic[T]):
+    """What a serving process makes on first use and then shares between its threads: its Google
+    clients, whose gRPC channels must not be opened before gunicorn forks the worker. A failure is
+    raised again on the next use rather than remembered."""
+
+    def __init__(self, make: Callable[[], T]) -> None:
+        self._make = make
+        self._lock = threading.Lock()
+        self._value: T | None = None
+
+    def get(self) -> T:
+        with self._lock:
+            if self._value is None:
+                self._value = self._make()
+            return self._value
+
 
 HEALTH_PATH = (
     "/health"  # every service answers GET here with 200 once it serves (Cloud Run reserves paths ending in "z")

@@ -115,6 +115,12 @@ class Submitter:
     events_filter: Sequence[str] = DEFAULT_EVENTS
     job_events: TopicPublisher | None = None
 
+    @classmethod
+    def configured(cls, store: JobStore, settings: SubmitSettings, *, job_events: TopicPublisher | None) -> Submitter:
+        """The Submitter `settings` (read from the environment) describe, on the caller's clients."""
+        replicate = ReplicateAPI.connect(settings.replicate_token.value, base_url=settings.replicate_base_url)
+        return cls(store, replicate, settings.webhook_url, settings.events_filter, job_events)
+
     def submit(
         self,
         model: ModelRef,

@@ -122,43 +122,34 @@ class Metrics:
     """Every instrument the pipeline records. No-ops until `setup()` installs a MeterProvider."""
 
     def __init__(self, meter: metrics.Meter) -> None:
-        self.webhooks = meter.create_counter(
-            "relay.webhooks", unit="{webhook}", description="Webhook requests by outcome and reason"
-        )
-        self.verification_failures = meter.create_counter(
+        counter, histogram = meter.create_counter, meter.create_histogram  # (name, unit, description)
+        self.webhooks = counter("relay.webhooks", "{webhook}", "Webhook requests by outcome and reason")
+        self.verification_failures = counter(
             "relay.webhook.verification_failures",
-            unit="{webhook}",
-            description="Webhooks refused by signature or timestamp verification, by reason",
+            "{webhook}",
+            "Webhooks refused by signature or timestamp verification, by reason",
         )
-        self.webhook_duration = meter.create_histogram(
-            "relay.webhook.duration", unit="s", description="Time to answer a webhook, by outcome"
+        self.webhook_duration = histogram("relay.webhook.duration", "s", "Time to answer a webhook, by outcome")
+        self.publish_duration = histogram(
+            "relay.publish.duration", "s", "Time until Pub/Sub confirmed a publish, by topic"
         )
-        self.publish_duration = meter.create_histogram(
-            "relay.publish.duration", unit="s", description="Time until Pub/Sub confirmed a publish, by topic"
+        self.handler_duration = histogram(
+            "relay.handler.duration", "s", "Time to handle a message or run, by handler and outcome"
         )
-        self.handler_duration = meter.create_histogram(
-            "relay.handler.duration", unit="s", description="Time to handle a message or run, by handler and outcome"
+        self.end_to_end = histogram(
+            "relay.job.end_to_end_latency", "s", "Replicate's completed_at to the job's final state, by state"
         )
-        self.end_to_end = meter.create_histogram(
-            "relay.job.end_to_end_latency",
-            unit="s",
-            description="Replicate's completed_at to the job's final state, by state",
-        )
-        self.archive_bytes = meter.create_counter(
-            "relay.archive.bytes", unit="By", description="Bytes copied into Cloud Storage"
-        )
-        self.dead_lettered = meter.create_counter(
+        self.archive_bytes = counter("relay.archive.bytes", "By", "Bytes copied into Cloud Storage")
+        self.dead_lettered = counter(
             "relay.messages.dead_lettered",
-            unit="{message}",
-            description="Messages refused on their last delivery attempt, which Pub/Sub dead-letters",
+            "{message}",
+            "Messages refused on their last delivery attempt, which Pub/Sub dead-letters",
         )
-        self.recovered = meter.create_counter(
-            "relay.reconciler.recovered", unit="{job}", description="Jobs the reconciler brought up to date"
-        )
-        self.not_stored = meter.create_counter(
+        self.recovered = counter("relay.reconciler.recovered", "{job}", "Jobs the reconciler brought up to date")
+        self.not_stored = counter(
             "relay.jobs.not_stored",
-            unit="{job}",
-            description="Job writes Firestore refused as Replicate sent them, made without the prediction's values",
+            "{job}",
+            "Job writes Firestore refused as Replicate sent them, made without the prediction's values",
         )
 
 

@@ -142,36 +142,13 @@ def _span_exporters(settings: TelemetrySettings, credentials: Credentials | None
     return exporters
 
 
-# Spans on Google Cloud, and why this way:
-# - OTLP/HTTP with protobuf (the exporter already used for collectors), not OTLP/gRPC to
-#   telemetry.googleapis.com:443: both are documented, but HTTP adds no gRPC channel (no channel to
-#   keep from crossing gunicorn's fork, no gRPC instrumentation to filter out) and no dependency.
-#   The exporter and its session are made in setup(), in the serving worker. Like any OTLP
-#   exporter it still reads OTEL_EXPORTER_OTLP_[TRACES_]HEADERS, _TIMEOUT and _COMPRESSION: headers
-#   meant for a collector (OTEL_EXPORTER_OTLP_ENDPOINT) would reach Google too.
-# - Credentials from google-auth directly (pinned already): an AuthorizedSession as the exporter's
-#   session adds `authorization: Bearer <token>` to each export and refreshes the token itself
-#   (on expiry, and once on a 401). opentelemetry-exporter-credential-provider-gcp 0.66b1 resolves
-#   against our pins, but it is these same two lines (AuthorizedSession over google.auth.default(),
-#   without scopes) behind an entry point for auto-instrumentation's
-#   OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER; we build the exporter ourselves and
-#   want the credentials injectable (tests), so it would add a package for nothing.
-# - Project: the Telemetry API files spans under the `gcp.project_id` resource attribute
-#   (`_resource`). No x-goog-user-project header of our own: the Telemetry API is client-billed, and
-#   for a service account (Cloud Run) the quota project is the account's own project, this one, so
-#   no serviceusage.services.use grant is needed. google-auth still sends the header when the
-#   credentials carry a quota project (user ADC after `gcloud auth application-default
-#   set-quota-project`), which is what user credentials need.
-# - Writing needs telemetry.traces.write (roles/telemetry.tracesWriter, infra/terraform/iam.tf), the
-#   telemetry.googleapis.com API enabled, and Cloud Trace's API left enabled (Google discards
-#   Telemetry API spans for projects without it).
-#
-# Metrics stay on Cloud Monitoring's own exporter. The Telemetry API takes OTLP metrics too
-# (POST /v1/metrics), but it writes every point the way Managed Service for Prometheus does:
-# monitored resource prometheus_target, Prometheus-format prometheus.googleapis.com/... metric
-# types (https://docs.cloud.google.com/stackdriver/docs/reference/telemetry/v1.metrics). The
-# dashboard and alerts (infra/terraform/monitoring.tf) read workload.googleapis.com/relay.* on
-# generic_task, as this exporter writes them; moving would mean rewriting every query.
+# Spans on Google Cloud go over OTLP/HTTP (protobuf) to the Telemetry API: no gRPC channel to keep
+# from crossing gunicorn's fork, no new dependency. The session is google-auth's AuthorizedSession,
+# which signs and refreshes the token itself and takes injected credentials in tests. Spans are
+# filed under the `gcp.project_id` resource attribute; writing needs roles/telemetry.tracesWriter
+# (infra/terraform/iam.tf) and the Cloud Trace API enabled. Metrics stay on Cloud Monitoring's
+# exporter: the dashboards and alerts (infra/terraform/monitoring.tf) read
+# workload.googleapis.com/relay.* on generic_task, which the Telemetry API's metrics do not write.
 
 
 def _google_credentials(credentials: Credentials | None) -> tuple[Credentials, str | None]:

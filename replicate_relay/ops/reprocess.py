@@ -70,26 +70,14 @@ def reprocess(
         raise OpsError(f"cannot read prediction {prediction_id} from Replicate: {error}") from None
     except PayloadError as error:
         raise OpsError(f"Replicate's answer for {prediction_id} is not a prediction: {error.message}") from None
-    attributes = EventAttributes(
-        prediction_id=prediction.id,
-        status=prediction.status,
-        webhook_id=reprocess_webhook_id(prediction.id, prediction.status, now),
-        webhook_timestamp=int(now.timestamp()),
-        source=Source.RECONCILER,
-    )
+    webhook_id = reprocess_webhook_id(prediction.id, prediction.status, now)
+    attributes = EventAttributes.of(prediction, webhook_id, int(now.timestamp()), Source.RECONCILER)
     try:
         message_id = publisher.publish(body, attributes.to_message())
     except PublishError as error:
         detail = " ".join(str(error).split())[:300]
         raise OpsError(f"nothing published to {publisher.topic_path}: {detail}") from None
-    return Reprocessed(
-        prediction_id=prediction.id,
-        job_id=job_id,
-        status=prediction.status,
-        webhook_id=attributes.webhook_id,
-        topic=publisher.topic_path,
-        message_id=message_id,
-    )
+    return Reprocessed(prediction.id, job_id, prediction.status, webhook_id, publisher.topic_path, message_id)
 
 
 def render_reprocessed(result: Reprocessed) -> str:

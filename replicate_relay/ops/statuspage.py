@@ -33,7 +33,7 @@ from replicate_relay.ops.errors import OpsError
 from replicate_relay.ops.jobs_view import JobFilter, list_jobs, outcome_summary
 from replicate_relay.ops.render import age, duration, iso, to_json
 from replicate_relay.ops.status import Status, SubscriptionStatus, collect_status
-from replicate_relay.serve import flask_health
+from replicate_relay.serve import PerProcess, flask_health
 from replicate_relay.topology import Topology, load
 
 log = logging.getLogger("relay.ops.statuspage")
@@ -148,28 +148,22 @@ def _job_row(job: Job, now: datetime) -> dict[str, object]:
 
 # Serving --------------------------------------------------------------------------------------
 
-_lock = threading.Lock()
-_clients: Clients | None = None
+
+def _make_clients() -> Clients:
+    logs.configure(os.environ.get("K_SERVICE", "status-page"))
+    timeout = Env(os.environ).get_float(TIMEOUT_VARIABLE, DEFAULT_TIMEOUT, minimum=0.1)
+    settings = OpsSettings.from_env(os.environ, timeout=timeout)
+    metrics = None if settings.on_emulators else monitoring.monitoring_client()
+    return Clients(
+        settings=settings,
+        subscriber=context.subscriber_client(settings),
+        db=context.firestore_client(settings),
+        metrics=metrics,
+        topology=load(),
+    )
 
 
-def _get_clients() -> Clients:
-    """Created on the first request of the serving process (gRPC channels must not cross gunicorn's
-    fork); a failure is raised again on the next request rather than remembered."""
-    global _clients
-    with _lock:
-        if _clients is None:
-            logs.configure(os.environ.get("K_SERVICE", "status-page"))
-            timeout = Env(os.environ).get_float(TIMEOUT_VARIABLE, DEFAULT_TIMEOUT, minimum=0.1)
-            settings = OpsSettings.from_env(os.environ, timeout=timeout)
-            metrics = None if settings.on_emulators else monitoring.monitoring_client()
-            _clients = Clients(
-                settings=settings,
-                subscriber=context.subscriber_client(settings),
-                db=context.firestore_client(settings),
-                metrics=metrics,
-                topology=load(),
-            )
-        return _clients
+_CLIENTS = PerProcess(_make_clients)
 
 
 def status_page(request: flask.Request) -> flask.Response:
@@ -188,7 +182,7 @@ def _page(request: flask.Request) -> flask.Response:
     now = datetime.now(UTC)
     project = os.environ.get("RELAY_PROJECT") or os.environ.get("GOOGLE_CLOUD_PROJECT")
     try:
-        data = collect_page(_get_clients(), now=now)
+        data = collect_page(_CLIENTS.get(), now=now)
     except ConfigError as error:  # OpsError included: one sentence the operator can act on
         log.warning("status unavailable: %s", error)
         return _failure(str(error), 503, as_json=as_json, project=project, now=now)

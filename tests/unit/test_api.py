@@ -46,6 +46,7 @@ from replicate_relay.config import ConfigError
 from replicate_relay.jobs import Job
 from replicate_relay.oidc import GoogleCerts
 from replicate_relay.replicate_api import ModelRef
+from replicate_relay.serve import PerProcess
 from tests.unit.test_push_auth import REPO_ROOT, FakeGoogle, load_function, mint
 
 AUDIENCE = "https://api-abcdefghij-uc.a.run.app"
@@ -129,7 +130,7 @@ def serve(monkeypatch: pytest.MonkeyPatch, environ: Mapping[str, str]) -> Served
     monkeypatch.setattr(module, "AUTH", ApiAuthenticator(module.SETTINGS.auth, certs=GoogleCerts(endpoint)))
     submitter, idempotency = RecordingSubmitter(), MemoryIdempotency()
     jobs_api = JobsApi(store=MemoryStore(), submitter=submitter, idempotency=idempotency, firestore=None)  # type: ignore[arg-type]
-    monkeypatch.setattr(module, "_jobs_api", jobs_api)
+    monkeypatch.setattr(module, "_JOBS_API", PerProcess(lambda: jobs_api))
     return Served(app.test_client(), module, submitter, idempotency, endpoint)
 
 
@@ -366,7 +367,7 @@ def test_a_stored_lone_surrogate_is_answered_as_its_json_escape(served: Served) 
     """A job may hold a string that is not Unicode text (a webhook's `\\udc00` escape): the answer
     is still UTF-8 JSON, the character as its escape, rather than a 500."""
     job = Job(job_id="j9", input={"prompt": "caf\u00e9 \udc00"}, metadata={"order": "A-1"})
-    served.module._jobs_api.store.jobs["j9"] = job
+    served.module._JOBS_API.get().store.jobs["j9"] = job
     response = served.client.get("/v1/jobs/j9", headers=token())
     assert response.status_code == 200
     raw = response.get_data()

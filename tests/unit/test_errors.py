@@ -248,7 +248,7 @@ def test_the_transient_set_is_the_one_every_service_uses() -> None:
     )
     assert expected == errors.TRANSIENT_ERRORS
     assert handler_errors.TRANSIENT_ERRORS is errors.TRANSIENT_ERRORS
-    assert job_status.TRANSIENT_ERRORS is archive_outputs.TRANSIENT_ERRORS is errors.TRANSIENT_ERRORS
+    assert archive_outputs.TRANSIENT_ERRORS is errors.TRANSIENT_ERRORS
 
 
 @pytest.mark.parametrize("error", TRANSIENT, ids=lambda error: type(error).__name__)
@@ -274,7 +274,7 @@ def test_a_transient_error_is_a_503_unavailable_problem_from_the_api(
     def unavailable(job_id: str) -> None:
         raise error
 
-    monkeypatch.setattr(served.module._jobs_api.store, "load", unavailable)
+    monkeypatch.setattr(served.module._JOBS_API.get().store, "load", unavailable)
     response = served.client.get("/v1/jobs/j1", headers=token())
     assert response.status_code == 503
     assert response.get_json(force=True)["type"] == api_errors.problem_type("unavailable")

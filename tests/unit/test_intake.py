@@ -8,15 +8,7 @@ from typing import Any
 
 import pytest
 
-from receiver.errors import (
-    BadRequest,
-    PayloadTooLarge,
-    PublishUnavailable,
-    Rejected,
-    TooManyFailures,
-    Unauthorized,
-    UnsupportedMediaType,
-)
+from receiver import errors
 from receiver.intake import Accepted, Intake, client_key
 from receiver.settings import ReceiverSettings
 from replicate_relay.testing import ChunkStream, RecordingPublisher, SignedWebhook, sign_webhook
@@ -71,8 +63,8 @@ def submit(
 
 def refused(
     intake: Intake, headers: dict[str, str], body: bytes | ChunkStream = VALID.body, *, client: str = CLIENT
-) -> Rejected:
-    with pytest.raises(Rejected) as caught:
+) -> errors.Rejected:
+    with pytest.raises(errors.Rejected) as caught:
         submit(intake, headers, body, client=client)
     return caught.value
 
@@ -149,52 +141,76 @@ def _without(name: str) -> dict[str, str]:
 
 def _signed_body(raw: bytes, reason: str, case_id: str) -> Any:
     """A correctly signed request whose body is not a usable prediction."""
-    return pytest.param(signed(body=raw).headers, raw, BadRequest, reason, id=case_id)
+    return pytest.param(signed(body=raw).headers, raw, errors.BadRequest, reason, id=case_id)
 
 
 def _with(name: str, value: str) -> dict[str, str]:
     return {**VALID.headers, name: value}
 
 
-# (headers, body, exact Rejected subclass, reason)
+# (headers, body, exact errors.Rejected subclass, reason)
 REJECTIONS = [
-    pytest.param(_without("content-type"), VALID.body, UnsupportedMediaType, "unsupported_media_type", id="no-ct"),
-    pytest.param(_with("content-type", ""), VALID.body, UnsupportedMediaType, "unsupported_media_type", id="empty-ct"),
     pytest.param(
-        _with("content-type", "text/plain"), VALID.body, UnsupportedMediaType, "unsupported_media_type", id="text-plain"
+        _without("content-type"), VALID.body, errors.UnsupportedMediaType, "unsupported_media_type", id="no-ct"
+    ),
+    pytest.param(
+        _with("content-type", ""), VALID.body, errors.UnsupportedMediaType, "unsupported_media_type", id="empty-ct"
+    ),
+    pytest.param(
+        _with("content-type", "text/plain"),
+        VALID.body,
+        errors.UnsupportedMediaType,
+        "unsupported_media_type",
+        id="text-plain",
     ),
     pytest.param(
         _with("content-type", "application/jsonp"),
         VALID.body,
-        UnsupportedMediaType,
+        errors.UnsupportedMediaType,
         "unsupported_media_type",
         id="jsonp",
     ),
     pytest.param(
-        _with("content-type", "json"), VALID.body, UnsupportedMediaType, "unsupported_media_type", id="bare-json"
+        _with("content-type", "json"), VALID.body, errors.UnsupportedMediaType, "unsupported_media_type", id="bare-json"
     ),
     pytest.param(
         _with("content-type", "application/x-www-form-urlencoded"),
         VALID.body,
-        UnsupportedMediaType,
+        errors.UnsupportedMediaType,
         "unsupported_media_type",
         id="form",
     ),
-    pytest.param(_without("webhook-id"), VALID.body, BadRequest, "missing_webhook_id", id="no-webhook-id"),
-    pytest.param(_without("webhook-timestamp"), VALID.body, BadRequest, "missing_webhook_timestamp", id="no-ts"),
-    pytest.param(_without("webhook-signature"), VALID.body, BadRequest, "missing_webhook_signature", id="no-sig"),
-    pytest.param(_with("webhook-timestamp", "soon"), VALID.body, BadRequest, "malformed_timestamp", id="bad-ts"),
-    pytest.param(_with("webhook-id", "msg_\u00e9"), VALID.body, BadRequest, "malformed_id", id="non-ascii-id"),
-    pytest.param(_with("webhook-signature", "garbage"), VALID.body, BadRequest, "malformed_signature", id="no-comma"),
-    pytest.param(_with("content-length", "12abc"), VALID.body, BadRequest, "malformed_content_length", id="cl-junk"),
-    pytest.param(_with("content-length", "-1"), VALID.body, BadRequest, "malformed_content_length", id="cl-negative"),
-    pytest.param(bad_signature_headers(), VALID.body, Unauthorized, "signature_mismatch", id="other-secret"),
-    pytest.param(VALID.headers, VALID.body + b" ", Unauthorized, "signature_mismatch", id="tampered-body"),
-    pytest.param(_with("webhook-signature", "v1,"), VALID.body, Unauthorized, "no_v1_signature", id="bare-v1"),
-    pytest.param(signed(timestamp=NOW - 301).headers, VALID.body, Unauthorized, "timestamp_too_old", id="expired"),
-    pytest.param(signed(timestamp=NOW + 301).headers, VALID.body, Unauthorized, "timestamp_too_new", id="future"),
+    pytest.param(_without("webhook-id"), VALID.body, errors.BadRequest, "missing_webhook_id", id="no-webhook-id"),
+    pytest.param(_without("webhook-timestamp"), VALID.body, errors.BadRequest, "missing_webhook_timestamp", id="no-ts"),
     pytest.param(
-        _with("content-length", str(MAX_BODY + 1)), VALID.body, PayloadTooLarge, "body_too_large", id="cl-over-limit"
+        _without("webhook-signature"), VALID.body, errors.BadRequest, "missing_webhook_signature", id="no-sig"
+    ),
+    pytest.param(_with("webhook-timestamp", "soon"), VALID.body, errors.BadRequest, "malformed_timestamp", id="bad-ts"),
+    pytest.param(_with("webhook-id", "msg_\u00e9"), VALID.body, errors.BadRequest, "malformed_id", id="non-ascii-id"),
+    pytest.param(
+        _with("webhook-signature", "garbage"), VALID.body, errors.BadRequest, "malformed_signature", id="no-comma"
+    ),
+    pytest.param(
+        _with("content-length", "12abc"), VALID.body, errors.BadRequest, "malformed_content_length", id="cl-junk"
+    ),
+    pytest.param(
+        _with("content-length", "-1"), VALID.body, errors.BadRequest, "malformed_content_length", id="cl-negative"
+    ),
+    pytest.param(bad_signature_headers(), VALID.body, errors.Unauthorized, "signature_mismatch", id="other-secret"),
+    pytest.param(VALID.headers, VALID.body + b" ", errors.Unauthorized, "signature_mismatch", id="tampered-body"),
+    pytest.param(_with("webhook-signature", "v1,"), VALID.body, errors.Unauthorized, "no_v1_signature", id="bare-v1"),
+    pytest.param(
+        signed(timestamp=NOW - 301).headers, VALID.body, errors.Unauthorized, "timestamp_too_old", id="expired"
+    ),
+    pytest.param(
+        signed(timestamp=NOW + 301).headers, VALID.body, errors.Unauthorized, "timestamp_too_new", id="future"
+    ),
+    pytest.param(
+        _with("content-length", str(MAX_BODY + 1)),
+        VALID.body,
+        errors.PayloadTooLarge,
+        "body_too_large",
+        id="cl-over-limit",
     ),
     _signed_body(b"not json", "invalid_json", "signed-not-json"),
     _signed_body(b"", "invalid_json", "signed-empty"),
@@ -205,12 +221,17 @@ REJECTIONS = [
     _signed_body(b'{"status": "succeeded"}', "invalid_prediction", "signed-missing-id"),
     _signed_body(b'{"id": "a/b", "status": "succeeded"}', "invalid_prediction", "signed-bad-id"),
 ]
-STATUS = {BadRequest: 400, Unauthorized: 401, PayloadTooLarge: 413, UnsupportedMediaType: 415}
+STATUS = {
+    errors.BadRequest: 400,
+    errors.Unauthorized: 401,
+    errors.PayloadTooLarge: 413,
+    errors.UnsupportedMediaType: 415,
+}
 
 
 @pytest.mark.parametrize(("headers", "body", "kind", "reason"), REJECTIONS)
 def test_unacceptable_request_is_rejected_with_its_status_and_never_published(
-    headers: dict[str, str], body: bytes, kind: type[Rejected], reason: str
+    headers: dict[str, str], body: bytes, kind: type[errors.Rejected], reason: str
 ) -> None:
     publisher = RecordingPublisher()
     error = refused(make_intake(publisher), headers, body)
@@ -222,7 +243,7 @@ def test_unacceptable_request_is_rejected_with_its_status_and_never_published(
 def test_declared_oversize_body_is_refused_before_reading_it() -> None:
     stream = ChunkStream([VALID.body])
     error = refused(make_intake(), _with("content-length", str(MAX_BODY + 1)), stream)
-    assert (type(error), error.status) == (PayloadTooLarge, 413)
+    assert (type(error), error.status) == (errors.PayloadTooLarge, 413)
     assert stream.pulled == 0
 
 
@@ -230,27 +251,27 @@ def test_oversize_chunked_body_is_refused_without_reading_past_the_limit() -> No
     publisher = RecordingPublisher()
     stream = ChunkStream([b"x" * 500] * 10)  # no content-length; the limit is crossed by chunk 5
     error = refused(make_intake(publisher), VALID.headers, stream)
-    assert (type(error), error.status, error.reason) == (PayloadTooLarge, 413, "body_too_large")
+    assert (type(error), error.status, error.reason) == (errors.PayloadTooLarge, 413, "body_too_large")
     assert stream.pulled == 5
     assert publisher.calls == []
 
 
 def test_body_one_byte_over_the_limit_is_refused() -> None:
     stream = ChunkStream([b"x" * MAX_BODY, b"x"])
-    assert type(refused(make_intake(), VALID.headers, stream)) is PayloadTooLarge
+    assert type(refused(make_intake(), VALID.headers, stream)) is errors.PayloadTooLarge
 
 
 def test_understated_content_length_does_not_lift_the_limit() -> None:
     stream = ChunkStream([b"x" * 1000] * 5)
     error = refused(make_intake(), _with("content-length", "10"), stream)
-    assert type(error) is PayloadTooLarge
+    assert type(error) is errors.PayloadTooLarge
     assert stream.pulled == 3
 
 
 def test_publish_failure_is_answered_503_so_replicate_retries() -> None:
     publisher = RecordingPublisher(fail=True)
     error = refused(make_intake(publisher), VALID.headers)
-    assert (type(error), error.status, error.reason) == (PublishUnavailable, 503, "publish_failed")
+    assert (type(error), error.status, error.reason) == (errors.PublishUnavailable, 503, "publish_failed")
     assert publisher.calls == [(VALID.body, EXPECTED_ATTRIBUTES)]
 
 
@@ -261,10 +282,10 @@ def test_client_that_keeps_failing_is_refused_even_a_valid_webhook() -> None:
     publisher = RecordingPublisher()
     intake = make_intake(publisher)
     for _ in range(BURST):
-        assert type(refused(intake, bad_signature_headers())) is Unauthorized
+        assert type(refused(intake, bad_signature_headers())) is errors.Unauthorized
     stream = ChunkStream([VALID.body])
     error = refused(intake, VALID.headers, stream)
-    assert (type(error), error.status, error.reason) == (TooManyFailures, 429, "too_many_failures")
+    assert (type(error), error.status, error.reason) == (errors.TooManyFailures, 429, "too_many_failures")
     assert stream.pulled == 0
     assert publisher.calls == []
 
@@ -274,7 +295,7 @@ def test_other_clients_are_served_while_one_is_refused() -> None:
     intake = make_intake(publisher)
     for _ in range(BURST):
         refused(intake, bad_signature_headers())
-    assert type(refused(intake, VALID.headers)) is TooManyFailures
+    assert type(refused(intake, VALID.headers)) is errors.TooManyFailures
     assert submit(intake, VALID.headers, client=OTHER_CLIENT).message_id == "message-1"
     assert len(publisher.calls) == 1
 
@@ -284,7 +305,7 @@ def test_every_kind_of_client_failure_spends_the_budget() -> None:
     refused(intake, _without("content-type"))  # 415
     refused(intake, _with("content-length", str(MAX_BODY + 1)))  # 413
     refused(intake, _without("webhook-id"))  # 400
-    assert type(refused(intake, VALID.headers)) is TooManyFailures
+    assert type(refused(intake, VALID.headers)) is errors.TooManyFailures
 
 
 def test_refused_client_is_served_again_once_its_budget_refills() -> None:
@@ -292,7 +313,7 @@ def test_refused_client_is_served_again_once_its_budget_refills() -> None:
     intake = make_intake(clock=clock)
     for _ in range(BURST):
         refused(intake, bad_signature_headers())
-    assert type(refused(intake, VALID.headers)) is TooManyFailures
+    assert type(refused(intake, VALID.headers)) is errors.TooManyFailures
     clock.now += 1  # RELAY_FAILURE_PER_SECOND=1: one more attempt; still within the signature tolerance
     assert submit(intake, VALID.headers).prediction_id == PREDICTION["id"]
 
@@ -308,7 +329,7 @@ def test_publish_failures_do_not_count_against_the_client() -> None:
     publisher = RecordingPublisher(fail=True)
     intake = make_intake(publisher)
     for _ in range(BURST * 2):
-        assert type(refused(intake, VALID.headers)) is PublishUnavailable
+        assert type(refused(intake, VALID.headers)) is errors.PublishUnavailable
     assert len(intake.limiter) == 0
     publisher.fail = False
     assert submit(intake, VALID.headers).webhook_id == "msg_unit_1"

@@ -20,6 +20,7 @@ from replicate_relay.ops.chart import MAX_BAR_WIDTH, latency_chart, latency_poin
 from replicate_relay.ops.errors import OpsError
 from replicate_relay.ops.status import PUSH_LOCALLY, Status, SubscriptionStatus
 from replicate_relay.ops.statuspage import PageData, render_error, render_page
+from replicate_relay.serve import PerProcess
 
 NOW = datetime(2026, 11, 29, 15, 0, tzinfo=UTC)
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -195,7 +196,7 @@ def test_the_error_panel_shows_the_one_sentence_escaped_and_nothing_else() -> No
 
 @pytest.fixture
 def fresh_clients(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(statuspage, "_clients", None)
+    monkeypatch.setattr(statuspage, "_CLIENTS", PerProcess(statuspage._make_clients))
 
 
 @pytest.fixture
