@@ -133,7 +133,7 @@ def _checks(options: DeployOptions, runner: Runner, steps: Steps) -> tuple[str, 
     with steps.step(TITLES[1]) as note:
         version, found = checks.check_terraform(runner, options.root / TERRAFORM_DIR / "versions.tf")
         report(note, found, f"terraform {version}" if version else "")
-    signed_in = account is not None and not any("gcloud" in problem.missing for problem in problems)
+    signed_in = account is not None
     with steps.step(TITLES[2]) as note:
         if signed_in:
             report(note, checks.check_permissions(runner, options.project, account), "all granted")
@@ -344,7 +344,7 @@ def _release(options: DeployOptions, runner: Runner, outputs: Mapping[str, Any],
         mutating=True,
         stream=True,
     )  # fmt: skip
-    note.summary = f"{'would build' if runner.plan else 'built'} and deploy {image}"
+    note.summary = f"{'would build and deploy' if runner.plan else 'built and deployed'} {image}"
 
 
 def _running_images(runner: Runner, options: DeployOptions) -> dict[str, str]:

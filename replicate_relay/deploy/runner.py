@@ -144,7 +144,7 @@ class Steps:
             yield note
         except DeployError as error:
             seconds = time.monotonic() - began
-            self.done.append(("✗", title, seconds, error.message))
+            self.done.append(("✗", title, seconds, "failed (above)"))
             print(f"{INDENT}✗ {error.message} ({seconds:.1f} s)", file=self.out, flush=True)
             error.step = name
             raise
@@ -165,5 +165,5 @@ class Steps:
                 mark, _, seconds, summary = self.done[number - 1]
                 print(f"  {mark} {number:>2}. {title:<{width}}  {seconds:6.1f} s  {summary}", file=self.out)
             else:
-                print(f"    {number:>2}. {title:<{width}}  not reached", file=self.out)
+                print(f"    {number:>2}. {title:<{width}}  {'':>8}  not reached", file=self.out)
         self.out.flush()

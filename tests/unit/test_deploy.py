@@ -32,6 +32,7 @@ import pytest
 from replicate_relay.config import ConfigError
 from replicate_relay.deploy import Deployed, add_deploy_command, run_deploy
 from replicate_relay.deploy.checks import PERMISSIONS, REQUIRED_APIS, required_terraform_version, satisfies
+from replicate_relay.deploy.deployment import TITLES
 from replicate_relay.deploy.runner import INDENT
 from replicate_relay.simulator import SimConfig, Simulator, create_app
 from tests.unit.test_simulator import Served
@@ -47,20 +48,6 @@ OTHER_SECRET = "whsec_" + base64.b64encode(b"a-secret-given-in-a-file-32bytes").
 API_TOKEN = "r8_deploy-test-token-never-printed"
 DENIED = {"run.services.create", "resourcemanager.projects.setIamPolicy"}
 ACCESS_TOKEN = "ya29.stand-in-token"  # what the stand-in gcloud prints for print-access-token
-TITLES = [
-    "gcloud installed and signed in",
-    "Terraform installed and recent enough",
-    "your permissions on the project",
-    "the APIs Terraform needs first",
-    "Replicate token and webhook signing secret",
-    "terraform init",
-    "Terraform phase 1: the secret containers",
-    "secret versions: signing secret and API token",
-    "Terraform phase 2: everything else",
-    "image built and deployed by Cloud Build",
-    "webhook and API URLs",
-    "relay verify",
-]
 # A first deploy's changes, in order: each appears once across any number of runs.
 FIRST_DEPLOY = [
     "apply phase1",
@@ -247,7 +234,7 @@ def test_first_deploy_checks_then_provisions_adds_secrets_builds_and_verifies(wo
     run = world.deploy("--alert-email", "ops@example.com")
 
     assert run.code == 0, run.err
-    assert step_lines(run.out) == TITLES
+    assert step_lines(run.out) == list(TITLES)
     assert world.resource_manager.tokens == [ACCESS_TOKEN]  # testIamPermissions asked with gcloud's token
     assert len(PERMISSIONS) == len(set(PERMISSIONS)) <= 100  # at most 100 per testIamPermissions call
     assert "signing secret fetched from Replicate" in run.out
