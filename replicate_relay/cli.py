@@ -10,12 +10,13 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from replicate_relay.config import ConfigError
+from replicate_relay.deploy import add_deploy_command
 from replicate_relay.devstack.processes import StackError
 from replicate_relay.devstack.stack import LocalStack, StackConfig
 from replicate_relay.ops.commands import add_commands
@@ -75,14 +76,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="run the reconciler this often, as Cloud Scheduler does in production (0: never)",
     )
-    dev.add_argument(
+    _repeatable(
+        dev,
         "--app-endpoint",
-        action="append",
-        default=[],
-        type=_app_endpoint,
-        metavar="NAME=URL",
-        help="also push job-events to URL through a subscription NAME (with NAME-dead-letter), as Terraform's "
-        "app_event_endpoints does, without an OIDC token: the emulator sends none; http only to loopback; repeatable",
+        "NAME=URL",
+        "also push job-events to URL through a subscription NAME (with NAME-dead-letter), as Terraform's "
+        "app_event_endpoints does, without an OIDC token: the emulator sends none; http only to loopback",
+        kind=_app_endpoint,
     )
     dev.add_argument("--demo", action="store_true", help="send a signed sample prediction lifecycle once up")
     dev.add_argument("--exit-after-demo", action="store_true", help="stop once the demo is done (for scripts)")
@@ -96,14 +96,9 @@ def _parser() -> argparse.ArgumentParser:
         "(FIRESTORE_EMULATOR_HOST locally).",
     )
     submit.add_argument("--model", help="OWNER/NAME or OWNER/NAME:VERSION (default RELAY_DEFAULT_MODEL)")
-    submit.add_argument(
-        "--input",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="an input; VALUE is JSON when it parses (42, true, [1]), else text; @PATH sends a file as a data: URI",
-    )
-    submit.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE", help="kept on the job")
+    input_help = "an input; VALUE is JSON when it parses (42, true, [1]), else text; @PATH sends a file as a data: URI"
+    _repeatable(submit, "--input", "KEY=VALUE", input_help)
+    _repeatable(submit, "--metadata", "KEY=VALUE", "kept on the job")
     submit.add_argument("--wait", type=float, default=0, metavar="SECONDS", help="wait for the job to end")
     submit.set_defaults(command=_submit)
 
@@ -125,6 +120,7 @@ def _parser() -> argparse.ArgumentParser:
     adopt.add_argument("--json", action="store_true", help="print JSON for scripts")
     adopt.set_defaults(command=_adopt)
     add_commands(commands)
+    add_deploy_command(commands)
     add_verify_command(commands)
 
     trace = commands.add_parser(
@@ -176,6 +172,13 @@ def _adopt(args: argparse.Namespace) -> int:
         requests_per_second=args.requests_per_second,
         timeout=args.timeout,
     )
+
+
+def _repeatable(
+    parser: argparse.ArgumentParser, flag: str, metavar: str, help: str, *, kind: Callable[[str], Any] = str
+) -> None:
+    """A flag that may be given several times; its values in a list, in order."""
+    parser.add_argument(flag, action="append", default=[], type=kind, metavar=metavar, help=f"{help}; repeatable")
 
 
 def _pairs(items: list[str], flag: str, *, parse_values: bool = False) -> dict[str, Any]:
