@@ -175,10 +175,10 @@ def _adopt(args: argparse.Namespace) -> int:
 
 
 def _repeatable(
-    parser: argparse.ArgumentParser, flag: str, metavar: str, help: str, *, kind: Callable[[str], Any] = str
+    parser: argparse.ArgumentParser, flag: str, metavar: str, text: str, *, kind: Callable[[str], Any] = str
 ) -> None:
     """A flag that may be given several times; its values in a list, in order."""
-    parser.add_argument(flag, action="append", default=[], type=kind, metavar=metavar, help=f"{help}; repeatable")
+    parser.add_argument(flag, action="append", default=[], type=kind, metavar=metavar, help=f"{text}; repeatable")
 
 
 def _pairs(items: list[str], flag: str, *, parse_values: bool = False) -> dict[str, Any]:

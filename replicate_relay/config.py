@@ -16,6 +16,7 @@ from replicate_relay.errors import ConfigError as ConfigError  # noqa: PLC0414 -
 from replicate_relay.values import DEFAULT_INLINE_BYTES
 
 T = TypeVar("T")
+N = TypeVar("N", int, float)
 
 
 @dataclass(frozen=True)
@@ -44,18 +45,21 @@ class Env:
             raise ConfigError(f"{name} is required but not set")
         return default
 
+    def _number(self, name: str, default: N, kind: Callable[[str], N], what: str) -> N:
+        raw = self._environ.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            return kind(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be {what}, got {raw!r}") from None
+
     def get_optional(self, name: str) -> str | None:
         value = self._environ.get(name, "").strip()
         return value or None
 
     def get_int(self, name: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
-        raw = self._environ.get(name, "").strip()
-        if not raw:
-            return default
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+        value = self._number(name, default, int, "a whole number")
         if value < minimum:
             raise ConfigError(f"{name} must be at least {minimum}, got {value}")
         if maximum is not None and value > maximum:
@@ -63,17 +67,11 @@ class Env:
         return value
 
     def get_float(self, name: str, default: float, *, minimum: float = 0.0) -> float:
-        raw = self._environ.get(name, "").strip()
-        if not raw:
-            return default
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+        value = self._number(name, default, float, "a number")
         if not math.isfinite(value):
-            raise ConfigError(f"{name} must be a finite number, got {raw!r}")
+            raise ConfigError(f"{name} must be a finite number, got {value!r}")
         if value < minimum:
-            raise ConfigError(f"{name} must be at least {minimum}, got {raw}")
+            raise ConfigError(f"{name} must be at least {minimum}, got {value:g}")
         return value
 
     def get_list(self, name: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:

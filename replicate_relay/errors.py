@@ -141,7 +141,8 @@ class TokenRejected(RelayError):
 
 
 class CertsUnavailable(RelayError):
-    """Google's signing certificates could not be fetched: retrying later can help."""
+    """Google's signing certificates could not be fetched: retrying later can help, so a push
+    handler and the API answer 503 rather than refusing the token."""
 
     reason = "certs_unavailable"
 

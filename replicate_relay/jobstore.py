@@ -42,6 +42,10 @@ T = TypeVar("T")
 _Others = Sequence["firestore.DocumentSnapshot[Any]"]
 # Where `work` adds its own writes: the transaction, or the batch of a job's first write (_create_first).
 _Writer = firestore.Transaction | firestore.WriteBatch
+# What a write decides, given the writer, the job id, the job (None if absent) and the other snapshots.
+_Work = Callable[[_Writer, str, Job | None, _Others], "Applied | Decision"]
+# The other documents a write reads with the job, given the job id.
+_AlsoRead = Callable[[str], list[firestore.DocumentReference]]
 
 JOBS = "jobs"
 PREDICTIONS = "predictions"
@@ -500,9 +504,9 @@ class JobStore:
         self,
         operation: str,
         event: PredictionEvent,
-        work: Callable[[_Writer, str, Job | None, _Others], Applied | Decision],
+        work: _Work,
         *,
-        also_read: Callable[[str], list[firestore.DocumentReference]] = lambda _: [],
+        also_read: _AlsoRead = lambda _: [],
         mapped_job_id: str | None = None,
         refused: str | None = None,
     ) -> Applied:
@@ -560,12 +564,7 @@ class JobStore:
         return applied
 
     def _create_first(
-        self,
-        operation: str,
-        event: PredictionEvent,
-        work: Callable[[_Writer, str, Job | None, _Others], Applied | Decision],
-        also_read: Callable[[str], list[firestore.DocumentReference]],
-        refused: str | None,
+        self, operation: str, event: PredictionEvent, work: _Work, also_read: _AlsoRead, refused: str | None
     ) -> Applied | None:
         """The first write of a prediction nobody has mapped yet, as one batch of `create`s.
 

@@ -61,20 +61,17 @@ HANDLERS: dict[str, FunctionSpec] = {
 }
 
 
+Environ = Mapping[str, str]
+# Whether a started function serves, given its log file.
+Ready = Callable[[Path], bool]
+
+
 class FunctionLauncher(Protocol):
     """Makes the process that serves one function (the default: functions-framework on this machine;
     the image test: a container of the image, replicate_relay.devstack.containers.ContainerLauncher)."""
 
     def __call__(
-        self,
-        name: str,
-        spec: FunctionSpec,
-        *,
-        host: str,
-        port: int,
-        env: Mapping[str, str],
-        log_path: Path,
-        ready: Callable[[Path], bool],
+        self, name: str, spec: FunctionSpec, *, host: str, port: int, env: Environ, log_path: Path, ready: Ready
     ) -> ManagedProcess: ...
 
 
@@ -123,6 +120,17 @@ class StackConfig:
         return cls(**{**ports, **settings})
 
 
+class _ServiceURL:
+    """`stack.<name>_url`: the loopback URL of the service on the StackConfig port field given."""
+
+    def __init__(self, port_field: str) -> None:
+        self._port_field = port_field
+
+    def __get__(self, stack: LocalStack, owner: type[LocalStack] | None = None) -> str:
+        port: int = getattr(stack.config, self._port_field)
+        return stack.url(port)
+
+
 class LocalStack:
     """Start with `start()` (or `with running(config)`); `stop()` always ends every process group."""
 
@@ -138,9 +146,7 @@ class LocalStack:
     def url(self, port: int) -> str:
         return f"http://{self.config.host}:{port}"
 
-    @property
-    def receiver_url(self) -> str:
-        return self.url(self.config.receiver_port)
+    receiver_url = _ServiceURL("receiver_port")
 
     def handler_url(self, handler: str) -> str:
         return self.url(self.config.handler_ports[handler])
@@ -165,21 +171,10 @@ class LocalStack:
     def metrics_file(self) -> Path:
         return self.config.telemetry_dir / "metrics.jsonl"
 
-    @property
-    def simulator_url(self) -> str:
-        return self.url(self.config.simulator_port)
-
-    @property
-    def reconciler_url(self) -> str:
-        return self.url(self.config.reconciler_port)
-
-    @property
-    def status_page_url(self) -> str:
-        return self.url(self.config.status_page_port)
-
-    @property
-    def api_url(self) -> str:
-        return self.url(self.config.api_port)
+    simulator_url = _ServiceURL("simulator_port")
+    reconciler_url = _ServiceURL("reconciler_port")
+    status_page_url = _ServiceURL("status_page_port")
+    api_url = _ServiceURL("api_port")
 
     @property
     def client_env(self) -> dict[str, str]:

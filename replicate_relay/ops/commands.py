@@ -6,8 +6,9 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from replicate_relay.config import ConfigError, Env
 from replicate_relay.jobs import JobState
@@ -29,18 +30,17 @@ from replicate_relay.ops.status import collect_status, render_status
 from replicate_relay.publisher import TopicPublisher
 from replicate_relay.topology import load
 
+N = TypeVar("N", int, float)
+
 _CLEAR = "\x1b[H\x1b[2J"
 
 
 def add_commands(subparsers: Any) -> None:
     """Register the operator commands on the `commands` subparsers of replicate_relay/cli.py."""
     common = argparse.ArgumentParser(add_help=False)
+    timeout_doc = "give up on an unreachable Google API after this long, retries included (default %(default)g)"
     common.add_argument(
-        "--timeout",
-        type=_positive,
-        default=context.DEFAULT_TIMEOUT,
-        metavar="SECONDS",
-        help="give up on an unreachable Google API after this long, retries included (default %(default)g)",
+        "--timeout", type=_positive, default=context.DEFAULT_TIMEOUT, metavar="SECONDS", help=timeout_doc
     )
     json_flag = argparse.ArgumentParser(add_help=False)
     json_flag.add_argument("--json", action="store_true", help="print JSON for scripts")
@@ -212,20 +212,21 @@ def _port(text: str) -> int:
 
 
 def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    value = _number(text, float, "a number")
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
     return value
 
 
 def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    value = _number(text, int, "a whole number")
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
     return value
+
+
+def _number(text: str, kind: Callable[[str], N], what: str) -> N:
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
