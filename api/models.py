@@ -11,6 +11,7 @@ from pydantic.config import JsonDict
 from replicate_relay import metadata as rules
 from replicate_relay.jobs import Job
 from replicate_relay.submit import DEFAULT_EVENTS
+from replicate_relay.values import is_utf8
 
 # Replicate's model names: owner and name of letters, digits, `-`, `_` and `.`; a version id of
 # letters and digits (64 hex characters today). Stricter than replicate_relay.replicate_api.ModelRef.parse,
@@ -102,24 +103,16 @@ def lone_surrogate(value: Any) -> tuple[str, str] | None:
     while pending:
         path, item = pending.pop()
         if isinstance(item, str):
-            if not _encodes(item):
+            if not is_utf8(item):
                 return path, item
         elif isinstance(item, dict):
             for key, child in item.items():
-                if not _encodes(key):
+                if not is_utf8(key):
                     return f"{path}.{key!a}", key
                 pending.append((f"{path}.{key}", child))
         elif isinstance(item, list):
             pending.extend((f"{path}.{index}", child) for index, child in enumerate(item))
     return None
-
-
-def _encodes(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _surrogate_in(text: str) -> str:

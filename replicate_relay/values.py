@@ -61,13 +61,20 @@ def dumps(value: Any) -> str:
     """
     try:
         text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
+        if not is_utf8(text):
             text = json.dumps(value, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
     except (ValueError, TypeError, RecursionError) as error:
         raise Unstorable(f"not representable as JSON: {type(error).__name__}: {str(error)[:200]}") from None
     return text
+
+
+def is_utf8(text: str) -> bool:
+    """Whether `text` can be written as UTF-8: it holds no lone surrogate ("\\ud800")."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def loads(text: str) -> Any:

@@ -20,6 +20,7 @@ from replicate_relay.metadata import (
     check_metadata,
     check_value,
 )
+from replicate_relay.values import is_utf8
 
 ROOT = Path(__file__).resolve().parents[2]
 OPENAPI = json.loads((ROOT / "schemas" / "openapi.v1.json").read_text(encoding="utf-8"))
@@ -86,15 +87,7 @@ def _said_in_json_schema(metadata: dict[Any, Any]) -> bool:
     """JSON Schema has no word for a lone surrogate (the description states that rule), and JSON
     object keys are strings."""
     texts = [part for pair in metadata.items() for part in pair if isinstance(part, str)]
-    return all(isinstance(key, str) for key in metadata) and all(_encodes(text) for text in texts)
-
-
-def _encodes(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+    return all(isinstance(key, str) for key in metadata) and all(is_utf8(text) for text in texts)
 
 
 @pytest.mark.parametrize("metadata", [entry for entry, _ in REFUSED if _said_in_json_schema(entry)])

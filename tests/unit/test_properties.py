@@ -553,6 +553,17 @@ def prediction_event(body: dict[str, Any], webhook_id: str, timestamp: int) -> P
     return PredictionEvent(attributes=attributes, prediction=prediction)
 
 
+def _drawn_body(draw: st.DrawFn, kind: str) -> dict[str, Any]:
+    """A prediction body of status `kind` with drawn logs and output."""
+    return {
+        "id": "p1",
+        "created_at": T0.isoformat(),
+        "logs": draw(st.one_of(st.none(), st.text("ab\n", max_size=12)), label="logs"),
+        "output": draw(st.sampled_from([None, ["to"], ["to", "kens"], "text"]), label="output"),
+        "status": kind,
+    }
+
+
 @st.composite
 def prediction_events(draw: st.DrawFn) -> tuple[list[PredictionEvent], JobState]:
     """Events of one prediction in the order sent, with the state they must leave the job in whatever the order."""
@@ -562,13 +573,7 @@ def prediction_events(draw: st.DrawFn) -> tuple[list[PredictionEvent], JobState]
     expected = JobState.SUBMITTED
     for number in range(draw(st.integers(1, 8), label="events")):
         kind = draw(st.sampled_from(kinds), label="kind")
-        body: dict[str, Any] = {
-            "id": "p1",
-            "created_at": T0.isoformat(),
-            "logs": draw(st.one_of(st.none(), st.text("ab\n", max_size=12)), label="logs"),
-            "output": draw(st.sampled_from([None, ["to"], ["to", "kens"], "text"]), label="output"),
-            "status": kind,
-        }
+        body = _drawn_body(draw, kind)
         if kind == "final" and final:
             status, output, error, state = FINALS[final]
             body.update(status=status, output=output, error=error)
@@ -676,13 +681,7 @@ def lifecycles_with_finals(draw: st.DrawFn) -> list[PredictionEvent]:
     others = draw(st.lists(st.sampled_from(kinds), max_size=6), label="others")
     finals = draw(st.integers(1, 2), label="finals")
     for number, kind in enumerate([*others, *(["final"] * finals)]):
-        body: dict[str, Any] = {
-            "id": "p1",
-            "created_at": T0.isoformat(),
-            "logs": draw(st.one_of(st.none(), st.text("ab\n", max_size=12)), label="logs"),
-            "output": draw(st.sampled_from([None, ["to"], ["to", "kens"], "text"]), label="output"),
-            "status": kind,
-        }
+        body = _drawn_body(draw, kind)
         if kind == "final":
             body.update(status=status, output=output, error=error, data_removed=final == "succeeded-removed")
         # Webhook timestamps in any order: a final event may be older than a progress event delivered before it.

@@ -24,6 +24,7 @@ from replicate_relay.values import (
     Unstorable,
     ValueStore,
     dumps,
+    is_utf8,
     loads,
     object_name,
     place,
@@ -66,7 +67,7 @@ class FakeBucket:
 
 @PROPERTY
 @given(value=json_values)
-def test_any_json_value_reads_back_from_its_text_exactly_and_the_text_is_valid_utf8(value: Any) -> None:
+def test_any_json_value_reads_back_from_its_text_exactly_and_the_text_is_validis_utf8(value: Any) -> None:
     text = dumps(value)
     text.encode("utf-8")  # what Firestore stores: a string must be valid UTF-8, so no lone surrogate in it
     assert same_json(value, loads(text))
@@ -157,7 +158,7 @@ def test_a_job_read_from_its_document_has_the_values_it_was_written_with(
     texts = {name: dumps(value) for name in VALUE_FIELDS if (value := getattr(job, name)) is not None}
     inline = {name: text for name, text in texts.items() if name not in left_out}  # the others: in the bucket
     document = job.document(inline)
-    assert not any(isinstance(value, str) and not _utf8(value) for value in document.values())
+    assert not any(isinstance(value, str) and not is_utf8(value) for value in document.values())
     read = Job.from_document(document)
     for name in VALUE_FIELDS:
         expected = getattr(job, name) if name in inline else None
@@ -165,11 +166,3 @@ def test_a_job_read_from_its_document_has_the_values_it_was_written_with(
     assert same_json(output_value(read.output), read.output_value)
     written = job.model_dump(exclude={*VALUE_FIELDS, "output_value"})
     assert read.model_dump(exclude={*VALUE_FIELDS, "output_value"}) == written  # and the rest of the job as it was
-
-
-def _utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
