@@ -440,7 +440,8 @@ def add_verify_command(commands: Any) -> None:
     parser.add_argument(
         "--api-identity",
         metavar="SERVICE_ACCOUNT",
-        help="on Google Cloud: call the API as this service account (one of api_invokers), impersonated by gcloud",
+        help="on Google Cloud: call the API as this service account, impersonated by gcloud (default terraform's "
+        "verifier_service_account, relay-verify, which var.verifiers may impersonate)",
     )
     parser.add_argument("--terraform-dir", type=Path, default=TERRAFORM_DIR, help="where `terraform output` runs")
     parser.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS", help="per hop (default 120)")
@@ -470,7 +471,7 @@ def target_from(args: Any, environ: Mapping[str, str]) -> Target:
     api_url = args.api_url or environ.get("RELAY_API_URL")
     bucket = args.bucket or environ.get("RELAY_BUCKET")
     outputs: dict[str, Any] = {}
-    if on_gcp and not (receiver_url and api_url and bucket):
+    if on_gcp and not (receiver_url and api_url and bucket and args.api_identity):
         outputs = _terraform_outputs(args.terraform_dir)
         receiver_url = receiver_url or outputs.get("webhook_url")
         api_url = api_url or outputs.get("api_url")
@@ -503,7 +504,7 @@ def target_from(args: Any, environ: Mapping[str, str]) -> Target:
         on_gcp=on_gcp,
         job_events_topic=topology.load().job_events_topic,
         trace_file=Path(trace_file) if trace_file and not on_gcp else None,
-        api_identity=args.api_identity,
+        api_identity=args.api_identity or outputs.get("verifier_service_account"),
     )
 
 

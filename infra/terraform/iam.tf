@@ -4,6 +4,9 @@
 # Monitoring take writes per project.
 
 locals {
+  # Known at plan time (the account's e-mail is computed only once it exists).
+  verifier_email = "relay-verify@${var.project_id}.iam.gserviceaccount.com"
+
   runtime_accounts = {
     receiver      = "Relay receiver: publishes verified webhooks"
     reconciler    = "Relay reconciler: asks Replicate about quiet jobs"
@@ -80,6 +83,22 @@ resource "google_service_account" "scheduler" {
   display_name = "Relay Cloud Scheduler identity (OIDC token to the reconciler)"
 }
 
+# `relay verify`'s caller of the API: its only grant is run.invoker on the api (below), and the
+# service lists it in RELAY_API_INVOKERS (run.tf). The members of var.verifiers may impersonate it
+# (gcloud's --impersonate-service-account takes an access token before the ID token, so the role is
+# Token Creator, not the ID-token-only one); the account can do nothing but read jobs through the API.
+resource "google_service_account" "verifier" {
+  account_id   = "relay-verify"
+  display_name = "Relay verify: calls the API for relay verify's check"
+}
+
+resource "google_service_account_iam_member" "verifier_token_creators" {
+  for_each           = toset(var.verifiers)
+  service_account_id = google_service_account.verifier.name
+  role               = "roles/iam.serviceAccountTokenCreator"
+  member             = each.value
+}
+
 resource "google_service_account" "deployer" {
   account_id   = "relay-deployer"
   display_name = "Relay Cloud Build deployer (cloudbuild.yaml)"
@@ -154,6 +173,13 @@ resource "google_cloud_run_v2_service_iam_member" "api_invokers" {
   location = var.region
   role     = "roles/run.invoker"
   member   = each.value
+}
+
+resource "google_cloud_run_v2_service_iam_member" "verifier_invokes_api" {
+  name     = google_cloud_run_v2_service.service["api"].name
+  location = var.region
+  role     = "roles/run.invoker"
+  member   = google_service_account.verifier.member
 }
 
 # The services marked public in run.tf, that is the receiver alone: Replicate's webhook endpoint,

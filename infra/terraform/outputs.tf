@@ -64,3 +64,8 @@ output "app_event_push_service_account" {
   description = "The e-mail an app's push endpoint checks in the OIDC token (claim email, email_verified true); grant it roles/run.invoker on an app on Cloud Run that requires authentication."
   value       = google_service_account.app_push.email
 }
+
+output "verifier_service_account" {
+  description = "The account `relay verify` calls the API as (--api-identity); var.verifiers may mint its ID token."
+  value       = google_service_account.verifier.email
+}

@@ -136,7 +136,7 @@ locals {
           THREADS            = "8"
           RELAY_BUCKET       = google_storage_bucket.outputs.name
           RELAY_WEBHOOK_URL  = "https://receiver-${data.google_project.this.number}.${var.region}.run.app/"
-          RELAY_API_INVOKERS = join(" ", [for member in var.api_invokers : split(":", member)[1]])
+          RELAY_API_INVOKERS = join(" ", concat([for member in var.api_invokers : split(":", member)[1]], [local.verifier_email]))
         }
       }
     },

@@ -116,6 +116,12 @@ variable "api_invokers" {
   }
 }
 
+variable "verifiers" {
+  description = "Who may run `relay verify` against this deployment: members (user:, group:, serviceAccount:) allowed to mint relay-verify's ID token for the API. `relay deploy` adds the account it runs as when this is not given."
+  type        = list(string)
+  default     = []
+}
+
 variable "alert_email" {
   description = "Where alerts are sent. Empty: no e-mail channel is created."
   type        = string

@@ -67,6 +67,7 @@ class Deployed:
     api_url: str
     bucket: str
     webhook_secret: str  # the first of the space-separated list
+    api_identity: str | None  # relay-verify's service account (terraform output verifier_service_account)
 
     def __repr__(self) -> str:
         return f"Deployed(project={self.project!r}, receiver_url={self.receiver_url!r}, webhook_secret=<hidden>)"
@@ -86,6 +87,7 @@ def verify_deployed(deployed: Deployed, out: TextIO) -> bool:
         bucket=deployed.bucket,
         webhook_secret=deployed.webhook_secret,
         on_gcp=True,
+        api_identity=deployed.api_identity,
     )
     return verify(target, out)
 
@@ -111,15 +113,19 @@ def deploy(
             file=out,
         )
     try:
-        webhook_secret, token = _checks(options, runner, steps)
-        _terraform_and_release(options, runner, steps, webhook_secret=webhook_secret, token=token, verify=verify)
+        account, webhook_secret, token = _checks(options, runner, steps)
+        variables = _variable_args(options, account)
+        _terraform_and_release(
+            options, runner, steps, variables, webhook_secret=webhook_secret, token=token, verify=verify
+        )
     finally:
         steps.summary()
     if options.plan:
         print(f"\n{len(runner.would_run)} command(s) would change something; nothing was changed.", file=out)
 
 
-def _checks(options: DeployOptions, runner: Runner, steps: Steps) -> tuple[str, str]:
+def _checks(options: DeployOptions, runner: Runner, steps: Steps) -> tuple[str, str, str]:
+    """The signed-in account, the signing secret and the token, once every check passed."""
     problems: list[checks.Problem] = []
 
     def report(note: StepNote, found: list[checks.Problem], summary: str) -> None:
@@ -163,14 +169,21 @@ def _checks(options: DeployOptions, runner: Runner, steps: Steps) -> tuple[str, 
             + "\n".join(f"  - {problem}" for problem in problems)
         )
     assert isinstance(secret, str)  # noqa: S101 - a Problem was reported above
-    return secret, token
+    assert account is not None  # noqa: S101 - likewise
+    return account, secret, token
 
 
 def _terraform_and_release(
-    options: DeployOptions, runner: Runner, steps: Steps, *, webhook_secret: str, token: str, verify: VerifyFunction
+    options: DeployOptions,
+    runner: Runner,
+    steps: Steps,
+    variables: list[str],
+    *,
+    webhook_secret: str,
+    token: str,
+    verify: VerifyFunction,
 ) -> None:
     chdir = f"-chdir={TERRAFORM_DIR}"
-    variables = _variable_args(options)
     with steps.step(TITLES[5]) as note:
         runner.run(["terraform", chdir, "init", "-input=false", "-no-color"], stream=True)
         note.summary = "providers ready (infra/terraform/.terraform)"
@@ -217,18 +230,25 @@ def _terraform_and_release(
                 api_url=str(outputs["api_url"]),
                 bucket=str(outputs["bucket"]),
                 webhook_secret=webhook_secret.split(maxsplit=1)[0],
+                api_identity=outputs.get("verifier_service_account"),
             )
             if not verify(deployed, runner.out):
                 raise DeployError("relay verify failed (its checklist above names the hop and how to look)")
             note.summary = "every hop answered"
 
 
-def _variable_args(options: DeployOptions) -> list[str]:
-    """Terraform's -var-file and -var flags; later ones win, so the explicit flags come last."""
+def _variable_args(options: DeployOptions, account: str) -> list[str]:
+    """Terraform's -var-file and -var flags; later ones win, so the explicit flags come last. Unless
+    `verifiers` is given, the account running the deploy becomes the one that may run `relay verify`."""
     args = [f"-var-file={options.var_file.resolve()}"] if options.var_file else []
     args += [f"-var=project_id={options.project}", f"-var=region={options.region}"]
     if options.alert_email is not None:
         args.append(f"-var=alert_email={options.alert_email}")
+    given = {name for name, _ in options.variables}
+    in_file = options.var_file is not None and "verifiers" in options.var_file.read_text(encoding="utf-8")
+    if "verifiers" not in given and not in_file:
+        kind = "serviceAccount" if account.endswith(".gserviceaccount.com") else "user"
+        args.append(f'-var=verifiers=["{kind}:{account}"]')
     return args + [f"-var={name}={value}" for name, value in options.variables]
 
 

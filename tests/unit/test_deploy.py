@@ -255,12 +255,14 @@ def test_first_deploy_checks_then_provisions_adds_secrets_builds_and_verifies(wo
             api_url="https://api-x2b4c6d8ea-uc.a.run.app",
             bucket="relay-test-relay-outputs",
             webhook_secret=SIGNING_SECRET,
+            api_identity="relay-verify@relay-test.iam.gserviceaccount.com",
         )
     ]
     plans = [call["argv"] for call in world.last_calls if "plan" in call["argv"]]
     assert [arg for arg in plans[0] if arg.startswith("-target")] == ["-target=google_secret_manager_secret.secret"]
     for argv in plans:
         assert {f"-var=project_id={PROJECT}", f"-var=region={REGION}", "-var=alert_email=ops@example.com"} <= {*argv}
+        assert '-var=verifiers=["user:deployer@example.com"]' in argv  # who deploys may run relay verify
     submit = next(call["argv"] for call in world.last_calls if call["argv"][:2] == ["builds", "submit"])
     assert submit[2:] == [
         "--project=relay-test",
@@ -552,6 +554,17 @@ def test_variables_and_a_var_file_reach_both_terraform_phases(world: World) -> N
         assert argv.index(f"-var-file={var_file}") < argv.index("-var=max_instances=5")
     adds = [line for line in run.out.splitlines() if "versions add" in line]
     assert "prod-webhook-secrets" in adds[0]  # the secret id follows the var file while no output names it
+
+
+def test_given_verifiers_replace_the_deploying_account(world: World) -> None:
+    run = world.deploy("--var", 'verifiers=["group:relay-ops@example.com"]', "--plan")
+
+    assert run.code == 0, run.err
+    plans = [call["argv"] for call in world.last_calls if "plan" in call["argv"]]
+    for argv in plans:
+        assert [arg for arg in argv if arg.startswith("-var=verifiers=")] == [
+            '-var=verifiers=["group:relay-ops@example.com"]'
+        ]
 
 
 @pytest.mark.parametrize("flag", ["project_id=other", "region=europe-west1", "alert_email=a@example.com"])

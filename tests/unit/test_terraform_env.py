@@ -116,9 +116,10 @@ def test_the_api_gets_the_receivers_url_its_invokers_e_mails_and_the_replicate_t
     assert set(api.values) == COMMON | {"THREADS", "RELAY_BUCKET", "RELAY_WEBHOOK_URL", "RELAY_API_INVOKERS"}
     assert api.values["FUNCTION_TARGET"] == "api"
     assert api.values["RELAY_WEBHOOK_URL"] == f"https://receiver-{PROJECT_NUMBER}.europe-west1.run.app/"
-    assert api.values["RELAY_API_INVOKERS"] == "next-app@p.iam.gserviceaccount.com dev@example.com"
+    verifier = f"relay-verify@{PROJECT}.iam.gserviceaccount.com"  # relay verify's caller (iam.tf)
+    assert api.values["RELAY_API_INVOKERS"] == f"next-app@p.iam.gserviceaccount.com dev@example.com {verifier}"
     assert api.secrets == {"REPLICATE_API_TOKEN": "relay-replicate-api-token"}
-    assert _real()["api"].values["RELAY_API_INVOKERS"] == ""  # nobody by default
+    assert _real()["api"].values["RELAY_API_INVOKERS"] == verifier  # by default, relay verify's account alone
 
 
 def test_variables_reach_the_environment() -> None:
