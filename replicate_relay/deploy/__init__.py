@@ -69,6 +69,12 @@ def add_deploy_command(commands: argparse._SubParsersAction[Any]) -> None:
         metavar="PATH",
         help="the whsec_… signing secret, instead of fetching it from Replicate",
     )
+    parser.add_argument(
+        "--retire-old-secrets",
+        action="store_true",
+        help="keep only the current signing secret (after a rotation, once Replicate's retries of webhooks signed "
+        "with the previous one are over)",
+    )
     parser.add_argument("--tag", help="image tag (default: the checkout's short commit)")
     parser.add_argument(
         "--plan",
@@ -103,6 +109,7 @@ def options_from_args(args: argparse.Namespace) -> DeployOptions:
         tag=args.tag,
         plan=args.plan,
         verify=args.verify,
+        retire_old_secrets=args.retire_old_secrets,
     )
 
 

@@ -20,6 +20,7 @@ from typing import Any, TextIO
 from replicate_relay.config import ConfigError
 from replicate_relay.deploy import checks
 from replicate_relay.deploy.runner import INDENT, DeployError, Runner, StepNote, Steps
+from replicate_relay.devstack.terraform_env import local_computed, service_environments
 from replicate_relay.errors import OpsError
 
 TERRAFORM_DIR = Path("infra/terraform")
@@ -56,6 +57,7 @@ class DeployOptions:
     tag: str | None = None
     plan: bool = False
     verify: bool = True
+    retire_old_secrets: bool = False  # the signing secret alone, once the previous one is no longer needed
 
 
 @dataclass(frozen=True)
@@ -199,7 +201,9 @@ def _terraform_and_release(
             added = [
                 secret_id
                 for secret_id, value, rotation in ids
-                if _put_secret(runner, options.project, secret_id, value, rotation=rotation)
+                if _put_secret(
+                    runner, options.project, secret_id, value, rotation=rotation, retire=options.retire_old_secrets
+                )
             ]
             verb = "would add" if runner.plan else "added"
             note.summary = f"{verb} a version to {', '.join(added)}" if added else "both up to date"
@@ -207,7 +211,7 @@ def _terraform_and_release(
             _apply(runner, chdir, variables, Path(plans) / "phase2.tfplan", note)
     with steps.step(TITLES[9]) as note:
         outputs = _outputs(runner, chdir)
-        _release(options, runner, outputs, note)
+        _release(options, runner, outputs, note, changed_secrets=added)
     with steps.step(TITLES[10]) as note:
         if "webhook_url" not in outputs:
             note.skipped, note.summary = True, "known after the apply"
@@ -301,9 +305,14 @@ def _value(options: DeployOptions, outputs: Mapping[str, Any], name: str) -> str
     return default.group(1)
 
 
-def _put_secret(runner: Runner, project: str, secret_id: str, value: str, *, rotation: bool) -> bool:
-    """Add `value` as a version of `secret_id` unless the latest enabled version already holds it (for the
-    signing secrets, among the space-separated ones of a rotation). True when a version is (or would be) added."""
+def _put_secret(runner: Runner, project: str, secret_id: str, value: str, *, rotation: bool, retire: bool) -> bool:
+    """Add a version of `secret_id` unless the latest enabled one already holds what it should. True when a
+    version is (or would be) added.
+
+    For the signing secrets (`rotation`), a version holds the current secret first, then the one before
+    it, space-separated, as the receiver reads them: when Replicate's secret changes, the new version
+    keeps the previous secret too, so webhooks Replicate signed before and retries later still verify.
+    With `retire`, the version holds the current secret alone."""
     listed = runner.run(
         [
             "gcloud", "secrets", "versions", "list", secret_id, f"--project={project}",
@@ -323,15 +332,35 @@ def _put_secret(runner: Runner, project: str, secret_id: str, value: str, *, rot
             secret_output=True,
         )  # fmt: skip
         current = _decoded(accessed.stdout.strip(), secret_id)
-    if current is not None and (value in current.split() if rotation else current == value):
+    wanted = _wanted_secret(value, current, rotation=rotation, retire=retire)
+    if wanted is None:
         print(f"{INDENT}{secret_id}: version {version} already holds it", file=runner.out)
         return False
+    if rotation and current is not None and len(wanted.split()) > 1:
+        print(
+            f"{INDENT}{secret_id}: the signing secret changed; the new version keeps the previous one too",
+            file=runner.out,
+        )
     runner.run(
         ["gcloud", "secrets", "versions", "add", secret_id, f"--project={project}", "--data-file=-"],
         mutating=True,
-        stdin=value,
+        stdin=wanted,
     )
     return True
+
+
+def _wanted_secret(value: str, current: str | None, *, rotation: bool, retire: bool) -> str | None:
+    """What the next version of a secret should hold, or None when the current one is right."""
+    if current is None:
+        return value
+    if not rotation:
+        return None if current == value else value
+    held = current.split()
+    if retire:
+        return None if held == [value] else value
+    if value in held:  # up to date, or a rotation list someone wrote: kept as it is
+        return None
+    return f"{value} {held[0]}"
 
 
 def _decoded(payload: str, secret_id: str) -> str:
@@ -342,8 +371,12 @@ def _decoded(payload: str, secret_id: str) -> str:
         raise DeployError(f"the latest version of {secret_id} did not decode as text") from None
 
 
-def _release(options: DeployOptions, runner: Runner, outputs: Mapping[str, Any], note: StepNote) -> None:
-    """gcloud builds submit, unless every Cloud Run service already runs the image of this tag."""
+def _release(
+    options: DeployOptions, runner: Runner, outputs: Mapping[str, Any], note: StepNote, *, changed_secrets: list[str]
+) -> None:
+    """gcloud builds submit, unless every Cloud Run service already runs the image of this tag. Then the
+    services reading a secret that got a new version start a new revision, since an instance reads a
+    secret's `latest` version when it starts (a build deploys every service, which does the same)."""
     tag = options.tag or _commit_tag(runner)
     repository = outputs.get("image_repository") or (
         f"{options.region}-docker.pkg.dev/{options.project}/{_value(options, outputs, 'artifact_repository')}"
@@ -354,6 +387,10 @@ def _release(options: DeployOptions, runner: Runner, outputs: Mapping[str, Any],
     stale = [service for service in services if running.get(service) != image]
     if services and not stale:
         note.summary = f"every service already runs relay:{tag}"
+        rolled = _roll_secret_readers(options, runner, image, changed_secrets)
+        if rolled:
+            verb = "would start" if runner.plan else "started"
+            note.summary += f"; {verb} new revisions of {', '.join(rolled)} for the new secret versions"
         return
     if services:
         print(f"{INDENT}not yet on relay:{tag}: {', '.join(stale)}", file=runner.out)
@@ -365,6 +402,31 @@ def _release(options: DeployOptions, runner: Runner, outputs: Mapping[str, Any],
         stream=True,
     )  # fmt: skip
     note.summary = f"{'would build and deploy' if runner.plan else 'built and deployed'} {image}"
+
+
+def _roll_secret_readers(options: DeployOptions, runner: Runner, image: str, changed_secrets: list[str]) -> list[str]:
+    """A new revision, on the same image, of every service reading one of `changed_secrets`. gcloud sets only
+    what Terraform ignores (the image, the client annotations), so the next apply changes nothing."""
+    if not changed_secrets:
+        return []
+    environments = service_environments(
+        options.root / TERRAFORM_DIR,
+        variables={
+            "project_id": options.project,
+            "region": options.region,
+            **{name: value for name, value in options.variables if name.endswith("_secret_id")},
+        },
+        resources=local_computed(options.project),
+    )
+    readers = sorted(name for name, env in environments.items() if set(env.secrets.values()) & set(changed_secrets))
+    for service in readers:
+        runner.run(
+            ["gcloud", "run", "deploy", service, f"--image={image}", f"--project={options.project}",
+             f"--region={options.region}", "--quiet"],
+            mutating=True,
+            stream=True,
+        )  # fmt: skip
+    return readers
 
 
 def _running_images(runner: Runner, options: DeployOptions) -> dict[str, str]:

@@ -218,6 +218,8 @@ def changes(calls: list[dict[str, Any]]) -> list[str]:
             named.append(f"add {argv[3]}")
         elif argv[:2] == ["builds", "submit"]:
             named.append("builds submit")
+        elif argv[:2] == ["run", "deploy"]:
+            named.append(f"roll {argv[2]}")
     return named
 
 
@@ -517,9 +519,38 @@ def test_a_rotation_holding_the_secret_and_a_disabled_latest_version_are_respect
 
     run = world.deploy()
 
-    assert changes(world.last_calls) == ["add relay-replicate-api-token"]
+    # the services reading the token start a new revision (on the image they run) to read its new version
+    assert changes(world.last_calls) == ["add relay-replicate-api-token", "roll api", "roll reconciler"]
     assert run.verified[0].webhook_secret == SIGNING_SECRET
+    assert set(world.state()["services"].values()) == {IMAGE}
     assert world.state()["secrets"]["relay-replicate-api-token"][-1] == {"data": API_TOKEN, "state": "ENABLED"}
+
+
+def test_a_new_signing_secret_keeps_the_previous_one_until_retired_and_rolls_the_receiver(world: World) -> None:
+    """Replicate's secret changed (OTHER_SECRET was the account's before): the new version holds the new one
+    first and the previous one after it, so webhooks signed before still verify; --retire-old-secrets then
+    writes the new one alone. Each time the receiver starts a new revision to read it."""
+    world.deploy("--webhook-secret-file", str(_secret_file(world, OTHER_SECRET)))
+
+    rotated = world.deploy()
+
+    assert changes(world.last_calls) == ["add relay-webhook-secrets", "roll receiver"]
+    assert "keeps the previous one too" in rotated.out
+    assert world.state()["secrets"]["relay-webhook-secrets"][-1]["data"] == f"{SIGNING_SECRET} {OTHER_SECRET}"
+    assert rotated.verified[-1].webhook_secret == SIGNING_SECRET
+
+    world.deploy()
+    assert changes(world.last_calls) == []  # nothing more until told to retire
+
+    world.deploy("--retire-old-secrets")
+    assert changes(world.last_calls) == ["add relay-webhook-secrets", "roll receiver"]
+    assert world.state()["secrets"]["relay-webhook-secrets"][-1]["data"] == SIGNING_SECRET
+
+
+def _secret_file(world: World, secret: str) -> Path:
+    path = world.tmp / "signing-secret.txt"
+    path.write_text(secret)
+    return path
 
 
 def test_secrets_are_never_on_a_command_line_nor_printed(world: World) -> None:
