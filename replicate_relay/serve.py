@@ -3,18 +3,17 @@
 `python -m functions_framework` offers no way to pass gunicorn settings, and three of its defaults
 are wrong for a Cloud Run container that runs as a user without a home, on a read-only root:
 
-- gunicorn's control socket (new in gunicorn 25) goes to `$HOME/.gunicorn/`, which that user
-  cannot create: every start logged `[ERROR] Control server error: … '/nonexistent'`. Relay
-  does not use `gunicornc`, so the socket is off.
+- gunicorn's control socket goes to `$HOME/.gunicorn/`, which that user cannot create (each start
+  would log `[ERROR] Control server error`). Relay does not use `gunicornc`, so the socket is off.
 - each worker's heartbeat file goes to the temporary directory; `/dev/shm` is memory on Cloud
   Run and in any container, so no writable `/tmp` is needed.
 - after SIGTERM, workers get `graceful_timeout` (30 s by default) to finish in-flight requests and
   flush their telemetry, but Cloud Run sends SIGKILL 10 s after SIGTERM. 8 s leaves the arbiter
   time to exit before that.
 - uvicorn's worker (the receiver's), once its graceful shutdown is done, raises the SIGTERM it
-  caught again with the default action, so the process dies of it and no exit handler runs: the
-  receiver's last batch of spans and metrics was lost at every scale-down (found by the image
-  test). `UvicornWorker` below makes that second SIGTERM a normal exit.
+  caught again with the default action, so the process would die of it before any exit handler
+  ran, losing the receiver's last spans and metrics at each scale-down. `UvicornWorker` below
+  makes that second SIGTERM a normal exit.
 
 Everything else is functions-framework's, read from the same variables as its own command line:
 FUNCTION_TARGET, FUNCTION_SOURCE, FUNCTION_SIGNATURE_TYPE, FUNCTION_USE_ASGI, HOST, PORT.
