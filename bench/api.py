@@ -9,14 +9,13 @@ Each submission is the full path: the Firestore job, the prediction created at t
 the webhook set, the link. The simulator finishes the predictions as they come (short `sim_duration`),
 so the webhooks they send load the stack as real ones would.
 
-Writes bench/results/api.json; bench/report.py puts it in docs/BENCHMARKS.md.
+Writes bench/results/api.json and the api section of docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 import uuid
@@ -60,15 +59,8 @@ def _timed(count: int, concurrency: int, one: Callable[[int], None]) -> dict[str
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         list(pool.map(run, range(count)))
     wall = time.perf_counter() - started
-    ordered = sorted(latencies)
-    return {
-        "count": count,
-        "errors": errors,
-        "wall_seconds": wall,
-        "per_second": len(latencies) / wall,
-        "p50_ms": 1000 * statistics.median(ordered) if ordered else None,
-        "p99_ms": 1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] if ordered else None,
-    }
+    figures = {f"p{p}_ms": None if (v := common.percentile(latencies, p)) is None else 1000 * v for p in (50, 99)}
+    return {"count": count, "errors": errors, "wall_seconds": wall, "per_second": len(latencies) / wall, **figures}
 
 
 def bench_api(stack: LocalStack, count: int, concurrency: int) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -36,9 +36,6 @@ BUSY_WARNING_PERCENT = 15.0
 
 class BenchError(Exception):
     """The benchmark cannot run or its numbers cannot be trusted; the message says why."""
-
-
-# Processes -------------------------------------------------------------------------------------
 
 
 class Processes:
@@ -102,42 +99,29 @@ def project_env(extra: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-# Running ---------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def signals_raise() -> Iterator[None]:
-    """SIGTERM and SIGHUP unwind like Ctrl-C, so every `finally` (and cleanup) runs."""
-
-    def handler(signum: int, _: FrameType | None) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
 def run_guarded(processes: Processes, body: Callable[[], int]) -> int:
-    """`body()`'s exit code; 1 on BenchError or StackError, 130 on Ctrl-C or SIGTERM; `processes` stopped after."""
-    with signals_raise():
+    """`body()`'s exit code; 1 on BenchError or StackError, 130 on Ctrl-C or SIGTERM; then `processes` stopped."""
+
+    def raise_interrupt(signum: int, _: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")  # unwinds like Ctrl-C, so every `finally` runs
+
+    previous = {sig: signal.signal(sig, raise_interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        return body()
+    except (BenchError, StackError) as error:
+        print(f"\nbenchmark failed: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping everything this run started", file=sys.stderr)
+        return 130
+    finally:
+        # A second Ctrl-C must not cut the cleanup short; each stop is bounded (SIGKILL after 10 s).
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
-            return body()
-        except (BenchError, StackError) as error:
-            print(f"\nbenchmark failed: {error}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            print("\ninterrupted: stopping everything this run started", file=sys.stderr)
-            return 130
+            processes.stop_all()
         finally:
-            # A second Ctrl-C must not cut the cleanup short; each stop is bounded (SIGKILL after 10 s).
-            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-            try:
-                processes.stop_all()
-            finally:
-                signal.signal(signal.SIGINT, previous)
+            for sig, old in previous.items():
+                signal.signal(sig, old)
 
 
 def group_cpu_seconds(pgid: int | None) -> float:
@@ -184,9 +168,6 @@ def check_busy() -> float | None:
     return busy
 
 
-# Figures -----------------------------------------------------------------------------------------
-
-
 def percentile(values: Iterable[float], p: float) -> float | None:
     """Nearest rank: the smallest value with at least p% of the values at or below it."""
     ordered = sorted(values)
@@ -219,15 +200,6 @@ def secs(value: float | None) -> str:
     return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
 
 
-def print_table(headers: Sequence[str], rows: list[list[str]]) -> None:
-    """A plain table: the first column left-aligned, the others right-aligned, a rule under the headers."""
-    widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
-    for index, row in enumerate([headers, *rows]):
-        print("  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row)))
-        if index == 0:
-            print("  ".join("-" * width for width in widths))
-
-
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A Markdown table, every column after the first right-aligned."""
     lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join(["---"] + ["---:"] * (len(headers) - 1)) + " |"]
@@ -235,7 +207,9 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str
     return "\n".join(lines)
 
 
-# Results and the report ------------------------------------------------------------------------------
+def target(limit: str, value: Any, met: bool) -> dict[str, Any]:
+    """One target's verdict as the results record it: the limit as text, the value measured, met or not."""
+    return {"target": limit, "value": value, "met": met}
 
 
 def results_header(busy: float | None, **host: Any) -> dict[str, Any]:
@@ -283,12 +257,6 @@ def provenance(document: Mapping[str, Any]) -> str:
     return "_" + "; ".join(parts) + "._"
 
 
-def write_results(path: Path, document: Mapping[str, Any]) -> None:
-    """The results document as indented JSON, its folder created if need be."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-
-
 def write_section(name: str, text: str, report: Path = REPORT) -> None:
     """Replace what lies between `<!-- bench:name -->` and `<!-- /bench:name -->` in the report with `text`."""
     begin, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
@@ -301,7 +269,8 @@ def write_section(name: str, text: str, report: Path = REPORT) -> None:
 
 def publish(name: str, path: Path, document: Mapping[str, Any], render: Callable[[Mapping[str, Any]], str]) -> None:
     """Write the results to `path`, then print the rendered section and put it into the report."""
-    write_results(path, document)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     text = render(document)
     print(f"\n{text}\n\nwrote {path.relative_to(REPO_ROOT)} and the {name} section of docs/BENCHMARKS.md")
     write_section(name, text)

@@ -1,17 +1,14 @@
 """End to end: predictions through the whole local stack, every webhook accounted for; `--soak` for leaks.
 
-The local stack on free ports (both emulators, fake-gcs-server, the Replicate simulator, the
-receiver, the handlers); predictions submitted with relay's Submitter at a steady rate. Once every
-job is final it reads back what happened: webhooks delivered, end-to-end latency (Replicate's
-`completed_at` → the job final in Firestore), Pub/Sub messages and Firestore writes per prediction,
-and lost webhooks (one acknowledged by the receiver with no event record and the job behind it).
-
-The default run has the reconciler off, so every job must end through its webhooks alone. `--soak`
-runs `--minutes` of load with chaos and the reconciler on, a fixed mix (`plan()`), and samples RSS,
-open fds and CPU of every process of the stack from /proc to judge growth. Writes
-bench/results/<name>.json and the <name> section of docs/BENCHMARKS.md with its plots (e2e, or
-the --results file's name; soak). Exits 1 if a webhook was lost, a job did not end as it should,
-or it could not measure.
+The local stack on free ports; predictions submitted with relay's Submitter at a steady rate. Once
+every job is final it reads back webhooks delivered, end-to-end latency (Replicate's `completed_at`
+→ the job final in Firestore), Pub/Sub messages and Firestore writes per prediction, and lost
+webhooks (acknowledged by the receiver, with no event record and the job behind). The default run
+has the reconciler off, so every job must end through its webhooks alone. `--soak` runs `--minutes`
+of a fixed mix (`plan()`) with chaos and the reconciler on, and samples RSS, open fds and CPU of
+every process of the stack from /proc. Writes bench/results/NAME.json and the NAME section of
+docs/BENCHMARKS.md (e2e, the --results file's name, or soak); exits 1 if a webhook was lost or a
+job did not end as it should.
 
     .venv/bin/python bench/e2e.py [--predictions 200] [--rate 5] [--quick] [--results PATH]
     .venv/bin/python bench/e2e.py --soak [--minutes 30] [--rate 2]
@@ -44,7 +41,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # run as a script: sys.path[0] is bench/, the packages are one level up
 
 import common  # noqa: E402
-from common import LOG_DIR, RESULTS_DIR, BenchError, Processes, percentile, secs  # noqa: E402
+from common import LOG_DIR, RESULTS_DIR, BenchError, Processes, ms, percentile, secs  # noqa: E402
 
 from replicate_relay.devstack.stack import LocalStack, StackConfig  # noqa: E402
 from replicate_relay.jobstore import EVENTS, JOBS, PREDICTIONS, event_key  # noqa: E402
@@ -80,14 +77,11 @@ TARGETS: dict[float, list[tuple[str, tuple[str, ...], float, Callable[[Any], str
     5.0: [
         ("end-to-end p50", ("end_to_end_s", "p50"), 0.400, secs),
         ("end-to-end p99", ("end_to_end_s", "p99"), 1.5, secs),
-        (
-            "archive-outputs, a two-file message's p50 (spans)",
-            ("archive_outputs_spans", "message", "p50_ms"),
-            120.0,
-            common.ms,
-        ),
+        ("archive-outputs, a two-file message's p50 (spans)", ("archive_outputs_spans", "message", "p50_ms"), 120, ms),
     ],
 }
+SETTINGS = ("predictions", "rate", "duration", "files", "file_bytes", "logs", "quick", "soak", "minutes")
+SETTINGS += ("duplicate_probability", "reorder_probability")
 DEFAULTS = {"prediction_duration_s": 3.0, "files": 2, "file_bytes": 16_384, "logs": 3, "duplicate_probability": 0.0}
 
 # The soak: its mix is fixed by each prediction's index (plan()); growth is judged over the last
@@ -103,22 +97,6 @@ BOUND_FDS = 10
 EMULATOR_GROUPS = ("pubsub", "firestore", "storage")
 ROLE_NAMES = {"python3": "gcloud", "cloud_firestore": "launcher", "java": "jvm"}  # by /proc comm
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-@contextlib.contextmanager
-def global_timeout(seconds: float) -> Iterator[None]:
-    """A hard bound on the whole run: SIGALRM raises BenchError wherever the run is (cleanup then runs)."""
-
-    def expired(_signum: int, _frame: FrameType | None) -> None:
-        raise BenchError(f"the run did not finish within its global timeout of {seconds:g} s (--timeout)")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 @dataclass
@@ -152,19 +130,8 @@ class PredictionResult:
     stages: dict[str, float | None] = field(default_factory=dict)
 
 
-def chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 def seconds_between(start: datetime | None, end: datetime | None) -> float | None:
     return None if start is None or end is None else round((end - start).total_seconds(), 4)
-
-
-def dig(document: Any, *keys: str) -> Any:
-    for key in keys:
-        document = document.get(key) if isinstance(document, Mapping) else None
-    return document
 
 
 class Tap:
@@ -203,12 +170,8 @@ class Tap:
 def configure_simulator(stack: LocalStack, args: argparse.Namespace) -> None:
     import httpx  # noqa: PLC0415
 
-    changes: dict[str, Any] = {}
-    if args.duplicate_probability:
-        changes["duplicate_probability"] = args.duplicate_probability
-    if args.reorder_probability:
-        changes["reorder_probability"] = args.reorder_probability
-    if changes:
+    chaos = ("duplicate_probability", "reorder_probability")
+    if changes := {key: getattr(args, key) for key in chaos if getattr(args, key)}:
         response = httpx.post(f"{stack.simulator_url}/_sim/config", json=changes, timeout=10)
         if response.status_code != 200:
             raise BenchError(f"the simulator refused {changes}: {response.text[:300]}")
@@ -216,20 +179,10 @@ def configure_simulator(stack: LocalStack, args: argparse.Namespace) -> None:
 
 
 def submit_paced(
-    stack: LocalStack,
-    db: Any,
-    records: list[Submitted],
-    *,
-    begin: float,
-    deadline: float,
-    inputs: Callable[[int], dict[str, Any]],
-    label: str,
-    workers: int,
-    progress: Callable[[int], str | None],
+    stack: LocalStack, db: Any, records: list[Submitted], args: argparse.Namespace, *, begin: float, deadline: float
 ) -> None:
     """Submit each record at `begin` + its scheduled time with relay's Submitter (Replicate's own
-    client against the simulator) from `workers` threads, with `inputs(index)`. A failed submit is
-    kept on its record, not raised; `progress(index)` is a line to print, or None."""
+    client against the simulator) from 32 threads. A failed submit is kept on its record, not raised."""
     from replicate_relay.jobstore import JobStore  # noqa: PLC0415
     from replicate_relay.replicate_api import ModelRef, ReplicateAPI  # noqa: PLC0415
     from replicate_relay.submit import Submitter  # noqa: PLC0415
@@ -239,13 +192,19 @@ def submit_paced(
         replicate=ReplicateAPI.connect(stack.client_env["REPLICATE_API_TOKEN"], base_url=stack.simulator_url),
         webhook_url=stack.receiver_url + "/",
     )
-    model = ModelRef.parse(MODEL)
+    model, label = ModelRef.parse(MODEL), args.results.stem
+    every = max(int(args.rate * (60 if args.soak else 10)), 1)  # a progress line every 10 s (soak: every minute)
+    steady = {
+        "input_image": "https://example.com/old-photo.jpg",
+        **{f"sim_{key}": getattr(args, key) for key in ("duration", "files", "file_bytes", "logs")},
+    }
 
     def submit(record: Submitted) -> None:
         started = time.monotonic()
         record.started_s = round(started - begin, 4)
         try:
-            job = submitter.submit(model, inputs(record.index), metadata={"bench": label, "index": str(record.index)})
+            inputs = plan(record.index).inputs if args.soak else steady
+            job = submitter.submit(model, inputs, metadata={"bench": label, "index": str(record.index)})
         except Exception as error:  # a failed submit is counted and reported, not fatal
             record.error = f"{type(error).__name__}: {error}"[:300]
         else:
@@ -253,7 +212,7 @@ def submit_paced(
         record.took_s = round(time.monotonic() - started, 4)
 
     try:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="submit") as pool:
+        with ThreadPoolExecutor(max_workers=32, thread_name_prefix="submit") as pool:
             for record in records:
                 wait = begin + record.scheduled_s - time.monotonic()
                 if wait > 0:
@@ -261,8 +220,8 @@ def submit_paced(
                 if time.monotonic() > deadline:
                     raise BenchError("the global timeout came while submitting")
                 pool.submit(submit, record)
-                if record.index and (line := progress(record.index)):
-                    print(f"   {line} …", flush=True)
+                if record.index and record.index % every == 0:
+                    print(f"   submitted {record.index} of {len(records)} …", flush=True)
     finally:
         submitter.replicate.close()
 
@@ -270,8 +229,8 @@ def submit_paced(
 def read_documents(db: Any, refs: list[Any]) -> dict[str, dict[str, Any]]:
     """path → data of every ref that exists, read in batches."""
     found: dict[str, dict[str, Any]] = {}
-    for batch in chunks(refs, READ_BATCH):
-        for snapshot in db.get_all(batch):
+    for start in range(0, len(refs), READ_BATCH):
+        for snapshot in db.get_all(refs[start : start + READ_BATCH]):
             if snapshot.exists:
                 found[snapshot.reference.path] = snapshot.to_dict()
     return found
@@ -327,41 +286,28 @@ def acknowledged_ids(log: Mapping[str, Any]) -> dict[str, str]:
     }
 
 
-def read_event_records(db: Any, mapping: Mapping[str, str], logs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """path → event record, for every acknowledged webhook-id (looked up by its key)."""
-    refs = []
-    for prediction_id, log in logs.items():
-        job_id = mapping.get(prediction_id, prediction_id)
-        events = db.collection(JOBS).document(job_id).collection(EVENTS)
-        refs += [events.document(event_key(webhook_id)) for webhook_id in acknowledged_ids(log)]
-    return read_documents(db, refs)
+def event_path(job_id: str, webhook_id: str) -> str:
+    return f"{JOBS}/{job_id}/{EVENTS}/{event_key(webhook_id)}"
 
 
 def settle_event_records(
     db: Any, mapping: Mapping[str, str], logs: Mapping[str, Mapping[str, Any]], deadline: float
-) -> dict[str, Any]:
-    """The event records, re-read until every acknowledged webhook has one or SETTLE_S (or the deadline) passes.
+) -> dict[str, dict[str, Any]]:
+    """path → every event record (the run's emulator holds only this run's), re-read until each
+    acknowledged webhook has its record or SETTLE_S (or the deadline) passes.
 
     A job can be final (the archive handler finished it) before job-status has recorded the
     prediction's earlier webhooks: Pub/Sub delivers in no set order.
     """
-    expected = sum(len(acknowledged_ids(log)) for log in logs.values())
+    expected = {
+        event_path(mapping.get(pid, pid), webhook) for pid, log in logs.items() for webhook in acknowledged_ids(log)
+    }
     settle_until = min(time.monotonic() + SETTLE_S, deadline)
     while True:
-        records = read_event_records(db, mapping, logs)
-        if len(records) >= expected or time.monotonic() > settle_until:
+        records = {snapshot.reference.path: snapshot.to_dict() for snapshot in db.collection_group(EVENTS).stream()}
+        if expected <= records.keys() or time.monotonic() > settle_until:
             return records
         time.sleep(1.0)
-
-
-def all_event_records(db: Any) -> dict[str, list[dict[str, Any]]]:
-    """job id → every event record under it (the run's emulator holds only this run's jobs)."""
-    by_job: dict[str, list[dict[str, Any]]] = {}
-    for snapshot in db.collection_group(EVENTS).stream():
-        job_ref = snapshot.reference.parent.parent
-        if job_ref is not None:
-            by_job.setdefault(job_ref.id, []).append(snapshot.to_dict())
-    return by_job
 
 
 def log_entries(path: Path) -> Iterator[dict[str, Any]]:
@@ -389,14 +335,9 @@ class LogFacts:
         for _, step in edges:
             in_flight += step
             most = max(most, in_flight)
-        latencies = [end - start for start, end in spans]
-        return {
-            "requests": len(spans),
-            "p50_ms": round(p * 1000, 1) if (p := common.percentile(latencies, 50)) is not None else None,
-            "p99_ms": round(p * 1000, 1) if (p := common.percentile(latencies, 99)) is not None else None,
-            "busy_s": round(sum(latencies), 2),
-            "max_in_flight": most,
-        }
+        latencies = [1000 * (end - start) for start, end in spans]
+        busy = round(sum(latencies) / 1000, 2)
+        return {"requests": len(spans), **summary_ms(latencies), "busy_s": busy, "max_in_flight": most}
 
 
 def read_logs(log_dir: Path) -> LogFacts:
@@ -424,50 +365,33 @@ def read_logs(log_dir: Path) -> LogFacts:
     return facts
 
 
-_STATUS_ERROR = 2  # OTLP/JSON's status code for STATUS_CODE_ERROR
-_REFUSED = ("StatusCode.ALREADY_EXISTS", "StatusCode.FAILED_PRECONDITION")
-
-
-def firestore_rpcs(span_file: Path) -> Counter[str]:
-    """Firestore RPC method → calls made by the handlers, from their span file (gRPC client spans);
-    "METHOD failed" counts those that ended in an error (a Commit aborted on contention, say), except
-    a write refused by its own precondition ("METHOD refused": ALREADY_EXISTS, FAILED_PRECONDITION),
-    which is how a lost first-write race or a stale conditional write ends by design (replicate_relay/jobstore.py)."""
-    counter: Counter[str] = Counter()
+def read_spans(span_file: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(service name, span) of every span the stack exported to its span file (OTLP/JSON lines)."""
     with contextlib.suppress(FileNotFoundError), span_file.open(encoding="utf-8", errors="replace") as lines:
         for line in lines:
-            if "google.firestore" not in line:
-                continue
-            with contextlib.suppress(json.JSONDecodeError):
-                for resource in json.loads(line).get("resourceSpans", []):
-                    for scope in resource.get("scopeSpans", []):
-                        for span in scope.get("spans", []):
-                            name = str(span.get("name", ""))
-                            if name.startswith("/google.firestore."):
-                                method = name.rsplit("/", 1)[-1]
-                                counter[method] += 1
-                                status = span.get("status", {})
-                                if status.get("code") == _STATUS_ERROR:
-                                    message = str(status.get("message", ""))
-                                    refused = any(code in message for code in _REFUSED)
-                                    counter[f"{method} {'refused' if refused else 'failed'}"] += 1
-    return counter
-
-
-def read_spans(span_file: Path, service: str) -> list[dict[str, Any]]:
-    """Every span one service exported to the span file (OTLP/JSON lines)."""
-    found: list[dict[str, Any]] = []
-    with contextlib.suppress(FileNotFoundError), span_file.open(encoding="utf-8", errors="replace") as lines:
-        for line in lines:
-            if f'"{service}"' not in line:
-                continue
             with contextlib.suppress(json.JSONDecodeError):
                 for resource in json.loads(line).get("resourceSpans", []):
                     attributes = resource.get("resource", {}).get("attributes", [])
-                    names = [a["value"].get("stringValue") for a in attributes if a.get("key") == "service.name"]
-                    if names == [service]:
-                        found += [span for scope in resource.get("scopeSpans", []) for span in scope.get("spans", [])]
-    return found
+                    service = next(
+                        (a["value"].get("stringValue") for a in attributes if a.get("key") == "service.name"), ""
+                    )
+                    for scope in resource.get("scopeSpans", []):
+                        yield from ((service, span) for span in scope.get("spans", []))
+
+
+def firestore_rpcs(span_file: Path) -> Counter[str]:
+    """Firestore RPC method → calls made by the handlers (their gRPC client spans); "METHOD failed"
+    counts those that ended in an error (a Commit aborted on contention), except a write refused by its
+    own precondition (ALREADY_EXISTS, FAILED_PRECONDITION: how a lost first-write race ends by design)."""
+    counter: Counter[str] = Counter()
+    for _, span in read_spans(span_file):
+        if (name := str(span.get("name", ""))).startswith("/google.firestore."):
+            method, status = name.rsplit("/", 1)[-1], span.get("status", {})
+            counter[method] += 1
+            if status.get("code") == 2:  # OTLP/JSON's STATUS_CODE_ERROR
+                refused = any(code in str(status.get("message")) for code in ("ALREADY_EXISTS", "FAILED_PRECONDITION"))
+                counter[f"{method} {'refused' if refused else 'failed'}"] += 1
+    return counter
 
 
 def _span_ms(span: Mapping[str, Any]) -> float:
@@ -480,7 +404,7 @@ def archive_breakdown(span_file: Path) -> dict[str, Any]:
     a message's from the first start to the last end), the job lookup and the records outside a
     transaction (Firestore RPCs straight under the message), each Firestore transaction by name, the
     job-events publish."""
-    spans = read_spans(span_file, "archive-outputs")
+    spans = [span for service, span in read_spans(span_file) if service == "archive-outputs"]
     children: dict[str, list[dict[str, Any]]] = {}
     for span in spans:
         children.setdefault(str(span.get("parentSpanId", "")), []).append(span)
@@ -492,10 +416,9 @@ def archive_breakdown(span_file: Path) -> dict[str, Any]:
             continue
         messages.append(_span_ms(span))
         copies = [c for c in under if c["name"] == "archive file"]
-        first = min(int(c["startTimeUnixNano"]) for c in copies)
-        steps.setdefault("copies, all of the message's", []).append(
-            (max(int(c["endTimeUnixNano"]) for c in copies) - first) / 1e6
-        )
+        whole = {"startTimeUnixNano": min(int(c["startTimeUnixNano"]) for c in copies)}
+        whole["endTimeUnixNano"] = max(int(c["endTimeUnixNano"]) for c in copies)
+        steps.setdefault("copies, all of the message's", []).append(_span_ms(whole))
         per_message: dict[str, float] = {}
         for child in under:
             name = str(child["name"])
@@ -507,12 +430,7 @@ def archive_breakdown(span_file: Path) -> dict[str, Any]:
         for name, total in per_message.items():
             if name != "archive file":
                 steps.setdefault(name, []).append(total)
-    return {
-        "message": summary_ms(messages),
-        "steps": {name: summary_ms(values) for name, values in sorted(steps.items())},
-        "method": "archive-outputs's consumer spans with at least one 'archive file' span under them; a step's "
-        "figure sums its spans within one message",
-    }
+    return {"message": summary_ms(messages), "steps": {name: summary_ms(v) for name, v in sorted(steps.items())}}
 
 
 def firestore_writes(
@@ -555,21 +473,6 @@ class ReadBack:
     jobs: dict[str, dict[str, Any]]
     by_job_records: dict[str, list[dict[str, Any]]]
 
-    def assess(self, submitted: list[Submitted], facts: LogFacts) -> list[PredictionResult]:
-        return [
-            assess(
-                record,
-                log=self.logs.get(record.prediction_id or ""),
-                mapping=self.mapping,
-                jobs=self.jobs,
-                records=self.records,
-                by_job_records=self.by_job_records,
-                facts=facts,
-            )
-            for record in submitted
-            if record.prediction_id
-        ]
-
 
 def read_back(
     db: Any, simulator_url: str, submitted: list[Submitted], *, deliveries_until: float, records_until: float
@@ -584,29 +487,24 @@ def read_back(
     # Jobs again: a job may have moved since (the settle wait), and the final read is what counts.
     refs = [db.collection(JOBS).document(job_id) for job_id in set(mapping.values())]
     jobs = {path.split("/")[-1]: data for path, data in read_documents(db, refs).items()}
-    return ReadBack(logs, mapping, records, jobs, all_event_records(db))
+    by_job: dict[str, list[dict[str, Any]]] = {}
+    for path, record in records.items():
+        by_job.setdefault(path.split("/")[1], []).append(record)
+    return ReadBack(logs, mapping, records, jobs, by_job)
 
 
-def assess(
-    record: Submitted,
-    *,
-    log: Mapping[str, Any] | None,
-    mapping: Mapping[str, str],
-    jobs: Mapping[str, Mapping[str, Any]],
-    records: Mapping[str, Any],
-    by_job_records: Mapping[str, list[dict[str, Any]]],
-    facts: LogFacts,
-) -> PredictionResult:
+def assess(record: Submitted, back: ReadBack, facts: LogFacts) -> PredictionResult:
     """One prediction: its latency, its webhooks, and whether each acknowledged one had its effect."""
     prediction_id = record.prediction_id or ""
-    job_id = mapping.get(prediction_id, record.job_id)
-    job = jobs.get(job_id or "", {})
+    log = back.logs.get(prediction_id)
+    job_id = back.mapping.get(prediction_id, record.job_id)
+    job = back.jobs.get(job_id or "", {})
     state = job.get("state")
     acknowledged = acknowledged_ids(log) if log else {}
     with_record = superseded = 0
     lost: list[str] = []
     for webhook_id, status in acknowledged.items():
-        if f"{JOBS}/{job_id}/{EVENTS}/{event_key(webhook_id)}" in records:
+        if event_path(str(job_id), webhook_id) in back.records:
             with_record += 1
         elif STATE_RANK.get(str(state), -1) >= STATUS_RANK.get(status, 99):
             superseded += 1
@@ -635,7 +533,7 @@ def assess(
         with_record=with_record,
         superseded=superseded,
         lost=lost,
-        event_outcomes=dict(Counter(str(item.get("outcome")) for item in by_job_records.get(job_id or "", []))),
+        event_outcomes=dict(Counter(str(item.get("outcome")) for item in back.by_job_records.get(job_id or "", []))),
         stages=stages,
     )
 
@@ -643,9 +541,6 @@ def assess(
 def summary_ms(values: list[float]) -> dict[str, float | int | None]:
     found = {f"p{p}_ms": common.percentile(values, p) for p in (50, 90, 99)}
     return {"count": len(values), **{key: None if v is None else round(v, 1) for key, v in found.items()}}
-
-
-# The soak -----------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -753,16 +648,11 @@ class Sampler:
     def _new(self, pid: int, pgid: int, comm: str) -> Series:
         group = self.groups[pgid]
         kind = "emulator" if group in EMULATOR_GROUPS else "simulator" if group == "simulator" else "relay"
-        if kind == "relay":  # replicate_relay.serve: gunicorn's master leads the group, the rest are workers
-            role = (
-                "master"
-                if pid == pgid
-                else f"worker-{sum(1 for s in self.series.values() if s.name.startswith(group + '/w')) + 1}"
-            )
-        else:
-            role = group if kind == "simulator" else ROLE_NAMES.get(comm, comm)
-            same = sum(1 for s in self.series.values() if s.name.split("-")[0] == f"{group}/{role}")
-            role += f"-{same + 1}" if same else ""
+        # replicate_relay.serve: gunicorn's master leads a relay group, the rest are its workers.
+        role = ("master" if pid == pgid else "worker") if kind == "relay" else ROLE_NAMES.get(comm, comm)
+        role = group if kind == "simulator" else role
+        if same := sum(1 for s in self.series.values() if s.name.rsplit("-", 1)[0] == f"{group}/{role}"):
+            role += f"-{same + 1}"
         self.series[pid] = Series(f"{group}/{role}", kind)
         return self.series[pid]
 
@@ -805,9 +695,6 @@ def reconciler_runs(log_path: Path) -> dict[str, int]:
                 {key: entry[key] for key in ("checked", "recovered", "errors") if isinstance(entry.get(key), int)}
             )
     return dict(totals)
-
-
-# The run --------------------------------------------------------------------------------------------
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -853,11 +740,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     processes = Processes()
 
-    def body() -> int:
-        with global_timeout(args.timeout):
-            return run(args, processes)
+    def expired(_signum: int, _frame: FrameType | None) -> None:  # a hard bound; the cleanup then runs
+        raise BenchError(f"the run did not finish within its global timeout of {args.timeout:g} s (--timeout)")
 
-    return common.run_guarded(processes, body)
+    signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, args.timeout)
+    return common.run_guarded(processes, lambda: run(args, processes))
 
 
 def run(args: argparse.Namespace, processes: Processes) -> int:
@@ -887,24 +775,9 @@ def run(args: argparse.Namespace, processes: Processes) -> int:
     records = [Submitted(index, round(index / args.rate, 4)) for index in range(args.predictions)]
     begin, wall_begin = time.monotonic() + 0.5, time.time() + 0.5
     sampler = Sampler(stack, args.sample_every, begin) if args.soak else None
-    inputs = {
-        "input_image": "https://example.com/old-photo.jpg",
-        **{f"sim_{key}": getattr(args, key) for key in ("duration", "files", "file_bytes", "logs")},
-    }
-    every = max(int(args.rate * (60 if args.soak else 10)), 1)
     try:
         print(f"submitting {args.predictions} predictions at {args.rate:g}/s", flush=True)
-        submit_paced(
-            stack,
-            db,
-            records,
-            begin=begin,
-            deadline=deadline,
-            inputs=(lambda index: plan(index).inputs) if args.soak else (lambda index: inputs),
-            label=args.results.stem,
-            workers=32,
-            progress=lambda index: f"submitted {index} of {args.predictions}" if index % every == 0 else None,
-        )
+        submit_paced(stack, db, records, args, begin=begin, deadline=deadline)
         ok = [record for record in records if record.prediction_id and record.job_id]
         until = min(time.monotonic() + args.drain, deadline) if args.soak else deadline
         wait_for_jobs(db, [record.job_id for record in ok if record.job_id], until)
@@ -917,42 +790,13 @@ def run(args: argparse.Namespace, processes: Processes) -> int:
         if sampler:
             sampler.stop()
     facts = read_logs(log_dir)
-    results = back.assess(ok, facts)
+    done = Done(args, records, [assess(record, back, facts) for record in ok], back, facts, wall_begin, log_dir)
     document: dict[str, Any] = {
         **common.results_header(busy),
-        "settings": {
-            key: getattr(args, key)
-            for key in (
-                "predictions",
-                "rate",
-                "duration",
-                "files",
-                "file_bytes",
-                "logs",
-                "duplicate_probability",
-                "reorder_probability",
-                "quick",
-                "soak",
-                "minutes",
-            )
-        },
+        "settings": {key: getattr(args, key) for key in SETTINGS}
+        | {"rate_per_s": args.rate, "prediction_duration_s": args.duration},
+        **(summarise_soak(done, sampler) if sampler else summarise(done, taps, stack.trace_file)),
     }
-    document["settings"] |= {"rate_per_s": args.rate, "prediction_duration_s": args.duration}
-    if sampler:
-        document |= summarise_soak(
-            args, results=results, back=back, facts=facts, sampler=sampler, wall_begin=wall_begin, log_dir=log_dir
-        )
-    else:
-        document |= summarise(
-            args,
-            records=records,
-            results=results,
-            back=back,
-            facts=facts,
-            taps=taps,
-            trace_file=stack.trace_file,
-            wall_begin=wall_begin,
-        )
     document["total_s"] = round(time.monotonic() - started, 1)
     processes.stop_all()  # the stack: not needed for the report
     name = args.results.stem
@@ -972,22 +816,27 @@ def problems_of(results: list[PredictionResult], records: list[Submitted]) -> li
     return found + ([f"{len(refused)} submit(s) refused: {refused[:2]}"] if refused else [])
 
 
-def summarise(
-    args: argparse.Namespace,
-    *,
-    records: list[Submitted],
-    results: list[PredictionResult],
-    back: ReadBack,
-    facts: LogFacts,
-    taps: Mapping[str, Tap],
-    trace_file: Path,
-    wall_begin: float,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Done:
+    """What a finished run holds for its summary."""
+
+    args: argparse.Namespace
+    records: list[Submitted]
+    results: list[PredictionResult]
+    back: ReadBack
+    facts: LogFacts
+    wall_begin: float  # time.time() of the first submit's scheduled time
+    log_dir: Path
+
+
+def summarise(done: Done, taps: Mapping[str, Tap], trace_file: Path) -> dict[str, Any]:
+    """The default run's figures and problems."""
+    args, records, results, back, facts = done.args, done.records, done.results, done.back, done.facts
     per = 1 / len(results) if results else 0.0
     attempts = [attempt for log in back.logs.values() for attempt in log["deliveries"] if not attempt.get("dropped")]
     times = sorted(a["at"] for a in attempts if a.get("status_code") is not None and 200 <= a["status_code"] < 300)
     span = (times[-1] - times[0]) if len(times) > 1 else 0.0
-    series = Counter(int(at - wall_begin) for at in times)
+    series = Counter(int(at - done.wall_begin) for at in times)
     rpcs = firestore_rpcs(trace_file)
     writes = firestore_writes(sum(1 for s in records if s.job_id), back.jobs, back.by_job_records)
     announcements = Counter(attrs.get("job_id", "") for attrs in taps["job-events"].messages.values())
@@ -1055,105 +904,78 @@ def targets(document: Mapping[str, Any]) -> tuple[list[list[str]], str]:
     why += ["problems reported"] if document["problems"] else []
     rows = []
     for label, keys, limit, show in TARGETS.get(settings["rate_per_s"], []):
-        value = dig(document, *keys)
+        value: Any = document
+        for key in keys:
+            value = value.get(key) if isinstance(value, Mapping) else None
         verdict = "not measured" if value is None else "met" if value <= limit else "missed"
         rows.append([label, f"≤ {show(limit)}", "n/a" if value is None else show(value), verdict])
     return rows, ("not a target run: " + ", ".join(why)) if why else ""
 
 
+def listing(counts: Mapping[str, Any]) -> str:
+    """ "a 1, b 2": a mapping as a line of the report."""
+    return ", ".join(f"{key} {value}" for key, value in counts.items())
+
+
 def render(document: Mapping[str, Any]) -> str:
     """The run's section: targets, the figures, how polling every 30 s would compare, two plots."""
-    settings, e2e, webhooks, lost = (
-        document["settings"],
-        document["end_to_end_s"],
-        document["webhooks"],
-        document["lost"],
-    )
+    settings, e2e, webhooks, lost = (document[key] for key in ("settings", "end_to_end_s", "webhooks", "lost"))
     stages, pubsub, firestore = document["stages_s"], document["pubsub"], document["firestore"]
+    submit, jobs, archive = document["submit"], document["jobs"], document["archive_outputs_spans"]
     name = f"{settings['predictions']} predictions at {settings['rate_per_s']:g}/s"
     rows, why = targets(document)
-    writes = document["firestore"]["writes"]
+    p50_p99 = "p50 {}, p99 {}".format
     services = "; ".join(
-        f"{process}: {info['requests']} requests, p50 {common.ms(info['p50_ms'])}, p99 {common.ms(info['p99_ms'])}, "
+        f"{process}: {info['requests']} requests, {p50_p99(common.ms(info['p50_ms']), common.ms(info['p99_ms']))}, "
         f"at most {info['max_in_flight']} in flight"
         for process, info in document["services"].items()
     )
-    archive = document["archive_outputs_spans"]
     steps = ", ".join(f"{step} {common.ms(v['p50_ms'])}" for step, v in archive["steps"].items())
-    figures = [
-        [
-            "predictions",
-            f"{document['submit']['submitted']} submitted (achieved {document['submit']['achieved_rate_per_s']}/s), "
-            f"{document['jobs']['final']} final: {document['jobs']['states']}",
-        ],
-        [
-            "webhooks delivered",
-            f"{webhooks['delivered_2xx']:,} answered 2xx of {webhooks['attempts']:,} attempts; "
-            f"{webhooks['per_prediction']} per prediction; **{webhooks['per_second']}/s** over {webhooks['span_s']} s",
-        ],
-        [
-            "end-to-end latency",
-            f"p50 **{secs(e2e['p50'])}**, p90 {secs(e2e['p90'])}, p99 **{secs(e2e['p99'])}**, "
-            f"max {secs(e2e['max'])}, mean {secs(e2e['mean'])}",
-        ],
-        [
-            "  completed webhook accepted",
-            f"p50 {secs(stages['accepted']['p50'])}, p99 {secs(stages['accepted']['p99'])} after completed_at",
-        ],
-        [
-            "  outputs archived",
-            f"p50 {secs(stages['archived']['p50'])}, p99 {secs(stages['archived']['p99'])} after completed_at",
-        ],
-        [
-            "Pub/Sub messages per prediction",
-            f"{pubsub['replicate_events_per_prediction']} on replicate-events, "
-            f"{pubsub['job_events_per_prediction']} on job-events; "
-            f"{pubsub['push_deliveries_per_prediction']} push deliveries",
-        ],
-        [
-            "Firestore writes per prediction",
-            f"{firestore['writes_per_prediction']} ({', '.join(f'{k} {v}' for k, v in writes.items())}); "
-            f"handler Commit RPCs {firestore['handler_commits_per_prediction']}, "
-            f"{firestore['handler_commits_failed']} failed",
-        ],
-        ["event record outcomes", ", ".join(f"{k} {v}" for k, v in firestore["event_record_outcomes"].items())],
-        [
-            "**lost**",
-            f"**{lost['lost']}** of {lost['acknowledged_webhook_ids']:,} acknowledged webhook ids "
-            f"({lost['with_event_record']:,} with their event record, "
-            f"{lost['superseded_without_record']} superseded)",
-        ],
-        ["handlers (their logs)", services],
-        [
-            "archive-outputs messages that copied files (spans)",
-            f"{archive['message']['count']}, p50 "
-            f"**{common.ms(archive['message']['p50_ms'])}**, p99 {common.ms(archive['message']['p99_ms'])}; "
-            f"steps p50: {steps}",
-        ],
-    ]
-    jobs, duration = document["submit"]["submitted"], settings["prediction_duration_s"]
+    figures = {
+        "predictions": f"{submit['submitted']} submitted (achieved {submit['achieved_rate_per_s']}/s), "
+        f"{jobs['final']} final: {jobs['states']}",
+        "webhooks delivered": f"{webhooks['delivered_2xx']:,} answered 2xx of {webhooks['attempts']:,} attempts; "
+        f"{webhooks['per_prediction']} per prediction; **{webhooks['per_second']}/s** over {webhooks['span_s']} s",
+        "end-to-end latency": f"p50 **{secs(e2e['p50'])}**, p90 {secs(e2e['p90'])}, p99 **{secs(e2e['p99'])}**, "
+        f"max {secs(e2e['max'])}, mean {secs(e2e['mean'])}",
+        "  completed webhook accepted": p50_p99(secs(stages["accepted"]["p50"]), secs(stages["accepted"]["p99"]))
+        + " after completed_at",
+        "  outputs archived": p50_p99(secs(stages["archived"]["p50"]), secs(stages["archived"]["p99"]))
+        + " after completed_at",
+        "Pub/Sub messages per prediction": f"{pubsub['replicate_events_per_prediction']} on replicate-events, "
+        f"{pubsub['job_events_per_prediction']} on job-events; "
+        f"{pubsub['push_deliveries_per_prediction']} push deliveries",
+        "Firestore writes per prediction": f"{firestore['writes_per_prediction']} "
+        f"({listing(firestore['writes'])}); "
+        f"handler Commit RPCs {firestore['handler_commits_per_prediction']}, "
+        f"{firestore['handler_commits_failed']} failed",
+        "event record outcomes": listing(firestore["event_record_outcomes"]),
+        "**lost**": f"**{lost['lost']}** of {lost['acknowledged_webhook_ids']:,} acknowledged webhook ids "
+        f"({lost['with_event_record']:,} with their event record, {lost['superseded_without_record']} superseded)",
+        "handlers (their logs)": services,
+        "archive-outputs messages that copied files (spans)": f"{archive['message']['count']}, p50 "
+        f"**{common.ms(archive['message']['p50_ms'])}**, p99 {common.ms(archive['message']['p99_ms'])}; "
+        f"steps p50: {steps}",
+    }
+    count, duration = submit["submitted"], settings["prediction_duration_s"]
     polling = [
         ["mean delay after completion", secs(e2e["mean"]), f"{POLL_EVERY_S / 2:g} s"],
         ["p99 delay", secs(e2e["p99"]), f"{POLL_EVERY_S * 0.99:g} s"],
         [
-            f"Replicate API reads for {jobs} jobs of {duration:g} s",
+            f"Replicate API reads for {count} jobs of {duration:g} s",
             "0",
-            f"N·D/30 = {jobs * duration / POLL_EVERY_S:g}; "
-            f"at least one per job: {jobs * max(math.ceil(duration / POLL_EVERY_S), 1)}",
+            f"N·D/30 = {count * duration / POLL_EVERY_S:g}; "
+            f"at least one per job: {count * max(math.ceil(duration / POLL_EVERY_S), 1)}",
         ],
     ]
-    return "\n".join(
+    return "\n\n".join(
         [
             common.provenance(document) + (f" {why.capitalize()}." if why else ""),
-            "",
             common.markdown_table(["target", "limit", "measured", "verdict"], rows)
             if rows
             else f"No targets at {name}.",
-            "",
-            common.markdown_table(["figure", name], figures),
-            "",
+            common.markdown_table(["figure", name], list(figures.items())),
             common.markdown_table(["", "webhooks (this run)", f"polling every {POLL_EVERY_S:g} s"], polling),
-            "",
             plot(document),
         ]
     )
@@ -1184,16 +1006,9 @@ def plot(document: Mapping[str, Any]) -> str:
     return common.save(fig, stem)
 
 
-def summarise_soak(
-    args: argparse.Namespace,
-    *,
-    results: list[PredictionResult],
-    back: ReadBack,
-    facts: LogFacts,
-    sampler: Sampler,
-    wall_begin: float,
-    log_dir: Path,
-) -> dict[str, Any]:
+def summarise_soak(done: Done, sampler: Sampler) -> dict[str, Any]:
+    """The soak's figures and problems: growth per process, latency per minute, jobs as steered."""
+    args, results, facts = done.args, done.results, done.facts
     start, end = args.minutes * 60 * (1 - JUDGED_FRACTION), args.minutes * 60
     kinds = ["relay", "simulator", "emulator"]
     processes = sorted(
@@ -1210,7 +1025,7 @@ def summarise_soak(
             wrong.append(f"{result.index} ({steered.kind}): {result.state}, {result.outputs_archived} file(s)")
     points = {
         reconciled: [
-            (r.completed_at - wall_begin, r.end_to_end_s)
+            (r.completed_at - done.wall_begin, r.end_to_end_s)
             for r in results
             if r.end_to_end_s is not None and r.completed_at and (plan(r.index).kind == "lost-final") == reconciled
         ]
@@ -1244,7 +1059,7 @@ def summarise_soak(
         "reconciled_end_to_end_s": common.distribution([latency for _, latency in points[True]]),
         "latency_per_minute": per_minute(points[False], minutes),
         "reconciled_per_minute": per_minute(points[True], minutes),
-        "reconciler": reconciler_runs(log_dir / "reconciler.log"),
+        "reconciler": reconciler_runs(done.log_dir / "reconciler.log"),
         "services": services,
         "machine_busy_percent": {
             "mean": round(statistics.fmean(busy), 1) if busy else None,
@@ -1259,36 +1074,30 @@ def summarise_soak(
 def render_soak(document: Mapping[str, Any]) -> str:
     """The soak's section: jobs and losses, growth per process, the services, latency per minute, three plots."""
     jobs, e2e, rec = document["jobs"], document["end_to_end_s"], document["reconciled_end_to_end_s"]
-    busy, settings = document["machine_busy_percent"], document["settings"]
-    figures = [
-        [
-            "predictions",
-            f"{jobs['submitted']:,} submitted over {settings['minutes']:g} min, {jobs['final']:,} final; by kind "
-            + "; ".join(f"{kind}: {states}" for kind, states in jobs["states_by_kind"].items()),
-        ],
-        ["not as steered", f"**{jobs['not_as_steered']}**"],
-        ["**lost**", f"**{jobs['lost']}** of {jobs['acknowledged_webhook_ids']:,} acknowledged webhook ids"],
-        [
-            "relay's processes flat",
-            f"**{'met' if document['flat']['met'] else 'missed'}** ({document['flat']['relay_processes']} processes)",
-        ],
-        ["webhook-ended jobs", f"p50 {secs(e2e['p50'])}, p99 {secs(e2e['p99'])}, max {secs(e2e['max'])}"],
-        ["reconciled jobs (final webhook dropped)", f"{rec['count']}, p50 {secs(rec['p50'])}, max {secs(rec['max'])}"],
-        ["reconciler", ", ".join(f"{k} {v}" for k, v in document["reconciler"].items())],
-        ["machine CPU busy during the run", f"mean {busy['mean']}%, max {busy['max']}%"],
-    ]
+    busy, settings, flat = document["machine_busy_percent"], document["settings"], document["flat"]
+    by_kind = "; ".join(f"{kind}: {states}" for kind, states in jobs["states_by_kind"].items())
+    figures = {
+        "predictions": f"{jobs['submitted']:,} submitted over {settings['minutes']:g} min, {jobs['final']:,} final; "
+        f"by kind {by_kind}",
+        "not as steered": f"**{jobs['not_as_steered']}**",
+        "**lost**": f"**{jobs['lost']}** of {jobs['acknowledged_webhook_ids']:,} acknowledged webhook ids",
+        "relay's processes flat": f"**{'met' if flat['met'] else 'missed'}** ({flat['relay_processes']} processes)",
+        "webhook-ended jobs": f"p50 {secs(e2e['p50'])}, p99 {secs(e2e['p99'])}, max {secs(e2e['max'])}",
+        "reconciled jobs (final webhook dropped)": f"{rec['count']}, p50 {secs(rec['p50'])}, max {secs(rec['max'])}",
+        "reconciler": listing(document["reconciler"]),
+        "machine CPU busy during the run": f"mean {busy['mean']}%, max {busy['max']}%",
+    }
+    verdicts = {True: "flat", False: "**grows**", None: "n/a"}
     grown = [
         [
             p["name"],
             p["kind"],
             f"{p['rss_mib_max']:.1f}",
-            f"{(p['rss']['fitted'] or 0) / MIB:+.1f}",
-            f"{(p['rss']['edges'] or 0) / MIB:+.1f}",
+            *(f"{(p['rss'][key] or 0) / MIB:+.1f}" for key in ("fitted", "edges")),
             f"{p['fds']['first'] or 0:g}",
             f"{p['fds']['floor'] or 0:+g}",
             "n/a" if p["cores"] is None else f"{p['cores']:.2f}",
-            ("flat" if p["flat"] else "**grows**" if p["flat"] is False else "n/a")
-            + ("" if p["kind"] == "relay" else " (apart)"),
+            verdicts[p["flat"]] + ("" if p["kind"] == "relay" else " (apart)"),
         ]
         for p in document["processes"]
     ]
@@ -1296,43 +1105,27 @@ def render_soak(document: Mapping[str, Any]) -> str:
         [
             name,
             f"{s['requests']:,}",
-            common.ms(s["p50_ms"]),
-            common.ms(s["p99_ms"]),
-            common.ms(s["max_ms"]),
-            ", ".join(f"{k} {v}" for k, v in s["outcomes"].items()),
+            *(common.ms(s[key]) for key in ("p50_ms", "p99_ms", "max_ms")),
+            listing(s["outcomes"]),
         ]
         for name, s in document["services"].items()
     ]
     reconciled = {row["minute"]: row for row in document["reconciled_per_minute"]}
-    minutes = [
-        [
-            str(row["minute"]),
-            str(row["count"]),
-            secs(row["p50"]),
-            secs(row["p99"]),
-            str(reconciled.get(row["minute"], {}).get("count", 0)),
-            secs(reconciled.get(row["minute"], {}).get("p99")),
-        ]
-        for row in document["latency_per_minute"]
-    ]
+    minutes = []
+    for row in document["latency_per_minute"]:
+        late = reconciled.get(row["minute"], {})
+        minutes.append([str(row["minute"]), str(row["count"]), secs(row["p50"]), secs(row["p99"])])
+        minutes[-1] += [str(late.get("count", 0)), secs(late.get("p99"))]
     start, end = document["judged_window_s"]
-    return "\n".join(
+    growth_headers = ["process", "kind", "RSS MiB max", "fit MiB", "last−first MiB", "fds", "fds floor", "cores"]
+    return "\n\n".join(
         [
             common.provenance(document),
-            "",
-            common.markdown_table(["figure", "value"], figures),
-            "",
+            common.markdown_table(["figure", "value"], list(figures.items())),
             f"Growth per process over {start / 60:g}–{end / 60:g} min:",
-            "",
-            common.markdown_table(
-                ["process", "kind", "RSS MiB max", "fit MiB", "last−first MiB", "fds", "fds floor", "cores", "verdict"],
-                grown,
-            ),
-            "",
+            common.markdown_table([*growth_headers, "verdict"], grown),
             common.markdown_table(["process", "requests", "p50", "p99", "slowest", "outcomes"], services),
-            "",
             common.markdown_table(["minute", "jobs", "p50", "p99", "reconciled", "reconciled p99"], minutes),
-            "",
             plot_soak(document),
         ]
     )

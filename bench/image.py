@@ -29,29 +29,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common
 from common import RESULTS_DIR, check_busy, results_header
 
+from replicate_relay.devstack import stack
 from replicate_relay.devstack.containers import DEFAULT_IMAGE, ContainerLauncher, Engine, detect_engine
 from replicate_relay.devstack.processes import free_port
-from replicate_relay.devstack.stack import (
-    API,
-    DEV_REPLICATE_TOKEN,
-    DEV_WEBHOOK_SECRET,
-    HANDLERS,
-    RECEIVER,
-    RECONCILER,
-    REPO_ROOT,
-    STATUS_PAGE,
-    FunctionSpec,
-)
 from replicate_relay.devstack.terraform_env import local_computed, service_environments
 from replicate_relay.serve import HEALTH_PATH
 
-SPECS: dict[str, FunctionSpec] = {
-    "receiver": RECEIVER,
-    **HANDLERS,
-    "reconciler": RECONCILER,
-    "status-page": STATUS_PAGE,
-    "api": API,
-}
+SPECS = {"receiver": stack.RECEIVER, **stack.HANDLERS, "reconciler": stack.RECONCILER, "status-page": stack.STATUS_PAGE}
+SPECS["api"] = stack.API
 PROJECT = "local-project"
 # Addresses nothing listens on: a service must start without reaching any of them.
 UNREACHABLE = {
@@ -59,8 +44,8 @@ UNREACHABLE = {
     "FIRESTORE_EMULATOR_HOST": "127.0.0.1:9",
     "STORAGE_EMULATOR_HOST": "http://127.0.0.1:9",
     "RELAY_REPLICATE_BASE_URL": "http://127.0.0.1:9",
-    "RELAY_WEBHOOK_SECRETS": DEV_WEBHOOK_SECRET,
-    "REPLICATE_API_TOKEN": DEV_REPLICATE_TOKEN,
+    "RELAY_WEBHOOK_SECRETS": stack.DEV_WEBHOOK_SECRET,
+    "REPLICATE_API_TOKEN": stack.DEV_REPLICATE_TOKEN,
 }
 START_LIMIT = 60.0
 
@@ -133,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     image_id = engine.run("image", "inspect", "--format", "{{.Id}}", args.image).strip()[:12]
     busy = check_busy()
     environments = service_environments(
-        REPO_ROOT / "infra" / "terraform",
+        stack.REPO_ROOT / "infra" / "terraform",
         variables={"project_id": PROJECT, "image": args.image},
         resources=local_computed(PROJECT),
     )

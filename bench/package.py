@@ -1,19 +1,14 @@
 """Package benchmark: what an app's `pip install` weighs, and what importing the client costs.
 
-Builds the wheel from this tree, installs it into fresh virtualenvs (made without pip, requirements.txt
-as constraints: the versions the image and the tests run), once with no extras (the app's side) and
-once with `[services]` (what the Cloud Run services add), and measures:
-- size: every file under site-packages (apparent size, bytecode pip compiled included), and the
-  files replicate-relay's own RECORD lists; the largest distributions of the plain install;
-- import time: each statement timed inside a fresh interpreter of the plain install (the
-  interpreter's own start left out, measured apart as `python -c pass`), ROUNDS times each,
-  interleaved, after one warm-up round (bytecode and the page cache warm, as in a long-lived app);
-  the median and the range are reported, with where `RelayClient`'s import time goes by package
-  (`-X importtime`'s self times, one run).
+Builds the wheel from this tree and installs it into fresh virtualenvs (requirements.txt as
+constraints), with no extras (the app's side) and with `[services]`. Sizes: every file under
+site-packages, and those replicate-relay's own RECORD lists. Import time: each statement in a fresh
+interpreter of the plain install (the interpreter's own start measured apart as `python -c pass`),
+ROUNDS times each, interleaved, after a warm-up round; where `RelayClient`'s import time goes by
+package (`-X importtime`'s self times). Writes bench/results/package.json and the package section
+of docs/BENCHMARKS.md.
 
     .venv/bin/python bench/package.py [--rounds 15] [--quick]
-
-Writes bench/results/package.json and the package section of docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -38,13 +33,9 @@ from common import RESULTS_DIR, check_busy, results_header  # noqa: E402
 
 DISTRIBUTION = "replicate-relay"
 # What an app imports, from the cheapest to everything; each timed in a fresh interpreter.
-IMPORTS = {
-    "import replicate_relay": "import replicate_relay",
-    "from replicate_relay import JobEvent": "from replicate_relay import JobEvent",
-    "from replicate_relay import RelayClient": "from replicate_relay import RelayClient",
-    "from replicate_relay import JobEventsConsumer": "from replicate_relay import JobEventsConsumer",
-    "from replicate_relay import *": "from replicate_relay import *",
-}
+IMPORTS = ["import replicate_relay"]
+IMPORTS += [f"from replicate_relay import {name}" for name in ("JobEvent", "RelayClient", "JobEventsConsumer", "*")]
+CLIENT = "from replicate_relay import RelayClient"
 BASELINE = "python -c pass"
 TIMED = "import time\nstarted = time.perf_counter()\n{statement}\nprint(time.perf_counter() - started)\n"
 # Per distribution: the files its RECORD lists (pip adds the bytecode it compiled), sized on disk.
@@ -157,7 +148,7 @@ def heaviest_imports(python: Path, statement: str, cwd: Path, count: int = 8) ->
 
 
 def import_times(python: Path, rounds: int, cwd: Path) -> dict[str, Any]:
-    statements: dict[str, str | None] = {BASELINE: None, **IMPORTS}
+    statements: dict[str, str | None] = {BASELINE: None, **{statement: statement for statement in IMPORTS}}
     for statement in statements.values():  # warm-up: bytecode read once, files in the page cache
         timed(python, statement, cwd)
     samples: dict[str, list[float]] = {label: [] for label in statements}
@@ -188,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         work = root / "cwd"  # not the repository: only the installed package is importable
         work.mkdir()
         imports = import_times(plain, rounds, work)
-        heaviest = heaviest_imports(plain, IMPORTS["from replicate_relay import RelayClient"], work)
+        heaviest = heaviest_imports(plain, CLIENT, work)
         results = {
             **results_header(busy),
             "settings": {"rounds": rounds, "quick": args.quick},

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -28,9 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# Run as a script, so sys.path[0] is bench/ (for `common`, `noop`, `receiver_no_pubsub`); the project's
-# packages live one level up.
-sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(REPO_ROOT))  # run as a script: sys.path[0] is bench/, the packages are one level up
 
 import common  # noqa: E402
 from common import RESULTS_DIR, BenchError, Processes  # noqa: E402
@@ -42,26 +39,17 @@ if TYPE_CHECKING:
     from starlette.types import ASGIApp
 
 RESULTS_JSON = RESULTS_DIR / "receiver_cpu.json"
-PROJECT = "local-project"
-WEBHOOK_SECRET = DEV_WEBHOOK_SECRET  # the local stack's: the Standard Webhooks test vector, public
-LOG_LEVEL = "WARNING"  # as bench/receiver.py: the per-request INFO line is not part of the measurement
 
-REQUESTS = 20_000
-QUICK_REQUESTS = 2_000
 WARMUP = 200
-ROUNDS = 3
-# Children start in about a second; a request costs well under a millisecond. Generous, but bounded.
-CHILD_TIMEOUT_BASE_S = 60.0
-CHILD_TIMEOUT_PER_REQUEST_S = 0.002
 
 # Children get this process's environment without these (a shell's OTEL_* or RELAY_* settings, or
 # Cloud Run's K_*, would change what is measured), plus CHILD_ENV.
 CLEARED_PREFIXES = ("OTEL_", "RELAY_", "K_", "PUBSUB_", "LOG_EXECUTION_ID")
 CHILD_ENV = {
-    "RELAY_PROJECT": PROJECT,
-    "RELAY_WEBHOOK_SECRETS": WEBHOOK_SECRET,
-    "RELAY_LOG_LEVEL": LOG_LEVEL,
-    "RELAY_GCP_TELEMETRY": "false",  # no exporter, as in bench/receiver.py: spans are made and ended, not sent
+    "RELAY_PROJECT": "local-project",
+    "RELAY_WEBHOOK_SECRETS": DEV_WEBHOOK_SECRET,
+    "RELAY_LOG_LEVEL": "WARNING",  # as in webhook_load.py: the per-request INFO line is not measured
+    "RELAY_GCP_TELEMETRY": "false",  # no exporter, as in webhook_load.py: spans are made and ended, not sent
     "PUBSUB_EMULATOR_HOST": "127.0.0.1:1",  # nothing publishes; anything that tried would fail here, not at Google
 }
 
@@ -72,42 +60,21 @@ class Variant:
     label: str
     source: str | None  # functions-framework's --source; None: `receive` called on a Starlette Request
     target: str
-    telemetry: bool
-    receiver: bool  # must answer {"status": "accepted"}
+    telemetry: bool = True
+
+    @property
+    def receiver(self) -> bool:
+        """Must answer {"status": "accepted"}."""
+        return self.target == "receive"
 
 
+NO_PUBSUB = "bench/receiver_no_pubsub.py"
 VARIANTS = (
+    Variant("receiver", "receiver as served: functions-framework, OpenTelemetry on", NO_PUBSUB, "receive"),
+    Variant("receiver-no-telemetry", "receiver as served, OTEL_SDK_DISABLED=true", NO_PUBSUB, "receive", False),
+    Variant("receiver-bare", "receiver without functions-framework: receive on a Starlette Request", None, "receive"),
     Variant(
-        "receiver",
-        "receiver as served: functions-framework, OpenTelemetry on",
-        "bench/receiver_no_pubsub.py",
-        "receive",
-        telemetry=True,
-        receiver=True,
-    ),
-    Variant(
-        "receiver-no-telemetry",
-        "receiver as served, OTEL_SDK_DISABLED=true",
-        "bench/receiver_no_pubsub.py",
-        "receive",
-        telemetry=False,
-        receiver=True,
-    ),
-    Variant(
-        "receiver-bare",
-        "receiver without functions-framework: receive on a Starlette Request",
-        None,
-        "receive",
-        telemetry=True,
-        receiver=True,
-    ),
-    Variant(
-        "noop-asgi",
-        "no-op: functions-framework, bench/noop.py noop_async (baseline)",
-        "bench/noop.py",
-        "noop_async",
-        telemetry=True,
-        receiver=False,
+        "noop-asgi", "no-op: functions-framework, bench/noop.py noop_async (baseline)", "bench/noop.py", "noop_async"
     ),
 )
 VARIANT_BY_KEY = {variant.key: variant for variant in VARIANTS}
@@ -123,14 +90,6 @@ TELEMETRY_PARTS = {
     "context": "trace context: from the request's headers, into the message",
     "rest": "the rest (the share less the parts)",
 }
-
-
-# The request ----------------------------------------------------------------------------------
-
-
-def signed_webhook(secret: str = WEBHOOK_SECRET) -> SignedWebhook:
-    """One freshly signed `succeeded` webhook, shaped like Replicate's (about 1 kB), as bench/receiver.py sends."""
-    return succeeded_webhook(secret)
 
 
 def asgi_scope(webhook: SignedWebhook) -> dict[str, Any]:
@@ -175,9 +134,6 @@ async def post(app: ASGIApp, scope: Mapping[str, Any], body: bytes) -> tuple[int
     return answer[0], b"".join(answer[1:])
 
 
-# Measuring, in the child ---------------------------------------------------------------------------
-
-
 def build_app(variant: Variant) -> ASGIApp:
     """The variant's ASGI app, built as functions-framework --asgi builds it, or `receive` behind a bare adapter."""
     if variant.source is not None:
@@ -197,12 +153,12 @@ def build_app(variant: Variant) -> ASGIApp:
     return bare
 
 
-def measure_app(variant: Variant, *, requests: int, warmup: int, sign_secret: str) -> dict[str, Any]:
+def measure_app(variant: Variant, *, requests: int, warmup: int) -> dict[str, Any]:
     """CPU µs per webhook of `variant`'s app over `requests` webhooks after `warmup` more; BenchError on any non-200."""
     import uvloop  # noqa: PLC0415
 
     app = build_app(variant)
-    webhook = signed_webhook(sign_secret)
+    webhook = succeeded_webhook(DEV_WEBHOOK_SECRET)
     scope, body = asgi_scope(webhook), webhook.body
 
     def check(status: int, text: bytes) -> None:
@@ -241,7 +197,7 @@ def measure_telemetry(*, iterations: int, warmup: int) -> dict[str, Any]:
     from replicate_relay import telemetry  # noqa: PLC0415
 
     app = build_app(VARIANT_BY_KEY["receiver-bare"])  # sets the receiver's telemetry up, as served
-    webhook = signed_webhook()
+    webhook = succeeded_webhook(DEV_WEBHOOK_SECRET)
     captured: list[ReadableSpan] = []
 
     class Capture(SpanProcessor):  # records one request's spans; then off (a processor cannot be removed)
@@ -298,27 +254,18 @@ def measure_telemetry(*, iterations: int, warmup: int) -> dict[str, Any]:
     return {"variant": TELEMETRY_CHILD, "iterations": iterations, "us": us}
 
 
-def child_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="receiver_cpu.py _child")
-    parser.add_argument("role", choices=[*VARIANT_BY_KEY, TELEMETRY_CHILD])
-    parser.add_argument("--requests", type=int, required=True)
-    parser.add_argument("--warmup", type=int, default=WARMUP)
-    parser.add_argument("--sign-secret", default=WEBHOOK_SECRET)
-    args = parser.parse_args(argv)
+def child_main(role: str, requests: int) -> int:
+    """A measuring child: prints its result as one JSON line."""
     try:
-        if args.role == TELEMETRY_CHILD:
-            result = measure_telemetry(iterations=args.requests, warmup=args.warmup)
+        if role == TELEMETRY_CHILD:
+            result = measure_telemetry(iterations=requests, warmup=WARMUP)
         else:
-            variant = VARIANT_BY_KEY[args.role]
-            result = measure_app(variant, requests=args.requests, warmup=args.warmup, sign_secret=args.sign_secret)
+            result = measure_app(VARIANT_BY_KEY[role], requests=requests, warmup=WARMUP)
     except BenchError as error:
         print(error, file=sys.stderr, flush=True)
         return 1
     print(json.dumps(result), flush=True)
     return 0
-
-
-# Running the children, in the parent ------------------------------------------------------------
 
 
 def child_env(*, telemetry: bool) -> dict[str, str]:
@@ -329,13 +276,10 @@ def child_env(*, telemetry: bool) -> dict[str, str]:
     return env
 
 
-def run_child(
-    role: str, *, requests: int, warmup: int = WARMUP, telemetry: bool = True, sign_secret: str = WEBHOOK_SECRET
-) -> dict[str, Any]:
+def run_child(role: str, *, requests: int, telemetry: bool = True) -> dict[str, Any]:
     """One fresh child measuring `role` (a variant's key, or TELEMETRY_CHILD); its result, or BenchError."""
-    argv = [sys.executable, str(Path(__file__).resolve()), "_child", role]
-    argv += ["--requests", str(requests), "--warmup", str(warmup), "--sign-secret", sign_secret]
-    timeout = CHILD_TIMEOUT_BASE_S + CHILD_TIMEOUT_PER_REQUEST_S * (requests + warmup)
+    argv = [sys.executable, str(Path(__file__).resolve()), "_child", role, str(requests)]
+    timeout = 60 + 0.002 * (requests + WARMUP)  # a child starts in about a second, a webhook costs under 1 ms
     try:
         # subprocess.run kills the child on the way out of any exception, Ctrl-C and SIGTERM included.
         done = subprocess.run(
@@ -360,15 +304,9 @@ def run_child(
     return result
 
 
-# Arithmetic ---------------------------------------------------------------------------------------
-
-
 def spread(values: Sequence[float]) -> dict[str, float]:
     """Median, min and max of the rounds, and the spread: (max − min) as a percentage of the median."""
-    if not values:
-        raise ValueError("no rounds to summarise")
-    median = statistics.median(values)
-    low, high = min(values), max(values)
+    median, low, high = statistics.median(values), min(values), max(values)
     return {
         "median": round(median, 1),
         "min": round(low, 1),
@@ -426,42 +364,27 @@ def render(document: Mapping[str, Any]) -> str:
     )
 
 
-# Main ---------------------------------------------------------------------------------------------
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument(
-        "--requests",
-        type=int,
-        help=f"webhooks timed per variant and round (default {REQUESTS:,}; --quick {QUICK_REQUESTS:,})",
-    )
-    parser.add_argument("--rounds", type=int, default=ROUNDS, help=f"fresh children per variant (default {ROUNDS})")
-    parser.add_argument("--quick", action="store_true", help=f"{QUICK_REQUESTS:,} webhooks per child: a smoke check")
+    parser.add_argument("--requests", type=int, help="webhooks per child (default 20,000; --quick 2,000)")
+    parser.add_argument("--rounds", type=int, default=3, help="fresh children per variant (default 3)")
+    parser.add_argument("--quick", action="store_true", help="2,000 webhooks per child: a smoke check")
     args = parser.parse_args(argv)
-    if args.requests is None:
-        args.requests = QUICK_REQUESTS if args.quick else REQUESTS
-    if not 10 <= args.requests <= 200_000:
-        parser.error("--requests must be between 10 and 200,000 (a signed webhook is valid for 300 s)")
-    if not 1 <= args.rounds <= 20:
-        parser.error("--rounds must be between 1 and 20")
+    args.requests = args.requests or (2_000 if args.quick else 20_000)
+    if not 10 <= args.requests <= 200_000 or not 1 <= args.rounds <= 20:
+        parser.error("--requests 10-200,000 (a signed webhook is valid for 300 s), --rounds 1-20")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_child"]:
-        return child_main(argv[1:])
+        return child_main(argv[1], int(argv[2]))
     args = parse_args(argv)
-    return common.run_guarded(Processes(), lambda: run(args, time.monotonic()))
+    return common.run_guarded(Processes(), lambda: run(args))
 
 
-def run(args: argparse.Namespace, started: float) -> int:
-    print(
-        f"settings: {args.requests:,} webhooks per child after {WARMUP} warm-up, {args.rounds} round(s), a fresh child "
-        f"per variant and round, rounds interleaved; uvloop; CPU from time.process_time(); {os.cpu_count()} CPUs; "
-        f"RELAY_LOG_LEVEL={LOG_LEVEL}, no span or metric exporter; publishes answered at once in process"
-    )
+def run(args: argparse.Namespace) -> int:
     busy = common.check_busy()
     roles = [*VARIANT_BY_KEY, TELEMETRY_CHILD]
     app_rounds: dict[str, list[float]] = {key: [] for key in VARIANT_BY_KEY}

@@ -1,4 +1,4 @@
-"""The receiver with Pub/Sub taken out: bench/receiver.py's "no Pub/Sub" row.
+"""The receiver with Pub/Sub taken out: webhook_load.py's and receiver_cpu.py's "no Pub/Sub" rows.
 
 functions-framework --source bench/receiver_no_pubsub.py --target receive --asgi
 
@@ -20,6 +20,7 @@ from starlette.responses import Response
 from receiver import main
 from receiver.intake import Intake
 from replicate_relay import telemetry
+from replicate_relay.serve import PerProcess
 
 
 class InstantPublisher:
@@ -36,18 +37,13 @@ class InstantPublisher:
             return message_id
 
 
-_intake: Intake | None = None
+def _make_intake() -> Intake:
+    intake = Intake(main.SETTINGS, InstantPublisher(main.SETTINGS.topic_path))
+    main.tune_gc()
+    return intake
 
 
-def _get_intake() -> Intake:
-    global _intake
-    if _intake is None:
-        _intake = Intake(main.SETTINGS, InstantPublisher(main.SETTINGS.topic_path))
-        main.tune_gc()
-    return _intake
-
-
-main._get_intake = _get_intake
+main._INTAKE = PerProcess(_make_intake)  # the receiver's own intake, with the instant publisher
 
 
 async def receive(request: Request) -> Response:
