@@ -3,6 +3,7 @@
 RelayError                      `reason`: a stable code for logs and metrics; `message`: one sentence
 ├── ConfigError                 a setting is missing or malformed; `relay` exits 2
 │   └── OpsError                an operator command cannot go on (no credentials, a service unreachable)
+├── DeployError                 a `relay deploy` step failed; `step` names it; `relay deploy` exits 1
 ├── VerificationError           a webhook that is not validly signed; `malformed`: not even of the right form
 ├── PayloadError                a body that is not a usable prediction
 ├── TokenRejected               a Google ID token missing or not acceptable; `status`: 401 or 403
@@ -108,6 +109,16 @@ class OpsError(ConfigError):
     """Something the operator can fix; one sentence. A ConfigError, so `relay` exits 2."""
 
     reason = "operator_error"
+
+
+class DeployError(RelayError):
+    """A `relay deploy` step failed; `step` names it ("6. Terraform phase 1: ..."). `relay deploy` exits 1."""
+
+    reason = "deploy_failed"
+
+    def __init__(self, message: str, *, step: str = "") -> None:
+        super().__init__(message)
+        self.step = step
 
 
 # ---- the core: webhooks, events, tokens, Google's services, Replicate, downloads ----------------

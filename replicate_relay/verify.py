@@ -53,7 +53,7 @@ class Target:
     api_url: str
     project: str
     bucket: str
-    webhook_secret: str  # as Replicate signs: whsec_…; the first of a space-separated rotation list
+    webhook_secret: str = field(repr=False)  # whsec_…, as Replicate signs; never printed
     on_gcp: bool = True  # False: the emulators named by PUBSUB/FIRESTORE/STORAGE_EMULATOR_HOST
     job_events_topic: str = "job-events"
     trace_file: Path | None = None  # locally: the span file the stack's processes append to
@@ -71,7 +71,7 @@ class Check:
     hints: list[str] = field(default_factory=list)
 
 
-class HopFailed(Exception):
+class _HopFailed(Exception):
     """A check's reason for failing, for the checklist."""
 
 
@@ -150,7 +150,7 @@ def _run_check(check: Check, step: Callable[[], str], run: _Run) -> None:
         check.passed = True
     except _Skipped as skipped:
         check.detail = str(skipped)
-    except HopFailed as error:
+    except _HopFailed as error:
         check.passed, check.detail, check.hints = False, str(error), run.hints()
     check.seconds = time.monotonic() - began
 
@@ -171,9 +171,9 @@ def _post_lifecycle(run: _Run) -> str:
             try:
                 response = http.post(run.target.receiver_url, content=webhook.body, headers=webhook.headers)
             except httpx.HTTPError as error:
-                raise HopFailed(f"cannot reach the receiver: {error}") from None
+                raise _HopFailed(f"cannot reach the receiver: {error}") from None
             if response.status_code >= 300:
-                raise HopFailed(f"the {body['status']} webhook got {response.status_code}: {response.text[:200]}")
+                raise _HopFailed(f"the {body['status']} webhook got {response.status_code}: {response.text[:200]}")
     run.posted_at = time.monotonic()
     return f"{len(bodies)} × 2xx"
 
@@ -190,29 +190,29 @@ def _job_final(run: _Run, clients: _Clients) -> str:
                 break
         time.sleep(0.2)
     if job is None:
-        raise HopFailed(f"no jobs/{run.prediction_id} after {run.timeout:g} s")
+        raise _HopFailed(f"no jobs/{run.prediction_id} after {run.timeout:g} s")
     if not job.is_terminal:
-        raise HopFailed(f"still {job.state} after {run.timeout:g} s")
+        raise _HopFailed(f"still {job.state} after {run.timeout:g} s")
     run.job = job
     if job.state != SUCCEEDED or not job.outputs:
-        raise HopFailed(f"ended {job.state} ({job.error_code}: {job.error}), not succeeded with its file")
+        raise _HopFailed(f"ended {job.state} ({job.error_code}: {job.error}), not succeeded with its file")
     return f"{job.state}, {time.monotonic() - run.posted_at:.2f} s after the final webhook"
 
 
 def _object_stored(run: _Run, clients: _Clients) -> str:
     if run.job is None:
-        raise HopFailed("no final job to read the output from")
+        raise _HopFailed("no final job to read the output from")
     entry = run.job.outputs[0]
     uri = str(entry.get("gs_uri", ""))
     bucket_name, _, name = uri.removeprefix("gs://").partition("/")
     if bucket_name != run.target.bucket:
-        raise HopFailed(f"the output went to {uri}, not to the bucket {run.target.bucket}")
+        raise _HopFailed(f"the output went to {uri}, not to the bucket {run.target.bucket}")
     blob = clients.storage.bucket(bucket_name).get_blob(name)
     if blob is None:
-        raise HopFailed(f"the job names {uri}, which does not exist")
+        raise _HopFailed(f"the job names {uri}, which does not exist")
     sent = _crc32c(run.image)
     if blob.crc32c != sent or entry.get("crc32c") != sent:
-        raise HopFailed(f"{uri} has CRC32C {blob.crc32c} (job says {entry.get('crc32c')}), the file sent has {sent}")
+        raise _HopFailed(f"{uri} has CRC32C {blob.crc32c} (job says {entry.get('crc32c')}), the file sent has {sent}")
     return f"{uri} ({blob.size} B)"
 
 
@@ -221,7 +221,7 @@ def _one_job_event(run: _Run, clients: _Clients) -> str:
     quiet_after = 3.0
     subscription = run.subscription
     if subscription is None:
-        raise HopFailed(f"no subscription on {run.target.job_events_topic}: {run.subscription_error}")
+        raise _HopFailed(f"no subscription on {run.target.job_events_topic}: {run.subscription_error}")
     found: list[str] = []
     arrived = 0.0
     deadline = time.monotonic() + run.timeout
@@ -246,9 +246,9 @@ def _one_job_event(run: _Run, clients: _Clients) -> str:
         if not response.received_messages:
             time.sleep(0.2)
     if not found:
-        raise HopFailed(f"no job-event for the job on {run.target.job_events_topic} within {run.timeout:g} s")
+        raise _HopFailed(f"no job-event for the job on {run.target.job_events_topic} within {run.timeout:g} s")
     if found != [SUCCEEDED]:
-        raise HopFailed(f"{len(found)} job-events ({', '.join(found)}); exactly one, succeeded, was expected")
+        raise _HopFailed(f"{len(found)} job-events ({', '.join(found)}); exactly one, succeeded, was expected")
     return f"job.succeeded, {arrived:.2f} s after the final webhook; no other in the next {quiet_after:g} s"
 
 
@@ -259,12 +259,12 @@ def _api_answers(run: _Run) -> str:
     try:
         response = httpx.get(url, headers=headers, timeout=30.0)
     except httpx.HTTPError as error:
-        raise HopFailed(f"cannot reach the API: {error}") from None
+        raise _HopFailed(f"cannot reach the API: {error}") from None
     if response.status_code != 200:
-        raise HopFailed(f"GET {url} answered {response.status_code}: {response.text[:200]}")
+        raise _HopFailed(f"GET {url} answered {response.status_code}: {response.text[:200]}")
     body = response.json()
     if body.get("job_id") != run.prediction_id or body.get("state") != SUCCEEDED:
-        raise HopFailed(f"GET {url} answered job {body.get('job_id')!r} in state {body.get('state')!r}")
+        raise _HopFailed(f"GET {url} answered job {body.get('job_id')!r} in state {body.get('state')!r}")
     return f"GET /v1/jobs/{{id}} → 200 {body['state']}"
 
 
@@ -283,8 +283,8 @@ def _trace(run: _Run) -> str:
             break
         time.sleep(2.0 if run.target.on_gcp else 0.5)
     if not traces:
-        raise HopFailed("no trace of the job (is telemetry on? RELAY_GCP_TELEMETRY on Cloud Run)")
-    raise HopFailed(f"no single trace holds all three services; missing {', '.join(sorted(wanted - seen))}")
+        raise _HopFailed("no trace of the job (is telemetry on? RELAY_GCP_TELEMETRY on Cloud Run)")
+    raise _HopFailed(f"no single trace holds all three services; missing {', '.join(sorted(wanted - seen))}")
 
 
 def _traces(run: _Run) -> tuple[Trace, ...]:
@@ -315,7 +315,7 @@ def _id_token(target: Target) -> str:
         ]
         result = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603
         if result.returncode != 0:
-            raise HopFailed(f"cannot mint an ID token as {target.api_identity}: {result.stderr.strip()[:300]}")
+            raise _HopFailed(f"cannot mint an ID token as {target.api_identity}: {result.stderr.strip()[:300]}")
         return result.stdout.strip()
     import google.auth.transport.requests  # noqa: PLC0415
     from google.auth import exceptions as auth_exceptions  # noqa: PLC0415
@@ -325,7 +325,7 @@ def _id_token(target: Target) -> str:
         token = id_token.fetch_id_token(google.auth.transport.requests.Request(), audience)  # type: ignore[no-untyped-call]
         return str(token)
     except auth_exceptions.GoogleAuthError as error:
-        raise HopFailed(
+        raise _HopFailed(
             f"no ID token for the API from these credentials ({error}); pass --api-identity SA, a service account "
             "listed in api_invokers that you may impersonate (roles/iam.serviceAccountTokenCreator)"
         ) from None

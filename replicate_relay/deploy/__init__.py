@@ -17,18 +17,16 @@ from typing import Any, TextIO
 from replicate_relay.config import ConfigError
 from replicate_relay.deploy.deployment import (
     TERRAFORM_DIR,
-    Deployed,
     DeployOptions,
     VerifyFunction,
     deploy,
-    verify_deployed,
 )
-from replicate_relay.deploy.runner import DeployError
+from replicate_relay.errors import DeployError
+from replicate_relay.verify import verify as run_verify
 
 __all__ = [
     "DeployError",
     "DeployOptions",
-    "Deployed",
     "add_deploy_command",
     "deploy",
     "options_from_args",
@@ -98,19 +96,22 @@ def options_from_args(args: argparse.Namespace) -> DeployOptions:
             raise ConfigError(f"--var {name}=… is set by {_OWN_FLAGS[name]}")
     if args.var_file is not None and not args.var_file.is_file():
         raise ConfigError(f"--var-file {args.var_file} is not a file")
-    return DeployOptions(
-        project=args.project,
-        region=args.region,
-        root=_checkout(args.source),
-        variables=tuple(args.variables),
-        var_file=args.var_file,
-        alert_email=args.alert_email,
-        webhook_secret_file=args.webhook_secret_file,
-        tag=args.tag,
-        plan=args.plan,
-        verify=args.verify,
-        retire_old_secrets=args.retire_old_secrets,
-    )
+    given = {name: getattr(args, name) for name in _PASSED_THROUGH}
+    return DeployOptions(root=_checkout(args.source), variables=tuple(args.variables), **given)
+
+
+# The flags DeployOptions takes as they are, by the same name.
+_PASSED_THROUGH = (
+    "project",
+    "region",
+    "var_file",
+    "alert_email",
+    "webhook_secret_file",
+    "tag",
+    "plan",
+    "verify",
+    "retire_old_secrets",
+)
 
 
 def run_deploy(
@@ -119,7 +120,7 @@ def run_deploy(
     environ: Mapping[str, str] | None = None,
     out: TextIO | None = None,
     err: TextIO | None = None,
-    verify: VerifyFunction = verify_deployed,
+    verify: VerifyFunction = run_verify,
 ) -> int:
     """`relay deploy`: 0 when deployed (or planned), 1 when a step failed (named on stderr). A missing
     prerequisite or a bad flag raises ConfigError, which `relay` reports with exit status 2."""

@@ -19,9 +19,11 @@ from typing import Any, TextIO
 
 from replicate_relay.config import ConfigError
 from replicate_relay.deploy import checks
-from replicate_relay.deploy.runner import INDENT, DeployError, Runner, StepNote, Steps
+from replicate_relay.deploy.runner import INDENT, Runner, StepNote, Steps
 from replicate_relay.devstack.terraform_env import local_computed, service_environments
-from replicate_relay.errors import OpsError
+from replicate_relay.errors import DeployError, OpsError
+from replicate_relay.verify import Target
+from replicate_relay.verify import verify as run_verify
 
 TERRAFORM_DIR = Path("infra/terraform")
 PHASE_ONE_TARGET = "google_secret_manager_secret.secret"
@@ -60,38 +62,7 @@ class DeployOptions:
     retire_old_secrets: bool = False  # the signing secret alone, once the previous one is no longer needed
 
 
-@dataclass(frozen=True)
-class Deployed:
-    """What `relay verify` is pointed at once the deploy is done."""
-
-    project: str
-    receiver_url: str
-    api_url: str
-    bucket: str
-    webhook_secret: str  # the first of the space-separated list
-    api_identity: str | None  # relay-verify's service account (terraform output verifier_service_account)
-
-    def __repr__(self) -> str:
-        return f"Deployed(project={self.project!r}, receiver_url={self.receiver_url!r}, webhook_secret=<hidden>)"
-
-
-VerifyFunction = Callable[[Deployed, TextIO], bool]
-
-
-def verify_deployed(deployed: Deployed, out: TextIO) -> bool:
-    """`relay verify` against the deployed Relay on Google Cloud."""
-    from replicate_relay.verify import Target, verify  # noqa: PLC0415 - only the last step needs it
-
-    target = Target(
-        receiver_url=deployed.receiver_url,
-        api_url=deployed.api_url,
-        project=deployed.project,
-        bucket=deployed.bucket,
-        webhook_secret=deployed.webhook_secret,
-        on_gcp=True,
-        api_identity=deployed.api_identity,
-    )
-    return verify(target, out)
+VerifyFunction = Callable[[Target, TextIO], bool]
 
 
 def deploy(
@@ -99,7 +70,7 @@ def deploy(
     *,
     environ: Mapping[str, str],
     out: TextIO,
-    verify: VerifyFunction = verify_deployed,
+    verify: VerifyFunction = run_verify,
 ) -> None:
     """Run every step, printing the numbered list. Raises OpsError (a ConfigError) when a prerequisite
     is missing, before anything changed; DeployError naming the step when one fails."""
@@ -228,10 +199,10 @@ def _terraform_and_release(
         elif not options.verify:
             note.skipped, note.summary = True, "skipped (--no-verify); run `relay verify` to check the deployment"
         else:
-            deployed = Deployed(
-                project=options.project,
+            deployed = Target(
                 receiver_url=str(outputs["webhook_url"]),
                 api_url=str(outputs["api_url"]),
+                project=options.project,
                 bucket=str(outputs["bucket"]),
                 webhook_secret=webhook_secret.split(maxsplit=1)[0],
                 api_identity=outputs.get("verifier_service_account"),

@@ -16,19 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from replicate_relay.errors import RelayError
+from replicate_relay.errors import DeployError
 
 INDENT = "      "
-
-
-class DeployError(RelayError):
-    """A deploy step failed; `step` names it ("6. Terraform phase 1: ..."). `relay deploy` exits 1."""
-
-    reason = "deploy_failed"
-
-    def __init__(self, message: str, *, step: str = "") -> None:
-        super().__init__(message)
-        self.step = step
 
 
 @dataclass(frozen=True)

@@ -30,11 +30,12 @@ from typing import Any
 import pytest
 
 from replicate_relay.config import ConfigError
-from replicate_relay.deploy import Deployed, add_deploy_command, run_deploy
+from replicate_relay.deploy import add_deploy_command, run_deploy
 from replicate_relay.deploy.checks import PERMISSIONS, REQUIRED_APIS, required_terraform_version, satisfies
 from replicate_relay.deploy.deployment import TITLES
 from replicate_relay.deploy.runner import INDENT
 from replicate_relay.simulator import SimConfig, Simulator, create_app
+from replicate_relay.verify import Target
 from tests.unit.test_simulator import Served
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,7 +116,7 @@ class Run:
     code: int
     out: str
     err: str
-    verified: list[Deployed]
+    verified: list[Target]
 
 
 @dataclass
@@ -153,9 +154,9 @@ class World:
         add_deploy_command(parser.add_subparsers())
         tagged = ["--tag", tag] if tag else []
         args = parser.parse_args(["deploy", "--project", PROJECT, "--region", REGION, *tagged, *flags])
-        verified: list[Deployed] = []
+        verified: list[Target] = []
 
-        def verify(deployed: Deployed, out: Any) -> bool:
+        def verify(deployed: Target, out: Any) -> bool:
             verified.append(deployed)
             print("relay verify (recorded by the test)", file=out)
             return verify_answer
@@ -251,7 +252,7 @@ def test_first_deploy_checks_then_provisions_adds_secrets_builds_and_verifies(wo
     assert "https://receiver-x2b4c6d8ea-uc.a.run.app" in run.out
     assert "https://api-x2b4c6d8ea-uc.a.run.app" in run.out
     assert run.verified == [
-        Deployed(
+        Target(
             project=PROJECT,
             receiver_url="https://receiver-x2b4c6d8ea-uc.a.run.app",
             api_url="https://api-x2b4c6d8ea-uc.a.run.app",
@@ -453,22 +454,20 @@ def test_a_project_the_caller_cannot_see_is_named(world: World) -> None:
     assert changes(world.calls()) == []
 
 
+# Versions each constraint of versions.tf's kinds accepts (True) or refuses (False).
+CONSTRAINTS = {
+    ">= 1.6": {"1.6.0": True, "1.5.7": False, "1.11.4": True},
+    "~> 1.6": {"1.9.0": True, "2.0.0": False},
+    "~> 1.6.2": {"1.6.9": True, "1.7.0": False, "1.6.1": False},
+    ">= 1.6, < 1.8": {"1.8.0": False, "1.7.5": True},
+    "= 1.6.0": {"1.6.0": True},
+    "!= 1.6.0": {"1.6.0": False},
+}
+
+
 @pytest.mark.parametrize(
     ("version", "constraint", "expected"),
-    [
-        ("1.6.0", ">= 1.6", True),
-        ("1.5.7", ">= 1.6", False),
-        ("1.11.4", ">= 1.6", True),
-        ("1.9.0", "~> 1.6", True),
-        ("2.0.0", "~> 1.6", False),
-        ("1.6.9", "~> 1.6.2", True),
-        ("1.7.0", "~> 1.6.2", False),
-        ("1.6.1", "~> 1.6.2", False),
-        ("1.8.0", ">= 1.6, < 1.8", False),
-        ("1.7.5", ">= 1.6, < 1.8", True),
-        ("1.6.0", "= 1.6.0", True),
-        ("1.6.0", "!= 1.6.0", False),
-    ],
+    [(version, constraint, ok) for constraint, cases in CONSTRAINTS.items() for version, ok in cases.items()],
 )
 def test_terraform_version_constraints(version: str, constraint: str, expected: bool) -> None:
     assert satisfies(version, constraint) is expected
@@ -565,7 +564,7 @@ def test_secrets_are_never_on_a_command_line_nor_printed(world: World) -> None:
         assert not any(secret in text for secret in secrets)
     adds = [call for call in world.calls() if call["argv"][:3] == ["secrets", "versions", "add"]]
     assert [call["stdin_chars"] for call in adds] == [len(SIGNING_SECRET), len(API_TOKEN)]
-    assert "Deployed(" in repr(first.verified[0])
+    assert "Target(" in repr(first.verified[0])
     assert SIGNING_SECRET not in repr(first.verified[0])
 
 
