@@ -127,10 +127,12 @@ class DeployError(RelayError):
 class VerificationError(RelayError):
     """The request is not a validly signed webhook. `reason` is a stable code for logs/metrics."""
 
+    # True: the request is not even of the right form (400); False: the form is right but the
+    # signature or timestamp is not acceptable (401).
+    malformed: bool
+
     def __init__(self, reason: str, message: str, *, malformed: bool) -> None:
         super().__init__(message, reason=reason)
-        # malformed: the request is not even of the right form (400); otherwise the form is
-        # right but the signature or timestamp is not acceptable (401).
         self.malformed = malformed
 
 
@@ -272,83 +274,71 @@ class ClientClosed(RelayError, RuntimeError):
 
 
 class Rejected(RelayError):
-    """A request the receiver does not acknowledge. `reason` is a stable code for logs and metrics."""
+    """A request the receiver does not acknowledge. `reason` is a stable code for logs and metrics;
+    each subclass names its `status` in its class statement."""
 
     status: ClassVar[int] = 400
+
+    def __init_subclass__(cls, *, status: int, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.status = status
 
     def __init__(self, reason: str, message: str, *, verification: bool = False) -> None:
         super().__init__(message, reason=reason)
         self.verification = verification  # the signature or its timestamp failed, not the request's form
 
 
-class BadRequest(Rejected):
-    """Malformed headers or body: Replicate would get the same answer on a retry."""
-
-    status = 400
+class BadRequest(Rejected, status=400): ...  # malformed headers or body: a retry would get the same
 
 
-class Unauthorized(Rejected):
-    """Well-formed, but the signature or timestamp is not acceptable."""
-
-    status = 401
+class Unauthorized(Rejected, status=401): ...  # well-formed, but the signature or timestamp is not acceptable
 
 
-class MethodNotAllowed(Rejected):
-    status = 405
+class MethodNotAllowed(Rejected, status=405): ...
 
 
-class PayloadTooLarge(Rejected):
-    status = 413
+class PayloadTooLarge(Rejected, status=413): ...
 
 
-class UnsupportedMediaType(Rejected):
-    status = 415
+class UnsupportedMediaType(Rejected, status=415): ...
 
 
-class TooManyFailures(Rejected):
-    """This client has failed verification too often lately; checked before any work is spent."""
-
-    status = 429
+class TooManyFailures(Rejected, status=429): ...  # failed verification too often lately: checked before any work
 
 
-class PublishUnavailable(Rejected):
-    """Pub/Sub did not confirm the event: 503, so Replicate retries the final webhook."""
-
-    status = 503
+class PublishUnavailable(Rejected, status=503): ...  # Pub/Sub did not confirm the event, so Replicate retries it
 
 
 # ---- the push handlers' answers: retry it (non-2xx) or record it and move on (2xx) ---------------
 
 
 class HandlerError(RelayError):
-    """Base of the handlers' errors. `reason` is a stable code for logs and metrics."""
+    """Base of the handlers' errors. `reason` is a stable code for logs and metrics; a subclass names
+    its `status` in its class statement."""
 
     status: int = 500
+
+    def __init_subclass__(cls, *, status: int, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.status = status
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message, reason=reason)
 
 
-class TransientError(HandlerError):
-    """Firestore, Cloud Storage or the network is unavailable: Pub/Sub redelivers with backoff,
-    then dead-letters."""
-
-    status = 503
+# Firestore, Cloud Storage or the network is unavailable: Pub/Sub redelivers with backoff, then dead-letters.
+class TransientError(HandlerError, status=503): ...
 
 
-class PermanentError(HandlerError):
-    """Retrying cannot help (an undecodable message, say): logged at ERROR, then acknowledged so it
-    is not redelivered forever."""
-
-    status = 200
+# Retrying cannot help (an undecodable message, say): logged at ERROR, then acknowledged so it is not
+# redelivered forever.
+class PermanentError(HandlerError, status=200): ...
 
 
-class Unauthenticated(HandlerError):
+class Unauthenticated(HandlerError, status=401):
     """The push request lacks the OIDC token Pub/Sub signs (401), or its token was made for another
     audience or sender (403). Nothing is processed; a real message refused so (a misconfiguration)
     is redelivered by Pub/Sub, then dead-lettered, never lost."""
-
-    status = 401
 
     def __init__(self, reason: str, message: str, *, status: int = 401) -> None:
         super().__init__(reason, message)
