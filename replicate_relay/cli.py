@@ -275,6 +275,7 @@ def _print_addresses(stack: LocalStack) -> None:
     print(f"  Cloud Storage emulator  {env['STORAGE_EMULATOR_HOST']}")
     exports = " ".join(f"{name}={value}" for name, value in stack.client_env.items())
     print(f"  for other shells:       export {exports}")
+    print("  check every hop:        relay verify   (in a shell with the exports above)")
 
 
 def _watch(stack: LocalStack) -> int:
