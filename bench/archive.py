@@ -343,11 +343,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["_child"]:
-        method, url, size, name = argv[1:5]
-        measure(method, url=url, size=int(size), object_name=name)
-        return 0
     args = parse_args(argv)
     processes = Processes()
     return common.run_guarded(processes, lambda: run(args, processes))
@@ -444,4 +439,7 @@ def render(document: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["_child"]:  # a measuring child: archive.py _child METHOD URL SIZE OBJECT
+        measure(sys.argv[2], url=sys.argv[3], size=int(sys.argv[4]), object_name=sys.argv[5])
+        sys.exit(0)
     sys.exit(main())

@@ -697,25 +697,32 @@ def reconciler_runs(log_path: Path) -> dict[str, int]:
     return dict(totals)
 
 
+# (flag, type, default, help): defaults of None depend on --soak or --quick, and are set after parsing.
+OPTIONS: list[tuple[str, type, float | None, str]] = [
+    ("--minutes", float, 30.0, "--soak: minutes of load (default 30)"),
+    ("--predictions", int, None, "N predictions (default 200; --quick: 40)"),
+    ("--rate", float, None, "predictions submitted per second (default 5; --soak: 2)"),
+    ("--duration", float, 3.0, "seconds each prediction runs (default 3)"),
+    ("--files", int, 2, "output files per prediction (default 2)"),
+    ("--file-bytes", int, 16_384, "bytes per output file (default 16384)"),
+    ("--logs", int, 3, "log lines per prediction (default 3)"),
+    ("--duplicate-probability", float, None, "simulator chaos (default 0; --soak: 0.05)"),
+    ("--reorder-probability", float, None, "simulator chaos (default 0; --soak: 0.1)"),
+    ("--reconcile-every", float, 20.0, "--soak: scheduler period (default 20)"),
+    ("--sample-every", float, 10.0, "--soak: seconds between /proc samples"),
+    ("--drain", float, 180.0, "--soak: at most this long after the load"),
+    ("--start-timeout", float, 120.0, "per process at start-up (default 120)"),
+    ("--timeout", float, None, "global bound in seconds (default: from the load)"),
+]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--soak", action="store_true", help="steady load with chaos and the reconciler, for leaks")
-    parser.add_argument("--minutes", type=float, default=30.0, help="--soak: minutes of load (default 30)")
-    parser.add_argument("--predictions", type=int, help="N predictions (default 200; --quick: 40)")
-    parser.add_argument("--rate", type=float, help="predictions submitted per second (default 5; --soak: 2)")
-    parser.add_argument("--duration", type=float, default=3.0, help="seconds each prediction runs (default 3)")
-    parser.add_argument("--files", type=int, default=2, help="output files per prediction (default 2)")
-    parser.add_argument("--file-bytes", type=int, default=16_384, help="bytes per output file (default 16384)")
-    parser.add_argument("--logs", type=int, default=3, help="log lines per prediction (default 3)")
-    parser.add_argument("--duplicate-probability", type=float, help="simulator chaos (default 0; --soak: 0.05)")
-    parser.add_argument("--reorder-probability", type=float, help="simulator chaos (default 0; --soak: 0.1)")
-    parser.add_argument("--reconcile-every", type=float, default=20.0, help="--soak: scheduler period (default 20)")
-    parser.add_argument("--sample-every", type=float, default=10.0, help="--soak: seconds between /proc samples")
-    parser.add_argument("--drain", type=float, default=180.0, help="--soak: at most this long after the load")
     parser.add_argument("--quick", action="store_true", help="40 predictions: a smoke check of about a minute")
-    parser.add_argument("--start-timeout", type=float, default=120.0, help="per process at start-up (default 120)")
-    parser.add_argument("--timeout", type=float, help="global bound in seconds (default: from the load)")
     parser.add_argument("--results", type=Path, help="the results file (default bench/results/e2e.json, soak.json)")
+    for flag, kind, default, text in OPTIONS:
+        parser.add_argument(flag, type=kind, default=default, help=text)
     args = parser.parse_args(argv)
     soak = args.soak
     args.rate = args.rate or (2.0 if soak else 5.0)

@@ -73,15 +73,13 @@ def install(wheel: Path, venv: Path, extras: str = "") -> Path:
     return python
 
 
+def python_output(python: Path, *argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`python ARGV…` run to its end; its output captured, an error raised if it fails."""
+    return subprocess.run([str(python), *argv], cwd=cwd, capture_output=True, text=True, check=True, timeout=120)
+
+
 def site_packages(python: Path) -> Path:
-    done = subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    return Path(done.stdout.strip())
+    return Path(python_output(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])").stdout.strip())
 
 
 def tree_bytes(folder: Path) -> int:
@@ -89,9 +87,7 @@ def tree_bytes(folder: Path) -> int:
 
 
 def sizes(python: Path) -> dict[str, Any]:
-    per_distribution: dict[str, int] = json.loads(
-        subprocess.run([str(python), "-c", SIZES], capture_output=True, text=True, check=True, timeout=120).stdout
-    )
+    per_distribution: dict[str, int] = json.loads(python_output(python, "-c", SIZES).stdout)
     return {
         "site_packages_bytes": tree_bytes(site_packages(python)),
         "distributions": len(per_distribution),
@@ -106,15 +102,7 @@ def timed(python: Path, statement: str | None, cwd: Path) -> float:
         started = time.perf_counter()
         subprocess.run([str(python), "-c", "pass"], cwd=cwd, check=True, timeout=60)
         return time.perf_counter() - started
-    done = subprocess.run(
-        [str(python), "-c", TIMED.format(statement=statement)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    return float(done.stdout.strip())
+    return float(python_output(python, "-c", TIMED.format(statement=statement), cwd=cwd).stdout.strip())
 
 
 def package_of(module: str) -> str:
@@ -127,14 +115,7 @@ def package_of(module: str) -> str:
 
 def heaviest_imports(python: Path, statement: str, cwd: Path, count: int = 8) -> list[dict[str, Any]]:
     """Where `statement`'s import time goes: `-X importtime`'s self times summed by package, heaviest first."""
-    done = subprocess.run(
-        [str(python), "-X", "importtime", "-c", statement],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
+    done = python_output(python, "-X", "importtime", "-c", statement, cwd=cwd)
     by_package: dict[str, int] = {}
     for line in done.stderr.splitlines():
         fields = line.removeprefix("import time:").split("|")
