@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, TypeAdapter
 from pydantic.json_schema import JsonSchemaValue
@@ -89,7 +89,15 @@ class Job(BaseModel):
         "first webhook of a prediction nobody submitted through Relay) or `adopted` (created by `relay adopt` for "
         "a prediction made without a webhook).",
     )
+    kind: Literal["prediction", "training"] = Field(
+        default="prediction",
+        description="What Replicate runs: a `prediction` (of a model, a version or a deployment) or a `training` "
+        "(whose output names the new `version` and its `weights` file).",
+    )
     model: str | None = Field(default=None, description="The model, `owner/name` (Replicate's) or as submitted.")
+    deployment: str | None = Field(
+        default=None, description="The deployment, `owner/name`, when the job was submitted through one; else null."
+    )
     version: str | None = Field(default=None, description="The model version id Replicate reports.")
     input: dict[str, Any] | None = Field(
         default=None,
@@ -158,6 +166,17 @@ class Job(BaseModel):
     )
     metadata: dict[str, str] = Field(
         default={}, description="The submitter's own string key/values (e.g. an order number), returned untouched."
+    )
+    deadline_at: datetime | None = Field(
+        default=None,
+        description="When Relay gives up on the job: sent to Replicate as `Cancel-After` when submitted; past it, "
+        "a job still open is canceled at Replicate by the reconciler and ends with `error_code` "
+        "`deadline_exceeded`. Null: no deadline.",
+    )
+    cancel_requested_at: datetime | None = Field(
+        default=None,
+        description="When a cancel was asked for (client, CLI or API); the job ends `canceled` once Replicate "
+        "reports it, or the reconciler finds it so. Null: never asked.",
     )
     created_at: datetime | None = Field(default=None, description="When Replicate created the prediction.")
     started_at: datetime | None = Field(default=None, description="When the prediction started running.")

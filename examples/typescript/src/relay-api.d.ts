@@ -151,10 +151,21 @@ export interface components {
              */
             source: string;
             /**
+             * @description What Replicate runs: a `prediction` (of a model, a version or a deployment) or a `training` (whose output names the new `version` and its `weights` file).
+             * @default prediction
+             * @enum {string}
+             */
+            kind: "prediction" | "training";
+            /**
              * @description The model, `owner/name` (Replicate's) or as submitted.
              * @default null
              */
             model: string | null;
+            /**
+             * @description The deployment, `owner/name`, when the job was submitted through one; else null.
+             * @default null
+             */
+            deployment: string | null;
             /**
              * @description The model version id Replicate reports.
              * @default null
@@ -243,6 +254,16 @@ export interface components {
             metadata: {
                 [key: string]: string;
             };
+            /**
+             * @description When Relay gives up on the job: sent to Replicate as `Cancel-After` when submitted; past it, a job still open is canceled at Replicate by the reconciler and ends with `error_code` `deadline_exceeded`. Null: no deadline.
+             * @default null
+             */
+            deadline_at: string | null;
+            /**
+             * @description When a cancel was asked for (client, CLI or API); the job ends `canceled` once Replicate reports it, or the reconciler finds it so. Null: never asked.
+             * @default null
+             */
+            cancel_requested_at: string | null;
             /**
              * @description When Replicate created the prediction.
              * @default null
