@@ -18,8 +18,8 @@ from typing import Any
 from replicate_relay.config import ConfigError
 from replicate_relay.deploy import add_deploy_command
 from replicate_relay.devstack.processes import StackError
-from replicate_relay.devstack.stack import LocalStack, StackConfig
-from replicate_relay.ops.commands import add_commands
+from replicate_relay.devstack.stack import PORT_FIELDS, LocalStack, StackConfig
+from replicate_relay.ops.commands import add_command, add_commands
 from replicate_relay.topology import AppEndpoint, parse_app_endpoint
 from replicate_relay.verify import add_verify_command
 
@@ -40,27 +40,14 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relay", description="Replicate Relay: webhooks in, jobs out.")
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
-    dev = commands.add_parser(
-        "dev",
-        help="run the whole pipeline locally on Google's emulators",
-        description="Start the Pub/Sub and Firestore emulators, fake-gcs-server, the receiver and the "
-        "handlers on loopback; provision infra/topology.yaml; serve until Ctrl-C.",
-    )
+    dev = add_command(commands, "dev", _dev)
     defaults = StackConfig()
     env = os.environ
     dev.add_argument("--project", default=env.get("RELAY_DEV_PROJECT", defaults.project))
-    for flag, variable, default in [
-        ("--pubsub-port", "RELAY_DEV_PUBSUB_PORT", defaults.pubsub_port),
-        ("--firestore-port", "RELAY_DEV_FIRESTORE_PORT", defaults.firestore_port),
-        ("--storage-port", "RELAY_DEV_STORAGE_PORT", defaults.storage_port),
-        ("--receiver-port", "RELAY_DEV_RECEIVER_PORT", defaults.receiver_port),
-        ("--job-status-port", "RELAY_DEV_JOB_STATUS_PORT", defaults.handler_ports["job-status"]),
-        ("--archive-outputs-port", "RELAY_DEV_ARCHIVE_OUTPUTS_PORT", defaults.handler_ports["archive-outputs"]),
-        ("--reconciler-port", "RELAY_DEV_RECONCILER_PORT", defaults.reconciler_port),
-        ("--status-page-port", "RELAY_DEV_STATUS_PAGE_PORT", defaults.status_page_port),
-        ("--api-port", "RELAY_DEV_API_PORT", defaults.api_port),
-        ("--simulator-port", "RELAY_DEV_SIMULATOR_PORT", defaults.simulator_port),
-    ]:
+    handler_ports = {f"{name.replace('-', '_')}_port": port for name, port in defaults.handler_ports.items()}
+    for name, default in ({name: getattr(defaults, name) for name in PORT_FIELDS} | handler_ports).items():
+        variable = f"RELAY_DEV_{name.upper()}"
+        flag = "--" + name.replace("_", "-")
         dev.add_argument(flag, type=int, default=int(env.get(variable, default)), help=f"(env {variable})")
     dev.add_argument("--log-dir", type=Path, default=defaults.log_dir, help="where each process logs")
     dev.add_argument(
@@ -86,30 +73,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     dev.add_argument("--demo", action="store_true", help="send a signed sample prediction lifecycle once up")
     dev.add_argument("--exit-after-demo", action="store_true", help="stop once the demo is done (for scripts)")
-    dev.set_defaults(command=_dev)
 
-    submit = commands.add_parser(
-        "submit",
-        help="create a job and its Replicate prediction, with the webhook set",
-        description="Create jobs/{id}, then the prediction through Replicate's Python client with "
-        "webhook=RELAY_WEBHOOK_URL. Needs REPLICATE_API_TOKEN, RELAY_WEBHOOK_URL and Firestore "
-        "(FIRESTORE_EMULATOR_HOST locally).",
-    )
+    submit = add_command(commands, "submit", _submit)
     submit.add_argument("--model", help="OWNER/NAME or OWNER/NAME:VERSION (default RELAY_DEFAULT_MODEL)")
     input_help = "an input; VALUE is JSON when it parses (42, true, [1]), else text; @PATH sends a file as a data: URI"
     _repeatable(submit, "--input", "KEY=VALUE", input_help)
     _repeatable(submit, "--metadata", "KEY=VALUE", "kept on the job")
     submit.add_argument("--wait", type=float, default=0, metavar="SECONDS", help="wait for the job to end")
-    submit.set_defaults(command=_submit)
 
-    adopt = commands.add_parser(
-        "adopt",
-        help="make jobs for predictions created without a webhook (a polling worker's), and bring them up to date",
-        description="List the account's predictions newest first down to --since; for each one Relay has no job "
-        "for, create jobs/{prediction id} (source adopted) and publish the prediction to replicate-events "
-        "(source adopted), so the handlers finish and archive it; the reconciler finishes those still running. "
-        "Rerunning changes nothing already adopted. Needs REPLICATE_API_TOKEN, Firestore and Pub/Sub.",
-    )
+    adopt = add_command(commands, "adopt", _adopt)
     adopt.add_argument("--since", default="2h", metavar="WHEN", help="created since: 2h, 90m, 1d or an ISO 8601 time")
     adopt.add_argument("--model", metavar="OWNER/NAME", help="only this model's predictions")
     adopt.add_argument("--dry-run", action="store_true", help="print what would be done; write and publish nothing")
@@ -118,17 +90,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     adopt.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="per Google API call")
     adopt.add_argument("--json", action="store_true", help="print JSON for scripts")
-    adopt.set_defaults(command=_adopt)
     add_commands(commands)
     add_deploy_command(commands)
     add_verify_command(commands)
 
-    trace = commands.add_parser(
-        "trace",
-        help="draw the waterfall of a trace, prediction or job from the local span file",
-        description="Find every trace of ID (a trace id, a prediction id or a job id) in the span file the "
-        "dev stack's processes append to, or in Cloud Trace with --gcp, and draw each as a tree of timed spans.",
-    )
+    trace = add_command(commands, "trace", _trace)
     trace.add_argument("id", metavar="ID", help="a trace id (32 hex digits), a prediction id or a job id")
     trace.add_argument("--file", metavar="PATH", help="default RELAY_TRACE_FILE, else .relay/telemetry/spans.jsonl")
     trace.add_argument("--html", metavar="FILE", help="write one self-contained HTML page instead")
@@ -138,17 +104,24 @@ def _parser() -> argparse.ArgumentParser:
     trace.add_argument("--width", type=int, default=100, metavar="N", help="columns of text (default 100)")
     trace.add_argument("--no-color", action="store_true", help="no ANSI colour (also when NO_COLOR is set)")
     trace.add_argument("--json", action="store_true", help="print the matched spans as JSON for scripts")
-    trace.set_defaults(command=_trace)
     return parser
 
 
 def _trace(args: argparse.Namespace) -> int:
+    """draw the waterfall of a trace, prediction or job from the local span file
+
+    Find every trace of ID (a trace id, a prediction id or a job id) in the span file the dev stack's
+    processes append to, or in Cloud Trace with --gcp, and draw each as a tree of timed spans."""
     from replicate_relay.traceview.command import run_trace  # noqa: PLC0415 - only `relay trace` needs it
 
     return run_trace(args)
 
 
 def _submit(args: argparse.Namespace) -> int:
+    """create a job and its Replicate prediction, with the webhook set
+
+    Create jobs/{id}, then the prediction through Replicate's Python client with webhook=RELAY_WEBHOOK_URL.
+    Needs REPLICATE_API_TOKEN, RELAY_WEBHOOK_URL and Firestore (FIRESTORE_EMULATOR_HOST locally)."""
     from replicate_relay.submit import run_submit  # noqa: PLC0415 - keeps `relay dev` free of Replicate imports
 
     return run_submit(
@@ -160,6 +133,12 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _adopt(args: argparse.Namespace) -> int:
+    """make jobs for predictions created without a webhook (a polling worker's), and bring them up to date
+
+    List the account's predictions newest first down to --since; for each one Relay has no job for, create
+    jobs/{prediction id} (source adopted) and publish the prediction to replicate-events (source adopted),
+    so the handlers finish and archive it; the reconciler finishes those still running. Rerunning changes
+    nothing already adopted. Needs REPLICATE_API_TOKEN, Firestore and Pub/Sub."""
     from replicate_relay.adopt import run_adopt  # noqa: PLC0415 - keeps `relay dev` free of Replicate imports
 
     if not (args.requests_per_second > 0 and args.timeout > 0):
@@ -207,20 +186,17 @@ def _value(text: str) -> Any:
 
 
 def _dev(args: argparse.Namespace) -> int:
+    """run the whole pipeline locally on Google's emulators
+
+    Start the Pub/Sub and Firestore emulators, fake-gcs-server, the receiver and the handlers on loopback;
+    provision infra/topology.yaml; serve until Ctrl-C."""
     config = StackConfig(
         project=args.project,
-        pubsub_port=args.pubsub_port,
-        firestore_port=args.firestore_port,
-        storage_port=args.storage_port,
-        receiver_port=args.receiver_port,
         handler_ports={"job-status": args.job_status_port, "archive-outputs": args.archive_outputs_port},
-        reconciler_port=args.reconciler_port,
-        status_page_port=args.status_page_port,
-        api_port=args.api_port,
-        simulator_port=args.simulator_port,
         reconcile_every=args.reconcile_every,
         log_dir=args.log_dir,
         telemetry_dir=args.telemetry_dir,
+        **{name: getattr(args, name) for name in PORT_FIELDS},
     )
     stack = LocalStack(config)
     signal.signal(signal.SIGTERM, _raise_interrupt)

@@ -75,6 +75,19 @@ class FunctionLauncher(Protocol):
     ) -> ManagedProcess: ...
 
 
+# StackConfig's fields of the ports one process each listens on (the handlers' are in handler_ports).
+PORT_FIELDS = (
+    "pubsub_port",
+    "firestore_port",
+    "storage_port",
+    "receiver_port",
+    "reconciler_port",
+    "status_page_port",
+    "api_port",
+    "simulator_port",
+)
+
+
 @dataclass(frozen=True)
 class StackConfig:
     project: str = "local-project"
@@ -103,19 +116,7 @@ class StackConfig:
     def on_free_ports(cls, **settings: Any) -> StackConfig:
         """Every port a free one (unless `settings` names it), for test and benchmark stacks that
         must not collide with a running dev stack or with each other."""
-        ports: dict[str, Any] = {
-            name: free_port()
-            for name in (
-                "pubsub_port",
-                "firestore_port",
-                "storage_port",
-                "receiver_port",
-                "reconciler_port",
-                "status_page_port",
-                "api_port",
-                "simulator_port",
-            )
-        }
+        ports: dict[str, Any] = {name: free_port() for name in PORT_FIELDS}
         ports["handler_ports"] = {"job-status": free_port(), "archive-outputs": free_port()}
         return cls(**{**ports, **settings})
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -45,53 +46,30 @@ def add_commands(subparsers: Any) -> None:
     json_flag = argparse.ArgumentParser(add_help=False)
     json_flag.add_argument("--json", action="store_true", help="print JSON for scripts")
 
-    replay_parser = subparsers.add_parser(
-        "replay",
-        parents=[common, json_flag],
-        help="republish dead-lettered messages to replicate-events",
-        description="Pull dead-lettered messages and republish each (data and attributes, webhook_id kept, "
-        "source=replay); acknowledge each only once Pub/Sub confirmed its copy. Safe to interrupt and "
-        "rerun: handlers drop duplicates by webhook_id. Both subscriptions of the topic get the copy.",
-    )
+    replay_parser = add_command(subparsers, "replay", _replay, parents=[common, json_flag])
     replay_parser.add_argument("--from", dest="source", required=True, metavar="DEAD_LETTER_SUBSCRIPTION")
     replay_parser.add_argument("--limit", type=_positive_int, default=1000, help="at most this many (default 1000)")
     replay_parser.add_argument("--dry-run", action="store_true", help="show what would be replayed; hand all back")
     replay_parser.add_argument(
         "--to", default=None, metavar="TOPIC", help="default RELAY_EVENTS_TOPIC, else replicate-events"
     )
-    replay_parser.set_defaults(command=_replay)
 
     jobs_parser = subparsers.add_parser("jobs", help="list or show jobs", description="Read jobs from Firestore.")
     actions = jobs_parser.add_subparsers(title="actions", required=True, metavar="ACTION")
-    listing = actions.add_parser(
-        "list",
-        parents=[common, json_flag],
-        help="jobs, newest first (oldest first with --state or --stuck)",
-        description="Without --state/--stuck: newest first. With them: oldest first, the order the "
-        "(state, updated_at) index of infra/firestore.indexes.json serves.",
-    )
+    listing = add_command(actions, "list", _jobs_list, parents=[common, json_flag])
     listing.add_argument("--state", choices=[state.value for state in JobState])
     listing.add_argument(
         "--stuck", action="store_true", help="not final and not written for RELAY_RECONCILE_QUIET_SECONDS (600)"
     )
     listing.add_argument("--since", metavar="WHEN", help="updated since: 2h, 15m, 3d or an ISO 8601 time")
     listing.add_argument("--limit", type=_positive_int, default=50, help="at most this many (default 50)")
-    listing.set_defaults(command=_jobs_list)
-    show = actions.add_parser("show", parents=[common, json_flag], help="one job with its outputs and events")
+    show = add_command(actions, "show", _jobs_show, parents=[common, json_flag])
     show.add_argument("id", metavar="ID", help="a job id or a prediction id")
-    show.set_defaults(command=_jobs_show)
 
-    again = subparsers.add_parser(
-        "reprocess",
-        parents=[common, json_flag],
-        help="publish what Replicate knows of a prediction, as the reconciler would",
-        description="GET the prediction from Replicate (REPLICATE_API_TOKEN, RELAY_REPLICATE_BASE_URL) and "
-        "publish its JSON to replicate-events with source=reconciler and a fresh webhook_id.",
-    )
+    again = add_command(subparsers, "reprocess", _reprocess, parents=[common, json_flag])
     again.add_argument("id", metavar="ID", help="a prediction id, or a job id (its prediction is used)")
-    again.set_defaults(command=_reprocess)
 
-    status = subparsers.add_parser("status", parents=[common, json_flag], help="backlogs, jobs by state, stuck jobs")
+    status = add_command(subparsers, "status", _status, parents=[common, json_flag])
     shown = status.add_mutually_exclusive_group()
     shown.add_argument("--watch", type=_positive, metavar="SECONDS", help="redraw this often until Ctrl-C")
     shown.add_argument(
@@ -102,7 +80,23 @@ def add_commands(subparsers: Any) -> None:
     status.add_argument("--host", default="127.0.0.1", help="with --serve: the address to listen on (%(default)s)")
     status.add_argument("--port", type=_port, default=8084, help="with --serve: the port (default %(default)s)")
     status.add_argument("--iterations", type=_positive_int, default=None, help=argparse.SUPPRESS)
-    status.set_defaults(command=_status)
+
+
+def add_command(
+    commands: Any,
+    name: str,
+    run: Callable[[argparse.Namespace], int],
+    *,
+    parents: Sequence[argparse.ArgumentParser] = (),
+) -> argparse.ArgumentParser:
+    """Register the command NAME on `commands` (argparse subparsers), run by `run`. Its help is `run`'s
+    docstring: the first line in the list of commands, the rest the command's description."""
+    summary, _, description = inspect.cleandoc(run.__doc__ or "").partition("\n")
+    parser: argparse.ArgumentParser = commands.add_parser(
+        name, parents=list(parents), help=summary, description=description.strip() or None
+    )
+    parser.set_defaults(command=run)
+    return parser
 
 
 def _settings(args: argparse.Namespace) -> OpsSettings:
@@ -114,6 +108,11 @@ def _now() -> datetime:
 
 
 def _replay(args: argparse.Namespace) -> int:
+    """republish dead-lettered messages to replicate-events
+
+    Pull dead-lettered messages and republish each (data and attributes, webhook_id kept, source=replay);
+    acknowledge each only once Pub/Sub confirmed its copy. Safe to interrupt and rerun: handlers drop
+    duplicates by webhook_id. Both subscriptions of the topic get the copy."""
     settings = _settings(args)
     subscription = dead_letter_subscription(load(), args.source)
     report = replay(
@@ -130,6 +129,10 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _jobs_list(args: argparse.Namespace) -> int:
+    """jobs, newest first (oldest first with --state or --stuck)
+
+    Without --state/--stuck: newest first. With them: oldest first, the order the (state, updated_at)
+    index of infra/firestore.indexes.json serves."""
     settings = _settings(args)
     now = _now()
     since = parse_since(args.since, now) if args.since else None
@@ -140,6 +143,7 @@ def _jobs_list(args: argparse.Namespace) -> int:
 
 
 def _jobs_show(args: argparse.Namespace) -> int:
+    """one job with its outputs and events"""
     settings = _settings(args)
     detail = show_job(context.firestore_client(settings), settings, args.id, values=context.value_store(settings))
     print(to_json(job_detail_json(detail)) if args.json else render_job(detail, now=_now()))
@@ -147,6 +151,10 @@ def _jobs_show(args: argparse.Namespace) -> int:
 
 
 def _reprocess(args: argparse.Namespace) -> int:
+    """publish what Replicate knows of a prediction, as the reconciler would
+
+    GET the prediction from Replicate (REPLICATE_API_TOKEN, RELAY_REPLICATE_BASE_URL) and publish its JSON
+    to replicate-events with source=reconciler and a fresh webhook_id."""
     # Imported here, as replicate_relay/cli.py does for submit: keeps `relay dev` free of Replicate imports.
     from replicate_relay.ops.reprocess import render_reprocessed, reprocess, resolve_prediction  # noqa: PLC0415
     from replicate_relay.replicate_api import DEFAULT_BASE_URL, ReplicateAPI  # noqa: PLC0415
@@ -169,6 +177,7 @@ def _reprocess(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    """backlogs, jobs by state, stuck jobs"""
     if args.serve:
         return _serve_status_page(args)
     settings = _settings(args)
