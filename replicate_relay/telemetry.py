@@ -118,53 +118,46 @@ def _flag(env: Env, name: str, *, default: bool) -> bool:
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
+# Every instrument the pipeline records, with its description; monitoring.tf's dashboards and alerts
+# read them as workload.googleapis.com/<name>.
+METRIC_DESCRIPTIONS: Final = {
+    "relay.webhooks": "Webhook requests by outcome and reason",
+    "relay.webhook.verification_failures": "Webhooks refused by signature or timestamp verification, by reason",
+    "relay.webhook.duration": "Time to answer a webhook, by outcome",
+    "relay.publish.duration": "Time until Pub/Sub confirmed a publish, by topic",
+    "relay.handler.duration": "Time to handle a message or run, by handler and outcome",
+    "relay.job.end_to_end_latency": "Replicate's completed_at to the job's final state, by state",
+    "relay.archive.bytes": "Bytes copied into Cloud Storage",
+    "relay.messages.dead_lettered": "Messages refused on their last delivery attempt, which Pub/Sub dead-letters",
+    "relay.reconciler.recovered": "Jobs the reconciler brought up to date",
+    "relay.jobs.not_stored": (
+        "Job writes Firestore refused as Replicate sent them, made without the prediction's values"
+    ),
+}
+METRIC_NAMES: Final = tuple(METRIC_DESCRIPTIONS)
+
+
 class Metrics:
     """Every instrument the pipeline records. No-ops until `setup()` installs a MeterProvider."""
 
     def __init__(self, meter: metrics.Meter) -> None:
-        counter, histogram = meter.create_counter, meter.create_histogram  # (name, unit, description)
-        self.webhooks = counter("relay.webhooks", "{webhook}", "Webhook requests by outcome and reason")
-        self.verification_failures = counter(
-            "relay.webhook.verification_failures",
-            "{webhook}",
-            "Webhooks refused by signature or timestamp verification, by reason",
-        )
-        self.webhook_duration = histogram("relay.webhook.duration", "s", "Time to answer a webhook, by outcome")
-        self.publish_duration = histogram(
-            "relay.publish.duration", "s", "Time until Pub/Sub confirmed a publish, by topic"
-        )
-        self.handler_duration = histogram(
-            "relay.handler.duration", "s", "Time to handle a message or run, by handler and outcome"
-        )
-        self.end_to_end = histogram(
-            "relay.job.end_to_end_latency", "s", "Replicate's completed_at to the job's final state, by state"
-        )
-        self.archive_bytes = counter("relay.archive.bytes", "By", "Bytes copied into Cloud Storage")
-        self.dead_lettered = counter(
-            "relay.messages.dead_lettered",
-            "{message}",
-            "Messages refused on their last delivery attempt, which Pub/Sub dead-letters",
-        )
-        self.recovered = counter("relay.reconciler.recovered", "{job}", "Jobs the reconciler brought up to date")
-        self.not_stored = counter(
-            "relay.jobs.not_stored",
-            "{job}",
-            "Job writes Firestore refused as Replicate sent them, made without the prediction's values",
-        )
+        def counter(name: str, unit: str) -> metrics.Counter:
+            return meter.create_counter(name, unit, METRIC_DESCRIPTIONS[name])
 
+        def seconds(name: str) -> metrics.Histogram:
+            return meter.create_histogram(name, "s", METRIC_DESCRIPTIONS[name])
 
-METRIC_NAMES: Final = (
-    "relay.webhooks",
-    "relay.webhook.verification_failures",
-    "relay.webhook.duration",
-    "relay.publish.duration",
-    "relay.handler.duration",
-    "relay.job.end_to_end_latency",
-    "relay.archive.bytes",
-    "relay.messages.dead_lettered",
-    "relay.reconciler.recovered",
-    "relay.jobs.not_stored",
-)
+        self.webhooks = counter("relay.webhooks", "{webhook}")
+        self.verification_failures = counter("relay.webhook.verification_failures", "{webhook}")
+        self.webhook_duration = seconds("relay.webhook.duration")
+        self.publish_duration = seconds("relay.publish.duration")
+        self.handler_duration = seconds("relay.handler.duration")
+        self.end_to_end = seconds("relay.job.end_to_end_latency")
+        self.archive_bytes = counter("relay.archive.bytes", "By")
+        self.dead_lettered = counter("relay.messages.dead_lettered", "{message}")
+        self.recovered = counter("relay.reconciler.recovered", "{job}")
+        self.not_stored = counter("relay.jobs.not_stored", "{job}")
+
 
 # Instruments made through the global API proxy: they start recording once setup() sets the
 # MeterProvider, so modules can import METRICS before (or without) setup.
