@@ -75,18 +75,12 @@ _IS_BLOCK = "__is_block__"
 
 @dataclass(frozen=True)
 class Block:
-    """What may be set in a body: attributes (name → required) and nested blocks."""
+    """What may be set in a body: attributes (name → required) and nested blocks. `required`: as a
+    nested block, the schema's min items is above zero."""
 
     attributes: Mapping[str, bool]
-    blocks: Mapping[str, NestedBlock]
-
-
-@dataclass(frozen=True)
-class NestedBlock:
-    """A nested block type: required when the schema's min items is above zero."""
-
-    required: bool
-    schema: Block
+    blocks: Mapping[str, Block]
+    required: bool = False
 
 
 @dataclass(frozen=True)
@@ -118,11 +112,11 @@ class Index:
 
 def block_from_json(node: Mapping[str, Any]) -> Block:
     """The index's JSON node ({"attributes": {name: required}, "blocks": {name: node + "required"}})."""
-    blocks = {
-        name: NestedBlock(required=bool(nested.get("required")), schema=block_from_json(nested))
-        for name, nested in node.get("blocks", {}).items()
-    }
-    return Block(attributes={name: bool(req) for name, req in node.get("attributes", {}).items()}, blocks=blocks)
+    return Block(
+        attributes={name: bool(req) for name, req in node.get("attributes", {}).items()},
+        blocks={name: block_from_json(nested) for name, nested in node.get("blocks", {}).items()},
+        required=bool(node.get("required")),
+    )
 
 
 def load_index(path: Path = INDEX_PATH) -> Index:
@@ -443,7 +437,7 @@ def _check_blocks(
         yield path, f'unknown block "{name}"'
         return
     for i, body in enumerate(bodies):
-        yield from check_body(body, nested.schema, _join(path, name if len(bodies) == 1 else f"{name}[{i}]"))
+        yield from check_body(body, nested, _join(path, name if len(bodies) == 1 else f"{name}[{i}]"))
 
 
 def _check_dynamic(label: str, body: object, schema: Block, path: str) -> Iterator[tuple[str, str]]:
@@ -464,7 +458,7 @@ def _check_dynamic(label: str, body: object, schema: Block, path: str) -> Iterat
         yield path, f'unknown block "{label}" (dynamic)'
     else:
         for content in contents:
-            yield from check_body(content, schema.blocks[label].schema, _join(path, label))
+            yield from check_body(content, schema.blocks[label], _join(path, label))
 
 
 def _labelled(document: Mapping[str, Any], kind: str) -> Iterator[tuple[str, str, Mapping[str, Any]]]:

@@ -56,8 +56,7 @@ def test_check_command_exits_1_and_prints_a_line_per_problem_and_the_count(capsy
     assert ts.main(["check", str(FIXTURES)]) == 1
     out = capsys.readouterr().out
     assert (
-        'wrong_attribute.tf: google_cloud_run_v2_service.service: template.containers: unknown attribute "imagee"'
-        in out
+        'wrong_attribute.tf: google_storage_bucket.outputs: lifecycle_rule.condition: unknown attribute "agee"' in out
     )
     assert "9 resources, 4 data sources checked against hashicorp/google 6.50.0: 10 problems" in out.splitlines()
 
@@ -65,61 +64,69 @@ def test_check_command_exits_1_and_prints_a_line_per_problem_and_the_count(capsy
 # ---- planted mistakes ----
 
 
-def test_a_misspelt_attribute_is_reported_with_file_address_and_block_path(index: ts.Index) -> None:
-    assert _messages("wrong_attribute.tf", index) == [
-        "tests/unit/fixtures/terraform/wrong_attribute.tf: google_cloud_run_v2_service.service: "
-        'template.containers: unknown attribute "imagee"'
-    ]
-
-
-def test_a_missing_required_attribute_or_block_is_named(index: ts.Index) -> None:
-    messages = _messages("missing_required.tf", index)
-    assert messages == [
-        "tests/unit/fixtures/terraform/missing_required.tf: google_pubsub_subscription.no_topic: "
-        'missing required attribute "topic"',
-        "tests/unit/fixtures/terraform/missing_required.tf: google_cloud_run_v2_service.no_template: "
-        'missing required block "template"',
-    ]
-
-
-def test_a_block_written_as_an_attribute_and_an_attribute_written_as_a_block_fail(index: ts.Index) -> None:
-    messages = _messages("block_vs_attribute.tf", index)
-    assert len(messages) == 2
-    assert 'google_pubsub_subscription.block_as_attribute: "retry_policy" is a block in the schema' in messages[0]
-    assert 'google_pubsub_topic.attribute_as_block: "labels" is an attribute in the schema' in messages[1]
-
-
-def test_a_dynamic_block_is_checked_through_its_content(index: ts.Index) -> None:
-    messages = _messages("dynamic_wrong_attribute.tf", index)
-    assert len(messages) == 2
-    assert messages[0].endswith(
-        'google_cloud_run_v2_service.service: template.containers.env: unknown attribute "valuee"'
-    )
-    # args is a list attribute of containers: no dynamic block can make it
-    assert messages[1].endswith(
-        'template.containers: "args" is an attribute in the schema; a dynamic block can only make blocks'
-    )
-
-
-def test_unknown_resource_and_data_source_types_fail(index: ts.Index) -> None:
-    messages = _messages("unknown_type.tf", index)
-    assert len(messages) == 2
-    assert "google_pubsub_topik.typo: unknown resource type" in messages[0]
-    assert "data.google_pubsub_topics_everywhere.typo: unknown data source type" in messages[1]
+@pytest.mark.parametrize(
+    ("fixture", "expected"),
+    [
+        pytest.param(
+            "wrong_attribute.tf",
+            ['google_storage_bucket.outputs: lifecycle_rule.condition: unknown attribute "agee"'],
+            id="a misspelt attribute, with its address and block path",
+        ),
+        pytest.param(
+            "missing_required.tf",
+            [
+                'google_pubsub_subscription.no_topic: missing required attribute "topic"',
+                'google_cloud_run_v2_service.no_template: missing required block "template"',
+            ],
+            id="a missing required attribute or block",
+        ),
+        pytest.param(
+            "block_vs_attribute.tf",
+            [
+                'google_pubsub_subscription.block_as_attribute: "retry_policy" is a block in the schema, set here as '
+                "an attribute (write `retry_policy { … }`)",
+                'google_pubsub_topic.attribute_as_block: "labels" is an attribute in the schema, written here as a '
+                "block (write `labels = …`)",
+            ],
+            id="a block written as an attribute, an attribute as a block",
+        ),
+        pytest.param(
+            "dynamic_wrong_attribute.tf",
+            [
+                'google_cloud_run_v2_service.service: template.containers.env: unknown attribute "valuee"',
+                # args is a list attribute of containers: no dynamic block can make it
+                'google_cloud_run_v2_service.service: template.containers: "args" is an attribute in the schema; '
+                "a dynamic block can only make blocks",
+            ],
+            id="a dynamic block, checked through its content",
+        ),
+        pytest.param(
+            "unknown_type.tf",
+            [
+                "google_pubsub_topik.typo: unknown resource type (not in hashicorp/google 6.50.0)",
+                "data.google_pubsub_topics_everywhere.typo: unknown data source type (not in hashicorp/google 6.50.0)",
+            ],
+            id="unknown resource and data source types",
+        ),
+        pytest.param(
+            # the resource needs a template block, the data source does not; the resource's name is
+            # settable, the data source's is only computed
+            "data_source.tf",
+            ['data.google_project.current: unknown attribute "name"'],
+            id="a data source, against the data source schema",
+        ),
+    ],
+)
+def test_each_planted_mistake_is_reported_with_file_address_and_block_path(
+    fixture: str, expected: list[str], index: ts.Index
+) -> None:
+    assert _messages(fixture, index) == [f"tests/unit/fixtures/terraform/{fixture}: {line}" for line in expected]
 
 
 def test_meta_arguments_dynamic_blocks_provisioners_and_the_provider_block_pass(index: ts.Index) -> None:
     report = ts.check_files([FIXTURES / "valid.tf"], index)
     assert report.problems == ()
     assert (report.resources, report.data_sources) == (2, 1)
-
-
-def test_data_sources_are_checked_against_the_data_source_schema_not_the_resource_one(index: ts.Index) -> None:
-    # the resource needs a template block, the data source does not; the resource's name is settable,
-    # the data source's is only computed
-    assert _messages("data_source.tf", index) == [
-        'tests/unit/fixtures/terraform/data_source.tf: data.google_project.current: unknown attribute "name"'
-    ]
 
 
 def test_a_missing_required_attribute_inside_a_nested_block_is_named(index: ts.Index, tmp_path: Path) -> None:
