@@ -79,23 +79,26 @@ LIST_DISTRIBUTIONS = (
 
 @dataclass(frozen=True)
 class PlainInstall:
+    """The built wheel, and the fresh virtualenv it is installed in."""
+
     wheel: Path
     venv: Path
 
-    @property
-    def python(self) -> Path:
-        return self.venv / "bin" / "python"
-
-    def run(self, *argv: str, cwd: Path, timeout: float = 120, env: dict[str, str] | None = None) -> str:
-        done = subprocess.run(  # noqa: S603 - the fresh virtualenv's interpreter, our own arguments
-            [str(self.python), *argv],
+    def call(self, program: str, *argv: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run a program of the virtualenv (python, relay) as an app would, outside this repository."""
+        return subprocess.run(  # noqa: S603 - the fresh virtualenv's own programs, our own arguments
+            [str(self.venv / "bin" / program), *argv],
             cwd=cwd,
-            env=env if env is not None else app_env(),
+            env=app_env(),
             capture_output=True,
             text=True,
             timeout=timeout,
             check=False,
         )
+
+    def run(self, *argv: str, cwd: Path) -> str:
+        """Python's output, asserting it exited 0."""
+        done = self.call("python", *argv, cwd=cwd)
         assert done.returncode == 0, done.stderr[-3000:]
         return done.stdout
 
@@ -122,7 +125,7 @@ def plain_install(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlainIns
     installed = PlainInstall(wheel, venv)
     pip(
         "--python",
-        str(installed.python),
+        str(venv / "bin" / "python"),
         "install",
         "--constraint",
         str(ROOT / "requirements.txt"),
@@ -186,15 +189,7 @@ def test_the_installed_package_is_the_one_imported_and_the_relay_command_asks_fo
 ) -> None:
     where = plain_install.run("-c", "import replicate_relay; print(replicate_relay.__file__)", cwd=tmp_path)
     assert Path(where.strip()).is_relative_to(plain_install.venv)
-    done = subprocess.run(  # noqa: S603 - the console script pip made in the fresh virtualenv
-        [str(plain_install.venv / "bin" / "relay"), "--help"],
-        cwd=tmp_path,
-        env=app_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = plain_install.call("relay", "--help", cwd=tmp_path, timeout=60)  # the console script pip made
     assert done.returncode == 2, done.stderr[-2000:]
     assert "pip install 'replicate-relay[dev]'" in done.stderr
 
@@ -213,15 +208,8 @@ def test_the_example_worker_runs_from_the_plain_install_against_the_stack(
     subscription = f"restore-wheel-{uuid.uuid4().hex[:8]}"
     argv = [str(photos), str(out), "--subscription", subscription, "--timeout", str(WAIT_SECONDS)]
 
-    done = subprocess.run(  # noqa: S603 - the fresh virtualenv's interpreter running the example
-        [str(plain_install.python), str(app / "examples" / "restore_photos" / "worker.py"), *argv],
-        cwd=tmp_path,
-        env=app_env(),
-        capture_output=True,
-        text=True,
-        timeout=WAIT_SECONDS + 120,
-        check=False,
-    )
+    worker = app / "examples" / "restore_photos" / "worker.py"
+    done = plain_install.call("python", str(worker), *argv, cwd=tmp_path, timeout=WAIT_SECONDS + 120)
 
     assert done.returncode == 1, done.stderr[-3000:]  # one photo is steered to fail
     check_restored(out, done.stdout, simulator)
