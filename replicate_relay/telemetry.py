@@ -130,6 +130,9 @@ METRIC_DESCRIPTIONS: Final = {
     "relay.archive.bytes": "Bytes copied into Cloud Storage",
     "relay.messages.dead_lettered": "Messages refused on their last delivery attempt, which Pub/Sub dead-letters",
     "relay.reconciler.recovered": "Jobs the reconciler brought up to date",
+    "relay.job.predict_time": (
+        "Replicate's predict_time of each job announced final (GPU seconds), by model, deployment, kind and state"
+    ),
     "relay.jobs.not_stored": (
         "Job writes Firestore refused as Replicate sent them, made without the prediction's values"
     ),
@@ -156,6 +159,7 @@ class Metrics:
         self.archive_bytes = counter("relay.archive.bytes", "By")
         self.dead_lettered = counter("relay.messages.dead_lettered", "{message}")
         self.recovered = counter("relay.reconciler.recovered", "{job}")
+        self.predict_time = counter("relay.job.predict_time", "s")
         self.not_stored = counter("relay.jobs.not_stored", "{job}")
 
 

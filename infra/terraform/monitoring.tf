@@ -152,6 +152,9 @@ locals {
     { title = "Jobs finished by final state", y_label = "jobs per 5 min", plot = "STACKED_BAR", data_sets = [
       { metric = "logging.googleapis.com/user/${google_logging_metric.jobs_finished.name}", on = "resource.type = \"cloud_run_revision\"", period = "300s", aligner = "ALIGN_DELTA", reducer = "REDUCE_SUM", by = ["metric.labels.state"] },
     ] },
+    { title = "GPU seconds (Replicate's predict_time) by model and deployment", y_label = "seconds per hour", plot = "STACKED_BAR", data_sets = [
+      { metric = "workload.googleapis.com/relay.job.predict_time", period = "3600s", aligner = "ALIGN_DELTA", reducer = "REDUCE_SUM", by = ["metric.labels.model", "metric.labels.deployment"] },
+    ] },
   ]
 
   # The charts with each data set's filter and aggregation written exactly as the Dashboards API

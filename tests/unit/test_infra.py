@@ -46,6 +46,7 @@ RELAY_METRICS: dict[str, frozenset[str]] = {
     "relay.archive.bytes": frozenset(),
     "relay.messages.dead_lettered": frozenset({"handler"}),
     "relay.reconciler.recovered": frozenset(),
+    "relay.job.predict_time": frozenset({"model", "deployment", "kind", "state"}),
     "relay.jobs.not_stored": frozenset({"state"}),
 }
 RELAY_HISTOGRAMS = frozenset(
