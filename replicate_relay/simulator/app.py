@@ -1,4 +1,5 @@
-"""The simulator's HTTP face: Replicate's /v1 API, output files under /files, and /_sim controls for tests."""
+"""The simulator's HTTP face: Replicate's /v1 API (predictions, trainings), output files under /files, and /_sim
+controls for tests."""
 
 from __future__ import annotations
 
@@ -12,18 +13,20 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from replicate_relay.simulator.errors import ApiError, InvalidFields
-from replicate_relay.simulator.files import content_type, file_bytes
-from replicate_relay.simulator.requests import parse_create
+from replicate_relay.simulator.files import WEIGHTS_NAME, content_type, file_bytes, weights_chunks
+from replicate_relay.simulator.requests import parse_create, parse_training
 from replicate_relay.simulator.settings import number
 from replicate_relay.simulator.state import Simulator
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_WAIT_SECONDS = 60
 _PREFER_WAIT = re.compile(r"\s*wait(?:\s*=\s*(\d{1,3}))?\s*")
+# The handlers that create work: Replicate limits them apart (600 a minute, against 3,000 for the rest).
+CREATES = frozenset({"create_prediction", "create_training"})
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -47,6 +50,9 @@ def create_app(simulator: Simulator) -> Starlette:
         Route("/v1/predictions/{id}/cancel", api(cancel_prediction), methods=["POST"]),
         Route("/v1/models/{owner}/{name}/predictions", api(create_prediction), methods=["POST"]),
         Route("/v1/deployments/{owner}/{name}/predictions", api(create_prediction), methods=["POST"]),
+        Route("/v1/models/{owner}/{name}/versions/{version_id}/trainings", api(create_training), methods=["POST"]),
+        Route("/v1/trainings/{id}", api(get_training), methods=["GET"]),
+        Route("/v1/trainings/{id}/cancel", api(cancel_training), methods=["POST"]),
         Route("/v1/webhooks/default/secret", api(webhook_secret), methods=["GET"]),
         Route("/p/{id}", get_prediction, methods=["GET"]),  # the `web` URL: public, JSON here
         Route("/files/{id}/{name}", output_file, methods=["GET"]),
@@ -55,6 +61,7 @@ def create_app(simulator: Simulator) -> Starlette:
         Route("/_sim/reset", reset, methods=["POST"]),
         Route("/_sim/advance", advance, methods=["POST"]),
         Route("/_sim/predictions/{id}/deliveries", deliveries, methods=["GET"]),
+        Route("/_sim/trainings/{id}/deliveries", deliveries, methods=["GET"]),
         Route("/_sim/stats", stats, methods=["GET"]),
     ]
     app = Starlette(
@@ -75,11 +82,12 @@ def _sim(request: Request) -> Simulator:
 
 
 async def create_prediction(request: Request) -> Response:
-    """POST /v1/predictions, /v1/models/{owner}/{name}/predictions, /v1/deployments/{owner}/{name}/predictions."""
+    """POST /v1/predictions, /v1/models/{owner}/{name}/predictions, /v1/deployments/{owner}/{name}/predictions;
+    a `Cancel-After` header sets the prediction's deadline."""
     sim = _sim(request)
     params = request.path_params
     model = f"{params['owner']}/{params['name']}" if "owner" in params else None
-    create = parse_create(await _json(request), model=model)
+    create = parse_create(await _json(request), model=model, cancel_after=request.headers.get("cancel-after"))
     run = sim.create(create, _base_url(request))
     wait = _prefer_wait(request.headers.get("prefer"))
     if wait:
@@ -94,8 +102,31 @@ async def get_prediction(request: Request) -> Response:
 
 
 async def cancel_prediction(request: Request) -> Response:
+    """`canceled` at once, and the completed webhook follows; a final prediction is answered unchanged (200)."""
     sim = _sim(request)
     run = sim.run(request.path_params["id"])
+    run.cancel()
+    return JSONResponse(sim.to_json(run.prediction))
+
+
+async def create_training(request: Request) -> Response:
+    """POST /v1/models/{owner}/{name}/versions/{version_id}/trainings: 201 with the starting training."""
+    sim = _sim(request)
+    params = request.path_params
+    model = f"{params['owner']}/{params['name']}"
+    create = parse_training(await _json(request), model=model, version=params["version_id"])
+    return JSONResponse(sim.to_json(sim.create(create, _base_url(request)).prediction), status_code=201)
+
+
+async def get_training(request: Request) -> Response:
+    sim = _sim(request)
+    return JSONResponse(sim.to_json(sim.run(request.path_params["id"], "training").prediction))
+
+
+async def cancel_training(request: Request) -> Response:
+    """As a prediction's cancel: `canceled` at once; a final training is answered unchanged."""
+    sim = _sim(request)
+    run = sim.run(request.path_params["id"], "training")
     run.cancel()
     return JSONResponse(sim.to_json(run.prediction))
 
@@ -110,7 +141,7 @@ async def list_predictions(request: Request) -> Response:
         raise ApiError(400, "cursor is not valid")
     start = int(cursor)
     size = sim.config.page_size
-    newest_first = list(reversed(sim.runs.values()))
+    newest_first = [run for run in reversed(sim.runs.values()) if run.prediction.request.kind == "prediction"]
     base = _base_url(request)
     return JSONResponse(
         {
@@ -126,7 +157,8 @@ async def webhook_secret(request: Request) -> Response:
 
 
 async def output_file(request: Request) -> Response:
-    """GET /files/{id}/{name}: the bytes, until file_ttl_seconds after completion by the simulator clock."""
+    """GET /files/{id}/{name}: the bytes, until file_ttl_seconds after completion by the simulator clock.
+    A training's weights are streamed, with their Content-Length."""
     sim = _sim(request)
     run = sim.runs.get(request.path_params["id"])
     name = request.path_params["name"]
@@ -135,6 +167,11 @@ async def output_file(request: Request) -> Response:
     prediction = run.prediction
     if prediction.expired(now=sim.clock.now(), ttl=sim.config.file_ttl_seconds):
         raise ApiError(404, "Not found: output files are removed file_ttl_seconds after completion.")
+    if name == WEIGHTS_NAME:
+        size = prediction.request.behaviour.weights_bytes
+        return StreamingResponse(
+            weights_chunks(prediction.id, size), media_type=content_type(name), headers={"content-length": str(size)}
+        )
     body = file_bytes(prediction.id, name, prediction.request.behaviour.file_bytes)
     return Response(body, media_type=content_type(name))
 
@@ -176,9 +213,9 @@ async def advance(request: Request) -> Response:
 
 
 async def deliveries(request: Request) -> Response:
-    """Every webhook attempt of one prediction, and how its completed webhook ended."""
+    """Every webhook attempt of one prediction or training, and how its completed webhook ended."""
     sim = _sim(request)
-    run = sim.run(request.path_params["id"])
+    run = sim.run(request.path_params["id"], None)
     return JSONResponse(
         {
             "prediction_id": run.prediction.id,
@@ -201,7 +238,8 @@ async def stats(request: Request) -> Response:
 
 def _authenticated(handler: Handler) -> Handler:
     """Any non-empty `Bearer` or `Token` credential is accepted; none is a 401, as on Replicate.
-    While the `throttle_requests` switch counts down, requests are throttled as Replicate does.
+    While the `throttle_requests` switch counts down, requests in its `throttle_scope` (all, or the creates) are
+    throttled as Replicate does, with `throttle_retry_after_seconds` as their Retry-After.
     Every call is counted first (GET /_sim/stats), refused ones too: each is a request Replicate serves."""
 
     async def guarded(request: Request) -> Response:
@@ -210,9 +248,13 @@ def _authenticated(handler: Handler) -> Handler:
         if scheme.lower() not in ("bearer", "token") or not token.strip():
             raise ApiError(401, "You did not pass a valid authentication token", title="Unauthenticated")
         sim = _sim(request)
-        if sim.config.throttle_requests > 0:
-            sim.configure({"throttle_requests": sim.config.throttle_requests - 1})
-            raise ApiError(429, "Request was throttled. Your rate limit resets in ~1s.", headers={"Retry-After": "1"})
+        config = sim.config
+        if config.throttle_requests > 0 and (config.throttle_scope == "all" or handler.__name__ in CREATES):
+            sim.configure({"throttle_requests": config.throttle_requests - 1})
+            wait = config.throttle_retry_after_seconds
+            raise ApiError(
+                429, f"Request was throttled. Your rate limit resets in ~{wait}s.", headers={"Retry-After": str(wait)}
+            )
         return await handler(request)
 
     return guarded

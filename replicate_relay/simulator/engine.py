@@ -1,4 +1,5 @@
-"""A prediction's lifecycle: a pure plan of timed steps, applied by one asyncio task that tells the notifier."""
+"""A prediction's or training's lifecycle: a pure plan of timed steps, applied by one asyncio task that tells the
+notifier, until the finish, a cancel, or the `Cancel-After` deadline."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from replicate_relay.simulator.delivery import Notifier
-from replicate_relay.simulator.files import file_name
+from replicate_relay.simulator.files import WEIGHTS_NAME, file_name
 from replicate_relay.simulator.prediction import Prediction
-from replicate_relay.simulator.requests import Behaviour
+from replicate_relay.simulator.requests import Behaviour, Kind
 from replicate_relay.simulator.settings import Clock
 
 log = logging.getLogger("relay.simulator")
@@ -31,12 +32,13 @@ class Step:
     value: str = ""
 
 
-def plan(behaviour: Behaviour) -> list[Step]:
-    """Every step of a run, in time order: processing, log lines and outputs spread evenly, then the finish."""
+def plan(behaviour: Behaviour, kind: Kind = "prediction") -> list[Step]:
+    """Every step of a run, in time order: processing, log lines and outputs spread evenly, then the finish.
+    A training's only output, its new version and weights, comes with the finish."""
     duration = behaviour.duration
     if behaviour.outcome == "aborted":  # the deadline passed before it ever ran
         return [Step(duration, "finish")]
-    queue = min(_QUEUE_SECONDS, duration / 10)
+    queue = min(_QUEUE_SECONDS, duration / 10) if behaviour.start_delay is None else behaviour.start_delay
     span = duration - queue
 
     def spread(count: int) -> list[float]:
@@ -46,7 +48,7 @@ def plan(behaviour: Behaviour) -> list[Step]:
     steps += [
         Step(at, "log", progress_line(index + 1, behaviour.logs)) for index, at in enumerate(spread(behaviour.logs))
     ]
-    if behaviour.outcome == "succeeded":
+    if behaviour.outcome == "succeeded" and kind == "prediction":
         steps += _output_steps(behaviour, spread)
     steps.append(Step(duration, "finish"))
     return sorted(steps, key=lambda step: step.at)  # stable: a tie keeps the order above
@@ -97,6 +99,9 @@ def apply(prediction: Prediction, step: Step, now: float) -> Literal["output", "
     if behaviour.outcome == "failed":
         prediction.error = behaviour.error
         prediction.output = None
+    elif behaviour.outcome == "succeeded" and prediction.request.kind == "training":
+        prediction.files.append(WEIGHTS_NAME)
+        prediction.output = {"version": prediction.trained_version, "weights": prediction.file_url(WEIGHTS_NAME)}
     elif behaviour.outcome == "succeeded" and prediction.output is None:
         prediction.output = [] if behaviour.output_list else ""
     return None
@@ -108,22 +113,29 @@ class Run:
     def __init__(self, prediction: Prediction, notifier: Notifier, clock: Clock) -> None:
         self.prediction = prediction
         self.notifier = notifier
-        self.steps = plan(prediction.request.behaviour)
+        self.steps = plan(prediction.request.behaviour, prediction.request.kind)
         self._clock = clock
         self._cancel_requested = asyncio.Event()
         self.terminal = asyncio.Event()
 
     async def run(self) -> None:
-        """Apply the plan step by step until the finish or a cancel; then hand the completed event over."""
+        """Apply the plan step by step until the finish, a cancel or the deadline; then hand the completed event over.
+
+        A step due exactly at the deadline still happens: a run that finishes at its deadline succeeds."""
         loop = asyncio.get_running_loop()
         begin = loop.time()
+        deadline = self.prediction.request.cancel_after
         self.notifier.started()
         for step in self.steps:
-            remaining = begin + step.at - loop.time()
+            at = step.at if deadline is None else min(step.at, deadline)
+            remaining = begin + at - loop.time()
             if remaining > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._cancel_requested.wait(), remaining)
             if self._cancel_requested.is_set():
+                break
+            if at < step.at:
+                self._expire()
                 break
             event = apply(self.prediction, step, self._clock.now())
             if event is not None:
@@ -140,6 +152,12 @@ class Run:
         prediction.completed_at = self._clock.now()
         self._cancel_requested.set()
         self.terminal.set()
+
+    def _expire(self) -> None:
+        """The `Cancel-After` deadline passed: `aborted` if the run never started, else `canceled`."""
+        prediction = self.prediction
+        prediction.status = "aborted" if prediction.started_at is None else "canceled"
+        prediction.completed_at = self._clock.now()
 
 
 class TaskSet:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import struct
 import zlib
+from collections.abc import Iterator
 
 from replicate_relay.simulator.requests import CONTENT_TYPES
 
@@ -12,6 +13,8 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_SIDE = 8
 # An ancillary, private, safe-to-copy chunk type: decoders skip it, so padding keeps the PNG valid.
 _PNG_PADDING_CHUNK = b"sdPg"
+WEIGHTS_NAME = "weights.tar"  # a training's output file
+_CHUNK_BYTES = 1024 * 1024
 
 
 def file_name(index: int, extension: str) -> str:
@@ -19,7 +22,17 @@ def file_name(index: int, extension: str) -> str:
 
 
 def content_type(name: str) -> str:
+    if name == WEIGHTS_NAME:
+        return "application/x-tar"
     return CONTENT_TYPES.get(name.rpartition(".")[2], "application/octet-stream")
+
+
+def weights_chunks(training_id: str, size: int) -> Iterator[bytes]:
+    """A training's weights: `size` bytes of noise (not a real tar), the same on every request, made a
+    megabyte at a time so that gigabytes can be served without holding them."""
+    for index, start in enumerate(range(0, size, _CHUNK_BYTES)):
+        seed = f"{training_id}/{WEIGHTS_NAME}/{index}".encode()
+        yield hashlib.shake_256(seed).digest(min(_CHUNK_BYTES, size - start))
 
 
 def file_bytes(prediction_id: str, name: str, size: int) -> bytes:

@@ -1,8 +1,9 @@
-"""One simulated prediction's state and its JSON form, exactly the fields Replicate's API returns."""
+"""One simulated prediction's (or training's) state and its JSON form, exactly the fields Replicate's API returns."""
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -51,13 +52,25 @@ class Prediction:
     def file_url(self, name: str) -> str:
         return f"{self.base_url}/files/{self.id}/{name}"
 
+    @property
+    def trained_version(self) -> str:
+        """A training's new version, "destination:<64 hex>", the same for the same training id."""
+        return f"{self.request.destination}:{hashlib.sha256(f'{self.id}/version'.encode()).hexdigest()}"
+
     def to_json(self, *, now: float, ttl: float) -> dict[str, Any]:
+        """The API's and every webhook's body. A training's has no `data_removed` and no `web` URL, and its URLs
+        are under /v1/trainings, as Replicate's reference shows for GET /v1/trainings/{id}."""
         removed = self.expired(now=now, ttl=ttl)
         metrics: dict[str, Any] = {}
         if self.completed_at is not None and self.started_at is not None:
             metrics["predict_time"] = round(self.completed_at - self.started_at, 6)
-        api = f"{self.base_url}/v1/predictions/{self.id}"
-        return {
+        if self.request.kind == "training":
+            api = f"{self.base_url}/v1/trainings/{self.id}"
+            urls = {"get": api, "cancel": f"{api}/cancel"}
+        else:
+            api = f"{self.base_url}/v1/predictions/{self.id}"
+            urls = {"get": api, "cancel": f"{api}/cancel", "web": f"{self.base_url}/p/{self.id}"}
+        body: dict[str, Any] = {
             "id": self.id,
             "model": self.request.model,
             "version": self.request.version,
@@ -71,5 +84,8 @@ class Prediction:
             "completed_at": None if self.completed_at is None else iso(self.completed_at),
             "data_removed": removed,
             "metrics": metrics,
-            "urls": {"get": api, "cancel": f"{api}/cancel", "web": f"{self.base_url}/p/{self.id}"},
+            "urls": urls,
         }
+        if self.request.kind == "training":
+            del body["data_removed"]
+        return body

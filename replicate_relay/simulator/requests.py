@@ -1,4 +1,5 @@
-"""Reading a create-prediction request: the Replicate fields, and the `sim_*` input keys that steer the run."""
+"""Reading create requests (predictions and trainings): Replicate's fields, the `Cancel-After` header, and the
+`sim_*` input keys that steer the run."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from replicate_relay.simulator.errors import ApiError, InvalidFields
@@ -20,8 +21,15 @@ CONTENT_TYPES = {"png": "image/png", "webp": "image/webp", "jpg": "image/jpeg"}
 SIM_PREFIX = "sim_"
 VERSION_FORM_MODEL = "replicate-relay/simulated-model"
 MAX_DURATION_SECONDS = 1800.0  # Replicate times predictions out after 30 minutes
+MAX_WEIGHTS_BYTES = 10 * 1024**3  # served as a stream, never held in memory
+
+Kind = Literal["prediction", "training"]
 
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+# Go's duration syntax, the one Replicate's examples use (`1m`, `30s`): one or more <number><unit>.
+_DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:h|ms|m|s))+")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
+_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 
 
 @dataclass(frozen=True)
@@ -38,11 +46,13 @@ class Behaviour:
     logs: int = 3
     error: str = "simulated failure: the model raised an exception"
     drop_final: bool = False
+    start_delay: float | None = None  # seconds spent `starting`; None: a tenth of the run, at most 0.1 s
+    weights_bytes: int = 4096  # a training's weights file
 
 
 @dataclass(frozen=True)
 class CreateRequest:
-    """A validated create-prediction request."""
+    """A validated create request: a prediction, or a training (which has a `destination`)."""
 
     model: str
     version: str
@@ -51,32 +61,71 @@ class CreateRequest:
     webhook: str | None = None
     webhook_completed: str | None = None
     events: frozenset[str] = field(default=DEFAULT_EVENTS)
+    kind: Kind = "prediction"
+    destination: str | None = None  # a training's "owner/name"
+    cancel_after: float | None = None  # seconds from creation (the `Cancel-After` header), predictions only
 
 
-def parse_create(body: Any, *, model: str | None = None) -> CreateRequest:
-    """Validate a create body; `model` is "owner/name" for the model and deployment forms, None for the version form."""
-    if not isinstance(body, dict):
-        raise ApiError(400, "the request body must be a JSON object")
+def parse_create(body: Any, *, model: str | None = None, cancel_after: str | None = None) -> CreateRequest:
+    """Validate a create-prediction body; `model` is "owner/name" for the model and deployment forms, None for the
+    version form; `cancel_after` is the raw `Cancel-After` header, if any (400 when malformed)."""
+    deadline = None if cancel_after is None else parse_duration(cancel_after)
+    body = _object(body)
     problems: list[tuple[str, str]] = []
 
     if model is None:
         model, version = _version_form(body.get("version"), problems)
     else:
         version = _version_id(model)
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        problems.append(("stream", "must be true or false"))
+    return _request(body, problems, model=model, version=version, kind="prediction", cancel_after=deadline)
 
+
+def parse_training(body: Any, *, model: str, version: str) -> CreateRequest:
+    """Validate a create-training body (POST /v1/models/{owner}/{name}/versions/{version_id}/trainings)."""
+    body = _object(body)
+    problems: list[tuple[str, str]] = []
+    raw = body.get("destination")
+    owner, _, name = raw.partition("/") if isinstance(raw, str) else ("", "", "")
+    if not (_MODEL_NAME.fullmatch(owner) and _MODEL_NAME.fullmatch(name)):
+        problems.append(("destination", "is required: an existing model, owner/name"))
+    destination = f"{owner}/{name}"
+    return _request(body, problems, model=model, version=version, kind="training", destination=destination)
+
+
+def parse_duration(raw: str) -> float:
+    """Seconds in a `Cancel-After` value: Go-style `<number><unit>` parts (h, m, s, ms), e.g. `1m`, `1h30m`,
+    `500ms`; a malformed or zero one is a 400."""
+    text = raw.strip()
+    if len(text) > 64 or not _DURATION.fullmatch(text):
+        raise ApiError(400, f"Cancel-After: {raw[:64]!r} is not a duration such as 30s, 5m or 1h30m")
+    seconds = sum(float(number) * _UNIT_SECONDS[unit] for number, unit in _DURATION_PART.findall(text))
+    if seconds <= 0:
+        raise ApiError(400, "Cancel-After: the duration must be more than zero")
+    return seconds
+
+
+def _object(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    return body
+
+
+def _request(
+    body: dict[str, Any], problems: list[tuple[str, str]], *, model: str, version: str, kind: Kind, **extra: Any
+) -> CreateRequest:
+    """The fields both kinds share (input, webhook, webhook_completed, webhook_events_filter); 422 naming each
+    problem, `problems` included."""
     raw_input = body.get("input")
     if not isinstance(raw_input, dict):
         problems.append(("input", "is required and must be an object"))
         raw_input = {}
-    behaviour = _behaviour(raw_input, problems)
-
+    behaviour = _behaviour(raw_input, kind, problems)
     webhook = _url(body, "webhook", problems)
     webhook_completed = _url(body, "webhook_completed", problems)
     events = _events(body.get("webhook_events_filter"), problems)
-    stream = body.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        problems.append(("stream", "must be true or false"))
-
     if problems:
         raise InvalidFields(problems)
     return CreateRequest(
@@ -87,6 +136,8 @@ def parse_create(body: Any, *, model: str | None = None) -> CreateRequest:
         webhook=webhook,
         webhook_completed=webhook_completed,
         events=events,
+        kind=kind,
+        **extra,
     )
 
 
@@ -157,17 +208,28 @@ SIM_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "sim_logs": ("logs", lambda raw: integer(raw, low=0, high=1000)),
     "sim_error": ("error", _text),
     "sim_drop_final": ("drop_final", boolean),
+    "sim_start_delay": ("start_delay", lambda raw: number(raw, low=0.0, high=MAX_DURATION_SECONDS)),
+    "sim_weights_bytes": ("weights_bytes", lambda raw: integer(raw, low=1, high=MAX_WEIGHTS_BYTES)),
+}
+# Keys that shape one kind's output only; sent with the other kind they are refused, not ignored.
+_ONLY = {
+    "prediction": frozenset({"sim_files", "sim_file_bytes", "sim_output_format", "sim_output_list", "sim_tokens"}),
+    "training": frozenset({"sim_weights_bytes"}),
 }
 
 
-def _behaviour(raw_input: dict[str, Any], problems: list[tuple[str, str]]) -> Behaviour:
+def _behaviour(raw_input: dict[str, Any], kind: Kind, problems: list[tuple[str, str]]) -> Behaviour:
     values: dict[str, Any] = {}
+    other = "training" if kind == "prediction" else "prediction"
     for key, raw in raw_input.items():
         if not key.startswith(SIM_PREFIX):
             continue
         known = SIM_KEYS.get(key)
         if known is None:
             problems.append((f"input.{key}", f"unknown simulator key; known: {', '.join(SIM_KEYS)}"))
+            continue
+        if key in _ONLY[other]:
+            problems.append((f"input.{key}", f"applies to a {other} only"))
             continue
         attribute, check = known
         try:
@@ -177,4 +239,6 @@ def _behaviour(raw_input: dict[str, Any], problems: list[tuple[str, str]]) -> Be
     behaviour = Behaviour(**values)
     if not behaviour.output_list and behaviour.files > 1:
         problems.append(("input.sim_output_list", "false needs sim_files of 0 or 1"))
+    if behaviour.start_delay is not None and behaviour.start_delay > behaviour.duration:
+        problems.append(("input.sim_start_delay", "must not exceed sim_duration, the whole run"))
     return behaviour

@@ -15,6 +15,7 @@ from replicate_relay.simulator.errors import InvalidFields
 # after completion (docs/REPLICATE.md): waits of 1 + 2 + 4 + 8 + 16 + 30 s.
 DEFAULT_RETRY_DELAYS: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 MAX_RETRIES = 20
+THROTTLE_SCOPES = ("all", "creates")
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,9 @@ class SimConfig:
     throttle_seconds: float = 0.5  # at most one output/logs webhook per prediction per this interval
     timestamp_skew_seconds: int = 0  # added to webhook-timestamp, to test receivers' tolerance
     page_size: int = 100  # predictions per page of GET /v1/predictions
-    throttle_requests: int = 0  # the next this many /v1 requests answer 429 with Retry-After: 1 (counts down)
+    throttle_requests: int = 0  # the next this many /v1 requests answer 429 with Retry-After (counts down)
+    throttle_scope: str = "all"  # which requests throttle_requests hits: "all", or "creates" (predictions, trainings)
+    throttle_retry_after_seconds: int = 1  # the Retry-After of those 429s
 
     def to_json(self) -> dict[str, Any]:
         body = dataclasses.asdict(self)
@@ -115,6 +118,12 @@ def _seed(raw: Any) -> int | None:
     return None if raw is None else integer(raw, low=-(2**63), high=2**63 - 1)
 
 
+def _throttle_scope(raw: Any) -> str:
+    if raw not in THROTTLE_SCOPES:
+        raise ValueError(f"must be one of {', '.join(THROTTLE_SCOPES)}")
+    return str(raw)
+
+
 def _retry_delays(raw: Any) -> tuple[float, ...]:
     if not isinstance(raw, list) or len(raw) > MAX_RETRIES:
         raise ValueError(f"must be a list of at most {MAX_RETRIES} waits in seconds")
@@ -135,4 +144,6 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "timestamp_skew_seconds": lambda raw: integer(raw, low=-(10**9), high=10**9),
     "page_size": lambda raw: integer(raw, low=1, high=1000),
     "throttle_requests": lambda raw: integer(raw, low=0, high=10_000),
+    "throttle_scope": _throttle_scope,
+    "throttle_retry_after_seconds": lambda raw: integer(raw, low=0, high=3600),
 }

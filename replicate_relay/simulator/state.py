@@ -1,4 +1,4 @@
-"""All of the simulator's state: predictions with their runs and delivery logs, the switches, the clock."""
+"""All of the simulator's state: predictions and trainings, their runs and delivery logs, the switches, the clock."""
 
 from __future__ import annotations
 
@@ -13,13 +13,14 @@ from replicate_relay.simulator.delivery import Notifier, Sender, encode
 from replicate_relay.simulator.engine import Run, TaskSet
 from replicate_relay.simulator.errors import ApiError
 from replicate_relay.simulator.prediction import Prediction, new_id
-from replicate_relay.simulator.requests import CreateRequest
+from replicate_relay.simulator.requests import CreateRequest, Kind
 from replicate_relay.simulator.settings import Clock, SimConfig
 from replicate_relay.webhooks import parse_secret
 
 
 class Simulator:
-    """All state: predictions, their runs and delivery logs, the switches and the clock. Loop-confined."""
+    """All state: predictions and trainings (one id space, as their ids look alike), their runs and delivery logs,
+    the switches and the clock. Loop-confined."""
 
     def __init__(self, *, secrets: Sequence[str], config: SimConfig | None = None, clock: Clock | None = None) -> None:
         if not secrets:
@@ -97,9 +98,10 @@ class Simulator:
         self.tasks.spawn(run.run())
         return run
 
-    def run(self, prediction_id: str) -> Run:
+    def run(self, prediction_id: str, kind: Kind | None = "prediction") -> Run:
+        """The run of that id, 404 if there is none of that kind (None: either kind)."""
         run = self.runs.get(prediction_id)
-        if run is None:
+        if run is None or kind not in (None, run.prediction.request.kind):
             raise ApiError(404, "Not found.")
         return run
 

@@ -28,7 +28,7 @@ from starlette.applications import Starlette
 
 from replicate_relay.simulator import SimConfig, Simulator, create_app
 from replicate_relay.simulator.engine import plan
-from replicate_relay.simulator.requests import Behaviour, parse_create
+from replicate_relay.simulator.requests import Behaviour, parse_create, parse_duration
 from replicate_relay.webhooks import VerificationError, parse_secret, verify
 
 SECRET = "whsec_" + base64.b64encode(b"simulator-unit-test-secret-32byt").decode("ascii")
@@ -52,6 +52,7 @@ PREDICTION_KEYS = {
     "metrics",
     "urls",
 }
+TRAINING_KEYS = PREDICTION_KEYS - {"data_removed"}
 
 
 # A webhook receiver that records everything and answers as scripted ------------------------------
@@ -758,6 +759,291 @@ def test_file_ttl_switch_shortens_retention(api: httpx.Client, sim: httpx.Client
     assert sim.get(file_url).status_code == 404
 
 
+# Trainings ---------------------------------------------------------------------------------------
+
+
+def train(
+    api: httpx.Client,
+    webhook: str | None = None,
+    events: list[str] | None = None,
+    destination: str = "acme/tuned",
+    **sim: Any,
+) -> str:
+    body: dict[str, Any] = {
+        "destination": destination,
+        "input": {"data": "x", **{f"sim_{k}": v for k, v in sim.items()}},
+    }
+    if webhook is not None:
+        body["webhook"] = webhook
+    if events is not None:
+        body["webhook_events_filter"] = events
+    response = api.post(f"/v1/models/acme/base/versions/{'a' * 64}/trainings", json=body)
+    assert response.status_code == 201, response.text
+    training_id: str = response.json()["id"]
+    return training_id
+
+
+def test_official_client_creates_gets_and_waits_for_a_training(client: replicate.Client, served: Served) -> None:
+    training = client.trainings.create(
+        model="acme/base", version="b" * 64, destination="acme/tuned", input={"sim_duration": 0.3}
+    )
+
+    assert (training.status, training.model, training.version) == ("starting", "acme/base", "b" * 64)
+    get = f"{served.url}/v1/trainings/{training.id}"
+    assert training.urls == {"get": get, "cancel": f"{get}/cancel"}
+    wait_until(lambda: client.trainings.get(training.id).status == "succeeded")
+    done = client.trainings.get(training.id)
+    assert isinstance(done.output, dict)
+    assert set(done.output) == {"version", "weights"}
+    destination, _, version = done.output["version"].partition(":")
+    assert (destination, len(version), set(version) <= set("0123456789abcdef")) == ("acme/tuned", 64, True)
+    assert done.output["weights"] == f"{served.url}/files/{training.id}/weights.tar"
+
+
+def test_a_training_is_not_a_prediction_and_a_prediction_is_not_a_training(api: httpx.Client) -> None:
+    training_id = train(api, duration=0.1)
+    prediction_id = create(api, duration=0.1)
+
+    assert set(api.get(f"/v1/trainings/{training_id}").json()) == TRAINING_KEYS
+    for path in (f"/v1/predictions/{training_id}", f"/v1/trainings/{prediction_id}"):
+        assert api.get(path).status_code == 404
+        assert api.post(f"{path}/cancel").status_code == 404
+    listed = [prediction["id"] for prediction in api.get("/v1/predictions").json()["results"]]
+    assert prediction_id in listed
+    assert training_id not in listed
+
+
+def test_training_webhooks_are_signed_training_bodies_ending_with_the_new_version(
+    api: httpx.Client, sink: Sink, sim: httpx.Client
+) -> None:
+    url, path = sink.hook()
+    training_id = train(api, url, ALL_EVENTS, duration=0.6, logs=2)
+    log = settled(sim, training_id)
+
+    received = sink.at(path)
+    assert [request.prediction["status"] for request in received] == ["starting", "processing", "succeeded"]
+    assert (events(log), log["final"]) == (["start", "logs", "completed"], "delivered")
+    for request in received:
+        verify(request.headers, request.body, keys=[parse_secret(SECRET)], now=time.time())
+        assert set(request.prediction) == TRAINING_KEYS
+        assert request.prediction["urls"]["get"].endswith(f"/v1/trainings/{training_id}")
+    final = received[-1].prediction
+    assert final == api.get(f"/v1/trainings/{training_id}").json()
+    assert final["output"]["version"].startswith("acme/tuned:")
+    assert final["metrics"]["predict_time"] > 0
+    assert received[1].prediction["output"] is None  # the weights come with the finish only
+
+
+def test_training_weights_are_streamed_at_the_size_asked_the_same_every_time(
+    api: httpx.Client, sim: httpx.Client
+) -> None:
+    size = 3 * 1024 * 1024 + 5  # more than one chunk, not a whole number of them
+    training_id = train(api, duration=0.1, weights_bytes=size)
+    settled(sim, training_id)
+    weights = api.get(f"/v1/trainings/{training_id}").json()["output"]["weights"]
+
+    first, again = sim.get(weights), sim.get(weights)
+
+    assert first.status_code == 200
+    assert (first.headers["content-type"], first.headers["content-length"]) == ("application/x-tar", str(size))
+    assert len(first.content) == size
+    assert first.content == again.content
+    assert first.content[:1024] != first.content[1024 * 1024 : 1024 * 1024 + 1024]  # chunks differ
+    sim.post("/_sim/advance", json={"seconds": 3601}).raise_for_status()
+    assert sim.get(weights).status_code == 404
+
+
+def test_a_canceled_training_sends_its_canceled_completed_webhook_and_stays_canceled(
+    client: replicate.Client, sink: Sink, sim: httpx.Client
+) -> None:
+    url, path = sink.hook()
+    training = client.trainings.create(
+        model="acme/base", version="c" * 64, destination="acme/tuned", input={"sim_duration": 30}, webhook=url
+    )
+
+    canceled = client.trainings.cancel(training.id)
+
+    assert (canceled.status, canceled.output) == ("canceled", None)
+    log = settled(sim, training.id)
+    assert (log["final"], events(log)) == ("delivered", ["completed"])
+    assert [request.prediction["status"] for request in sink.at(path)] == ["canceled"]
+    assert client.trainings.cancel(training.id).status == "canceled"  # a second cancel changes nothing
+    assert len(sink.at(path)) == 1
+
+
+def test_a_final_prediction_or_training_is_answered_unchanged_by_cancel(api: httpx.Client, sim: httpx.Client) -> None:
+    for kind, created in (("predictions", create(api, duration=0.1)), ("trainings", train(api, duration=0.1))):
+        settled(sim, created)
+        before = api.get(f"/v1/{kind}/{created}").json()
+
+        answer = api.post(f"/v1/{kind}/{created}/cancel")
+
+        assert (answer.status_code, answer.json()) == (200, before)
+        assert before["status"] == "succeeded"
+
+
+def test_training_final_webhook_is_retried_and_can_be_dropped_like_a_predictions(
+    api: httpx.Client, sink: Sink, sim: httpx.Client
+) -> None:
+    url, path = sink.hook(Answer(500))
+    retried = train(api, url, ["completed"], duration=0.1)
+    dropped = train(api, sink.hook()[0], ["completed"], duration=0.1, drop_final=True)
+
+    log = settled(sim, retried)
+    assert (log["final"], [d["status_code"] for d in log["deliveries"]]) == ("delivered", [500, 200])
+    assert len({request.webhook_id for request in sink.at(path)}) == 1
+    assert settled(sim, dropped)["final"] == "dropped"
+
+
+def test_failed_training_has_an_error_and_no_weights(api: httpx.Client, sim: httpx.Client) -> None:
+    training_id = train(api, duration=0.1, outcome="failed", error="loss went to NaN")
+    settled(sim, training_id)
+
+    body = api.get(f"/v1/trainings/{training_id}").json()
+    assert (body["status"], body["error"], body["output"]) == ("failed", "loss went to NaN", None)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"input": {}}, "destination"),
+        ({"destination": "tuned", "input": {}}, "destination"),
+        ({"destination": "acme/", "input": {}}, "destination"),
+        ({"destination": 7, "input": {}}, "destination"),
+        ({"destination": "acme/tuned"}, "input"),
+        ({"destination": "acme/tuned", "input": {}, "webhook_events_filter": ["done"]}, "webhook_events_filter"),
+        ({"destination": "acme/tuned", "input": {"sim_files": 2}}, "input.sim_files"),
+        ({"destination": "acme/tuned", "input": {"sim_weights_bytes": 0}}, "input.sim_weights_bytes"),
+        ({"destination": "acme/tuned", "input": {"sim_typo": 1}}, "input.sim_typo"),
+    ],
+)
+def test_invalid_create_trainings_are_422_naming_the_field(api: httpx.Client, body: dict[str, Any], field: str) -> None:
+    response = api.post(f"/v1/models/acme/base/versions/{'a' * 64}/trainings", json=body)
+
+    assert response.status_code == 422
+    assert [problem["field"] for problem in response.json()["invalid_fields"]] == [field]
+
+
+def test_a_training_only_key_on_a_prediction_is_422(api: httpx.Client) -> None:
+    response = api.post("/v1/predictions", json={"version": "v", "input": {"sim_weights_bytes": 10}})
+
+    assert response.status_code == 422
+    assert "training only" in response.json()["detail"]
+
+
+# Deadlines (Cancel-After) ------------------------------------------------------------------------
+
+CREATE_ROUTES = [
+    ("/v1/predictions", {"version": "d" * 64}),
+    ("/v1/models/acme/restorer/predictions", {}),
+    ("/v1/deployments/acme/prod/predictions", {}),
+]
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("1m", 60),
+        ("30s", 30),
+        ("1h30m", 5400),
+        ("500ms", 0.5),
+        ("1.5s", 1.5),
+        ("2h", 7200),
+        (" 5s ", 5),
+        ("1m1ms", 60.001),
+    ],
+)
+def test_cancel_after_reads_go_style_durations(header: str, seconds: float) -> None:
+    assert parse_duration(header) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(
+    "header", ["", "10", "1d", "-1s", "0s", "0m0s", "1m 30s", "s", "1.s", "5 minutes", "1" * 70 + "s"]
+)
+def test_malformed_cancel_after_is_400_on_every_create_route_and_creates_nothing(
+    api: httpx.Client, sim: httpx.Client, header: str
+) -> None:
+    before = sim.get("/_sim/health").json()["predictions"]
+    for path, body in CREATE_ROUTES:
+        response = api.post(path, json={**body, "input": {}}, headers={"Cancel-After": header})
+
+        assert response.status_code == 400, path
+        assert "Cancel-After" in response.json()["detail"]
+    assert sim.get("/_sim/health").json()["predictions"] == before
+
+
+@pytest.mark.parametrize(("path", "body"), CREATE_ROUTES)
+def test_deadline_before_the_start_aborts_and_sends_the_aborted_completed_webhook(
+    api: httpx.Client, sink: Sink, sim: httpx.Client, path: str, body: dict[str, Any]
+) -> None:
+    url, hook = sink.hook()
+    request = {**body, "input": {"sim_start_delay": 5, "sim_duration": 6}, "webhook": url}
+    request["webhook_events_filter"] = ["start", "completed"]
+    prediction_id = api.post(path, json=request, headers={"Cancel-After": "200ms"}).json()["id"]
+    log = settled(sim, prediction_id)
+
+    body = api.get(f"/v1/predictions/{prediction_id}").json()
+    assert (body["status"], body["started_at"], body["output"], body["metrics"]) == ("aborted", None, None, {})
+    assert body["completed_at"] is not None
+    assert (log["final"], events(log)) == ("delivered", ["start", "completed"])
+    assert [request.prediction["status"] for request in sink.at(hook)] == ["starting", "aborted"]
+
+
+@pytest.mark.parametrize(("path", "body"), CREATE_ROUTES)
+def test_deadline_while_running_cancels_and_sends_the_canceled_completed_webhook(
+    api: httpx.Client, sink: Sink, sim: httpx.Client, path: str, body: dict[str, Any]
+) -> None:
+    url, hook = sink.hook()
+    request = {**body, "input": {"sim_start_delay": 0, "sim_duration": 30, "sim_logs": 0}, "webhook": url}
+    request["webhook_events_filter"] = ["completed"]
+    prediction_id = api.post(path, json=request, headers={"Cancel-After": "300ms"}).json()["id"]
+    log = settled(sim, prediction_id)
+
+    body = api.get(f"/v1/predictions/{prediction_id}").json()
+    assert (body["status"], body["output"]) == ("canceled", None)
+    assert body["started_at"] is not None
+    assert body["metrics"]["predict_time"] > 0
+    assert log["final"] == "delivered"
+    assert [request.prediction["status"] for request in sink.at(hook)] == ["canceled"]
+
+
+def test_a_prediction_finishing_before_its_deadline_succeeds(api: httpx.Client, sim: httpx.Client) -> None:
+    request = {"version": "e" * 64, "input": {"sim_duration": 0.2}}
+    prediction_id = api.post("/v1/predictions", json=request, headers={"Cancel-After": "1m"}).json()["id"]
+    settled(sim, prediction_id)
+
+    assert api.get(f"/v1/predictions/{prediction_id}").json()["status"] == "succeeded"
+
+
+def test_start_delay_longer_than_the_run_is_422(api: httpx.Client) -> None:
+    response = api.post("/v1/predictions", json={"version": "v", "input": {"sim_start_delay": 3, "sim_duration": 2}})
+
+    assert response.status_code == 422
+    assert [problem["field"] for problem in response.json()["invalid_fields"]] == ["input.sim_start_delay"]
+
+
+# Rate limits -------------------------------------------------------------------------------------
+
+
+def test_throttle_answers_429_on_every_create_route_with_the_retry_after_asked(
+    api: httpx.Client, sim: httpx.Client
+) -> None:
+    creates = [*CREATE_ROUTES, (f"/v1/models/acme/base/versions/{'a' * 64}/trainings", {"destination": "acme/tuned"})]
+    change = {"throttle_requests": len(creates), "throttle_scope": "creates", "throttle_retry_after_seconds": 7}
+    sim.post("/_sim/config", json=change).raise_for_status()
+
+    answers = []
+    for path, body in creates:
+        answers.append(api.post(path, json={**body, "input": {"sim_duration": 0.1}}))
+        assert api.get("/v1/predictions").status_code == 200  # other calls are not in the "creates" scope
+
+    assert [answer.status_code for answer in answers] == [429] * len(creates)
+    assert {answer.headers["retry-after"] for answer in answers} == {"7"}
+    assert "~7s" in answers[0].json()["detail"]
+    assert sim.get("/_sim/config").json()["throttle_requests"] == 0
+    assert api.post(creates[-1][0], json={**creates[-1][1], "input": {}}).status_code == 201
+
+
 # Controls, plan and shutdown -----------------------------------------------------------------------
 
 
@@ -769,6 +1055,8 @@ def test_file_ttl_switch_shortens_retention(api: httpx.Client, sim: httpx.Client
         {"retry_delays": [1, -1]},
         {"seed": 1.5},
         {"no_such_switch": 1},
+        {"throttle_scope": "reads"},
+        {"throttle_retry_after_seconds": -1},
     ],
 )
 def test_invalid_config_changes_are_422_and_change_nothing(sim: httpx.Client, change: dict[str, Any]) -> None:
