@@ -9,7 +9,8 @@ publishing needs the claim (`announce_claimed_at`):
   transaction (`claim`), refused while another process's claim is younger than the lease.
 Once published, `announced_at` is recorded. A claim not followed by that lapses after the lease,
 so a failed publish is retried by a redelivery or the reconciler; a crash between publishing and
-recording leaves a duplicate, which consumers drop by `event_id`.
+recording leaves a duplicate, which consumers drop by `event_id`. Once it is recorded, the job's
+GPU seconds are counted (`relay.job.predict_time`, replicate_relay.usage): once per job.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from replicate_relay import usage
 from replicate_relay.jobevents import announce
 from replicate_relay.jobs import Job
 from replicate_relay.publisher import TopicPublisher
@@ -66,6 +68,7 @@ def announce_claimed(store: JobStore, publisher: TopicPublisher, job: Job) -> No
     then lapses, so a retry announces it)."""
     announce(publisher, job)
     store.update_fields(job.job_id, {"announced_at": store.now()})
+    usage.count_final(job)
 
 
 def announce_once(store: JobStore, publisher: TopicPublisher, job: Job) -> bool:

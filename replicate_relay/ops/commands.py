@@ -28,6 +28,7 @@ from replicate_relay.ops.monitoring import monitoring_client
 from replicate_relay.ops.render import to_json
 from replicate_relay.ops.replay import dead_letter_subscription, render_replay, replay
 from replicate_relay.ops.status import collect_status, render_status
+from replicate_relay.ops.usage import PriceTable
 from replicate_relay.publisher import TopicPublisher
 from replicate_relay.topology import load
 
@@ -134,19 +135,22 @@ def _jobs_list(args: argparse.Namespace) -> int:
     Without --state/--stuck: newest first. With them: oldest first, the order the (state, updated_at)
     index of infra/firestore.indexes.json serves."""
     settings = _settings(args)
+    prices = PriceTable.from_env(os.environ)
     now = _now()
     since = parse_since(args.since, now) if args.since else None
     selection = JobFilter(state=args.state, stuck=args.stuck, since=since, limit=args.limit)
     jobs = list_jobs(context.firestore_client(settings), settings, selection, now=now)
-    print(to_json([job.json_form() for job in jobs]) if args.json else render_jobs(jobs, now=now))
+    print(to_json([job.json_form() for job in jobs]) if args.json else render_jobs(jobs, now=now, prices=prices))
     return 0
 
 
 def _jobs_show(args: argparse.Namespace) -> int:
-    """one job with its outputs and events"""
+    """one job with its outputs, events and usage"""
     settings = _settings(args)
+    prices = PriceTable.from_env(os.environ)
     detail = show_job(context.firestore_client(settings), settings, args.id, values=context.value_store(settings))
-    print(to_json(job_detail_json(detail)) if args.json else render_job(detail, now=_now()))
+    shown = job_detail_json(detail, prices=prices) if args.json else render_job(detail, now=_now(), prices=prices)
+    print(to_json(shown) if args.json else shown)
     return 0
 
 
@@ -207,6 +211,7 @@ def _serve_status_page(args: argparse.Namespace) -> int:
     # Imported here: only this command needs the web stack (Flask, Jinja, functions-framework).
     from replicate_relay.ops import statuspage  # noqa: PLC0415
 
+    PriceTable.from_env(os.environ)  # a malformed price table stops the command now, not each page
     # The page is configured by its environment, as when deployed; --timeout reaches it that way.
     os.environ[statuspage.TIMEOUT_VARIABLE] = f"{args.timeout:g}"
     statuspage.serve(args.host, args.port)

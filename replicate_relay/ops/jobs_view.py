@@ -15,6 +15,8 @@ from replicate_relay.jobstore import EVENTS, JOBS, PREDICTIONS, JobStore
 from replicate_relay.ops.context import OpsSettings
 from replicate_relay.ops.errors import OpsError
 from replicate_relay.ops.render import age, iso, table
+from replicate_relay.ops.usage import PriceTable, estimate_cell, seconds_cell, usd
+from replicate_relay.usage import predict_time, total_time
 from replicate_relay.values import ValueStore, dumps
 
 OPEN_STATES = [state.value for state in JobState if state not in TERMINAL_STATES]
@@ -124,9 +126,12 @@ def trace_hint(job_id: str) -> str:
     return f"trace: relay trace {job_id}   (--html FILE for a page, --gcp for Cloud Trace)"
 
 
-def render_jobs(jobs: list[Job], *, now: datetime) -> str:
+def render_jobs(jobs: list[Job], *, now: datetime, prices: PriceTable | None = None) -> str:
+    """One line per job, with Replicate's predict time; with `prices`, a cost estimate too."""
     if not jobs:
         return "No jobs match."
+    headers = ["job", "state", "replicate", "prediction", "model", "predict s"]
+    headers += ["estimate"] if prices is not None else []
     rows = [
         [
             job.job_id,
@@ -134,12 +139,19 @@ def render_jobs(jobs: list[Job], *, now: datetime) -> str:
             job.replicate_status,
             job.prediction_id,
             job.model,
+            seconds_cell(predict_time(job)),
+            *([estimate_cell(prices, job)] if prices is not None else []),
             age(job.updated_at, now),
             outcome_summary(job),
         ]
         for job in jobs
     ]
-    return table(["job", "state", "replicate", "prediction", "model", "updated", "outputs / error"], rows)
+    listing = table([*headers, "updated", "outputs / error"], rows)
+    return listing + ("\n\n" + estimate_note(prices) if prices is not None else "")
+
+
+def estimate_note(prices: PriceTable) -> str:
+    return f"estimate: predict s × USD per second from {prices.source}; Replicate reports no cost"
 
 
 def outcome_summary(job: Job) -> str:
@@ -158,7 +170,26 @@ def _one_line(value: object, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def render_job(detail: JobDetail, *, now: datetime) -> str:
+def usage_fields(job: Job, prices: PriceTable | None) -> list[tuple[str, object]]:
+    """Replicate's predict and total time, and with `prices` the estimate (or why there is none)."""
+    predicted, total = predict_time(job), total_time(job)
+    fields: list[tuple[str, object]] = [
+        ("predict time", f"{predicted:.3f} s" if predicted is not None else "-   (Replicate reported none)"),
+        ("total time", f"{total:.3f} s" if total is not None else "-"),
+    ]
+    if prices is not None:
+        price, amount = prices.price(job), prices.estimate(job)
+        if amount is not None and price is not None:
+            shown = f"{usd(amount)}   (estimate: predict time × {usd(price)}/s from {prices.source})"
+        elif price is None:
+            shown = f"-   (no price for {job.deployment or job.model or 'this job'} in {prices.source})"
+        else:
+            shown = "-   (no predict time)"
+        fields.append(("cost estimate", shown))
+    return fields
+
+
+def render_job(detail: JobDetail, *, now: datetime, prices: PriceTable | None = None) -> str:
     job = detail.job
     fields: list[tuple[str, object]] = [
         ("job", f"{job.job_id}   (found by {detail.found_by})"),
@@ -173,6 +204,7 @@ def render_job(detail: JobDetail, *, now: datetime) -> str:
         ("announced", f"{iso(job.announced_at)}   (by {job.announcer or '-'})"),
         ("metadata", ", ".join(f"{key}={value}" for key, value in sorted(job.metadata.items())) or "-"),
     ]
+    fields += usage_fields(job, prices)
     if job.error is not None or job.error_code:
         fields.append(("error", f"{job.error_code or '-'}: {_one_line(job.error, 200)}"))
     if job.input is not None:
@@ -200,10 +232,15 @@ def render_job(detail: JobDetail, *, now: datetime) -> str:
     return "\n".join([*lines, "", trace_hint(job.job_id)])
 
 
-def job_detail_json(detail: JobDetail) -> dict[str, Any]:
+def job_detail_json(detail: JobDetail, *, prices: PriceTable | None = None) -> dict[str, Any]:
+    job = detail.job
+    usage: dict[str, Any] = {"predict_time": predict_time(job), "total_time": total_time(job)}
+    if prices is not None:
+        usage |= {"estimate_usd": prices.estimate(job), "usd_per_second": prices.price(job), "prices": prices.source}
     return {
-        "job": detail.job.json_form(),
+        "job": job.json_form(),
         "found_by": detail.found_by,
+        "usage": usage,
         "events": [
             {**event.__dict__, "received_at": event.received_at.isoformat() if event.received_at else None}
             for event in detail.events

@@ -1,4 +1,5 @@
-"""The status page: `relay status` as a self-refreshing web page, plus recent jobs and a latency chart.
+"""The status page: `relay status` as a self-refreshing web page, plus recent jobs, a latency chart and
+GPU seconds by model or deployment (with cost estimates where RELAY_PRICE_TABLE prices them).
 
 A functions-framework entry point (`--source replicate_relay/ops/statuspage.py --target status_page`), served
 by the dev stack, by `relay status --serve`, or as a private Cloud Run service.
@@ -33,13 +34,15 @@ from replicate_relay.ops.errors import OpsError
 from replicate_relay.ops.jobs_view import JobFilter, list_jobs, outcome_summary
 from replicate_relay.ops.render import age, duration, iso, to_json
 from replicate_relay.ops.status import Status, SubscriptionStatus, collect_status
+from replicate_relay.ops.usage import PriceTable, UsageSummary, estimate_cell, seconds_cell, summarize_usage, usd
 from replicate_relay.serve import PerProcess, flask_health
 from replicate_relay.topology import Topology, load
+from replicate_relay.usage import predict_time
 
 log = logging.getLogger("relay.ops.statuspage")
 
 REFRESH_SECONDS = 10
-RECENT_JOBS = 50  # read for the chart; the table shows the first JOBS_SHOWN
+RECENT_JOBS = 50  # read for the chart and GPU seconds; the table shows the first JOBS_SHOWN
 JOBS_SHOWN = 20
 DEFAULT_TIMEOUT = 5.0  # per Google API call: a refresh every 10 s must not wait longer on a dead emulator
 TIMEOUT_VARIABLE = "RELAY_STATUS_TIMEOUT_SECONDS"
@@ -57,7 +60,8 @@ _templates = jinja2.Environment(
 @dataclass(frozen=True)
 class PageData:
     status: Status
-    jobs: list[Job]  # most recently written first
+    jobs: list[Job]  # most recently written first, at most RECENT_JOBS
+    prices: PriceTable | None = None  # RELAY_PRICE_TABLE: estimates only where it is set
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,7 @@ class Clients:
     db: firestore.Client
     metrics: monitoring.MetricQuery | None  # Cloud Monitoring; None on the emulators, which have none
     topology: Topology
+    prices: PriceTable | None  # RELAY_PRICE_TABLE
 
 
 _collecting = threading.Lock()
@@ -84,7 +89,7 @@ def collect_page(clients: Clients, *, now: datetime) -> PageData:
             clients.subscriber, clients.db, clients.topology, settings, now=now, metrics=clients.metrics
         )
     jobs = list_jobs(clients.db, settings, JobFilter(limit=RECENT_JOBS), now=now)
-    return PageData(status=status, jobs=jobs)
+    return PageData(status=status, jobs=jobs, prices=clients.prices)
 
 
 # Rendering ------------------------------------------------------------------------------------
@@ -108,8 +113,49 @@ def render_page(data: PageData) -> str:
         failures_figure=sum(by_reason.values()) if by_reason is not None else "n/a",
         subscriptions=[_subscription_row(s) for s in status.subscriptions],
         chart=chart_for(data.jobs),
-        jobs=[_job_row(job, now) for job in data.jobs[:JOBS_SHOWN]],
+        jobs=[_job_row(job, now, data.prices) for job in data.jobs[:JOBS_SHOWN]],
+        priced=data.prices is not None,
+        usage=usage_view(summarize_usage(data.jobs, now=now, prices=data.prices, limit=RECENT_JOBS), data.prices),
     )
+
+
+def usage_view(summary: UsageSummary, prices: PriceTable | None) -> dict[str, object]:
+    """The GPU seconds table as the template shows it: rows, the total, and what the figures cover."""
+    rows = [
+        {
+            "target": row.target,
+            "kind": row.kind,
+            "jobs": row.jobs,
+            "seconds": seconds_cell(row.predict_seconds),
+            "estimate": _estimate_text(row.estimate_usd, row.unpriced_jobs),
+        }
+        for row in summary.rows
+    ]
+    coverage = "every job that ended in the last 24 h"
+    if not summary.complete and summary.reaches_back is not None:
+        coverage = (
+            f"only the {RECENT_JOBS} most recently written jobs, which reach back {duration(summary.reaches_back)}; "
+            "relay.job.predict_time (the dashboard's GPU seconds chart) counts every job"
+        )
+    estimate_note = ""
+    if prices is not None:
+        estimate_note = (
+            f"Cost estimates: predict time × USD per second from {prices.source}. Replicate reports no cost; "
+            "its bill may differ (private models and deployments bill their instances' setup and idle time too)."
+        )
+    return {
+        "rows": rows,
+        "total_seconds": seconds_cell(summary.predict_seconds),
+        "total_jobs": sum(row.jobs for row in summary.rows),
+        "total_estimate": usd(summary.estimate_usd) if summary.estimate_usd is not None else "-",
+        "coverage": coverage,
+        "estimate_note": estimate_note,
+    }
+
+
+def _estimate_text(amount: float | None, unpriced: int) -> str:
+    shown = usd(amount) if amount is not None else "-"
+    return f"{shown} ({unpriced} unpriced)" if unpriced else shown
 
 
 def chart_for(jobs: list[Job]) -> LatencyChart:
@@ -130,7 +176,7 @@ def _subscription_row(sub: SubscriptionStatus) -> dict[str, object]:
     return {"name": sub.name, "kind": sub.kind, "backlog": backlog, "oldest": oldest, "note": sub.note or ""}
 
 
-def _job_row(job: Job, now: datetime) -> dict[str, object]:
+def _job_row(job: Job, now: datetime, prices: PriceTable | None) -> dict[str, object]:
     latency = "-"
     if job.is_terminal and job.completed_at and job.updated_at:
         latency = seconds_text(job_latency(job.completed_at, job.updated_at))
@@ -142,6 +188,8 @@ def _job_row(job: Job, now: datetime) -> dict[str, object]:
         "model": job.model or "-",
         "updated": age(job.updated_at, now),
         "latency": latency,
+        "predict": seconds_cell(predict_time(job)) or "-",
+        "estimate": estimate_cell(prices, job) if prices is not None else "",
         "outcome": outcome_summary(job),
     }
 
@@ -160,6 +208,7 @@ def _make_clients() -> Clients:
         db=context.firestore_client(settings),
         metrics=metrics,
         topology=load(),
+        prices=PriceTable.from_env(os.environ),
     )
 
 
