@@ -49,7 +49,9 @@ def archive(event: PredictionEvent, *, store: JobStore, archiver: Archiver) -> A
     files = plan.files
 
     # The copies run on the shared pool while this thread looks the job up: neither waits for the other.
-    copies = [_copy(archiver.archive_file, event.prediction.id, output) for output in files]
+    # A training's output files are its weights, under their own size cap.
+    max_bytes = archiver.weights_max_bytes if event.prediction.kind == "training" else None
+    copies = [_copy(archiver.archive_file, event.prediction.id, output, max_bytes=max_bytes) for output in files]
     try:
         located: Located | None = store.locate(event.prediction.id)
     except TRANSIENT_ERRORS:
@@ -75,9 +77,9 @@ def archive(event: PredictionEvent, *, store: JobStore, archiver: Archiver) -> A
     return _finish(store, event, outputs, failure, located)
 
 
-def _copy(copy: Callable[..., ArchivedObject], *args: Any) -> Future[ArchivedObject]:
+def _copy(copy: Callable[..., ArchivedObject], *args: Any, **kwargs: Any) -> Future[ArchivedObject]:
     # In a copy of this context, so each copy's spans stay in the message's trace.
-    return _COPIES.submit(contextvars.copy_context().run, copy, *args)
+    return _COPIES.submit(contextvars.copy_context().run, copy, *args, **kwargs)
 
 
 def _finish(

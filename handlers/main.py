@@ -70,7 +70,12 @@ def _make_clients() -> Clients:
             values=ValueStore(bucket),
         ),
         job_events=_publisher(SETTINGS.job_events_topic),
-        archiver=Archiver(bucket, Downloader(SETTINGS.downloads), chunk_bytes=SETTINGS.upload_chunk_bytes),
+        archiver=Archiver(
+            bucket,
+            Downloader(SETTINGS.downloads),
+            chunk_bytes=SETTINGS.upload_chunk_bytes,
+            weights_max_bytes=SETTINGS.weights_max_bytes,
+        ),
     )
 
 

@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import Literal
 
 from handlers.reconcile import ReconcileSettings
+from replicate_relay.archive import DEFAULT_WEIGHTS_MAX_BYTES
 from replicate_relay.config import (
     ConfigError,
     Env,
@@ -93,6 +94,7 @@ class HandlerSettings:
     publish_deadline_seconds: float
     downloads: DownloadPolicy
     upload_chunk_bytes: int
+    weights_max_bytes: int
     events_topic: str
     reconciler: ReconcilerSettings | None  # read only where the reconcile target runs
     push: PushAuthSettings | None  # read only where a push target (job_status, archive_outputs) runs
@@ -131,6 +133,7 @@ class HandlerSettings:
                 read_timeout=env.get_float("RELAY_DOWNLOAD_READ_TIMEOUT_SECONDS", 60.0, minimum=0.1),
             ),
             upload_chunk_bytes=chunk,
+            weights_max_bytes=env.get_int("RELAY_WEIGHTS_MAX_BYTES", DEFAULT_WEIGHTS_MAX_BYTES, minimum=1),
             events_topic=env.get_str("RELAY_EVENTS_TOPIC", "replicate-events"),
             reconciler=ReconcilerSettings.from_env(env) if target == "reconcile" else None,
             push=PushAuthSettings.from_env(env) if target in _PUSH_TARGETS else None,

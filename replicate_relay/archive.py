@@ -15,6 +15,12 @@ from replicate_relay.downloads import Download, Downloader, safe_url
 from replicate_relay.errors import ArchiveConflict as ArchiveConflict  # noqa: PLC0414 - re-export
 from replicate_relay.outputs import ArchivedObject, OutputFile
 
+# A training's weights are often gigabytes: streamed like any file (memory stays at about one chunk),
+# they are bounded by time instead. The copy must finish within archive-outputs's ack deadline (300 s,
+# infra/topology.yaml) or Pub/Sub delivers the message again while it runs: 10 GiB takes that at
+# 34 MiB/s. Raise RELAY_WEIGHTS_MAX_BYTES together with that deadline (Pub/Sub allows 600 s).
+DEFAULT_WEIGHTS_MAX_BYTES = 10 * 1024**3
+
 
 def object_name(prediction_id: str, index: int, file_name: str) -> str:
     return f"predictions/{prediction_id}/{index}-{file_name}"
@@ -23,18 +29,30 @@ def object_name(prediction_id: str, index: int, file_name: str) -> str:
 class Archiver:
     """Streams each file from its download into one object, so memory stays at about one chunk."""
 
-    def __init__(self, bucket: storage.Bucket, downloader: Downloader, *, chunk_bytes: int = 8 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        bucket: storage.Bucket,
+        downloader: Downloader,
+        *,
+        chunk_bytes: int = 8 * 1024 * 1024,
+        weights_max_bytes: int = DEFAULT_WEIGHTS_MAX_BYTES,
+    ) -> None:
+        """`weights_max_bytes`: the size cap of a training's output files (its weights) instead of the
+        downloader's, which is sized for predictions' outputs."""
         self._bucket = bucket
         self._downloader = downloader
         self._chunk_bytes = chunk_bytes
+        self.weights_max_bytes = weights_max_bytes
 
-    def archive_file(self, prediction_id: str, output: OutputFile) -> ArchivedObject:
-        """Copy one output file; raises the downloader's errors, ArchiveConflict or Google API errors."""
+    def archive_file(self, prediction_id: str, output: OutputFile, *, max_bytes: int | None = None) -> ArchivedObject:
+        """Copy one output file; raises the downloader's errors, ArchiveConflict or Google API errors.
+
+        `max_bytes` replaces the downloader's size cap for this file (see Downloader.open)."""
         with telemetry.tracer().start_as_current_span(
             "archive file",
             attributes={"relay.output.index": output.index, "relay.output.url": safe_url(output.url)},
         ) as span:
-            archived = self._archive_file(prediction_id, output)
+            archived = self._archive_file(prediction_id, output, max_bytes)
             span.set_attributes(
                 {
                     "relay.output.gs_uri": archived.gs_uri,
@@ -44,10 +62,10 @@ class Archiver:
             )
             return archived
 
-    def _archive_file(self, prediction_id: str, output: OutputFile) -> ArchivedObject:
+    def _archive_file(self, prediction_id: str, output: OutputFile, max_bytes: int | None) -> ArchivedObject:
         # One call into the downloader: the URL is checked (a refused URL stays refused, archived or
         # not) and named at once; its body is fetched only if the object is not stored yet.
-        with self._downloader.open(output.url) as download:
+        with self._downloader.open(output.url, max_bytes=max_bytes) as download:
             name = object_name(prediction_id, output.index, download.file_name)
             existing = self._stored(name)
             if existing is not None:

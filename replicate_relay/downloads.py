@@ -189,12 +189,14 @@ class Downloader:
             pass
 
     @contextmanager
-    def open(self, url: str) -> Iterator[Download]:
+    def open(self, url: str, *, max_bytes: int | None = None) -> Iterator[Download]:
         """Check `url` (resolving its host, or decoding a data: URI, once) and yield its Download.
 
         The request goes to a checked address on first use of the body; each redirect is checked
-        afresh. Raises DownloadRefused here, before anything is fetched.
+        afresh. Raises DownloadRefused here, before anything is fetched. `max_bytes` replaces the
+        policy's size cap for this file (a training's weights have their own).
         """
+        limit = self._policy.max_bytes if max_bytes is None else max_bytes
         if _is_data_uri(url):
             media_type, data = self._decode_data_uri(url)
             body = _Body(safe_url(url), media_type, len(data), iter((data,) if data else ()))
@@ -207,14 +209,14 @@ class Downloader:
             yield Download(
                 url=safe_url(url),
                 file_name=_file_name(target.url.raw_path),
-                fetch=lambda: self._fetch(target, responses),
+                fetch=lambda: self._fetch(target, responses, limit),
                 chunk_bytes=self._policy.chunk_bytes,
             )
         finally:
             for response in responses:
                 response.close()
 
-    def _fetch(self, target: _Target, responses: list[httpx.Response]) -> _Body:
+    def _fetch(self, target: _Target, responses: list[httpx.Response], limit: int) -> _Body:
         """Send the request, following checked redirects; `responses` gets each one, to be closed."""
         response = self._request(target)
         responses.append(response)
@@ -228,12 +230,10 @@ class Downloader:
         safe = safe_url(str(target.url))
         _raise_for_status(response.status_code, safe)
         length = _content_length(response)
-        if length is not None and length > self._policy.max_bytes:
-            raise DownloadRefused(
-                "too_large", f"{safe} is {length} bytes, over the {self._policy.max_bytes} byte limit", url=safe
-            )
+        if length is not None and length > limit:
+            raise DownloadRefused("too_large", f"{safe} is {length} bytes, over the {limit} byte limit", url=safe)
         content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
-        return _Body(safe, content_type or _DEFAULT_CONTENT_TYPE, length, self._stream(response, safe))
+        return _Body(safe, content_type or _DEFAULT_CONTENT_TYPE, length, self._stream(response, safe, limit))
 
     def _check(self, url: str) -> _Target:
         safe = safe_url(url)
@@ -338,10 +338,9 @@ class Downloader:
                 raise DownloadRefused("redirect_not_allowed", message, url=safe) from None
         raise AssertionError("a checked target has at least one address")  # pragma: no cover
 
-    def _stream(self, response: httpx.Response, safe: str) -> Iterator[bytes]:
+    def _stream(self, response: httpx.Response, safe: str, limit: int) -> Iterator[bytes]:
         # Counted per network read, so an oversized body is stopped as soon as it shows; the pieces
         # go on as they arrive, and Download.read joins them once.
-        limit = self._policy.max_bytes
         received = 0
         try:
             for piece in response.iter_bytes():

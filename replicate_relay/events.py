@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
@@ -78,6 +78,24 @@ class Prediction(BaseModel):
     def is_terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
 
+    @property
+    def kind(self) -> Kind:
+        """`training` when Replicate's own URL for the object is a training's (`…/v1/trainings/{id}`):
+        a training's webhook carries the same body as a prediction's, and only that tells them apart."""
+        get = (self.urls or {}).get("get")
+        return "training" if isinstance(get, str) and "/v1/trainings/" in get else "prediction"
+
+    @property
+    def trained_version(self) -> str | None:
+        """A succeeded training's new version (`output.version`, `owner/model:version-id`); else None."""
+        if self.status != PredictionStatus.SUCCEEDED or not isinstance(self.output, dict):
+            return None
+        version = self.output.get("version")
+        return version if isinstance(version, str) and version else None
+
+
+# What Replicate runs: the job's `kind`.
+Kind = Literal["prediction", "training"]
 
 TERMINAL_STATUSES = frozenset(
     {PredictionStatus.SUCCEEDED, PredictionStatus.FAILED, PredictionStatus.CANCELED, PredictionStatus.ABORTED}

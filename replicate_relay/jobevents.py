@@ -52,6 +52,11 @@ class JobEvent(BaseModel):
     prediction_id: str | None = Field(description="Replicate's prediction id; null if the job never got one.")
     state: FinalState = Field(description="The job's final state.")
     model: str | None = Field(description="The model, `owner/name`, as on the job.")
+    # Added within v1 (defaults, so that messages published before still parse).
+    kind: Literal["prediction", "training"] = Field(
+        default="prediction", description=Job.model_fields["kind"].description
+    )
+    trained_version: str | None = Field(default=None, description=Job.model_fields["trained_version"].description)
     outputs: list[AnnouncedOutput] = Field(
         description="The archived copies of the output, in order (see the job's `outputs`); files that could not be "
         "archived are left out (the job failed: see `error_code`)."
@@ -95,6 +100,8 @@ class JobEvent(BaseModel):
                 "prediction_id": job.prediction_id,
                 "state": job.state,
                 "model": job.model,
+                "kind": job.kind,
+                "trained_version": job.trained_version,
                 # A failed entry has no copy to point to.
                 "outputs": [AnnouncedOutput.model_validate(entry) for entry in job.outputs if entry.get("gs_uri")],
                 "output": job.output,

@@ -142,9 +142,13 @@ class Job(BaseModel):
     error_code: str | None = Field(
         default=None,
         description="Why the job did not succeed: `failed`, `canceled` or `aborted` from Replicate; "
-        "`output_expired`, `output_refused`, `archive_conflict`, `submit_failed`, `submit_incomplete` or "
-        "`not_stored` (Firestore refused the job as Replicate sent it: see `error`) from Relay. "
-        "Other values may be added within v1.",
+        "`output_expired`, `output_refused`, `archive_conflict`, `submit_failed`, `submit_incomplete`, "
+        "`deadline_exceeded` (the job passed `deadline_at`: Relay asked Replicate to cancel it; it ends "
+        "`canceled`, or `aborted` when it had no prediction yet or Replicate could not confirm the cancel), "
+        "`cancel_unconfirmed` (a cancel was asked for and Replicate could not confirm it: the job ends `aborted`) "
+        "or `not_stored` (Firestore refused the job as Replicate sent it: see `error`) from Relay. "
+        "`deadline_exceeded` is set as soon as the reconciler asks for the cancel, so an open job may show it; "
+        "a job that succeeds meanwhile clears it. Other values may be added within v1.",
     )
     logs_tail: str = Field(
         default="", description="The last RELAY_LOGS_TAIL_CHARS characters of the prediction's logs."
@@ -172,6 +176,17 @@ class Job(BaseModel):
         description="When Relay gives up on the job: sent to Replicate as `Cancel-After` when submitted; past it, "
         "a job still open is canceled at Replicate by the reconciler and ends with `error_code` "
         "`deadline_exceeded`. Null: no deadline.",
+    )
+    cancel_attempts: int = Field(
+        default=0,
+        description="How many times the reconciler asked Replicate to cancel the job (past `deadline_at`, or a "
+        "requested cancel Replicate had not confirmed) without the job ending; at RELAY_RECONCILE_CANCEL_TRIES the "
+        "job ends `aborted` (docs/OPERATIONS.md).",
+    )
+    trained_version: str | None = Field(
+        default=None,
+        description="A succeeded training's new model version, `owner/model:version-id` (Replicate's "
+        "`output.version`); null for predictions and for trainings that did not succeed.",
     )
     cancel_requested_at: datetime | None = Field(
         default=None,
@@ -371,7 +386,13 @@ def apply_event(  # noqa: PLR0911 - one return per rule reads better than a chai
     if outputs_removed(event):
         target = JobState.ARCHIVING
     if job is None:
-        fresh = Job(job_id=job_id, prediction_id=prediction.id, source="webhook", created_at=prediction.created_at)
+        fresh = Job(
+            job_id=job_id,
+            prediction_id=prediction.id,
+            source="webhook",
+            kind=prediction.kind,
+            created_at=prediction.created_at,
+        )
         return Decision(
             Outcome.CREATED, _merge(fresh, event, target or JobState.SUBMITTED, now=now, policy=policy, actor=actor)
         )
@@ -441,6 +462,22 @@ def finish_archive(
 
 _EPOCH = datetime.fromtimestamp(0, UTC)
 
+# error_code of a job the reconciler found open past its deadline_at (see _past_deadline).
+DEADLINE_EXCEEDED = "deadline_exceeded"
+
+
+def _past_deadline(state: JobState, job: Job) -> dict[str, Any]:
+    """How `deadline_exceeded` (recorded when the reconciler asked Replicate to cancel the job)
+    combines with the state Replicate then reports: a job it canceled or aborted keeps
+    `deadline_exceeded` as its error_code (the reason, where Replicate says only `canceled`); one
+    that succeeded before the cancel landed is a success, with no error; one that failed keeps
+    Replicate's `failed` and error, the more precise story. An open state keeps the mark."""
+    if state in {JobState.SUCCEEDED, JobState.ARCHIVING}:
+        return {"error_code": None, "error": None}
+    if state == JobState.FAILED:
+        return {}
+    return {"error_code": DEADLINE_EXCEEDED, "error": job.error}
+
 
 def _event_time(event: PredictionEvent) -> datetime:
     return datetime.fromtimestamp(event.attributes.webhook_timestamp, UTC)
@@ -474,8 +511,12 @@ def _merge(job: Job, event: PredictionEvent, state: JobState, *, now: datetime, 
         # The whole logs once, with the final state; while the job runs, the tail is enough.
         "logs": prediction.logs if state in TERMINAL_STATES else None,
     }
+    if job.kind == "training":
+        carried["trained_version"] = prediction.trained_version
     # A field the prediction leaves empty keeps what the job already has.
     updates.update({name: value for name, value in carried.items() if value is not None})
+    if job.error_code == DEADLINE_EXCEEDED:
+        updates.update(_past_deadline(state, job))
     if prediction.output is not None:
         updates["output_value"] = output_value(prediction.output)
     return job.model_copy(update=updates)

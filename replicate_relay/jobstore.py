@@ -338,6 +338,8 @@ class JobStore:
                 "source": "submit",
                 "metadata": {**mine.get("metadata", {}), **theirs.get("metadata", {})},
                 "model": theirs.get("model") or mine.get("model"),
+                # What only the submission knows: the webhook's job took its kind from Replicate's URL.
+                **{name: mine.get(name) for name in _SUBMITTED_ONLY if mine.get(name) is not None},
             }
             if theirs.get("input_json") is None and "input" not in (theirs.get("stored_values") or {}):
                 # The webhook's job has no input yet: the submitted one's (the same, as sent).
@@ -732,6 +734,9 @@ def _without_values(event: PredictionEvent) -> PredictionEvent:
     kept = Prediction.model_validate(event.prediction.model_dump(include=_ALWAYS_STORABLE))
     return PredictionEvent(attributes=event.attributes, prediction=kept)
 
+
+# The fields a submitted job holds that no webhook carries, kept when a webhook's job wins the link.
+_SUBMITTED_ONLY = ("kind", "deployment", "deadline_at", "cancel_requested_at")
 
 _ALWAYS_STORABLE = {"id", "status", "created_at", "started_at", "completed_at", "data_removed"}
 

@@ -54,8 +54,11 @@ class FakeArchiver:
     """Copies every file, or raises `error` for each."""
 
     error: BaseException | None = None
+    weights_max_bytes: int = 10 * 1024**3
+    caps: list[int | None] = field(default_factory=list)  # the max_bytes each copy was given
 
-    def archive_file(self, prediction_id: str, output: OutputFile) -> ArchivedObject:
+    def archive_file(self, prediction_id: str, output: OutputFile, *, max_bytes: int | None = None) -> ArchivedObject:
+        self.caps.append(max_bytes)
         if self.error is not None:
             raise self.error
         return ArchivedObject(
@@ -119,3 +122,14 @@ def test_a_firestore_failure_failing_a_job_whose_outputs_expired_is_firestore_un
     event = succeeded(output=None, data_removed=True)
     failed = run(FakeStore(finish_error=google_exceptions.ServiceUnavailable("away")), FakeArchiver(), event)
     assert failed.reason == "firestore_unavailable"
+
+
+def test_a_trainings_weights_are_copied_under_the_weights_cap_and_a_predictions_under_the_default() -> None:
+    training = succeeded(
+        {"version": "acme/tuned:v2", "weights": "https://replicate.delivery/xezq/abc/weights.tar"},
+        urls={"get": "https://api.replicate.com/v1/trainings/p1"},
+    )
+    archiver = FakeArchiver(weights_max_bytes=123)
+    archive(training, store=FakeStore(), archiver=archiver)  # type: ignore[arg-type]
+    archive(succeeded(), store=FakeStore(), archiver=archiver)  # type: ignore[arg-type]
+    assert archiver.caps == [123, None]

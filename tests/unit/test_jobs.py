@@ -326,3 +326,61 @@ def test_the_json_form_keeps_values_pydantic_cannot_encode() -> None:
         T0.isoformat().replace("+00:00", "Z"),
     )
     assert list(form) == list(Job.model_fields)
+
+
+TRAINING_URLS = {
+    "get": "https://api.replicate.com/v1/trainings/p1",
+    "cancel": "https://api.replicate.com/v1/trainings/p1/cancel",
+}
+
+
+def test_a_webhook_of_a_training_nobody_submitted_makes_a_training_job() -> None:
+    body = {"id": "p1", "status": "processing", "urls": TRAINING_URLS}
+    created = apply_event(None, event(body, webhook_id="m1", timestamp=1), job_id="p1", now=T0).job
+    assert created is not None
+    assert created.kind == "training"
+    prediction = {"id": "p2", "status": "processing", "urls": {"get": "https://api.replicate.com/v1/predictions/p2"}}
+    other = apply_event(None, event(prediction, webhook_id="m2", timestamp=1), job_id="p2", now=T0).job
+    assert other is not None
+    assert other.kind == "prediction"
+
+
+def test_a_succeeded_training_records_its_new_version_and_a_prediction_with_such_an_output_does_not() -> None:
+    output = {"version": "acme/tuned:v2", "weights": "https://replicate.delivery/x/weights.tar"}
+    body = {"id": "p1", "status": "succeeded", "output": output}
+    training = Job(job_id="j1", prediction_id="p1", source="submit", kind="training", state="processing")
+    done = apply_event(training, event(body, webhook_id="m1", timestamp=1), job_id="j1", now=T0).job
+    assert done is not None
+    assert (done.state, done.trained_version) == ("archiving", "acme/tuned:v2")
+    prediction = training.model_copy(update={"kind": "prediction"})
+    other = apply_event(prediction, event(body, webhook_id="m1", timestamp=1), job_id="j1", now=T0).job
+    assert other is not None
+    assert other.trained_version is None
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "state", "error_code"),
+    [
+        ("canceled", None, "canceled", "deadline_exceeded"),
+        ("canceled", "Prediction was canceled", "canceled", "deadline_exceeded"),
+        ("aborted", None, "aborted", "deadline_exceeded"),
+        ("succeeded", None, "succeeded", None),
+        ("failed", "CUDA out of memory", "failed", "failed"),
+        ("processing", None, "processing", "deadline_exceeded"),
+    ],
+)
+def test_deadline_exceeded_combines_with_what_replicate_reports(
+    status: str, error: str | None, state: str, error_code: str | None
+) -> None:
+    past = Job(
+        job_id="j1",
+        prediction_id="p1",
+        state="starting",
+        error_code="deadline_exceeded",
+        error="the deadline passed: Relay asked Replicate to cancel it",
+    )
+    body = {"id": "p1", "status": status, "error": error, "output": "done" if status == "succeeded" else None}
+    job = apply_event(past, event(body, webhook_id="m1", timestamp=1), job_id="j1", now=T0).job
+    assert job is not None
+    assert (job.state, job.error_code) == (state, error_code)
+    assert (job.error is None) == (error_code is None)

@@ -50,11 +50,21 @@ JOBS = {
         job_id="j4", source="submit", state="failed", error="invalid version", error_code="submit_failed"
     ),
     "aborted, empty prediction id": Job(job_id="j5", prediction_id="", state="aborted", error_code="aborted"),
+    "succeeded training": Job(
+        job_id="j6",
+        prediction_id="t6",
+        state="succeeded",
+        kind="training",
+        trained_version="acme/tuned:v2",
+        outputs=[ARCHIVED],
+        output={"version": "acme/tuned:v2", "weights": "https://replicate.delivery/x/weights.tar"},
+    ),
 }
 
 
 def _v1_job_event(job: Job) -> tuple[bytes, dict[str, str]]:
-    """job_event as v1 writes it, by hand: the first version's keys, plus `output` and `stored_values`."""
+    """job_event as v1 writes it, by hand: the first version's keys, plus `output`, `stored_values`,
+    `kind` and `trained_version`."""
     body: dict[str, Any] = {
         "schema_version": "1",
         "event_id": f"{job.job_id}:{job.state}",
@@ -63,6 +73,8 @@ def _v1_job_event(job: Job) -> tuple[bytes, dict[str, str]]:
         "prediction_id": job.prediction_id,
         "state": job.state,
         "model": job.model,
+        "kind": job.kind,
+        "trained_version": job.trained_version,
         "outputs": [
             {key: entry.get(key) for key in ("index", "gs_uri", "content_type", "size", "crc32c")}
             for entry in job.outputs

@@ -214,7 +214,7 @@ export interface components {
              */
             error: unknown;
             /**
-             * @description Why the job did not succeed: `failed`, `canceled` or `aborted` from Replicate; `output_expired`, `output_refused`, `archive_conflict`, `submit_failed`, `submit_incomplete` or `not_stored` (Firestore refused the job as Replicate sent it: see `error`) from Relay. Other values may be added within v1.
+             * @description Why the job did not succeed: `failed`, `canceled` or `aborted` from Replicate; `output_expired`, `output_refused`, `archive_conflict`, `submit_failed`, `submit_incomplete`, `deadline_exceeded` (the job passed `deadline_at`: Relay asked Replicate to cancel it; it ends `canceled`, or `aborted` when it had no prediction yet or Replicate could not confirm the cancel), `cancel_unconfirmed` (a cancel was asked for and Replicate could not confirm it: the job ends `aborted`) or `not_stored` (Firestore refused the job as Replicate sent it: see `error`) from Relay. `deadline_exceeded` is set as soon as the reconciler asks for the cancel, so an open job may show it; a job that succeeds meanwhile clears it. Other values may be added within v1.
              * @default null
              */
             error_code: string | null;
@@ -259,6 +259,16 @@ export interface components {
              * @default null
              */
             deadline_at: string | null;
+            /**
+             * @description How many times the reconciler asked Replicate to cancel the job (past `deadline_at`, or a requested cancel Replicate had not confirmed) without the job ending; at RELAY_RECONCILE_CANCEL_TRIES the job ends `aborted` (docs/OPERATIONS.md).
+             * @default 0
+             */
+            cancel_attempts: number;
+            /**
+             * @description A succeeded training's new model version, `owner/model:version-id` (Replicate's `output.version`); null for predictions and for trainings that did not succeed.
+             * @default null
+             */
+            trained_version: string | null;
             /**
              * @description When a cancel was asked for (client, CLI or API); the job ends `canceled` once Replicate reports it, or the reconciler finds it so. Null: never asked.
              * @default null
