@@ -291,6 +291,12 @@ def refused(downloader: Downloader, url: str) -> DownloadRefused:
     return caught.value
 
 
+def failed(downloader: Downloader, url: str) -> DownloadFailed:
+    with pytest.raises(DownloadFailed) as caught:
+        fetch(downloader, url)
+    return caught.value
+
+
 def read_all(download: Download) -> bytes:
     return b"".join(download.iter_chunks())
 
@@ -451,12 +457,9 @@ def test_chunks_are_at_most_the_configured_size(downloader: Downloader, server: 
 
 
 def test_ip_literal_listed_as_local_host_is_fetched(server: FileServer) -> None:
-    local = Downloader(policy_for(local_hosts=(f"127.0.0.1:{server.port}",)), resolver=FakeResolver({}))
-    try:
-        with local.open(f"http://127.0.0.1:{server.port}/file") as download:
-            assert read_all(download) == PNG
-    finally:
-        local.close()
+    policy = policy_for(local_hosts=(f"127.0.0.1:{server.port}",))
+    with contextlib.closing(Downloader(policy, resolver=FakeResolver({}))) as local:
+        assert fetch(local, f"http://127.0.0.1:{server.port}/file") == PNG
 
 
 def test_proxy_settings_in_the_environment_are_ignored(
@@ -465,12 +468,8 @@ def test_proxy_settings_in_the_environment_are_ignored(
     # A proxy would connect by name and undo the address pinning; this one does not even listen.
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
         monkeypatch.setenv(name, "http://127.0.0.1:9")
-    direct = Downloader(policy_for(server.port), resolver=resolver)
-    try:
-        with direct.open(f"{base(server)}/file") as download:
-            assert read_all(download) == PNG
-    finally:
-        direct.close()
+    with contextlib.closing(Downloader(policy_for(server.port), resolver=resolver)) as direct:
+        assert fetch(direct, f"{base(server)}/file") == PNG
 
 
 def test_next_checked_address_is_tried_when_the_first_refuses_connections(
@@ -667,23 +666,13 @@ def test_connection_refused_is_a_transient_failure(resolver: FakeResolver) -> No
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))  # bound but not listening: connections to it are refused
         port = unused.getsockname()[1]
-        closed = Downloader(policy_for(port), resolver=resolver)
-        try:
-            with pytest.raises(DownloadFailed) as caught:
-                fetch(closed, f"http://files.test:{port}/file")
-        finally:
-            closed.close()
-    assert caught.value.reason == "connect_failed"
+        with contextlib.closing(Downloader(policy_for(port), resolver=resolver)) as closed:
+            assert failed(closed, f"http://files.test:{port}/file").reason == "connect_failed"
 
 
 def test_read_timeout_is_a_transient_failure(server: FileServer, resolver: FakeResolver) -> None:
-    impatient = Downloader(policy_for(server.port, read_timeout=0.2), resolver=resolver)
-    try:
-        with pytest.raises(DownloadFailed) as caught:
-            fetch(impatient, f"{base(server)}/slow")
-    finally:
-        impatient.close()
-    assert caught.value.reason == "timeout"
+    with contextlib.closing(Downloader(policy_for(server.port, read_timeout=0.2), resolver=resolver)) as impatient:
+        assert failed(impatient, f"{base(server)}/slow").reason == "timeout"
 
 
 def test_body_cut_short_is_a_transient_failure(downloader: Downloader, server: FileServer) -> None:
@@ -761,9 +750,7 @@ def test_tls_uses_the_real_name_for_sni_and_certificate_check(
             assert read_all(download) == PNG
         # Same address, a name the certificate does not cover: the handshake must fail, even right after a
         # successful download from that address (no connection is reused across names).
-        with pytest.raises(DownloadFailed) as caught:
-            fetch(tls, f"https://other.test:{server.port}/file")
-    assert caught.value.reason == "connect_failed"
+        assert failed(tls, f"https://other.test:{server.port}/file").reason == "connect_failed"
     assert server.server_names == ["files.test", "other.test"]
     assert server.hosts == [f"files.test:{server.port}"]
     assert server.requests == Counter({"/file": 1})
