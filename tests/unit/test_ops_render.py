@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -11,7 +12,7 @@ from google.auth import exceptions as auth_exceptions
 from replicate_relay.config import ConfigError
 from replicate_relay.jobs import Job
 from replicate_relay.ops.errors import NO_CREDENTIALS, OpsError, google_errors
-from replicate_relay.ops.jobs_view import EventRecord, JobDetail, parse_since, render_job, render_jobs
+from replicate_relay.ops.jobs_view import EventRecord, JobDetail, job_detail_json, parse_since, render_job, render_jobs
 from replicate_relay.ops.render import age, table
 from replicate_relay.ops.replay import (
     ReplayReport,
@@ -22,6 +23,7 @@ from replicate_relay.ops.replay import (
 )
 from replicate_relay.ops.reprocess import reprocess_webhook_id
 from replicate_relay.ops.status import PUSH_LOCALLY, Status, SubscriptionStatus, render_status
+from replicate_relay.ops.usage import PriceTable
 from replicate_relay.topology import load
 
 NOW = datetime(2025, 5, 1, 12, 0, 0, tzinfo=UTC)
@@ -214,3 +216,64 @@ def test_status_says_push_backlogs_are_not_available_locally_instead_of_inventin
     assert "2h" in text.splitlines()[4]
     assert "stuck jobs             1   (not final, not written for 10m: relay jobs list --stuck)" in text
     assert "(42s ago)" in text
+
+
+PRICES = PriceTable.parse(json.dumps({"models": {"acme/flux": 0.000725}}), source="RELAY_PRICE_TABLE")
+
+
+def _timed(job_id: str, predict: float | None, **fields: object) -> Job:
+    metrics = {"predict_time": predict, "total_time": 4.5} if predict is not None else None
+    values = {"job_id": job_id, "state": "succeeded", "model": "acme/flux", "metrics": metrics, "updated_at": NOW}
+    return Job.model_validate({**values, **fields})
+
+
+def test_jobs_list_shows_predict_seconds_and_no_estimate_without_a_price_table() -> None:
+    listing = render_jobs([_timed("j1", 3.25), _timed("j2", None)], now=NOW)
+
+    header, first, second = listing.splitlines()
+    assert header.split()[:7] == ["job", "state", "replicate", "prediction", "model", "predict", "s"]
+    assert first.split()[5] == "3.25"
+    assert second.split()[5] == "-"
+    assert "estimate" not in listing
+    assert "$" not in listing
+
+
+def test_jobs_list_with_a_price_table_marks_each_cost_as_an_estimate() -> None:
+    listing = render_jobs([_timed("j1", 10.0), _timed("j2", 2.0, model="other/model")], now=NOW)
+    priced = render_jobs([_timed("j1", 10.0), _timed("j2", 2.0, model="other/model")], now=NOW, prices=PRICES)
+
+    lines = priced.splitlines()
+    assert lines[0].split()[5:8] == ["predict", "s", "estimate"]
+    assert lines[1].split()[5:7] == ["10.00", "$0.00725"]
+    assert lines[2].split()[5:8] == ["2.00", "no", "price"]
+    assert lines[-1] == "estimate: predict s × USD per second from RELAY_PRICE_TABLE; Replicate reports no cost"
+    assert "estimate" not in listing
+
+
+def test_job_show_prints_predict_and_total_time_and_only_with_prices_an_estimate() -> None:
+    detail = JobDetail(_timed("j1", 3.25), "job id", [])
+
+    plain = render_job(detail, now=NOW)
+    priced = render_job(detail, now=NOW, prices=PRICES)
+    unpriced = render_job(JobDetail(_timed("j2", 3.0, model="x/y"), "job id", []), now=NOW, prices=PRICES)
+
+    assert "predict time     3.250 s" in plain
+    assert "total time       4.500 s" in plain
+    assert "estimate" not in plain
+    assert "cost estimate    $0.002356   (estimate: predict time × $0.000725/s from RELAY_PRICE_TABLE)" in priced
+    assert "cost estimate    -   (no price for x/y in RELAY_PRICE_TABLE)" in unpriced
+    none_reported = render_job(JobDetail(_timed("j3", None), "job id", []), now=NOW)
+    assert "predict time     -   (Replicate reported none)" in none_reported
+
+
+def test_job_show_json_carries_usage_and_the_estimate_only_with_prices() -> None:
+    detail = JobDetail(_timed("j1", 3.25), "job id", [])
+
+    assert job_detail_json(detail)["usage"] == {"predict_time": 3.25, "total_time": 4.5}
+    assert job_detail_json(detail, prices=PRICES)["usage"] == {
+        "predict_time": 3.25,
+        "total_time": 4.5,
+        "estimate_usd": pytest.approx(3.25 * 0.000725),
+        "usd_per_second": 0.000725,
+        "prices": "RELAY_PRICE_TABLE",
+    }

@@ -20,6 +20,7 @@ from replicate_relay.ops.chart import MAX_BAR_WIDTH, latency_chart, latency_poin
 from replicate_relay.ops.errors import OpsError
 from replicate_relay.ops.status import PUSH_LOCALLY, Status, SubscriptionStatus
 from replicate_relay.ops.statuspage import PageData, render_error, render_page
+from replicate_relay.ops.usage import PriceTable
 from replicate_relay.serve import PerProcess
 
 NOW = datetime(2026, 11, 29, 15, 0, tzinfo=UTC)
@@ -294,3 +295,71 @@ def test_serving_on_a_port_already_taken_is_one_sentence_naming_it() -> None:
         str(raised.value)
         == f"cannot serve the status page on 127.0.0.1:{port}: Address already in use (try another --port)"
     )
+
+
+# GPU seconds and estimates ---------------------------------------------------------------------
+
+
+def timed(job_id: str, predict: float, **extra: object) -> Job:
+    return finished(job_id, 0.5, model="acme/flux", metrics={"predict_time": predict}, **extra)
+
+
+def usage_rows(page: str) -> list[list[str]]:
+    table = re.search(r'<table id="usage">(.*?)</table>', page, re.S)
+    assert table is not None
+    rows = re.findall(r"<tr>(.*?)</tr>", table.group(1), re.S)
+    return [[re.sub(r"<[^>]+>", "", cell) for cell in re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", row)] for row in rows]
+
+
+def test_gpu_seconds_of_the_last_24_h_by_deployment_or_model_and_no_cost_without_a_price_table() -> None:
+    jobs = [
+        timed("j1", 2.5),
+        timed("j2", 1.0),
+        timed("j3", 7.0, deployment="acme/flux-prod"),
+        timed("j4", 99.0, minutes_ago=25 * 60),  # ended before the window
+    ]
+
+    page = render_page(PageData(status(), jobs))
+
+    assert usage_rows(page) == [
+        ["deployment / model", "kind", "final jobs", "GPU seconds (predict_time)"],
+        ["deployment acme/flux-prod", "prediction", "1", "7.00"],
+        ["model acme/flux", "prediction", "2", "3.50"],
+        ["total", "", "3", "10.50"],
+    ]
+    assert "From every job that ended in the last 24 h." in page
+    assert "estimate" not in page
+    assert "$" not in page
+
+
+def test_with_a_price_table_each_row_and_job_has_a_cost_marked_as_an_estimate() -> None:
+    prices = PriceTable.parse(json.dumps({"models": {"acme/flux": 0.001}}), source="RELAY_PRICE_TABLE")
+    jobs = [timed("j1", 2.5), timed("j2", 1.0), timed("j3", 7.0, deployment="acme/flux-prod")]
+
+    page = render_page(PageData(status(), jobs, prices=prices))
+
+    assert usage_rows(page) == [
+        ["deployment / model", "kind", "final jobs", "GPU seconds (predict_time)", "cost estimate (USD)"],
+        ["deployment acme/flux-prod", "prediction", "1", "7.00", "- (1 unpriced)"],
+        ["model acme/flux", "prediction", "2", "3.50", "$0.0035"],
+        ["total", "", "3", "10.50", "$0.0035"],
+    ]
+    note = re.search(r'<p class="meta" id="usage-estimate-note">(.*?)</p>', page)
+    assert note is not None
+    assert note.group(1).startswith("Cost estimates: predict time × USD per second from RELAY_PRICE_TABLE.")
+    recent = re.search(r'<table id="recent-jobs">(.*?)</table>', page, re.S)
+    assert recent is not None
+    assert "<th>predict s</th><th>estimate</th>" in recent.group(1)
+    assert '<td class="num">2.50</td><td class="num">$0.0025</td>' in recent.group(1)
+    assert '<td class="num">7.00</td><td class="num">no price</td>' in recent.group(1)
+
+
+def test_gpu_seconds_say_how_far_back_they_reach_when_the_recent_jobs_do_not_cover_24_h() -> None:
+    jobs = [timed(f"j{n}", 1.0, minutes_ago=60 + n) for n in range(statuspage.RECENT_JOBS)]
+
+    page = render_page(PageData(status(), jobs))
+
+    coverage = re.search(r'<p class="meta" id="usage-coverage">(.*?)</p>', page)
+    assert coverage is not None
+    assert coverage.group(1).startswith(f"From only the {statuspage.RECENT_JOBS} most recently written jobs")
+    assert "reach back 1h" in coverage.group(1)
