@@ -257,36 +257,37 @@ def build_span_file(path: Path) -> None:
     append(reconciler.batch("send replicate-events", "recover prediction"))
     append(reconciler.batch("/google.firestore.v1.Firestore/RunQuery", "GET", "reconcile run"))
 
-    # archive-outputs, first delivery: Cloud Storage answers 503, the message is retried.
     consumed = {"messaging.system": "gcp_pubsub", "messaging.message.id": "1057", **recovered, "relay.job_id": JOB}
-    first = archive.tracer.start_span(
-        "process archive-outputs",
-        context=trace.set_span_in_context(send),
-        kind=SpanKind.CONSUMER,
-        attributes={**consumed, "messaging.gcp_pubsub.message.delivery_attempt": 1, "relay.outcome": "retry"},
-        start_time=_ns(r0, 228),
-    )
-    archive.span("firestore transaction apply_event", 229, 241, parent=first, kind=SpanKind.CLIENT, base=r0)
     output_url = f"https://replicate.delivery/xezq/{PREDICTION}/out-0.png"
-    copy = archive.tracer.start_span(
-        "archive file",
-        context=trace.set_span_in_context(first),
-        attributes={"relay.output.index": 0, "relay.output.url": output_url},
-        start_time=_ns(r0, 243),
-    )
     download = {"http.request.method": "GET", "url.full": output_url, "http.response.status_code": 200}
-    archive.span("GET", 244, 530, parent=copy, kind=SpanKind.CLIENT, base=r0, attributes=download)
     upload = {"http.request.method": "POST", "server.address": "storage.googleapis.com"}
-    archive.span(
-        "POST",
-        532,
-        1634,
-        parent=copy,
-        kind=SpanKind.CLIENT,
-        base=r0,
-        attributes={**upload, "http.response.status_code": 503},
-        error="503 Service Unavailable",
-    )
+
+    def archive_delivery(attempt: int, outcome: str, at: Sequence[int], uploaded: int) -> tuple[trace.Span, trace.Span]:
+        """An archive-outputs delivery up to its upload: its process span and its archive-file span, both
+        open. `at`: the process's start, the apply_event transaction's start and end, the copy's start,
+        the GET's start and end, the POST's start and end (ms after r0)."""
+        process = archive.tracer.start_span(
+            "process archive-outputs",
+            context=trace.set_span_in_context(send),
+            kind=SpanKind.CONSUMER,
+            attributes={**consumed, "messaging.gcp_pubsub.message.delivery_attempt": attempt, "relay.outcome": outcome},
+            start_time=_ns(r0, at[0]),
+        )
+        archive.span("firestore transaction apply_event", at[1], at[2], parent=process, kind=SpanKind.CLIENT, base=r0)
+        copy = archive.tracer.start_span(
+            "archive file",
+            context=trace.set_span_in_context(process),
+            attributes={"relay.output.index": 0, "relay.output.url": output_url},
+            start_time=_ns(r0, at[3]),
+        )
+        archive.span("GET", at[4], at[5], parent=copy, kind=SpanKind.CLIENT, base=r0, attributes=download)
+        failed = "503 Service Unavailable" if uploaded == 503 else None
+        posted = {**upload, "http.response.status_code": uploaded}
+        archive.span("POST", at[6], at[7], parent=copy, kind=SpanKind.CLIENT, base=r0, attributes=posted, error=failed)
+        return process, copy
+
+    # archive-outputs, first delivery: Cloud Storage answers 503, the message is retried.
+    first, copy = archive_delivery(1, "retry", [228, 229, 241, 243, 244, 530, 532, 1634], uploaded=503)
     copy.set_status(Status(StatusCode.ERROR, "upload failed: 503 Service Unavailable"))
     copy.end(end_time=_ns(r0, 1636))
     first.add_event(
@@ -327,30 +328,8 @@ def build_span_file(path: Path) -> None:
     )
 
     # archive-outputs, second delivery after Pub/Sub's 10 s backoff: archived.
-    second = archive.tracer.start_span(
-        "process archive-outputs",
-        context=trace.set_span_in_context(send),
-        kind=SpanKind.CONSUMER,
-        attributes={**consumed, "messaging.gcp_pubsub.message.delivery_attempt": 2, "relay.outcome": "applied"},
-        start_time=_ns(r0, 11_650),
-    )
-    archive.span("firestore transaction apply_event", 11_652, 11_668, parent=second, kind=SpanKind.CLIENT, base=r0)
-    copy = archive.tracer.start_span(
-        "archive file",
-        context=trace.set_span_in_context(second),
-        attributes={"relay.output.index": 0, "relay.output.url": output_url},
-        start_time=_ns(r0, 11_670),
-    )
-    archive.span("GET", 11_672, 11_905, parent=copy, kind=SpanKind.CLIENT, base=r0, attributes=download)
-    archive.span(
-        "POST",
-        11_907,
-        12_390,
-        parent=copy,
-        kind=SpanKind.CLIENT,
-        base=r0,
-        attributes={**upload, "http.response.status_code": 200},
-    )
+    at = [11_650, 11_652, 11_668, 11_670, 11_672, 11_905, 11_907, 12_390]
+    second, copy = archive_delivery(2, "applied", at, uploaded=200)
     copy.set_attributes(
         {"relay.output.gs_uri": f"{BUCKET}/predictions/{PREDICTION}/0-out-0.png", "relay.output.size": 48213}
     )
