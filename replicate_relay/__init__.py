@@ -2,13 +2,14 @@
 
 The public surface is what this module exports, every name in `__all__`, and nothing else:
 
-- `RelayClient`: submit predictions; get, wait for and watch their jobs;
+- `RelayClient`: submit predictions (of a model, a version or a deployment) and trainings, cancel
+  them; get, wait for and watch their jobs;
 - `JobEventsConsumer` (with its `ConsumerStats`): the job-events announcements of a pull
   subscription, handed to a callback as typed events;
 - the models: `Job`, `JobState`, `JobEvent` (with its `AnnouncedOutput`s) and `StoredValue`;
 - the errors an app catches: `JobFailed`, `JobWaitTimeout`, `JobGone`, `ClientClosed`,
-  `SubmitFailed`, `ConfigError`, and `RelayError`, the base of every error Relay raises on purpose
-  (the whole tree is drawn in replicate_relay/errors.py).
+  `SubmitFailed`, `JobAlreadyFinal`, `JobNotFound`, `ConfigError`, and `RelayError`, the base of
+  every error Relay raises on purpose (the whole tree is drawn in replicate_relay/errors.py).
 
 Import them from here: `from replicate_relay import RelayClient, JobEvent`. Everything else is
 internal: every submodule (`replicate_relay.client`, `.jobstore`, `.telemetry`, …) and every name not
@@ -32,8 +33,10 @@ if TYPE_CHECKING:
     from replicate_relay.errors import (
         ClientClosed,
         ConfigError,
+        JobAlreadyFinal,
         JobFailed,
         JobGone,
+        JobNotFound,
         JobWaitTimeout,
         RelayError,
         SubmitFailed,
@@ -58,6 +61,8 @@ _EXPORTS: dict[str, str] = {
     "JobGone": "replicate_relay.errors",
     "ClientClosed": "replicate_relay.errors",
     "SubmitFailed": "replicate_relay.errors",
+    "JobAlreadyFinal": "replicate_relay.errors",
+    "JobNotFound": "replicate_relay.errors",
     "ConfigError": "replicate_relay.errors",
 }
 
@@ -67,10 +72,12 @@ __all__ = [
     "ConfigError",
     "ConsumerStats",
     "Job",
+    "JobAlreadyFinal",
     "JobEvent",
     "JobEventsConsumer",
     "JobFailed",
     "JobGone",
+    "JobNotFound",
     "JobState",
     "JobWaitTimeout",
     "RelayClient",

@@ -11,11 +11,12 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from replicate_relay.config import ConfigError
+from replicate_relay.config import ConfigError, parse_duration
 from replicate_relay.deploy import add_deploy_command
 from replicate_relay.devstack.processes import StackError
 from replicate_relay.devstack.stack import PORT_FIELDS, LocalStack, StackConfig
@@ -75,11 +76,16 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--exit-after-demo", action="store_true", help="stop once the demo is done (for scripts)")
 
     submit = add_command(commands, "submit", _submit)
-    submit.add_argument("--model", help="OWNER/NAME or OWNER/NAME:VERSION (default RELAY_DEFAULT_MODEL)")
-    input_help = "an input; VALUE is JSON when it parses (42, true, [1]), else text; @PATH sends a file as a data: URI"
-    _repeatable(submit, "--input", "KEY=VALUE", input_help)
-    _repeatable(submit, "--metadata", "KEY=VALUE", "kept on the job")
-    submit.add_argument("--wait", type=float, default=0, metavar="SECONDS", help="wait for the job to end")
+    target = submit.add_mutually_exclusive_group()
+    target.add_argument("--model", help="OWNER/NAME or OWNER/NAME:VERSION (default RELAY_DEFAULT_MODEL)")
+    target.add_argument("--deployment", metavar="OWNER/NAME", help="run on this deployment instead of a model")
+    _run_options(submit, "RELAY_DEFAULT_DEADLINE")
+    train = add_command(commands, "train", _train)
+    train.add_argument("--version", required=True, metavar="OWNER/NAME:VERSION", help="the version to train")
+    train.add_argument("--destination", required=True, metavar="OWNER/NAME", help="the model the new version goes to")
+    _run_options(train, "RELAY_DEFAULT_TRAINING_DEADLINE")
+    cancel = add_command(commands, "cancel", _cancel)
+    cancel.add_argument("job_id", metavar="JOB_ID", help="the job whose prediction or training to cancel")
 
     adopt = add_command(commands, "adopt", _adopt)
     adopt.add_argument("--since", default="2h", metavar="WHEN", help="created since: 2h, 90m, 1d or an ISO 8601 time")
@@ -120,16 +126,64 @@ def _trace(args: argparse.Namespace) -> int:
 def _submit(args: argparse.Namespace) -> int:
     """create a job and its Replicate prediction, with the webhook set
 
-    Create jobs/{id}, then the prediction through Replicate's Python client with webhook=RELAY_WEBHOOK_URL.
-    Needs REPLICATE_API_TOKEN, RELAY_WEBHOOK_URL and Firestore (FIRESTORE_EMULATOR_HOST locally)."""
-    from replicate_relay.submit import run_submit  # noqa: PLC0415 - keeps `relay dev` free of Replicate imports
+    Create jobs/{id}, then the prediction of --model or --deployment through Replicate's API with
+    webhook=RELAY_WEBHOOK_URL and, for a deadline, Cancel-After. Needs REPLICATE_API_TOKEN, RELAY_WEBHOOK_URL
+    and Firestore (FIRESTORE_EMULATOR_HOST locally)."""
+    from replicate_relay.submit_commands import run_submit  # noqa: PLC0415 - keeps `relay dev` free of Replicate imports
 
-    return run_submit(
-        model=args.model,
-        inputs=_pairs(args.input, "--input", parse_values=True),
-        metadata={key: str(value) for key, value in _pairs(args.metadata, "--metadata").items()},
-        wait_seconds=args.wait,
+    return run_submit(model=args.model, deployment=args.deployment, **_run_values(args))
+
+
+def _train(args: argparse.Namespace) -> int:
+    """create a job and its Replicate training, with the webhook set
+
+    Create jobs/{id} (kind training), then the training of --version into --destination with
+    webhook=RELAY_WEBHOOK_URL; the job's output names the new version once it succeeds. Needs what
+    `relay submit` needs."""
+    from replicate_relay.submit_commands import run_train  # noqa: PLC0415 - keeps `relay dev` free of Replicate imports
+
+    return run_train(version=args.version, destination=args.destination, **_run_values(args))
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    """ask Replicate to cancel a job's prediction or training
+
+    Record the request on the job and post Replicate's cancel; the job ends canceled when Replicate's
+    webhook says so. Exits 1 when the job is final (or its run has ended) or there is no such job."""
+    from replicate_relay.submit_commands import run_cancel  # noqa: PLC0415 - keeps `relay dev` free of Replicate imports
+
+    return run_cancel(args.job_id)
+
+
+def _run_options(parser: argparse.ArgumentParser, default_deadline: str) -> None:
+    """The options `relay submit` and `relay train` share: inputs, metadata, a deadline, waiting."""
+    input_help = "an input; VALUE is JSON when it parses (42, true, [1]), else text; @PATH sends a file as a data: URI"
+    _repeatable(parser, "--input", "KEY=VALUE", input_help)
+    _repeatable(parser, "--metadata", "KEY=VALUE", "kept on the job")
+    parser.add_argument(
+        "--deadline",
+        type=_duration,
+        metavar="DURATION",
+        help=f"cancel the job past this long from now: 90s, 10m, 1h30m; off for none (default {default_deadline})",
     )
+    parser.add_argument("--wait", type=float, default=0, metavar="SECONDS", help="wait for the job to end")
+
+
+def _run_values(args: argparse.Namespace) -> dict[str, Any]:
+    """What `_run_options` read, as run_submit and run_train take them."""
+    return {
+        "inputs": _pairs(args.input, "--input", parse_values=True),
+        "metadata": {key: str(value) for key, value in _pairs(args.metadata, "--metadata").items()},
+        "deadline": args.deadline,
+        "wait_seconds": args.wait,
+    }
+
+
+def _duration(text: str) -> timedelta:
+    try:
+        return parse_duration(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _adopt(args: argparse.Namespace) -> int:

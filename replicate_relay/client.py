@@ -1,4 +1,5 @@
-"""The app's side of Relay: submit predictions, then wait for or watch their jobs through Firestore listeners."""
+"""The app's side of Relay: submit predictions and trainings, cancel them, and wait for or watch their jobs
+through Firestore listeners."""
 
 from __future__ import annotations
 
@@ -9,12 +10,21 @@ import time
 from collections.abc import Generator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import replace
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from google.cloud import firestore
 from google.cloud.firestore_v1.watch import Watch
 
-from replicate_relay.config import ConfigError, Env, bucket_name, inline_value_bytes, project_id, topic_path
+from replicate_relay.config import (
+    ConfigError,
+    Env,
+    bucket_name,
+    inline_value_bytes,
+    parse_duration,
+    project_id,
+    topic_path,
+)
 
 # Defined in the one exception tree, replicate_relay/errors.py; still importable from here.
 from replicate_relay.errors import ClientClosed as ClientClosed  # noqa: PLC0414 - re-export
@@ -23,7 +33,7 @@ from replicate_relay.errors import JobGone as JobGone  # noqa: PLC0414 - re-expo
 from replicate_relay.errors import JobWaitTimeout as JobWaitTimeout  # noqa: PLC0414 - re-export
 from replicate_relay.jobs import Job, JobState, Policy
 from replicate_relay.jobstore import JobStore
-from replicate_relay.replicate_api import ModelRef
+from replicate_relay.replicate_api import DeploymentRef, ModelRef
 from replicate_relay.values import ValueStore
 
 if TYPE_CHECKING:
@@ -107,27 +117,80 @@ class RelayClient:
 
     def submit(
         self,
-        model: str | ModelRef,
-        input: dict[str, Any],
+        model: str | ModelRef | None = None,
+        input: dict[str, Any] | None = None,
         *,
+        deployment: str | DeploymentRef | None = None,
         metadata: Mapping[str, str] | None = None,
         webhook_events: Sequence[str] | None = None,
+        deadline: timedelta | str | None = None,
     ) -> Job:
         """Create the job and its prediction (replicate_relay.submit.Submitter.submit); returns the job, `submitted`
-        or later. `webhook_events` replaces RELAY_WEBHOOK_EVENTS for this prediction. Raises
-        replicate_relay.submit.SubmitFailed when Replicate refuses it (the job is then `failed`)."""
+        or later.
+
+        Give exactly one of `model` (`owner/name` or `owner/name:version`) and `deployment`
+        (`owner/name`). `deadline` (a timedelta, or a duration such as `"90s"`, `"10m"`, `"1h30m"`)
+        bounds the whole job: Replicate cancels the prediction past it (`aborted` if it never started,
+        `canceled` if it was running). Without one, RELAY_DEFAULT_DEADLINE applies; `"off"` or zero
+        sets none. `webhook_events` replaces RELAY_WEBHOOK_EVENTS for this prediction. Raises
+        SubmitFailed when Replicate refuses it or cannot be reached (the job is then `failed`),
+        ValueError for arguments no job can be made of.
+        """
+        if (model is None) == (deployment is None):
+            raise ValueError("give exactly one of model and deployment")
+        target: ModelRef | DeploymentRef
+        if deployment is not None:
+            target = deployment if isinstance(deployment, DeploymentRef) else DeploymentRef.parse(deployment)
+        else:
+            target = model if isinstance(model, ModelRef) else ModelRef.parse(str(model))
+        return self._submitting(webhook_events).submit(
+            target, dict(input or {}), metadata=metadata, deadline=_duration(deadline)
+        )
+
+    def submit_training(
+        self,
+        version: str | ModelRef,
+        *,
+        destination: str,
+        input: dict[str, Any],
+        metadata: Mapping[str, str] | None = None,
+        webhook_events: Sequence[str] | None = None,
+        deadline: timedelta | str | None = None,
+    ) -> Job:
+        """Create the job and its training of `version` (`owner/name:version`) into `destination`
+        (`owner/name`, a model that exists); returns the job, of kind `training`. Once it succeeds the
+        job's output names the new version and its weights file, archived like any output file.
+        `deadline` as for `submit` (default RELAY_DEFAULT_TRAINING_DEADLINE), enforced by the
+        reconciler: Replicate takes no deadline for trainings. Raises as `submit` does."""
+        ref = version if isinstance(version, ModelRef) else ModelRef.parse(version)
+        return self._submitting(webhook_events).submit_training(
+            ref, destination=destination, input=dict(input), metadata=metadata, deadline=_duration(deadline)
+        )
+
+    def cancel(self, job_id: str) -> Job:
+        """Ask Replicate to stop the job's prediction or training, so it stops costing; returns the job,
+        `cancel_requested_at` set.
+
+        The job ends `canceled` once Replicate reports it (wait for it with `wait`), or with its own end
+        if the run finished first. Calling again is harmless. Raises JobAlreadyFinal if the job is
+        final or its run has already ended (it is archiving files), JobNotFound if there is no such
+        job, and a RelayError (ReplicateAPIError) if Replicate cannot be reached: the request is kept,
+        call again.
+        """
+        return self._submitting(None).cancel(job_id)
+
+    def _submitting(self, webhook_events: Sequence[str] | None) -> Submitter:
+        """The Submitter, with `webhook_events` for this one call when given."""
         if self._submitter is None:
             raise RuntimeError("this RelayClient was made without a Submitter (from_env(submitting=False)?)")
+        if webhook_events is None:
+            return self._submitter
         from replicate_relay.submit import VALID_EVENTS  # noqa: PLC0415 - see from_env
 
-        submitter = self._submitter
-        if webhook_events is not None:
-            events = tuple(webhook_events)
-            if not set(events) <= VALID_EVENTS or "completed" not in events:
-                raise ConfigError(f"webhook_events must be among {sorted(VALID_EVENTS)} and include completed")
-            submitter = replace(submitter, events_filter=events)
-        ref = model if isinstance(model, ModelRef) else ModelRef.parse(model)
-        return submitter.submit(ref, input, metadata=metadata)
+        events = tuple(webhook_events)
+        if not set(events) <= VALID_EVENTS or "completed" not in events:
+            raise ConfigError(f"webhook_events must be among {sorted(VALID_EVENTS)} and include completed")
+        return replace(self._submitter, events_filter=events)
 
     def get(self, job_id: str) -> Job | None:
         """The job as it is now (one read, and one more per value kept in the bucket), None if there is no such job."""
@@ -230,3 +293,8 @@ class RelayClient:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+def _duration(value: timedelta | str | None) -> timedelta | None:
+    """A deadline given as a duration string (`"90s"`, `"off"`) as a timedelta; None stays None (the default)."""
+    return parse_duration(value) if isinstance(value, str) else value

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Literal, TypeVar
 
 from replicate_relay import logs
@@ -74,11 +76,57 @@ class Env:
             raise ConfigError(f"{name} must be at least {minimum}, got {value:g}")
         return value
 
+    def get_duration(self, name: str, default: timedelta | None) -> timedelta | None:
+        """A duration (`30s`, `45m`, `2h`, `1h30m`; see parse_duration), `default` when unset; None for `0` or `off`."""
+        raw = self.get_optional(name)
+        if raw is None:
+            return default
+        try:
+            duration = parse_duration(raw)
+        except ValueError as error:
+            raise ConfigError(f"{name}: {error}") from None
+        return duration or None
+
     def get_list(self, name: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
         """A comma- or whitespace-separated list."""
         raw = self._environ.get(name, "")
         items = tuple(item for item in raw.replace(",", " ").split() if item)
         return items or default
+
+
+_DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+_NO_DURATION = frozenset({"0", "off", "none"})
+
+
+def parse_duration(text: str) -> timedelta:
+    """`30s`, `45m`, `2h` or `1h30m` (hours, minutes, seconds, as Replicate writes `Cancel-After`) as a
+    timedelta; `0`, `off` or `none` as a zero one, which means no deadline. ValueError for anything else."""
+    value = text.strip().lower()
+    if value in _NO_DURATION:
+        return timedelta(0)
+    match = _DURATION.fullmatch(value)
+    if not value or match is None:
+        raise ValueError(f"a duration looks like 30s, 45m, 2h or 1h30m (0 or off: none), got {text!r}")
+    hours, minutes, seconds = (int(part or 0) for part in match.groups())
+    return timedelta(hours=hours, minutes=minutes, seconds=seconds)
+
+
+# Replicate times a prediction out after 30 minutes: a shorter default would cancel work a slow model
+# would still finish, a longer one would wait past the point where the prediction can only have failed.
+# Apps whose predictions take seconds (a photo restore) give a shorter deadline per submit or here.
+DEFAULT_DEADLINE = timedelta(minutes=30)
+# Trainings run for hours: one that has not ended within a day is taken to be stuck.
+DEFAULT_TRAINING_DEADLINE = timedelta(hours=24)
+
+
+def default_deadline(env: Env) -> timedelta | None:
+    """RELAY_DEFAULT_DEADLINE: the deadline of a prediction submitted (or adopted) without one; None: none."""
+    return env.get_duration("RELAY_DEFAULT_DEADLINE", DEFAULT_DEADLINE)
+
+
+def default_training_deadline(env: Env) -> timedelta | None:
+    """RELAY_DEFAULT_TRAINING_DEADLINE: the deadline of a training submitted without one; None: none."""
+    return env.get_duration("RELAY_DEFAULT_TRAINING_DEADLINE", DEFAULT_TRAINING_DEADLINE)
 
 
 def on_cloud_run(env: Env) -> bool:

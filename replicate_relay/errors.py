@@ -20,6 +20,8 @@ RelayError                      `reason`: a stable code for logs and metrics; `m
 │
 │   what an app catches (exported by `replicate_relay`):
 ├── SubmitFailed                Replicate did not accept the prediction; `job` is recorded failed
+├── JobAlreadyFinal             `cancel`: the job is final, or its run has ended at Replicate; `job`
+├── JobNotFound (LookupError)   `cancel`: there is no such job
 ├── JobFailed                   `wait`: the job ended failed, canceled or aborted; `job`
 ├── JobGone (LookupError)       the job's document was deleted while it was watched
 ├── JobWaitTimeout (TimeoutError)  not final within the timeout; `last_job`
@@ -226,6 +228,24 @@ class SubmitFailed(RelayError):
     def __init__(self, job: Job, message: str) -> None:
         super().__init__(message)
         self.job = job
+
+
+class JobAlreadyFinal(RelayError):
+    """`cancel`: the job is final, or archiving the files of a run that has already ended at Replicate:
+    there is nothing left to cancel. `job` is the job as it stands."""
+
+    reason = "job_final"
+
+    def __init__(self, job: Job) -> None:
+        ended = "is final" if job.is_terminal else "has already ended at Replicate"
+        super().__init__(f"job {job.job_id} {ended} ({job.state}): there is nothing to cancel")
+        self.job = job
+
+
+class JobNotFound(RelayError, LookupError):
+    """`cancel`: there is no job with this id."""
+
+    reason = "job_not_found"
 
 
 class JobFailed(RelayError):

@@ -1,25 +1,37 @@
-"""Submitting a prediction: the job first, then the prediction with the webhook set, then the link."""
+"""Submitting a prediction or training: the job first, then the run with the webhook set, then the link;
+and asking Replicate to cancel a job's run."""
 
 from __future__ import annotations
 
 import logging
-import os
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import timedelta
+from typing import Any, Literal
+
+from google.api_core import exceptions as google_exceptions
 
 from replicate_relay.announcements import announce_once
-from replicate_relay.client import JobFailed, JobWaitTimeout, RelayClient
-from replicate_relay.config import ConfigError, Env, Secret, job_events_topic
+from replicate_relay.config import (
+    DEFAULT_DEADLINE,
+    DEFAULT_TRAINING_DEADLINE,
+    ConfigError,
+    Env,
+    Secret,
+    default_deadline,
+    default_training_deadline,
+    job_events_topic,
+)
+from replicate_relay.errors import JobAlreadyFinal, JobNotFound
 
 # Defined in the one exception tree, replicate_relay/errors.py; still importable from here.
 from replicate_relay.errors import SubmitFailed as SubmitFailed  # noqa: PLC0414 - re-export
-from replicate_relay.jobs import Job
+from replicate_relay.jobs import Job, JobState
 from replicate_relay.jobstore import JobStore
 from replicate_relay.metadata import check_metadata
 from replicate_relay.publisher import PublishError, TopicPublisher
-from replicate_relay.replicate_api import DEFAULT_BASE_URL, ModelRef, ReplicateAPI, ReplicateAPIError
+from replicate_relay.replicate_api import DEFAULT_BASE_URL, DeploymentRef, ModelRef, ReplicateAPI, ReplicateAPIError
 
 # The first user's plan: every event, so the job shows progress. Replicate never retries the
 # intermediate ones, and each costs one Pub/Sub message and, at most once a second, one write.
@@ -42,6 +54,9 @@ class SubmitSettings:
     default_input: Mapping[str, Any] = field(default_factory=dict)
     # RELAY_JOB_EVENTS_TOPIC: where the job of a prediction Replicate refused is announced.
     job_events_topic: str = "job-events"
+    # RELAY_DEFAULT_DEADLINE and RELAY_DEFAULT_TRAINING_DEADLINE: for a job submitted without one; None: none.
+    default_deadline: timedelta | None = DEFAULT_DEADLINE
+    default_training_deadline: timedelta | None = DEFAULT_TRAINING_DEADLINE
 
     def input_for(self, model: ModelRef, given: Mapping[str, Any]) -> dict[str, Any]:
         """`given`, with the default inputs under it when `model` is the default model (any version)."""
@@ -69,6 +84,8 @@ class SubmitSettings:
             default_model=_default_model(env),
             default_input=_default_input(env),
             job_events_topic=job_events_topic(env),
+            default_deadline=default_deadline(env),
+            default_training_deadline=default_training_deadline(env),
         )
 
 
@@ -97,70 +114,170 @@ def _default_input(env: Env) -> dict[str, Any]:
     return values
 
 
-def check_metadata_option(metadata: dict[str, str]) -> dict[str, str]:
-    """`--metadata` pairs, checked as a job keeps them; ConfigError (exit 2) names the one at fault."""
-    try:
-        return check_metadata(metadata)
-    except ValueError as error:
-        raise ConfigError(f"--metadata: {error}") from None
-
-
 @dataclass
 class Submitter:
-    """Creates jobs and their predictions. Clients are created by the caller and shared."""
+    """Creates jobs and their predictions or trainings, and cancels them. Clients are created by the
+    caller and shared."""
 
     store: JobStore
     replicate: ReplicateAPI
     webhook_url: str
     events_filter: Sequence[str] = DEFAULT_EVENTS
     job_events: TopicPublisher | None = None
+    default_deadline: timedelta | None = DEFAULT_DEADLINE
+    default_training_deadline: timedelta | None = DEFAULT_TRAINING_DEADLINE
 
     @classmethod
     def configured(cls, store: JobStore, settings: SubmitSettings, *, job_events: TopicPublisher | None) -> Submitter:
         """The Submitter `settings` (read from the environment) describe, on the caller's clients."""
         replicate = ReplicateAPI.connect(settings.replicate_token.value, base_url=settings.replicate_base_url)
-        return cls(store, replicate, settings.webhook_url, settings.events_filter, job_events)
+        return cls(
+            store,
+            replicate,
+            settings.webhook_url,
+            settings.events_filter,
+            job_events,
+            settings.default_deadline,
+            settings.default_training_deadline,
+        )
 
     def submit(
         self,
-        model: ModelRef,
+        target: ModelRef | DeploymentRef,
         input: dict[str, Any],
         *,
         metadata: Mapping[str, str] | None = None,
         job_id: str | None = None,
+        deadline: timedelta | None = None,
     ) -> Job:
-        """Create `jobs/{id}` (submitted), then the prediction, then link them; returns the job.
+        """Create `jobs/{id}` (submitted), then the prediction of a model, version or deployment, then
+        link them; returns the job.
 
         `job_id`, when the caller chose it beforehand (the API records it with the request's
         Idempotency-Key, so a retry finds what this call created), else a new UUID hex.
+        `deadline`: how long the job may take from now, sent to Replicate as `Cancel-After` and kept
+        as `deadline_at`; None takes `default_deadline` (RELAY_DEFAULT_DEADLINE), a zero one sets none.
         Raises ValueError, before anything is written, for metadata a job cannot keep
-        (replicate_relay.metadata: empty or reserved keys, too many or too long entries).
+        (replicate_relay.metadata: empty or reserved keys, too many or too long entries) or a
+        negative deadline; SubmitFailed when Replicate refuses the prediction or cannot be reached,
+        429s included once the backoff gives up (the job is then final: failed, submit_failed).
 
         A crash after the prediction is created but before the link is written loses nothing:
         the prediction's first webhook creates a job for it (source webhook), and the reconciler
         marks this submitted job aborted once it has waited long enough.
         """
-        job = Job(
+        chosen = _deadline(deadline, self.default_deadline)
+        deployment = str(target) if isinstance(target, DeploymentRef) else None
+        job = self._job("prediction", input, metadata, job_id, chosen, model=None if deployment else str(target))
+        job = job.model_copy(update={"deployment": deployment})
+        return self._start(
+            job,
+            lambda: self.replicate.create_prediction(
+                target, input, webhook=self.webhook_url, events_filter=self.events_filter, cancel_after=chosen
+            ),
+        )
+
+    def submit_training(
+        self,
+        version: ModelRef,
+        *,
+        destination: str,
+        input: dict[str, Any],
+        metadata: Mapping[str, str] | None = None,
+        job_id: str | None = None,
+        deadline: timedelta | None = None,
+    ) -> Job:
+        """As `submit`, for a training of `version` (`owner/name:version`) into the model `destination`
+        (`owner/name`, which must exist at Replicate); the job's kind is `training`.
+
+        Replicate documents `Cancel-After` for predictions only: a training's deadline (None:
+        `default_training_deadline`, RELAY_DEFAULT_TRAINING_DEADLINE) is kept as `deadline_at`, which
+        the reconciler enforces. Raises ValueError, before anything is written, when `version` names
+        no version or `destination` is not `owner/name`.
+        """
+        if not version.version:
+            raise ValueError(f"a training needs a version: OWNER/NAME:VERSION, got {version}")
+        try:
+            DeploymentRef.parse(destination)  # the same form: owner/name, no version
+        except ValueError:
+            raise ValueError(f"destination must look like OWNER/NAME, got {destination!r}") from None
+        chosen = _deadline(deadline, self.default_training_deadline)
+        job = self._job("training", input, metadata, job_id, chosen, model=str(version))
+        return self._start(
+            job,
+            lambda: self.replicate.create_training(
+                version,
+                destination=destination,
+                input=input,
+                webhook=self.webhook_url,
+                events_filter=self.events_filter,
+            ),
+        )
+
+    def cancel(self, job_id: str) -> Job:
+        """Ask Replicate to cancel the job's prediction or training; returns the job, `cancel_requested_at` set.
+
+        The job ends `canceled` when Replicate's webhook says so (or the reconciler finds it so), not
+        here. Calling again is harmless: the first request's time is kept, and Replicate is asked
+        again. Raises JobNotFound for no such job, JobAlreadyFinal for a final job or one whose run
+        has already ended (archiving its files), ReplicateAPIError when Replicate cannot be asked
+        (the request stays recorded: call again). A job still being submitted has no run to cancel
+        yet: its submit cancels it as soon as the run is linked.
+        """
+        job = self.store.get(job_id)
+        if job is None:
+            raise JobNotFound(f"no job {job_id}")
+        if job.is_terminal or job.state == JobState.ARCHIVING:
+            raise JobAlreadyFinal(job)
+        if job.cancel_requested_at is None:
+            try:
+                self.store.update_fields(job_id, {"cancel_requested_at": self.store.now()})
+            except google_exceptions.NotFound:
+                raise JobNotFound(f"no job {job_id} (deleted meanwhile)") from None
+        if job.prediction_id is not None:
+            self.replicate.cancel(job.kind, job.prediction_id)
+        return self._load(job_id)
+
+    def _job(
+        self,
+        kind: Literal["prediction", "training"],
+        input: dict[str, Any],
+        metadata: Mapping[str, str] | None,
+        job_id: str | None,
+        deadline: timedelta | None,
+        *,
+        model: str | None,
+    ) -> Job:
+        return Job(
             job_id=job_id or uuid.uuid4().hex,
             source="submit",
-            model=str(model),
+            kind=kind,
+            model=model,
             input=input,
             metadata=check_metadata(metadata or {}),
+            deadline_at=self.store.now() + deadline if deadline else None,
         )
+
+    def _start(self, job: Job, create: Callable[[], str]) -> Job:
+        """Store the submitted job, create its run with `create`, link them; the job as it now stands."""
         self.store.create_submitted(job)
         try:
-            prediction_id = self.replicate.create_prediction(
-                model, input, webhook=self.webhook_url, events_filter=self.events_filter
-            )
+            replicate_id = create()
         except ReplicateAPIError as error:
             failed = self.store.fail_submission(job.job_id, str(error))
             self._announce(failed)
             raise SubmitFailed(failed, str(error)) from error
-        job_id = self.store.attach_prediction(job.job_id, prediction_id)
-        attached = self.store.load(job_id)
-        if attached is None:
-            raise LookupError(f"job {job_id} vanished after its prediction was attached")
+        attached = self._load(self.store.attach_prediction(job.job_id, replicate_id))
+        if attached.cancel_requested_at is not None and not attached.is_terminal:
+            # Canceled while being created, before there was a run to cancel.
+            self.replicate.cancel(attached.kind, replicate_id)
         return attached
+
+    def _load(self, job_id: str) -> Job:
+        job = self.store.load(job_id)
+        if job is None:
+            raise JobNotFound(f"job {job_id} vanished while it was submitted or canceled")
+        return job
 
     def _announce(self, job: Job) -> None:
         if self.job_events is None:
@@ -172,35 +289,9 @@ class Submitter:
             log.warning("could not announce job %s: %s", job.job_id, error)
 
 
-def run_submit(*, model: str | None, inputs: dict[str, Any], metadata: dict[str, str], wait_seconds: float) -> int:
-    """`relay submit`: submit one prediction, print the job, optionally wait for its end.
-
-    Through RelayClient.from_env: the command is an app's client, made from the same variables
-    (the job-events topic, and the bucket and inline budget of the job's values, among them).
-    """
-    settings = SubmitSettings.from_env(os.environ)
-    try:
-        ref = ModelRef.parse(model or settings.default_model)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
-    checked = check_metadata_option(metadata)
-    with RelayClient.from_env(os.environ) as client:
-        try:
-            job = client.submit(ref, settings.input_for(ref, inputs), metadata=checked)
-        except SubmitFailed as error:
-            print(f"job {error.job.job_id} failed: {error}")
-            return 1
-        print(f"job {job.job_id} submitted: prediction {job.prediction_id} of {ref}")
-        if not wait_seconds:
-            return 0
-        # One Firestore listener on the job, told of each change: no re-reading.
-        try:
-            final = client.wait(job.job_id, timeout=wait_seconds)
-        except JobFailed as failed:
-            final = failed.job
-        except JobWaitTimeout as error:
-            print(f"job {job.job_id} has not ended after {wait_seconds:g} s (last seen: {error.last_state or '-'})")
-            return 1
-    uris = ", ".join(entry["gs_uri"] for entry in final.outputs if entry.get("gs_uri")) or "-"
-    print(f"job {final.job_id} {final.state}: outputs {uris}; error {final.error or '-'}")
-    return 0 if final.state == "succeeded" else 1
+def _deadline(given: timedelta | None, default: timedelta | None) -> timedelta | None:
+    """The deadline a job gets: `given`, else `default`; a zero one means none."""
+    if given is not None and given < timedelta(0):
+        raise ValueError(f"a deadline cannot be negative, got {given}")
+    chosen = default if given is None else given
+    return chosen or None

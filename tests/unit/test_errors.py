@@ -137,6 +137,7 @@ def test_each_error_is_still_importable_from_where_it_was(module: ModuleType, na
 
 def test_what_an_app_catches_keeps_its_standard_base_too() -> None:
     assert issubclass(errors.JobGone, LookupError)
+    assert issubclass(errors.JobNotFound, LookupError)
     assert issubclass(errors.JobWaitTimeout, TimeoutError)
     assert issubclass(errors.ClientClosed, RuntimeError)
     assert issubclass(errors.OpsError, errors.ConfigError)
@@ -168,6 +169,8 @@ def test_what_an_app_catches_keeps_its_standard_base_too() -> None:
         (errors.SubmitFailed(JOB, "Replicate said 422"), "submit_failed", "Replicate said 422"),
         (errors.JobFailed(JOB), "job_failed", "job j1 failed (model_error): CUDA OOM"),
         (errors.JobGone("deleted"), "job_gone", "deleted"),
+        (errors.JobNotFound("no job j9"), "job_not_found", "no job j9"),
+        (errors.JobAlreadyFinal(JOB), "job_final", "job j1 is final (failed): there is nothing to cancel"),
         (
             errors.JobWaitTimeout("j1", 1, None),
             "wait_timeout",
