@@ -1102,6 +1102,20 @@ def test_plan_spreads_logs_and_outputs_between_processing_and_the_finish() -> No
     assert all(steps[0].at < step.at < 2.0 for step in steps[1:-1])
 
 
+def test_plan_starts_processing_after_the_start_delay_and_ends_at_the_duration() -> None:
+    steps = plan(Behaviour(duration=2.0, start_delay=1.5, logs=2, files=1))
+
+    assert (steps[0].kind, steps[0].at) == ("processing", 1.5)
+    assert all(1.5 < step.at < 2.0 for step in steps[1:-1])
+    assert (steps[-1].kind, steps[-1].at) == ("finish", 2.0)
+
+
+def test_plan_of_a_training_has_no_output_before_the_finish() -> None:
+    kinds = [step.kind for step in plan(Behaviour(files=3, tokens=4, logs=2), "training")]
+
+    assert kinds == ["processing", "log", "log", "finish"]
+
+
 @pytest.mark.parametrize("outcome", ["failed", "canceled"])
 def test_plan_of_an_unsuccessful_run_produces_no_output(outcome: str) -> None:
     kinds = {step.kind for step in plan(Behaviour(outcome=outcome, files=3, logs=2))}
