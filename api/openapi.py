@@ -47,32 +47,59 @@ def _components() -> dict[str, Any]:
     return dict(sorted(schemas.items()))
 
 
+# What every operation that needs a token may answer, besides its own problems.
+_EVERY_OPERATION: tuple[type[errors.ApiError], ...] = (
+    errors.Unauthenticated,
+    errors.Forbidden,
+    errors.Unavailable,
+    errors.InternalError,
+)
+
+
 def _problems(*kinds: type[errors.ApiError]) -> dict[str, Any]:
-    """The error responses of an operation: per status, the problem types it may carry."""
+    """The error responses of an operation: per status, the problem types it may carry. A status of
+    one problem type refers to that type's response in components.responses (`_problem_responses`)."""
     by_status: dict[int, list[type[errors.ApiError]]] = {}
-    common: tuple[type[errors.ApiError], ...] = (
-        errors.Unauthenticated,
-        errors.Forbidden,
-        errors.Unavailable,
-        errors.InternalError,
-    )
-    for kind in (*kinds, *common):
+    for kind in (*kinds, *_EVERY_OPERATION):
         by_status.setdefault(kind.status, []).append(kind)
-    responses = {}
+    responses: dict[str, Any] = {}
     for status, found in sorted(by_status.items()):
-        types = [errors.problem_type(kind.slug) for kind in found]
-        responses[str(status)] = {
-            "description": "; ".join(f"`{kind.slug}`: {kind.title}" for kind in found),
-            "content": {
-                _PROBLEM: {
-                    "schema": {
-                        "allOf": [{"$ref": _REF.format(model="Problem")}],
-                        "properties": {"type": {"enum": types}, "status": {"const": status}},
-                    }
-                }
-            },
-        }
+        if len(found) == 1:
+            responses[str(status)] = {"$ref": f"#/components/responses/{found[0].__name__}"}
+        else:
+            responses[str(status)] = _response(found)
     return responses
+
+
+def _response(kinds: Sequence[type[errors.ApiError]]) -> dict[str, Any]:
+    """A problem response whose `type` is one of `kinds`' (all of one status)."""
+    status = kinds[0].status
+    return {
+        "description": "; ".join(f"`{kind.slug}`: {kind.title}" for kind in kinds),
+        "content": {
+            _PROBLEM: {
+                "schema": {
+                    "allOf": [{"$ref": _REF.format(model="Problem")}],
+                    "properties": {
+                        "type": {"enum": [errors.problem_type(kind.slug) for kind in kinds]},
+                        "status": {"const": status},
+                    },
+                }
+            }
+        },
+    }
+
+
+def _problem_responses(paths: dict[str, Any]) -> dict[str, Any]:
+    """components.responses: the response of each problem type an operation refers to."""
+    referred = {
+        response["$ref"].rpartition("/")[2]
+        for operations in paths.values()
+        for operation in operations.values()
+        for response in operation["responses"].values()
+        if "$ref" in response
+    }
+    return {kind.__name__: _response([kind]) for kind in errors.ALL_PROBLEMS if kind.__name__ in referred}
 
 
 def _json(model: str) -> dict[str, Any]:
@@ -89,7 +116,7 @@ def document() -> dict[str, Any]:
         "schema": {"type": "string"},
     }
     location = {"Location": {"description": "`/v1/jobs/{job_id}` of the job.", "schema": {"type": "string"}}}
-    return {
+    whole: dict[str, Any] = {
         "openapi": "3.1.0",
         "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
         "info": {
@@ -205,6 +232,8 @@ def document() -> dict[str, Any]:
             },
         },
     }
+    whole["components"]["responses"] = _problem_responses(whole["paths"])
+    return whole
 
 
 def render() -> str:

@@ -34,6 +34,8 @@ def conforms(response: httpx.Response, route: str) -> Any:
     operation = OPENAPI["paths"][route][response.request.method.lower()]
     documented = operation["responses"].get(str(response.status_code))
     assert documented is not None, f"{response.request.method} {route} answered undocumented {response.status_code}"
+    if "$ref" in documented:  # a problem type's response, in components.responses
+        documented = OPENAPI["components"]["responses"][documented["$ref"].rpartition("/")[2]]
     media_type = response.headers["content-type"].split(";", 1)[0]
     schema = documented["content"][media_type]["schema"]
     body = response.json()

@@ -372,7 +372,148 @@ export interface components {
             crc32c: string;
         };
     };
-    responses: never;
+    responses: {
+        /** @description `invalid-parameter`: A query parameter is not valid */
+        InvalidParameter: {
+            headers: {
+                [name: string]: unknown;
+            };
+            content: {
+                "application/problem+json": {
+                    /** @enum {unknown} */
+                    type?: "urn:replicate-relay:problem:invalid-parameter";
+                    /** @constant */
+                    status?: 400;
+                } & components["schemas"]["Problem"];
+            };
+        };
+        /** @description `unauthenticated`: No valid Google ID token */
+        Unauthenticated: {
+            headers: {
+                [name: string]: unknown;
+            };
+            content: {
+                "application/problem+json": {
+                    /** @enum {unknown} */
+                    type?: "urn:replicate-relay:problem:unauthenticated";
+                    /** @constant */
+                    status?: 401;
+                } & components["schemas"]["Problem"];
+            };
+        };
+        /** @description `forbidden`: The token is not for this service or this caller */
+        Forbidden: {
+            headers: {
+                [name: string]: unknown;
+            };
+            content: {
+                "application/problem+json": {
+                    /** @enum {unknown} */
+                    type?: "urn:replicate-relay:problem:forbidden";
+                    /** @constant */
+                    status?: 403;
+                } & components["schemas"]["Problem"];
+            };
+        };
+        /** @description `not-found`: Not found */
+        NotFound: {
+            headers: {
+                [name: string]: unknown;
+            };
+            content: {
+                "application/problem+json": {
+                    /** @enum {unknown} */
+                    type?: "urn:replicate-relay:problem:not-found";
+                    /** @constant */
+                    status?: 404;
+                } & components["schemas"]["Problem"];
+            };
+        };
+        /** @description `idempotency-key-in-progress`: A request with this Idempotency-Key is in progress */
+        IdempotencyInProgress: {
+            headers: {
+                [name: string]: unknown;
+            };
+            content: {
+                "application/problem+json": {
+                    /** @enum {unknown} */
+                    type?: "urn:replicate-relay:problem:idempotency-key-in-progress";
+                    /** @constant */
+                    status?: 409;
+                } & components["schemas"]["Problem"];
+            };
+        };
+        /** @description `payload-too-large`: The body is too large */
+        PayloadTooLarge: {
+            headers: {
+                [name: string]: unknown;
+            };
+            content: {
+                "application/problem+json": {
+                    /** @enum {unknown} */
+                    type?: "urn:replicate-relay:problem:payload-too-large";
+                    /** @constant */
+                    status?: 413;
+                } & components["schemas"]["Problem"];
+            };
+        };
+        /** @description `unsupported-media-type`: The body must be application/json */
+        UnsupportedMediaType: {
+            headers: {
+                [name: string]: unknown;
+            };
+            content: {
+                "application/problem+json": {
+                    /** @enum {unknown} */
+                    type?: "urn:replicate-relay:problem:unsupported-media-type";
+                    /** @constant */
+                    status?: 415;
+                } & components["schemas"]["Problem"];
+            };
+        };
+        /** @description `replicate-unavailable`: Replicate did not accept the prediction */
+        ReplicateUnavailable: {
+            headers: {
+                [name: string]: unknown;
+            };
+            content: {
+                "application/problem+json": {
+                    /** @enum {unknown} */
+                    type?: "urn:replicate-relay:problem:replicate-unavailable";
+                    /** @constant */
+                    status?: 502;
+                } & components["schemas"]["Problem"];
+            };
+        };
+        /** @description `unavailable`: A service the API depends on is unavailable */
+        Unavailable: {
+            headers: {
+                [name: string]: unknown;
+            };
+            content: {
+                "application/problem+json": {
+                    /** @enum {unknown} */
+                    type?: "urn:replicate-relay:problem:unavailable";
+                    /** @constant */
+                    status?: 503;
+                } & components["schemas"]["Problem"];
+            };
+        };
+        /** @description `internal-error`: Internal error */
+        InternalError: {
+            headers: {
+                [name: string]: unknown;
+            };
+            content: {
+                "application/problem+json": {
+                    /** @enum {unknown} */
+                    type?: "urn:replicate-relay:problem:internal-error";
+                    /** @constant */
+                    status?: 500;
+                } & components["schemas"]["Problem"];
+            };
+        };
+    };
     parameters: {
         /** @description Any unique string (a UUID): a retry with the same key and body gets the first answer and never makes a second prediction; the same key with another body is a 422 (`idempotency-key-reused`); while the first is in progress, a 409 with Retry-After. Remembered for RELAY_API_IDEMPOTENCY_HOURS (24 by default). */
         IdempotencyKey: string;
@@ -408,76 +549,11 @@ export interface operations {
                     "application/json": components["schemas"]["JobList"];
                 };
             };
-            /** @description `invalid-parameter`: A query parameter is not valid */
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": {
-                        /** @enum {unknown} */
-                        type?: "urn:replicate-relay:problem:invalid-parameter";
-                        /** @constant */
-                        status?: 400;
-                    } & components["schemas"]["Problem"];
-                };
-            };
-            /** @description `unauthenticated`: No valid Google ID token */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": {
-                        /** @enum {unknown} */
-                        type?: "urn:replicate-relay:problem:unauthenticated";
-                        /** @constant */
-                        status?: 401;
-                    } & components["schemas"]["Problem"];
-                };
-            };
-            /** @description `forbidden`: The token is not for this service or this caller */
-            403: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": {
-                        /** @enum {unknown} */
-                        type?: "urn:replicate-relay:problem:forbidden";
-                        /** @constant */
-                        status?: 403;
-                    } & components["schemas"]["Problem"];
-                };
-            };
-            /** @description `internal-error`: Internal error */
-            500: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": {
-                        /** @enum {unknown} */
-                        type?: "urn:replicate-relay:problem:internal-error";
-                        /** @constant */
-                        status?: 500;
-                    } & components["schemas"]["Problem"];
-                };
-            };
-            /** @description `unavailable`: A service the API depends on is unavailable */
-            503: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": {
-                        /** @enum {unknown} */
-                        type?: "urn:replicate-relay:problem:unavailable";
-                        /** @constant */
-                        status?: 503;
-                    } & components["schemas"]["Problem"];
-                };
-            };
+            400: components["responses"]["InvalidParameter"];
+            401: components["responses"]["Unauthenticated"];
+            403: components["responses"]["Forbidden"];
+            500: components["responses"]["InternalError"];
+            503: components["responses"]["Unavailable"];
         };
     };
     createJob: {
@@ -521,76 +597,11 @@ export interface operations {
                     } & components["schemas"]["Problem"];
                 };
             };
-            /** @description `unauthenticated`: No valid Google ID token */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": {
-                        /** @enum {unknown} */
-                        type?: "urn:replicate-relay:problem:unauthenticated";
-                        /** @constant */
-                        status?: 401;
-                    } & components["schemas"]["Problem"];
-                };
-            };
-            /** @description `forbidden`: The token is not for this service or this caller */
-            403: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": {
-                        /** @enum {unknown} */
-                        type?: "urn:replicate-relay:problem:forbidden";
-                        /** @constant */
-                        status?: 403;
-                    } & components["schemas"]["Problem"];
-                };
-            };
-            /** @description `idempotency-key-in-progress`: A request with this Idempotency-Key is in progress */
-            409: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": {
-                        /** @enum {unknown} */
-                        type?: "urn:replicate-relay:problem:idempotency-key-in-progress";
-                        /** @constant */
-                        status?: 409;
-                    } & components["schemas"]["Problem"];
-                };
-            };
-            /** @description `payload-too-large`: The body is too large */
-            413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": {
-                        /** @enum {unknown} */
-                        type?: "urn:replicate-relay:problem:payload-too-large";
-                        /** @constant */
-                        status?: 413;
-                    } & components["schemas"]["Problem"];
-                };
-            };
-            /** @description `unsupported-media-type`: The body must be application/json */
-            415: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": {
-                        /** @enum {unknown} */
-                        type?: "urn:replicate-relay:problem:unsupported-media-type";
-                        /** @constant */
-                        status?: 415;
-                    } & components["schemas"]["Problem"];
-                };
-            };
+            401: components["responses"]["Unauthenticated"];
+            403: components["responses"]["Forbidden"];
+            409: components["responses"]["IdempotencyInProgress"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
             /** @description `validation-error`: The request body is not valid; `idempotency-key-reused`: The Idempotency-Key was used with another request; `submit-refused`: Replicate refused the prediction */
             422: {
                 headers: {
@@ -605,48 +616,9 @@ export interface operations {
                     } & components["schemas"]["Problem"];
                 };
             };
-            /** @description `internal-error`: Internal error */
-            500: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": {
-                        /** @enum {unknown} */
-                        type?: "urn:replicate-relay:problem:internal-error";
-                        /** @constant */
-                        status?: 500;
-                    } & components["schemas"]["Problem"];
-                };
-            };
-            /** @description `replicate-unavailable`: Replicate did not accept the prediction */
-            502: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": {
-                        /** @enum {unknown} */
-                        type?: "urn:replicate-relay:problem:replicate-unavailable";
-                        /** @constant */
-                        status?: 502;
-                    } & components["schemas"]["Problem"];
-                };
-            };
-            /** @description `unavailable`: A service the API depends on is unavailable */
-            503: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": {
-                        /** @enum {unknown} */
-                        type?: "urn:replicate-relay:problem:unavailable";
-                        /** @constant */
-                        status?: 503;
-                    } & components["schemas"]["Problem"];
-                };
-            };
+            500: components["responses"]["InternalError"];
+            502: components["responses"]["ReplicateUnavailable"];
+            503: components["responses"]["Unavailable"];
         };
     };
     getJob: {
@@ -670,76 +642,11 @@ export interface operations {
                     "application/json": components["schemas"]["Job"];
                 };
             };
-            /** @description `unauthenticated`: No valid Google ID token */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": {
-                        /** @enum {unknown} */
-                        type?: "urn:replicate-relay:problem:unauthenticated";
-                        /** @constant */
-                        status?: 401;
-                    } & components["schemas"]["Problem"];
-                };
-            };
-            /** @description `forbidden`: The token is not for this service or this caller */
-            403: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": {
-                        /** @enum {unknown} */
-                        type?: "urn:replicate-relay:problem:forbidden";
-                        /** @constant */
-                        status?: 403;
-                    } & components["schemas"]["Problem"];
-                };
-            };
-            /** @description `not-found`: Not found */
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": {
-                        /** @enum {unknown} */
-                        type?: "urn:replicate-relay:problem:not-found";
-                        /** @constant */
-                        status?: 404;
-                    } & components["schemas"]["Problem"];
-                };
-            };
-            /** @description `internal-error`: Internal error */
-            500: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": {
-                        /** @enum {unknown} */
-                        type?: "urn:replicate-relay:problem:internal-error";
-                        /** @constant */
-                        status?: 500;
-                    } & components["schemas"]["Problem"];
-                };
-            };
-            /** @description `unavailable`: A service the API depends on is unavailable */
-            503: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": {
-                        /** @enum {unknown} */
-                        type?: "urn:replicate-relay:problem:unavailable";
-                        /** @constant */
-                        status?: 503;
-                    } & components["schemas"]["Problem"];
-                };
-            };
+            401: components["responses"]["Unauthenticated"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            500: components["responses"]["InternalError"];
+            503: components["responses"]["Unavailable"];
         };
     };
     health: {
