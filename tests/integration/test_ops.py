@@ -261,6 +261,57 @@ def test_jobs_show_json_carries_the_job_document_and_events_oldest_first(
     assert shown["trace"] == f"relay trace {archived_job.job_id}"
 
 
+def test_a_finished_job_shows_its_predict_time_an_estimate_only_with_prices_and_is_counted_once(
+    relay: Callable[..., Run], stack: LocalStack, db: firestore.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prediction_id, model = unique_id(), f"usage/{unique_id()}"  # a model of its own: its own counter series
+    with httpx.Client(timeout=15) as http:
+        for body in prediction_lifecycle(prediction_id, model=model):
+            webhook = sign_webhook(body, stack.config.webhook_secrets)
+            assert http.post(stack.receiver_url, content=webhook.body, headers=webhook.headers).status_code == 200
+    wait_for_job(db, prediction_id, "succeeded")
+
+    plain = relay("jobs", "show", prediction_id)
+    monkeypatch.setenv("RELAY_PRICE_TABLE", json.dumps({"models": {model: 0.0005}}))
+    priced = relay("jobs", "show", prediction_id)
+    priced_json = relay("jobs", "show", prediction_id, "--json")
+    monkeypatch.setenv("RELAY_PRICE_TABLE", json.dumps({"models": {"no-slash": 0.0005}}))
+    refused = relay("jobs", "show", prediction_id)
+
+    assert plain.code == 0, plain.err
+    assert "predict time     2.000 s" in plain.out
+    assert "estimate" not in plain.out
+    assert priced.code == 0, priced.err
+    assert "cost estimate    $0.001   (estimate: predict time × $0.0005/s from RELAY_PRICE_TABLE)" in priced.out
+    assert priced_json.json()["usage"]["estimate_usd"] == pytest.approx(0.001)
+    assert refused.code == 2
+    assert refused.err == "relay: RELAY_PRICE_TABLE: models entry 'no-slash' is not \"owner/name\"\n"
+    # The job-status handler counted its GPU seconds once, when it announced the job.
+    labels = {"model": model, "deployment": "none", "kind": "prediction", "state": "succeeded"}
+    counted = wait_for(lambda: _counter_total(stack.metrics_file, "relay.job.predict_time", labels), what="the count")
+    assert counted == 2.0
+
+
+def _counter_total(path: Path, name: str, labels: dict[str, str]) -> float | None:
+    """The latest cumulative value of a counter's series with exactly `labels`, summed over the
+    processes that export to the stack's metrics file; None before any has."""
+    latest: dict[str, float] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        for resource in json.loads(line)["resourceMetrics"]:
+            instance = next(
+                a["value"]["stringValue"]
+                for a in resource["resource"]["attributes"]
+                if a["key"] == "service.instance.id"
+            )
+            for scope in resource["scopeMetrics"]:
+                for metric in (m for m in scope["metrics"] if m["name"] == name):
+                    for point in metric["sum"]["dataPoints"]:
+                        found = {a["key"]: a["value"].get("stringValue") for a in point.get("attributes", [])}
+                        if found == labels:
+                            latest[instance] = float(point.get("asDouble", point.get("asInt", 0)))
+    return sum(latest.values()) if latest else None
+
+
 @pytest.fixture
 def open_jobs(db: firestore.Client) -> Iterator[Callable[..., Job]]:
     """Makes `submitted` jobs written directly to Firestore, and deletes them (and their prediction
@@ -320,9 +371,11 @@ def test_jobs_list_shows_the_known_job_in_text_and_json(relay: Callable[..., Run
     listed = relay("jobs", "list", "--state", "succeeded", "--since", "1h", "--limit", "500", "--json")
 
     assert text.code == 0, text.err
-    assert text.out.splitlines()[0].split()[:6] == ["job", "state", "replicate", "prediction", "model", "updated"]
+    headers = ["job", "state", "replicate", "prediction", "model", "predict", "s", "updated"]
+    assert text.out.splitlines()[0].split()[:8] == headers
     row = next(line for line in text.out.splitlines() if line.startswith(archived_job.job_id))
     assert row.split()[1:4] == ["succeeded", "succeeded", archived_job.prediction_id]
+    assert row.split()[5] == "2.00"  # Replicate's metrics.predict_time
     assert "1 file(s)" in row
     assert listed.code == 0, listed.err
     jobs = {job["job_id"]: job for job in listed.json()}

@@ -227,6 +227,10 @@ def test_the_page_in_chromium_lists_recent_jobs_with_their_states_and_charts_the
     assert "n/a locally (Cloud Monitoring in production)" in dom
     assert "job-status-dead-letter" in dom
     assert 'role="alert"' not in dom
+    usage = re.search(r'<table id="usage">.*?</table>', dom, re.DOTALL)
+    assert usage is not None, "no GPU seconds table"
+    assert f"model {finished_jobs[0].model}" in usage.group(0)
+    assert "estimate" not in dom  # no RELAY_PRICE_TABLE, no cost anywhere
 
 
 def test_the_screenshot_is_a_1280_by_900_png_showing_the_page_and_the_charts_colours(
@@ -282,12 +286,13 @@ def test_relay_status_serve_prints_its_url_and_serves_the_page(
 ) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
+    model = finished_jobs[0].model
     process = ManagedProcess(
         "relay status --serve",
         [sys.executable, "-m", "replicate_relay", "status", "--serve", "--port", str(port), "--timeout", "5"],
         log_path=tmp_path / "serve.log",
         ready=log_contains(f"Relay status page at {url}"),
-        env=_function_env(metrics_file),
+        env={**_function_env(metrics_file), "RELAY_PRICE_TABLE": json.dumps({"models": {model: 0.001}})},
         cwd=REPO_ROOT,
     )
     process.start()
@@ -301,6 +306,8 @@ def test_relay_status_serve_prints_its_url_and_serves_the_page(
     assert response.status_code == 200
     assert response.headers["cache-control"] == "no-store"
     assert all(job.job_id in response.text for job in finished_jobs)
+    assert "<th>cost estimate (USD)</th>" in response.text
+    assert "Cost estimates: predict time × USD per second from RELAY_PRICE_TABLE." in response.text
     assert refused.status_code == 405
 
 

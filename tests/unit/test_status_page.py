@@ -13,6 +13,7 @@ import flask
 import functions_framework
 import pytest
 
+from replicate_relay import cli
 from replicate_relay.devstack.processes import free_port
 from replicate_relay.jobs import Job
 from replicate_relay.ops import statuspage
@@ -363,3 +364,14 @@ def test_gpu_seconds_say_how_far_back_they_reach_when_the_recent_jobs_do_not_cov
     assert coverage is not None
     assert coverage.group(1).startswith(f"From only the {statuspage.RECENT_JOBS} most recently written jobs")
     assert "reach back 1h" in coverage.group(1)
+
+
+def test_relay_status_serve_with_a_malformed_price_table_stops_before_serving(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("RELAY_PRICE_TABLE", '{"deployments": {"acme/x": -1}}')
+
+    assert cli.main(["status", "--serve", "--port", str(free_port())]) == 2
+
+    message = "relay: RELAY_PRICE_TABLE: deployments['acme/x'] must be USD per second, a number ≥ 0, got -1\n"
+    assert capsys.readouterr().err == message
