@@ -90,23 +90,24 @@ def test_unknown_status_in_a_message_is_passed_on() -> None:
     assert (event.attributes.status, event.prediction.status) == ("paused", "paused")
 
 
-@pytest.mark.parametrize(
-    "body",
-    [
-        pytest.param(b"not json", id="not-json"),
-        pytest.param(b"", id="empty"),
-        pytest.param(b"\xff\xfe", id="not-utf8"),
-        pytest.param(b"[]", id="array"),
-        pytest.param(b"null", id="null"),
-        pytest.param(raw({"subscription": SUBSCRIPTION}), id="missing-message"),
-        pytest.param(raw({"message": "text"}), id="message-not-object"),
-        pytest.param(raw({"message": {"data": 5}}), id="data-not-string"),
-        pytest.param(raw({"message": {"attributes": ["a"]}}), id="attributes-not-object"),
-        pytest.param(raw({"message": {"attributes": {"status": 1}}}), id="attribute-not-string"),
-        pytest.param(b"[" * 100_000, id="deeply-nested-arrays"),
-        pytest.param(b'{"a":' * 100_000 + b"1" + b"}" * 100_000, id="deeply-nested-objects"),
-    ],
-)
+# Bodies that are not a push envelope, by test id.
+NOT_ENVELOPES = {
+    "not-json": b"not json",
+    "empty": b"",
+    "not-utf8": b"\xff\xfe",
+    "array": b"[]",
+    "null": b"null",
+    "missing-message": raw({"subscription": SUBSCRIPTION}),
+    "message-not-object": raw({"message": "text"}),
+    "data-not-string": raw({"message": {"data": 5}}),
+    "attributes-not-object": raw({"message": {"attributes": ["a"]}}),
+    "attribute-not-string": raw({"message": {"attributes": {"status": 1}}}),
+    "deeply-nested-arrays": b"[" * 100_000,
+    "deeply-nested-objects": b'{"a":' * 100_000 + b"1" + b"}" * 100_000,
+}
+
+
+@pytest.mark.parametrize("body", NOT_ENVELOPES.values(), ids=NOT_ENVELOPES.keys())
 def test_body_that_is_not_a_push_envelope_is_a_permanent_error(body: bytes) -> None:
     with pytest.raises(PermanentError) as caught:
         parse_envelope(body)
