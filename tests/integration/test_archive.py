@@ -56,33 +56,6 @@ def crc32c(data: bytes) -> str:
     return base64.b64encode(google_crc32c.Checksum(data).digest()).decode()
 
 
-def test_single_file_is_archived_with_content_type_and_checksum_and_announced_once(
-    files: FileServer,
-    succeed: Callable[..., SignedWebhook],
-    db: firestore.Client,
-    bucket: storage.Bucket,
-    job_events: Tap,
-) -> None:
-    prediction_id = unique_id()
-    url = files.serve(f"/{prediction_id}/restored.png", Answer(body=PNG, content_type="image/png"))
-    succeed(prediction_id, url)
-
-    job = wait_for_job(db, prediction_id, "succeeded")
-    [entry] = job.outputs
-    name = f"predictions/{prediction_id}/0-restored.png"
-    assert entry["gs_uri"] == f"gs://{bucket.name}/{name}"
-    assert (entry["content_type"], entry["size"], entry["crc32c"]) == ("image/png", len(PNG), crc32c(PNG))
-    blob = bucket.get_blob(name)
-    assert blob is not None
-    assert blob.download_as_bytes() == PNG
-    assert blob.content_type == "image/png"
-
-    [event] = announcements(job_events, prediction_id)
-    assert event["event_id"] == f"{prediction_id}:succeeded"
-    assert event["type"] == "job.succeeded"
-    assert [o["gs_uri"] for o in event["outputs"]] == [entry["gs_uri"]]
-
-
 def test_several_files_nested_in_the_output_get_one_object_each(
     files: FileServer, succeed: Callable[..., SignedWebhook], db: firestore.Client, bucket: storage.Bucket
 ) -> None:
@@ -131,7 +104,7 @@ def test_text_output_too_large_for_the_document_goes_to_the_bucket_whole(
     assert JobStore(db, values=ValueStore(bucket)).resolve(job).output == tokens
 
 
-def test_redelivery_archives_once_transitions_once_and_announces_once(
+def test_a_file_is_archived_with_type_and_checksum_announced_once_and_a_redelivery_changes_nothing(
     files: FileServer,
     post: Post,
     succeed: Callable[..., SignedWebhook],
@@ -140,21 +113,35 @@ def test_redelivery_archives_once_transitions_once_and_announces_once(
     job_events: Tap,
 ) -> None:
     prediction_id = unique_id()
-    path = f"/{prediction_id}/out.png"
+    path = f"/{prediction_id}/restored.png"
     webhook = succeed(prediction_id, files.serve(path, Answer(body=PNG, content_type="image/png")))
-    job = wait_for_job(db, prediction_id, "succeeded")
-    generation = bucket.get_blob(f"predictions/{prediction_id}/0-out.png").generation
 
-    assert post(webhook).status_code == 200  # Replicate retrying, or Pub/Sub redelivering
+    job = wait_for_job(db, prediction_id, "succeeded")
+    [entry] = job.outputs
+    name = f"predictions/{prediction_id}/0-restored.png"
+    assert entry["gs_uri"] == f"gs://{bucket.name}/{name}"
+    assert (entry["content_type"], entry["size"], entry["crc32c"]) == ("image/png", len(PNG), crc32c(PNG))
+    blob = bucket.get_blob(name)
+    assert blob is not None
+    assert blob.download_as_bytes() == PNG
+    assert blob.content_type == "image/png"
+    [event] = announcements(job_events, prediction_id)
+    assert event["event_id"] == f"{prediction_id}:succeeded"
+    assert event["type"] == "job.succeeded"
+    assert [o["gs_uri"] for o in event["outputs"]] == [entry["gs_uri"]]
+    announced = read_job(db, prediction_id)
+    assert announced is not None
+    assert announced.announced_at is not None
+
+    # Replicate retrying, or Pub/Sub redelivering: nothing is archived, written or announced again.
+    assert post(webhook).status_code == 200
     assert post(webhook).status_code == 200
     assert len(announcements(job_events, prediction_id, settle=4)) == 1
-
-    assert bucket.get_blob(f"predictions/{prediction_id}/0-out.png").generation == generation
+    assert bucket.get_blob(name).generation == blob.generation
     assert files.requests[path] == 1
     again = read_job(db, prediction_id)
     assert again is not None
-    assert (again.updated_at, again.announced_at) == (job.updated_at, again.announced_at)
-    assert again.announced_at is not None
+    assert (again.updated_at, again.announced_at) == (announced.updated_at, announced.announced_at)
 
 
 def test_job_with_files_is_made_final_by_archive_outputs_alone_and_announced_once(
