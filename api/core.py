@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from google.api_core import exceptions as google_exceptions
 from google.cloud import firestore
@@ -19,14 +19,17 @@ from pydantic import ValidationError
 from api import errors
 from api.idempotency import MAX_KEY_CHARS, IdempotencyStore, InProgress, Proceed, Replay, Resume, Reused, fingerprint
 from api.listing import DEFAULT_LIMIT, MAX_LIMIT, Cursor, InvalidCursor, list_jobs
-from api.models import CreateJob
+from api.models import CreateJob, CreateTraining
+from replicate_relay.errors import JobAlreadyFinal, JobNotFound
 from replicate_relay.jobs import Job, JobState
 from replicate_relay.jobstore import JobStore
 from replicate_relay.metadata import reserved_by_firestore
-from replicate_relay.replicate_api import ModelRef, ReplicateAPIError
+from replicate_relay.replicate_api import DeploymentRef, ModelRef, ReplicateAPIError
 from replicate_relay.submit import SubmitFailed, Submitter
 
 JOBS_PATH = "/v1/jobs"
+TRAININGS_PATH = "/v1/trainings"
+Request = TypeVar("Request", CreateJob, CreateTraining)
 # Firestore document ids: no "/", not "." or "..", at most 1,500 bytes. Relay's ids are UUID hex
 # or Replicate's prediction ids; anything else cannot name a job, so it is a 404 without a read.
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")
@@ -48,8 +51,9 @@ def job_json(job: Job) -> dict[str, Any]:
     return job.json_form()
 
 
-def parse_create(body: bytes, content_type: str | None) -> tuple[CreateJob, Any]:
-    """The request model and the parsed JSON (for the idempotency fingerprint); raises ApiError."""
+def parse_create(body: bytes, content_type: str | None, kind: type[Request]) -> tuple[Request, Any]:
+    """The request as `kind` (CreateJob or CreateTraining) and the parsed JSON (for the idempotency
+    fingerprint); raises ApiError."""
     media_type = (content_type or "").split(";", 1)[0].strip().lower()
     if not _JSON_TYPE.match(media_type):
         raise errors.UnsupportedMediaType(f"send the body as application/json, not {media_type or 'no Content-Type'}")
@@ -60,7 +64,7 @@ def parse_create(body: bytes, content_type: str | None) -> tuple[CreateJob, Any]
     except ValueError as error:  # JSONDecodeError, bad UTF-8, NaN, an integer of thousands of digits
         raise errors.MalformedJson(f"the body is not valid JSON: {str(error)[:200]}") from None
     try:
-        return CreateJob.model_validate(parsed, strict=True), parsed
+        request = kind.model_validate(parsed, strict=True)
     except ValidationError as error:
         raise errors.ValidationFailed(
             f"{error.error_count()} field(s) are not valid", errors=field_errors(error)
@@ -69,6 +73,13 @@ def parse_create(body: bytes, content_type: str | None) -> tuple[CreateJob, Any]
         raise errors.ValidationFailed(
             "the input is nested too deeply", errors=[{"field": "input", "message": "too deep"}]
         ) from None
+    if isinstance(request, CreateJob) and len(request.targets_given()) != 1:
+        message = "give exactly one of model and deployment"
+        raise errors.ValidationFailed(
+            f"{message}, not {' and '.join(request.targets_given()) or 'neither'}",
+            errors=[{"field": "model", "message": message}, {"field": "deployment", "message": message}],
+        )
+    return request, parsed
 
 
 def _refuse_constant(name: str) -> Any:
@@ -99,7 +110,7 @@ def check_idempotency_key(key: str | None) -> str | None:
 
 @dataclass
 class JobsApi:
-    """The three operations. Clients are created by the caller and shared across requests."""
+    """The operations. Clients are created by the caller and shared across requests."""
 
     store: JobStore
     submitter: Submitter
@@ -107,13 +118,24 @@ class JobsApi:
     firestore: firestore.Client
 
     def create(self, body: bytes, *, content_type: str | None, idempotency_key: str | None) -> Answer:
-        """`POST /v1/jobs`. Every check of the request comes before its key is claimed, so a bad
-        request never uses a key up."""
+        """`POST /v1/jobs`: a prediction of a model or a deployment."""
         key = check_idempotency_key(idempotency_key)
-        request, parsed = parse_create(body, content_type)
+        request, parsed = parse_create(body, content_type, CreateJob)
+        return self._create(JOBS_PATH, key, parsed, lambda job_id: self._submit_prediction(request, job_id))
+
+    def create_training(self, body: bytes, *, content_type: str | None, idempotency_key: str | None) -> Answer:
+        """`POST /v1/trainings`: a training of a model version into a destination model."""
+        key = check_idempotency_key(idempotency_key)
+        request, parsed = parse_create(body, content_type, CreateTraining)
+        return self._create(TRAININGS_PATH, key, parsed, lambda job_id: self._submit_training(request, job_id))
+
+    def _create(self, path: str, key: str | None, parsed: Any, submit: Callable[[str | None], Job]) -> Answer:
+        """Submit once per Idempotency-Key. Every check of the request comes before its key is
+        claimed (the callers parse first), so a bad request never uses a key up. The fingerprint
+        holds the path: one key on two endpoints is two requests."""
         if key is None:
-            return self._submit(request, job_id=None)
-        claimed = self._claim(key, fingerprint("POST", JOBS_PATH, parsed))
+            return self._created(self._submitted(submit, None))
+        claimed = self._claim(key, fingerprint("POST", path, parsed))
         if isinstance(claimed, Replay):
             headers = {"Idempotency-Replayed": "true"}
             if claimed.status == 201:
@@ -126,7 +148,7 @@ class JobsApi:
             )
         if isinstance(claimed, Reused):
             raise errors.IdempotencyKeyReused(
-                "this Idempotency-Key was sent with a different request body: use a new key for a new request",
+                "this Idempotency-Key was sent with a different request: use a new key for a new request",
                 errors=[{"field": "Idempotency-Key", "message": "already used with another body"}],
             )
         if isinstance(claimed, Resume):
@@ -139,13 +161,32 @@ class JobsApi:
                 return answer
         job_id = claimed.job_id  # Proceed, or a Resume whose first attempt created nothing
         try:
-            answer = self._submit(request, job_id=job_id)
+            answer = self._created(self._submitted(submit, job_id))
         except errors.ApiError as refused:
             # Replicate's refusal is the answer (its job exists, failed): replayed like a success.
-            self.idempotency.answer(key, refused.status, refused.problem(JOBS_PATH))
+            self.idempotency.answer(key, refused.status, refused.problem(path))
             raise
         self.idempotency.answer(key, answer.status, answer.body)
         return answer
+
+    def cancel(self, job_id: str) -> Answer:
+        """`POST /v1/jobs/{job_id}/cancel`: 202 with the job once the cancel is recorded and sent to
+        Replicate; again 202 for a job already being canceled (Replicate is asked again). The job
+        ends `canceled` when Replicate reports it (or the reconciler finds it so)."""
+        if not _can_name_a_job(job_id):
+            raise errors.NotFound(f"there is no job {job_id[:200]!r}")
+        try:
+            job = self.submitter.cancel(job_id)
+        except JobNotFound:
+            raise errors.NotFound(f"there is no job {job_id[:200]!r}") from None
+        except JobAlreadyFinal as final:
+            raise errors.JobFinal(str(final), extra={"job_id": job_id}) from None
+        except ReplicateAPIError as error:
+            raise errors.ReplicateUnavailable(
+                f"the cancel is recorded on job {job_id}, but Replicate could not be asked ({error}): send it again",
+                extra={"job_id": job_id},
+            ) from None
+        return Answer(202, job_json(job), {"Location": f"{JOBS_PATH}/{job.job_id}"})
 
     def get(self, job_id: str) -> Answer:
         """`GET /v1/jobs/{job_id}`."""
@@ -178,14 +219,33 @@ class JobsApi:
             # again with that record in sight.
             return self.idempotency.claim(key, request)
 
-    def _submit(self, request: CreateJob, *, job_id: str | None) -> Answer:
-        submitter = self.submitter
-        if request.webhook_events is not None:
-            submitter = replace(submitter, events_filter=tuple(request.webhook_events))
+    def _for(self, request: CreateJob | CreateTraining) -> Submitter:
+        """The submitter, with the request's own webhook events if it chose them."""
+        if request.webhook_events is None:
+            return self.submitter
+        return replace(self.submitter, events_filter=tuple(request.webhook_events))
+
+    def _submit_prediction(self, request: CreateJob, job_id: str | None) -> Job:
+        target = ModelRef.parse(request.model) if request.model else DeploymentRef.parse(request.deployment)
+        return self._for(request).submit(
+            target, dict(request.input), metadata=request.metadata, job_id=job_id, deadline=request.deadline_delta()
+        )
+
+    def _submit_training(self, request: CreateTraining, job_id: str | None) -> Job:
+        return self._for(request).submit_training(
+            ModelRef.parse(request.version),
+            destination=request.destination,
+            input=dict(request.input),
+            metadata=request.metadata,
+            job_id=job_id,
+            deadline=request.deadline_delta(),
+        )
+
+    @staticmethod
+    def _submitted(submit: Callable[[str | None], Job], job_id: str | None) -> Job:
+        """The job `submit` made; a submission Replicate refused or failed as the problem naming its job."""
         try:
-            job = submitter.submit(
-                ModelRef.parse(request.model), dict(request.input), metadata=request.metadata, job_id=job_id
-            )
+            return submit(job_id)
         except SubmitFailed as failed:
             cause = failed.__cause__
             transient = not isinstance(cause, ReplicateAPIError) or cause.transient
@@ -194,7 +254,6 @@ class JobsApi:
                 f"{failed} (job {failed.job.job_id} is recorded as failed, submit_failed)",
                 extra={"job_id": failed.job.job_id},
             ) from None
-        return self._created(job)
 
     def _created(self, job: Job) -> Answer:
         return Answer(201, job_json(job), {"Location": f"{JOBS_PATH}/{job.job_id}"})

@@ -8,7 +8,8 @@ from, and RFC 9457 lets a type be a URI that is not dereferenced.
 ApiError is a branch of the one exception tree (replicate_relay/errors.py, which says why the
 problem types stay here): its `reason` is the problem type's slug, its `message` the `detail`.
 The core's errors become problems where the API calls the core (api/auth.py: TokenRejected,
-CertsUnavailable; api/core.py: SubmitFailed), and TRANSIENT_ERRORS a 503 `unavailable` in main.py.
+CertsUnavailable; api/core.py: SubmitFailed, JobNotFound, JobAlreadyFinal, ReplicateAPIError), and
+TRANSIENT_ERRORS a 503 `unavailable` in main.py.
 """
 
 from __future__ import annotations
@@ -97,6 +98,13 @@ class IdempotencyInProgress(ApiError):
     status, slug, title = 409, "idempotency-key-in-progress", "A request with this Idempotency-Key is in progress"
 
 
+class JobFinal(ApiError):
+    """A cancel of a job that has already ended (succeeded, failed, canceled or aborted; or archiving
+    the files of a run that has ended): nothing runs to stop. The problem names the job."""
+
+    status, slug, title = 409, "job-final", "The job has already ended"
+
+
 class PayloadTooLarge(ApiError):
     status, slug, title = 413, "payload-too-large", "The body is too large"
 
@@ -114,17 +122,18 @@ class IdempotencyKeyReused(ApiError):
 
 
 class SubmitRefused(ApiError):
-    """Replicate refused the prediction (a 4xx: no such model or version, invalid input). The job
-    exists and is failed (`submit_failed`); the problem names it."""
+    """Replicate refused the prediction or training (a 4xx: no such model, version, deployment or
+    destination, invalid input). The job exists and is failed (`submit_failed`); the problem names it."""
 
-    status, slug, title = 422, "submit-refused", "Replicate refused the prediction"
+    status, slug, title = 422, "submit-refused", "Replicate refused the submission"
 
 
 class ReplicateUnavailable(ApiError):
-    """Replicate could not be reached or failed (5xx, 429, network): retrying later can help. The
-    job exists and is failed (`submit_failed`); a retry creates a new one."""
+    """Replicate could not be reached or failed (5xx, 429, network): retrying later can help. On a
+    create, the job exists and is failed (`submit_failed`), and a retry creates a new one; on a
+    cancel, the request is recorded on the job and may be sent again."""
 
-    status, slug, title = 502, "replicate-unavailable", "Replicate did not accept the prediction"
+    status, slug, title = 502, "replicate-unavailable", "Replicate could not be reached or failed"
 
 
 class Unavailable(ApiError):
@@ -145,6 +154,7 @@ ALL_PROBLEMS: tuple[type[ApiError], ...] = (
     NotFound,
     MethodNotAllowed,
     IdempotencyInProgress,
+    JobFinal,
     PayloadTooLarge,
     UnsupportedMediaType,
     ValidationFailed,

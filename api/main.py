@@ -23,7 +23,7 @@ from opentelemetry.trace import SpanKind
 
 from api import errors
 from api.auth import ApiAuthenticator
-from api.core import JOBS_PATH, Answer, JobsApi
+from api.core import JOBS_PATH, TRAININGS_PATH, Answer, JobsApi
 from api.idempotency import IdempotencyStore
 from api.settings import ApiSettings
 from replicate_relay import logs, telemetry, telemetry_setup
@@ -46,6 +46,7 @@ if SETTINGS.auth.mode == "oidc" and not SETTINGS.auth.invokers:
 
 OPENAPI_PATH = "/v1/openapi.json"
 _JOB_PATH = re.compile(r"^/v1/jobs/(?P<job_id>[^/]+)/?$")
+_CANCEL_PATH = re.compile(r"^/v1/jobs/(?P<job_id>[^/]+)/cancel/?$")
 _READ_CHUNK = 64 * 1024
 
 
@@ -134,25 +135,39 @@ def _dispatch(request: flask.Request) -> Answer:
     path, method = request.path, request.method
     if path in (JOBS_PATH, JOBS_PATH + "/"):
         if method == "POST":
-            body = read_body(request, SETTINGS.max_body_bytes)
-            return _JOBS_API.get().create(
-                body,
-                content_type=request.headers.get("Content-Type"),
-                idempotency_key=request.headers.get("Idempotency-Key"),
-            )
+            return _JOBS_API.get().create(**_create_arguments(request))
         if method in ("GET", "HEAD"):
             return _JOBS_API.get().list(request.args)
         raise errors.MethodNotAllowed(f"{method} is not accepted here", headers={"Allow": "GET, HEAD, POST"})
+    if path in (TRAININGS_PATH, TRAININGS_PATH + "/"):
+        if method == "POST":
+            return _JOBS_API.get().create_training(**_create_arguments(request))
+        raise errors.MethodNotAllowed(f"{method} is not accepted here", headers={"Allow": "POST"})
     found = _JOB_PATH.match(path)
     if found:
         if method in ("GET", "HEAD"):
             return _JOBS_API.get().get(found["job_id"])
         raise errors.MethodNotAllowed(f"{method} is not accepted here", headers={"Allow": "GET, HEAD"})
+    found = _CANCEL_PATH.match(path)
+    if found:
+        if method == "POST":
+            # No body is read: a cancel carries none, and whatever is sent changes nothing.
+            return _JOBS_API.get().cancel(found["job_id"])
+        raise errors.MethodNotAllowed(f"{method} is not accepted here", headers={"Allow": "POST"})
     if path == OPENAPI_PATH and method in ("GET", "HEAD"):
         from api.openapi import document  # noqa: PLC0415 - only this route needs the generator
 
         return Answer(200, document())
     raise errors.NotFound(f"no such resource: {path[:200]}")
+
+
+def _create_arguments(request: flask.Request) -> dict[str, Any]:
+    """What a create reads of the request: the body (bounded), its Content-Type and Idempotency-Key."""
+    return {
+        "body": read_body(request, SETTINGS.max_body_bytes),
+        "content_type": request.headers.get("Content-Type"),
+        "idempotency_key": request.headers.get("Idempotency-Key"),
+    }
 
 
 def read_body(request: flask.Request, limit: int) -> bytes:
@@ -204,8 +219,10 @@ def _json(body: Mapping[str, Any]) -> bytes:
 
 def _route_name(path: str) -> str:
     """The route template, for span names and logs (never the job id: unbounded cardinality)."""
-    if path.rstrip("/") == JOBS_PATH:
-        return JOBS_PATH
+    if path.rstrip("/") in (JOBS_PATH, TRAININGS_PATH):
+        return path.rstrip("/")
     if _JOB_PATH.match(path):
         return JOBS_PATH + "/{job_id}"
+    if _CANCEL_PATH.match(path):
+        return JOBS_PATH + "/{job_id}/cancel"
     return path if path == OPENAPI_PATH else "(unknown)"

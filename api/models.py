@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from pydantic.config import JsonDict
 
 from replicate_relay import metadata as rules
+from replicate_relay.config import parse_duration
 from replicate_relay.jobs import Job
 from replicate_relay.submit import DEFAULT_EVENTS
 from replicate_relay.values import is_utf8
@@ -16,8 +19,13 @@ from replicate_relay.values import is_utf8
 # Replicate's model names: owner and name of letters, digits, `-`, `_` and `.`; a version id of
 # letters and digits (64 hex characters today). Stricter than replicate_relay.replicate_api.ModelRef.parse,
 # which also reads names from operators' settings: here a bad name is the caller's error, a 422.
-MODEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*(?::[A-Za-z0-9]+)?$"
+_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*"
+MODEL_PATTERN = rf"^{_NAME}(?::[A-Za-z0-9]+)?$"
+DEPLOYMENT_PATTERN = rf"^{_NAME}$"  # a deployment, and a training's destination: `owner/name`, no version
+VERSION_PATTERN = rf"^{_NAME}:[A-Za-z0-9]+$"  # a training's base: the version is required
 _MODEL = re.compile(MODEL_PATTERN)
+_DEPLOYMENT = re.compile(DEPLOYMENT_PATTERN)
+_VERSION = re.compile(VERSION_PATTERN)
 WebhookEvent = Literal["start", "output", "logs", "completed"]
 # Checked one by one so that a 422 names the entry: `metadata.KEY` for a value, `metadata.KEY.[key]`
 # for the key itself; then replicate_relay.metadata.check_metadata, the whole rule, for the number of entries.
@@ -35,19 +43,45 @@ METADATA_SCHEMA: JsonDict = {
 }
 
 
-class CreateJob(BaseModel):
-    """`POST /v1/jobs`: one Replicate prediction to run, with its webhook set to Relay's receiver."""
+# A deadline as the API takes it: hours, minutes and seconds, each optional, in that order (`30m`,
+# `1h30m`, `90s`), bounded so that any string the pattern allows is a duration Relay can keep;
+# not all zero (the `not` of DEADLINE_SCHEMA). Stricter than the settings' durations
+# (replicate_relay.config), which also read `off`: an app that wants no deadline of its own omits it.
+DEADLINE_PATTERN = r"^(?:[0-9]{1,4}h)?(?:[0-9]{1,6}m)?(?:[0-9]{1,8}s)?$"
+_DEADLINE = re.compile(DEADLINE_PATTERN)
+DEADLINE_SCHEMA: JsonDict = {"pattern": DEADLINE_PATTERN, "minLength": 2, "not": {"pattern": r"^(?:0+[hms])+$"}}
+
+
+def _absent_or(extra: JsonDict) -> Callable[[JsonDict], None]:
+    """The schema of an optional field whose absence is told apart by `model_fields_set`: `extra`,
+    and no `default` (its placeholder, which the field's own pattern refuses)."""
+
+    def edit(schema: JsonDict) -> None:
+        schema.pop("default", None)
+        schema.update(extra)
+
+    return edit
+
+
+def parse_deadline(text: str) -> timedelta:
+    """A deadline as DEADLINE_PATTERN allows it, read by the settings' parse_duration; ValueError
+    for anything else, zero included."""
+    if not (len(text) >= 2 and _DEADLINE.fullmatch(text)):
+        raise ValueError("must be a duration of hours, minutes and seconds, such as 30m, 1h30m or 90s")
+    duration = parse_duration(text)
+    if not duration:
+        raise ValueError("must be longer than zero; leave it out for RELAY_DEFAULT_DEADLINE")
+    return duration
+
+
+class _Submission(BaseModel):
+    """What every submission carries besides what Replicate runs."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model: str = Field(
-        description="The model: `owner/name` (its latest version) or `owner/name:version`.",
-        json_schema_extra={"pattern": MODEL_PATTERN},
-        examples=["flux-kontext-apps/restore-image"],
-    )
     input: dict[str, Any] = Field(
-        description="The prediction's input, as the model defines it. Its strings, keys too, must be Unicode text: "
-        "a lone surrogate (`\\ud800`) cannot be sent to Replicate as UTF-8."
+        description="The input, as the model (or the trainer) defines it. Its strings, keys too, must be Unicode "
+        "text: a lone surrogate (`\\ud800`) cannot be sent to Replicate as UTF-8."
     )
     metadata: dict[MetadataKey, MetadataValue] = Field(
         default={},
@@ -63,13 +97,15 @@ class CreateJob(BaseModel):
         description="Which of Replicate's webhook events to receive (must include `completed`; repeats count "
         "once); default RELAY_WEBHOOK_EVENTS, all four unless configured.",
     )
-
-    @field_validator("model")
-    @classmethod
-    def _model_format(cls, value: str) -> str:
-        if not _MODEL.match(value):
-            raise ValueError("must look like OWNER/NAME or OWNER/NAME:VERSION")
-        return value
+    deadline: str = Field(
+        default="",
+        description="How long the job may take, from now: hours, minutes and seconds (`30m`, `1h30m`, `90s`). "
+        "Kept as the job's `deadline_at`, past which Relay cancels a job still open (`error_code` "
+        "`deadline_exceeded`); a prediction's is also sent to Replicate as `Cancel-After`. Default "
+        "RELAY_DEFAULT_DEADLINE for a prediction, RELAY_DEFAULT_TRAINING_DEADLINE for a training.",
+        json_schema_extra=_absent_or(DEADLINE_SCHEMA),
+        examples=["30m"],
+    )
 
     @field_validator("input")
     @classmethod
@@ -93,6 +129,87 @@ class CreateJob(BaseModel):
         if "completed" not in value:
             raise ValueError("must include completed, or the job never learns its outcome")
         return sorted(set(value), key=DEFAULT_EVENTS.index)
+
+    @field_validator("deadline")
+    @classmethod
+    def _deadline(cls, value: str) -> str:
+        parse_deadline(value)
+        return value
+
+    def deadline_delta(self) -> timedelta | None:
+        """`deadline` as a duration; None when not given (the submitter applies its default)."""
+        return parse_deadline(self.deadline) if "deadline" in self.model_fields_set else None
+
+
+class CreateJob(_Submission):
+    """`POST /v1/jobs`: one Replicate prediction, of a model or a deployment, with its webhook set to
+    Relay's receiver. Exactly one of `model` and `deployment`."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"oneOf": [{"required": ["model"]}, {"required": ["deployment"]}]},
+    )
+
+    model: str = Field(
+        default="",
+        description="The model: `owner/name` (its latest version) or `owner/name:version`. Not with `deployment`.",
+        json_schema_extra=_absent_or({"pattern": MODEL_PATTERN}),
+        examples=["flux-kontext-apps/restore-image"],
+    )
+    deployment: str = Field(
+        default="",
+        description="A deployment of yours, `owner/name`: the prediction runs on its hardware and version "
+        "(Replicate's `POST /v1/deployments/{owner}/{name}/predictions`). Not with `model`.",
+        json_schema_extra=_absent_or({"pattern": DEPLOYMENT_PATTERN}),
+        examples=["acme/restore-image-prod"],
+    )
+
+    @field_validator("model")
+    @classmethod
+    def _model_format(cls, value: str) -> str:
+        if not _MODEL.fullmatch(value):
+            raise ValueError("must look like OWNER/NAME or OWNER/NAME:VERSION")
+        return value
+
+    @field_validator("deployment")
+    @classmethod
+    def _deployment_format(cls, value: str) -> str:
+        if not _DEPLOYMENT.fullmatch(value):
+            raise ValueError("must look like OWNER/NAME")
+        return value
+
+    def targets_given(self) -> list[str]:
+        """Which of `model` and `deployment` the request names."""
+        return [name for name in ("model", "deployment") if name in self.model_fields_set]
+
+
+class CreateTraining(_Submission):
+    """`POST /v1/trainings`: one Replicate training of a model version into `destination`, with its
+    webhook set to Relay's receiver."""
+
+    version: str = Field(
+        description="The version to train from: `owner/name:version`, the version id required.",
+        json_schema_extra={"pattern": VERSION_PATTERN},
+        examples=["ostris/flux-dev-lora-trainer:e440909d3512c31646ee2e0c7d6f6f4923224863a6a10c494606e79fb5844497"],
+    )
+    destination: str = Field(
+        description="The model the new version is pushed to, `owner/name`; it must exist on Replicate.",
+        json_schema_extra={"pattern": DEPLOYMENT_PATTERN},
+        examples=["acme/flux-my-style"],
+    )
+
+    @field_validator("version")
+    @classmethod
+    def _version_format(cls, value: str) -> str:
+        if not _VERSION.fullmatch(value):
+            raise ValueError("must look like OWNER/NAME:VERSION")
+        return value
+
+    @field_validator("destination")
+    @classmethod
+    def _destination_format(cls, value: str) -> str:
+        if not _DEPLOYMENT.fullmatch(value):
+            raise ValueError("must look like OWNER/NAME")
+        return value
 
 
 def lone_surrogate(value: Any) -> tuple[str, str] | None:
@@ -145,5 +262,8 @@ class Problem(BaseModel):
     instance: str = Field(description="The path of the request.")
     errors: list[FieldError] | None = Field(default=None, description="The fields at fault, for validation problems.")
     job_id: str | None = Field(
-        default=None, description="The job created for a submission Replicate refused (`submit-*` problems)."
+        default=None,
+        description="The job the problem is about: the failed job of a submission Replicate refused or could not "
+        "take (`submit-refused`, `replicate-unavailable`), or the job of a cancel (`job-final`, "
+        "`replicate-unavailable`).",
     )

@@ -21,13 +21,14 @@ from pydantic_core import CoreSchema, core_schema
 from api import errors
 from api.idempotency import MAX_KEY_CHARS
 from api.listing import CURSOR_FORMAT, CURSOR_PATTERN, DEFAULT_LIMIT, MAX_LIMIT
-from api.models import CreateJob, JobList, Problem
+from api.models import CreateJob, CreateTraining, JobList, Problem
 from replicate_relay.jobs import Job, JobState
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENT = ROOT / "schemas" / "openapi.v1.json"
 _REF = "#/components/schemas/{model}"
 _PROBLEM = errors.PROBLEM_MEDIA_TYPE
+_LOCATION = {"Location": {"description": "`/v1/jobs/{job_id}` of the job.", "schema": {"type": "string"}}}
 
 
 class _Schema(GenerateJsonSchema):
@@ -39,7 +40,13 @@ class _Schema(GenerateJsonSchema):
 
 def _components() -> dict[str, Any]:
     _, generated = models_json_schema(
-        [(CreateJob, "validation"), (Job, "serialization"), (JobList, "serialization"), (Problem, "serialization")],
+        [
+            (CreateJob, "validation"),
+            (CreateTraining, "validation"),
+            (Job, "serialization"),
+            (JobList, "serialization"),
+            (Problem, "serialization"),
+        ],
         ref_template=_REF,
         schema_generator=_Schema,
     )
@@ -106,6 +113,35 @@ def _json(model: str) -> dict[str, Any]:
     return {"application/json": {"schema": {"$ref": _REF.format(model=model)}}}
 
 
+def _create(operation_id: str, summary: str, request: str) -> dict[str, Any]:
+    """A create operation: `request` in, 201 with the job, idempotent with a key."""
+    return {
+        "operationId": operation_id,
+        "summary": summary,
+        "parameters": [{"$ref": "#/components/parameters/IdempotencyKey"}],
+        "requestBody": {"required": True, "content": _json(request)},
+        "responses": {
+            "201": {
+                "description": "The job, linked to its prediction or training (a replay also carries "
+                "`Idempotency-Replayed: true`).",
+                "headers": _LOCATION,
+                "content": _json("Job"),
+            },
+            **_problems(
+                errors.MalformedJson,
+                errors.InvalidParameter,
+                errors.IdempotencyInProgress,
+                errors.PayloadTooLarge,
+                errors.UnsupportedMediaType,
+                errors.ValidationFailed,
+                errors.IdempotencyKeyReused,
+                errors.SubmitRefused,
+                errors.ReplicateUnavailable,
+            ),
+        },
+    }
+
+
 def document() -> dict[str, Any]:
     """The whole OpenAPI document."""
     job_id = {
@@ -115,44 +151,25 @@ def document() -> dict[str, Any]:
         "description": "The job's id (`job_id` of the job document).",
         "schema": {"type": "string"},
     }
-    location = {"Location": {"description": "`/v1/jobs/{job_id}` of the job.", "schema": {"type": "string"}}}
     whole: dict[str, Any] = {
         "openapi": "3.1.0",
         "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
         "info": {
             "title": "Replicate Relay API",
             "version": "1",
-            "description": "Submit Replicate predictions and read their jobs over HTTP (docs/API.md). Every "
+            "description": "Submit Replicate predictions and trainings, read and cancel their jobs over HTTP "
+            "(docs/API.md). Every "
             "error is an RFC 9457 problem (`application/problem+json`) whose `type` is stable.",
         },
         "security": [{"googleIdToken": []}],
         "paths": {
             "/v1/jobs": {
-                "post": {
-                    "operationId": "createJob",
-                    "summary": "Submit a prediction: the job, then the prediction with Relay's webhook.",
-                    "parameters": [{"$ref": "#/components/parameters/IdempotencyKey"}],
-                    "requestBody": {"required": True, "content": _json("CreateJob")},
-                    "responses": {
-                        "201": {
-                            "description": "The job, linked to its prediction (a replay also carries "
-                            "`Idempotency-Replayed: true`).",
-                            "headers": location,
-                            "content": _json("Job"),
-                        },
-                        **_problems(
-                            errors.MalformedJson,
-                            errors.InvalidParameter,
-                            errors.IdempotencyInProgress,
-                            errors.PayloadTooLarge,
-                            errors.UnsupportedMediaType,
-                            errors.ValidationFailed,
-                            errors.IdempotencyKeyReused,
-                            errors.SubmitRefused,
-                            errors.ReplicateUnavailable,
-                        ),
-                    },
-                },
+                "post": _create(
+                    "createJob",
+                    "Submit a prediction of a model or a deployment: the job, then the prediction with Relay's "
+                    "webhook.",
+                    "CreateJob",
+                ),
                 "get": {
                     "operationId": "listJobs",
                     "summary": "Jobs, newest `created_at` first, a page at a time.",
@@ -195,6 +212,31 @@ def document() -> dict[str, Any]:
                         **_problems(errors.NotFound),
                     },
                 }
+            },
+            "/v1/jobs/{job_id}/cancel": {
+                "post": {
+                    "operationId": "cancelJob",
+                    "summary": "Cancel a job: record the request, ask Replicate to cancel its run. Idempotent; the "
+                    "job ends `canceled` when Replicate reports it.",
+                    "parameters": [job_id],
+                    "responses": {
+                        "202": {
+                            "description": "The job, still open, `cancel_requested_at` set (again for a job whose "
+                            "cancel is under way).",
+                            "headers": _LOCATION,
+                            "content": _json("Job"),
+                        },
+                        **_problems(errors.NotFound, errors.JobFinal, errors.ReplicateUnavailable),
+                    },
+                }
+            },
+            "/v1/trainings": {
+                "post": _create(
+                    "createTraining",
+                    "Submit a training of a model version into a destination model: the job (kind `training`), "
+                    "then the training with Relay's webhook.",
+                    "CreateTraining",
+                )
             },
             "/health": {
                 "get": {

@@ -52,10 +52,15 @@ locals {
   # Handlers write outputs under deterministic names and read them back by name on redelivery.
   # Handlers and the API also keep there the prediction values too large for a job document
   # (jobs/{job_id}/…, replicate_relay/values.py): the API writes a large input at submit and reads values back.
-  bucket_roles = {
-    for pair in setproduct(concat(keys(local.handler_services), ["api"]), ["roles/storage.objectCreator", "roles/storage.objectViewer"]) :
-    "${pair[0]} ${pair[1]}" => { account = pair[0], role = pair[1] }
-  }
+  # The receiver and the reconciler store event bodies too large for a Pub/Sub message
+  # (bodies/…, replicate_relay/bodies.py), which the handlers read back.
+  bucket_roles = merge(
+    {
+      for pair in setproduct(concat(keys(local.handler_services), ["api"]), ["roles/storage.objectCreator", "roles/storage.objectViewer"]) :
+      "${pair[0]} ${pair[1]}" => { account = pair[0], role = pair[1] }
+    },
+    { for account in ["receiver", "reconciler"] : "${account} roles/storage.objectCreator" => { account = account, role = "roles/storage.objectCreator" } },
+  )
 }
 
 resource "google_service_account" "service" {

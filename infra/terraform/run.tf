@@ -63,6 +63,8 @@ locals {
         env = {
           RELAY_EVENTS_TOPIC       = google_pubsub_topic.topic[local.events_topic].name
           RELAY_TRUSTED_PROXY_HOPS = "1" # Cloud Run's front end appends one X-Forwarded-For hop
+          # Webhook bodies too large for a Pub/Sub message go there (replicate_relay/bodies.py).
+          RELAY_BUCKET = google_storage_bucket.outputs.name
         }
       }
       # Private, called by Cloud Scheduler every 5 minutes. One run at a time per instance and

@@ -39,13 +39,15 @@ from api.idempotency import (
     fingerprint,
 )
 from api.listing import Cursor, InvalidCursor
+from api.models import CreateJob, parse_deadline
 from api.openapi import DOCUMENT, render
 from api.settings import ApiSettings
 from replicate_relay import telemetry
 from replicate_relay.config import ConfigError
+from replicate_relay.errors import JobAlreadyFinal, JobNotFound
 from replicate_relay.jobs import Job
 from replicate_relay.oidc import GoogleCerts
-from replicate_relay.replicate_api import ModelRef
+from replicate_relay.replicate_api import DeploymentRef, ModelRef, ReplicateAPIError
 from replicate_relay.serve import PerProcess
 from tests.unit.test_push_auth import REPO_ROOT, FakeGoogle, load_function, mint
 
@@ -94,14 +96,62 @@ class MemoryIdempotency:
 
 @dataclass
 class RecordingSubmitter:
+    """Submitter's contract, recording each call; `jobs` holds what `cancel` finds."""
+
     calls: list[dict[str, Any]] = field(default_factory=list)
     events_filter: tuple[str, ...] = ("start", "output", "logs", "completed")
+    jobs: dict[str, Job] = field(default_factory=dict)
 
-    def submit(self, model: ModelRef, input: dict[str, Any], *, metadata: Mapping[str, str], job_id: str | None) -> Job:
-        self.calls.append({"model": str(model), "input": input, "metadata": dict(metadata), "job_id": job_id})
+    def submit(
+        self,
+        target: ModelRef | DeploymentRef,
+        input: dict[str, Any],
+        *,
+        metadata: Mapping[str, str],
+        job_id: str | None,
+        deadline: timedelta | None,
+    ) -> Job:
+        call = {"model": str(target), "input": input, "metadata": dict(metadata), "job_id": job_id}
+        if isinstance(target, DeploymentRef):
+            call["deployment"] = call.pop("model")
+        self.calls.append({**call, **({"deadline": deadline} if deadline else {})})
+        deployment = str(target) if isinstance(target, DeploymentRef) else None
+        model = None if deployment else str(target)
         return Job(
-            job_id=job_id or "j1", prediction_id=f"p{len(self.calls)}", source="submit", model=str(model), input=input
+            job_id=job_id or "j1",
+            prediction_id=f"p{len(self.calls)}",
+            source="submit",
+            model=model,
+            deployment=deployment,
+            input=input,
+            deadline_at=NOW + deadline if deadline else None,
         )
+
+    def submit_training(
+        self,
+        version: ModelRef,
+        *,
+        destination: str,
+        input: dict[str, Any],
+        metadata: Mapping[str, str],
+        job_id: str | None,
+        deadline: timedelta | None,
+    ) -> Job:
+        self.calls.append(
+            {"version": version, "destination": destination, "input": input, "job_id": job_id, "deadline": deadline}
+        )
+        return Job(job_id=job_id or "t1", prediction_id="tr1", source="submit", kind="training", model=str(version))
+
+    def cancel(self, job_id: str) -> Job:
+        self.calls.append({"cancel": job_id})
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise JobNotFound(f"there is no job {job_id}")
+        if job.is_terminal:
+            raise JobAlreadyFinal(job)
+        if job.metadata.get("replicate") == "down":
+            raise ReplicateAPIError("Replicate answered 503", status=503)
+        return job.model_copy(update={"cancel_requested_at": job.cancel_requested_at or NOW})
 
 
 @dataclass
@@ -198,6 +248,154 @@ def test_a_request_carrying_traceparent_has_its_server_span_in_the_callers_trace
     assert f"{span.get_span_context().trace_id:032x}" == trace_id
     assert span.parent is not None
     assert (span.parent.is_remote, f"{span.parent.span_id:016x}") == (True, parent_id)
+
+
+# ---- deployments, deadlines, trainings and cancel ----
+
+TRAINER = "ostris/flux-dev-lora-trainer:e440909d3512"
+TRAINING = {"version": TRAINER, "destination": "acme/my-style", "input": {"input_images": "https://example.com/a.zip"}}
+
+
+def post_training(served: Served, body: Any, *, headers: Mapping[str, str] | None = None) -> Any:
+    return served.client.post(
+        "/v1/trainings",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", **token(), **(headers or {})},
+    )
+
+
+def cancel(served: Served, job_id: str) -> Any:
+    return served.client.post(f"/v1/jobs/{job_id}/cancel", headers=token())
+
+
+def test_a_deployment_is_submitted_as_a_deployment_and_named_on_the_job(served: Served) -> None:
+    response = post(served, {"deployment": "acme/upscaler-prod", "input": {"image": "x"}})
+    assert response.status_code == 201, response.get_data(as_text=True)
+    assert (response.get_json()["deployment"], response.get_json()["model"]) == ("acme/upscaler-prod", None)
+    assert served.submitter.calls == [
+        {"deployment": "acme/upscaler-prod", "input": {"image": "x"}, "metadata": {}, "job_id": None}
+    ]
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        {"input": {}},
+        {"model": "acme/upscaler", "deployment": "acme/upscaler-prod", "input": {}},
+    ],
+    ids=["neither", "both"],
+)
+def test_not_exactly_one_of_model_and_deployment_is_a_422_naming_both(served: Served, sent: Any) -> None:
+    body = problem(post(served, sent), 422, "validation-error")
+    assert [entry["field"] for entry in body["errors"]] == ["model", "deployment"]
+    assert served.submitter.calls == []
+
+
+@pytest.mark.parametrize("deployment", ["acme/upscaler-prod:abc123", "upscaler", "acme/up/scaler", "", 7, None])
+def test_a_deployment_that_is_not_owner_slash_name_is_a_422(served: Served, deployment: Any) -> None:
+    body = problem(post(served, {"deployment": deployment, "input": {}}), 422, "validation-error")
+    assert "deployment" in [entry["field"] for entry in body["errors"]]
+
+
+def test_a_deadline_reaches_the_submitter_as_a_duration_and_the_job_as_deadline_at(served: Served) -> None:
+    response = post(served, {**BODY, "deadline": "1h30m"})
+    assert response.status_code == 201
+    assert served.submitter.calls[0]["deadline"] == timedelta(hours=1, minutes=30)
+    assert response.get_json()["deadline_at"] == "2026-03-01T13:30:00Z"
+
+
+@pytest.mark.parametrize("deadline", ["0s", "0h0m", "30", "1d", "-5m", "1.5h", "m", "off", "1H", "30m\n", "", 1800])
+def test_a_deadline_that_is_not_a_positive_duration_is_a_422_naming_it(served: Served, deadline: Any) -> None:
+    body = problem(post(served, {**BODY, "deadline": deadline}), 422, "validation-error")
+    assert [entry["field"] for entry in body["errors"]] == ["deadline"]
+    assert served.submitter.calls == []
+
+
+def test_parse_deadline_reads_hours_minutes_and_seconds_in_that_order() -> None:
+    assert parse_deadline("90s") == timedelta(seconds=90)
+    assert parse_deadline("2h") == timedelta(hours=2)
+    assert parse_deadline("9999h999999m99999999s") > timedelta(days=365)  # the largest the schema allows
+    with pytest.raises(ValueError, match="30m, 1h30m or 90s"):
+        parse_deadline("30s1m")
+
+
+def test_a_training_is_submitted_with_its_version_and_destination_and_answered_as_a_job(served: Served) -> None:
+    response = post_training(served, {**TRAINING, "deadline": "6h"})
+    assert response.status_code == 201, response.get_data(as_text=True)
+    job = response.get_json()
+    assert (job["kind"], job["job_id"]) == ("training", "t1")
+    assert response.headers["Location"] == "/v1/jobs/t1"
+    assert served.submitter.calls == [
+        {
+            "version": ModelRef("ostris", "flux-dev-lora-trainer", "e440909d3512"),
+            "destination": "acme/my-style",
+            "input": TRAINING["input"],
+            "job_id": None,
+            "deadline": timedelta(hours=6),
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    ("sent", "field_name"),
+    [
+        ({**TRAINING, "version": "ostris/flux-dev-lora-trainer"}, "version"),
+        ({**TRAINING, "destination": "acme/my-style:abc"}, "destination"),
+        ({"version": TRAINER, "input": {}}, "destination"),
+        ({"destination": "acme/my-style", "input": {}}, "version"),
+        ({**TRAINING, "model": "acme/upscaler"}, "model"),
+        ({**TRAINING, "deadline": "0s"}, "deadline"),
+    ],
+    ids=["version-without-id", "destination-with-version", "no-destination", "no-version", "model", "zero-deadline"],
+)
+def test_an_invalid_training_is_a_422_naming_the_field(served: Served, sent: Any, field_name: str) -> None:
+    body = problem(post_training(served, sent), 422, "validation-error")
+    assert field_name in [entry["field"] for entry in body["errors"]], body
+    assert served.submitter.calls == []
+
+
+def test_a_training_retried_with_its_key_is_replayed_and_the_key_cannot_submit_a_prediction(served: Served) -> None:
+    first = post_training(served, TRAINING, headers={"Idempotency-Key": "t-1"})
+    again = post_training(served, TRAINING, headers={"Idempotency-Key": "t-1"})
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert again.get_json() == first.get_json()
+    assert again.headers["Idempotency-Replayed"] == "true"
+    assert len(served.submitter.calls) == 1
+    problem(post(served, BODY, headers={"Idempotency-Key": "t-1"}), 422, "idempotency-key-reused")
+    assert len(served.submitter.calls) == 1
+
+
+def test_a_cancel_is_202_with_the_job_and_again_202_while_it_is_open(served: Served) -> None:
+    served.submitter.jobs["j5"] = Job(job_id="j5", prediction_id="p5", state="processing")
+    for _ in range(2):
+        response = cancel(served, "j5")
+        assert response.status_code == 202, response.get_data(as_text=True)
+        assert response.get_json()["cancel_requested_at"] == "2026-03-01T12:00:00Z"
+        assert response.headers["Location"] == "/v1/jobs/j5"
+    assert served.submitter.calls == [{"cancel": "j5"}, {"cancel": "j5"}]
+
+
+@pytest.mark.parametrize("state", ["succeeded", "failed", "canceled", "aborted"])
+def test_a_cancel_of_a_final_job_is_a_409_naming_it(served: Served, state: str) -> None:
+    served.submitter.jobs["j6"] = Job(job_id="j6", state=state)
+    body = problem(cancel(served, "j6"), 409, "job-final")
+    assert body["job_id"] == "j6"
+    assert state in body["detail"]
+
+
+def test_a_cancel_replicate_cannot_be_asked_for_is_a_502_naming_the_job(served: Served) -> None:
+    served.submitter.jobs["j7"] = Job(job_id="j7", prediction_id="p7", state="starting", metadata={"replicate": "down"})
+    body = problem(cancel(served, "j7"), 502, "replicate-unavailable")
+    assert body["job_id"] == "j7"
+    assert "send it again" in body["detail"]
+
+
+@pytest.mark.parametrize(("job_id", "looked_up"), [("nope", True), ("__x__", False), ("a.b..", True)])
+def test_a_cancel_of_no_job_is_a_404_and_an_id_no_job_can_have_is_not_looked_up(
+    served: Served, job_id: str, looked_up: bool
+) -> None:
+    problem(cancel(served, job_id), 404, "not-found")
+    assert served.submitter.calls == ([{"cancel": job_id}] if looked_up else [])
 
 
 # ---- hostile input: a precise 4xx naming the field, never a 500, never a submission ----
@@ -335,6 +533,9 @@ def test_json_with_a_charset_or_a_json_suffix_type_is_accepted(served: Served) -
     [
         ("/v1/jobs", "DELETE", 405, "method-not-allowed"),
         ("/v1/jobs/j1", "POST", 405, "method-not-allowed"),
+        ("/v1/jobs/j1/cancel", "GET", 405, "method-not-allowed"),
+        ("/v1/jobs/j1/cancel/now", "POST", 404, "not-found"),
+        ("/v1/trainings", "GET", 405, "method-not-allowed"),
         ("/v1/jobs/nope", "GET", 404, "not-found"),
         ("/v1/jobs/..", "GET", 404, "not-found"),
         ("/v1/jobs/" + "x" * 2000, "GET", 404, "not-found"),
@@ -545,7 +746,9 @@ def test_a_forged_cursor_is_refused_before_it_reaches_the_query(forged: dict[str
 
 def test_field_errors_are_dotted_paths() -> None:
     with pytest.raises(errors.ValidationFailed) as raised:
-        parse_create(json.dumps({"model": "a/b", "input": {}, "metadata": {"k": []}}).encode(), "application/json")
+        parse_create(
+            json.dumps({"model": "a/b", "input": {}, "metadata": {"k": []}}).encode(), "application/json", CreateJob
+        )
     assert raised.value.errors == [{"field": "metadata.k", "message": "Input should be a valid string"}]
     assert callable(field_errors)
 

@@ -14,7 +14,7 @@ export interface paths {
         /** Jobs, newest `created_at` first, a page at a time. */
         get: operations["listJobs"];
         put?: never;
-        /** Submit a prediction: the job, then the prediction with Relay's webhook. */
+        /** Submit a prediction of a model or a deployment: the job, then the prediction with Relay's webhook. */
         post: operations["createJob"];
         delete?: never;
         options?: never;
@@ -33,6 +33,40 @@ export interface paths {
         get: operations["getJob"];
         put?: never;
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/jobs/{job_id}/cancel": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Cancel a job: record the request, ask Replicate to cancel its run. Idempotent; the job ends `canceled` when Replicate reports it. */
+        post: operations["cancelJob"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/trainings": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Submit a training of a model version into a destination model: the job (kind `training`), then the training with Relay's webhook. */
+        post: operations["createTraining"];
         delete?: never;
         options?: never;
         head?: never;
@@ -83,15 +117,11 @@ export interface components {
         };
         /**
          * CreateJob
-         * @description `POST /v1/jobs`: one Replicate prediction to run, with its webhook set to Relay's receiver.
+         * @description `POST /v1/jobs`: one Replicate prediction, of a model or a deployment, with its webhook set to
+         *     Relay's receiver. Exactly one of `model` and `deployment`.
          */
         CreateJob: {
-            /**
-             * @description The model: `owner/name` (its latest version) or `owner/name:version`.
-             * @example flux-kontext-apps/restore-image
-             */
-            model: string;
-            /** @description The prediction's input, as the model defines it. Its strings, keys too, must be Unicode text: a lone surrogate (`\ud800`) cannot be sent to Replicate as UTF-8. */
+            /** @description The input, as the model (or the trainer) defines it. Its strings, keys too, must be Unicode text: a lone surrogate (`\ud800`) cannot be sent to Replicate as UTF-8. */
             input: {
                 [key: string]: unknown;
             };
@@ -107,6 +137,59 @@ export interface components {
              * @default null
              */
             webhook_events?: ("start" | "output" | "logs" | "completed")[] | null;
+            /**
+             * @description How long the job may take, from now: hours, minutes and seconds (`30m`, `1h30m`, `90s`). Kept as the job's `deadline_at`, past which Relay cancels a job still open (`error_code` `deadline_exceeded`); a prediction's is also sent to Replicate as `Cancel-After`. Default RELAY_DEFAULT_DEADLINE for a prediction, RELAY_DEFAULT_TRAINING_DEADLINE for a training.
+             * @example 30m
+             */
+            deadline?: string;
+            /**
+             * @description The model: `owner/name` (its latest version) or `owner/name:version`. Not with `deployment`.
+             * @example flux-kontext-apps/restore-image
+             */
+            model?: string;
+            /**
+             * @description A deployment of yours, `owner/name`: the prediction runs on its hardware and version (Replicate's `POST /v1/deployments/{owner}/{name}/predictions`). Not with `model`.
+             * @example acme/restore-image-prod
+             */
+            deployment?: string;
+        } & (unknown | unknown);
+        /**
+         * CreateTraining
+         * @description `POST /v1/trainings`: one Replicate training of a model version into `destination`, with its
+         *     webhook set to Relay's receiver.
+         */
+        CreateTraining: {
+            /** @description The input, as the model (or the trainer) defines it. Its strings, keys too, must be Unicode text: a lone surrogate (`\ud800`) cannot be sent to Replicate as UTF-8. */
+            input: {
+                [key: string]: unknown;
+            };
+            /**
+             * @description Your own string key/values, kept on the job untouched: at most 64; keys of 1 to 256 characters, not beginning and ending with `__` (Firestore reserves those); values of at most 1024 characters; no lone surrogates (`\ud800`).
+             * @default {}
+             */
+            metadata?: {
+                [key: string]: string;
+            };
+            /**
+             * @description Which of Replicate's webhook events to receive (must include `completed`; repeats count once); default RELAY_WEBHOOK_EVENTS, all four unless configured.
+             * @default null
+             */
+            webhook_events?: ("start" | "output" | "logs" | "completed")[] | null;
+            /**
+             * @description How long the job may take, from now: hours, minutes and seconds (`30m`, `1h30m`, `90s`). Kept as the job's `deadline_at`, past which Relay cancels a job still open (`error_code` `deadline_exceeded`); a prediction's is also sent to Replicate as `Cancel-After`. Default RELAY_DEFAULT_DEADLINE for a prediction, RELAY_DEFAULT_TRAINING_DEADLINE for a training.
+             * @example 30m
+             */
+            deadline?: string;
+            /**
+             * @description The version to train from: `owner/name:version`, the version id required.
+             * @example ostris/flux-dev-lora-trainer:e440909d3512c31646ee2e0c7d6f6f4923224863a6a10c494606e79fb5844497
+             */
+            version: string;
+            /**
+             * @description The model the new version is pushed to, `owner/name`; it must exist on Replicate.
+             * @example acme/flux-my-style
+             */
+            destination: string;
         };
         /**
          * FailedOutput
@@ -352,7 +435,7 @@ export interface components {
              */
             errors?: components["schemas"]["FieldError"][] | null;
             /**
-             * @description The job created for a submission Replicate refused (`submit-*` problems).
+             * @description The job the problem is about: the failed job of a submission Replicate refused or could not take (`submit-refused`, `replicate-unavailable`), or the job of a cancel (`job-final`, `replicate-unavailable`).
              * @default null
              */
             job_id?: string | null;
@@ -443,6 +526,20 @@ export interface components {
                 } & components["schemas"]["Problem"];
             };
         };
+        /** @description `job-final`: The job has already ended */
+        JobFinal: {
+            headers: {
+                [name: string]: unknown;
+            };
+            content: {
+                "application/problem+json": {
+                    /** @enum {unknown} */
+                    type?: "urn:replicate-relay:problem:job-final";
+                    /** @constant */
+                    status?: 409;
+                } & components["schemas"]["Problem"];
+            };
+        };
         /** @description `payload-too-large`: The body is too large */
         PayloadTooLarge: {
             headers: {
@@ -471,7 +568,7 @@ export interface components {
                 } & components["schemas"]["Problem"];
             };
         };
-        /** @description `replicate-unavailable`: Replicate did not accept the prediction */
+        /** @description `replicate-unavailable`: Replicate could not be reached or failed */
         ReplicateUnavailable: {
             headers: {
                 [name: string]: unknown;
@@ -572,7 +669,7 @@ export interface operations {
             };
         };
         responses: {
-            /** @description The job, linked to its prediction (a replay also carries `Idempotency-Replayed: true`). */
+            /** @description The job, linked to its prediction or training (a replay also carries `Idempotency-Replayed: true`). */
             201: {
                 headers: {
                     /** @description `/v1/jobs/{job_id}` of the job. */
@@ -602,7 +699,7 @@ export interface operations {
             409: components["responses"]["IdempotencyInProgress"];
             413: components["responses"]["PayloadTooLarge"];
             415: components["responses"]["UnsupportedMediaType"];
-            /** @description `validation-error`: The request body is not valid; `idempotency-key-reused`: The Idempotency-Key was used with another request; `submit-refused`: Replicate refused the prediction */
+            /** @description `validation-error`: The request body is not valid; `idempotency-key-reused`: The Idempotency-Key was used with another request; `submit-refused`: Replicate refused the submission */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -646,6 +743,103 @@ export interface operations {
             403: components["responses"]["Forbidden"];
             404: components["responses"]["NotFound"];
             500: components["responses"]["InternalError"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    cancelJob: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The job's id (`job_id` of the job document). */
+                job_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The job, still open, `cancel_requested_at` set (again for a job whose cancel is under way). */
+            202: {
+                headers: {
+                    /** @description `/v1/jobs/{job_id}` of the job. */
+                    Location?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Job"];
+                };
+            };
+            401: components["responses"]["Unauthenticated"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["JobFinal"];
+            500: components["responses"]["InternalError"];
+            502: components["responses"]["ReplicateUnavailable"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    createTraining: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description Any unique string (a UUID): a retry with the same key and body gets the first answer and never makes a second prediction; the same key with another body is a 422 (`idempotency-key-reused`); while the first is in progress, a 409 with Retry-After. Remembered for RELAY_API_IDEMPOTENCY_HOURS (24 by default). */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["CreateTraining"];
+            };
+        };
+        responses: {
+            /** @description The job, linked to its prediction or training (a replay also carries `Idempotency-Replayed: true`). */
+            201: {
+                headers: {
+                    /** @description `/v1/jobs/{job_id}` of the job. */
+                    Location?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Job"];
+                };
+            };
+            /** @description `malformed-json`: The body is not valid JSON; `invalid-parameter`: A query parameter is not valid */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @enum {unknown} */
+                        type?: "urn:replicate-relay:problem:malformed-json" | "urn:replicate-relay:problem:invalid-parameter";
+                        /** @constant */
+                        status?: 400;
+                    } & components["schemas"]["Problem"];
+                };
+            };
+            401: components["responses"]["Unauthenticated"];
+            403: components["responses"]["Forbidden"];
+            409: components["responses"]["IdempotencyInProgress"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            /** @description `validation-error`: The request body is not valid; `idempotency-key-reused`: The Idempotency-Key was used with another request; `submit-refused`: Replicate refused the submission */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @enum {unknown} */
+                        type?: "urn:replicate-relay:problem:validation-error" | "urn:replicate-relay:problem:idempotency-key-reused" | "urn:replicate-relay:problem:submit-refused";
+                        /** @constant */
+                        status?: 422;
+                    } & components["schemas"]["Problem"];
+                };
+            };
+            500: components["responses"]["InternalError"];
+            502: components["responses"]["ReplicateUnavailable"];
             503: components["responses"]["Unavailable"];
         };
     };
