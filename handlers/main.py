@@ -26,6 +26,7 @@ from handlers.reconcile import Reconciler
 from handlers.settings import HandlerSettings
 from replicate_relay import announcements, logs, telemetry, telemetry_setup
 from replicate_relay.archive import Archiver
+from replicate_relay.bodies import BodyStore
 from replicate_relay.config import load_or_exit
 from replicate_relay.downloads import Downloader
 from replicate_relay.jobstore import Applied, JobStore, utcnow
@@ -58,6 +59,7 @@ class Clients:
     store: JobStore
     job_events: TopicPublisher
     archiver: Archiver
+    bodies: BodyStore  # event bodies too large for a message (replicate_relay/bodies.py)
 
 
 def _make_clients() -> Clients:
@@ -76,6 +78,7 @@ def _make_clients() -> Clients:
             chunk_bytes=SETTINGS.upload_chunk_bytes,
             weights_max_bytes=SETTINGS.weights_max_bytes,
         ),
+        bodies=BodyStore(bucket),
     )
 
 
@@ -138,6 +141,7 @@ def _make_reconciler() -> Reconciler:
         events=_publisher(SETTINGS.events_topic),
         job_events=clients.job_events,
         settings=settings.run,
+        bodies=clients.bodies,
     )
 
 
@@ -163,8 +167,8 @@ def _reconcile(span: Span, started: float) -> flask.Response:
 
 
 def _apply_job_status(envelope: PushEnvelope, span: Span) -> dict[str, Any]:
-    event = decode_event(envelope)
     clients = _CLIENTS.get()
+    event = decode_event(envelope, clients.bodies)
     applied = job_status_handler.apply(clients.store, event)
     span.set_attribute(telemetry.JOB_ID, applied.job_id)
     announced = _announce_if_owed(clients, applied, "job-status")
@@ -179,8 +183,8 @@ def _apply_job_status(envelope: PushEnvelope, span: Span) -> dict[str, Any]:
 
 
 def _archive_outputs(envelope: PushEnvelope, span: Span) -> dict[str, Any]:
-    event = decode_event(envelope)
     clients = _CLIENTS.get()
+    event = decode_event(envelope, clients.bodies)
     result = archive_handler.archive(event, store=clients.store, archiver=clients.archiver)
     job = result.applied.job if result.applied else None
     if result.applied:

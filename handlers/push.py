@@ -8,7 +8,8 @@ import json
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from handlers.errors import PermanentError
+from handlers.errors import PermanentError, unavailable
+from replicate_relay.bodies import BodyStore, StoredBody
 from replicate_relay.events import EventAttributes, PayloadError, PredictionEvent, parse_prediction
 
 
@@ -46,14 +47,22 @@ def parse_envelope(body: bytes) -> PushEnvelope:
         raise PermanentError("bad_envelope", f"request is not a Pub/Sub push envelope: {error}") from None
 
 
-def decode_event(envelope: PushEnvelope) -> PredictionEvent:
-    """The prediction event in a push message; PermanentError when it cannot be decoded."""
+def decode_event(envelope: PushEnvelope, bodies: BodyStore | None = None) -> PredictionEvent:
+    """The prediction event in a push message, its body read from `bodies` when the message points
+    there (replicate_relay/bodies.py); PermanentError when it cannot be decoded, TransientError when
+    the bucket is unavailable."""
     try:
         data = base64.b64decode(envelope.message.data, validate=True)
     except (binascii.Error, ValueError):
         raise PermanentError("bad_data", "message data is not base64") from None
     try:
         attributes = EventAttributes.from_message(envelope.message.attributes)
+        stored = StoredBody.from_attributes(envelope.message.attributes)
+        if stored is not None:
+            if bodies is None:
+                raise PermanentError("no_body_store", "the message's body is in the bucket and no bucket is configured")
+            with unavailable("storage"):
+                data = bodies.get(stored)
         prediction = parse_prediction(data)
     except PayloadError as error:
         raise PermanentError(error.reason, error.message) from None

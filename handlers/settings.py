@@ -80,6 +80,7 @@ class ReconcilerSettings:
                 max_jobs=env.get_int("RELAY_RECONCILE_MAX_JOBS", 500, minimum=1, maximum=10_000),
                 concurrency=env.get_int("RELAY_RECONCILE_CONCURRENCY", 4, minimum=1, maximum=64),
                 requests_per_second=env.get_float("RELAY_RECONCILE_REQUESTS_PER_SECOND", 5.0, minimum=0.1),
+                cancel_tries=env.get_int("RELAY_RECONCILE_CANCEL_TRIES", 3, minimum=1, maximum=20),
             ),
         )
 

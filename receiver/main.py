@@ -17,6 +17,7 @@ from receiver.errors import MethodNotAllowed, Rejected
 from receiver.intake import Intake, client_key
 from receiver.settings import ReceiverSettings
 from replicate_relay import logs, telemetry, telemetry_setup
+from replicate_relay.bodies import BodyStore
 from replicate_relay.config import load_or_exit
 from replicate_relay.publisher import AsyncTopicPublisher
 from replicate_relay.serve import HEALTH_PATH, PerProcess
@@ -30,12 +31,23 @@ logs.configure("receiver", level=SETTINGS.log_level, project=SETTINGS.project)
 def _make_intake() -> Intake:
     # Made on first use, inside the worker's running event loop: the grpc.aio channel belongs to it.
     publisher = AsyncTopicPublisher(SETTINGS.topic_path, deadline_seconds=SETTINGS.publish_deadline_seconds)
-    intake = Intake(SETTINGS, publisher)
+    intake = Intake(SETTINGS, publisher, bodies=_body_store())
     tune_gc()
     return intake
 
 
 _INTAKE = PerProcess(_make_intake)
+
+
+def _body_store() -> BodyStore | None:
+    """Where bodies too large for a message go (RELAY_MAX_STORED_BODY_BYTES > 0): the archive bucket."""
+    if not SETTINGS.max_stored_body_bytes:
+        return None
+    # Imported here: only a receiver that stores large bodies needs the storage client.
+    import google.cloud.storage as storage  # noqa: PLC0415
+
+    bucket = storage.Client(project=SETTINGS.project).bucket(SETTINGS.bucket)
+    return BodyStore(bucket, inline_bytes=SETTINGS.max_body_bytes)
 
 
 def tune_gc() -> None:

@@ -5,12 +5,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from replicate_relay.config import ConfigError, Env, Secret, project_id, topic_path
+from replicate_relay.bodies import DEFAULT_INLINE_BODY_BYTES
+from replicate_relay.config import ConfigError, Env, Secret, bucket_name, project_id, topic_path
 from replicate_relay.telemetry import TelemetrySettings
 from replicate_relay.webhooks import DEFAULT_TOLERANCE_SECONDS, SigningKey, parse_secrets
 
 # Pub/Sub takes messages of up to 10 MB; stay well under it, with room for attributes.
-DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+DEFAULT_MAX_BODY_BYTES = DEFAULT_INLINE_BODY_BYTES
+# Larger bodies (a training's final webhook carries hours of logs) are stored in the bucket and
+# published as a pointer (replicate_relay/bodies.py), up to this size. Read whole before its
+# signature can be checked, one at a time per process: with JSON parsing that is about 4 times the
+# body in memory at the peak (128 MiB of the receiver's 512 MiB). Past it: 413, and the reconciler
+# reads the final state from Replicate's API instead (docs/ARCHITECTURE.md).
+DEFAULT_MAX_STORED_BODY_BYTES = 32 * 1024 * 1024
 SECRETS_VARIABLE = "RELAY_WEBHOOK_SECRETS"
 # The polling worker's name for the signing secret, accepted so its environment can be reused (docs/MIGRATION.md).
 LEGACY_SECRET_VARIABLE = "REPLICATE_WEBHOOK_SECRET"  # noqa: S105 - a variable's name, not a secret
@@ -22,7 +29,9 @@ class ReceiverSettings:
     events_topic: str
     signing_keys: tuple[SigningKey, ...]
     tolerance_seconds: int
-    max_body_bytes: int
+    max_body_bytes: int  # published in the message
+    max_stored_body_bytes: int  # up to this, stored in the bucket and published as a pointer; 0: none
+    bucket: str
     publish_deadline_seconds: float
     failure_burst: int
     failure_per_second: float
@@ -49,6 +58,8 @@ class ReceiverSettings:
             signing_keys=keys,
             tolerance_seconds=env.get_int("RELAY_WEBHOOK_TOLERANCE_SECONDS", DEFAULT_TOLERANCE_SECONDS, minimum=1),
             max_body_bytes=max_body,
+            max_stored_body_bytes=_max_stored_body(env, max_body),
+            bucket=bucket_name(env, project),
             publish_deadline_seconds=env.get_float("RELAY_PUBLISH_DEADLINE_SECONDS", 5.0, minimum=0.1),
             failure_burst=env.get_int("RELAY_FAILURE_BURST", 20, minimum=1),
             failure_per_second=env.get_float("RELAY_FAILURE_PER_SECOND", 1.0, minimum=0.0),
@@ -57,6 +68,16 @@ class ReceiverSettings:
             log_level=env.get_str("RELAY_LOG_LEVEL", "INFO").upper(),
             telemetry=TelemetrySettings.from_env(environ, service="receiver", project=project),
         )
+
+
+def _max_stored_body(env: Env, max_body: int) -> int:
+    """RELAY_MAX_STORED_BODY_BYTES: 0 turns storing off (a body past RELAY_MAX_BODY_BYTES is then 413)."""
+    stored = env.get_int("RELAY_MAX_STORED_BODY_BYTES", DEFAULT_MAX_STORED_BODY_BYTES, minimum=0, maximum=256 * 1024**2)
+    if stored and stored <= max_body:
+        raise ConfigError(
+            f"RELAY_MAX_STORED_BODY_BYTES ({stored}) must be 0 or more than RELAY_MAX_BODY_BYTES ({max_body})"
+        )
+    return stored
 
 
 def _signing_keys(env: Env) -> tuple[SigningKey, ...]:

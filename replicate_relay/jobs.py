@@ -143,8 +143,9 @@ class Job(BaseModel):
         default=None,
         description="Why the job did not succeed: `failed`, `canceled` or `aborted` from Replicate; "
         "`output_expired`, `output_refused`, `archive_conflict`, `submit_failed`, `submit_incomplete`, "
-        "`deadline_exceeded` (the job passed `deadline_at`: Relay asked Replicate to cancel it; it ends "
-        "`canceled`, or `aborted` when it had no prediction yet or Replicate could not confirm the cancel), "
+        "`deadline_exceeded` (the job passed `deadline_at`: Replicate ended it for its `Cancel-After`, or the "
+        "reconciler asked Replicate to cancel it; it ends `canceled`, or `aborted` when it had not started, had "
+        "no prediction yet or Replicate could not confirm the cancel), "
         "`cancel_unconfirmed` (a cancel was asked for and Replicate could not confirm it: the job ends `aborted`) "
         "or `not_stored` (Firestore refused the job as Replicate sent it: see `error`) from Relay. "
         "`deadline_exceeded` is set as soon as the reconciler asks for the cancel, so an open job may show it; "
@@ -466,6 +467,19 @@ _EPOCH = datetime.fromtimestamp(0, UTC)
 DEADLINE_EXCEEDED = "deadline_exceeded"
 
 
+# Replicate's clock and Relay's may differ a little: Cancel-After counts from Replicate's creation,
+# after Relay computed deadline_at, so a run Replicate ended for it completes at or after deadline_at.
+_CLOCK_SLACK = timedelta(minutes=1)
+
+
+def _ended_by_cancel_after(job: Job, state: JobState, completed_at: datetime) -> bool:
+    """Whether Replicate canceled or aborted the run for its `Cancel-After` deadline: nobody asked
+    for a cancel and it ended at the deadline or later. Its error_code is then `deadline_exceeded`."""
+    if state not in {JobState.CANCELED, JobState.ABORTED} or job.deadline_at is None:
+        return False
+    return job.cancel_requested_at is None and completed_at + _CLOCK_SLACK >= job.deadline_at
+
+
 def _past_deadline(state: JobState, job: Job) -> dict[str, Any]:
     """How `deadline_exceeded` (recorded when the reconciler asked Replicate to cancel the job)
     combines with the state Replicate then reports: a job it canceled or aborted keeps
@@ -517,6 +531,8 @@ def _merge(job: Job, event: PredictionEvent, state: JobState, *, now: datetime, 
     updates.update({name: value for name, value in carried.items() if value is not None})
     if job.error_code == DEADLINE_EXCEEDED:
         updates.update(_past_deadline(state, job))
+    elif _ended_by_cancel_after(job, state, prediction.completed_at or now):
+        updates["error_code"] = DEADLINE_EXCEEDED
     if prediction.output is not None:
         updates["output_value"] = output_value(prediction.output)
     return job.model_copy(update=updates)

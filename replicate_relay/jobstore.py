@@ -420,27 +420,76 @@ class JobStore:
 
     def abort_unsubmitted(self, job_id: str) -> Job | None:
         """Abort a job still `submitted` with no prediction; None if it moved on meanwhile."""
+        return self.abort(
+            job_id,
+            error_code="submit_incomplete",
+            error="the submission never recorded a prediction (a crash between creating the prediction and "
+            "linking it?); a webhook for that prediction would have created its own job",
+            only_if=lambda job: job.state == JobState.SUBMITTED and job.prediction_id is None,
+        )
+
+    def abort(
+        self, job_id: str, *, error_code: str, error: str, only_if: Callable[[Job], bool] = lambda _: True
+    ) -> Job | None:
+        """End an open job `aborted` (announced by the reconciler), if `only_if` holds for it as read
+        in the transaction; None if it is final, gone or no longer qualifies."""
 
         def run(transaction: firestore.Transaction) -> Job | None:
             ref, job = self._read(transaction, job_id)
-            if job is None or job.state != JobState.SUBMITTED or job.prediction_id is not None:
+            if job is None or job.is_terminal or not only_if(job):
                 return None
             aborted = job.model_copy(
                 update={
                     "state": JobState.ABORTED.value,
-                    "error": "the submission never recorded a prediction (a crash between creating the "
-                    "prediction and linking it?); a webhook for that prediction would have created its own job",
-                    "error_code": "submit_incomplete",
+                    "error": error,
+                    "error_code": error_code,
                     "announcer": "reconciler",
                     "updated_at": self._clock(),
                 }
             )
-            document, aborted = self._document(aborted)
+            # No claim taken here: the caller announces through announcements.announce_once.
+            document, written = self._document(aborted)
             transaction.set(ref, document)
-            return aborted
+            return written
 
-        result: Job | None = self._commit("abort_unsubmitted", run)
+        result: Job | None = self._commit("abort", run)
         return result
+
+    def record_cancel(self, job_id: str, *, error_code: str | None, error: str | None) -> Job | None:
+        """Count one more cancel the reconciler asks of Replicate for an open job: `cancel_attempts` + 1,
+        `cancel_requested_at` set if it was not, and (past its deadline) `error_code` and `error`.
+        Returns the job as written; None if it is final or gone."""
+
+        def run(transaction: firestore.Transaction) -> Job | None:
+            ref, job = self._read(transaction, job_id)
+            if job is None or job.is_terminal:
+                return None
+            now = self._clock()
+            fields: dict[str, Any] = {
+                "cancel_attempts": job.cancel_attempts + 1,
+                "cancel_requested_at": job.cancel_requested_at or now,
+                "updated_at": now,
+            }
+            if error_code is not None:
+                fields.update(error_code=error_code, error_json=dumps(error))
+            transaction.update(ref, fields)
+            return job.model_copy(update={**fields, "error": error} if error_code is not None else fields)
+
+        result: Job | None = self._commit("record_cancel", run)
+        return result
+
+    def find_past_deadline(self, states: list[str], now: datetime, *, limit: int) -> list[Job]:
+        """Jobs in `states` whose `deadline_at` is before `now`, the earliest deadline first.
+
+        Needs the composite index (state, deadline_at) declared in infra/firestore.indexes.json.
+        """
+        query = (
+            self._jobs.where(filter=FieldFilter("state", "in", states))
+            .where(filter=FieldFilter("deadline_at", "<", now))
+            .order_by("deadline_at")
+            .limit(limit)
+        )
+        return [Job.from_document(_data(snapshot)) for snapshot in query.stream()]
 
     def get(self, job_id: str) -> Job | None:
         """The job as its document holds it: values kept in the bucket are null (see `resolve`)."""

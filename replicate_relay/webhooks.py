@@ -92,6 +92,15 @@ def signed_headers(keys: Sequence[SigningKey], webhook_id: str, timestamp: int, 
     }
 
 
+@dataclass(frozen=True)
+class SignedHeaders:
+    """A webhook's three headers, well formed and in time: what is left to check is the body."""
+
+    webhook_id: str
+    timestamp: int
+    signatures: tuple[bytes, ...]
+
+
 def verify(
     headers: Mapping[str, str],
     body: bytes,
@@ -105,6 +114,25 @@ def verify(
     `headers` must be case-insensitive (as every web framework's are) or use lower-case names.
     Accepts the message when any one `v1` entry matches any one key.
     """
+    signed = check_headers(headers, now=now, tolerance_seconds=tolerance_seconds)
+    content = _signed_content(signed.webhook_id, signed.timestamp, body)
+    expected = [hmac.digest(key.key, content, "sha256") for key in keys]
+    # Every candidate is compared with every key, in constant time per comparison, and
+    # compare_digest never stops at the shorter input (the CVE-2024-21491 mistake).
+    matched = False
+    for candidate in signed.signatures:
+        for digest in expected:
+            matched |= hmac.compare_digest(candidate, digest)
+    if not matched:
+        raise VerificationError("signature_mismatch", "no v1 signature matches any configured secret", malformed=False)
+    return VerifiedWebhook(webhook_id=signed.webhook_id, timestamp=signed.timestamp)
+
+
+def check_headers(
+    headers: Mapping[str, str], *, now: float, tolerance_seconds: int = DEFAULT_TOLERANCE_SECONDS
+) -> SignedHeaders:
+    """The checks of `verify` that need no body: each header present and well formed, the timestamp
+    within tolerance. The receiver makes them before it reads a large body on."""
     webhook_id = _header(headers, HEADER_ID)
     if len(webhook_id) > MAX_ID_LENGTH or not (webhook_id.isascii() and webhook_id.isprintable()):
         raise VerificationError("malformed_id", "webhook-id is too long or not printable ASCII", malformed=True)
@@ -123,18 +151,8 @@ def verify(
             malformed=False,
         )
 
-    candidates = _parse_signatures(_header(headers, HEADER_SIGNATURE))
-    content = _signed_content(webhook_id, timestamp, body)
-    expected = [hmac.digest(key.key, content, "sha256") for key in keys]
-    # Every candidate is compared with every key, in constant time per comparison, and
-    # compare_digest never stops at the shorter input (the CVE-2024-21491 mistake).
-    matched = False
-    for candidate in candidates:
-        for digest in expected:
-            matched |= hmac.compare_digest(candidate, digest)
-    if not matched:
-        raise VerificationError("signature_mismatch", "no v1 signature matches any configured secret", malformed=False)
-    return VerifiedWebhook(webhook_id=webhook_id, timestamp=timestamp)
+    signatures = _parse_signatures(_header(headers, HEADER_SIGNATURE))
+    return SignedHeaders(webhook_id, timestamp, tuple(signatures))
 
 
 def _signed_content(webhook_id: str, timestamp: int, body: bytes) -> bytes:

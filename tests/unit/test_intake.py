@@ -11,6 +11,7 @@ import pytest
 from receiver import errors
 from receiver.intake import Accepted, Intake, client_key
 from receiver.settings import ReceiverSettings
+from replicate_relay.config import ConfigError
 from replicate_relay.testing import ChunkStream, RecordingPublisher, SignedWebhook, sign_webhook
 
 SECRET = "whsec_" + base64.b64encode(b"receiver-unit-test-secret-32byte").decode("ascii")
@@ -361,3 +362,124 @@ def test_client_key_trusts_only_the_configured_proxy_hops(
     peer: str | None, forwarded_for: str | None, trusted_hops: int, expected: str
 ) -> None:
     assert client_key(peer, forwarded_for, trusted_hops) == expected
+
+
+# --- bodies larger than a message: stored, published as a pointer ------------------------------
+
+STORED_MAX = 3 * MAX_BODY
+LARGE_SETTINGS = ReceiverSettings.from_env({**ENV, "RELAY_MAX_STORED_BODY_BYTES": str(STORED_MAX)})
+
+
+class FakeBodies:
+    """BodyStore.message without a bucket: records what it stored."""
+
+    def __init__(self) -> None:
+        self.stored: list[bytes] = []
+
+    def message(self, body: bytes, attributes: dict[str, str], prediction_id: str) -> tuple[bytes, dict[str, str]]:
+        self.stored.append(body)
+        uri = f"gs://bucket/bodies/{prediction_id}/{len(self.stored)}.json"
+        return b"", {**attributes, "body_uri": uri, "body_size": str(len(body)), "body_crc32c": "AAAAAA=="}
+
+
+def large_intake(publisher: RecordingPublisher, bodies: FakeBodies) -> Intake:
+    return Intake(LARGE_SETTINGS, publisher, bodies=bodies, clock=Clock())  # type: ignore[arg-type]
+
+
+def large(size: int, **kwargs: Any) -> SignedWebhook:
+    padding = size - len(signed({**PREDICTION, "logs": ""}).body)
+    return signed({**PREDICTION, "logs": "x" * padding}, **kwargs)
+
+
+def in_chunks(body: bytes, size: int = 1000) -> ChunkStream:
+    return ChunkStream(body[i : i + size] for i in range(0, len(body), size))
+
+
+def test_a_body_past_the_message_limit_is_stored_and_published_as_a_pointer() -> None:
+    publisher, bodies = RecordingPublisher(), FakeBodies()
+    webhook = large(STORED_MAX)
+    accepted = submit(large_intake(publisher, bodies), webhook.headers, in_chunks(webhook.body))
+    assert accepted.prediction_id == PREDICTION["id"]
+    assert bodies.stored == [webhook.body]
+    [(data, attributes)] = publisher.calls
+    assert data == b""
+    assert attributes == {**EXPECTED_ATTRIBUTES, **attributes}
+    assert attributes["body_size"] == str(STORED_MAX)
+
+
+def test_a_body_within_the_message_limit_still_travels_in_the_message() -> None:
+    publisher, bodies = RecordingPublisher(), FakeBodies()
+    submit(large_intake(publisher, bodies), VALID.headers)
+    assert (bodies.stored, publisher.calls) == ([], [(VALID.body, EXPECTED_ATTRIBUTES)])
+
+
+def test_a_body_past_the_stored_limit_is_413_and_nothing_is_stored() -> None:
+    publisher, bodies = RecordingPublisher(), FakeBodies()
+    webhook = large(STORED_MAX + 1)
+    error = refused(large_intake(publisher, bodies), webhook.headers, in_chunks(webhook.body))
+    assert (error.status, error.reason) == (413, "body_too_large")
+    assert (bodies.stored, publisher.calls) == ([], [])
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "reason"),
+    [
+        ({"content-type": "application/json"}, 400, "missing_webhook_id"),
+        ({**signed(timestamp=NOW - 3600).headers}, 401, "timestamp_too_old"),
+    ],
+)
+def test_a_large_body_whose_headers_cannot_be_a_webhooks_is_refused_at_the_message_limit(
+    headers: dict[str, str], status: int, reason: str
+) -> None:
+    webhook = large(STORED_MAX)
+    stream = in_chunks(webhook.body)
+    error = refused(large_intake(RecordingPublisher(), FakeBodies()), headers, stream)
+    assert (error.status, error.reason) == (status, reason)
+    assert stream.pulled == MAX_BODY // 1000 + 1  # nothing read past the message limit's chunk
+
+
+def test_a_declared_large_body_with_bad_headers_is_refused_before_any_of_it_is_read() -> None:
+    webhook = large(STORED_MAX)
+    stream = in_chunks(webhook.body)
+    headers = {"content-type": "application/json", "content-length": str(len(webhook.body))}
+    assert refused(large_intake(RecordingPublisher(), FakeBodies()), headers, stream).status == 400
+    assert stream.pulled == 0
+
+
+def test_a_large_body_with_a_wrong_signature_is_401_and_not_stored() -> None:
+    bodies = FakeBodies()
+    webhook = large(STORED_MAX, secrets=[OTHER_SECRET])
+    error = refused(large_intake(RecordingPublisher(), bodies), webhook.headers, in_chunks(webhook.body))
+    assert (error.status, error.reason) == (401, "signature_mismatch")
+    assert bodies.stored == []
+
+
+def test_without_a_body_store_a_body_past_the_message_limit_is_413() -> None:
+    webhook = large(STORED_MAX)
+    assert refused(make_intake(settings=LARGE_SETTINGS), webhook.headers, in_chunks(webhook.body)).status == 413
+
+
+def test_a_large_body_waits_for_the_one_being_read_and_gets_503_if_it_takes_too_long(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("receiver.intake.LARGE_BODY_WAIT_SECONDS", 0.01)
+    intake = large_intake(RecordingPublisher(), FakeBodies())
+    webhook = large(STORED_MAX)
+
+    async def more_while_the_first_is_held() -> list[errors.Rejected]:
+        await intake._large.acquire()  # a first large body, still being read
+        refusals = []
+        for _ in range(BURST + 1):
+            with pytest.raises(errors.Rejected) as caught:
+                await intake.handle(webhook.headers, in_chunks(webhook.body), client=CLIENT)
+            refusals.append(caught.value)
+        return refusals
+
+    refusals = asyncio.run(more_while_the_first_is_held())
+    # Every one waited and got 503, none 429: waiting is not the sender's failure.
+    assert {(error.status, error.reason) for error in refusals} == {(503, "large_body_busy")}
+
+
+def test_a_stored_body_limit_not_above_the_message_limit_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="RELAY_MAX_STORED_BODY_BYTES"):
+        ReceiverSettings.from_env({**ENV, "RELAY_MAX_STORED_BODY_BYTES": str(MAX_BODY)})

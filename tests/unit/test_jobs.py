@@ -384,3 +384,28 @@ def test_deadline_exceeded_combines_with_what_replicate_reports(
     assert job is not None
     assert (job.state, job.error_code) == (state, error_code)
     assert (job.error is None) == (error_code is None)
+
+
+@pytest.mark.parametrize(
+    ("completed", "requested", "error_code"),
+    [
+        (T0 + timedelta(minutes=10), None, "deadline_exceeded"),  # Replicate's Cancel-After ended it
+        (T0 + timedelta(minutes=9, seconds=30), None, "deadline_exceeded"),  # within the clocks' slack
+        (T0 + timedelta(minutes=2), None, "canceled"),  # well before: someone else canceled it
+        (T0 + timedelta(minutes=10), T0 + timedelta(minutes=1), "canceled"),  # a cancel was asked for
+    ],
+)
+def test_a_run_replicate_canceled_at_its_deadline_is_marked_deadline_exceeded(
+    completed: datetime, requested: datetime | None, error_code: str
+) -> None:
+    submitted = Job(
+        job_id="j1",
+        prediction_id="p1",
+        state="processing",
+        deadline_at=T0 + timedelta(minutes=10),
+        cancel_requested_at=requested,
+    )
+    body = {"id": "p1", "status": "canceled", "error": "canceled", "completed_at": completed.isoformat()}
+    ended = apply_event(submitted, event(body, webhook_id="m1", timestamp=1), job_id="j1", now=T0).job
+    assert ended is not None
+    assert (ended.state, ended.error_code) == ("canceled", error_code)
