@@ -19,20 +19,9 @@ from replicate_relay import announcements
 from replicate_relay.events import EventAttributes, Prediction, PredictionEvent, Source
 from replicate_relay.jobs import TERMINAL_STATES, Job, Outcome
 from replicate_relay.jobstore import EVENTS, JOBS, PREDICTIONS, JobStore, event_key
-from replicate_relay.outputs import ArchivedObject
 from replicate_relay.testing import prediction_lifecycle
 from tests.integration.conftest import read_job, unique_id
-
-FILE = "https://replicate.delivery/p/out-0.png"
-ARCHIVED = ArchivedObject(
-    index=0,
-    source_url=FILE,
-    gs_uri="gs://bucket/predictions/p/0-out-0.png",
-    content_type="image/png",
-    size=3,
-    crc32c="AAAAAA==",
-    already_archived=False,
-).to_document()
+from tests.outputs import ARCHIVED, FILE
 
 
 @pytest.fixture
@@ -103,28 +92,28 @@ def test_the_write_that_makes_a_job_final_claims_its_announcement_once(db: fires
     assert read_job(db, prediction_id).updated_at == finished.job.updated_at  # type: ignore[union-attr]
 
 
-def test_a_final_event_applied_by_job_status_claims_the_announcement_in_the_same_write(
-    db: firestore.Client, store: JobStore
+@pytest.mark.parametrize(
+    ("output", "created_as", "announcer"),
+    [
+        pytest.param("a short text", "succeeded", "job-status", id="no-files-final-at-once"),
+        pytest.param([FILE], "archiving", "archive-outputs", id="files-archiving-until-archived"),
+    ],
+)
+def test_a_succeeded_event_for_no_known_job_creates_it_and_the_final_write_claims_the_announcement(
+    output: Any, created_as: str, announcer: str, store: JobStore
 ) -> None:
+    """Without files, job-status makes the job final in the write that creates it. With files (while
+    archive-outputs is down or behind) the job exists, archiving, for the reconciler to find, and
+    archive-outputs' write makes it final. Either way that write claims the announcement."""
     prediction_id = unique_id()
-    *_, succeeded = events(prediction_id, "a short text")  # no files: job-status makes it final
-    applied = store.apply(succeeded)
-    assert (applied.outcome, applied.state, applied.claimed) == (Outcome.CREATED, "succeeded", True)
-    assert applied.job is not None
-    assert applied.job.announcer == "job-status"
-    assert announcements.claim(store, prediction_id) is None
-
-
-def test_succeeded_event_with_files_for_no_known_job_creates_it_archiving(
-    db: firestore.Client, store: JobStore
-) -> None:
-    """While archive-outputs is down or behind, the job exists (archiving) for the reconciler to find."""
-    prediction_id = unique_id()
-    *_, succeeded = events(prediction_id, [FILE])
+    *_, succeeded = events(prediction_id, output)
     created = store.apply(succeeded)
-    assert (created.outcome, created.state, created.claimed) == (Outcome.CREATED, "archiving", False)
-    finished = store.finish_archive(succeeded, [], None)
-    assert (finished.state, finished.claimed) == ("succeeded", True)
+    assert (created.outcome, created.state, created.claimed) == (Outcome.CREATED, created_as, created_as == "succeeded")
+    final = created if created.state == "succeeded" else store.finish_archive(succeeded, [], None)
+    assert (final.state, final.claimed) == ("succeeded", True)
+    assert final.job is not None
+    assert final.job.announcer == announcer
+    assert announcements.claim(store, prediction_id) is None  # held: no second announcer
 
 
 def test_claim_lapses_after_its_lease_when_the_announcement_was_not_marked(

@@ -13,17 +13,9 @@ import pytest
 from replicate_relay import schemas
 from replicate_relay.jobevents import EventType, FinalState, job_event
 from replicate_relay.jobs import TERMINAL_STATES, Job
-from replicate_relay.outputs import ArchivedObject, FailedOutput
+from replicate_relay.outputs import FailedOutput
+from tests.outputs import ARCHIVED
 
-ARCHIVED = ArchivedObject(
-    index=0,
-    source_url="https://replicate.delivery/x/out-0.png",
-    gs_uri="gs://bucket/predictions/p1/0-out-0.png",
-    content_type="image/png",
-    size=10,
-    crc32c="AAAAAA==",
-    already_archived=False,
-).to_document()
 FAILED = FailedOutput(
     index=1, source_url="https://replicate.delivery/x/out-1.png", error_code="output_expired", error="gone"
 ).to_document()
@@ -69,22 +61,13 @@ def _v1_job_event(job: Job) -> tuple[bytes, dict[str, str]]:
         "schema_version": "1",
         "event_id": f"{job.job_id}:{job.state}",
         "type": f"job.{job.state}",
-        "job_id": job.job_id,
-        "prediction_id": job.prediction_id,
-        "state": job.state,
-        "model": job.model,
-        "kind": job.kind,
-        "trained_version": job.trained_version,
+        **{key: getattr(job, key) for key in ("job_id", "prediction_id", "state", "model", "kind", "trained_version")},
         "outputs": [
             {key: entry.get(key) for key in ("index", "gs_uri", "content_type", "size", "crc32c")}
             for entry in job.outputs
             if entry.get("gs_uri")
         ],
-        "output": job.output,
-        "output_value": job.output_value,
-        "error": job.error,
-        "error_code": job.error_code,
-        "metadata": job.metadata,
+        **{key: getattr(job, key) for key in ("output", "output_value", "error", "error_code", "metadata")},
         "stored_values": {name: stored.model_dump() for name, stored in job.stored_values.items()},
         "completed_at": job.completed_at.isoformat() if job.completed_at else None,
     }
