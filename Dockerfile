@@ -8,7 +8,8 @@
 #   status-page      FUNCTION_SOURCE=replicate_relay/ops/statuspage.py FUNCTION_TARGET=status_page (private)
 #   api              FUNCTION_SOURCE=api/main.py FUNCTION_TARGET=api
 
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# Pinned by digest (`make pin-images` updates it; docs/DEVELOP.md): the tag moves, the digest does not.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:2e32f7d302adc1c37428355c1e646897c0c53f4fd60b6a551245fb90ee129f91
 
 # ---- builder: compilers are here only, for any wheel that has to be built from source ----
 FROM ${PYTHON_IMAGE} AS builder
@@ -20,7 +21,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY requirements.txt /tmp/requirements.txt
-RUN pip install --require-virtualenv -r /tmp/requirements.txt \
+# Every distribution checked against its hash in requirements.txt (pip-compile --generate-hashes).
+RUN pip install --require-virtualenv --require-hashes -r /tmp/requirements.txt \
     && pip uninstall --yes pip setuptools
 # pip and setuptools only install: nothing the services import needs them (~25 MB). Removed here, in the
 # builder, they weigh nothing in the final image, which copies only the venv as it ends up.

@@ -6,16 +6,20 @@ STAMP  := $(VENV)/.installed
 CHECKOV_VENV  := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 
-.PHONY: help venv run test test-faults test-image image podman lint typecheck checkov unit integration bench soak clean
+.PHONY: help venv run test test-faults test-image image podman lint typecheck checkov unit integration bench soak clean \
+	pin-requirements pin-images
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
+# Both files pin every distribution with its hashes (make pin-requirements), so pip checks each
+# download; one install each, as pip's hash-checking takes a whole install at a time.
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] >= (3, 11) else "Python 3.11 or newer is required (set PYTHON=...)")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements.txt
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-dev.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation --editable .
 	@touch $@
 
@@ -79,6 +83,22 @@ IMAGE ?= localhost/replicate-relay:local
 image: venv podman  ## build the Dockerfile into $(IMAGE) (docker, else podman; cached)
 	IMAGE=$(IMAGE) $(BIN)/python -m replicate_relay.devstack.containers build
 
+# requirements.in and requirements-dev.in are what people edit; the .txt files are compiled from them with
+# every distribution's sha256 (pip-tools, in a virtualenv of its own, git-ignored inside).
+PIP_TOOLS_VENV := .venv-pip-tools
+PIP_COMPILE = CUSTOM_COMPILE_COMMAND='make pin-requirements' $(PIP_TOOLS_VENV)/bin/pip-compile --quiet \
+	--generate-hashes --strip-extras --no-emit-index-url --no-emit-find-links
+pin-requirements:  ## requirements*.txt with hashes, from requirements*.in (pip-compile; reaches PyPI)
+	$(PYTHON) -m venv $(PIP_TOOLS_VENV)
+	@echo '*' > $(PIP_TOOLS_VENV)/.gitignore
+	$(PIP_TOOLS_VENV)/bin/python -m pip install --quiet pip-tools==7.7.0
+	$(PIP_COMPILE) --output-file requirements.txt requirements.in
+	$(PIP_COMPILE) --output-file requirements-dev.txt requirements-dev.in
+
+# The base and Cloud Build step images are pinned NAME:TAG@sha256:DIGEST; this re-resolves each tag.
+pin-images: venv  ## re-resolve the Dockerfile's and cloudbuild*.yaml's image digests (crane, skopeo or docker buildx; online)
+	$(BIN)/python -m replicate_relay.deploy.pins
+
 test-image: image  ## run every Cloud Run service as a container of $(IMAGE) against the emulators (~3 min)
 	RELAY_IMAGE=$(IMAGE) $(BIN)/python -m pytest tests/image
 
@@ -125,4 +145,4 @@ soak: venv  ## 30 min at 2 predictions/s: leaks (RSS, fds per process), latency 
 	$(BIN)/python bench/e2e.py --soak $(SOAK_FLAGS)
 
 clean:  ## remove the virtualenv, caches and local logs
-	rm -rf $(VENV) $(CHECKOV_VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .relay
+	rm -rf $(VENV) $(CHECKOV_VENV) $(PIP_TOOLS_VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .relay

@@ -1,6 +1,6 @@
 """Package benchmark: what an app's `pip install` weighs, and what importing the client costs.
 
-Builds the wheel from this tree and installs it into fresh virtualenvs (requirements.txt as
+Builds the wheel from this tree and installs it into fresh virtualenvs (requirements.in as
 constraints), with no extras (the app's side) and with `[services]`. Sizes: every file under
 site-packages, and those replicate-relay's own RECORD lists. Import time: each statement in a fresh
 interpreter of the plain install (the interpreter's own start measured apart as `python -c pass`),
@@ -69,7 +69,7 @@ def install(wheel: Path, venv: Path, extras: str = "") -> Path:
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
     target = f"{DISTRIBUTION}[{extras}] @ {wheel.as_uri()}" if extras else str(wheel)
-    pip("--python", str(python), "install", "--constraint", str(REPO_ROOT / "requirements.txt"), target)
+    pip("--python", str(python), "install", "--constraint", str(REPO_ROOT / "requirements.in"), target)
     return python
 
 

@@ -233,24 +233,47 @@ resource "google_pubsub_subscription_iam_member" "pubsub_agent_forwards_from_sou
   member       = local.pubsub_service_agent
 }
 
-# ---- Cloud Build deployer: push the image, deploy revisions running as the runtime accounts ----
+# ---- Cloud Build: relay-ci tests and pushes, relay-deployer deploys (cicd.tf: the builds' triggers) ----
+#
+# relay-ci runs cloudbuild.ci.yaml, which runs third-party code (PyPI, Debian and npm packages in
+# `make test`): it holds no role on the project. It writes its build logs into its own bucket
+# (cicd.tf) and pushes images into the Relay repository, both granted on that resource alone.
+# relay-deployer runs cloudbuild.yaml, which runs gcloud only: it reads the CI build it was given
+# (the digest that build recorded before its tests ran), then deploys that digest to each service
+# as that service's own runtime account.
 
-resource "google_artifact_registry_repository_iam_member" "deployer_pushes" {
+resource "google_service_account" "ci" {
+  account_id   = "relay-ci"
+  display_name = "Relay Cloud Build tests, builds and pushes the image (cloudbuild.ci.yaml)"
+}
+
+resource "google_artifact_registry_repository_iam_member" "ci_pushes" {
   location   = google_artifact_registry_repository.relay.location
   repository = google_artifact_registry_repository.relay.name
   role       = "roles/artifactregistry.writer"
-  member     = google_service_account.deployer.member
+  member     = google_service_account.ci.member
 }
 
-# run.admin rather than run.developer: `gcloud run deploy --[no-]allow-unauthenticated` reads and
-# sets the services' IAM policy.
+# Deploying needs no access to the repository: Cloud Run's service agent pulls the image.
+# run.developer deploys revisions but cannot change a service's IAM policy (invokers are this
+# module's, above), so the build sets no --[no-]allow-unauthenticated. logWriter: its build logs
+# (CLOUD_LOGGING_ONLY). The custom role reads one build: the CI build whose digest it deploys.
 resource "google_project_iam_member" "deployer_deploys" {
-  for_each = toset(["roles/run.admin", "roles/logging.logWriter"])
+  for_each = toset(["roles/run.developer", "roles/logging.logWriter", google_project_iam_custom_role.build_reader.name])
   project  = var.project_id
   role     = each.value
   member   = google_service_account.deployer.member
 }
 
+resource "google_project_iam_custom_role" "build_reader" {
+  role_id     = "relayBuildReader"
+  title       = "Relay build reader"
+  description = "Reads a Cloud Build build (its status, account and step outputs): how the deploy build finds the digest a CI build pushed."
+  permissions = ["cloudbuild.builds.get"]
+}
+
+# actAs on the six runtime accounts only: the accounts its revisions run as. Not on relay-ci,
+# relay-push, relay-scheduler or relay-verify.
 resource "google_service_account_iam_member" "deployer_acts_as_runtime" {
   for_each           = google_service_account.service
   service_account_id = each.value.name

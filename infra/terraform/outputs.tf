@@ -24,7 +24,7 @@ output "image_repository" {
 }
 
 output "deployer_service_account" {
-  description = "Service account cloudbuild.yaml runs as."
+  description = "Service account cloudbuild.yaml (the deploy build) runs as."
   value       = google_service_account.deployer.email
 }
 
@@ -68,4 +68,14 @@ output "app_event_push_service_account" {
 output "verifier_service_account" {
   description = "The account `relay verify` calls the API as (--api-identity); var.verifiers may mint its ID token."
   value       = google_service_account.verifier.email
+}
+
+output "ci_service_account" {
+  description = "Service account cloudbuild.ci.yaml (tests, image build and push) runs as: no role on the project."
+  value       = google_service_account.ci.email
+}
+
+output "ci_logs_bucket" {
+  description = "Where the CI build's logs go (cloudbuild.ci.yaml's logsBucket)."
+  value       = google_storage_bucket.ci_logs.name
 }

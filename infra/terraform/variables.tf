@@ -242,3 +242,31 @@ variable "app_subscription_max_delivery_attempts" {
     error_message = "app_subscription_max_delivery_attempts must be between 5 and 100 (Pub/Sub's limits)."
   }
 }
+
+variable "ci_repository" {
+  description = "Cloud Build repository (2nd gen) to test and deploy from on every push to ci_branch: projects/PROJECT/locations/REGION/connections/CONNECTION/repositories/NAME, connected once in the console or with `gcloud builds repositories create`. Empty: no trigger; `relay deploy` runs the same builds."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.ci_repository == "" || can(regex("^projects/[^/]+/locations/[^/]+/connections/[^/]+/repositories/[^/]+$", var.ci_repository))
+    error_message = "ci_repository is empty or projects/PROJECT/locations/REGION/connections/CONNECTION/repositories/NAME."
+  }
+}
+
+variable "ci_branch" {
+  description = "The protected branch (a regular expression, as Cloud Build matches it) whose pushes are tested and deployed when ci_repository is set."
+  type        = string
+  default     = "^main$"
+}
+
+variable "ci_log_retention_days" {
+  description = "The CI build's logs (its own bucket, PROJECT-relay-ci-logs) are deleted this many days after they are written."
+  type        = number
+  default     = 90
+
+  validation {
+    condition     = var.ci_log_retention_days >= 1
+    error_message = "ci_log_retention_days must be at least 1."
+  }
+}

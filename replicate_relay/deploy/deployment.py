@@ -1,7 +1,8 @@
 """The steps of `relay deploy`, each of which looks at the real state first, so that a rerun resumes.
 
 No local state is kept: Terraform's plan says whether an apply is needed, Secret Manager's latest enabled
-version whether a secret version is, and the image each Cloud Run service runs whether a build is.
+version whether a secret version is, Cloud Build's successful CI builds whether this commit's image was
+tested and pushed, and the image each Cloud Run service runs whether that digest is deployed.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ TITLES = (
     "Terraform phase 1: the secret containers",
     "secret versions: signing secret and API token",
     "Terraform phase 2: everything else",
-    "image built and deployed by Cloud Build",
+    "image tested by Cloud Build, deployed by digest",
     "webhook and API URLs",
     "relay verify",
 )
@@ -345,34 +346,86 @@ def _decoded(payload: str, secret_id: str) -> str:
 def _release(
     options: DeployOptions, runner: Runner, outputs: Mapping[str, Any], note: StepNote, *, changed_secrets: list[str]
 ) -> None:
-    """gcloud builds submit, unless every Cloud Run service already runs the image of this tag. Then the
-    services reading a secret that got a new version start a new revision, since an instance reads a
-    secret's `latest` version when it starts (a build deploys every service, which does the same)."""
+    """The CI build of this tag (cloudbuild.ci.yaml, as relay-ci: build, push, test), unless one already
+    succeeded; then the deploy build (cloudbuild.yaml, as relay-deployer) of the digest that build pushed,
+    unless every Cloud Run service runs it already. Then the services reading a secret that got a new
+    version start a new revision, since an instance reads a secret's `latest` version when it starts (a
+    deploy build deploys every service, which does the same)."""
     tag = options.tag or _commit_tag(runner)
     repository = outputs.get("image_repository") or (
         f"{options.region}-docker.pkg.dev/{options.project}/{_value(options, outputs, 'artifact_repository')}"
     )
-    image = f"{repository}/relay:{tag}"
+    substitutions = f"_REGION={options.region},_REPOSITORY={str(repository).rsplit('/', 1)[-1]}"
+    tested = _tested_build(runner, options, tag, f"{repository}/relay@sha256:")
+    if tested is None:
+        runner.run(
+            ["gcloud", "builds", "submit", f"--project={options.project}", "--config=cloudbuild.ci.yaml",
+             f"--substitutions={substitutions},_TAG={tag}", "."],
+            mutating=True,
+            stream=True,
+        )  # fmt: skip
+        tested = None if runner.plan else _tested_build(runner, options, tag, f"{repository}/relay@sha256:")
+        if tested is None and not runner.plan:
+            raise DeployError(
+                f"the CI build of relay:{tag} succeeded, yet no successful CI build of it records an image"
+            )
+    build, image = tested or ("(the CI build above)", "")
     services = sorted(outputs.get("service_urls") or {})
-    running = _running_images(runner, options) if services else {}
+    running = _running_images(runner, options) if services and tested else {}
     stale = [service for service in services if running.get(service) != image]
-    if services and not stale:
-        note.summary = f"every service already runs relay:{tag}"
+    if services and tested and not stale:
+        note.summary = f"every service already runs relay:{tag}, tested, by digest ({_short(image)})"
         rolled = _roll_secret_readers(options, runner, image, changed_secrets)
         if rolled:
             verb = "would start" if runner.plan else "started"
             note.summary += f"; {verb} new revisions of {', '.join(rolled)} for the new secret versions"
         return
-    if services:
-        print(f"{INDENT}not yet on relay:{tag}: {', '.join(stale)}", file=runner.out)
-    substitutions = f"_REGION={options.region},_REPOSITORY={str(repository).rsplit('/', 1)[-1]},_TAG={tag}"
+    if services and tested:
+        print(f"{INDENT}not yet on relay:{tag} ({_short(image)}): {', '.join(stale)}", file=runner.out)
     runner.run(
-        ["gcloud", "builds", "submit", f"--project={options.project}", "--config=cloudbuild.yaml",
-         f"--substitutions={substitutions}", "."],
+        ["gcloud", "builds", "submit", f"--project={options.project}", "--config=cloudbuild.yaml", "--no-source",
+         f"--substitutions={substitutions},_CI_BUILD={build}"],
         mutating=True,
         stream=True,
     )  # fmt: skip
-    note.summary = f"{'would build and deploy' if runner.plan else 'built and deployed'} {image}"
+    if tested is None:  # --plan, before the CI build: its digest is not known yet
+        note.summary = f"would test relay:{tag}, then deploy the digest its CI build records"
+    else:
+        verb = "would deploy" if runner.plan else "deployed"
+        note.summary = f"{verb} relay:{tag}, tested, by digest ({_short(image)})"
+
+
+def _tested_build(runner: Runner, options: DeployOptions, tag: str, prefix: str) -> tuple[str, str] | None:
+    """The newest successful CI build of `tag` and the image@sha256 its push step recorded (the build's
+    results.buildStepOutputs[1], set before its tests ran), or None when there is none."""
+    listed = runner.run(
+        ["gcloud", "builds", "list", f"--project={options.project}",
+         f"--filter=status=SUCCESS AND tags:relay-ci AND substitutions._TAG={tag}", "--sort-by=~createTime",
+         "--limit=1", "--format=value(name,results.buildStepOutputs[1])"],
+        check=not runner.plan,
+    )  # fmt: skip
+    name, _, output = listed.stdout.strip().partition("\t")
+    if listed.returncode != 0 or not name:
+        return None
+    image = _step_output(output.strip())
+    if not (image.startswith(prefix) and re.fullmatch(r"[0-9a-f]{64}", image.removeprefix(prefix))):
+        raise DeployError(
+            f"CI build {name} recorded {image!r}, not an image of {prefix.removesuffix('@sha256:')} by digest"
+        )
+    return name.strip(), image
+
+
+def _step_output(output: str) -> str:
+    """A build step's output as gcloud prints it: base64 (the field is bytes), or already the text."""
+    try:
+        return base64.b64decode(output, validate=True).decode("utf-8").strip()
+    except (binascii.Error, UnicodeDecodeError):
+        return output
+
+
+def _short(image: str) -> str:
+    """relay@sha256:0123456789ab…, for a summary line."""
+    return image.rsplit("/", 1)[-1][: len("relay@sha256:") + 12] + "…"
 
 
 def _roll_secret_readers(options: DeployOptions, runner: Runner, image: str, changed_secrets: list[str]) -> list[str]:

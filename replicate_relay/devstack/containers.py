@@ -4,9 +4,10 @@
 
 - Engine: docker where a daemon answers, else podman (daemonless), with the settings of
   infra/image/containers.conf.
-- Base: the Dockerfile's official `python:3.11-slim-bookworm` where it is present or can be pulled.
-  Where no registry can be reached, a stand-in made from Debian's own packages with mmdebstrap
-  (bookworm's python3, 3.11), imported once and kept: the output says which base was used.
+- Base: the Dockerfile's official `python:3.11-slim-bookworm`, at the digest its PYTHON_IMAGE names,
+  where it is present or can be pulled. Where no registry can be reached, a stand-in made from
+  Debian's own packages with mmdebstrap (bookworm's python3, 3.11), imported once and kept: the
+  output says which base was used.
 - Build: `--network host`, so that apt and pip inside the build reach their registries as the
   host does, with the host's CA bundle mounted where it exists (podman only: docker build takes
   no volumes, and a docker host reaches registries without one).
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,7 +34,11 @@ from replicate_relay.devstack.terraform_env import ServiceEnv
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONTAINERS_CONF = REPO_ROOT / "infra" / "image" / "containers.conf"
 DEFAULT_IMAGE = "localhost/replicate-relay:local"
-OFFICIAL_BASE = "docker.io/library/python:3.11-slim-bookworm"
+DOCKERFILE = REPO_ROOT / "Dockerfile"
+# The Dockerfile's base: a Docker Hub library image by tag and digest.
+PYTHON_IMAGE_ARG = re.compile(
+    r"^ARG PYTHON_IMAGE=(?:docker\.io/)?(?:library/)?([a-z0-9._-]+):[\w.-]+@(sha256:[0-9a-f]{64})\s*$", re.MULTILINE
+)
 LOCAL_BASE = "localhost/relay-base:bookworm-python3.11"
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 # What the stand-in base needs to run the Dockerfile as it is: Python with venv, `python` on PATH
@@ -98,13 +104,26 @@ def detect_engine() -> Engine:
     raise StackError(f"no container engine: docker's daemon does not answer and podman is missing; {INSTALL_HINT}")
 
 
+def official_base(dockerfile: Path = DOCKERFILE) -> str:
+    """The Dockerfile's PYTHON_IMAGE (`python:TAG@sha256:…`) as Docker Hub's fully qualified reference by
+    digest alone (`docker.io/library/python@sha256:…`): podman refuses a tag and a digest together."""
+    text = dockerfile.read_text(encoding="utf-8")
+    found = re.search(
+        r"^ARG PYTHON_IMAGE=(?:docker\.io/)?(?:library/)?([a-z0-9._-]+):[\w.-]+@(sha256:[0-9a-f]{64})\s*$", text, re.M
+    )
+    if found is None:
+        raise StackError(f"{dockerfile} has no ARG PYTHON_IMAGE=NAME:TAG@sha256:DIGEST")
+    return f"docker.io/library/{found.group(1)}@{found.group(2)}"
+
+
 def ensure_base(engine: Engine, *, say: Say) -> str:
     """The base image to build on: the official one if it is here or can be pulled, else the stand-in."""
-    if engine.image_exists(OFFICIAL_BASE):
-        say(f"base: {OFFICIAL_BASE} (present)")
-        return OFFICIAL_BASE
+    official = official_base()
+    if engine.image_exists(official):
+        say(f"base: {official} (present)")
+        return official
     pulled = subprocess.run(
-        engine.command("pull", "--quiet", OFFICIAL_BASE),
+        engine.command("pull", "--quiet", official),
         check=False,
         env=engine.env,
         capture_output=True,
@@ -112,14 +131,14 @@ def ensure_base(engine: Engine, *, say: Say) -> str:
         timeout=300,
     )
     if pulled.returncode == 0:
-        say(f"base: {OFFICIAL_BASE} (pulled)")
-        return OFFICIAL_BASE
+        say(f"base: {official} (pulled)")
+        return official
     reason = (pulled.stderr.strip().splitlines() or ["no reason given"])[-1]
     if not engine.image_exists(LOCAL_BASE):
-        say(f"{OFFICIAL_BASE} cannot be pulled ({reason}); making a stand-in from Debian's packages (~30 s)")
+        say(f"{official} cannot be pulled ({reason}); making a stand-in from Debian's packages (~30 s)")
         _make_local_base(engine, say=say)
     python = engine.run("run", "--rm", "--network", "none", LOCAL_BASE, "python", "--version").strip()
-    say(f"base: {LOCAL_BASE} (Debian bookworm, {python}, made with mmdebstrap: {OFFICIAL_BASE} cannot be pulled)")
+    say(f"base: {LOCAL_BASE} (Debian bookworm, {python}, made with mmdebstrap: {official} cannot be pulled)")
     return LOCAL_BASE
 
 

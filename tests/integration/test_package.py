@@ -2,7 +2,8 @@
 
 One virtualenv for the module (`plain_install`): the wheel built from this tree (hatchling, the
 build backend, from the dev virtualenv: no network), installed by pip from PyPI into a virtualenv
-made without pip, with requirements.txt as constraints so it gets the versions the image and the
+made without pip, with requirements.in as constraints (the pins without their hashes: hashes would put
+pip in hash-checking mode, which the local wheel cannot meet) so it gets the versions the image and the
 rest of the suite run (pip's cache keeps it to seconds after the first run). Then:
 
 - the installed distributions are exactly the plain install's dependency closure, and it leaves
@@ -128,7 +129,7 @@ def plain_install(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlainIns
         str(venv / "bin" / "python"),
         "install",
         "--constraint",
-        str(ROOT / "requirements.txt"),
+        str(ROOT / "requirements.in"),
         str(wheel),
         timeout=INSTALL_TIMEOUT_SECONDS,
     )

@@ -43,7 +43,8 @@ FIXTURES = Path(__file__).parent / "fixtures" / "deploy"
 PROJECT = "relay-test"
 REGION = "us-central1"
 TAG = "abc1234"
-IMAGE = f"{REGION}-docker.pkg.dev/{PROJECT}/relay/relay:{TAG}"
+# What the stand-in CI build pushes for TAG: the image by digest, which is what gets deployed.
+IMAGE = f"{REGION}-docker.pkg.dev/{PROJECT}/relay/relay@sha256:{(TAG.encode().hex() * 64)[:64]}"
 SIGNING_SECRET = "whsec_" + base64.b64encode(b"deploy-test-signing-secret-32byt").decode()
 OTHER_SECRET = "whsec_" + base64.b64encode(b"a-secret-given-in-a-file-32bytes").decode()
 API_TOKEN = "r8_deploy-test-token-never-printed"
@@ -55,7 +56,8 @@ FIRST_DEPLOY = [
     "add relay-webhook-secrets",
     "add relay-replicate-api-token",
     "apply phase2",
-    "builds submit",
+    "ci build",
+    "deploy build",
 ]
 
 
@@ -192,6 +194,7 @@ def world(tmp_path: Path, replicate_url: str, resource_manager: ResourceManager)
                 "applied": [],
                 "secrets": {},
                 "services": {},
+                "builds": [],
                 "fail": [],
             }
         )
@@ -218,7 +221,7 @@ def changes(calls: list[dict[str, Any]]) -> list[str]:
         elif argv[:3] == ["secrets", "versions", "add"]:
             named.append(f"add {argv[3]}")
         elif argv[:2] == ["builds", "submit"]:
-            named.append("builds submit")
+            named.append("ci build" if "--config=cloudbuild.ci.yaml" in argv else "deploy build")
         elif argv[:2] == ["run", "deploy"]:
             named.append(f"roll {argv[2]}")
     return named
@@ -266,12 +269,19 @@ def test_first_deploy_checks_then_provisions_adds_secrets_builds_and_verifies(wo
     for argv in plans:
         assert {f"-var=project_id={PROJECT}", f"-var=region={REGION}", "-var=alert_email=ops@example.com"} <= {*argv}
         assert '-var=verifiers=["user:deployer@example.com"]' in argv  # who deploys may run relay verify
-    submit = next(call["argv"] for call in world.last_calls if call["argv"][:2] == ["builds", "submit"])
-    assert submit[2:] == [
+    ci, deployed = [call["argv"][2:] for call in world.last_calls if call["argv"][:2] == ["builds", "submit"]]
+    # the CI build gets the checkout; the deploy build no source at all, only the CI build to take the digest of
+    assert ci == [
         "--project=relay-test",
-        "--config=cloudbuild.yaml",
+        "--config=cloudbuild.ci.yaml",
         "--substitutions=_REGION=us-central1,_REPOSITORY=relay,_TAG=abc1234",
         ".",
+    ]
+    assert deployed == [
+        "--project=relay-test",
+        "--config=cloudbuild.yaml",
+        "--no-source",
+        "--substitutions=_REGION=us-central1,_REPOSITORY=relay,_CI_BUILD=projects/relay-test/locations/global/builds/00000001",
     ]
 
 
@@ -284,7 +294,7 @@ def test_second_deploy_changes_nothing(world: World) -> None:
     assert changes(world.last_calls) == []
     assert "no changes" in again.out
     assert "both up to date" in again.out
-    assert f"every service already runs relay:{TAG}" in again.out
+    assert f"every service already runs relay:{TAG}, tested, by digest" in again.out
     assert len(again.verified) == 1
     planned = world.deploy("--plan")
     assert "would run" not in planned.out
@@ -307,12 +317,14 @@ def test_plan_prints_every_change_and_makes_none(world: World) -> None:
         ["secrets", "versions"],
         ["-chdir=infra/terraform", "apply"],
         ["builds", "submit"],
+        ["builds", "submit"],
     ]
     added = "gcloud secrets versions add relay-webhook-secrets --project=relay-test --data-file=- < (secret on stdin)"
     assert added in run.out
     assert run.verified == []
     assert "not run under --plan" in run.out
-    assert "5 command(s) would change something; nothing was changed." in run.out
+    assert "--config=cloudbuild.yaml --no-source" in would[-1]
+    assert "6 command(s) would change something; nothing was changed." in run.out
 
 
 # ---- resuming ----------------------------------------------------------------------------------------
@@ -327,7 +339,9 @@ def test_plan_prints_every_change_and_makes_none(world: World) -> None:
         (("secrets", "versions", "add", "relay-replicate-api-token"), 8),
         (("terraform", "apply", "phase2"), 9),
         (("terraform", "output"), 8),
-        (("builds", "submit"), 10),
+        (("builds", "submit", "--config=cloudbuild.ci.yaml"), 10),
+        (("builds", "list"), 10),
+        (("builds", "submit", "--config=cloudbuild.yaml"), 10),
     ],
 )
 def test_a_rerun_after_a_failed_step_resumes_without_redoing_finished_work(
@@ -370,15 +384,42 @@ def test_no_verify_skips_it_and_says_so(world: World) -> None:
     assert "skipped (--no-verify)" in run.out
 
 
-def test_a_service_on_another_image_makes_the_build_run_again(world: World) -> None:
+def test_a_service_on_another_image_gets_the_tested_digest_without_testing_again(world: World) -> None:
     world.deploy()
     services = world.state()["services"]
-    world.update(services={**services, "api": IMAGE.replace(TAG, "0ld0ld0")})
+    world.update(services={**services, "api": f"{REGION}-docker.pkg.dev/{PROJECT}/relay/relay:{TAG}"})
 
     run = world.deploy()
 
-    assert changes(world.last_calls) == ["builds submit"]
-    assert "not yet on relay:abc1234: api" in run.out
+    assert changes(world.last_calls) == ["deploy build"]
+    assert "not yet on relay:abc1234 (relay@sha256:616263313233…): api" in run.out
+    assert set(world.state()["services"].values()) == {IMAGE}
+
+
+def test_a_failed_ci_build_deploys_nothing_and_a_rerun_tests_again(world: World) -> None:
+    world.fail("builds", "submit", "--config=cloudbuild.ci.yaml")
+
+    failed = world.deploy()
+
+    assert failed.code == 1
+    assert "step 10. image tested by Cloud Build, deployed by digest" in failed.err
+    assert "deploy build" not in changes(world.last_calls)
+    assert set(world.state()["services"].values()) == {"us-docker.pkg.dev/cloudrun/container/hello"}
+    assert world.deploy().code == 0
+    assert changes(world.last_calls) == ["ci build", "deploy build"]
+
+
+def test_a_ci_build_recording_an_image_of_another_repository_is_refused(world: World) -> None:
+    elsewhere = "evil.example/relay/relay@sha256:" + "0" * 64
+    world.update(
+        builds=[{"name": "projects/x/locations/global/builds/1", "tag": TAG, "status": "SUCCESS", "image": elsewhere}]
+    )
+
+    run = world.deploy()
+
+    assert run.code == 1
+    assert f"recorded {elsewhere!r}, not an image of {REGION}-docker.pkg.dev/{PROJECT}/relay/relay by digest" in run.err
+    assert "deploy build" not in changes(world.last_calls)
 
 
 # ---- prerequisites -----------------------------------------------------------------------------------

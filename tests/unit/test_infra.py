@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import shlex
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from replicate_relay import telemetry, telemetry_setup
+from replicate_relay.deploy import pins
 from replicate_relay.devstack.hcl_eval import load_blocks
 from replicate_relay.devstack.terraform_env import _Module, local_computed  # _Module: to evaluate a local
 
@@ -123,8 +125,12 @@ def _makefile_targets() -> set[str]:
     return set(re.findall(r"^([A-Za-z0-9_-]+):", (ROOT / "Makefile").read_text(), flags=re.MULTILINE))
 
 
-def _cloudbuild() -> dict[str, Any]:
-    loaded = yaml.safe_load((ROOT / "cloudbuild.yaml").read_text())
+CLOUDBUILD_FILES = ("cloudbuild.ci.yaml", "cloudbuild.yaml")
+DIGEST = re.compile(r"[a-z0-9][a-z0-9._/-]*:[\w.-]+@sha256:[0-9a-f]{64}")
+
+
+def _cloudbuild(name: str = "cloudbuild.yaml") -> dict[str, Any]:
+    loaded = yaml.safe_load((ROOT / name).read_text())
     assert isinstance(loaded, dict)
     return loaded
 
@@ -136,6 +142,17 @@ def _step_strings(build: dict[str, Any]) -> list[str]:
         if "script" in step:
             strings.append(str(step["script"]))
     return strings
+
+
+def _deploys() -> dict[str, tuple[dict[str, Any], dict[str, str]]]:
+    """cloudbuild.yaml's `gcloud run deploy NAME --flag=value …` steps, by service: the step and its flags."""
+    deploys = {}
+    for step in _cloudbuild()["steps"]:
+        for string in [str(arg) for arg in step.get("args", [])]:
+            words = shlex.split(string.replace("$$", "$"))
+            if words[:3] == ["gcloud", "run", "deploy"]:
+                deploys[words[3]] = (step, dict(word.removeprefix("--").partition("=")[::2] for word in words[4:]))
+    return deploys
 
 
 # ---- Terraform parses ----
@@ -821,51 +838,46 @@ def test_the_alerts_exist_with_configurable_thresholds() -> None:
 # ---- cloudbuild.yaml ----
 
 
-def test_cloudbuild_runs_only_makefile_targets_that_exist() -> None:
+def test_the_ci_build_runs_only_makefile_targets_that_exist() -> None:
     targets = _makefile_targets()
     command = re.compile(r"(?:^|[;&|]\s*)make[ \t]+([\w-]+)", flags=re.MULTILINE)  # a command, not a package name
-    invoked = [target for string in _step_strings(_cloudbuild()) for target in command.findall(string.strip())]
-    assert invoked, "cloudbuild.yaml runs no make target"
+    invoked = [
+        t for string in _step_strings(_cloudbuild("cloudbuild.ci.yaml")) for t in command.findall(string.strip())
+    ]
+    assert invoked == ["test"]
     assert set(invoked) <= targets, f"unknown make targets: {set(invoked) - targets}"
 
 
-def test_cloudbuild_refers_only_to_files_that_exist() -> None:
+@pytest.mark.parametrize("name", CLOUDBUILD_FILES)
+def test_cloudbuild_refers_only_to_files_that_exist(name: str) -> None:
     pattern = re.compile(r"(?<![\w./$-])((?:[\w-]+/)*[\w.-]+\.(?:py|ya?ml|json|txt|toml|cfg)|Dockerfile)\b")
-    referenced = {match for string in _step_strings(_cloudbuild()) for match in pattern.findall(string)}
-    assert "Dockerfile" in referenced
+    referenced = {match for string in _step_strings(_cloudbuild(name)) for match in pattern.findall(string)}
     missing = sorted(path for path in referenced if not (ROOT / path).is_file())
-    assert not missing, f"cloudbuild.yaml refers to missing files: {missing}"
+    assert not missing, f"{name} refers to missing files: {missing}"
+    assert ("Dockerfile" in referenced) == (name == "cloudbuild.ci.yaml")
 
 
 def test_cloudbuild_deploys_functions_that_exist_in_their_sources() -> None:
-    deployed = []
-    for string in _step_strings(_cloudbuild()):
-        source = re.search(r"FUNCTION_SOURCE=([^,\s]+)", string)
-        target = re.search(r"FUNCTION_TARGET=([^,\s]+)", string)
-        if source and target:
-            deployed.append((source.group(1), target.group(1)))
+    deployed = [(flags["update-env-vars"], name) for name, (_, flags) in _deploys().items()]
     assert len(deployed) == len(_services()), deployed
-    for source, target in deployed:
+    for env_vars, name in deployed:
+        env = dict(pair.split("=", 1) for pair in env_vars.split(","))
+        source, target = env["FUNCTION_SOURCE"], env["FUNCTION_TARGET"]
         assert re.search(rf"^(async )?def {target}\(", (ROOT / source).read_text(), flags=re.MULTILINE), (
-            f"{source} defines no function {target}"
+            f"{source} defines no function {target} ({name})"
         )
 
 
-def test_cloudbuild_deploys_every_terraform_service_as_terraform_defines_it() -> None:
+def test_cloudbuild_deploys_every_terraform_service_as_terraform_defines_it_and_sets_no_iam() -> None:
     assert _resource("google_service_account", "service")["account_id"] == "relay-${each.key}"
-    image = "${_REGION}-docker.pkg.dev/$PROJECT_ID/${_REPOSITORY}/relay:${_TAG}"
-    deploys: dict[str, tuple[dict[str, Any], dict[str, str]]] = {}
-    for step in _cloudbuild()["steps"]:
-        args = [str(arg) for arg in step.get("args", [])]
-        if args[:2] == ["run", "deploy"]:
-            flags = dict(arg.removeprefix("--").partition("=")[::2] for arg in args[3:])
-            deploys[args[2]] = (step, flags)
+    deploys = _deploys()
     services = _services()
     assert set(deploys) == set(services), "cloudbuild.yaml and run.tf deploy different services"
     for name, (step, flags) in deploys.items():
         entry = services[name]
-        assert (step["id"], step["waitFor"]) == (f"deploy-{name}", ["push"]), name
-        assert (flags["region"], flags["image"]) == ("${_REGION}", image), name
+        assert (step["id"], step["waitFor"]) == (f"deploy-{name}", ["resolve"]), name
+        # the digest the resolve step read from the CI build, and nothing else
+        assert (flags["region"], flags["image"]) == ("${_REGION}", "$(cat /workspace/image)"), name
         assert flags["service-account"] == f"relay-{name}@$PROJECT_ID.iam.gserviceaccount.com", name
         target = name.replace("-", "_") if entry["target"] == 'replace(name, "-", "_")' else entry["target"].strip('"')
         env = dict(pair.split("=", 1) for pair in flags["update-env-vars"].split(","))
@@ -874,17 +886,86 @@ def test_cloudbuild_deploys_every_terraform_service_as_terraform_defines_it() ->
             "FUNCTION_TARGET": target,
             "FUNCTION_USE_ASGI": entry["asgi"],
         }
-        public = entry["public"] == "true"
-        assert ("allow-unauthenticated" in flags, "no-allow-unauthenticated" in flags) == (public, not public), name
+        # Terraform owns who may invoke each service (iam.tf): run.developer could not set it anyway.
+        assert set(flags) == {"region", "image", "service-account", "update-env-vars"}, name
+    text = (ROOT / "cloudbuild.yaml").read_text()
+    assert not re.search(r"allow-unauthenticated|add-iam-policy-binding|set-iam-policy", text)
 
 
-def test_cloudbuild_substitutions_have_defaults_and_the_image_uses_them() -> None:
-    build = _cloudbuild()
-    assert {"_REGION", "_REPOSITORY", "_TAG"} <= set(build["substitutions"])
-    image = "${_REGION}-docker.pkg.dev/$PROJECT_ID/${_REPOSITORY}/relay:${_TAG}"
-    assert image in build["images"]
-    used = set(re.findall(r"\$\{(_[A-Z_]+)\}", (ROOT / "cloudbuild.yaml").read_text()))
+@pytest.mark.parametrize("name", CLOUDBUILD_FILES)
+def test_cloudbuild_substitutions_have_defaults_and_every_step_image_is_pinned_by_digest(name: str) -> None:
+    build = _cloudbuild(name)
+    used = set(re.findall(r"\$\{(_[A-Z_]+)\}", (ROOT / name).read_text()))
     assert used <= set(build["substitutions"]), f"substitutions without a default: {used - set(build['substitutions'])}"
+    for step in build["steps"]:
+        image = step["name"]
+        found = re.fullmatch(r"\$\{(_[A-Z_]+)\}", image)
+        image = build["substitutions"][found.group(1)] if found else image
+        assert DIGEST.fullmatch(image), f"{name}, step {step['id']}: {image} is not NAME:TAG@sha256:DIGEST"
+
+
+def test_the_base_and_builder_images_are_pinned_alike_everywhere() -> None:
+    assert pins.problems() == []
+    pinned = pins.references()
+    assert {file for file, *_ in pinned} == {"Dockerfile", *CLOUDBUILD_FILES}
+    arg = next(line for line in _dockerfile_lines() if line.startswith("ARG PYTHON_IMAGE="))
+    assert DIGEST.fullmatch(arg.split("=", 1)[1])
+    assert all(line.split()[1] == "${PYTHON_IMAGE}" for line in _dockerfile_lines() if line.upper().startswith("FROM "))
+
+
+def test_pin_images_rewrites_each_moved_digest_and_keeps_the_tag(tmp_path: Path) -> None:
+    for name in pins.PINNED_FILES:
+        (tmp_path / name).write_text((ROOT / name).read_text())
+    asked: list[str] = []
+
+    def resolve(image: str) -> str:
+        asked.append(image)
+        return (
+            "sha256:" + "a" * 64
+            if image.startswith("python:")
+            else {f"{n}:{t}": d for _, n, t, d in pins.references(ROOT)}[image]
+        )
+
+    moved = pins.update(resolve, tmp_path)
+
+    assert len(moved) == 1
+    assert moved[0].startswith("python:3.11-slim-bookworm sha256:")
+    assert sorted(asked) == sorted({f"{n}:{t}" for _, n, t, _ in pins.references(ROOT)})
+    assert "ARG PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:" + "a" * 64 in (tmp_path / "Dockerfile").read_text()
+    for name in CLOUDBUILD_FILES:
+        assert (tmp_path / name).read_text() == (ROOT / name).read_text()
+    assert pins.problems(tmp_path) == []
+
+
+def test_the_ci_build_records_the_pushed_digest_before_its_tests_run() -> None:
+    build = _cloudbuild("cloudbuild.ci.yaml")
+    assert build["serviceAccount"].endswith("/relay-ci@$PROJECT_ID.iam.gserviceaccount.com")
+    assert build["logsBucket"] == "gs://$PROJECT_ID-relay-ci-logs"  # cicd.tf's bucket: no logging role needed
+    assert "relay-ci" in build["tags"]  # what relay deploy's `gcloud builds list` filters on
+    ids = [step["id"] for step in build["steps"]]
+    assert ids == ["build", "push", "test"]
+    push, test = build["steps"][1], build["steps"][2]
+    # index 1: cloudbuild.yaml and relay deploy read results.buildStepOutputs[1]
+    assert '"$$BUILDER_OUTPUT/output"' in push["args"][-1]
+    assert "RepoDigests" in push["args"][-1]
+    assert test["waitFor"] == ["push"]
+    # No `images:`: Cloud Build would push the tag again after the tests, from whatever they left tagged.
+    assert "images" not in build
+
+
+def test_the_deploy_build_runs_gcloud_alone_as_the_deployer_and_checks_the_ci_build() -> None:
+    build = _cloudbuild()
+    assert build["serviceAccount"].endswith("/relay-deployer@$PROJECT_ID.iam.gserviceaccount.com")
+    assert {step["name"] for step in build["steps"]} == {"${_CLI_IMAGE}"}
+    text = "\n".join(_step_strings(build))
+    assert not re.search(r"(?<![\w./-])(make|pip3?|npm|npx|apt-get|docker|python3?)(?=\s)", text)
+    resolve = build["steps"][0]
+    assert resolve["id"] == "resolve"
+    script = resolve["args"][-1]
+    assert "results.buildStepOutputs[1]" in script
+    assert '"$$status" == SUCCESS' in script
+    assert "relay-ci@$PROJECT_ID.iam.gserviceaccount.com" in script
+    assert "${_REGION}-docker\\.pkg\\.dev/$PROJECT_ID/${_REPOSITORY}/relay@sha256:[0-9a-f]{64}" in script
 
 
 # ---- Dockerfile ----

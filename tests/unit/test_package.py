@@ -52,18 +52,30 @@ def role(extra: str | None) -> list[Requirement]:
     return [requirement for requirement in found if canonicalize_name(requirement.name) != PROJECT["name"]]
 
 
-def pins(path: Path) -> dict[str, Version]:
-    """`name==version` of a requirements file, with the files it includes (`-r`)."""
+def pins(*paths: Path) -> dict[str, Version]:
+    """`name==version` of requirements files: pip-compile's (continued lines, `--hash` options) or the
+    `.in` files they are compiled from. Includes (`-r`, `-c`) are not followed: each file is whole."""
     pinned: dict[str, Version] = {}
-    for raw in path.read_text(encoding="utf-8").splitlines():
-        line = raw.split("#", 1)[0].strip()
-        if line.startswith("-r "):
-            pinned.update(pins(path.parent / line[3:].strip()))
-        elif line:
-            requirement = Requirement(line)
-            [specifier] = requirement.specifier
-            pinned[canonicalize_name(requirement.name)] = Version(specifier.version)
+    for path in paths:
+        for raw in path.read_text(encoding="utf-8").replace("\\\n", " ").splitlines():
+            line = raw.split("#", 1)[0].split(" --", 1)[0].strip()
+            if line and not line.startswith("-"):
+                requirement = Requirement(line)
+                [specifier] = requirement.specifier
+                pinned[canonicalize_name(requirement.name)] = Version(specifier.version)
     return pinned
+
+
+def hashed(path: Path) -> dict[str, int]:
+    """How many `--hash=sha256:` each requirement of a compiled file carries, by name."""
+    counts: dict[str, int] = {}
+    for entry in path.read_text(encoding="utf-8").replace("\\\n", " ").splitlines():
+        line = entry.split("#", 1)[0].strip()
+        if line and not line.startswith("-"):
+            counts[canonicalize_name(Requirement(line.split(" --", 1)[0]).name)] = len(
+                re.findall(r"--hash=sha256:[0-9a-f]{64}\b", line)
+            )
+    return counts
 
 
 def internal_imports(source: str) -> list[str]:
@@ -142,11 +154,15 @@ def test_the_internal_import_check_sees_each_way_of_reaching_past_the_surface() 
 
 @pytest.mark.parametrize(
     ("extra", "requirements"),
-    [(None, "requirements.txt"), ("services", "requirements.txt"), ("dev", "requirements-dev.txt")],
+    [
+        (None, ("requirements.txt",)),
+        ("services", ("requirements.txt",)),
+        ("dev", ("requirements.txt", "requirements-dev.txt")),  # make venv installs both
+    ],
 )
-def test_the_pinned_requirements_satisfy_each_role(extra: str | None, requirements: str) -> None:
+def test_the_pinned_requirements_satisfy_each_role(extra: str | None, requirements: tuple[str, ...]) -> None:
     """The image installs requirements.txt: the plain install and `services` must accept every pin."""
-    pinned = pins(ROOT / requirements)
+    pinned = pins(*(ROOT / name for name in requirements))
     unmet = [
         f"{requirement} (pinned {pinned.get(canonicalize_name(requirement.name))})"
         for requirement in role(extra)
@@ -155,6 +171,38 @@ def test_the_pinned_requirements_satisfy_each_role(extra: str | None, requiremen
         )
     ]
     assert unmet == []
+
+
+@pytest.mark.parametrize("compiled", ["requirements.txt", "requirements-dev.txt"])
+def test_every_pinned_distribution_carries_its_hashes(compiled: str) -> None:
+    """pip checks every download of the image's and the dev virtualenv's installs against these."""
+    counts = hashed(ROOT / compiled)
+    assert len(counts) > 20
+    assert [name for name, count in counts.items() if count == 0] == []
+
+
+@pytest.mark.parametrize(("source", "compiled"), [("requirements.in", "requirements.txt")])
+def test_the_compiled_pins_are_the_edited_ones(source: str, compiled: str) -> None:
+    """requirements.in lists every runtime pin (it is also the wheel tests' --constraint, without hashes):
+    `make pin-requirements` must have been run after it changed, and have added nothing."""
+    assert pins(ROOT / compiled) == pins(ROOT / source)
+
+
+def test_the_dev_pins_are_compiled_from_theirs_at_the_runtime_versions() -> None:
+    dev, runtime = pins(ROOT / "requirements-dev.txt"), pins(ROOT / "requirements.txt")
+    assert pins(ROOT / "requirements-dev.in").items() <= dev.items()
+    assert {name: version for name, version in dev.items() if name in runtime}.items() <= runtime.items()
+
+
+def test_the_pin_parser_reads_compiled_lines_and_their_hashes(tmp_path: Path) -> None:
+    compiled = tmp_path / "requirements.txt"
+    digest = "0" * 64
+    compiled.write_text(
+        f"# header\n-c other.txt\nFlask==3.1.3 \\\n    --hash=sha256:{digest} \\\n    --hash=sha256:{'1' * 64}\n"
+        "    # via\n    #   -r requirements.in\nidna==3.20  # a comment\n"
+    )
+    assert pins(compiled) == {"flask": Version("3.1.3"), "idna": Version("3.20")}
+    assert hashed(compiled) == {"flask": 2, "idna": 0}
 
 
 def test_the_plain_install_is_the_apps_side_only() -> None:
