@@ -966,20 +966,20 @@ def test_allowed_host_resolving_only_to_public_addresses_passes_the_check_withou
     assert transport.requests == []
 
 
-@pytest.mark.parametrize(
-    "address",
-    [
-        pytest.param("fec0::1", id="ipv6-site-local"),
-        pytest.param("feff:ffff::1", id="ipv6-site-local-last-block"),
-        pytest.param("192.0.0.75", id="ietf-protocol-assignments"),
-        pytest.param("::ffff:192.0.0.8", id="mapped-ipv4-dummy"),
-    ],
-)
+# Not globally reachable (IANA registries), yet outside ipaddress's is_private: fec0::/10 in every Python,
+# most of 192.0.0.0/24 before 3.11.10 / 3.12.4 (this venv has 3.11.7). By test id.
+NOT_GLOBAL_NOR_PRIVATE = {
+    "ipv6-site-local": "fec0::1",
+    "ipv6-site-local-last-block": "feff:ffff::1",
+    "ietf-protocol-assignments": "192.0.0.75",
+    "mapped-ipv4-dummy": "::ffff:192.0.0.8",
+}
+
+
+@pytest.mark.parametrize("address", NOT_GLOBAL_NOR_PRIVATE.values(), ids=NOT_GLOBAL_NOR_PRIVATE.keys())
 def test_allowed_host_resolving_to_an_address_ipaddress_calls_global_is_still_refused(
     client: httpx.Client, transport: RecordingTransport, address: str
 ) -> None:
-    # Not globally reachable (IANA registries), yet outside ipaddress's is_private: fec0::/10 in every Python,
-    # most of 192.0.0.0/24 before 3.11.10 / 3.12.4 (this venv has 3.11.7).
     error = check_refused(client, FakeResolver({"replicate.delivery": [address]}), "https://replicate.delivery/x")
     assert error.reason == "address_not_allowed"
     assert transport.requests == []
