@@ -1,7 +1,8 @@
 """examples/typescript on the test stack: the app's trigger (Node, `npm run trigger`) submits a
 restoration through the API, Relay runs it on the simulator and archives the output, and job-events
 pushes it to the app's route (`npm run server`, registered with `add_app_endpoint`), which marks the
-order done in its store. A trigger run again for the order gets the first job back. The example's
+order done in its store. A trigger run again for the order gets the first job back; `npm run cancel`
+stops an order's job, and the route marks the order canceled. The example's
 own checks (tsc, generated types against schemas/openapi.v1.json, node's test runner) run here too.
 
 Node 20+ and npm are required: missing, the tests fail (never skip). The example's dependencies
@@ -182,14 +183,33 @@ def app_endpoint(stack: LocalStack, ts_server: TsServer) -> Iterator[str]:
         subscriber.close()
 
 
-def trigger(npm: str, stack: LocalStack, order: str, image: Path) -> dict[str, Any]:
-    """`npm run trigger -- --order ORDER --image IMAGE --json` against the stack's API, without auth as under
-    `make run`."""
+def command(npm: str, stack: LocalStack, name: str, *args: str, exit_code: int = 0) -> dict[str, Any]:
+    """`npm run NAME -- ARGS --json` against the stack's API, without auth as under `make run`: what it printed."""
     env = _example_env(RELAY_API_URL=stack.api_url, RELAY_API_AUTH="off")
-    done = run_npm(npm, "trigger", "--", "--order", order, "--image", str(image), "--json", env=env)
-    assert done.returncode == 0, f"npm run trigger exited with {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    done = run_npm(npm, name, "--", *args, "--json", env=env)
+    assert done.returncode == exit_code, f"npm run {name} exited with {done.returncode}:\n{done.stdout}\n{done.stderr}"
     printed: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return printed
+
+
+def trigger(npm: str, stack: LocalStack, order: str, image: Path, *inputs: str) -> dict[str, Any]:
+    """`npm run trigger -- --order ORDER --image IMAGE [--input KEY=VALUE]… --json`."""
+    extra = [part for pair in inputs for part in ("--input", pair)]
+    return command(npm, stack, "trigger", "--order", order, "--image", str(image), *extra)
+
+
+def order_record(ts_server: TsServer, order: str) -> dict[str, Any]:
+    """The order as the route wrote it down, once a job-events push has arrived for it."""
+
+    def marked() -> dict[str, Any] | None:
+        found: dict[str, Any] | None = ts_server.orders().get("orders", {}).get(order)
+        return found
+
+    try:
+        # A bound, not a figure to meet: a loaded emulator can hold a subscription's pushes a while (conftest.py).
+        return wait_for(marked, timeout=2 * WAIT_SECONDS, what=f"order {order} in the app's store")
+    except AssertionError as late:
+        raise AssertionError(f"{late}; the server's output:\n{ts_server.output()}") from None
 
 
 def predictions_created(simulator: httpx.Client) -> int:
@@ -235,15 +255,7 @@ def test_the_typescript_trigger_submits_a_restoration_and_its_route_marks_the_or
     assert job["input"]["input_image"] == "data:image/png;base64," + base64.b64encode(photo.read_bytes()).decode()
 
     # job-events pushed the final job to the TypeScript route, which wrote the order down.
-    def marked() -> dict[str, Any] | None:
-        found: dict[str, Any] | None = ts_server.orders().get("orders", {}).get(order)
-        return found
-
-    try:
-        # A bound, not a figure to meet: a loaded emulator can hold a subscription's pushes a while (conftest.py).
-        record = wait_for(marked, timeout=2 * WAIT_SECONDS, what=f"order {order} in the app's store")
-    except AssertionError as late:
-        raise AssertionError(f"{late}; the server's output:\n{ts_server.output()}") from None
+    record = order_record(ts_server, order)
     assert (record["done"], record["status"], record["state"]) == (True, "restored", "succeeded")
     assert (record["job_id"], record["prediction_id"]) == (job_id, prediction_id)
     event = record["event"]
@@ -277,6 +289,40 @@ def test_a_trigger_run_again_for_the_same_order_gets_the_first_job_and_makes_no_
     assert sorted(result["replayed"] for result in results) == [False, True]
     assert again["replayed"] is True
     assert predictions_created(simulator) == before + 1
+
+
+def test_the_typescript_cancel_stops_an_orders_job_and_its_route_marks_the_order_canceled(
+    stack: LocalStack, ts_server: TsServer, app_endpoint: str, npm: str, tmp_path: Path
+) -> None:
+    order = f"A-{uuid.uuid4().hex[:6]}"
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(png(5))
+    # A restoration that would run for two minutes: the customer gives up before.
+    job_id = trigger(npm, stack, order, photo, "sim_duration=120", "sim_files=0")["job_id"]
+
+    asked = command(npm, stack, "cancel", "--job", job_id)
+    assert (asked["order"], asked["job_id"], asked["requested"]) == (order, job_id, True)
+    assert asked["cancel_requested_at"]
+    assert asked["state"] not in {"succeeded", "failed", "canceled", "aborted"}
+
+    # Replicate's canceled webhook ends the job; job-events pushes it to the route.
+    record = order_record(ts_server, order)
+    assert (record["status"], record["state"], record["job_id"]) == ("restoration_canceled", "canceled", job_id)
+    assert record["outputs"] == []
+
+    # Once ended, a cancel has nothing to stop: exit 3, and how the job ended.
+    again = command(npm, stack, "cancel", "--job", job_id, exit_code=3)
+    assert (again["requested"], again["state"]) == (False, "canceled")
+    missing = run_npm(
+        npm,
+        "cancel",
+        "--",
+        "--job",
+        f"no-such-{uuid.uuid4().hex}",
+        env=_example_env(RELAY_API_URL=stack.api_url, RELAY_API_AUTH="off"),
+    )
+    assert missing.returncode == 1, missing.stdout + missing.stderr
+    assert "urn:replicate-relay:problem:not-found" in missing.stderr
 
 
 def test_the_example_typechecks_its_generated_types_match_the_openapi_document_and_its_node_tests_pass(

@@ -1,5 +1,5 @@
-// A client of Relay's `api` service (docs/API.md): POST /v1/jobs and GET /v1/jobs/{id}, with
-// Node's built-in fetch. The types come from schemas/openapi.v1.json (`npm run generate`).
+// A client of Relay's `api` service (docs/API.md): POST /v1/jobs, GET /v1/jobs/{id} and
+// POST /v1/jobs/{id}/cancel, with Node's built-in fetch. The types come from schemas/openapi.v1.json (`npm run generate`).
 import { GoogleAuth } from "google-auth-library";
 
 import type { components } from "./relay-api.js";
@@ -20,7 +20,7 @@ export interface ApiOptions {
   auth: "google" | "off";
   /** The token's audience: RELAY_API_AUDIENCE if the service sets one, else its URL. */
   audience?: string;
-  /** How long to keep retrying 409 (same key in progress), 503 and network errors; 60 s by default. */
+  /** How long to keep retrying 409 `idempotency-key-in-progress`, 503 and network errors; 60 s by default. */
   retryForMs?: number;
   /** Stands in for setTimeout in tests. */
   sleep?: (ms: number) => Promise<void>;
@@ -43,7 +43,11 @@ export interface Created {
   replayed: boolean;
 }
 
-const RETRYABLE = new Set([409, 503]);
+export const PROBLEM = "urn:replicate-relay:problem:";
+/** The answers a later try of the same request can change: the same key still in progress, the service unavailable. */
+function retryable(status: number, problem: Problem): boolean {
+  return status === 503 || (status === 409 && problem.type === `${PROBLEM}idempotency-key-in-progress`);
+}
 
 export class RelayApi {
   readonly #baseUrl: string;
@@ -63,6 +67,16 @@ export class RelayApi {
     });
     const job = (await response.json()) as Job;
     return { job, replayed: response.headers.get("idempotency-replayed") === "true" };
+  }
+
+  /**
+   * Cancel a job: Relay asks Replicate to stop it and answers 202 with the job, still open, its
+   * `cancel_requested_at` set; the job ends `canceled` and job-events says so. Safe to repeat while
+   * the job is open. A job that has already ended is a RelayApiError 409 (`job-final`), none a 404.
+   */
+  async cancelJob(jobId: string): Promise<Job> {
+    const response = await this.#send("POST", `/v1/jobs/${encodeURIComponent(jobId)}/cancel`, { headers: {} });
+    return (await response.json()) as Job;
   }
 
   /** One job; null when there is no such job. */
@@ -95,7 +109,7 @@ export class RelayApi {
       }
       if (response.ok) return response;
       const problem = await readProblem(response);
-      if (!RETRYABLE.has(response.status) || Date.now() >= deadline) throw new RelayApiError(response.status, problem);
+      if (!retryable(response.status, problem) || Date.now() >= deadline) throw new RelayApiError(response.status, problem);
       const retryAfter = Number(response.headers.get("retry-after"));
       await sleep(Number.isFinite(retryAfter) && retryAfter > 0 ? Math.min(retryAfter, 10) * 1000 : backoff(attempt));
     }

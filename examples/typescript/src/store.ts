@@ -8,9 +8,9 @@ import { dirname } from "node:path";
 import type { FinalState, JobEvent } from "./job-event.js";
 
 export interface OrderRecord {
-  /** The order's restoration is over: the photo is restored, or it could not be. */
+  /** The order's restoration is over: the photo is restored, the restoration was canceled, or it failed. */
   done: true;
-  status: "restored" | "restoration_failed";
+  status: "restored" | "restoration_canceled" | "restoration_failed";
   state: FinalState;
   job_id: string;
   prediction_id: string | null;
@@ -30,6 +30,12 @@ export interface StoreData {
   handled_event_ids: string[];
   /** Final jobs that carry no order number: acknowledged, nothing to do. */
   ignored_event_ids: string[];
+}
+
+/** What the order shows for its job's end: canceled is the app's own doing (cancel.ts), not a failure. */
+export function orderStatus(state: FinalState): OrderRecord["status"] {
+  if (state === "succeeded") return "restored";
+  return state === "canceled" ? "restoration_canceled" : "restoration_failed";
 }
 
 export type Outcome = "recorded" | "duplicate" | "not-an-order";
@@ -72,7 +78,7 @@ export class OrderStore {
     } else {
       next.orders[order] = {
         done: true,
-        status: event.state === "succeeded" ? "restored" : "restoration_failed",
+        status: orderStatus(event.state),
         state: event.state,
         job_id: event.job_id,
         prediction_id: event.prediction_id,

@@ -106,6 +106,28 @@ export function apiFromEnv(env: NodeJS.ProcessEnv, flags: { api?: string | undef
   return new RelayApi({ baseUrl, auth: off ? "off" : "google", ...(audience ? { audience } : {}) });
 }
 
+/** The options of every command (trigger, cancel): where the API is, no token, JSON output. */
+export const API_OPTIONS = {
+  api: { type: "string" },
+  "no-auth": { type: "boolean", default: false },
+  json: { type: "boolean", default: false },
+} as const;
+
+/** A command's failure printed, and its exit code: 2 a usage error, 1 a refusal by Relay or no answer. */
+export function failed(error: unknown, refused: string): number {
+  if (error instanceof UsageError) {
+    console.error(error.message);
+    return 2;
+  }
+  if (error instanceof RelayApiError) {
+    const fields = (error.problem.errors ?? []).map((e) => `\n  ${e.field}: ${e.message}`).join("");
+    console.error(`${refused}: ${error.message}${fields}`);
+    return 1;
+  }
+  console.error(`could not reach Relay's API: ${String(error)}`);
+  return 1;
+}
+
 function parseInputs(pairs: string[]): Record<string, unknown> {
   const inputs: Record<string, unknown> = {};
   for (const pair of pairs) {
@@ -132,9 +154,7 @@ export async function main(argv: string[]): Promise<number> {
         order: { type: "string" },
         image: { type: "string" },
         input: { type: "string", multiple: true, default: [] },
-        api: { type: "string" },
-        "no-auth": { type: "boolean", default: false },
-        json: { type: "boolean", default: false },
+        ...API_OPTIONS,
       },
       strict: true,
     }).values;
@@ -154,17 +174,7 @@ export async function main(argv: string[]): Promise<number> {
     }
     return 0;
   } catch (error) {
-    if (error instanceof UsageError) {
-      console.error(error.message);
-      return 2;
-    }
-    if (error instanceof RelayApiError) {
-      const fields = (error.problem.errors ?? []).map((e) => `\n  ${e.field}: ${e.message}`).join("");
-      console.error(`Relay refused the restoration of order ${args.order}: ${error.message}${fields}`);
-      return 1;
-    }
-    console.error(`could not reach Relay's API: ${String(error)}`);
-    return 1;
+    return failed(error, `Relay refused the restoration of order ${args.order}`);
   }
 }
 

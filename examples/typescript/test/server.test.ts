@@ -80,15 +80,17 @@ test("a push marks the order done on disk before the 204, and a duplicate change
   }
 });
 
-test("a failed job marks its order failed; a job without an order is acknowledged and left", async () => {
+test("a failed job marks its order failed, a canceled one canceled; a job without an order is acknowledged and left", async () => {
   const app = await started();
   try {
     assert.equal((await app.post(envelope(event("j2", "A-2", "failed")))).status, 204);
     assert.equal((await app.post(envelope(event("j3", undefined)))).status, 204);
+    assert.equal((await app.post(envelope(event("j4", "A-4", "canceled")))).status, 204);
     const data = await app.saved();
+    assert.equal(data.orders["A-4"]?.status, "restoration_canceled");
     assert.equal(data.orders["A-2"]?.status, "restoration_failed");
     assert.equal(data.orders["A-2"]?.error_code, "failed");
-    assert.deepEqual(Object.keys(data.orders), ["A-2"]);
+    assert.deepEqual(Object.keys(data.orders), ["A-2", "A-4"]);
     assert.deepEqual(data.ignored_event_ids, ["j3:succeeded"]);
   } finally {
     app.server.close();

@@ -10,6 +10,7 @@ import { join } from "node:path";
 import { after, before, test } from "node:test";
 
 import { RelayApi, RelayApiError } from "../src/api.js";
+import { cancelRestoration } from "../src/cancel.js";
 import { MODEL, idempotencyKey, restorationRequest, seedFor, triggerRestoration } from "../src/trigger.js";
 
 interface Seen {
@@ -125,4 +126,40 @@ test("getJob reads one job and gives null for a 404", async () => {
   ];
   assert.equal((await api().getJob("job1"))?.job_id, "job1");
   assert.equal(await api().getJob("nope"), null);
+});
+
+test("a cancel posts to the job's cancel path and gives the job, whose cancel is under way", async () => {
+  seen.length = 0;
+  answers = [{ status: 202, body: { ...job("A-10"), state: "processing", cancel_requested_at: "2026-03-01T12:00:00Z" } }];
+  const { requested, job: canceled } = await cancelRestoration(api(), "job1");
+  assert.equal(requested, true);
+  assert.equal(canceled.cancel_requested_at, "2026-03-01T12:00:00Z");
+  assert.deepEqual(
+    seen.map((request) => [request.method, request.url]),
+    [["POST", "/v1/jobs/job1/cancel"]],
+  );
+});
+
+test("a cancel of a job that has already ended is not retried and reports how it ended", async () => {
+  seen.length = 0;
+  const final = { type: "urn:replicate-relay:problem:job-final", title: "t", status: 409, detail: "d", instance: "/v1/jobs/job1/cancel", job_id: "job1" };
+  answers = [
+    { status: 409, body: final },
+    { status: 200, body: { ...job("A-11"), state: "succeeded" } },
+  ];
+  const { requested, job: ended } = await cancelRestoration(api(), "job1");
+  assert.equal(requested, false);
+  assert.equal(ended.state, "succeeded");
+  assert.deepEqual(
+    seen.map((request) => [request.method, request.url]),
+    [
+      ["POST", "/v1/jobs/job1/cancel"],
+      ["GET", "/v1/jobs/job1"],
+    ],
+  );
+});
+
+test("a cancel of no such job is a RelayApiError 404", async () => {
+  answers = [{ status: 404, body: { type: "urn:replicate-relay:problem:not-found", title: "", status: 404, detail: "", instance: "" } }];
+  await assert.rejects(cancelRestoration(api(), "nope"), (error: unknown) => error instanceof RelayApiError && error.status === 404);
 });
