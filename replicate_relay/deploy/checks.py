@@ -53,6 +53,9 @@ PERMISSIONS = (
     "iam.serviceAccounts.getIamPolicy",
     "iam.serviceAccounts.setIamPolicy",
     "iam.serviceAccounts.actAs",
+    # google_project_iam_custom_role: the deploy build's one-permission build reader
+    "iam.roles.create",
+    "iam.roles.get",
     # google_artifact_registry_repository and the deployer's push grant
     "artifactregistry.repositories.create",
     "artifactregistry.repositories.get",
@@ -100,8 +103,10 @@ PERMISSIONS = (
     "monitoring.alertPolicies.create",
     "monitoring.dashboards.create",
     "logging.logMetrics.create",
-    # gcloud builds submit
+    # gcloud builds submit (the CI build, then the deploy build); gcloud builds list (a CI build of the tag)
     "cloudbuild.builds.create",
+    "cloudbuild.builds.get",
+    "cloudbuild.builds.list",
 )
 
 
