@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from replicate_relay.config import ConfigError, Env, Secret
+from replicate_relay.config import ConfigError, Env, Secret, default_deadline
 from replicate_relay.events import EventAttributes, PayloadError, Prediction, Source, parse_prediction
 from replicate_relay.jobs import Job
 from replicate_relay.jobstore import JobStore, utcnow
@@ -157,6 +157,9 @@ class Adopter:
     progress: Callable[[str], None] = lambda _: None
     sleep: Callable[[float], None] = time.sleep
     backoff: tuple[float, ...] = BACKOFF_SECONDS
+    # RELAY_DEFAULT_DEADLINE, counted from adoption (adopting never cancels a run at once): past it
+    # the reconciler cancels a run still going, as for a job submitted without a deadline. None: none.
+    deadline: timedelta | None = None
 
     def run(self, since: datetime, *, model: str | None = None, dry_run: bool = False) -> AdoptReport:
         """Walk the list newest first down to `since`; adopt (or, dry, only classify) each prediction.
@@ -216,6 +219,7 @@ class Adopter:
             version=prediction.version,
             input=prediction.input,
             created_at=prediction.created_at,
+            deadline_at=self.clock() + self.deadline if self.deadline and not prediction.is_terminal else None,
         )
         if not self.store.adopt(job):
             return _row(prediction, Action.KNOWN, "a job appeared meanwhile")
@@ -266,6 +270,7 @@ def _row(prediction: Prediction, action: Action, note: str = "") -> Row:
 class AdoptSettings:
     replicate_token: Secret
     replicate_base_url: str
+    deadline: timedelta | None  # RELAY_DEFAULT_DEADLINE
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> AdoptSettings:
@@ -273,6 +278,7 @@ class AdoptSettings:
         return cls(
             replicate_token=Secret(env.get_str("REPLICATE_API_TOKEN")),
             replicate_base_url=env.get_str("RELAY_REPLICATE_BASE_URL", DEFAULT_BASE_URL),
+            deadline=default_deadline(env),
         )
 
 
@@ -306,6 +312,7 @@ def run_adopt(
         ),
         requests_per_second=requests_per_second,
         progress=lambda line: print(line, file=sys.stderr, flush=True),
+        deadline=settings.deadline,
     )
     try:
         with ops.firestore_errors():

@@ -44,6 +44,9 @@ def old_worker(stack: LocalStack) -> Iterator[replicate.Client]:
     transport.close()
 
 
+DEADLINE = timedelta(hours=1)  # RELAY_DEFAULT_DEADLINE as `relay adopt` would read it
+
+
 @pytest.fixture
 def events(stack: LocalStack) -> TopicPublisher:
     return TopicPublisher(f"projects/{stack.config.project}/topics/replicate-events", deadline_seconds=10)
@@ -51,7 +54,9 @@ def events(stack: LocalStack) -> TopicPublisher:
 
 @pytest.fixture
 def adopter(db: firestore.Client, replicate_api: ReplicateAPI, events: TopicPublisher) -> Adopter:
-    return Adopter(store=JobStore(db), replicate=replicate_api, events=events, requests_per_second=50)
+    return Adopter(
+        store=JobStore(db), replicate=replicate_api, events=events, requests_per_second=50, deadline=DEADLINE
+    )
 
 
 @pytest.fixture
@@ -135,7 +140,9 @@ def test_cut_over_adopts_every_prediction_in_flight_once_and_finishes_each_in_it
     # 2. The real run, through the library, since 2 h.
     progress: list[str] = []
     adopter.progress = progress.append
+    adopting = utcnow()
     report = adopter.run(utcnow() - timedelta(hours=2), model=model)
+    adopted = utcnow()
     if show:
         with capsys.disabled():
             print(f"$ relay adopt --since 2h --model {model}\n" + "\n".join(progress) + "\n" + render(report))
@@ -159,10 +166,13 @@ def test_cut_over_adopts_every_prediction_in_flight_once_and_finishes_each_in_it
     assert gone.error_code == "output_expired"
     assert gone.outputs == []
 
-    # The running one: adopted as running, finished by a reconciler run once Replicate has finished it.
-    assert wait_for(lambda: (j := read_job(db, running)) and j.replicate_status == "processing" and j).source == (
-        "adopted"
-    )
+    # The running one: adopted as running, with the default deadline counted from its adoption (finished
+    # ones need none), finished by a reconciler run once Replicate has finished it.
+    in_flight = wait_for(lambda: (j := read_job(db, running)) and j.replicate_status == "processing" and j)
+    assert in_flight.source == "adopted"
+    assert in_flight.deadline_at is not None
+    assert adopting + DEADLINE <= in_flight.deadline_at <= adopted + DEADLINE
+    assert finished.deadline_at is None
     wait_status(replicate_api, running, "succeeded", timeout=40)
     time.sleep(3.5)  # RELAY_RECONCILE_QUIET_SECONDS in the test stack
     assert stack.reconcile()["recovered"] >= 1  # type: ignore[operator]
