@@ -69,8 +69,9 @@ def test_every_service_of_run_tf_gets_its_environment() -> None:
 
 def test_the_receiver_gets_exactly_its_variables_and_the_webhook_secret() -> None:
     receiver = _real(webhook_secret_id="webhook-secret-under-test")["receiver"]
-    assert set(receiver.values) == COMMON | {"RELAY_EVENTS_TOPIC", "RELAY_TRUSTED_PROXY_HOPS"}
+    assert set(receiver.values) == COMMON | {"RELAY_EVENTS_TOPIC", "RELAY_TRUSTED_PROXY_HOPS", "RELAY_BUCKET"}
     assert receiver.values["RELAY_EVENTS_TOPIC"] == EVENTS_TOPIC
+    assert receiver.values["RELAY_BUCKET"] == f"{PROJECT}-relay-outputs"  # bodies past 4 MiB go there
     assert receiver.values["FUNCTION_SOURCE"] == "receiver/main.py"
     assert receiver.values["FUNCTION_TARGET"] == "receive"
     assert receiver.values["RELAY_TELEMETRY_FLUSH_EACH_REQUEST"] == "false"  # CPU always allocated
