@@ -35,6 +35,10 @@ class ApiError(RelayError):
     slug: ClassVar[str] = "bad-request"
     title: ClassVar[str] = "Bad request"
 
+    def __init_subclass__(cls, *, status: int, slug: str, title: str, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.status, cls.slug, cls.title = status, slug, title
+
     def __init__(
         self,
         detail: str,
@@ -68,99 +72,70 @@ class ApiError(RelayError):
         return body
 
 
-class MalformedJson(ApiError):
-    status, slug, title = 400, "malformed-json", "The body is not valid JSON"
+# Each problem type in one line: its status, slug (the `type` URN's last part) and title.
+class MalformedJson(ApiError, status=400, slug="malformed-json", title="The body is not valid JSON"): ...
 
 
-class InvalidParameter(ApiError):
-    status, slug, title = 400, "invalid-parameter", "A query parameter is not valid"
+class InvalidParameter(ApiError, status=400, slug="invalid-parameter", title="A query parameter is not valid"): ...
 
 
-class Unauthenticated(ApiError):
-    status, slug, title = 401, "unauthenticated", "No valid Google ID token"
+class Unauthenticated(ApiError, status=401, slug="unauthenticated", title="No valid Google ID token"): ...
 
 
-class Forbidden(ApiError):
-    status, slug, title = 403, "forbidden", "The token is not for this service or this caller"
+class Forbidden(ApiError, status=403, slug="forbidden", title="The token is not for this service or this caller"): ...
 
 
-class NotFound(ApiError):
-    status, slug, title = 404, "not-found", "Not found"
+class NotFound(ApiError, status=404, slug="not-found", title="Not found"): ...
 
 
-class MethodNotAllowed(ApiError):
-    status, slug, title = 405, "method-not-allowed", "Method not allowed"
+class MethodNotAllowed(ApiError, status=405, slug="method-not-allowed", title="Method not allowed"): ...
 
 
-class IdempotencyInProgress(ApiError):
-    """The first request with this Idempotency-Key is still being carried out: retry shortly."""
-
-    status, slug, title = 409, "idempotency-key-in-progress", "A request with this Idempotency-Key is in progress"
-
-
-class JobFinal(ApiError):
-    """A cancel of a job that has already ended (succeeded, failed, canceled or aborted; or archiving
-    the files of a run that has ended): nothing runs to stop. The problem names the job."""
-
-    status, slug, title = 409, "job-final", "The job has already ended"
+# The first request with this Idempotency-Key is still being carried out: retry shortly.
+class IdempotencyInProgress(
+    ApiError, status=409, slug="idempotency-key-in-progress", title="A request with this key is in progress"
+): ...
 
 
-class PayloadTooLarge(ApiError):
-    status, slug, title = 413, "payload-too-large", "The body is too large"
+# A cancel of a job that has already ended (succeeded, failed, canceled or aborted; or archiving the
+# files of a run that has ended): nothing runs to stop. The problem names the job.
+class JobFinal(ApiError, status=409, slug="job-final", title="The job has already ended"): ...
 
 
-class UnsupportedMediaType(ApiError):
-    status, slug, title = 415, "unsupported-media-type", "The body must be application/json"
+class PayloadTooLarge(ApiError, status=413, slug="payload-too-large", title="The body is too large"): ...
 
 
-class ValidationFailed(ApiError):
-    status, slug, title = 422, "validation-error", "The request body is not valid"
+class UnsupportedMediaType(
+    ApiError, status=415, slug="unsupported-media-type", title="The body must be application/json"
+): ...
 
 
-class IdempotencyKeyReused(ApiError):
-    status, slug, title = 422, "idempotency-key-reused", "The Idempotency-Key was used with another request"
+class ValidationFailed(ApiError, status=422, slug="validation-error", title="The request body is not valid"): ...
 
 
-class SubmitRefused(ApiError):
-    """Replicate refused the prediction or training (a 4xx: no such model, version, deployment or
-    destination, invalid input). The job exists and is failed (`submit_failed`); the problem names it."""
-
-    status, slug, title = 422, "submit-refused", "Replicate refused the submission"
+class IdempotencyKeyReused(
+    ApiError, status=422, slug="idempotency-key-reused", title="The key was used with another request"
+): ...
 
 
-class ReplicateUnavailable(ApiError):
-    """Replicate could not be reached or failed (5xx, 429, network): retrying later can help. On a
-    create, the job exists and is failed (`submit_failed`), and a retry creates a new one; on a
-    cancel, the request is recorded on the job and may be sent again."""
-
-    status, slug, title = 502, "replicate-unavailable", "Replicate could not be reached or failed"
+# Replicate refused the prediction or training (a 4xx: no such model, version, deployment or
+# destination, invalid input). The job exists and is failed (`submit_failed`); the problem names it.
+class SubmitRefused(ApiError, status=422, slug="submit-refused", title="Replicate refused the submission"): ...
 
 
-class Unavailable(ApiError):
-    """Firestore or Google's certificates could not be reached: retrying later can help."""
-
-    status, slug, title = 503, "unavailable", "A service the API depends on is unavailable"
-
-
-class InternalError(ApiError):
-    status, slug, title = 500, "internal-error", "Internal error"
+# Replicate could not be reached or failed (5xx, 429, network): retrying later can help. On a create,
+# the job exists and is failed (`submit_failed`), and a retry creates a new one; on a cancel, the
+# request is recorded on the job and may be sent again.
+class ReplicateUnavailable(
+    ApiError, status=502, slug="replicate-unavailable", title="Replicate could not be reached or failed"
+): ...
 
 
-ALL_PROBLEMS: tuple[type[ApiError], ...] = (
-    MalformedJson,
-    InvalidParameter,
-    Unauthenticated,
-    Forbidden,
-    NotFound,
-    MethodNotAllowed,
-    IdempotencyInProgress,
-    JobFinal,
-    PayloadTooLarge,
-    UnsupportedMediaType,
-    ValidationFailed,
-    IdempotencyKeyReused,
-    SubmitRefused,
-    ReplicateUnavailable,
-    Unavailable,
-    InternalError,
-)
+# Firestore or Google's certificates could not be reached: retrying later can help.
+class Unavailable(ApiError, status=503, slug="unavailable", title="A service the API depends on is unavailable"): ...
+
+
+class InternalError(ApiError, status=500, slug="internal-error", title="Internal error"): ...
+
+
+ALL_PROBLEMS: tuple[type[ApiError], ...] = tuple(ApiError.__subclasses__())

@@ -23,9 +23,23 @@ _NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*"
 MODEL_PATTERN = rf"^{_NAME}(?::[A-Za-z0-9]+)?$"
 DEPLOYMENT_PATTERN = rf"^{_NAME}$"  # a deployment, and a training's destination: `owner/name`, no version
 VERSION_PATTERN = rf"^{_NAME}:[A-Za-z0-9]+$"  # a training's base: the version is required
-_MODEL = re.compile(MODEL_PATTERN)
-_DEPLOYMENT = re.compile(DEPLOYMENT_PATTERN)
-_VERSION = re.compile(VERSION_PATTERN)
+
+
+def _shaped(pattern: str, shape: str) -> AfterValidator:
+    """A check that the whole string matches `pattern`, saying the `shape` it must have."""
+    compiled = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if not compiled.fullmatch(value):
+            raise ValueError(f"must look like {shape}")
+        return value
+
+    return AfterValidator(check)
+
+
+ModelName = Annotated[str, _shaped(MODEL_PATTERN, "OWNER/NAME or OWNER/NAME:VERSION")]
+OwnerName = Annotated[str, _shaped(DEPLOYMENT_PATTERN, "OWNER/NAME")]
+VersionName = Annotated[str, _shaped(VERSION_PATTERN, "OWNER/NAME:VERSION")]
 WebhookEvent = Literal["start", "output", "logs", "completed"]
 # Checked one by one so that a 422 names the entry: `metadata.KEY` for a value, `metadata.KEY.[key]`
 # for the key itself; then replicate_relay.metadata.check_metadata, the whole rule, for the number of entries.
@@ -149,33 +163,19 @@ class CreateJob(_Submission):
         json_schema_extra={"oneOf": [{"required": ["model"]}, {"required": ["deployment"]}]},
     )
 
-    model: str = Field(
+    model: ModelName = Field(
         default="",
         description="The model: `owner/name` (its latest version) or `owner/name:version`. Not with `deployment`.",
         json_schema_extra=_absent_or({"pattern": MODEL_PATTERN}),
         examples=["flux-kontext-apps/restore-image"],
     )
-    deployment: str = Field(
+    deployment: OwnerName = Field(
         default="",
         description="A deployment of yours, `owner/name`: the prediction runs on its hardware and version "
         "(Replicate's `POST /v1/deployments/{owner}/{name}/predictions`). Not with `model`.",
         json_schema_extra=_absent_or({"pattern": DEPLOYMENT_PATTERN}),
         examples=["acme/restore-image-prod"],
     )
-
-    @field_validator("model")
-    @classmethod
-    def _model_format(cls, value: str) -> str:
-        if not _MODEL.fullmatch(value):
-            raise ValueError("must look like OWNER/NAME or OWNER/NAME:VERSION")
-        return value
-
-    @field_validator("deployment")
-    @classmethod
-    def _deployment_format(cls, value: str) -> str:
-        if not _DEPLOYMENT.fullmatch(value):
-            raise ValueError("must look like OWNER/NAME")
-        return value
 
     def targets_given(self) -> list[str]:
         """Which of `model` and `deployment` the request names."""
@@ -186,30 +186,16 @@ class CreateTraining(_Submission):
     """`POST /v1/trainings`: one Replicate training of a model version into `destination`, with its
     webhook set to Relay's receiver."""
 
-    version: str = Field(
+    version: VersionName = Field(
         description="The version to train from: `owner/name:version`, the version id required.",
         json_schema_extra={"pattern": VERSION_PATTERN},
         examples=["ostris/flux-dev-lora-trainer:e440909d3512c31646ee2e0c7d6f6f4923224863a6a10c494606e79fb5844497"],
     )
-    destination: str = Field(
+    destination: OwnerName = Field(
         description="The model the new version is pushed to, `owner/name`; it must exist on Replicate.",
         json_schema_extra={"pattern": DEPLOYMENT_PATTERN},
         examples=["acme/flux-my-style"],
     )
-
-    @field_validator("version")
-    @classmethod
-    def _version_format(cls, value: str) -> str:
-        if not _VERSION.fullmatch(value):
-            raise ValueError("must look like OWNER/NAME:VERSION")
-        return value
-
-    @field_validator("destination")
-    @classmethod
-    def _destination_format(cls, value: str) -> str:
-        if not _DEPLOYMENT.fullmatch(value):
-            raise ValueError("must look like OWNER/NAME")
-        return value
 
 
 def lone_surrogate(value: Any) -> tuple[str, str] | None:

@@ -512,7 +512,7 @@ export interface components {
                 } & components["schemas"]["Problem"];
             };
         };
-        /** @description `idempotency-key-in-progress`: A request with this Idempotency-Key is in progress */
+        /** @description `idempotency-key-in-progress`: A request with this key is in progress */
         IdempotencyInProgress: {
             headers: {
                 [name: string]: unknown;
@@ -699,7 +699,7 @@ export interface operations {
             409: components["responses"]["IdempotencyInProgress"];
             413: components["responses"]["PayloadTooLarge"];
             415: components["responses"]["UnsupportedMediaType"];
-            /** @description `validation-error`: The request body is not valid; `idempotency-key-reused`: The Idempotency-Key was used with another request; `submit-refused`: Replicate refused the submission */
+            /** @description `validation-error`: The request body is not valid; `idempotency-key-reused`: The key was used with another request; `submit-refused`: Replicate refused the submission */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -824,7 +824,7 @@ export interface operations {
             409: components["responses"]["IdempotencyInProgress"];
             413: components["responses"]["PayloadTooLarge"];
             415: components["responses"]["UnsupportedMediaType"];
-            /** @description `validation-error`: The request body is not valid; `idempotency-key-reused`: The Idempotency-Key was used with another request; `submit-refused`: Replicate refused the submission */
+            /** @description `validation-error`: The request body is not valid; `idempotency-key-reused`: The key was used with another request; `submit-refused`: Replicate refused the submission */
             422: {
                 headers: {
                     [name: string]: unknown;
