@@ -1,5 +1,9 @@
 """What the API does with a request, apart from HTTP: parse, check, submit or read, answer.
 
+Every operation takes the Caller (api/auth.py): a job records the app that submitted it, and an app
+reads, lists and cancels its own jobs only; another app's job is answered 404, as a job that does
+not exist, so an app cannot learn which ids others use. Operators read and list every job.
+
 api/main.py adapts Flask's request to these calls and maps ApiError to a problem response; the
 Google clients are passed in, so tests run this against the emulators without a server.
 """
@@ -17,6 +21,7 @@ from google.cloud import firestore
 from pydantic import ValidationError
 
 from api import errors
+from api.auth import Caller
 from api.idempotency import MAX_KEY_CHARS, IdempotencyStore, InProgress, Proceed, Replay, Resume, Reused, fingerprint
 from api.listing import DEFAULT_LIMIT, MAX_LIMIT, Cursor, InvalidCursor, list_jobs
 from api.models import CreateJob, CreateTraining
@@ -117,25 +122,34 @@ class JobsApi:
     idempotency: IdempotencyStore
     firestore: firestore.Client
 
-    def create(self, body: bytes, *, content_type: str | None, idempotency_key: str | None) -> Answer:
-        """`POST /v1/jobs`: a prediction of a model or a deployment."""
+    def create(self, body: bytes, *, content_type: str | None, idempotency_key: str | None, caller: Caller) -> Answer:
+        """`POST /v1/jobs`: a prediction of a model or a deployment, recorded as the caller's."""
         key = check_idempotency_key(idempotency_key)
         request, parsed = parse_create(body, content_type, CreateJob)
-        return self._create(JOBS_PATH, key, parsed, lambda job_id: self._submit_prediction(request, job_id))
+        return self._create(
+            JOBS_PATH, key, parsed, caller, lambda job_id: self._submit_prediction(request, job_id, caller.app)
+        )
 
-    def create_training(self, body: bytes, *, content_type: str | None, idempotency_key: str | None) -> Answer:
-        """`POST /v1/trainings`: a training of a model version into a destination model."""
+    def create_training(
+        self, body: bytes, *, content_type: str | None, idempotency_key: str | None, caller: Caller
+    ) -> Answer:
+        """`POST /v1/trainings`: a training of a model version into a destination model, recorded as the caller's."""
         key = check_idempotency_key(idempotency_key)
         request, parsed = parse_create(body, content_type, CreateTraining)
-        return self._create(TRAININGS_PATH, key, parsed, lambda job_id: self._submit_training(request, job_id))
+        return self._create(
+            TRAININGS_PATH, key, parsed, caller, lambda job_id: self._submit_training(request, job_id, caller.app)
+        )
 
-    def _create(self, path: str, key: str | None, parsed: Any, submit: Callable[[str | None], Job]) -> Answer:
-        """Submit once per Idempotency-Key. Every check of the request comes before its key is
-        claimed (the callers parse first), so a bad request never uses a key up. The fingerprint
-        holds the path: one key on two endpoints is two requests."""
+    def _create(
+        self, path: str, key: str | None, parsed: Any, caller: Caller, submit: Callable[[str | None], Job]
+    ) -> Answer:
+        """Submit once per Idempotency-Key of this caller. Every check of the request comes before its
+        key is claimed (the callers parse first), so a bad request never uses a key up. The
+        fingerprint holds the path: one key on two endpoints is two requests."""
         if key is None:
             return self._created(self._submitted(submit, None))
-        claimed = self._claim(key, fingerprint("POST", path, parsed))
+        owner = caller.app
+        claimed = self._claim(key, fingerprint("POST", path, parsed), owner)
         if isinstance(claimed, Replay):
             headers = {"Idempotency-Replayed": "true"}
             if claimed.status == 201:
@@ -157,24 +171,28 @@ class JobsApi:
             existing = self.store.load(claimed.job_id)
             if existing is not None:
                 answer = self._created(existing)
-                self.idempotency.answer(key, answer.status, answer.body)
+                self.idempotency.answer(key, answer.status, answer.body, caller=owner)
                 return answer
         job_id = claimed.job_id  # Proceed, or a Resume whose first attempt created nothing
         try:
             answer = self._created(self._submitted(submit, job_id))
         except errors.ApiError as refused:
             # Replicate's refusal is the answer (its job exists, failed): replayed like a success.
-            self.idempotency.answer(key, refused.status, refused.problem(path))
+            self.idempotency.answer(key, refused.status, refused.problem(path), caller=owner)
             raise
-        self.idempotency.answer(key, answer.status, answer.body)
+        self.idempotency.answer(key, answer.status, answer.body, caller=owner)
         return answer
 
-    def cancel(self, job_id: str) -> Answer:
+    def cancel(self, job_id: str, *, caller: Caller) -> Answer:
         """`POST /v1/jobs/{job_id}/cancel`: 202 with the job once the cancel is recorded and sent to
         Replicate; again 202 for a job already being canceled (Replicate is asked again). The job
-        ends `canceled` when Replicate reports it (or the reconciler finds it so)."""
-        if not _can_name_a_job(job_id):
-            raise errors.NotFound(f"there is no job {job_id[:200]!r}")
+        ends `canceled` when Replicate reports it (or the reconciler finds it so). Only the app that
+        submitted the job cancels it: 404 for another app, 403 for an operator (who may read it)."""
+        job = self._visible(job_id, caller)
+        if not caller.may_cancel(job):
+            raise errors.Forbidden(
+                "operators read every app's jobs; only the app that submitted this job cancels it through the API"
+            )
         try:
             job = self.submitter.cancel(job_id)
         except JobNotFound:
@@ -188,15 +206,19 @@ class JobsApi:
             ) from None
         return Answer(202, job_json(job), {"Location": f"{JOBS_PATH}/{job.job_id}"})
 
-    def get(self, job_id: str) -> Answer:
-        """`GET /v1/jobs/{job_id}`."""
-        job = self.store.load(job_id) if _can_name_a_job(job_id) else None
-        if job is None:
-            raise errors.NotFound(f"there is no job {job_id[:200]!r}")
-        return Answer(200, job_json(job))
+    def get(self, job_id: str, *, caller: Caller) -> Answer:
+        """`GET /v1/jobs/{job_id}`: the caller's job (any job, for an operator)."""
+        return Answer(200, job_json(self._visible(job_id, caller)))
 
-    def list(self, args: Mapping[str, str]) -> Answer:
-        """`GET /v1/jobs?state=&limit=&cursor=`."""
+    def _visible(self, job_id: str, caller: Caller) -> Job:
+        """The job, if the caller may read it; NotFound alike for another app's job and for none."""
+        job = self.store.load(job_id) if _can_name_a_job(job_id) else None
+        if job is None or not caller.may_read(job):
+            raise errors.NotFound(f"there is no job {job_id[:200]!r}")
+        return job
+
+    def list(self, args: Mapping[str, str], *, caller: Caller) -> Answer:
+        """`GET /v1/jobs?state=&limit=&cursor=`: the caller's jobs (every job, for an operator)."""
         state = _state(args.get("state"))
         limit = _limit(args.get("limit"))
         cursor = None
@@ -205,19 +227,20 @@ class JobsApi:
                 cursor = Cursor.decode(args["cursor"], state=state.value if state else None)
             except InvalidCursor as error:
                 raise errors.InvalidParameter(str(error), errors=[{"field": "cursor", "message": str(error)}]) from None
-        page = list_jobs(self.firestore, state=state, limit=limit, cursor=cursor)
+        app = None if caller.reads_all else caller.app
+        page = list_jobs(self.firestore, app=app, state=state, limit=limit, cursor=cursor)
         jobs = [self.store.resolve(job) for job in page.jobs]
         # As JobList (the OpenAPI document's), each job in its JSON form.
         body = {"jobs": [job_json(job) for job in jobs], "next_cursor": page.next_cursor}
         return Answer(200, body)
 
-    def _claim(self, key: str, request: str) -> Proceed | Resume | Replay | InProgress | Reused:
+    def _claim(self, key: str, request: str, caller: str | None) -> Proceed | Resume | Replay | InProgress | Reused:
         try:
-            return self.idempotency.claim(key, request)
+            return self.idempotency.claim(key, request, caller=caller)
         except google_exceptions.AlreadyExists:
             # Another request created the record between this one's read and its commit: decide
             # again with that record in sight.
-            return self.idempotency.claim(key, request)
+            return self.idempotency.claim(key, request, caller=caller)
 
     def _for(self, request: CreateJob | CreateTraining) -> Submitter:
         """The submitter, with the request's own webhook events if it chose them."""
@@ -225,13 +248,18 @@ class JobsApi:
             return self.submitter
         return replace(self.submitter, events_filter=tuple(request.webhook_events))
 
-    def _submit_prediction(self, request: CreateJob, job_id: str | None) -> Job:
+    def _submit_prediction(self, request: CreateJob, job_id: str | None, app: str | None) -> Job:
         target = ModelRef.parse(request.model) if request.model else DeploymentRef.parse(request.deployment)
         return self._for(request).submit(
-            target, dict(request.input), metadata=request.metadata, job_id=job_id, deadline=request.deadline_delta()
+            target,
+            dict(request.input),
+            metadata=request.metadata,
+            job_id=job_id,
+            deadline=request.deadline_delta(),
+            app=app,
         )
 
-    def _submit_training(self, request: CreateTraining, job_id: str | None) -> Job:
+    def _submit_training(self, request: CreateTraining, job_id: str | None, app: str | None) -> Job:
         return self._for(request).submit_training(
             ModelRef.parse(request.version),
             destination=request.destination,
@@ -239,6 +267,7 @@ class JobsApi:
             metadata=request.metadata,
             job_id=job_id,
             deadline=request.deadline_delta(),
+            app=app,
         )
 
     @staticmethod

@@ -1,9 +1,11 @@
 """Idempotency keys in Firestore: a retried `POST /v1/jobs` gets the first answer, never a second prediction.
 
-`idempotency/{sha256(key)}` holds the fingerprint of the request (a hash of its method, path and
+`idempotency/{sha256(caller, key)}` holds the fingerprint of the request (a hash of its method, path and
 canonical JSON body), the job id chosen for it, whether it is in progress or answered, the answer
 (status and body), and `expire_at`, the field of the Firestore TTL policy (infra/firestore.indexes.json).
-The key itself is not stored: it may be something the caller considers secret.
+The key itself is not stored: it may be something the caller considers secret. Keys belong to
+their caller (the app the API authenticated): the same key from another app is another record, so
+it makes another job and never replays the first app's answer.
 
 Every decision is taken in one Firestore transaction, so two requests with one key never both
 proceed. The job id is chosen and recorded *before* anything is submitted: a request that died
@@ -69,9 +71,12 @@ class Reused:
 Claimed = Proceed | Resume | Replay | InProgress | Reused
 
 
-def key_id(key: str) -> str:
-    """The document id of a key: any printable characters are allowed in keys, not in ids."""
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+def key_id(key: str, caller: str | None) -> str:
+    """The document id of `caller`'s key (any printable characters are allowed in keys, not in ids).
+    `caller` None (the local stack's anonymous caller) hashes the key alone; a newline, which
+    neither a key nor an e-mail holds, keeps `caller` and `key` from running into each other."""
+    scoped = key if caller is None else f"{caller}\n{key}"
+    return hashlib.sha256(scoped.encode("utf-8")).hexdigest()
 
 
 def fingerprint(method: str, path: str, body: Any) -> str:
@@ -120,9 +125,9 @@ class IdempotencyStore:
         self._lease = lease
         self._clock = clock
 
-    def claim(self, key: str, request: str) -> Claimed:
-        """Take the key for this request, or say what to answer instead (one transaction)."""
-        ref = self._client.collection(COLLECTION).document(key_id(key))
+    def claim(self, key: str, request: str, *, caller: str | None) -> Claimed:
+        """Take `caller`'s key for this request, or say what to answer instead (one transaction)."""
+        ref = self._client.collection(COLLECTION).document(key_id(key, caller))
 
         @firestore.transactional
         def run(transaction: firestore.Transaction) -> Claimed:
@@ -154,10 +159,10 @@ class IdempotencyStore:
         claimed: Claimed = run(self._client.transaction())
         return claimed
 
-    def answer(self, key: str, status: int, body: Mapping[str, Any]) -> None:
-        """Record the answer a retry with the key replays, for the retention period from now."""
+    def answer(self, key: str, status: int, body: Mapping[str, Any], *, caller: str | None) -> None:
+        """Record the answer a retry with `caller`'s key replays, for the retention period from now."""
         now = self._clock()
-        self._client.collection(COLLECTION).document(key_id(key)).update(
+        self._client.collection(COLLECTION).document(key_id(key, caller)).update(
             {
                 "state": ANSWERED,
                 "status": status,

@@ -1,9 +1,11 @@
 """`GET /v1/jobs`: jobs newest first, a page at a time, with an opaque cursor.
 
 A Firestore query rather than a JobStore method (JobStore belongs to the pipeline's writers):
-`jobs` ordered by `created_at` then the document id, both descending, optionally where
-`state == S`. With a state it needs the composite index (state, created_at desc) declared in
-infra/firestore.indexes.json; without one, Firestore's single-field index serves it.
+`jobs` ordered by `created_at` then the document id, both descending, where `app == A` (the
+caller's jobs; an operator's listing has no such filter) and optionally `state == S`. Each
+equality filter needs its composite index, declared in infra/firestore.indexes.json: (app,
+created_at desc), (state, created_at desc), (app, state, created_at desc); with neither filter,
+Firestore's single-field index serves it.
 """
 
 from __future__ import annotations
@@ -96,10 +98,15 @@ class Page:
     next_cursor: str | None
 
 
-def list_jobs(client: firestore.Client, *, state: JobState | None, limit: int, cursor: Cursor | None) -> Page:
-    """One page: `limit` jobs after `cursor`, newest `created_at` first (jobs whose prediction
-    Replicate has not yet reported, `created_at` null, come after all others)."""
+def list_jobs(
+    client: firestore.Client, *, app: str | None, state: JobState | None, limit: int, cursor: Cursor | None
+) -> Page:
+    """One page of `app`'s jobs (None: every job): `limit` jobs after `cursor`, newest `created_at`
+    first (jobs whose prediction Replicate has not yet reported, `created_at` null, come after all
+    others)."""
     query: Any = client.collection(JOBS)
+    if app is not None:
+        query = query.where(filter=FieldFilter("app", "==", app))
     if state is not None:
         query = query.where(filter=FieldFilter("state", "==", state.value))
     query = query.order_by("created_at", direction=firestore.Query.DESCENDING).order_by(

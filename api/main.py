@@ -22,7 +22,7 @@ from google.cloud import firestore
 from opentelemetry.trace import SpanKind
 
 from api import errors
-from api.auth import ApiAuthenticator
+from api.auth import DEV_CALLER_HEADER, ApiAuthenticator, Caller
 from api.core import JOBS_PATH, TRAININGS_PATH, Answer, JobsApi
 from api.idempotency import IdempotencyStore
 from api.settings import ApiSettings
@@ -83,10 +83,14 @@ def api(request: flask.Request) -> flask.Response:
         kind=SpanKind.SERVER,
         attributes={"http.request.method": request.method, "http.route": route},
     ) as span:
-        caller: str | None = None
+        caller: Caller | None = None
         try:
-            caller = AUTH.authenticate(request.headers.get("Authorization"), host=request.host)
-            response = _answer(_dispatch(request))
+            caller = AUTH.authenticate(
+                request.headers.get("Authorization"),
+                host=request.host,
+                dev_caller=request.headers.get(DEV_CALLER_HEADER),
+            )
+            response = _answer(_dispatch(request, caller))
         except errors.ApiError as error:
             response = problem_response(error, request.path)
         except TRANSIENT_ERRORS as error:
@@ -109,7 +113,7 @@ def api(request: flask.Request) -> flask.Response:
             extra=logs.fields(
                 http_status=status,
                 route=route,
-                caller=caller,
+                caller=caller.app if caller else None,
                 problem=response.headers.get("X-Relay-Problem"),
                 latency_ms=round((time.perf_counter() - started) * 1000, 2),
             ),
@@ -131,28 +135,28 @@ def _unrouted(error: Exception) -> flask.Response:
 functions_framework.errorhandler(404)(_unrouted)
 
 
-def _dispatch(request: flask.Request) -> Answer:
+def _dispatch(request: flask.Request, caller: Caller) -> Answer:
     path, method = request.path, request.method
     if path in (JOBS_PATH, JOBS_PATH + "/"):
         if method == "POST":
-            return _JOBS_API.get().create(**_create_arguments(request))
+            return _JOBS_API.get().create(**_create_arguments(request), caller=caller)
         if method in ("GET", "HEAD"):
-            return _JOBS_API.get().list(request.args)
+            return _JOBS_API.get().list(request.args, caller=caller)
         raise errors.MethodNotAllowed(f"{method} is not accepted here", headers={"Allow": "GET, HEAD, POST"})
     if path in (TRAININGS_PATH, TRAININGS_PATH + "/"):
         if method == "POST":
-            return _JOBS_API.get().create_training(**_create_arguments(request))
+            return _JOBS_API.get().create_training(**_create_arguments(request), caller=caller)
         raise errors.MethodNotAllowed(f"{method} is not accepted here", headers={"Allow": "POST"})
     found = _JOB_PATH.match(path)
     if found:
         if method in ("GET", "HEAD"):
-            return _JOBS_API.get().get(found["job_id"])
+            return _JOBS_API.get().get(found["job_id"], caller=caller)
         raise errors.MethodNotAllowed(f"{method} is not accepted here", headers={"Allow": "GET, HEAD"})
     found = _CANCEL_PATH.match(path)
     if found:
         if method == "POST":
             # No body is read: a cancel carries none, and whatever is sent changes nothing.
-            return _JOBS_API.get().cancel(found["job_id"])
+            return _JOBS_API.get().cancel(found["job_id"], caller=caller)
         raise errors.MethodNotAllowed(f"{method} is not accepted here", headers={"Allow": "POST"})
     if path == OPENAPI_PATH and method in ("GET", "HEAD"):
         from api.openapi import document  # noqa: PLC0415 - only this route needs the generator

@@ -172,7 +172,8 @@ def document() -> dict[str, Any]:
                 ),
                 "get": {
                     "operationId": "listJobs",
-                    "summary": "Jobs, newest `created_at` first, a page at a time.",
+                    "summary": "The caller's jobs (an operator's: every app's), newest `created_at` first, a page "
+                    "at a time.",
                     "parameters": [
                         {
                             "name": "state",
@@ -205,7 +206,8 @@ def document() -> dict[str, Any]:
             "/v1/jobs/{job_id}": {
                 "get": {
                     "operationId": "getJob",
-                    "summary": "The job document (schemas/job.v1.schema.json), timestamps as RFC 3339.",
+                    "summary": "The job document (schemas/job.v1.schema.json), timestamps as RFC 3339. Another "
+                    "app's job is a 404, as a job that does not exist (an operator reads every job).",
                     "parameters": [job_id],
                     "responses": {
                         "200": {"description": "The job.", "content": _json("Job")},
@@ -217,7 +219,8 @@ def document() -> dict[str, Any]:
                 "post": {
                     "operationId": "cancelJob",
                     "summary": "Cancel a job: record the request, ask Replicate to cancel its run. Idempotent; the "
-                    "job ends `canceled` when Replicate reports it.",
+                    "job ends `canceled` when Replicate reports it. Only the app that submitted the job cancels it: "
+                    "another app's job is a 404, and an operator gets a 403.",
                     "parameters": [job_id],
                     "responses": {
                         "202": {
@@ -259,7 +262,8 @@ def document() -> dict[str, Any]:
                     "description": "Any unique string (a UUID): a retry with the same key and body gets the first "
                     "answer and never makes a second prediction; the same key with another body is a 422 "
                     "(`idempotency-key-reused`); while the first is in progress, a 409 with Retry-After. "
-                    "Remembered for RELAY_API_IDEMPOTENCY_HOURS (24 by default).",
+                    "Remembered for RELAY_API_IDEMPOTENCY_HOURS (24 by default). Keys are the caller's own: the "
+                    "same key from another app is another request.",
                     "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_CHARS, "pattern": "^[!-~]+$"},
                 }
             },
@@ -269,7 +273,9 @@ def document() -> dict[str, Any]:
                     "scheme": "bearer",
                     "bearerFormat": "JWT",
                     "description": "A Google-signed ID token whose audience is the service's URL (or "
-                    "RELAY_API_AUDIENCE) and whose e-mail is one of RELAY_API_INVOKERS (Terraform's api_invokers).",
+                    "RELAY_API_AUDIENCE) and whose e-mail is one of RELAY_API_INVOKERS (Terraform's api_invokers) "
+                    "or RELAY_API_OPERATORS (api_operators). That e-mail is the app recorded on the jobs it "
+                    "submits.",
                 }
             },
         },

@@ -17,7 +17,7 @@ from replicate_relay.telemetry import TelemetrySettings
 # 1 MiB keeps one request's work (and its idempotency record) small.
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 _MAX_BODY_CAP = 10 * 1024 * 1024
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
+_EMAIL = re.compile(r"^[^@\s:]+@[^@\s:]+$")  # an e-mail, not an IAM member (serviceAccount:...)
 
 
 @dataclass(frozen=True)
@@ -26,23 +26,30 @@ class ApiAuthSettings:
 
     mode: Literal["oidc", "off"]
     invokers: tuple[str, ...]  # the e-mails a token may carry; empty: nobody passes
+    # RELAY_API_OPERATORS: callers who read every app's jobs (their tokens pass too); with auth off,
+    # the X-Relay-Dev-Caller values that do.
+    operators: tuple[str, ...]
     audience: str | None  # None: `https://<Host header>`, the service's own Cloud Run URL
 
     @classmethod
     def from_env(cls, env: Env) -> ApiAuthSettings:
         mode = token_check_mode(env, "RELAY_API_AUTH", off_is_for="the local stack", checks="callers' ID tokens are")
+        operators = _emails(env, "RELAY_API_OPERATORS")
         if mode == "off":
-            return cls(mode="off", invokers=(), audience=None)
-        invokers = env.get_list("RELAY_API_INVOKERS")
-        wrong = [entry for entry in invokers if not _EMAIL.match(entry)]
-        if wrong:
-            raise ConfigError(
-                f"RELAY_API_INVOKERS holds e-mails (space- or comma-separated), got {', '.join(map(repr, wrong))}"
-            )
+            return cls(mode="off", invokers=(), operators=operators, audience=None)
+        invokers = _emails(env, "RELAY_API_INVOKERS")
         audience = env.get_optional("RELAY_API_AUDIENCE")
         if audience is not None and not audience.startswith("https://"):
             raise ConfigError(f"RELAY_API_AUDIENCE must be the service's https:// URL, got {audience!r}")
-        return cls(mode="oidc", invokers=invokers, audience=audience)
+        return cls(mode="oidc", invokers=invokers, operators=operators, audience=audience)
+
+
+def _emails(env: Env, name: str) -> tuple[str, ...]:
+    found = env.get_list(name)
+    wrong = [entry for entry in found if not _EMAIL.match(entry)]
+    if wrong:
+        raise ConfigError(f"{name} holds e-mails (space- or comma-separated), got {', '.join(map(repr, wrong))}")
+    return found
 
 
 @dataclass(frozen=True)

@@ -129,6 +129,12 @@ class JobEventAttributes(BaseModel):
     prediction_id: Annotated[str | None, WithJsonSchema({"type": "string"})] = Field(
         default=None, description="As in the data; absent when the job has no prediction."
     )
+    app: Annotated[str | None, WithJsonSchema({"type": "string"})] = Field(
+        default=None,
+        description="The job's `app`: the e-mail of the app that submitted it through Relay's API; absent for a job "
+        "from the CLI, RelayClient or a webhook. An app's subscription filters on it "
+        '(`attributes.app = "orders@my-project.iam.gserviceaccount.com"`), so it receives its own jobs\' events only.',
+    )
     # Added by the publisher (replicate_relay.telemetry.inject_message), not by job_event: documented here
     # because consumers see them.
     traceparent: Annotated[str | None, WithJsonSchema({"type": "string"})] = Field(
@@ -141,13 +147,15 @@ class JobEventAttributes(BaseModel):
     )
 
     @classmethod
-    def of(cls, event: JobEvent) -> JobEventAttributes:
+    def of(cls, event: JobEvent, *, app: str | None = None) -> JobEventAttributes:
+        """The attributes of `event`; `app` is the job's (not in the data: the job document holds it)."""
         return cls(
             event_id=event.event_id,
             type=event.type,
             job_id=event.job_id,
             state=event.state,
             prediction_id=event.prediction_id or None,
+            app=app or None,
         )
 
     def to_attributes(self) -> dict[str, str]:
@@ -165,7 +173,7 @@ def job_event(job: Job) -> tuple[bytes, dict[str, str]]:
     # json.dumps, not model_dump_json: the bytes stay those of the first version (ASCII escapes,
     # compact separators, str() for anything JSON cannot hold).
     data = json.dumps(event.model_dump(), default=str, separators=(",", ":")).encode("utf-8")
-    return data, JobEventAttributes.of(event).to_attributes()
+    return data, JobEventAttributes.of(event, app=job.app).to_attributes()
 
 
 def announce(publisher: TopicPublisher, job: Job) -> str:

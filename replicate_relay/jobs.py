@@ -172,6 +172,12 @@ class Job(BaseModel):
     metadata: dict[str, str] = Field(
         default={}, description="The submitter's own string key/values (e.g. an order number), returned untouched."
     )
+    app: str | None = Field(
+        default=None,
+        description="The app that submitted the job through Relay's API: the verified e-mail of its Google ID token. "
+        "The API shows a job to that app alone (and to its operators), and job-events carries it as the `app` "
+        "attribute, which an app's subscription filters on. Null for a job from the CLI, RelayClient or a webhook.",
+    )
     deadline_at: datetime | None = Field(
         default=None,
         description="When Relay gives up on the job: sent to Replicate as `Cancel-After` when submitted; past it, "

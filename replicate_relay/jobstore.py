@@ -785,7 +785,7 @@ def _without_values(event: PredictionEvent) -> PredictionEvent:
 
 
 # The fields a submitted job holds that no webhook carries, kept when a webhook's job wins the link.
-_SUBMITTED_ONLY = ("kind", "deployment", "deadline_at", "cancel_requested_at")
+_SUBMITTED_ONLY = ("kind", "deployment", "deadline_at", "cancel_requested_at", "app")
 
 _ALWAYS_STORABLE = {"id", "status", "created_at", "started_at", "completed_at", "data_removed"}
 

@@ -149,12 +149,14 @@ class Submitter:
         metadata: Mapping[str, str] | None = None,
         job_id: str | None = None,
         deadline: timedelta | None = None,
+        app: str | None = None,
     ) -> Job:
         """Create `jobs/{id}` (submitted), then the prediction of a model, version or deployment, then
         link them; returns the job.
 
         `job_id`, when the caller chose it beforehand (the API records it with the request's
         Idempotency-Key, so a retry finds what this call created), else a new UUID hex.
+        `app`: the API's authenticated caller, recorded as `Job.app`; None from the CLI and client.
         `deadline`: how long the job may take from now, sent to Replicate as `Cancel-After` and kept
         as `deadline_at`; None takes `default_deadline` (RELAY_DEFAULT_DEADLINE), a zero one sets none.
         Raises ValueError, before anything is written, for metadata a job cannot keep
@@ -168,7 +170,9 @@ class Submitter:
         """
         chosen = _deadline(deadline, self.default_deadline)
         deployment = str(target) if isinstance(target, DeploymentRef) else None
-        job = self._job("prediction", input, metadata, job_id, chosen, model=None if deployment else str(target))
+        job = self._job(
+            "prediction", input, metadata, job_id, chosen, model=None if deployment else str(target), app=app
+        )
         job = job.model_copy(update={"deployment": deployment})
         return self._start(
             job,
@@ -186,6 +190,7 @@ class Submitter:
         metadata: Mapping[str, str] | None = None,
         job_id: str | None = None,
         deadline: timedelta | None = None,
+        app: str | None = None,
     ) -> Job:
         """As `submit`, for a training of `version` (`owner/name:version`) into the model `destination`
         (`owner/name`, which must exist at Replicate); the job's kind is `training`.
@@ -202,7 +207,7 @@ class Submitter:
         except ValueError:
             raise ValueError(f"destination must look like OWNER/NAME, got {destination!r}") from None
         chosen = _deadline(deadline, self.default_training_deadline)
-        job = self._job("training", input, metadata, job_id, chosen, model=str(version))
+        job = self._job("training", input, metadata, job_id, chosen, model=str(version), app=app)
         return self._start(
             job,
             lambda: self.replicate.create_training(
@@ -247,6 +252,7 @@ class Submitter:
         deadline: timedelta | None,
         *,
         model: str | None,
+        app: str | None,
     ) -> Job:
         return Job(
             job_id=job_id or uuid.uuid4().hex,
@@ -256,6 +262,7 @@ class Submitter:
             input=input,
             metadata=check_metadata(metadata or {}),
             deadline_at=self.store.now() + deadline if deadline else None,
+            app=app,
         )
 
     def _start(self, job: Job, create: Callable[[], str]) -> Job:

@@ -18,7 +18,15 @@ locals {
       for member in members : "${name} ${member}" => { subscription = name, member = member }
     }
   ]...)
+  # The API's operators (RELAY_API_OPERATORS, run.tf): var.api_operators, or with none given and a
+  # single app in api_invokers, that app, which so keeps reading every job as before apps were kept apart.
+  api_operators = length(var.api_operators) == 0 && length(var.api_invokers) == 1 ? var.api_invokers : var.api_operators
 }
+
+# Keeps apps apart on job-events: publishers set the `app` attribute to the job's app (the e-mail
+# the API authenticated, replicate_relay/jobevents.py), and a subscription named in
+# var.app_subscription_apps takes only that app's messages. replicate_relay/topology.py's app_filter
+# writes the same expression for the local stack (tests/unit/test_app_endpoints.py keeps them equal).
 
 resource "google_pubsub_subscription" "app" {
   for_each = local.app_subscriptions
@@ -30,6 +38,7 @@ resource "google_pubsub_subscription" "app" {
   ack_deadline_seconds       = 60
   message_retention_duration = "604800s" # the maximum, 7 days: an app down for days misses nothing
   retain_acked_messages      = false
+  filter                     = contains(keys(var.app_subscription_apps), each.key) ? "attributes.app = \"${var.app_subscription_apps[each.key]}\"" : null
 
   dynamic "push_config" {
     for_each = each.value.push_endpoint == null ? [] : [each.value.push_endpoint]
@@ -64,8 +73,11 @@ resource "google_pubsub_subscription" "app" {
 
   lifecycle {
     precondition {
-      condition     = length(setintersection(keys(var.app_pull_subscriptions), keys(var.app_event_endpoints))) == 0
-      error_message = "A name is in both app_pull_subscriptions and app_event_endpoints; each subscription is either pulled or pushed."
+      condition = (
+        length(setintersection(keys(var.app_pull_subscriptions), keys(var.app_event_endpoints))) == 0
+        && length(setsubtract(keys(var.app_subscription_apps), keys(local.app_subscriptions))) == 0
+      )
+      error_message = "A name is in both app_pull_subscriptions and app_event_endpoints (each subscription is either pulled or pushed), or app_subscription_apps names a subscription that is in neither."
     }
   }
 
@@ -118,4 +130,15 @@ resource "google_pubsub_subscription_iam_member" "app_consumes" {
   subscription = google_pubsub_subscription.app[each.value.subscription].id
   role         = "roles/pubsub.subscriber"
   member       = each.value.member
+}
+
+# The API's operators read every app's jobs (api/auth.py): they call it as themselves, so they need
+# run.invoker like the apps (iam.tf grants it to var.api_invokers; an operator listed there too
+# keeps that one binding).
+resource "google_cloud_run_v2_service_iam_member" "api_operators" {
+  for_each = setsubtract(toset(var.api_operators), toset(var.api_invokers))
+  name     = google_cloud_run_v2_service.service["api"].name
+  location = var.region
+  role     = "roles/run.invoker"
+  member   = each.value
 }

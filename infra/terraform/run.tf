@@ -135,10 +135,11 @@ locals {
         memory      = "512Mi"
         cpu_idle    = true
         env = {
-          THREADS            = "8"
-          RELAY_BUCKET       = google_storage_bucket.outputs.name
-          RELAY_WEBHOOK_URL  = "https://receiver-${data.google_project.this.number}.${var.region}.run.app/"
-          RELAY_API_INVOKERS = join(" ", concat([for member in var.api_invokers : split(":", member)[1]], [local.verifier_email]))
+          THREADS             = "8"
+          RELAY_BUCKET        = google_storage_bucket.outputs.name
+          RELAY_WEBHOOK_URL   = "https://receiver-${data.google_project.this.number}.${var.region}.run.app/"
+          RELAY_API_INVOKERS  = join(" ", concat([for member in var.api_invokers : split(":", member)[1]], [local.verifier_email]))
+          RELAY_API_OPERATORS = join(" ", [for member in local.api_operators : split(":", member)[1]])
         }
       }
     },

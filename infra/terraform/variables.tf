@@ -116,6 +116,17 @@ variable "api_invokers" {
   }
 }
 
+variable "api_operators" {
+  description = "Who may read every app's jobs through the api service (docs/API.md, \"Apps kept apart\"): serviceAccount:... or user:... members, e.g. an on-call engineer's user. Each gets roles/run.invoker on that service, and the service lets them read and list all jobs (RELAY_API_OPERATORS); every other caller reads only the jobs it submitted. Empty with exactly one api_invokers member: that member is the operator, so a single app reads every job as it always has."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for member in var.api_operators : can(regex("^(serviceAccount|user):[^:\\s@]+@[^:\\s@]+$", member))])
+    error_message = "api_operators takes serviceAccount: or user: members with an e-mail (the service checks the caller's own e-mail)."
+  }
+}
+
 variable "verifiers" {
   description = "Who may run `relay verify` against this deployment: members (user:, group:, serviceAccount:) allowed to mint relay-verify's ID token for the API. `relay deploy` adds the account it runs as when this is not given."
   type        = list(string)
@@ -229,6 +240,18 @@ variable "app_event_endpoints" {
     # #fragment (never sent, so the audience would differ from what the app sees).
     condition     = alltrue([for _, url in var.app_event_endpoints : can(regex("^https://[a-zA-Z0-9.-]+(:[0-9]{1,5})?(/[^\\s#]*)?$", url))])
     error_message = "app_event_endpoints URLs are https://host[:port][/path][?query], without user info or #fragment."
+  }
+}
+
+variable "app_subscription_apps" {
+  description = "Which app each subscription of app_pull_subscriptions or app_event_endpoints belongs to, by subscription name: the e-mail the app calls the api with (its api_invokers member without \"serviceAccount:\"). That subscription gets the filter attributes.app = \"<e-mail>\", so it receives the job-events of that app's jobs only. A subscription not named here receives every job-event (as with a single app). Pub/Sub cannot change a subscription's filter: adding, changing or removing an entry replaces that subscription, dropping the messages it held."
+  type        = map(string)
+  default     = {}
+
+  validation {
+    # An e-mail: it goes between the filter's double quotes, so no quote or backslash.
+    condition     = alltrue([for _, app in var.app_subscription_apps : can(regex("^[^\"\\\\\\s@:]+@[^\"\\\\\\s@:]+$", app))])
+    error_message = "app_subscription_apps values are e-mails (no serviceAccount: prefix), as the api sees the caller."
   }
 }
 

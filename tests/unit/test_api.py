@@ -37,6 +37,7 @@ from api.idempotency import (
     Reused,
     decide,
     fingerprint,
+    key_id,
 )
 from api.listing import Cursor, InvalidCursor
 from api.models import CreateJob, parse_deadline
@@ -76,7 +77,8 @@ class MemoryIdempotency:
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
     now: datetime = NOW
 
-    def claim(self, key: str, request: str) -> Claimed:
+    def claim(self, key: str, request: str, *, caller: str | None) -> Claimed:
+        key = key_id(key, caller)
         decided = decide(self.records.get(key), request, self.now)
         if decided is not None:
             return decided
@@ -90,8 +92,8 @@ class MemoryIdempotency:
         }
         return Proceed(job_id)
 
-    def answer(self, key: str, status: int, body: Mapping[str, Any]) -> None:
-        self.records[key].update(state="answered", status=status, body=json.dumps(body))
+    def answer(self, key: str, status: int, body: Mapping[str, Any], *, caller: str | None) -> None:
+        self.records[key_id(key, caller)].update(state="answered", status=status, body=json.dumps(body))
 
 
 @dataclass
@@ -101,6 +103,7 @@ class RecordingSubmitter:
     calls: list[dict[str, Any]] = field(default_factory=list)
     events_filter: tuple[str, ...] = ("start", "output", "logs", "completed")
     jobs: dict[str, Job] = field(default_factory=dict)
+    apps: list[str | None] = field(default_factory=list)  # the `app` of each submission
 
     def submit(
         self,
@@ -110,8 +113,10 @@ class RecordingSubmitter:
         metadata: Mapping[str, str],
         job_id: str | None,
         deadline: timedelta | None,
+        app: str | None,
     ) -> Job:
         call = {"model": str(target), "input": input, "metadata": dict(metadata), "job_id": job_id}
+        self.apps.append(app)
         if isinstance(target, DeploymentRef):
             call["deployment"] = call.pop("model")
         self.calls.append({**call, **({"deadline": deadline} if deadline else {})})
@@ -125,6 +130,7 @@ class RecordingSubmitter:
             deployment=deployment,
             input=input,
             deadline_at=NOW + deadline if deadline else None,
+            app=app,
         )
 
     def submit_training(
@@ -136,11 +142,15 @@ class RecordingSubmitter:
         metadata: Mapping[str, str],
         job_id: str | None,
         deadline: timedelta | None,
+        app: str | None,
     ) -> Job:
+        self.apps.append(app)
         self.calls.append(
             {"version": version, "destination": destination, "input": input, "job_id": job_id, "deadline": deadline}
         )
-        return Job(job_id=job_id or "t1", prediction_id="tr1", source="submit", kind="training", model=str(version))
+        return Job(
+            job_id=job_id or "t1", prediction_id="tr1", source="submit", kind="training", model=str(version), app=app
+        )
 
     def cancel(self, job_id: str) -> Job:
         self.calls.append({"cancel": job_id})
@@ -157,8 +167,10 @@ class RecordingSubmitter:
 @dataclass
 class MemoryStore:
     jobs: dict[str, Job] = field(default_factory=dict)
+    loaded: list[str] = field(default_factory=list)  # the ids looked up
 
     def load(self, job_id: str) -> Job | None:
+        self.loaded.append(job_id)
         return self.jobs.get(job_id)
 
     def resolve(self, job: Job) -> Job:
@@ -179,7 +191,8 @@ def serve(monkeypatch: pytest.MonkeyPatch, environ: Mapping[str, str]) -> Served
     endpoint = FakeGoogle()
     monkeypatch.setattr(module, "AUTH", ApiAuthenticator(module.SETTINGS.auth, certs=GoogleCerts(endpoint)))
     submitter, idempotency = RecordingSubmitter(), MemoryIdempotency()
-    jobs_api = JobsApi(store=MemoryStore(), submitter=submitter, idempotency=idempotency, firestore=None)  # type: ignore[arg-type]
+    # One set of jobs: those the API reads (and checks the caller of) are those the submitter cancels.
+    jobs_api = JobsApi(store=MemoryStore(submitter.jobs), submitter=submitter, idempotency=idempotency, firestore=None)  # type: ignore[arg-type]
     monkeypatch.setattr(module, "_JOBS_API", PerProcess(lambda: jobs_api))
     return Served(app.test_client(), module, submitter, idempotency, endpoint)
 
@@ -366,7 +379,7 @@ def test_a_training_retried_with_its_key_is_replayed_and_the_key_cannot_submit_a
 
 
 def test_a_cancel_is_202_with_the_job_and_again_202_while_it_is_open(served: Served) -> None:
-    served.submitter.jobs["j5"] = Job(job_id="j5", prediction_id="p5", state="processing")
+    served.submitter.jobs["j5"] = Job(job_id="j5", prediction_id="p5", state="processing", app=APP_ACCOUNT)
     for _ in range(2):
         response = cancel(served, "j5")
         assert response.status_code == 202, response.get_data(as_text=True)
@@ -377,14 +390,16 @@ def test_a_cancel_is_202_with_the_job_and_again_202_while_it_is_open(served: Ser
 
 @pytest.mark.parametrize("state", ["succeeded", "failed", "canceled", "aborted"])
 def test_a_cancel_of_a_final_job_is_a_409_naming_it(served: Served, state: str) -> None:
-    served.submitter.jobs["j6"] = Job(job_id="j6", state=state)
+    served.submitter.jobs["j6"] = Job(job_id="j6", state=state, app=APP_ACCOUNT)
     body = problem(cancel(served, "j6"), 409, "job-final")
     assert body["job_id"] == "j6"
     assert state in body["detail"]
 
 
 def test_a_cancel_replicate_cannot_be_asked_for_is_a_502_naming_the_job(served: Served) -> None:
-    served.submitter.jobs["j7"] = Job(job_id="j7", prediction_id="p7", state="starting", metadata={"replicate": "down"})
+    served.submitter.jobs["j7"] = Job(
+        job_id="j7", prediction_id="p7", state="starting", metadata={"replicate": "down"}, app=APP_ACCOUNT
+    )
     body = problem(cancel(served, "j7"), 502, "replicate-unavailable")
     assert body["job_id"] == "j7"
     assert "send it again" in body["detail"]
@@ -395,7 +410,8 @@ def test_a_cancel_of_no_job_is_a_404_and_an_id_no_job_can_have_is_not_looked_up(
     served: Served, job_id: str, looked_up: bool
 ) -> None:
     problem(cancel(served, job_id), 404, "not-found")
-    assert served.submitter.calls == ([{"cancel": job_id}] if looked_up else [])
+    assert served.module._JOBS_API.get().store.loaded == ([job_id] if looked_up else [])
+    assert served.submitter.calls == []
 
 
 # ---- hostile input: a precise 4xx naming the field, never a 500, never a submission ----
@@ -567,7 +583,7 @@ def test_paths_functions_framework_does_not_route_are_404_problems_too(served: S
 def test_a_stored_lone_surrogate_is_answered_as_its_json_escape(served: Served) -> None:
     """A job may hold a string that is not Unicode text (a webhook's `\\udc00` escape): the answer
     is still UTF-8 JSON, the character as its escape, rather than a 500."""
-    job = Job(job_id="j9", input={"prompt": "caf\u00e9 \udc00"}, metadata={"order": "A-1"})
+    job = Job(job_id="j9", input={"prompt": "caf\u00e9 \udc00"}, metadata={"order": "A-1"}, app=APP_ACCOUNT)
     served.module._JOBS_API.get().store.jobs["j9"] = job
     response = served.client.get("/v1/jobs/j9", headers=token())
     assert response.status_code == 200
@@ -674,7 +690,7 @@ def test_the_same_key_with_a_different_body_is_a_422(served: Served) -> None:
 
 def test_a_request_while_the_first_with_its_key_is_in_progress_is_a_409_with_retry_after(served: Served) -> None:
     request = fingerprint("POST", "/v1/jobs", BODY)
-    served.idempotency.claim("k-3", request)  # claimed, never answered: still in progress
+    served.idempotency.claim("k-3", request, caller=APP_ACCOUNT)  # claimed, never answered: still in progress
     response = post(served, BODY, headers={"Idempotency-Key": "k-3"})
     problem(response, 409, "idempotency-key-in-progress")
     assert 1 <= int(response.headers["Retry-After"]) <= 60
@@ -763,6 +779,7 @@ def test_auth_off_is_refused_on_cloud_run_naming_the_variable() -> None:
     [
         ({"RELAY_API_AUTH": "maybe"}, "RELAY_API_AUTH"),
         ({"RELAY_API_INVOKERS": "not-an-email"}, "RELAY_API_INVOKERS"),
+        ({"RELAY_API_OPERATORS": "serviceAccount:ops@example.com"}, "RELAY_API_OPERATORS"),
         ({"RELAY_API_AUDIENCE": "http://plain"}, "RELAY_API_AUDIENCE"),
         ({"RELAY_API_MAX_BODY_BYTES": "99999999"}, "RELAY_API_MAX_BODY_BYTES"),
         ({"RELAY_WEBHOOK_URL": ""}, "RELAY_WEBHOOK_URL"),
@@ -776,6 +793,77 @@ def test_a_bad_setting_stops_the_start_naming_its_variable(changes: dict[str, st
 def test_invokers_are_read_from_a_space_or_comma_separated_list() -> None:
     settings = ApiSettings.from_env({**ENV, "RELAY_API_INVOKERS": "a@p.iam.gserviceaccount.com, b@example.com"})
     assert settings.auth.invokers == ("a@p.iam.gserviceaccount.com", "b@example.com")
+
+
+# ---- apps kept apart: each app reads, lists and cancels its own jobs; operators read all ----
+
+OTHER_APP = "mail-app@unit-test-project.iam.gserviceaccount.com"
+OPERATOR = "oncall@example.com"
+
+
+@pytest.fixture
+def two_apps(monkeypatch: pytest.MonkeyPatch) -> Served:
+    return serve(
+        monkeypatch, {**ENV, "RELAY_API_INVOKERS": f"{APP_ACCOUNT} {OTHER_APP}", "RELAY_API_OPERATORS": OPERATOR}
+    )
+
+
+def test_a_submission_records_the_apps_verified_email_on_the_job(two_apps: Served) -> None:
+    response = post(two_apps, BODY, headers=token(email=OTHER_APP))
+    assert response.status_code == 201
+    assert response.get_json()["app"] == OTHER_APP
+    assert two_apps.submitter.apps == [OTHER_APP]
+
+
+def test_another_apps_job_is_a_404_like_no_job_and_an_operator_reads_it(two_apps: Served) -> None:
+    two_apps.submitter.jobs["j1"] = Job(job_id="j1", state="processing", app=APP_ACCOUNT)
+    two_apps.submitter.jobs["legacy"] = Job(job_id="legacy", state="processing")  # from the CLI or a webhook
+    assert two_apps.client.get("/v1/jobs/j1", headers=token()).status_code == 200
+    other = problem(two_apps.client.get("/v1/jobs/j1", headers=token(email=OTHER_APP)), 404, "not-found")
+    none = problem(two_apps.client.get("/v1/jobs/j0", headers=token(email=OTHER_APP)), 404, "not-found")
+    assert other["detail"].replace("j1", "j0") == none["detail"]  # nothing tells the two apart
+    problem(two_apps.client.get("/v1/jobs/legacy", headers=token()), 404, "not-found")
+    for job_id in ("j1", "legacy"):
+        assert two_apps.client.get(f"/v1/jobs/{job_id}", headers=token(email=OPERATOR)).get_json()["job_id"] == job_id
+
+
+def test_only_the_app_that_submitted_a_job_cancels_it(two_apps: Served) -> None:
+    two_apps.submitter.jobs["j1"] = Job(job_id="j1", prediction_id="p1", state="processing", app=APP_ACCOUNT)
+    post_cancel = two_apps.client.post
+    problem(post_cancel("/v1/jobs/j1/cancel", headers=token(email=OTHER_APP)), 404, "not-found")
+    problem(post_cancel("/v1/jobs/j1/cancel", headers=token(email=OPERATOR)), 403, "forbidden")
+    assert two_apps.submitter.calls == []
+    assert post_cancel("/v1/jobs/j1/cancel", headers=token()).status_code == 202
+    assert two_apps.submitter.calls == [{"cancel": "j1"}]
+
+
+def test_an_idempotency_key_is_the_callers_own(two_apps: Served) -> None:
+    key = {"Idempotency-Key": "order-A-1"}
+    first = post(two_apps, BODY, headers=key)
+    again = post(two_apps, BODY, headers=key)
+    other = post(two_apps, BODY, headers={**key, **token(email=OTHER_APP)})
+    assert (first.status_code, again.status_code, other.status_code) == (201, 201, 201)
+    assert again.headers["Idempotency-Replayed"] == "true"
+    assert "Idempotency-Replayed" not in other.headers
+    assert first.get_json()["job_id"] == again.get_json()["job_id"] != other.get_json()["job_id"]
+    assert two_apps.submitter.apps == [APP_ACCOUNT, OTHER_APP]
+
+
+def test_the_dev_caller_header_counts_only_with_auth_off(two_apps: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    two_apps.submitter.jobs["j1"] = Job(job_id="j1", state="processing", app=APP_ACCOUNT)
+    pretending = {**token(email=OTHER_APP), "X-Relay-Dev-Caller": APP_ACCOUNT}
+    problem(two_apps.client.get("/v1/jobs/j1", headers=pretending), 404, "not-found")
+
+    local = serve(monkeypatch, {**ENV, "RELAY_API_AUTH": "off"})
+    local.submitter.jobs["j1"] = Job(job_id="j1", state="processing", app=APP_ACCOUNT)
+    assert local.client.get("/v1/jobs/j1").status_code == 200  # the anonymous local caller reads all
+    assert local.client.get("/v1/jobs/j1", headers={"X-Relay-Dev-Caller": APP_ACCOUNT}).status_code == 200
+    problem(local.client.get("/v1/jobs/j1", headers={"X-Relay-Dev-Caller": OTHER_APP}), 404, "not-found")
+    problem(local.client.get("/v1/jobs/j1", headers={"X-Relay-Dev-Caller": "nobody"}), 401, "unauthenticated")
+
+
+def test_idempotency_records_of_two_callers_and_of_none_are_three_documents() -> None:
+    assert len({key_id("k", None), key_id("k", APP_ACCOUNT), key_id("k", OTHER_APP)}) == 3
 
 
 def test_the_checked_in_openapi_document_is_what_the_code_generates() -> None:

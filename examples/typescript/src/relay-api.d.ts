@@ -11,7 +11,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Jobs, newest `created_at` first, a page at a time. */
+        /** The caller's jobs (an operator's: every app's), newest `created_at` first, a page at a time. */
         get: operations["listJobs"];
         put?: never;
         /** Submit a prediction of a model or a deployment: the job, then the prediction with Relay's webhook. */
@@ -29,7 +29,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** The job document (schemas/job.v1.schema.json), timestamps as RFC 3339. */
+        /** The job document (schemas/job.v1.schema.json), timestamps as RFC 3339. Another app's job is a 404, as a job that does not exist (an operator reads every job). */
         get: operations["getJob"];
         put?: never;
         post?: never;
@@ -48,7 +48,7 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Cancel a job: record the request, ask Replicate to cancel its run. Idempotent; the job ends `canceled` when Replicate reports it. */
+        /** Cancel a job: record the request, ask Replicate to cancel its run. Idempotent; the job ends `canceled` when Replicate reports it. Only the app that submitted the job cancels it: another app's job is a 404, and an operator gets a 403. */
         post: operations["cancelJob"];
         delete?: never;
         options?: never;
@@ -338,6 +338,11 @@ export interface components {
                 [key: string]: string;
             };
             /**
+             * @description The app that submitted the job through Relay's API: the verified e-mail of its Google ID token. The API shows a job to that app alone (and to its operators), and job-events carries it as the `app` attribute, which an app's subscription filters on. Null for a job from the CLI, RelayClient or a webhook.
+             * @default null
+             */
+            app: string | null;
+            /**
              * @description When Relay gives up on the job: sent to Replicate as `Cancel-After` when submitted; past it, a job still open is canceled at Replicate by the reconciler and ends with `error_code` `deadline_exceeded`. Null: no deadline.
              * @default null
              */
@@ -612,7 +617,7 @@ export interface components {
         };
     };
     parameters: {
-        /** @description Any unique string (a UUID): a retry with the same key and body gets the first answer and never makes a second prediction; the same key with another body is a 422 (`idempotency-key-reused`); while the first is in progress, a 409 with Retry-After. Remembered for RELAY_API_IDEMPOTENCY_HOURS (24 by default). */
+        /** @description Any unique string (a UUID): a retry with the same key and body gets the first answer and never makes a second prediction; the same key with another body is a 422 (`idempotency-key-reused`); while the first is in progress, a 409 with Retry-After. Remembered for RELAY_API_IDEMPOTENCY_HOURS (24 by default). Keys are the caller's own: the same key from another app is another request. */
         IdempotencyKey: string;
     };
     requestBodies: never;
@@ -657,7 +662,7 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description Any unique string (a UUID): a retry with the same key and body gets the first answer and never makes a second prediction; the same key with another body is a 422 (`idempotency-key-reused`); while the first is in progress, a 409 with Retry-After. Remembered for RELAY_API_IDEMPOTENCY_HOURS (24 by default). */
+                /** @description Any unique string (a UUID): a retry with the same key and body gets the first answer and never makes a second prediction; the same key with another body is a 422 (`idempotency-key-reused`); while the first is in progress, a 409 with Retry-After. Remembered for RELAY_API_IDEMPOTENCY_HOURS (24 by default). Keys are the caller's own: the same key from another app is another request. */
                 "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
             };
             path?: never;
@@ -782,7 +787,7 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description Any unique string (a UUID): a retry with the same key and body gets the first answer and never makes a second prediction; the same key with another body is a 422 (`idempotency-key-reused`); while the first is in progress, a 409 with Retry-After. Remembered for RELAY_API_IDEMPOTENCY_HOURS (24 by default). */
+                /** @description Any unique string (a UUID): a retry with the same key and body gets the first answer and never makes a second prediction; the same key with another body is a 422 (`idempotency-key-reused`); while the first is in progress, a 409 with Retry-After. Remembered for RELAY_API_IDEMPOTENCY_HOURS (24 by default). Keys are the caller's own: the same key from another app is another request. */
                 "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
             };
             path?: never;
