@@ -1,4 +1,5 @@
-"""Authenticating push requests: the OIDC token Pub/Sub signs for each push subscription."""
+"""Authenticating the handlers' callers: the OIDC token Pub/Sub signs for each push subscription,
+and the one Cloud Scheduler signs for the reconciler."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ __all__ = [
     "CertsUnavailable",
     "GoogleCerts",
     "PushAuthenticator",
+    "scheduler_authenticator",
 ]
 
 
@@ -41,14 +43,20 @@ class PushAuthenticator:
     RELAY_PUSH_AUTH=off (the local emulator sends no token) every request passes.
     """
 
-    def __init__(self, settings: PushAuthSettings, *, certs: GoogleCerts | None = None) -> None:
+    def __init__(
+        self,
+        settings: PushAuthSettings,
+        *,
+        certs: GoogleCerts | None = None,
+        what: str = "push token",
+        missing: str = "no Authorization header: push requests carry Pub/Sub's OIDC token",
+        unavailable: str = "push_auth_unavailable",
+    ) -> None:
         self._settings = settings
         self._certs = certs or GoogleCerts(google.auth.transport.requests.Request())
-        self._verifier = IdTokenVerifier(
-            self._certs,
-            what="push token",
-            missing="no Authorization header: push requests carry Pub/Sub's OIDC token",
-        )
+        self._what = what
+        self._unavailable = unavailable
+        self._verifier = IdTokenVerifier(self._certs, what=what, missing=missing)
 
     def authenticate(self, authorization: str | None, *, host: str | None) -> None:
         """Check one request's Authorization and Host headers.
@@ -67,4 +75,16 @@ class PushAuthenticator:
         except TokenRejected as rejected:
             raise Unauthenticated(rejected.reason, rejected.message, status=rejected.status) from None
         except CertsUnavailable as error:
-            raise TransientError("push_auth_unavailable", f"cannot verify the push token: {error}") from None
+            raise TransientError(self._unavailable, f"cannot verify the {self._what}: {error}") from None
+
+
+def scheduler_authenticator(settings: PushAuthSettings, *, certs: GoogleCerts | None = None) -> PushAuthenticator:
+    """The reconciler's check of Cloud Scheduler's token: as a push handler's, with the scheduler's
+    account (RELAY_RECONCILE_INVOKER) and the reconciler's own URL (Scheduler's audience)."""
+    return PushAuthenticator(
+        settings,
+        certs=certs,
+        what="scheduler token",
+        missing="no Authorization header: the reconciler takes calls from Cloud Scheduler's OIDC token only",
+        unavailable="reconcile_auth_unavailable",
+    )

@@ -18,7 +18,7 @@ from opentelemetry.trace import Span
 
 from handlers import archive_outputs as archive_handler
 from handlers import job_status as job_status_handler
-from handlers.auth import PushAuthenticator
+from handlers.auth import PushAuthenticator, scheduler_authenticator
 from handlers.errors import TRANSIENT_ERRORS, HandlerError, TransientError
 from handlers.push import PushEnvelope, decode_event, parse_envelope
 from handlers.reconcile import ACTOR as RECONCILER
@@ -50,6 +50,9 @@ MAX_DELIVERY_ATTEMPTS = {
 # FUNCTION_TARGET names no push target (functions-framework sets it to the target it serves): such a
 # process refuses push requests rather than serve them unchecked.
 PUSH_AUTH = PushAuthenticator(SETTINGS.push) if SETTINGS.push else None
+# Checks Cloud Scheduler's OIDC token on each reconcile call (RELAY_RECONCILE_INVOKER's e-mail, the
+# service's own URL), where FUNCTION_TARGET is reconcile.
+RECONCILE_AUTH = scheduler_authenticator(SETTINGS.reconciler.caller) if SETTINGS.reconciler else None
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,8 @@ def reconcile(request: flask.Request) -> flask.Response:
     if SETTINGS.reconciler is None:  # the deployment did not set FUNCTION_TARGET=reconcile
         log.error("reconcile called but its settings were not loaded: set FUNCTION_TARGET=reconcile")
         return flask.make_response(({"error": "not_configured"}, 500))
+    if (refused := _refuse_caller(request)) is not None:
+        return refused
     started = time.perf_counter()
     # Each run is a trace of its own (Cloud Scheduler's request is only linked): a recovered
     # prediction's trace links back to it.
@@ -128,6 +133,23 @@ def reconcile(request: flask.Request) -> flask.Response:
     if telemetry.flush_each_request():
         telemetry.flush()
     return response
+
+
+def _refuse_caller(request: flask.Request) -> flask.Response | None:
+    """401/403 (and a log line) unless the call carries Cloud Scheduler's token for this service;
+    503 when Google's certificates cannot be had."""
+    if RECONCILE_AUTH is None:
+        return flask.make_response(({"error": "not_configured"}, 500))
+    try:
+        RECONCILE_AUTH.authenticate(request.headers.get("Authorization"), host=request.headers.get("Host"))
+    except HandlerError as error:
+        log.warning(
+            "reconcile call refused: %s",
+            error.message,
+            extra=logs.fields(handler="reconciler", outcome="refused", reason=error.reason, status=error.status),
+        )
+        return flask.make_response(({"error": error.reason, "message": error.message}, error.status))
+    return None
 
 
 def _make_reconciler() -> Reconciler:

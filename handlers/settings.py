@@ -29,35 +29,57 @@ _GCS_CHUNK_UNIT = 256 * 1024  # resumable upload chunks must be multiples of 256
 # The service name each function target reports its telemetry under, unless K_SERVICE or
 # OTEL_SERVICE_NAME says otherwise.
 _SERVICES = {"job_status": "job-status", "archive_outputs": "archive-outputs", "reconcile": "reconciler"}
-# The targets Pub/Sub pushes to. The reconciler is not one: Cloud Scheduler calls it with an OIDC
-# token that Cloud Run's IAM invoker check verifies before the request reaches the code.
+# The targets Pub/Sub pushes to. The reconciler is not one: Cloud Scheduler calls it, and it checks
+# Scheduler's token (ReconcilerSettings.caller).
 _PUSH_TARGETS = frozenset({"job_status", "archive_outputs"})
 
 
 @dataclass(frozen=True)
 class PushAuthSettings:
-    """How a push request proves Pub/Sub sent it (handlers/auth.py)."""
+    """How a request proves its caller (handlers/auth.py): Pub/Sub's token on a push handler,
+    Cloud Scheduler's on the reconciler."""
 
     mode: Literal["oidc", "off"]
-    service_account: str | None  # the e-mail Pub/Sub's token must carry; set whenever mode is oidc
+    service_account: str | None  # the e-mail the caller's token must carry; set whenever mode is oidc
     audience: str | None  # None: `https://<Host header>`, the service's own Cloud Run URL
 
     @classmethod
     def from_env(cls, env: Env) -> PushAuthSettings:
-        mode = token_check_mode(
-            env, "RELAY_PUSH_AUTH", off_is_for="the local Pub/Sub emulator", checks="Pub/Sub's OIDC token is"
+        return cls._read(
+            env,
+            account="RELAY_PUSH_SERVICE_ACCOUNT",
+            audience="RELAY_PUSH_AUDIENCE",
+            off_is_for="the local Pub/Sub emulator",
+            checks="Pub/Sub's OIDC token is",
+            caller="the service account Pub/Sub signs push requests as",
         )
+
+    @classmethod
+    def for_reconciler(cls, env: Env) -> PushAuthSettings:
+        """Cloud Scheduler's token on the reconciler. The same switch, RELAY_PUSH_AUTH, turns it off:
+        the local stack's scheduler posts without a token, as its Pub/Sub emulator pushes."""
+        return cls._read(
+            env,
+            account="RELAY_RECONCILE_INVOKER",
+            audience="RELAY_RECONCILE_AUDIENCE",
+            off_is_for="the local stack (its scheduler sends no token)",
+            checks="Cloud Scheduler's OIDC token is",
+            caller="the service account Cloud Scheduler calls the reconciler as (relay-scheduler)",
+        )
+
+    @classmethod
+    def _read(
+        cls, env: Env, *, account: str, audience: str, off_is_for: str, checks: str, caller: str
+    ) -> PushAuthSettings:
+        mode = token_check_mode(env, "RELAY_PUSH_AUTH", off_is_for=off_is_for, checks=checks)
         if mode == "off":
             return cls(mode="off", service_account=None, audience=None)
-        service_account = env.get_optional("RELAY_PUSH_SERVICE_ACCOUNT")
+        service_account = env.get_optional(account)
         if service_account is None:
-            raise ConfigError(
-                "RELAY_PUSH_SERVICE_ACCOUNT is required when RELAY_PUSH_AUTH=oidc (the default): the e-mail "
-                "of the service account Pub/Sub signs push requests as"
-            )
+            raise ConfigError(f"{account} is required when RELAY_PUSH_AUTH=oidc (the default): the e-mail of {caller}")
         if "@" not in service_account:
-            raise ConfigError(f"RELAY_PUSH_SERVICE_ACCOUNT must be a service account e-mail, got {service_account!r}")
-        return cls(mode="oidc", service_account=service_account, audience=env.get_optional("RELAY_PUSH_AUDIENCE"))
+            raise ConfigError(f"{account} must be a service account e-mail, got {service_account!r}")
+        return cls(mode="oidc", service_account=service_account, audience=env.get_optional(audience))
 
 
 @dataclass(frozen=True)
@@ -65,6 +87,7 @@ class ReconcilerSettings:
     replicate_token: Secret
     replicate_base_url: str
     run: ReconcileSettings
+    caller: PushAuthSettings  # Cloud Scheduler's OIDC token, checked on each call
 
     @classmethod
     def from_env(cls, env: Env) -> ReconcilerSettings:
@@ -82,6 +105,7 @@ class ReconcilerSettings:
                 requests_per_second=env.get_float("RELAY_RECONCILE_REQUESTS_PER_SECOND", 5.0, minimum=0.1),
                 cancel_tries=env.get_int("RELAY_RECONCILE_CANCEL_TRIES", 3, minimum=1, maximum=20),
             ),
+            caller=PushAuthSettings.for_reconciler(env),
         )
 
 

@@ -6,11 +6,13 @@
 locals {
   # Known at plan time (the account's e-mail is computed only once it exists).
   verifier_email = "relay-verify@${var.project_id}.iam.gserviceaccount.com"
+  # The reconciler's one caller (RELAY_RECONCILE_INVOKER, run.tf): the account below.
+  scheduler_email = "relay-scheduler@${var.project_id}.iam.gserviceaccount.com"
 
   runtime_accounts = {
     receiver      = "Relay receiver: publishes verified webhooks"
     reconciler    = "Relay reconciler: asks Replicate about quiet jobs"
-    "status-page" = "Relay status page: reads jobs, dead letters and metrics, writes nothing"
+    "status-page" = "Relay status page: reads jobs and metrics, writes nothing"
     api           = "Relay API: submits predictions and reads jobs for apps"
   }
   # job-status / archive-outputs, named after the topology's push handlers
@@ -25,9 +27,9 @@ locals {
   # The API writes jobs and idempotency keys; it publishes nothing (a submission Replicate refuses
   # is announced by the reconciler).
   firestore_users = concat(keys(local.handler_services), ["reconciler", "api"])
-  # The status page only reads: jobs in Firestore (counts by state, stuck jobs, the latest) and
-  # the push subscriptions' backlogs and the receiver's verification failures in Cloud Monitoring
-  # (time series). Its dead-letter counts are grants on those subscriptions (below).
+  # The status page only reads: jobs in Firestore (counts by state, stuck jobs, the latest) and,
+  # in Cloud Monitoring (time series), every subscription's backlog, dead letters included, and
+  # the receiver's verification failures. It holds nothing on Pub/Sub (below).
   status_page_roles = ["roles/datastore.viewer", "roles/monitoring.viewer"]
   project_grants = merge(
     {
@@ -132,16 +134,9 @@ resource "google_storage_bucket_iam_member" "handler_objects" {
   member   = google_service_account.service[each.value.account].member
 }
 
-# The status page counts each dead-letter backlog by pulling and handing every message straight
-# back (replicate_relay/ops/status.py: pull, then modifyAckDeadline 0; nothing is acknowledged, and it never
-# gets or lists subscriptions, so no pubsub.viewer). subscriber is the narrowest predefined role
-# with pubsub.subscriptions.consume, granted on these two subscriptions only.
-resource "google_pubsub_subscription_iam_member" "status_page_counts_dead_letters" {
-  for_each     = local.dead_letters
-  subscription = google_pubsub_subscription.dead_letter[each.key].id
-  role         = "roles/pubsub.subscriber"
-  member       = google_service_account.service["status-page"].member
-}
+# The status page holds no role on any subscription: it reads the dead-letter backlogs, like the
+# push ones, from Cloud Monitoring (monitoring.viewer, above). A role that can pull (subscriber)
+# can also acknowledge, which would delete the only copies kept for `relay replay`.
 
 # ---- callers: Scheduler invokes the reconciler only; Pub/Sub push invokes the handlers only ----
 

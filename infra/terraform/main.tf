@@ -35,6 +35,8 @@ resource "google_project_service" "apis" {
     # Spans go to the Telemetry API (replicate_relay/telemetry.py), which drops them unless Cloud Trace's API
     # is enabled too; `relay trace --gcp` reads them back through Cloud Trace's API.
     "cloudtrace.googleapis.com",
+    # Firestore's security rules (firestore.tf: deny all to Firebase's client SDKs).
+    "firebaserules.googleapis.com",
     "firestore.googleapis.com",
     "iam.googleapis.com",
     "logging.googleapis.com",

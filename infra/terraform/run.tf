@@ -81,7 +81,9 @@ locals {
         max         = 1
         memory      = "512Mi"
         cpu_idle    = true
-        env         = local.handler_env
+        # The reconciler checks Scheduler's OIDC token in code too (handlers/auth.py): signed by
+        # Google for its own URL (from the Host header), e-mail relay-scheduler's (scheduler.tf).
+        env = merge(local.handler_env, { RELAY_RECONCILE_INVOKER = local.scheduler_email })
       }
       # Private, the operators' status page (replicate_relay/ops/statuspage.py; docs/OPERATIONS.md): read-only,
       # opened with `gcloud run services proxy status-page`, which runs on the operator's machine
@@ -89,8 +91,8 @@ locals {
       # ingress is ALL (internal-only ingress would refuse the proxy from outside the VPC) and IAM
       # is what keeps it private: run.invoker only for var.status_page_viewers (iam.tf). Nothing
       # but the URL's existence is exposed to a caller without a token (Cloud Run answers 403).
-      # One instance, billed only while a page is served: each request counts the dead letters by
-      # pulling and handing them back, so a few viewers refreshing every 10 s need no more; 4 at a
+      # One instance, billed only while a page is served: a few viewers refreshing every 10 s need
+      # no more (each refresh reads Firestore and Cloud Monitoring); 4 at a
       # time (THREADS = 4, so none waits for a thread), 60 s for the 5 s-bounded API calls of a
       # refresh. 512Mi: the smallest size both Cloud Run execution environments accept.
       "status-page" = {

@@ -1,5 +1,7 @@
 # Cloud Scheduler calls the reconciler every 5 minutes with an OIDC token for its service
-# account, which may invoke the reconciler and nothing else.
+# account, which may invoke the reconciler and nothing else. Cloud Run's IAM checks the token
+# (run.invoker, iam.tf), and so does the reconciler itself: audience its own URL, e-mail this
+# account's (RELAY_RECONCILE_INVOKER, run.tf).
 
 resource "google_cloud_scheduler_job" "reconcile" {
   name             = "relay-reconcile"

@@ -1,7 +1,7 @@
 # The archive bucket: "<project>-<topology.bucket.name_suffix>", private, objects expire.
 
 resource "google_storage_bucket" "outputs" {
-  # checkov:skip=CKV_GCP_62: access is audited by Cloud Audit Logs (Data Access), not legacy bucket access logs
+  # checkov:skip=CKV_GCP_62: reads and writes are in Cloud Audit Logs (Data Access, audit.tf), not legacy bucket access logs
   # checkov:skip=CKV_GCP_78: objects are written once under deterministic names (if_generation_match=0); soft delete covers mistakes
   name                        = local.bucket_name
   location                    = var.region

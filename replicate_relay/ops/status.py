@@ -23,7 +23,8 @@ from replicate_relay.ops.render import age, duration, iso, table
 from replicate_relay.ops.replay import pull, release
 from replicate_relay.topology import Topology
 
-COUNT_CAP = 1000  # dead letters counted by pulling; beyond this the backlog shows as "1000+"
+COUNT_CAP = 1000  # dead letters counted by pulling (emulators); beyond this the backlog shows as "1000+"
+DEAD_LETTER = "dead-letter (pull)"  # the kind of subscription: dead letters wait in pull subscriptions
 PUSH_LOCALLY = "n/a locally (Cloud Monitoring in production)"
 NO_MONITORING = "n/a (no Cloud Monitoring client)"
 FAILURES_WINDOW = timedelta(hours=1)  # describe_failures says "hour"
@@ -32,7 +33,7 @@ FAILURES_WINDOW = timedelta(hours=1)  # describe_failures says "hour"
 @dataclass(frozen=True)
 class SubscriptionStatus:
     name: str
-    kind: str  # "push" or "dead-letter (pull)"
+    kind: str  # "push" or DEAD_LETTER
     backlog: int | None  # None: not obtainable here (see note)
     backlog_capped: bool  # counting stopped at COUNT_CAP
     oldest_age_seconds: float | None
@@ -69,15 +70,15 @@ def collect_status(
     metrics: monitoring.MetricQuery | None = None,
     metrics_path: Path | None = None,
 ) -> Status:
-    """Everything `relay status` shows. Dead-letter backlogs are counted by pulling and handing
-    every message straight back (nothing is acknowledged). Push backlogs and verification failures
-    come from Cloud Monitoring (`metrics`) in production; on the emulators, which have no metrics,
-    push backlogs are not available and failures come from the local metrics file (`metrics_path`,
-    default RELAY_METRICS_FILE)."""
+    """Everything `relay status` shows. Backlogs, dead letters' included, and verification failures
+    come from Cloud Monitoring (`metrics`) in production, so nothing there needs a Pub/Sub role (the
+    status page holds none: a role that pulls can acknowledge). On the emulators, which have no
+    metrics, dead-letter backlogs are counted by pulling and handing every message straight back
+    (nothing is acknowledged), push backlogs are not available, and failures come from the local
+    metrics file (`metrics_path`, default RELAY_METRICS_FILE)."""
     subscriptions = push_subscriptions(metrics, settings, [s.name for s in topology.subscriptions], now=now)
-    with settings.pubsub_errors():
-        for subscription in topology.subscriptions:
-            subscriptions.append(dead_letter_backlog(subscriber, settings, subscription.dead_letter.subscription, now))
+    dead_letters = [subscription.dead_letter.subscription for subscription in topology.subscriptions]
+    subscriptions.extend(dead_letter_subscriptions(subscriber, metrics, settings, dead_letters, now=now))
     with settings.firestore_errors():
         jobs = db.collection(JOBS)
         by_state = {
@@ -160,6 +161,27 @@ def _count(query: Any, settings: OpsSettings) -> int:
     return int(results[0][0].value)
 
 
+def dead_letter_subscriptions(
+    subscriber: pubsub_v1.SubscriberClient,
+    metrics: monitoring.MetricQuery | None,
+    settings: OpsSettings,
+    names: list[str],
+    *,
+    now: datetime,
+) -> list[SubscriptionStatus]:
+    """Dead-letter backlogs: Cloud Monitoring's latest samples in production (as the push backlogs),
+    counted by pulling on the emulators."""
+    if settings.on_emulators:
+        with settings.pubsub_errors():
+            return [dead_letter_backlog(subscriber, settings, name, now) for name in names]
+    if metrics is None:
+        return [SubscriptionStatus(name, DEAD_LETTER, None, False, None, NO_MONITORING) for name in names]
+    return [
+        SubscriptionStatus(b.subscription, DEAD_LETTER, b.undelivered, False, b.oldest_age_seconds, b.note)
+        for b in monitoring.push_backlogs(metrics, settings, names, now=now)
+    ]
+
+
 def dead_letter_backlog(
     subscriber: pubsub_v1.SubscriberClient, settings: OpsSettings, name: str, now: datetime
 ) -> SubscriptionStatus:
@@ -183,7 +205,7 @@ def dead_letter_backlog(
         release(subscriber, path, held, settings)
     age_seconds = (now - oldest).total_seconds() if oldest else None
     note = "counted by pulling; nothing acknowledged"
-    return SubscriptionStatus(name, "dead-letter (pull)", count, count >= COUNT_CAP, age_seconds, note)
+    return SubscriptionStatus(name, DEAD_LETTER, count, count >= COUNT_CAP, age_seconds, note)
 
 
 def render_status(status: Status) -> str:

@@ -82,8 +82,8 @@ _collecting = threading.Lock()
 def collect_page(clients: Clients, *, now: datetime) -> PageData:
     """What `relay status` collects, and the most recent jobs; OpsError when a Google API cannot be read."""
     settings = clients.settings
-    # One collection at a time: dead letters are counted by pulling them and handing them back, so
-    # two at once would each see part of the backlog.
+    # One collection at a time: on the emulators dead letters are counted by pulling them and
+    # handing them back, so two at once would each see part of the backlog.
     with _collecting:
         status = collect_status(
             clients.subscriber, clients.db, clients.topology, settings, now=now, metrics=clients.metrics

@@ -160,7 +160,7 @@ def _deploys() -> dict[str, tuple[dict[str, Any], dict[str, str]]]:
 
 def test_the_terraform_module_has_every_expected_file() -> None:
     expected = {"versions.tf", "variables.tf", "main.tf", "iam.tf", "pubsub.tf", "storage.tf", "firestore.tf"}
-    expected |= {"run.tf", "scheduler.tf", "secrets.tf", "monitoring.tf", "outputs.tf"}
+    expected |= {"run.tf", "scheduler.tf", "secrets.tf", "monitoring.tf", "outputs.tf", "audit.tf"}
     assert expected <= {path.name for path in TF_FILES}
 
 
@@ -430,16 +430,81 @@ def test_the_status_page_account_reads_and_writes_nothing() -> None:
     assert all(
         "status-page" not in secret["services"] for secret in _locals(TERRAFORM / "secrets.tf")["secrets"].values()
     )
-    # On the resources themselves: subscriber on the two dead-letter subscriptions, to count them.
-    assert [(rtype, name) for rtype, name, _ in direct] == [
-        ("google_pubsub_subscription_iam_member", "status_page_counts_dead_letters")
-    ]
-    dead_letters = direct[0][2]
-    assert dead_letters["for_each"] == "${local.dead_letters}"
-    assert dead_letters["subscription"] == "${google_pubsub_subscription.dead_letter[each.key].id}"
-    roles.add(dead_letters["role"])
-    assert roles == TELEMETRY_ROLES | {"roles/datastore.viewer", "roles/monitoring.viewer", "roles/pubsub.subscriber"}
+    # Nothing on any resource itself: its dead-letter counts come from Cloud Monitoring.
+    assert direct == []
+    assert roles == TELEMETRY_ROLES | {"roles/datastore.viewer", "roles/monitoring.viewer"}
     assert not roles & WRITE_ROLES
+
+
+# Predefined roles holding pubsub.subscriptions.consume, with which a pull can be acknowledged: an
+# acknowledged dead letter is gone, and with it the only copy kept for `relay replay`.
+CONSUMING_ROLES = {"roles/pubsub.subscriber", "roles/pubsub.editor", "roles/pubsub.admin"}
+
+
+def test_the_status_page_cannot_acknowledge_a_dead_letter() -> None:
+    status_page = []
+    for rtype, name, body in _resources():
+        if not re.search(r"_iam_(member|binding|policy)$", rtype):
+            continue
+        member = str(body.get("member", "")) + str(body.get("members", ""))
+        if "status-page" in member or "each.value.account" in member:
+            status_page.append((rtype, name, body))
+    # Grants keyed by account (project roles) name the status page in the map they iterate.
+    iam = _locals(TERRAFORM / "iam.tf")
+    project_roles = set(iam["status_page_roles"]) | TELEMETRY_ROLES
+    assert not project_roles & CONSUMING_ROLES
+    assert not any(role.startswith("roles/pubsub.") for role in project_roles)
+    on_subscriptions = [(t, n) for t, n, body in status_page if t.startswith("google_pubsub_subscription_iam")]
+    assert on_subscriptions == []
+    # And no subscription grant anywhere names the status page's account in another spelling.
+    for rtype, name, body in _resources():
+        if rtype.startswith("google_pubsub_"):
+            assert "status-page" not in json.dumps(body), f"{rtype}.{name}"
+
+
+# ---- audit logs and Firestore's rules ----
+
+
+def test_reads_of_secrets_and_bucket_objects_are_audit_logged() -> None:
+    audit = _resource("google_project_iam_audit_config", "data_access")
+    assert audit["for_each"] == "${local.data_access_audit}"
+    assert audit["project"] == "${var.project_id}"
+    assert audit["service"] == "${each.key}"
+    dynamic = audit["dynamic"][0]["audit_log_config"]
+    assert dynamic["for_each"] == "${each.value}"
+    assert dynamic["content"] == [{"log_type": "${audit_log_config.value}"}]
+    assert "exempted_members" not in json.dumps(audit)  # nobody's reads go unlogged
+    logged = _locals(TERRAFORM / "audit.tf")["data_access_audit"]
+    assert logged == {
+        "storage.googleapis.com": ["ADMIN_READ", "DATA_READ", "DATA_WRITE"],
+        "secretmanager.googleapis.com": ["ADMIN_READ", "DATA_READ"],
+    }
+    # The bucket's skipped access-logging check rests on exactly these logs.
+    assert "Data Access, audit.tf" in (TERRAFORM / "storage.tf").read_text()
+
+
+def test_firestores_security_rules_deny_every_client_sdk_request() -> None:
+    ruleset = _resource("google_firebaserules_ruleset", "firestore")
+    files = _block(_block(ruleset, "source"), "files")
+    assert files["name"] == "firestore.rules"
+    rules = re.sub(r"\s+", " ", files["content"].removeprefix("<<-RULES").removesuffix("RULES")).strip()
+    assert rules == (
+        "rules_version = '2'; service cloud.firestore { match /databases/{database}/documents { "
+        "match /{document=**} { allow read, write: if false; } } }"
+    )
+    assert "${google_firestore_database.default}" in ruleset["depends_on"]
+    release = _resource("google_firebaserules_release", "firestore")
+    assert release["name"] == "cloud.firestore"  # the (default) database's release
+    ruleset_name = "projects/${var.project_id}/rulesets/${google_firebaserules_ruleset.firestore.name}"
+    assert release["ruleset_name"] == ruleset_name
+    assert _block(release, "lifecycle")["replace_triggered_by"] == ["${google_firebaserules_ruleset.firestore}"]
+    apis = _resource("google_project_service", "apis")["for_each"]
+    assert "firebaserules.googleapis.com" in apis
+    # The only resources of either type: no second ruleset or release can open a path.
+    assert [(t, n) for t, n, _ in _resources() if t.startswith("google_firebaserules_")] == [
+        ("google_firebaserules_ruleset", "firestore"),
+        ("google_firebaserules_release", "firestore"),
+    ]
 
 
 # ---- the push handlers check Pub/Sub's OIDC token against the push account ----
@@ -463,6 +528,21 @@ def test_push_handlers_get_the_account_their_subscriptions_push_as() -> None:
     # Run service, such as its URI: the for_each resource would depend on itself.
     assert not re.search(r'RELAY_PUSH_AUTH = (?!"oidc")', run["services"])
     assert "google_cloud_run_v2_service" not in json.dumps(run)
+
+
+def test_the_reconciler_accepts_schedulers_token_only() -> None:
+    job = _resource("google_cloud_scheduler_job", "reconcile")
+    oidc = _block(_block(job, "http_target"), "oidc_token")
+    assert oidc["service_account_email"] == "${google_service_account.scheduler.email}"
+    # The reconciler takes the expected audience from its Host header: Scheduler's target URL.
+    assert oidc["audience"] == _block(job, "http_target")["uri"]
+    assert _resource("google_service_account", "scheduler")["account_id"] == "relay-scheduler"
+    iam = _locals(TERRAFORM / "iam.tf")
+    assert iam["scheduler_email"] == "relay-scheduler@${var.project_id}.iam.gserviceaccount.com"
+    services = _services()
+    assert "RELAY_RECONCILE_INVOKER = local.scheduler_email" in services["reconciler"]["env"]
+    others = [entry["env"] for name, entry in services.items() if name != "reconciler"]
+    assert all("RELAY_RECONCILE_INVOKER" not in env for env in others)
 
 
 # ---- telemetry: every service exports traces and metrics, and may ----

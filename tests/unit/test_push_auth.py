@@ -39,6 +39,7 @@ from replicate_relay.config import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVICE_ACCOUNT = "relay-push@unit-test-project.iam.gserviceaccount.com"
+SCHEDULER = "relay-scheduler@unit-test-project.iam.gserviceaccount.com"
 AUDIENCE = "https://job-status-abcdefghij-uc.a.run.app"
 KEY_ID = "unit-key-1"
 OIDC = PushAuthSettings(mode="oidc", service_account=SERVICE_ACCOUNT, audience=AUDIENCE)
@@ -471,10 +472,19 @@ def test_verification_can_never_be_switched_off_on_cloud_run() -> None:
 
 
 def test_the_reconciler_needs_no_push_settings_and_ignores_them() -> None:
-    env = {**PUSH_ENV, "FUNCTION_TARGET": "reconcile", "REPLICATE_API_TOKEN": "r8_unit", **CLOUD_RUN}
+    env = {
+        **PUSH_ENV,
+        "FUNCTION_TARGET": "reconcile",
+        "REPLICATE_API_TOKEN": "r8_unit",
+        "RELAY_RECONCILE_INVOKER": SCHEDULER,
+        **CLOUD_RUN,
+    }
 
     assert HandlerSettings.from_env(env).push is None
-    assert HandlerSettings.from_env({**env, "RELAY_PUSH_AUTH": "off"}).push is None
+    # Off Cloud Run the switch may be off; it then turns off the reconciler's check of Scheduler's
+    # token (tests/unit/test_reconcile_auth.py), and still reads no push settings.
+    local = {key: value for key, value in env.items() if key not in CLOUD_RUN}
+    assert HandlerSettings.from_env({**local, "RELAY_PUSH_AUTH": "off"}).push is None
 
 
 def test_without_a_function_target_no_push_settings_are_read() -> None:

@@ -233,7 +233,12 @@ def test_handler_reads_every_variable() -> None:
 
 
 def test_reconciler_polls_adopted_jobs_after_their_own_shorter_threshold() -> None:
-    env = {**HANDLER_ENV, "FUNCTION_TARGET": "reconcile", "REPLICATE_API_TOKEN": "r8_test"}
+    env = {
+        **HANDLER_ENV,
+        "FUNCTION_TARGET": "reconcile",
+        "REPLICATE_API_TOKEN": "r8_test",
+        "RELAY_RECONCILE_INVOKER": "relay-scheduler@unit-test-project.iam.gserviceaccount.com",
+    }
     defaults = HandlerSettings.from_env(env).reconciler
     assert defaults is not None
     assert (defaults.run.quiet_after, defaults.run.adopted_after) == (timedelta(minutes=10), timedelta(seconds=60))

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from google.api_core import exceptions as google_exceptions
 from google.cloud import monitoring_v3
+from google.pubsub_v1 import types as pubsub_v1_types
 from opentelemetry.exporter.otlp.json.file import FileMetricExporter
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
@@ -18,7 +19,12 @@ from opentelemetry.sdk.resources import Resource
 from replicate_relay.ops import monitoring
 from replicate_relay.ops.context import OpsSettings
 from replicate_relay.ops.metrics_file import METRIC, count_failures, metrics_file_path, read_failures
-from replicate_relay.ops.status import push_subscriptions, recent_verification_failures
+from replicate_relay.ops.status import (
+    DEAD_LETTER,
+    dead_letter_subscriptions,
+    push_subscriptions,
+    recent_verification_failures,
+)
 
 NOW = datetime(2026, 11, 29, 15, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -282,6 +288,94 @@ def test_push_backlogs_take_the_latest_sample_per_subscription_from_the_last_ten
         monitoring.UNDELIVERED,
         monitoring.OLDEST_UNACKED_AGE,
     }
+
+
+class NoPubSub:
+    """A subscriber that fails any call: in production the dead letters are not Pub/Sub's to count."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"Pub/Sub's {name} called: dead letters come from Cloud Monitoring in production")
+
+
+@pytest.mark.usefixtures("in_production")
+def test_in_production_dead_letters_are_counted_from_cloud_monitoring_without_pulling() -> None:
+    client = FakeMetricService(
+        {
+            monitoring.UNDELIVERED: [series(subscription="job-status-dead-letter", points=[(ago(2), 4)])],
+            monitoring.OLDEST_UNACKED_AGE: [series(subscription="job-status-dead-letter", points=[(ago(2), 3600)])],
+        }
+    )
+    names = ["job-status-dead-letter", "archive-outputs-dead-letter"]
+
+    rows = dead_letter_subscriptions(NoPubSub(), client, SETTINGS, names, now=NOW)  # type: ignore[arg-type]
+
+    assert [(r.name, r.kind, r.backlog, r.backlog_capped, r.oldest_age_seconds, r.note) for r in rows] == [
+        ("job-status-dead-letter", DEAD_LETTER, 4, False, 3600.0, "Cloud Monitoring, sampled 120s ago"),
+        (
+            "archive-outputs-dead-letter",
+            DEAD_LETTER,
+            None,
+            False,
+            None,
+            "n/a: no Cloud Monitoring sample in the last 10 minutes",
+        ),
+    ]
+    assert 'one_of("job-status-dead-letter", "archive-outputs-dead-letter")' in client.requests[0]["filter"]
+
+
+@pytest.mark.usefixtures("in_production")
+def test_in_production_dead_letters_without_monitoring_are_not_available_rather_than_pulled() -> None:
+    refused = FakeMetricService({}, error=google_exceptions.PermissionDenied("no"))
+
+    refused_rows = dead_letter_subscriptions(NoPubSub(), refused, SETTINGS, ["d"], now=NOW)  # type: ignore[arg-type]
+    absent_rows = dead_letter_subscriptions(NoPubSub(), None, SETTINGS, ["d"], now=NOW)  # type: ignore[arg-type]
+
+    assert [(r.backlog, r.note) for r in refused_rows] == [
+        (None, "n/a: no permission to read Cloud Monitoring (roles/monitoring.viewer)")
+    ]
+    assert [(r.backlog, r.note) for r in absent_rows] == [(None, "n/a (no Cloud Monitoring client)")]
+
+
+class CountingSubscriber:
+    """The emulator's side of counting by pulling: `waiting` messages, handed out once; records
+    what was done with them."""
+
+    def __init__(self, waiting: int) -> None:
+        self.waiting = [f"ack-{n}" for n in range(waiting)]
+        self.acknowledged: list[str] = []
+        self.released: list[str] = []
+
+    def subscription_path(self, project: str, name: str) -> str:
+        return f"projects/{project}/subscriptions/{name}"
+
+    def pull(self, request: dict[str, Any], **options: Any) -> Any:
+        batch, self.waiting = self.waiting[: request["max_messages"]], self.waiting[request["max_messages"] :]
+        published = {"seconds": int(ago(5).timestamp())}
+        messages = [{"ack_id": ack_id, "message": {"publish_time": published}} for ack_id in batch]
+        return pubsub_v1_types.PullResponse(received_messages=messages)
+
+    def modify_ack_deadline(self, request: dict[str, Any], **options: Any) -> None:
+        assert request["ack_deadline_seconds"] == 0
+        self.released.extend(request["ack_ids"])
+
+    def acknowledge(self, request: dict[str, Any], **options: Any) -> None:
+        self.acknowledged.extend(request["ack_ids"])
+
+
+@pytest.mark.usefixtures("on_emulators")
+def test_locally_dead_letters_are_counted_by_pulling_and_every_one_is_handed_back_unacknowledged() -> None:
+    subscriber = CountingSubscriber(waiting=150)
+    client = FakeMetricService({})
+
+    [row] = dead_letter_subscriptions(subscriber, client, SETTINGS, ["d"], now=NOW)  # type: ignore[arg-type]
+
+    assert (row.kind, row.backlog, row.oldest_age_seconds, row.note) == (
+        DEAD_LETTER,
+        150,
+        300.0,
+        "counted by pulling; nothing acknowledged",
+    )
+    assert (len(subscriber.released), subscriber.acknowledged, client.requests) == (150, [], [])
 
 
 @pytest.mark.usefixtures("in_production")

@@ -103,7 +103,8 @@ def test_the_other_services() -> None:
     job_status, reconciler, status_page = envs["job-status"], envs["reconciler"], envs["status-page"]
     assert set(job_status.values) == COMMON | HANDLER | {"THREADS", "RELAY_PUSH_SERVICE_ACCOUNT"}
     assert job_status.values["FUNCTION_TARGET"] == "job_status"
-    assert set(reconciler.values) == COMMON | HANDLER
+    assert set(reconciler.values) == COMMON | HANDLER | {"RELAY_RECONCILE_INVOKER"}
+    assert reconciler.values["RELAY_RECONCILE_INVOKER"] == f"relay-scheduler@{PROJECT}.iam.gserviceaccount.com"
     assert reconciler.values["FUNCTION_TARGET"] == "reconcile"
     assert reconciler.secrets == {"REPLICATE_API_TOKEN": "relay-replicate-api-token"}  # variables.tf's default
     assert set(status_page.values) == COMMON | {"THREADS"}
