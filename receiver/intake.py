@@ -9,13 +9,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from receiver import errors
-from receiver.limiter import FailureLimiter
+from receiver.limiter import FailureLimiter, InFlight
 from receiver.settings import ReceiverSettings
 from replicate_relay.bodies import BodyStore
 from replicate_relay.events import EventAttributes, PayloadError, Source, parse_prediction_ref
 from replicate_relay.publisher import AsyncPublisher, PublishError
 from replicate_relay.serve import BoundedBody
-from replicate_relay.webhooks import VerificationError, check_headers, verify
+from replicate_relay.webhooks import SignatureCheck, VerificationError, VerifiedWebhook, check_headers
 
 # How long a large body waits for the one per process being read before the receiver answers 503
 # (Replicate retries it); far inside Replicate's own request timeout.
@@ -33,7 +33,12 @@ class Accepted:
 
 
 class Intake:
-    """Verifies, validates and publishes one webhook. One instance per process."""
+    """Verifies, validates and publishes one webhook. One instance per process.
+
+    Everything that needs no body is checked before any of it is read: the client's limits, the
+    content type, the three webhook headers and their timestamp, the declared length. A request
+    refused on those costs its headers only, whatever body it was sending.
+    """
 
     def __init__(
         self,
@@ -55,6 +60,7 @@ class Intake:
             burst=settings.failure_burst,
             per_second=settings.failure_per_second,
             max_clients=settings.failure_max_clients,
+            max_in_flight=settings.max_in_flight_per_client,
         )
 
     async def handle(
@@ -65,54 +71,53 @@ class Intake:
         client: str,
     ) -> Accepted:
         """Raise an `errors.Rejected` subclass for anything that is not a validly signed prediction."""
-        if not self.limiter.allows(client, self._clock()):
-            raise errors.TooManyFailures("too_many_failures", "too many failed requests from this client; slow down")
+        in_flight = self.limiter.admit(client, self._clock())
+        if in_flight is None:
+            raise errors.TooManyFailures("too_many_failures", "too many failed or pending requests from this client")
         try:
-            return await self._handle(headers, body)
+            return await self._handle(headers, body, in_flight)
         except errors.PublishUnavailable:
             raise
         except errors.Rejected:
             self.limiter.record_failure(client, self._clock())
             raise
+        finally:
+            in_flight.release()
 
-    async def _handle(self, headers: Mapping[str, str], body: AsyncIterator[bytes]) -> Accepted:
+    async def _handle(self, headers: Mapping[str, str], body: AsyncIterator[bytes], in_flight: InFlight) -> Accepted:
         check_content_type(headers.get("content-type"))
+        try:
+            signed = check_headers(headers, now=self._clock(), tolerance_seconds=self._settings.tolerance_seconds)
+        except VerificationError as error:
+            raise _rejected(error) from None
+        inline = self._settings.max_body_bytes
+        limit = inline if self._bodies is None else self._settings.max_stored_body_bytes
+        declared = declared_length(headers.get("content-length"), limit)
+        signature = SignatureCheck(signed, self._settings.signing_keys)
         async with contextlib.AsyncExitStack() as large:
-            return await self._accept(headers, body, large)
-
-    async def _accept(
-        self, headers: Mapping[str, str], body: AsyncIterator[bytes], large: contextlib.AsyncExitStack
-    ) -> Accepted:
-        limit = self._settings.max_body_bytes
-        if self._bodies is None:
-            raw = await read_body(body, headers.get("content-length"), limit)
-        else:
             raw = await read_body(
                 body,
-                headers.get("content-length"),
-                self._settings.max_stored_body_bytes,
-                past=limit,
-                on_past=lambda: self._enter_large(headers, large),
+                declared,
+                limit,
+                on_piece=signature.update,
+                past=inline if self._bodies is not None else None,
+                on_past=lambda: self._enter_large(large),
             )
-        try:
-            verified = verify(
-                headers,
-                raw,
-                keys=self._settings.signing_keys,
-                now=self._clock(),
-                tolerance_seconds=self._settings.tolerance_seconds,
-            )
-        except VerificationError as error:
-            kind = errors.BadRequest if error.malformed else errors.Unauthorized
-            raise kind(error.reason, error.message, verification=True) from None
+            try:
+                verified = signature.verified()
+            except VerificationError as error:
+                raise _rejected(error) from None
+            in_flight.release()  # signed by Replicate: no longer counted against its address
+            return await self._publish(raw, verified)
+
+    async def _publish(self, raw: bytes, verified: VerifiedWebhook) -> Accepted:
         try:
             prediction = parse_prediction_ref(raw)
         except PayloadError as error:
             raise errors.BadRequest(error.reason, error.message) from None
-
         attributes = EventAttributes.of(prediction, verified.webhook_id, verified.timestamp, Source.WEBHOOK)
         data, message_attributes = raw, attributes.to_message()
-        if self._bodies is not None and len(raw) > limit:
+        if self._bodies is not None and len(raw) > self._settings.max_body_bytes:
             try:
                 data, message_attributes = await asyncio.to_thread(
                     self._bodies.message, raw, message_attributes, prediction.id
@@ -126,15 +131,9 @@ class Intake:
             raise errors.PublishUnavailable("publish_failed", str(error)) from None
         return Accepted(prediction.id, prediction.status, verified.webhook_id, message_id)
 
-    async def _enter_large(self, headers: Mapping[str, str], large: contextlib.AsyncExitStack) -> None:
-        """Before a body is read past the inline limit: its headers must be a webhook's, signed and in
-        time (checked without the body, so a request that is not costs no more than a 4 MiB one),
-        and it waits for its turn (the semaphore, held until the request is done)."""
-        try:
-            check_headers(headers, now=self._clock(), tolerance_seconds=self._settings.tolerance_seconds)
-        except VerificationError as error:
-            kind = errors.BadRequest if error.malformed else errors.Unauthorized
-            raise kind(error.reason, error.message, verification=True) from None
+    async def _enter_large(self, large: contextlib.AsyncExitStack) -> None:
+        """Before a body is read past the inline limit (its headers have passed): wait for its turn
+        (the semaphore, held until the request is done)."""
         try:
             await asyncio.wait_for(self._large.acquire(), LARGE_BODY_WAIT_SECONDS)
         except TimeoutError:
@@ -142,6 +141,11 @@ class Intake:
                 "large_body_busy", "another large body is being received; retry shortly"
             ) from None
         large.callback(self._large.release)
+
+
+def _rejected(error: VerificationError) -> errors.Rejected:
+    kind = errors.BadRequest if error.malformed else errors.Unauthorized
+    return kind(error.reason, error.message, verification=True)
 
 
 def check_content_type(value: str | None) -> None:
@@ -154,26 +158,36 @@ def check_content_type(value: str | None) -> None:
         raise errors.UnsupportedMediaType("unsupported_media_type", f"content type {shown!r} is not JSON")
 
 
+def declared_length(value: str | None, limit: int) -> int | None:
+    """The Content-Length, checked against `limit` before anything is read (None: chunked)."""
+    if value is None:
+        return None
+    if not (value.isascii() and value.isdigit()):
+        raise errors.BadRequest("malformed_content_length", "content-length is not a whole number")
+    if int(value) > limit:
+        raise _too_large(limit)
+    return int(value)
+
+
+def _too_large(limit: int) -> errors.PayloadTooLarge:
+    return errors.PayloadTooLarge("body_too_large", f"body is larger than {limit} bytes")
+
+
 async def read_body(
     chunks: AsyncIterator[bytes],
-    declared_length: str | None,
+    declared: int | None,
     limit: int,
     *,
+    on_piece: Callable[[bytes], None] | None = None,
     past: int | None = None,
     on_past: Callable[[], Awaitable[None]] | None = None,
 ) -> bytes:
-    """Read at most `limit` bytes; a declared or actual size above it is refused without reading on.
+    """Read at most `limit` bytes, handing each piece to `on_piece` as it comes; a declared or
+    actual size above the limit is refused without reading on.
 
     `on_past` is awaited once before the body is read beyond `past` bytes (declared or as it
     shows), and may refuse it by raising."""
-    if declared_length is not None and not (declared_length.isascii() and declared_length.isdigit()):
-        raise errors.BadRequest("malformed_content_length", "content-length is not a whole number")
-    declared = int(declared_length) if declared_length is not None else None
-    body = BoundedBody(
-        limit,
-        lambda _: errors.PayloadTooLarge("body_too_large", f"body is larger than {limit} bytes"),
-        declared=declared,
-    )
+    body = BoundedBody(limit, lambda _: _too_large(limit), declared=declared)
     size = 0
     if past is not None and on_past is not None and declared is not None and declared > past:
         await on_past()
@@ -184,6 +198,8 @@ async def read_body(
             await on_past()
             past = None
         body.add(chunk)
+        if on_piece is not None:
+            on_piece(chunk)
     return body.joined()
 
 

@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, Response
 
 from receiver.errors import MethodNotAllowed, Rejected
 from receiver.intake import Intake, client_key
+from receiver.rejections import RejectionSampler
 from receiver.settings import ReceiverSettings
 from replicate_relay import logs, telemetry, telemetry_setup
 from replicate_relay.bodies import BodyStore
@@ -37,6 +38,8 @@ def _make_intake() -> Intake:
 
 
 _INTAKE = PerProcess(_make_intake)
+# 4xx answers are logged sampled, so a flood of them cannot run up the logging bill; 5xx all.
+_REJECTIONS = RejectionSampler()
 
 
 def _body_store() -> BodyStore | None:
@@ -93,6 +96,12 @@ async def _receive(request: Request, headers: dict[str, str], span: Span, starte
         headers.get("x-forwarded-for"),
         SETTINGS.trusted_proxy_hops,
     )
+    if unlogged := _REJECTIONS.ended_window(time.monotonic()):
+        log.warning(
+            "webhook rejections not logged one by one: %s",
+            ", ".join(f"{count} {reason}" for reason, count in sorted(unlogged.items())),
+            extra=logs.fields(outcome="rejected", unlogged=unlogged),
+        )
     try:
         if request.method != "POST":
             raise MethodNotAllowed("method_not_allowed", f"{request.method} is not accepted; Replicate POSTs")
@@ -104,6 +113,8 @@ async def _receive(request: Request, headers: dict[str, str], span: Span, starte
             telemetry.METRICS.verification_failures.add(1, {"reason": rejected.reason})
         if rejected.status >= 500:
             span.set_status(Status(StatusCode.ERROR, rejected.message))
+        elif not _REJECTIONS.log_in_full(rejected.reason, time.monotonic()):
+            return _refusal(rejected)
         log.log(
             logging.ERROR if rejected.status >= 500 else logging.WARNING,
             "webhook rejected: %s",
@@ -117,7 +128,7 @@ async def _receive(request: Request, headers: dict[str, str], span: Span, starte
                 latency_ms=_elapsed_ms(started),
             ),
         )
-        return JSONResponse({"error": rejected.reason, "message": rejected.message}, status_code=rejected.status)
+        return _refusal(rejected)
     _record(
         span,
         started,
@@ -163,6 +174,10 @@ def _record(
     span.set_attributes({**span_attributes, **(prediction or {})})
     telemetry.METRICS.webhooks.add(1, attributes)
     telemetry.METRICS.webhook_duration.record(time.perf_counter() - started, {"outcome": outcome})
+
+
+def _refusal(rejected: Rejected) -> Response:
+    return JSONResponse({"error": rejected.reason, "message": rejected.message}, status_code=rejected.status)
 
 
 def _accepted_body(message_id: str) -> bytes:

@@ -13,11 +13,18 @@ from replicate_relay.webhooks import DEFAULT_TOLERANCE_SECONDS, SigningKey, pars
 # Pub/Sub takes messages of up to 10 MB; stay well under it, with room for attributes.
 DEFAULT_MAX_BODY_BYTES = DEFAULT_INLINE_BODY_BYTES
 # Larger bodies (a training's final webhook carries hours of logs) are stored in the bucket and
-# published as a pointer (replicate_relay/bodies.py), up to this size. Read whole before its
-# signature can be checked, one at a time per process: with JSON parsing that is about 4 times the
-# body in memory at the peak (128 MiB of the receiver's 512 MiB). Past it: 413, and the reconciler
-# reads the final state from Replicate's API instead (docs/ARCHITECTURE.md).
+# published as a pointer (replicate_relay/bodies.py), up to this size. Read only once its headers
+# have passed, one at a time per process, its signature computed as it arrives: with JSON parsing
+# that is about 4 times the body in memory at the peak (128 MiB of the receiver's 512 MiB). Past
+# it: 413, and the reconciler reads the final state from Replicate's API instead (ARCHITECTURE.md).
 DEFAULT_MAX_STORED_BODY_BYTES = 32 * 1024 * 1024
+# Requests one address may have in flight unverified (receiver/limiter.py). Replicate sends from a
+# few egress addresses, so all of its traffic to an instance can come from one, and it retries only
+# the final webhook: a 429 loses an intermediate one. A request stops counting once its signature
+# checks out, and Replicate's bodies are mostly a few kB read in one piece, so its count stays near
+# zero; 32 leaves a wide margin while keeping one address from more than 40% of an instance's 80
+# requests (Cloud Run's concurrency) and from 128 MiB of 4 MiB bodies read at once.
+DEFAULT_MAX_IN_FLIGHT_PER_CLIENT = 32
 SECRETS_VARIABLE = "RELAY_WEBHOOK_SECRETS"
 # The polling worker's name for the signing secret, accepted so its environment can be reused (docs/MIGRATION.md).
 LEGACY_SECRET_VARIABLE = "REPLICATE_WEBHOOK_SECRET"  # noqa: S105 - a variable's name, not a secret
@@ -36,6 +43,7 @@ class ReceiverSettings:
     failure_burst: int
     failure_per_second: float
     failure_max_clients: int
+    max_in_flight_per_client: int
     trusted_proxy_hops: int
     log_level: str
     telemetry: TelemetrySettings
@@ -64,6 +72,9 @@ class ReceiverSettings:
             failure_burst=env.get_int("RELAY_FAILURE_BURST", 20, minimum=1),
             failure_per_second=env.get_float("RELAY_FAILURE_PER_SECOND", 1.0, minimum=0.0),
             failure_max_clients=env.get_int("RELAY_FAILURE_MAX_CLIENTS", 10_000, minimum=1),
+            max_in_flight_per_client=env.get_int(
+                "RELAY_MAX_IN_FLIGHT_PER_CLIENT", DEFAULT_MAX_IN_FLIGHT_PER_CLIENT, minimum=1
+            ),
             trusted_proxy_hops=env.get_int("RELAY_TRUSTED_PROXY_HOPS", 0),
             log_level=env.get_str("RELAY_LOG_LEVEL", "INFO").upper(),
             telemetry=TelemetrySettings.from_env(environ, service="receiver", project=project),

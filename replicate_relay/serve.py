@@ -21,6 +21,7 @@ FUNCTION_TARGET, FUNCTION_SOURCE, FUNCTION_SIGNATURE_TYPE, FUNCTION_USE_ASGI, HO
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import sys
@@ -40,23 +41,26 @@ T = TypeVar("T")
 class BoundedBody:
     """A request body read in pieces and refused past `limit` bytes as soon as that shows: by its
     declared length before anything is read, then while reading (a chunked body declares none).
-    `too_large(size)` is the error to raise, `size` the declared length or None."""
+    `too_large(size)` is the error to raise, `size` the declared length or None.
+
+    The pieces go into one growing buffer whose bytes `joined()` hands out without copying them
+    (BytesIO shares its buffer when nothing else holds it): a body is in memory once, not twice."""
 
     def __init__(self, limit: int, too_large: Callable[[int | None], Exception], *, declared: int | None) -> None:
         if declared is not None and declared > limit:
             raise too_large(declared)
         self._limit, self._too_large = limit, too_large
-        self._pieces: list[bytes] = []
+        self._buffer = io.BytesIO()
         self._size = 0
 
     def add(self, piece: bytes) -> None:
         self._size += len(piece)
         if self._size > self._limit:
             raise self._too_large(None)
-        self._pieces.append(piece)
+        self._buffer.write(piece)
 
     def joined(self) -> bytes:
-        return b"".join(self._pieces)
+        return self._buffer.getvalue()
 
 
 class PerProcess(Generic[T]):

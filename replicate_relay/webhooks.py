@@ -79,7 +79,8 @@ def parse_secrets(secrets: Iterable[str | Secret]) -> tuple[SigningKey, ...]:
 
 def sign(key: SigningKey, webhook_id: str, timestamp: int, body: bytes) -> str:
     """The `v1,<base64>` signature of one message."""
-    digest = hmac.new(key.key, _signed_content(webhook_id, timestamp, body), hashlib.sha256)
+    digest = hmac.new(key.key, f"{webhook_id}.{timestamp}.".encode("ascii"), hashlib.sha256)
+    digest.update(body)
     return f"{SIGNATURE_VERSION},{base64.b64encode(digest.digest()).decode('ascii')}"
 
 
@@ -114,25 +115,47 @@ def verify(
     `headers` must be case-insensitive (as every web framework's are) or use lower-case names.
     Accepts the message when any one `v1` entry matches any one key.
     """
-    signed = check_headers(headers, now=now, tolerance_seconds=tolerance_seconds)
-    content = _signed_content(signed.webhook_id, signed.timestamp, body)
-    expected = [hmac.digest(key.key, content, "sha256") for key in keys]
-    # Every candidate is compared with every key, in constant time per comparison, and
-    # compare_digest never stops at the shorter input (the CVE-2024-21491 mistake).
-    matched = False
-    for candidate in signed.signatures:
-        for digest in expected:
-            matched |= hmac.compare_digest(candidate, digest)
-    if not matched:
-        raise VerificationError("signature_mismatch", "no v1 signature matches any configured secret", malformed=False)
-    return VerifiedWebhook(webhook_id=signed.webhook_id, timestamp=signed.timestamp)
+    check = SignatureCheck(check_headers(headers, now=now, tolerance_seconds=tolerance_seconds), keys)
+    check.update(body)
+    return check.verified()
+
+
+class SignatureCheck:
+    """The HMAC of one webhook, fed the body as it arrives: no copy of the body is made to sign it.
+
+    Made once `check_headers` has passed; `update` with each piece of the body in order, then
+    `verified()` raises `signature_mismatch` unless any one `v1` entry matches any one key.
+    """
+
+    def __init__(self, signed: SignedHeaders, keys: Sequence[SigningKey]) -> None:
+        self._signed = signed
+        prefix = f"{signed.webhook_id}.{signed.timestamp}.".encode("ascii")
+        self._macs = [hmac.new(key.key, prefix, hashlib.sha256) for key in keys]
+
+    def update(self, piece: bytes) -> None:
+        for mac in self._macs:
+            mac.update(piece)
+
+    def verified(self) -> VerifiedWebhook:
+        expected = [mac.digest() for mac in self._macs]
+        # Every candidate is compared with every key, in constant time per comparison, and
+        # compare_digest never stops at the shorter input (the CVE-2024-21491 mistake).
+        matched = False
+        for candidate in self._signed.signatures:
+            for digest in expected:
+                matched |= hmac.compare_digest(candidate, digest)
+        if not matched:
+            raise VerificationError(
+                "signature_mismatch", "no v1 signature matches any configured secret", malformed=False
+            )
+        return VerifiedWebhook(webhook_id=self._signed.webhook_id, timestamp=self._signed.timestamp)
 
 
 def check_headers(
     headers: Mapping[str, str], *, now: float, tolerance_seconds: int = DEFAULT_TOLERANCE_SECONDS
 ) -> SignedHeaders:
     """The checks of `verify` that need no body: each header present and well formed, the timestamp
-    within tolerance. The receiver makes them before it reads a large body on."""
+    within tolerance. The receiver makes them before it reads any of the body."""
     webhook_id = _header(headers, HEADER_ID)
     if len(webhook_id) > MAX_ID_LENGTH or not (webhook_id.isascii() and webhook_id.isprintable()):
         raise VerificationError("malformed_id", "webhook-id is too long or not printable ASCII", malformed=True)
@@ -153,10 +176,6 @@ def check_headers(
 
     signatures = _parse_signatures(_header(headers, HEADER_SIGNATURE))
     return SignedHeaders(webhook_id, timestamp, tuple(signatures))
-
-
-def _signed_content(webhook_id: str, timestamp: int, body: bytes) -> bytes:
-    return f"{webhook_id}.{timestamp}.".encode("ascii") + body
 
 
 def _header(headers: Mapping[str, str], name: str) -> str:

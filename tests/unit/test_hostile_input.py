@@ -555,6 +555,116 @@ def test_wrongly_typed_optional_field_is_passed_on_by_the_receiver_and_refused_b
     assert caught.value.reason == "invalid_prediction"
 
 
+# --- refused before the body is read -----------------------------------------------------------
+
+BIG = b"{" + b" " * (MAX_BODY - 2) + b"}"  # as large as the limit allows: reading it would cost the most
+BIG_PIECES = [BIG[start : start + 65536] for start in range(0, len(BIG), 65536)]
+BIG_LENGTH = {"content-length": str(len(BIG))}
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "reason"),
+    [
+        pytest.param({"content-type": "application/json", **BIG_LENGTH}, 400, "missing_webhook_id", id="unsigned"),
+        pytest.param({**without("webhook-signature"), **BIG_LENGTH}, 400, "missing_webhook_signature", id="no-sig"),
+        pytest.param({**without("webhook-timestamp"), **BIG_LENGTH}, 400, "missing_webhook_timestamp", id="no-ts"),
+        pytest.param({**with_header("webhook-id", "x" * (MAX_ID_LENGTH + 1)), **BIG_LENGTH}, 400, "malformed_id"),
+        pytest.param({**with_header("webhook-timestamp", "1e9"), **BIG_LENGTH}, 400, "malformed_timestamp"),
+        pytest.param({**with_header("webhook-signature", "v2,abc"), **BIG_LENGTH}, 401, "no_v1_signature"),
+        pytest.param({**signed(timestamp=NOW - 301).headers, **BIG_LENGTH}, 401, "timestamp_too_old"),
+        pytest.param({**signed(timestamp=NOW + 301).headers, **BIG_LENGTH}, 401, "timestamp_too_new"),
+        pytest.param({**with_header("content-type", "text/plain"), **BIG_LENGTH}, 415, "unsupported_media_type"),
+        pytest.param({**VALID.headers, "content-length": str(MAX_BODY + 1)}, 413, "body_too_large", id="declared"),
+        pytest.param({**VALID.headers, "content-length": "4 MiB"}, 400, "malformed_content_length"),
+    ],
+)
+def test_request_whose_headers_cannot_be_a_webhooks_is_refused_before_any_of_its_body_is_read(
+    headers: dict[str, str], status: int, reason: str
+) -> None:
+    stream = ChunkStream(BIG_PIECES)
+    assert_refused(headers, stream, status, reason)
+    assert stream.pulled == 0
+
+
+def test_well_formed_headers_with_a_forged_signature_are_refused_once_the_body_is_read() -> None:
+    stream = ChunkStream(BIG_PIECES)
+    assert_refused({**VALID.headers, **BIG_LENGTH}, stream, 401, "signature_mismatch")
+    assert stream.pulled == len(BIG_PIECES)
+
+
+# --- the in-flight limiter ---------------------------------------------------------------------
+
+
+class HeldStream:
+    """A body stream that sends nothing until `sent` is set: a request kept in flight."""
+
+    def __init__(self, sent: asyncio.Event, body: bytes) -> None:
+        self._sent, self._body, self.pulled = sent, body, 0
+
+    def __aiter__(self) -> HeldStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        await self._sent.wait()
+        if self.pulled:
+            raise StopAsyncIteration
+        self.pulled += 1
+        return self._body
+
+
+async def _burst(intake: Intake, headers: Mapping[str, str], count: int, *, client: str = CLIENT) -> list[Any]:
+    """`count` requests from one address whose bodies are held until all have arrived; each one's
+    answer (Accepted or the Rejected), and how many were refused on arrival while the others waited."""
+    sent = asyncio.Event()
+    streams = [HeldStream(sent, VALID.body) for _ in range(count)]
+    tasks = [asyncio.ensure_future(intake.handle(headers, stream, client=client)) for stream in streams]
+    await asyncio.sleep(0)  # every request arrives and either waits for its body or is refused
+    refused_on_arrival = sum(task.done() for task in tasks)
+    sent.set()
+    answers = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(stream.pulled == 0 for stream, answer in zip(streams, answers, strict=True) if _status(answer) == 429)
+    return [refused_on_arrival, [_status(answer) for answer in answers]]
+
+
+def _status(answer: Any) -> int:
+    return answer.status if isinstance(answer, Rejected) else 200
+
+
+def limited_intake(publisher: RecordingPublisher, **env: str) -> Intake:
+    return Intake(ReceiverSettings.from_env({**ENV, **env}), publisher, clock=lambda: NOW)
+
+
+def test_burst_from_one_address_past_its_in_flight_cap_gets_429_while_the_first_are_in_flight() -> None:
+    intake = limited_intake(RecordingPublisher(), RELAY_MAX_IN_FLIGHT_PER_CLIENT="8")
+    refused_on_arrival, statuses = asyncio.run(_burst(intake, VALID.headers, 12))
+    assert refused_on_arrival == 4
+    assert statuses == [200] * 8 + [429] * 4
+    assert intake.limiter.in_flight(CLIENT) == 0  # each one released when done
+
+
+def test_burst_of_forgeries_from_an_address_that_has_failed_passes_only_as_far_as_its_budget() -> None:
+    publisher = RecordingPublisher()
+    intake = limited_intake(publisher, RELAY_FAILURE_BURST="5", RELAY_FAILURE_PER_SECOND="0")
+    assert_status_of(intake, signed(secret=OTHER_SECRET).headers, 401)  # one failure: 4 left
+    _, statuses = asyncio.run(_burst(intake, signed(secret=OTHER_SECRET).headers, 10))
+    assert statuses == [401] * 4 + [429] * 6  # a burst cannot spend more than the budget it has left
+    assert publisher.calls == []
+
+
+def test_replicates_concurrent_webhooks_from_one_address_are_all_accepted_under_the_default_cap() -> None:
+    publisher = RecordingPublisher()
+    intake = limited_intake(publisher)
+    _, statuses = asyncio.run(_burst(intake, VALID.headers, 32))
+    assert statuses == [200] * 32
+    assert len(publisher.calls) == 32
+
+
+def assert_status_of(intake: Intake, headers: Mapping[str, str], status: int) -> None:
+    with pytest.raises(Rejected) as caught:
+        asyncio.run(intake.handle(headers, ChunkStream([VALID.body]), client=CLIENT))
+    assert caught.value.status == status
+
+
 # --- over HTTP: receiver/main.py's ASGI app, in process --------------------------------------------------
 
 RECEIVER_MAIN = Path(__file__).resolve().parents[2] / "receiver" / "main.py"

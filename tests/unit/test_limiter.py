@@ -103,3 +103,35 @@ def test_clock_stepping_back_grants_no_extra_failures() -> None:
     limiter = exhausted(FailureLimiter(burst=1, per_second=1.0, max_clients=10), "a", 1, now=T0)
     assert not limiter.allows("a", T0 - 10)  # wall clock stepped back 10 s (NTP correction)
     assert not limiter.allows("a", T0)  # back at the moment of the failure: no time has passed
+
+
+# --- requests in flight ------------------------------------------------------------------------
+
+
+def test_a_clean_client_is_admitted_up_to_its_in_flight_cap_and_again_once_one_is_released() -> None:
+    limiter = FailureLimiter(burst=2, per_second=0.0, max_clients=10, max_in_flight=3)
+    admitted = [limiter.admit("a", T0) for _ in range(3)]
+    assert limiter.admit("a", T0) is None
+    assert limiter.admit("b", T0) is not None  # the cap is per client
+    admitted[0].release()  # type: ignore[union-attr]
+    admitted[0].release()  # type: ignore[union-attr]  # a second release changes nothing
+    assert limiter.in_flight("a") == 2
+    assert limiter.admit("a", T0) is not None
+    assert limiter.admit("a", T0) is None
+
+
+def test_a_client_that_has_failed_has_its_requests_in_flight_counted_against_its_budget() -> None:
+    limiter = exhausted(FailureLimiter(burst=5, per_second=0.0, max_clients=10, max_in_flight=100), "a", 2)
+    held = [limiter.admit("a", T0) for _ in range(3)]  # 3 tokens left: 3 in flight at most
+    assert None not in held
+    assert limiter.admit("a", T0) is None
+    for one in held:
+        one.release()  # type: ignore[union-attr]
+    assert limiter.in_flight("a") == 0
+    assert limiter.admit("a", T0) is not None
+
+
+def test_a_client_whose_budget_refilled_is_clean_again() -> None:
+    limiter = exhausted(FailureLimiter(burst=2, per_second=1.0, max_clients=10, max_in_flight=100), "a", 1)
+    assert [limiter.admit("a", T0) is not None for _ in range(2)] == [True, False]
+    assert all(limiter.admit("a", T0 + 10) is not None for _ in range(50))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import itertools
 import traceback
 
 import pytest
@@ -20,9 +21,11 @@ from replicate_relay.webhooks import (
     MAX_ID_LENGTH,
     MAX_SIGNATURE_ENTRIES,
     MAX_SIGNATURE_HEADER_LENGTH,
+    SignatureCheck,
     SigningKey,
     VerificationError,
     VerifiedWebhook,
+    check_headers,
     parse_secret,
     parse_secrets,
     sign,
@@ -105,6 +108,27 @@ def test_signed_headers_carry_id_timestamp_and_one_signature_per_key() -> None:
 def test_anything_signed_with_a_configured_key_verifies(webhook_id: str, timestamp: int, body: bytes) -> None:
     headers = signed_headers([KEY], webhook_id, timestamp, body)
     assert verify(headers, body, keys=[KEY], now=timestamp) == VerifiedWebhook(webhook_id, timestamp)
+
+
+@given(body=st.binary(max_size=512), cuts=st.lists(st.integers(min_value=0, max_value=512), max_size=6))
+def test_the_signature_checked_piece_by_piece_as_the_body_arrives_is_the_signature_of_the_whole(
+    body: bytes, cuts: list[int]
+) -> None:
+    headers = signed_headers([KEY, NEW_KEY], KNOWN_ID, KNOWN_TIMESTAMP, body)
+    check = SignatureCheck(check_headers(headers, now=KNOWN_TIMESTAMP), [NEW_KEY])
+    bounds = [0, *sorted(min(cut, len(body)) for cut in cuts), len(body)]
+    for start, end in itertools.pairwise(bounds):
+        check.update(body[start:end])
+    assert check.verified() == VerifiedWebhook(KNOWN_ID, KNOWN_TIMESTAMP)
+
+
+def test_a_body_checked_piece_by_piece_with_one_byte_changed_is_a_mismatch() -> None:
+    check = SignatureCheck(check_headers(VALID_HEADERS, now=KNOWN_TIMESTAMP), [KEY])
+    for piece in (KNOWN_BODY[:5], KNOWN_BODY[5:-1], b"]"):
+        check.update(piece)
+    with pytest.raises(VerificationError) as caught:
+        check.verified()
+    assert (caught.value.reason, caught.value.malformed) == ("signature_mismatch", False)
 
 
 # --- timestamp tolerance ---------------------------------------------------------------------
