@@ -38,6 +38,7 @@ SECTIONS = {
     "api": ("api", "render"),
     "package": ("package", "render"),
     "soak": ("e2e", "render_soak"),
+    "webhook_hostile": ("webhook_load", "render_hostile"),
 }
 
 

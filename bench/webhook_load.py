@@ -8,11 +8,15 @@ emulator (topic `replicate-events`, no subscriptions). Writes bench/results/webh
 `webhook_load` section of docs/BENCHMARKS.md with docs/bench/receiver-latency-cdf.png.
 
     .venv/bin/python bench/webhook_load.py [--duration 10] [--connections 32] [--quick]
+
+`--hostile LABEL` measures instead the receiver's peak RSS under 80 concurrent hostile 4 MiB POSTs
+from one address (section `webhook_hostile`; each LABEL, such as before and after a change, is a row).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -21,8 +25,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -236,6 +242,19 @@ def create_topic(emulator_host: str) -> None:
     publisher.transport.close()
 
 
+def start_server(processes: Processes, server: Server, receiver_env: Mapping[str, str]) -> tuple[ManagedProcess, int]:
+    """One server started alone on a free loopback port, once it answers."""
+    port = free_port(HOST)
+    print(f"\n== {server.label}: {server.source} {server.target} on http://{HOST}:{port}/", flush=True)
+    env = common.project_env({**receiver_env, **dict(server.env), "K_SERVICE": server.key} if server.receiver else {})
+    argv = [sys.executable, "-m", "functions_framework", "--source", server.source, "--target", server.target]
+    argv += ["--host", HOST, "--port", str(port), *(["--asgi"] if server.target != "noop_sync" else [])]
+    ready = http_answers(f"http://{HOST}:{port}{'/health' if server.receiver else '/'}")
+    log = common.fresh_log_path(server.key)
+    managed = ManagedProcess(server.label, argv, log_path=log, ready=ready, env=env, cwd=REPO_ROOT)
+    return processes.start(managed, 60), port
+
+
 def bench_server(
     server: Server,
     *,
@@ -247,15 +266,8 @@ def bench_server(
     receiver_env: Mapping[str, str],
 ) -> dict[str, Any]:
     """Peak (wrk, with CPU from /proc) and half peak (hey) of one server started alone."""
-    port = free_port(HOST)
-    url = f"http://{HOST}:{port}/"
-    print(f"\n== {server.label}: {server.source} {server.target} on {url}", flush=True)
-    env = common.project_env({**receiver_env, **dict(server.env), "K_SERVICE": server.key} if server.receiver else {})
-    argv = [sys.executable, "-m", "functions_framework", "--source", server.source, "--target", server.target]
-    argv += ["--host", HOST, "--port", str(port), *(["--asgi"] if server.target != "noop_sync" else [])]
-    ready = http_answers(f"http://{HOST}:{port}{'/health' if server.receiver else '/'}")
-    log = common.fresh_log_path(server.key)
-    process = processes.start(ManagedProcess(server.label, argv, log_path=log, ready=ready, env=env, cwd=REPO_ROOT), 60)
+    process, port = start_server(processes, server, receiver_env)
+    url, log = f"http://{HOST}:{port}/", process.log_path
     try:
         # Signed just before use: the signature is valid for 300 s, and each phase is re-signed.
         webhook = succeeded_webhook(DEV_WEBHOOK_SECRET)
@@ -322,11 +334,80 @@ def summarise(servers: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+HOSTILE_REQUESTS, HOSTILE_BODY = 80, 4 * 1024 * 1024  # Cloud Run's concurrency, the inline body limit
+HOSTILE_KINDS = {"unsigned": "no webhook headers", "forged": "well-formed headers, in time, wrong signature"}
+
+
+async def hostile_burst(port: int, kind: str) -> dict[str, int]:
+    """HOSTILE_REQUESTS concurrent 4 MiB POSTs of `kind` from one address; how many got each answer
+    ("reset": the connection ended without one). Each reads its answer while it still sends."""
+    fields = {"Content-Type": "application/json", "Content-Length": str(HOSTILE_BODY)}
+    if kind == "forged":  # an id, a timestamp in the window and a v1 entry: only the HMAC can refuse it
+        fields |= {"webhook-id": "msg_1", "webhook-timestamp": str(int(time.time())), "webhook-signature": "v1,AA=="}
+    head = "".join(f"{k}: {v}\r\n" for k, v in fields.items()).encode()
+    body = b"{" + b" " * (HOSTILE_BODY - 2) + b"}"
+
+    async def post() -> str:
+        reader, writer = await asyncio.open_connection(HOST, port)
+        writer.write(b"POST / HTTP/1.1\r\nHost: bench\r\n" + head + b"\r\n" + body)
+        try:
+            return (await asyncio.wait_for(reader.readline(), 60)).decode().split(" ")[1]
+        except (ConnectionError, TimeoutError, IndexError):
+            return "reset"
+        finally:
+            writer.transport.abort()
+
+    return dict(Counter(await asyncio.gather(*(post() for _ in range(HOSTILE_REQUESTS)))))
+
+
+def rss_mib(pgid: int | None, field: str) -> float:
+    """The largest `field` (VmRSS now, VmHWM at its peak) of a process group's processes, in MiB."""
+    kib = [0]
+    for status in Path("/proc").glob("[0-9]*/status"):
+        with contextlib.suppress(OSError, ValueError):
+            if os.getpgid(int(status.parent.name)) == pgid:
+                kib += [int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith(field)]
+    return round(max(kib) / 1024, 1)
+
+
+def run_hostile(args: argparse.Namespace, processes: Processes) -> int:
+    """Peak RSS of a fresh receiver (its Pub/Sub answered in process) under each kind of burst."""
+    results = RESULTS_DIR / "webhook_hostile.json"
+    document = json.loads(results.read_text()) if results.exists() else {"runs": {}}
+    env = {"RELAY_PROJECT": PROJECT, "RELAY_WEBHOOK_SECRETS": DEV_WEBHOOK_SECRET}
+    measured = {}
+    for kind in HOSTILE_KINDS:
+        process, port = start_server(processes, Server(kind, kind, NO_PUBSUB, "receive"), env)
+        try:
+            idle, answers = rss_mib(process.pid, "VmRSS:"), asyncio.run(hostile_burst(port, kind))
+            measured[kind] = {"idle_rss_mib": idle, "peak_rss_mib": rss_mib(process.pid, "VmHWM:"), "answers": answers}
+            print(f"   {kind}: {measured[kind]}", flush=True)
+        finally:
+            processes.stop(process)
+    document["runs"][args.hostile] = {**common.results_header(common.check_busy()), "kinds": measured}
+    common.publish("webhook_hostile", results, document, render_hostile)
+    return 0
+
+
+def render_hostile(document: Mapping[str, Any]) -> str:
+    """One row per run (before and after a change) and kind of burst."""
+    rows = []
+    for label, run in document["runs"].items():
+        for kind, one in run["kinds"].items():
+            answers = ", ".join(f"{n} × {answer}" for answer, n in sorted(one["answers"].items()))
+            rss = [f"{one['idle_rss_mib']:.0f}", f"{one['peak_rss_mib']:.0f}"]
+            rows.append([f"{label} ({run['code']['commit']})", f"{kind}: {HOSTILE_KINDS[kind]}", *rss, answers])
+    headers = ["run (commit)", f"{HOSTILE_REQUESTS} concurrent 4 MiB POSTs", "idle RSS MiB", "peak RSS MiB", "answers"]
+    latest = document["runs"][next(reversed(document["runs"]))]
+    return f"{common.provenance(latest)}\n\n{common.markdown_table(headers, rows)}"
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement (default 10)")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections at peak (default 32)")
     parser.add_argument("--quick", action="store_true", help="3 s measurements and a 1 s warm-up: a smoke check")
+    parser.add_argument("--hostile", metavar="LABEL", help="instead: RSS under hostile bursts, kept as LABEL")
     args = parser.parse_args(argv)
     args.duration, args.warmup = (3.0, 1.0) if args.quick else (args.duration, 3.0)
     # Each signed webhook serves one warm-up + peak, or one half-peak run, and must stay valid throughout.
@@ -338,6 +419,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     processes = Processes()
+    if args.hostile:
+        return common.run_guarded(processes, lambda: run_hostile(args, processes))
     return common.run_guarded(processes, lambda: run(args, ensure_tools(), processes))
 
 
