@@ -69,7 +69,8 @@ def _parser() -> argparse.ArgumentParser:
         "--app-endpoint",
         "NAME=URL",
         "also push job-events to URL through a subscription NAME (with NAME-dead-letter), as Terraform's "
-        "app_event_endpoints does, without an OIDC token: the emulator sends none; http only to loopback",
+        "app_event_endpoints does, without an OIDC token: the emulator sends none; http only to loopback. "
+        "NAME=URL@@APP: only the events of APP's jobs (its e-mail), as app_subscription_apps does",
         kind=_app_endpoint,
     )
     dev.add_argument("--demo", action="store_true", help="send a signed sample prediction lifecycle once up")
@@ -260,7 +261,7 @@ def _dev(args: argparse.Namespace) -> int:
         for line in stack.start():
             print(f"  {line}")
         for endpoint in args.app_endpoint:
-            for line in stack.add_app_endpoint(endpoint.name, endpoint.url):
+            for line in stack.add_app_endpoint(endpoint.name, endpoint.url, app=endpoint.app):
                 print(f"  {line}")
         print(f"Ready in {time.monotonic() - started:.1f} s. Logs in {config.log_dir}/")
         _print_addresses(stack)

@@ -144,14 +144,30 @@ APP_MAX_DELIVERY_ATTEMPTS = 10  # var.app_subscription_max_delivery_attempts' de
 APP_ACK_DEADLINE_SECONDS = 60
 # var.app_event_endpoints' name rule: Pub/Sub's, leaving room for "-dead-letter".
 _APP_NAME = re.compile(r"[a-zA-Z][-a-zA-Z0-9_.~+%]{2,241}")
+# var.app_subscription_apps' value rule: an e-mail, with nothing that could end the filter's string.
+_APP_EMAIL = re.compile(r'[^"\\\s@:]+@[^"\\\s@:]+')
+
+
+def app_filter(app: str) -> str:
+    """The filter of an app's subscription on job-events: only the jobs that `app` submitted
+    (the `app` attribute, replicate_relay/jobevents.py). infra/terraform/apps.tf writes the same."""
+    if not _APP_EMAIL.fullmatch(app):
+        raise ConfigError(f"app {app!r}: an e-mail, as the API sees the caller (no serviceAccount: prefix)")
+    return f'attributes.app = "{app}"'
 
 
 @dataclass(frozen=True)
 class AppEndpoint:
-    """An app's URL that job-events are pushed to, through a subscription called `name`."""
+    """An app's URL that job-events are pushed to, through a subscription called `name`; with `app`,
+    only the events of that app's jobs (the subscription's filter, `app_filter`)."""
 
     name: str
     url: str
+    app: str | None = None
+
+    @property
+    def filter(self) -> str | None:
+        return app_filter(self.app) if self.app else None
 
     @property
     def dead_letter(self) -> str:
@@ -159,7 +175,7 @@ class AppEndpoint:
         return f"{self.name}-dead-letter"
 
 
-def app_endpoint(name: str, url: str) -> AppEndpoint:
+def app_endpoint(name: str, url: str, *, app: str | None = None) -> AppEndpoint:
     """Check an app push endpoint as Terraform's variable does, except that plain http is allowed
     to a loopback host: the local stack's apps run on this machine and the emulator sends no token
     to protect. ConfigError says what is wrong."""
@@ -180,15 +196,19 @@ def app_endpoint(name: str, url: str) -> AppEndpoint:
         raise ConfigError(f"app endpoint {name}: {url!r} has user info or a #fragment; neither is allowed")
     if parts.scheme == "http" and not _is_loopback(host):
         raise ConfigError(f"app endpoint {name}: {url!r} is plain http to a host that is not loopback; use https")
-    return AppEndpoint(name=name, url=url)
+    if app is not None:
+        app_filter(app)  # refuses what is not an e-mail
+    return AppEndpoint(name=name, url=url, app=app)
 
 
 def parse_app_endpoint(text: str) -> AppEndpoint:
-    """`NAME=URL`, as `relay dev --app-endpoint` takes it."""
-    name, separator, url = text.partition("=")
+    """`NAME=URL`, or `NAME=URL@@APP` for the subscription of one app (its e-mail), as
+    `relay dev --app-endpoint` takes it."""
+    name, separator, rest = text.partition("=")
     if not separator:
         raise ConfigError(f"app endpoint {text!r} is not NAME=URL")
-    return app_endpoint(name.strip(), url.strip())
+    url, _, app = rest.partition("@@")
+    return app_endpoint(name.strip(), url.strip(), app=app.strip() or None)
 
 
 def _is_loopback(host: str) -> bool:
@@ -210,11 +230,14 @@ def provision_app_endpoint(
     minimum_backoff_seconds: int = APP_MINIMUM_BACKOFF_SECONDS,
     maximum_backoff_seconds: int = APP_MAXIMUM_BACKOFF_SECONDS,
     max_delivery_attempts: int = APP_MAX_DELIVERY_ATTEMPTS,
+    push_to: str | None = None,
 ) -> list[str]:
     """A push subscription on job-events to `endpoint.url`, as Terraform makes one for an entry of
-    app_event_endpoints, less the OIDC token (the emulator signs none): the retry backoff and a
-    dead-letter topic with its pull subscription. Safe to run again; the endpoint is updated.
-    Returns one line per resource."""
+    app_event_endpoints, less the OIDC token (the emulator signs none): the retry backoff, the
+    filter of `endpoint.app` (app_subscription_apps) and a dead-letter topic with its pull
+    subscription. `push_to` replaces the URL pushed to (the local stack's filter stand-in,
+    replicate_relay.devstack.filtergate, since the emulator applies no filter). Safe to run again;
+    the endpoint is updated. Returns one line per resource."""
     dead_letter_topic = publisher.topic_path(project, endpoint.dead_letter)
     done = [_ensure_topic(publisher, dead_letter_topic)]
     done.append(
@@ -227,10 +250,11 @@ def provision_app_endpoint(
             },
         )
     )
-    request = {
+    push_endpoint = push_to or endpoint.url
+    request: dict[str, object] = {
         "name": subscriber.subscription_path(project, endpoint.name),
         "topic": publisher.topic_path(project, topology.job_events_topic),
-        "push_config": {"push_endpoint": endpoint.url},
+        "push_config": {"push_endpoint": push_endpoint},
         "ack_deadline_seconds": APP_ACK_DEADLINE_SECONDS,
         "retry_policy": {
             "minimum_backoff": duration_pb2.Duration(seconds=minimum_backoff_seconds),
@@ -238,7 +262,9 @@ def provision_app_endpoint(
         },
         "dead_letter_policy": {"dead_letter_topic": dead_letter_topic, "max_delivery_attempts": max_delivery_attempts},
     }
-    done.append(_ensure_subscription(subscriber, request, push_endpoint=endpoint.url))
+    if endpoint.filter:
+        request["filter"] = endpoint.filter
+    done.append(_ensure_subscription(subscriber, request, push_endpoint=push_endpoint))
     return done
 
 

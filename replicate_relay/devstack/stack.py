@@ -7,12 +7,13 @@ import platform
 import shutil
 import sys
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from replicate_relay import rotation
+from replicate_relay.devstack.filtergate import FilterGate
 from replicate_relay.devstack.processes import (
     ManagedProcess,
     StackError,
@@ -141,6 +142,7 @@ class LocalStack:
         self.emulators: dict[str, ManagedProcess] = {}
         self.functions: dict[str, ManagedProcess] = {}
         self._scheduler: Scheduler | None = None
+        self._filter_gate: FilterGate | None = None  # started by the first add_app_endpoint with an app
 
     # Addresses ----------------------------------------------------------------------------
 
@@ -272,15 +274,28 @@ class LocalStack:
             finally:
                 subscriber.close()
 
-    def add_app_endpoint(self, name: str, url: str, **retry: int) -> list[str]:
+    @property
+    def filter_gate(self) -> FilterGate | None:
+        """The local stand-in for app subscriptions' filters, once an app endpoint names its app."""
+        return self._filter_gate
+
+    def add_app_endpoint(self, name: str, url: str, *, app: str | None = None, **retry: int) -> list[str]:
         """Push job-events to an app's `url` through a subscription `name` (with its dead letter), as
         Terraform's app_event_endpoints does; http only to loopback. The emulator sends no OIDC
-        token, so the app must not require one locally. `retry` takes provision_app_endpoint's
+        token, so the app must not require one locally. With `app` (an e-mail, as
+        app_subscription_apps takes it), only the events of that app's jobs: the subscription
+        records the filter, and since the emulator applies none, it pushes through the local filter
+        stand-in (replicate_relay.devstack.filtergate). `retry` takes provision_app_endpoint's
         minimum_backoff_seconds, maximum_backoff_seconds and max_delivery_attempts (default
         production's). Returns what provisioning did."""
         import google.cloud.pubsub_v1 as pubsub_v1  # noqa: PLC0415 - imported only when provisioning
 
-        endpoint = app_endpoint(name, url)
+        endpoint = app_endpoint(name, url, app=app)
+        push_to = None
+        if endpoint.app is not None:
+            if self._filter_gate is None:
+                self._filter_gate = FilterGate(self.config.host)
+            push_to = self._filter_gate.route(name, app=endpoint.app, url=endpoint.url)
         with _environment(self.emulator_env):
             publisher = pubsub_v1.PublisherClient()
             subscriber = pubsub_v1.SubscriberClient()
@@ -291,8 +306,29 @@ class LocalStack:
                     endpoint,
                     publisher=publisher,
                     subscriber=subscriber,
+                    push_to=push_to,
                     **retry,
                 )
+            finally:
+                subscriber.close()
+
+    def remove_app_endpoint(self, name: str) -> None:
+        """Delete what add_app_endpoint made for `name` (subscription, dead-letter subscription and
+        topic), so later job-events are not pushed to an app that has gone; absent ones are skipped."""
+        import google.cloud.pubsub_v1 as pubsub_v1  # noqa: PLC0415 - imported only when provisioning
+        from google.api_core import exceptions as google_exceptions  # noqa: PLC0415
+
+        project = self.config.project
+        with _environment(self.emulator_env):
+            subscriber, publisher = pubsub_v1.SubscriberClient(), pubsub_v1.PublisherClient()
+            try:
+                for subscription in (name, f"{name}-dead-letter"):
+                    with suppress(google_exceptions.NotFound):
+                        subscriber.delete_subscription(
+                            request={"subscription": subscriber.subscription_path(project, subscription)}
+                        )
+                with suppress(google_exceptions.NotFound):
+                    publisher.delete_topic(request={"topic": publisher.topic_path(project, f"{name}-dead-letter")})
             finally:
                 subscriber.close()
 
@@ -372,6 +408,9 @@ class LocalStack:
         if self._scheduler is not None:
             self._scheduler.stop()
             self._scheduler = None
+        if self._filter_gate is not None:
+            self._filter_gate.close()
+            self._filter_gate = None
         for process in [*reversed(self.functions.values()), *reversed(self.emulators.values())]:
             process.stop()
         self.functions.clear()

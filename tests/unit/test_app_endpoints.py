@@ -17,7 +17,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from replicate_relay.cli import _parser
 from replicate_relay.config import ConfigError
-from replicate_relay.topology import app_endpoint, parse_app_endpoint
+from replicate_relay.jobevents import job_event
+from replicate_relay.jobs import Job
+from replicate_relay.topology import app_endpoint, app_filter, parse_app_endpoint
 from tests.unit.test_push_auth import FakeGoogle, mint
 
 
@@ -115,3 +117,33 @@ def test_app_mds_python_verification_accepts_the_push_token_and_refuses_any_othe
     for header in (None, "", "Basic dXNlcjpwYXNz"):
         with pytest.raises(PermissionError):
             verify(header)
+
+
+# ---- apps kept apart: the `app` attribute and the subscription filter on it ----
+
+ORDERS = "orders@relay-prod.iam.gserviceaccount.com"
+APPS_TF = Path(__file__).resolve().parents[2] / "infra" / "terraform" / "apps.tf"
+
+
+def test_a_job_event_carries_its_jobs_app_as_an_attribute_and_none_without_one() -> None:
+    final = Job(job_id="j1", prediction_id="p1", state="succeeded")
+    assert job_event(final.model_copy(update={"app": ORDERS}))[1]["app"] == ORDERS
+    assert "app" not in job_event(final)[1]  # a CLI or webhook job: only unfiltered subscriptions get it
+
+
+def test_the_local_filter_is_the_one_terraform_writes_for_app_subscription_apps() -> None:
+    [template] = re.findall(r"filter\s*=.*\? \"(.*)\" : null", APPS_TF.read_text(encoding="utf-8"))
+    terraform = template.replace('\\"', '"').replace("${var.app_subscription_apps[each.key]}", ORDERS)
+    assert app_filter(ORDERS) == terraform == f'attributes.app = "{ORDERS}"'
+
+
+@pytest.mark.parametrize("app", [f"serviceAccount:{ORDERS}", 'x"@y.com', "x@y.com\\", "no-at-sign", "a b@c.d"])
+def test_an_app_that_is_not_a_plain_email_is_refused_before_it_reaches_a_filter(app: str) -> None:
+    with pytest.raises(ConfigError, match="e-mail"):
+        app_endpoint("orders-app", "https://o.example.com/", app=app)
+
+
+def test_an_app_endpoint_may_name_its_app_and_so_gets_its_filter() -> None:
+    endpoint = parse_app_endpoint(f"orders-app=http://127.0.0.1:9000/events@@{ORDERS}")
+    assert (endpoint.url, endpoint.app, endpoint.filter) == ("http://127.0.0.1:9000/events", ORDERS, app_filter(ORDERS))
+    assert parse_app_endpoint("orders-app=http://127.0.0.1:9000/").filter is None  # every event, as before
