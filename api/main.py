@@ -42,7 +42,7 @@ AUTH = ApiAuthenticator(SETTINGS.auth)
 if SETTINGS.auth.mode == "oidc" and not SETTINGS.auth.invokers:
     # Not a start-up error: Terraform's default api_invokers is empty, and a service that cannot
     # start would fail the first `terraform apply`. It answers every request 403 until one is listed.
-    log.warning("RELAY_API_INVOKERS is empty: every request will be refused (403); list the callers in api_invokers")
+    log.warning("RELAY_API_INVOKERS is empty: every app's request will be refused (403); list them in api_invokers")
 
 OPENAPI_PATH = "/v1/openapi.json"
 _JOB_PATH = re.compile(r"^/v1/jobs/(?P<job_id>[^/]+)/?$")

@@ -91,7 +91,8 @@ resource "google_service_account" "scheduler" {
 }
 
 # `relay verify`'s caller of the API: its only grant is run.invoker on the api (below), and the
-# service lists it in RELAY_API_INVOKERS (run.tf). The members of var.verifiers may impersonate it
+# service lists it among its operators, RELAY_API_OPERATORS (run.tf): the job `relay verify`
+# makes is no app's, so only an operator may read it. The members of var.verifiers may impersonate it
 # (gcloud's --impersonate-service-account takes an access token before the ID token, so the role is
 # Token Creator, not the ID-token-only one); the account can do nothing but read jobs through the API.
 resource "google_service_account" "verifier" {

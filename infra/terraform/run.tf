@@ -137,11 +137,12 @@ locals {
         memory      = "512Mi"
         cpu_idle    = true
         env = {
-          THREADS             = "8"
-          RELAY_BUCKET        = google_storage_bucket.outputs.name
-          RELAY_WEBHOOK_URL   = "https://receiver-${data.google_project.this.number}.${var.region}.run.app/"
-          RELAY_API_INVOKERS  = join(" ", concat([for member in var.api_invokers : split(":", member)[1]], [local.verifier_email]))
-          RELAY_API_OPERATORS = join(" ", [for member in local.api_operators : split(":", member)[1]])
+          THREADS            = "8"
+          RELAY_BUCKET       = google_storage_bucket.outputs.name
+          RELAY_WEBHOOK_URL  = "https://receiver-${data.google_project.this.number}.${var.region}.run.app/"
+          RELAY_API_INVOKERS = join(" ", [for member in var.api_invokers : split(":", member)[1]])
+          # relay verify's account reads the job it made, which no app submitted: an operator (iam.tf)
+          RELAY_API_OPERATORS = join(" ", concat([for member in local.api_operators : split(":", member)[1]], [local.verifier_email]))
         }
       }
     },

@@ -115,13 +115,17 @@ def test_the_other_services() -> None:
 def test_the_api_gets_the_receivers_url_its_invokers_e_mails_and_the_replicate_token() -> None:
     members = ["serviceAccount:next-app@p.iam.gserviceaccount.com", "user:dev@example.com"]
     api = _real(api_invokers=members, region="europe-west1")["api"]
-    assert set(api.values) == COMMON | {"THREADS", "RELAY_BUCKET", "RELAY_WEBHOOK_URL", "RELAY_API_INVOKERS"}
+    expected = {"THREADS", "RELAY_BUCKET", "RELAY_WEBHOOK_URL", "RELAY_API_INVOKERS", "RELAY_API_OPERATORS"}
+    assert set(api.values) == COMMON | expected
     assert api.values["FUNCTION_TARGET"] == "api"
     assert api.values["RELAY_WEBHOOK_URL"] == f"https://receiver-{PROJECT_NUMBER}.europe-west1.run.app/"
+    assert api.values["RELAY_API_INVOKERS"] == "next-app@p.iam.gserviceaccount.com dev@example.com"
     verifier = f"relay-verify@{PROJECT}.iam.gserviceaccount.com"  # relay verify's caller (iam.tf)
-    assert api.values["RELAY_API_INVOKERS"] == f"next-app@p.iam.gserviceaccount.com dev@example.com {verifier}"
+    assert api.values["RELAY_API_OPERATORS"] == verifier  # two apps, no operator named: verify's account alone
     assert api.secrets == {"REPLICATE_API_TOKEN": "relay-replicate-api-token"}
-    assert _real()["api"].values["RELAY_API_INVOKERS"] == verifier  # by default, relay verify's account alone
+    single = _real(api_invokers=["serviceAccount:next-app@p.iam.gserviceaccount.com"])["api"].values
+    assert single["RELAY_API_OPERATORS"] == f"next-app@p.iam.gserviceaccount.com {verifier}"  # one app reads all
+    assert _real()["api"].values["RELAY_API_INVOKERS"] == ""  # no app by default
 
 
 def test_variables_reach_the_environment() -> None:
