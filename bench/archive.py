@@ -1,17 +1,8 @@
 """Archiver benchmark: relay's Archiver against a plain streamed download-then-upload, in one run.
 
-Starts fake-gcs-server (memory backend) and a local file server (a thread of this process serving
-GET /file.bin: SIZE bytes of a deterministic pattern, generated 1 MiB at a time), then copies the
-same bytes into the emulator several ways, each in a fresh child Python process so its memory and
-CPU are its own:
-
-- upload only: from an in-memory generator, nothing downloaded (the emulator's own ceiling);
-- direct (httpx) / direct (urllib): the file streamed from the file server into a resumable
-  upload with google-cloud-storage (8 MiB chunks, size known), without relay's checks;
-- archiver: relay's Downloader + Archiver.archive_file, as the archive-outputs handler runs it.
-
-For each: wall time, throughput, the child's CPU, and its peak RSS growth over its RSS just before
-the copy; the stored object is verified (size and CRC32C against the pattern's) and deleted. Writes
+A file served on loopback (a deterministic pattern, made 1 MiB at a time) is copied into
+fake-gcs-server (memory backend) by each of METHODS, each in a fresh child process so its CPU and
+memory are its own; each stored object is verified (size, CRC32C) and deleted. Writes
 bench/results/archive.json and the archive section of docs/BENCHMARKS.md.
 
     .venv/bin/python bench/archive.py [--size-mib 1024] [--quick] [--runs 1]
@@ -27,7 +18,6 @@ import json
 import os
 import re
 import resource
-import subprocess
 import sys
 import threading
 import time
@@ -69,12 +59,8 @@ DIRECT = ("direct-httpx", "direct-urllib")
 
 
 def pattern_pieces(size: int) -> Iterator[bytes]:
-    """`size` deterministic bytes in pieces of at most 1 MiB, each made when asked for.
-
-    Every piece is a window into one fixed pseudo-random block, shifted by the piece's index and
-    starting with that index, so no two pieces are alike and a lost, doubled or reordered piece
-    changes the CRC32C.
-    """
+    """`size` deterministic bytes in pieces of at most 1 MiB, each made when asked for; each piece starts
+    with its index, so a lost, doubled or reordered piece changes the CRC32C."""
     block = hashlib.shake_256(b"replicate-relay archive benchmark").digest(MIB + 4096)
     for index, start in enumerate(range(0, size, MIB)):
         length = min(MIB, size - start)
@@ -116,43 +102,39 @@ def serve_file(size: int) -> ThreadingHTTPServer:
     return server
 
 
-class PieceReader:
-    """The least a resumable upload needs from a stream of pieces: read(n) filled to n, and tell()."""
+class Reader:
+    """The least a resumable upload needs: read(n), and the tell() it asks for, from `read`."""
 
-    def __init__(self, pieces: Iterator[bytes]) -> None:
-        self._pieces, self._held, self._position = pieces, b"", 0
+    def __init__(self, read: Callable[[int | None], bytes]) -> None:
+        self._read, self._position = read, 0
 
     def read(self, size: int = -1) -> bytes:
-        parts = [self._held]
-        held = len(self._held)
-        while size < 0 or held < size:
-            piece = next(self._pieces, None)
+        data = self._read(None if size < 0 else size)
+        self._position += len(data)
+        return data
+
+    def tell(self) -> int:
+        return self._position
+
+
+def piece_reader(pieces: Iterator[bytes]) -> Reader:
+    """A Reader of a stream of pieces, each read(n) filled to n."""
+    held = b""
+
+    def read(size: int | None) -> bytes:
+        nonlocal held
+        parts, count = [held], len(held)
+        while size is None or count < size:
+            piece = next(pieces, None)
             if piece is None:
                 break
             parts.append(piece)
-            held += len(piece)
+            count += len(piece)
         data = b"".join(parts)
-        data, self._held = (data[:size], data[size:]) if 0 <= size < len(data) else (data, b"")
-        self._position += len(data)
+        data, held = (data[:size], data[size:]) if size is not None and size < len(data) else (data, b"")
         return data
 
-    def tell(self) -> int:
-        return self._position
-
-
-class ResponseReader:
-    """A urllib response with the tell() a resumable upload asks for."""
-
-    def __init__(self, response: Any) -> None:
-        self._response, self._position = response, 0
-
-    def read(self, size: int = -1) -> bytes:
-        data: bytes = self._response.read(None if size < 0 else size)
-        self._position += len(data)
-        return data
-
-    def tell(self) -> int:
-        return self._position
+    return Reader(read)
 
 
 def prepare(method: str, *, url: str, size: int, object_name: str) -> Callable[[], dict[str, Any]]:
@@ -181,7 +163,7 @@ def prepare(method: str, *, url: str, size: int, object_name: str) -> Callable[[
         def copy_httpx() -> dict[str, Any]:
             with http.stream("GET", url, headers={"Accept-Encoding": "identity"}) as response:
                 response.raise_for_status()
-                return upload(PieceReader(response.iter_bytes()))
+                return upload(piece_reader(response.iter_bytes()))
 
         return copy_httpx
     if method == "direct-urllib":
@@ -189,10 +171,10 @@ def prepare(method: str, *, url: str, size: int, object_name: str) -> Callable[[
 
         def copy_urllib() -> dict[str, Any]:
             with urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310 - loopback URL built here
-                return upload(ResponseReader(response))
+                return upload(Reader(response.read))
 
         return copy_urllib
-    return lambda: upload(PieceReader(pattern_pieces(size)))
+    return lambda: upload(piece_reader(pattern_pieces(size)))
 
 
 def measure(method: str, *, url: str, size: int, object_name: str) -> None:
@@ -236,25 +218,11 @@ def run_method(context: Context, method: str, run: int) -> dict[str, Any]:
     name = object_for(method)
     if context.bucket.get_blob(name) is not None:  # never expected; the archiver would skip its upload
         context.bucket.delete_blob(name)
-    argv = [sys.executable, str(Path(__file__).resolve()), "_child", method, context.url, str(context.size), name]
+    argv = [str(Path(__file__).resolve()), "_child", method, context.url, str(context.size), name]
     emulator_before = common.group_cpu_seconds(context.emulator_pgid)
-    with (LOG_DIR / f"archive-{method}.log").open("ab") as log:
-        try:  # subprocess.run kills the child on the way out of any exception, Ctrl-C and SIGTERM included
-            done = subprocess.run(
-                argv,
-                env=context.env,
-                cwd=REPO_ROOT,
-                stdout=subprocess.PIPE,
-                stderr=log,
-                timeout=context.timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            raise BenchError(f"the {method} child did not finish within {context.timeout:g} s") from None
-    if done.returncode != 0:
-        raise BenchError(f"the {method} child failed ({done.returncode}); its log is {log.name}")
+    log = LOG_DIR / f"archive-{method}.log"
+    child = common.child_result(method, argv, env=context.env, timeout=context.timeout, log=log)
     emulator_cpu = common.group_cpu_seconds(context.emulator_pgid) - emulator_before
-    child = json.loads(done.stdout.decode().strip().splitlines()[-1])
     try:
         verify(context, method, name, child)
     finally:
@@ -408,11 +376,8 @@ def render(document: dict[str, Any]) -> str:
         ]
         for r in document["runs"]
     ]
-    targets, per_mib, baseline = (
-        document["targets"],
-        document["client_cpu_ms_per_mib"],
-        document["client_cpu_baseline_method"],
-    )
+    targets, per_mib = document["targets"], document["client_cpu_ms_per_mib"]
+    baseline = document["client_cpu_baseline_method"]
     cpu, speed, growth = (
         targets[key] for key in ("client_cpu_ratio", "throughput_ratio", "archiver_peak_rss_growth_mib")
     )
@@ -424,11 +389,9 @@ def render(document: dict[str, Any]) -> str:
         "",
         f"- Relay's client CPU per MiB as a % of the best direct upload: **{cpu['value']:.0%}** "
         f"({per_mib['archiver']:.2f} ms a MiB against {per_mib[baseline]:.2f} for {METHODS[baseline]}; "
-        f"target {cpu['target']}: {'met' if cpu['met'] else 'missed'}).",
-        f"- Archiver throughput = {speed['value']:.0%} of the best direct method (target {speed['target']}: "
-        f"{'met' if speed['met'] else 'missed'}).",
-        f"- Archiver peak RSS growth = {growth['value']:.1f} MiB (target {growth['target']}: "
-        f"{'met' if growth['met'] else 'missed'}).",
+        f"{common.verdict(cpu)}).",
+        f"- Archiver throughput = {speed['value']:.0%} of the best direct method ({common.verdict(speed)}).",
+        f"- Archiver peak RSS growth = {growth['value']:.1f} MiB ({common.verdict(growth)}).",
     ]
     if document["emulator_busy_share"] >= EMULATOR_BOUND_SHARE:
         lines.append(

@@ -99,6 +99,33 @@ def project_env(extra: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
+def child_result(name: str, argv: Sequence[str], *, env: Mapping[str, str], timeout: float, log: Path) -> Any:
+    """The JSON on the last stdout line of a fresh `python ARGV` (stderr appended to `log`), or BenchError.
+
+    subprocess.run kills the child on the way out of any exception, Ctrl-C and SIGTERM included.
+    """
+    with log.open("ab") as stderr:
+        try:
+            done = subprocess.run(
+                [sys.executable, *argv],
+                env=env,
+                cwd=REPO_ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"the {name} child did not finish within {timeout:g} s") from None
+    if done.returncode != 0:
+        raise BenchError(f"the {name} child failed ({done.returncode}); its log is {log}")
+    try:
+        return json.loads(done.stdout.decode().strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        raise BenchError(f"the {name} child printed no result: {done.stdout[-300:]!r}") from None
+
+
 def run_guarded(processes: Processes, body: Callable[[], int]) -> int:
     """`body()`'s exit code; 1 on BenchError or StackError, 130 on Ctrl-C or SIGTERM; then `processes` stopped."""
 
@@ -210,6 +237,11 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str
 def target(limit: str, value: Any, met: bool) -> dict[str, Any]:
     """One target's verdict as the results record it: the limit as text, the value measured, met or not."""
     return {"target": limit, "value": value, "met": met}
+
+
+def verdict(recorded: Mapping[str, Any]) -> str:
+    """ "target LIMIT: met" (or missed) for a target() the results recorded."""
+    return f"target {recorded['target']}: {'met' if recorded['met'] else 'missed'}"
 
 
 def results_header(busy: float | None, **host: Any) -> dict[str, Any]:

@@ -1,14 +1,10 @@
 """End to end: predictions through the whole local stack, every webhook accounted for; `--soak` for leaks.
 
-The local stack on free ports; predictions submitted with relay's Submitter at a steady rate. Once
-every job is final it reads back webhooks delivered, end-to-end latency (Replicate's `completed_at`
-→ the job final in Firestore), Pub/Sub messages and Firestore writes per prediction, and lost
-webhooks (acknowledged by the receiver, with no event record and the job behind). The default run
-has the reconciler off, so every job must end through its webhooks alone. `--soak` runs `--minutes`
-of a fixed mix (`plan()`) with chaos and the reconciler on, and samples RSS, open fds and CPU of
-every process of the stack from /proc. Writes bench/results/NAME.json and the NAME section of
-docs/BENCHMARKS.md (e2e, the --results file's name, or soak); exits 1 if a webhook was lost or a
-job did not end as it should.
+The default run has the reconciler off, so every job must end through its webhooks alone; a webhook
+is lost when the receiver acknowledged it and it left no event record with the job behind. `--soak`
+runs a fixed mix (`plan()`) with chaos and the reconciler on, sampling every process from /proc.
+Writes bench/results/NAME.json and the NAME section of docs/BENCHMARKS.md (NAME: the --results
+file's stem); exits 1 if a webhook was lost or a job did not end as it should.
 
     .venv/bin/python bench/e2e.py [--predictions 200] [--rate 5] [--quick] [--results PATH]
     .venv/bin/python bench/e2e.py --soak [--minutes 30] [--rate 2]
@@ -29,7 +25,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -226,23 +222,22 @@ def submit_paced(
         submitter.replicate.close()
 
 
-def read_documents(db: Any, refs: list[Any]) -> dict[str, dict[str, Any]]:
-    """path → data of every ref that exists, read in batches."""
+def read_documents(db: Any, collection: str, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """document id → data of every document of `collection` with one of `ids` that exists, read in batches."""
+    refs = [db.collection(collection).document(doc_id) for doc_id in ids]
     found: dict[str, dict[str, Any]] = {}
     for start in range(0, len(refs), READ_BATCH):
         for snapshot in db.get_all(refs[start : start + READ_BATCH]):
             if snapshot.exists:
-                found[snapshot.reference.path] = snapshot.to_dict()
+                found[snapshot.id] = snapshot.to_dict()
     return found
 
 
 def wait_for_jobs(db: Any, job_ids: list[str], deadline: float) -> dict[str, dict[str, Any]]:
     """Every job's document once all are final, or as they are at the deadline."""
-    refs = [db.collection(JOBS).document(job_id) for job_id in job_ids]
     reported = -1
     while True:
-        documents = read_documents(db, refs)
-        jobs = {path.split("/")[-1]: data for path, data in documents.items()}
+        jobs = read_documents(db, JOBS, job_ids)
         final = sum(1 for data in jobs.values() if data.get("state") in TERMINAL)
         if final != reported:
             print(f"   {final} of {len(job_ids)} jobs final", flush=True)
@@ -293,12 +288,8 @@ def event_path(job_id: str, webhook_id: str) -> str:
 def settle_event_records(
     db: Any, mapping: Mapping[str, str], logs: Mapping[str, Mapping[str, Any]], deadline: float
 ) -> dict[str, dict[str, Any]]:
-    """path → every event record (the run's emulator holds only this run's), re-read until each
-    acknowledged webhook has its record or SETTLE_S (or the deadline) passes.
-
-    A job can be final (the archive handler finished it) before job-status has recorded the
-    prediction's earlier webhooks: Pub/Sub delivers in no set order.
-    """
+    """path → every event record, re-read until each acknowledged webhook has its record or SETTLE_S
+    passes: a job can be final before job-status has recorded its earlier webhooks (Pub/Sub keeps no order)."""
     expected = {
         event_path(mapping.get(pid, pid), webhook) for pid, log in logs.items() for webhook in acknowledged_ids(log)
     }
@@ -310,8 +301,8 @@ def settle_event_records(
         time.sleep(1.0)
 
 
-def log_entries(path: Path) -> Iterator[dict[str, Any]]:
-    """The JSON lines of one process's log (each process logs one object a line)."""
+def json_lines(path: Path) -> Iterator[dict[str, Any]]:
+    """The JSON objects of a file of one object a line (a process's log, the span file)."""
     with contextlib.suppress(FileNotFoundError), path.open(encoding="utf-8", errors="replace") as lines:
         for line in lines:
             if line.startswith("{"):
@@ -347,7 +338,7 @@ def read_logs(log_dir: Path) -> LogFacts:
         outcomes: Counter[str] = Counter()
         done: dict[str, datetime] = {}
         spans: list[tuple[float, float]] = []
-        for entry in log_entries(log_dir / f"{process}.log"):
+        for entry in json_lines(log_dir / f"{process}.log"):
             outcome = entry.get("outcome")
             if not outcome or (process != "receiver" and entry.get("handler") != process):
                 continue
@@ -367,16 +358,12 @@ def read_logs(log_dir: Path) -> LogFacts:
 
 def read_spans(span_file: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """(service name, span) of every span the stack exported to its span file (OTLP/JSON lines)."""
-    with contextlib.suppress(FileNotFoundError), span_file.open(encoding="utf-8", errors="replace") as lines:
-        for line in lines:
-            with contextlib.suppress(json.JSONDecodeError):
-                for resource in json.loads(line).get("resourceSpans", []):
-                    attributes = resource.get("resource", {}).get("attributes", [])
-                    service = next(
-                        (a["value"].get("stringValue") for a in attributes if a.get("key") == "service.name"), ""
-                    )
-                    for scope in resource.get("scopeSpans", []):
-                        yield from ((service, span) for span in scope.get("spans", []))
+    for document in json_lines(span_file):
+        for resource in document.get("resourceSpans", []):
+            attributes = resource.get("resource", {}).get("attributes", [])
+            service = next((a["value"].get("stringValue") for a in attributes if a.get("key") == "service.name"), "")
+            for scope in resource.get("scopeSpans", []):
+                yield from ((service, span) for span in scope.get("spans", []))
 
 
 def firestore_rpcs(span_file: Path) -> Counter[str]:
@@ -399,11 +386,8 @@ def _span_ms(span: Mapping[str, Any]) -> float:
 
 
 def archive_breakdown(span_file: Path) -> dict[str, Any]:
-    """archive-outputs's messages that copied files, from its spans: the whole message (its consumer
-    span) and each step under it, in milliseconds. Steps: the copies ("archive file", each, and all of
-    a message's from the first start to the last end), the job lookup and the records outside a
-    transaction (Firestore RPCs straight under the message), each Firestore transaction by name, the
-    job-events publish."""
+    """archive-outputs's messages that copied files, from its spans, in ms: the whole message and each
+    step under it (each copy, all of a message's copies, Firestore RPCs and transactions, the publish)."""
     spans = [span for service, span in read_spans(span_file) if service == "archive-outputs"]
     children: dict[str, list[dict[str, Any]]] = {}
     for span in spans:
@@ -436,15 +420,9 @@ def archive_breakdown(span_file: Path) -> dict[str, Any]:
 def firestore_writes(
     submitted: int, jobs: Mapping[str, Mapping[str, Any]], records: Mapping[str, list[dict[str, Any]]]
 ) -> dict[str, int]:
-    """Document writes (as Firestore bills them) the run made, derived from what it left in Firestore.
-
-    The emulator keeps no write counter, so each write is inferred from the code path that leaves a
-    trace: SUBMIT_WRITES per job submitted; per event record, the record plus the job and mapping
-    documents its transaction wrote (WRITES_BY_OUTCOME; coalesced, stale, absorbed, deferred: the record alone;
-    a duplicate webhook-id writes nothing and leaves nothing); one job write per archive finished
-    (outputs with a gs:// URI); ANNOUNCE_WRITES per job announced on job-events. Transactions retried
-    on contention count once, as Firestore bills only commits that succeed.
-    """
+    """Document writes (as Firestore bills them), inferred from what the run left in Firestore (the
+    emulator counts none): per job, per event record by its outcome, per archive finished, per
+    announcement. A retried transaction counts once: Firestore bills only the commits that succeed."""
     events = sum(len(items) for items in records.values())
     event_effects = sum(
         WRITES_BY_OUTCOME.get(str(r.get("outcome")), 1) - 1 for items in records.values() for r in items
@@ -480,13 +458,11 @@ def read_back(
     """Read what `ReadBack` holds for the predictions `submitted` made."""
     prediction_ids = [record.prediction_id for record in submitted if record.prediction_id]
     logs = fetch_deliveries(simulator_url, prediction_ids, deliveries_until)
-    mappings = read_documents(db, [db.collection(PREDICTIONS).document(pid) for pid in prediction_ids])
-    mapping = {path.split("/")[-1]: str(data["job_id"]) for path, data in mappings.items()}
+    mapping = {pid: str(data["job_id"]) for pid, data in read_documents(db, PREDICTIONS, prediction_ids).items()}
     print("   reading back event records …", flush=True)
     records = settle_event_records(db, mapping, logs, records_until)
     # Jobs again: a job may have moved since (the settle wait), and the final read is what counts.
-    refs = [db.collection(JOBS).document(job_id) for job_id in set(mapping.values())]
-    jobs = {path.split("/")[-1]: data for path, data in read_documents(db, refs).items()}
+    jobs = read_documents(db, JOBS, set(mapping.values()))
     by_job: dict[str, list[dict[str, Any]]] = {}
     for path, record in records.items():
         by_job.setdefault(path.split("/")[1], []).append(record)
@@ -539,7 +515,7 @@ def assess(record: Submitted, back: ReadBack, facts: LogFacts) -> PredictionResu
 
 
 def summary_ms(values: list[float]) -> dict[str, float | int | None]:
-    found = {f"p{p}_ms": common.percentile(values, p) for p in (50, 90, 99)}
+    found = {f"p{p}_ms": common.percentile(values, p) for p in (50, 90, 99)} | {"max_ms": max(values, default=None)}
     return {"count": len(values), **{key: None if v is None else round(v, 1) for key, v in found.items()}}
 
 
@@ -688,7 +664,7 @@ def per_minute(points: Sequence[tuple[float, float]], minutes: int) -> list[dict
 def reconciler_runs(log_path: Path) -> dict[str, int]:
     """The reconciler's runs, from its one summary line each: how many, what they checked and recovered."""
     totals: Counter[str] = Counter()
-    for entry in log_entries(log_path):
+    for entry in json_lines(log_path):
         if entry.get("handler") == "reconciler" and "checked" in entry:
             totals["runs"] += 1
             totals.update(
@@ -1044,11 +1020,7 @@ def summarise_soak(done: Done, sampler: Sampler) -> dict[str, Any]:
     problems += [f"{len(wrong)} job(s) not final as steered: {wrong[:5]}"] if wrong else []
     problems += ["no process of relay's was sampled"] if not relay else []
     services = {
-        process: {
-            **facts.service(process),
-            "max_ms": round(max((b - a for a, b in facts.spans.get(process, [])), default=0) * 1000, 1),
-            "outcomes": dict(facts.outcomes.get(process, {})),
-        }
+        process: {**facts.service(process), "outcomes": dict(facts.outcomes.get(process, {}))}
         for process in ("receiver", "job-status", "archive-outputs")
     }
     return {

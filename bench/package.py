@@ -1,12 +1,8 @@
 """Package benchmark: what an app's `pip install` weighs, and what importing the client costs.
 
-Builds the wheel from this tree and installs it into fresh virtualenvs (requirements.in as
-constraints), with no extras (the app's side) and with `[services]`. Sizes: every file under
-site-packages, and those replicate-relay's own RECORD lists. Import time: each statement in a fresh
-interpreter of the plain install (the interpreter's own start measured apart as `python -c pass`),
-ROUNDS times each, interleaved, after a warm-up round; where `RelayClient`'s import time goes by
-package (`-X importtime`'s self times). Writes bench/results/package.json and the package section
-of docs/BENCHMARKS.md.
+The wheel built from this tree, installed into fresh virtualenvs with no extras and with
+`[services]`: sizes, each of IMPORTS timed in fresh interpreters, and where `RelayClient`'s import
+time goes by package. Writes bench/results/package.json and the package section of docs/BENCHMARKS.md.
 
     .venv/bin/python bench/package.py [--rounds 15] [--quick]
 """

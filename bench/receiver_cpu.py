@@ -1,13 +1,8 @@
 """In-process CPU per webhook of the receiver's ASGI app, and where OpenTelemetry's share of it goes.
 
-No server, no network, no emulator: each variant's ASGI app is called directly on a uvloop event
-loop, one validly signed `succeeded` webhook after another, and `time.process_time()` is read around
-the lot, in a fresh child process per variant and round (rounds interleaved). Variants: the receiver
-as served (functions-framework's `create_asgi_app` around `receive`), the same with
-`OTEL_SDK_DISABLED=true`, `receive` on a bare Starlette `Request`, and functions-framework's no-op
-(the baseline). Publishing is bench/receiver_no_pubsub.py's `InstantPublisher`. OpenTelemetry's share
-is the receiver less the SDK-off variant; a further child times its parts alone through the real
-`replicate_relay.telemetry` calls, with the attributes the real `receive` puts on its spans. Writes
+Each of VARIANTS is called directly on a uvloop event loop (no server, no network, no emulator), in
+a fresh child process per variant and round, with `time.process_time()` read around the lot; a
+further child times OpenTelemetry's parts alone through `replicate_relay.telemetry`. Writes
 bench/results/receiver_cpu.json and the receiver_cpu section of docs/BENCHMARKS.md.
 
     .venv/bin/python bench/receiver_cpu.py [--requests 20000] [--rounds 3] [--quick]
@@ -18,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
@@ -255,15 +249,11 @@ def measure_telemetry(*, iterations: int, warmup: int) -> dict[str, Any]:
 
 
 def child_main(role: str, requests: int) -> int:
-    """A measuring child: prints its result as one JSON line."""
-    try:
-        if role == TELEMETRY_CHILD:
-            result = measure_telemetry(iterations=requests, warmup=WARMUP)
-        else:
-            result = measure_app(VARIANT_BY_KEY[role], requests=requests, warmup=WARMUP)
-    except BenchError as error:
-        print(error, file=sys.stderr, flush=True)
-        return 1
+    """A measuring child: prints its result as one JSON line (a BenchError's traceback goes to the log)."""
+    if role == TELEMETRY_CHILD:
+        result = measure_telemetry(iterations=requests, warmup=WARMUP)
+    else:
+        result = measure_app(VARIANT_BY_KEY[role], requests=requests, warmup=WARMUP)
     print(json.dumps(result), flush=True)
     return 0
 
@@ -278,29 +268,11 @@ def child_env(*, telemetry: bool) -> dict[str, str]:
 
 def run_child(role: str, *, requests: int, telemetry: bool = True) -> dict[str, Any]:
     """One fresh child measuring `role` (a variant's key, or TELEMETRY_CHILD); its result, or BenchError."""
-    argv = [sys.executable, str(Path(__file__).resolve()), "_child", role, str(requests)]
+    argv = [str(Path(__file__).resolve()), "_child", role, str(requests)]
     timeout = 60 + 0.002 * (requests + WARMUP)  # a child starts in about a second, a webhook costs under 1 ms
-    try:
-        # subprocess.run kills the child on the way out of any exception, Ctrl-C and SIGTERM included.
-        done = subprocess.run(
-            argv,
-            env=child_env(telemetry=telemetry),
-            cwd=REPO_ROOT,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise BenchError(f"the {role} child did not finish within {timeout:g} s") from None
-    if done.returncode != 0:
-        tail = " | ".join(done.stderr.strip().splitlines()[-3:])
-        raise BenchError(f"the {role} child failed ({done.returncode}): {tail[-600:]}")
-    try:
-        result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    except (IndexError, json.JSONDecodeError):
-        raise BenchError(f"the {role} child printed no result: {done.stdout[-300:]!r}") from None
+    env = child_env(telemetry=telemetry)
+    log = common.LOG_DIR / "receiver_cpu.log"  # every child's stderr, from this run (run() clears it)
+    result: dict[str, Any] = common.child_result(role, argv, env=env, timeout=timeout, log=log)
     return result
 
 
@@ -349,16 +321,13 @@ def render(document: Mapping[str, Any]) -> str:
     telemetry += [
         [f"- {TELEMETRY_PARTS[key]}", f"{p['median']:,.1f}", f"{p['median'] / share:.0%}"] for key, p in parts.items()
     ]
-    return "\n".join(
+    return "\n\n".join(
         [
             common.provenance(document) + f" {document['settings']['requests']:,} webhooks a child, "
             f"{document['settings']['rounds']} rounds.",
-            "",
             common.markdown_table(["variant", "CPU µs / webhook", "min–max", "× no-op"], rows),
-            "",
             f"The receiver as served costs **{document['baseline_multiple']:.2f}×** functions-framework's no-op in the "
             "same run: across machines, compare this multiple.",
-            "",
             common.markdown_table(["OpenTelemetry for one accepted webhook", "CPU µs", "share"], telemetry),
         ]
     )
@@ -386,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     busy = common.check_busy()
+    common.fresh_log_path("receiver_cpu")
     roles = [*VARIANT_BY_KEY, TELEMETRY_CHILD]
     app_rounds: dict[str, list[float]] = {key: [] for key in VARIANT_BY_KEY}
     telemetry_rounds: list[dict[str, float]] = []

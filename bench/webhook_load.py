@@ -1,16 +1,11 @@
 """Webhook load: the real receiver against no-op functions-framework functions, in one run.
 
-One server at a time on 127.0.0.1 (a no-op `--asgi` function, the receiver and two variants of it, a
-no-op Flask function), each hit with validly signed `succeeded` webhooks: peak throughput with wrk
-(percentiles from its 1 µs histogram through a Lua `done` hook), latency at half that peak with hey
-(every request timed), CPU per request from /proc. The receiver publishes to the dev stack's Pub/Sub
-emulator (topic `replicate-events`, no subscriptions). Writes bench/results/webhook_load.json and the
-`webhook_load` section of docs/BENCHMARKS.md with docs/bench/receiver-latency-cdf.png.
+Each of SERVERS alone on 127.0.0.1, hit with validly signed webhooks: peak with wrk, latency at half
+that peak with hey, CPU per request from /proc. Writes bench/results/webhook_load.json and the
+webhook_load section of docs/BENCHMARKS.md. `--hostile LABEL` measures instead the receiver's peak
+RSS under hostile 4 MiB bursts (section webhook_hostile; each LABEL is kept as a row).
 
-    .venv/bin/python bench/webhook_load.py [--duration 10] [--connections 32] [--quick]
-
-`--hostile LABEL` measures instead the receiver's peak RSS under 80 concurrent hostile 4 MiB POSTs
-from one address (section `webhook_hostile`; each LABEL, such as before and after a change, is a row).
+    .venv/bin/python bench/webhook_load.py [--duration 10] [--connections 32] [--quick] [--hostile LABEL]
 """
 
 from __future__ import annotations
@@ -255,18 +250,22 @@ def start_server(processes: Processes, server: Server, receiver_env: Mapping[str
     return processes.start(managed, 60), port
 
 
-def bench_server(
-    server: Server,
-    *,
-    processes: Processes,
-    tools: Mapping[str, str],
-    emulator: ManagedProcess,
-    workdir: Path,
-    args: argparse.Namespace,
-    receiver_env: Mapping[str, str],
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Bench:
+    """What every server's measurement shares: the options, the tools, the emulator, the receiver's settings."""
+
+    args: argparse.Namespace
+    tools: Mapping[str, str]
+    processes: Processes
+    emulator: ManagedProcess
+    receiver_env: Mapping[str, str]
+    workdir: Path
+
+
+def bench_server(server: Server, bench: Bench) -> dict[str, Any]:
     """Peak (wrk, with CPU from /proc) and half peak (hey) of one server started alone."""
-    process, port = start_server(processes, server, receiver_env)
+    args, tools, processes, emulator, workdir = bench.args, bench.tools, bench.processes, bench.emulator, bench.workdir
+    process, port = start_server(processes, server, bench.receiver_env)
     url, log = f"http://{HOST}:{port}/", process.log_path
     try:
         # Signed just before use: the signature is valid for 300 s, and each phase is re-signed.
@@ -300,12 +299,8 @@ def bench_server(
 
 
 def summarise(servers: list[dict[str, Any]]) -> dict[str, Any]:
-    """The targets, and what the peak target leaves a webhook against each part of the receiver's CPU.
-
-    One worker runs one event loop, on at most one core: at the target rate it has at most
-    1 s / (TARGET_PEAK_RATIO × ceiling) of CPU for each request, the framework's own share included.
-    The split is by difference between the rows, so each part carries the noise of two runs.
-    """
+    """The targets, and the CPU a request may use at the peak target (one worker: one event loop on at
+    most one core) against the receiver's, split by difference between the rows."""
     by_key = {server["key"]: server for server in servers}
     ceiling = by_key["noop-asgi"]["peak"]["requests_per_s"]
     ratio = by_key["receiver"]["peak"]["requests_per_s"] / ceiling if ceiling else 0.0
@@ -437,18 +432,8 @@ def run(args: argparse.Namespace, tools: Mapping[str, str], processes: Processes
         "RELAY_LOG_LEVEL": "WARNING",  # its per-request INFO line is not part of the measurement
     }
     with tempfile.TemporaryDirectory(prefix="relay-bench-") as folder:
-        servers = [
-            bench_server(
-                server,
-                processes=processes,
-                tools=tools,
-                emulator=emulator,
-                workdir=Path(folder),
-                args=args,
-                receiver_env=receiver_env,
-            )
-            for server in SERVERS
-        ]
+        bench = Bench(args, tools, processes, emulator, receiver_env, Path(folder))
+        servers = [bench_server(server, bench) for server in SERVERS]
     processes.stop_all()  # the emulator: not needed for the report
     document = {
         **common.results_header(busy, gunicorn_workers=int(os.environ.get("WORKERS", "1"))),
@@ -494,27 +479,23 @@ def render(document: Mapping[str, Any]) -> str:
     ratio, latency, split = targets["peak_ratio"], targets["p99_at_half_peak_ms"], budget["split_us"]
     total = sum(split.values())
     parts = [[label, f"{split[key]:,.0f}", f"{split[key] / total:.0%}"] for key, label in SPLIT]
-    return "\n".join(
+    bullets = [
+        f"- Receiver peak = **{ratio['value']:.0%}** of the `--asgi` no-op ceiling ({common.verdict(ratio)}).",
+        f"- Receiver p99 at half its peak = **{common.ms(latency['value'])}** ({common.verdict(latency)}).",
+        f"- The peak target, {budget['target_rps']:,} req/s, leaves a request at most "
+        f"**{budget['server_us_per_request_allowed']:,.0f} µs** of CPU.",
+    ]
+    return "\n\n".join(
         [
             common.provenance(document),
-            "",
             common.markdown_table(
                 ["server", "peak req/s", "p50", "p99", "p99.9", "req/s @half", "p50", "p99", "p99.9", "failed"], rows
             ),
-            "",
-            f"- Receiver peak = **{ratio['value']:.0%}** of the `--asgi` no-op ceiling (target {ratio['target']}: "
-            f"{'met' if ratio['met'] else 'missed'}).",
-            f"- Receiver p99 at half its peak = **{common.ms(latency['value'])}** (target {latency['target']}: "
-            f"{'met' if latency['met'] else 'missed'}).",
-            f"- The peak target, {budget['target_rps']:,} req/s, leaves a request at most "
-            f"**{budget['server_us_per_request_allowed']:,.0f} µs** of CPU.",
-            "",
+            "\n".join(bullets),
             common.markdown_table(
                 ["server", "server cores", "server µs / request", "emulator cores", "emulator µs / request"], cpu
             ),
-            "",
             common.markdown_table([f"the receiver's {total:,.0f} µs a request", "µs", "share"], parts),
-            "",
             plot(servers),
         ]
     )

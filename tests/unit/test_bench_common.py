@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,19 @@ def test_a_report_without_the_markers_is_refused(tmp_path: Path) -> None:
     report.write_text("no markers\n")
     with pytest.raises(common.BenchError, match="bench:a"):
         common.write_section("a", "text", report)
+
+
+def test_a_child_result_is_its_last_line_of_json(tmp_path: Path) -> None:
+    program = "import sys; print('warming up'); print('{\"us\": 1.5}'); print('note', file=sys.stderr)"
+    log = tmp_path / "child.log"
+    assert common.child_result("ok", ["-c", program], env={}, timeout=60, log=log) == {"us": 1.5}
+    assert log.read_text() == "note\n"
+
+
+@pytest.mark.parametrize(
+    ("program", "message"),
+    [("raise SystemExit(3)", "broken child failed (3)"), ("print('no json')", "broken child printed no result")],
+)
+def test_a_child_that_fails_or_prints_no_result_is_a_bench_error(tmp_path: Path, program: str, message: str) -> None:
+    with pytest.raises(common.BenchError, match=re.escape(message)):
+        common.child_result("broken", ["-c", program], env={}, timeout=60, log=tmp_path / "child.log")
