@@ -134,7 +134,7 @@ bench: venv image  ## benchmarks, each writing its section of docs/BENCHMARKS.md
 	$(BIN)/python bench/e2e.py --rate 1 --predictions 60 --results bench/results/e2e-1ps.json $(BENCH_FLAGS)
 	$(BIN)/python bench/e2e.py $(BENCH_FLAGS)
 	RELAY_IMAGE=$(IMAGE) $(BIN)/python bench/image.py $(BENCH_FLAGS)
-	$(BIN)/python bench/api.py $(BENCH_FLAGS)
+	$(BIN)/python bench/api_load.py $(BENCH_FLAGS)
 	$(BIN)/python bench/package.py $(BENCH_FLAGS)
 	$(BIN)/python bench/report.py machine faults
 

@@ -35,7 +35,7 @@ SECTIONS = {
     "e2e-1ps": ("e2e", "render"),
     "e2e": ("e2e", "render"),
     "image": ("image", "render"),
-    "api": ("api", "render"),
+    "api": ("api_load", "render"),
     "package": ("package", "render"),
     "soak": ("e2e", "render_soak"),
     "webhook_hostile": ("webhook_load", "render_hostile"),
