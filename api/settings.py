@@ -44,14 +44,6 @@ class ApiAuthSettings:
         return cls(mode="oidc", invokers=invokers, operators=operators, audience=audience)
 
 
-def _emails(env: Env, name: str) -> tuple[str, ...]:
-    found = env.get_list(name)
-    wrong = [entry for entry in found if not _EMAIL.match(entry)]
-    if wrong:
-        raise ConfigError(f"{name} holds e-mails (space- or comma-separated), got {', '.join(map(repr, wrong))}")
-    return found
-
-
 @dataclass(frozen=True)
 class ApiSettings:
     project: str
@@ -88,3 +80,11 @@ class ApiSettings:
             log_level=env.get_str("RELAY_LOG_LEVEL", "INFO").upper(),
             telemetry=TelemetrySettings.from_env(environ, service=env.get_str("K_SERVICE", "api"), project=project),
         )
+
+
+def _emails(env: Env, name: str) -> tuple[str, ...]:
+    found = env.get_list(name)
+    wrong = [entry for entry in found if not _EMAIL.match(entry)]
+    if wrong:
+        raise ConfigError(f"{name} holds e-mails (space- or comma-separated), got {', '.join(map(repr, wrong))}")
+    return found

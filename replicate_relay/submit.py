@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, Unpack
 
 from google.api_core import exceptions as google_exceptions
 
@@ -114,6 +114,15 @@ def _default_input(env: Env) -> dict[str, Any]:
     return values
 
 
+class JobOptions(TypedDict, total=False):
+    """What `Submitter.submit` and `submit_training` take besides what to run (see `submit`)."""
+
+    metadata: Mapping[str, str] | None
+    job_id: str | None
+    deadline: timedelta | None
+    app: str | None
+
+
 @dataclass
 class Submitter:
     """Creates jobs and their predictions or trainings, and cancels them. Clients are created by the
@@ -145,11 +154,7 @@ class Submitter:
         self,
         target: ModelRef | DeploymentRef,
         input: dict[str, Any],
-        *,
-        metadata: Mapping[str, str] | None = None,
-        job_id: str | None = None,
-        deadline: timedelta | None = None,
-        app: str | None = None,
+        **options: Unpack[JobOptions],
     ) -> Job:
         """Create `jobs/{id}` (submitted), then the prediction of a model, version or deployment, then
         link them; returns the job.
@@ -168,11 +173,9 @@ class Submitter:
         the prediction's first webhook creates a job for it (source webhook), and the reconciler
         marks this submitted job aborted once it has waited long enough.
         """
-        chosen = _deadline(deadline, self.default_deadline)
+        chosen = _deadline(options.get("deadline"), self.default_deadline)
         deployment = str(target) if isinstance(target, DeploymentRef) else None
-        job = self._job(
-            "prediction", input, metadata, job_id, chosen, model=None if deployment else str(target), app=app
-        )
+        job = self._job("prediction", input, options, chosen, model=None if deployment else str(target))
         job = job.model_copy(update={"deployment": deployment})
         return self._start(
             job,
@@ -187,10 +190,7 @@ class Submitter:
         *,
         destination: str,
         input: dict[str, Any],
-        metadata: Mapping[str, str] | None = None,
-        job_id: str | None = None,
-        deadline: timedelta | None = None,
-        app: str | None = None,
+        **options: Unpack[JobOptions],
     ) -> Job:
         """As `submit`, for a training of `version` (`owner/name:version`) into the model `destination`
         (`owner/name`, which must exist at Replicate); the job's kind is `training`.
@@ -206,8 +206,8 @@ class Submitter:
             DeploymentRef.parse(destination)  # the same form: owner/name, no version
         except ValueError:
             raise ValueError(f"destination must look like OWNER/NAME, got {destination!r}") from None
-        chosen = _deadline(deadline, self.default_training_deadline)
-        job = self._job("training", input, metadata, job_id, chosen, model=str(version), app=app)
+        chosen = _deadline(options.get("deadline"), self.default_training_deadline)
+        job = self._job("training", input, options, chosen, model=str(version))
         return self._start(
             job,
             lambda: self.replicate.create_training(
@@ -247,22 +247,20 @@ class Submitter:
         self,
         kind: Literal["prediction", "training"],
         input: dict[str, Any],
-        metadata: Mapping[str, str] | None,
-        job_id: str | None,
+        options: JobOptions,
         deadline: timedelta | None,
         *,
         model: str | None,
-        app: str | None,
     ) -> Job:
         return Job(
-            job_id=job_id or uuid.uuid4().hex,
+            job_id=options.get("job_id") or uuid.uuid4().hex,
             source="submit",
             kind=kind,
             model=model,
             input=input,
-            metadata=check_metadata(metadata or {}),
+            metadata=check_metadata(options.get("metadata") or {}),
             deadline_at=self.store.now() + deadline if deadline else None,
-            app=app,
+            app=options.get("app"),
         )
 
     def _start(self, job: Job, create: Callable[[], str]) -> Job:

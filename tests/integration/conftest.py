@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 from google.api_core import exceptions as google_exceptions
-from google.cloud import firestore, pubsub_v1
+from google.cloud import firestore, pubsub_v1, storage
 
 from replicate_relay.devstack.stack import LocalStack, StackConfig, running
 from replicate_relay.jobs import Job
@@ -101,6 +101,12 @@ def replicate_api(stack: LocalStack) -> Iterator[ReplicateAPI]:
 @pytest.fixture(scope="session")
 def db(stack: LocalStack) -> firestore.Client:
     return firestore.Client(project=stack.config.project)
+
+
+@pytest.fixture(scope="session")
+def bucket(stack: LocalStack) -> storage.Bucket:
+    """The stack's archive bucket."""
+    return storage.Client(project=stack.config.project).bucket(stack.topology.bucket.name(stack.config.project))
 
 
 @pytest.fixture

@@ -66,11 +66,6 @@ def sim_clock(simulator: httpx.Client) -> Iterator[httpx.Client]:
     simulator.post("/_sim/reset").raise_for_status()
 
 
-@pytest.fixture
-def bucket(stack: LocalStack) -> storage.Bucket:
-    return storage.Client(project=stack.config.project).bucket(stack.topology.bucket.name(stack.config.project))
-
-
 def create(client: replicate.Client, model: str, **sim: Any) -> str:
     prediction = client.predictions.create(model=model, input={**INPUT, **{f"sim_{k}": v for k, v in sim.items()}})
     return str(prediction.id)

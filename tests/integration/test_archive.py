@@ -35,11 +35,6 @@ Sign = Callable[..., SignedWebhook]
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40
 
 
-@pytest.fixture(scope="module")
-def bucket(stack: LocalStack) -> storage.Bucket:
-    return storage.Client(project=stack.config.project).bucket(stack.topology.bucket.name(stack.config.project))
-
-
 @pytest.fixture
 def succeed(post: Post, sign: Sign) -> Callable[..., SignedWebhook]:
     """Send the final webhook of a prediction that succeeded with `output`."""

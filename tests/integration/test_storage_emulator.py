@@ -15,13 +15,6 @@ import google.cloud.storage as storage
 import pytest
 from google.api_core import exceptions as google_exceptions
 
-from replicate_relay.devstack.stack import LocalStack
-
-
-@pytest.fixture(scope="module")
-def bucket(stack: LocalStack) -> storage.Bucket:
-    return storage.Client(project=stack.config.project).bucket(stack.topology.bucket.name(stack.config.project))
-
 
 def test_single_request_upload_refuses_to_overwrite(bucket: storage.Bucket) -> None:
     blob = bucket.blob(f"emulator/{uuid.uuid4().hex}")

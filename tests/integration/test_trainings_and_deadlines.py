@@ -45,11 +45,6 @@ def submitter(stack: LocalStack, db: firestore.Client, replicate_api: ReplicateA
     return Submitter(store=JobStore(db), replicate=replicate_api, webhook_url=stack.receiver_url + "/")
 
 
-@pytest.fixture
-def bucket(stack: LocalStack) -> storage.Bucket:
-    return storage.Client(project=stack.config.project).bucket(stack.topology.bucket.name(stack.config.project))
-
-
 def stored_object(bucket: storage.Bucket, gs_uri: str) -> storage.Blob:
     blob = bucket.get_blob(gs_uri.removeprefix(f"gs://{bucket.name}/"))
     assert blob is not None, gs_uri

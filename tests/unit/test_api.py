@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import ModuleType, SimpleNamespace
-from typing import Any
+from typing import Any, Unpack
 
 import flask
 import pytest
@@ -50,6 +50,7 @@ from replicate_relay.jobs import Job
 from replicate_relay.oidc import GoogleCerts
 from replicate_relay.replicate_api import DeploymentRef, ModelRef, ReplicateAPIError
 from replicate_relay.serve import PerProcess
+from replicate_relay.submit import JobOptions
 from tests.unit.test_push_auth import REPO_ROOT, FakeGoogle, load_function, mint
 
 AUDIENCE = "https://api-abcdefghij-uc.a.run.app"
@@ -109,13 +110,10 @@ class RecordingSubmitter:
         self,
         target: ModelRef | DeploymentRef,
         input: dict[str, Any],
-        *,
-        metadata: Mapping[str, str],
-        job_id: str | None,
-        deadline: timedelta | None,
-        app: str | None,
+        **options: Unpack[JobOptions],
     ) -> Job:
-        call = {"model": str(target), "input": input, "metadata": dict(metadata), "job_id": job_id}
+        job_id, deadline, app = options.get("job_id"), options.get("deadline"), options.get("app")
+        call = {"model": str(target), "input": input, "metadata": dict(options.get("metadata") or {}), "job_id": job_id}
         self.apps.append(app)
         if isinstance(target, DeploymentRef):
             call["deployment"] = call.pop("model")
@@ -139,11 +137,9 @@ class RecordingSubmitter:
         *,
         destination: str,
         input: dict[str, Any],
-        metadata: Mapping[str, str],
-        job_id: str | None,
-        deadline: timedelta | None,
-        app: str | None,
+        **options: Unpack[JobOptions],
     ) -> Job:
+        job_id, deadline, app = options.get("job_id"), options.get("deadline"), options.get("app")
         self.apps.append(app)
         self.calls.append(
             {"version": version, "destination": destination, "input": input, "job_id": job_id, "deadline": deadline}
