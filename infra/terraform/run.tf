@@ -110,7 +110,8 @@ locals {
         # RELAY_PROJECT comes from common_env and the topology from infra/topology.yaml in the
         # image; the stuck-job threshold is the reconciler's default (RELAY_RECONCILE_QUIET_SECONDS
         # is set on neither service), so both judge "stuck" alike.
-        env = { THREADS = "4" }
+        # var.price_table: the cost estimates of relay jobs and the status page (docs/OPERATIONS.md).
+        env = merge({ THREADS = "4" }, var.price_table == "" ? {} : { RELAY_PRICE_TABLE = var.price_table })
       }
 
       # Private, the apps' HTTP API (api/main.py, docs/API.md): submit and read jobs from any

@@ -133,6 +133,12 @@ variable "verifiers" {
   default     = []
 }
 
+variable "price_table" {
+  description = "USD per second of Replicate's predict_time, by model and by deployment, as RELAY_PRICE_TABLE's JSON (docs/OPERATIONS.md): the status page then shows cost estimates. Empty: no cost shown."
+  type        = string
+  default     = ""
+}
+
 variable "alert_email" {
   description = "Where alerts are sent. Empty: no e-mail channel is created."
   type        = string

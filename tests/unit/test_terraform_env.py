@@ -109,6 +109,8 @@ def test_the_other_services() -> None:
     assert reconciler.secrets == {"REPLICATE_API_TOKEN": "relay-replicate-api-token"}  # variables.tf's default
     assert set(status_page.values) == COMMON | {"THREADS"}
     assert status_page.values["THREADS"] == "4"
+    table = '{"models": {"acme/restore": 0.000725}}'
+    assert _real(price_table=table)["status-page"].values["RELAY_PRICE_TABLE"] == table  # only when given
     assert job_status.secrets == status_page.secrets == {}
 
 
