@@ -160,6 +160,7 @@ def _reprocess(args: argparse.Namespace) -> int:
     GET the prediction from Replicate (REPLICATE_API_TOKEN, RELAY_REPLICATE_BASE_URL) and publish its JSON
     to replicate-events with source=reconciler and a fresh webhook_id."""
     # Imported here, as replicate_relay/cli.py does for submit: keeps `relay dev` free of Replicate imports.
+    from replicate_relay.bodies import BodyStore  # noqa: PLC0415
     from replicate_relay.ops.reprocess import render_reprocessed, reprocess, resolve_prediction  # noqa: PLC0415
     from replicate_relay.replicate_api import DEFAULT_BASE_URL, ReplicateAPI  # noqa: PLC0415
 
@@ -173,7 +174,8 @@ def _reprocess(args: argparse.Namespace) -> int:
         publisher = TopicPublisher(
             client.topic_path(settings.project, settings.events_topic), deadline_seconds=settings.timeout, client=client
         )
-        result = reprocess(replicate, publisher, prediction_id, now=_now(), job_id=job_id)
+        bodies = BodyStore(context.storage_bucket(settings))  # a body past Pub/Sub's limit goes there
+        result = reprocess(replicate, publisher, prediction_id, now=_now(), job_id=job_id, bodies=bodies)
     finally:
         replicate.close()
     print(to_json(result.as_dict()) if args.json else render_reprocessed(result))

@@ -79,11 +79,16 @@ def publisher_client(settings: OpsSettings) -> pubsub_v1.PublisherClient:
         )
 
 
+def storage_bucket(settings: OpsSettings) -> Any:
+    """The archive bucket (a google.cloud.storage Bucket), for the commands that read or write it."""
+    import google.cloud.storage as storage  # noqa: PLC0415 - only the commands that use the bucket need it
+
+    return storage.Client(project=settings.project).bucket(settings.bucket)
+
+
 def value_store(settings: OpsSettings) -> ValueStore:
     """The bucket's values too large for a job document, read back for `relay jobs show`."""
-    import google.cloud.storage as storage  # noqa: PLC0415 - only the commands that read values need it
-
-    return ValueStore(storage.Client(project=settings.project).bucket(settings.bucket))
+    return ValueStore(storage_bucket(settings))
 
 
 def firestore_client(settings: OpsSettings) -> firestore.Client:

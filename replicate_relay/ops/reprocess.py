@@ -8,6 +8,7 @@ from typing import Any
 
 from google.cloud import firestore
 
+from replicate_relay.bodies import BodyStore
 from replicate_relay.events import EventAttributes, PayloadError, Source, parse_prediction
 from replicate_relay.jobstore import JOBS
 from replicate_relay.ops.context import OpsSettings
@@ -55,11 +56,13 @@ def reprocess(
     *,
     now: datetime,
     job_id: str | None = None,
+    bodies: BodyStore | None = None,
 ) -> Reprocessed:
     """Fetch the prediction from Replicate and publish its exact JSON with source=reconciler.
 
     The handlers treat it like any event: a job already final absorbs it, one behind moves forward,
-    and a succeeded prediction is archived again if its outputs are missing.
+    and a succeeded prediction is archived again if its outputs are missing. A body too large for a
+    message goes to the bucket through `bodies` and is published as a pointer, as the receiver does.
     """
     try:
         body = replicate.get_prediction(prediction_id)
@@ -73,7 +76,10 @@ def reprocess(
     webhook_id = reprocess_webhook_id(prediction.id, prediction.status, now)
     attributes = EventAttributes.of(prediction, webhook_id, int(now.timestamp()), Source.RECONCILER)
     try:
-        message_id = publisher.publish(body, attributes.to_message())
+        data, message = (body, attributes.to_message())
+        if bodies is not None:
+            data, message = bodies.message(body, message, prediction.id)
+        message_id = publisher.publish(data, message)
     except PublishError as error:
         detail = " ".join(str(error).split())[:300]
         raise OpsError(f"nothing published to {publisher.topic_path}: {detail}") from None

@@ -14,9 +14,10 @@ from typing import Any
 import httpx
 import pytest
 from google.api_core import exceptions as google_exceptions
-from google.cloud import firestore, pubsub_v1
+from google.cloud import firestore, pubsub_v1, storage
 
 from replicate_relay import cli
+from replicate_relay.bodies import BodyStore
 from replicate_relay.devstack.processes import free_port
 from replicate_relay.devstack.stack import LocalStack
 from replicate_relay.events import EventAttributes
@@ -24,6 +25,8 @@ from replicate_relay.jobs import Job, JobState
 from replicate_relay.jobstore import EVENTS, JOBS, PREDICTIONS, JobStore
 from replicate_relay.ops.context import OpsSettings
 from replicate_relay.ops.replay import pull
+from replicate_relay.ops.reprocess import reprocess
+from replicate_relay.publisher import TopicPublisher
 from replicate_relay.replicate_api import ModelRef, ReplicateAPI
 from replicate_relay.testing import prediction_lifecycle, sign_webhook
 from tests.integration.conftest import Tap, read_job, unique_id, wait_for, wait_for_job
@@ -432,6 +435,30 @@ def test_reprocess_publishes_what_replicate_knows_and_the_handlers_apply_it(
     # archive-outputs may finish the job before job-status records the event: wait for the record.
     events = wait_for(lambda: _events(db, prediction_id), what="job-status to record the event")
     assert [(e["source"], e["webhook_id"]) for e in events] == [("reconciler", result["webhook_id"])]
+
+
+def test_reprocess_sends_a_body_too_large_for_a_message_through_the_bucket(
+    stack: LocalStack, replicate_api: ReplicateAPI, db: firestore.Client, bucket: storage.Bucket
+) -> None:
+    """As the receiver and the reconciler do: the body is stored, the message carries a pointer, and
+    the handlers read it back (here with an inline limit of 100 bytes, so any body goes that way)."""
+    prediction_id = replicate_api.create_prediction(
+        ModelRef.parse("flux-kontext-apps/restore-image"),
+        {"input_image": "https://example.com/old.jpg", "sim_duration": 0.2},
+        webhook=f"http://127.0.0.1:{free_port()}/",
+        events_filter=["completed"],
+    )
+    wait_for(lambda: json.loads(replicate_api.get_prediction(prediction_id))["status"] == "succeeded", what="done")
+    topic = pubsub_v1.PublisherClient.topic_path(stack.config.project, "replicate-events")
+    publisher = TopicPublisher(topic, deadline_seconds=10)
+
+    result = reprocess(
+        replicate_api, publisher, prediction_id, now=datetime.now(UTC), bodies=BodyStore(bucket, inline_bytes=100)
+    )
+
+    assert result.message_id
+    assert list(bucket.list_blobs(prefix=f"bodies/{prediction_id}/")), "the body was not stored"
+    assert wait_for_job(db, prediction_id, "succeeded").replicate_status == "succeeded"
 
 
 def test_reprocess_takes_a_job_id_for_its_prediction_and_refuses_a_job_without_one(
