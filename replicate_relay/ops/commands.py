@@ -169,13 +169,13 @@ def _reprocess(args: argparse.Namespace) -> int:
     token = env.get_str("REPLICATE_API_TOKEN")
     replicate = ReplicateAPI.connect(token, base_url=env.get_str("RELAY_REPLICATE_BASE_URL", DEFAULT_BASE_URL))
     try:
-        prediction_id, job_id = resolve_prediction(context.firestore_client(settings), settings, args.id)
+        prediction_id, job_id, kind = resolve_prediction(context.firestore_client(settings), settings, args.id)
         client = context.publisher_client(settings)
         publisher = TopicPublisher(
             client.topic_path(settings.project, settings.events_topic), deadline_seconds=settings.timeout, client=client
         )
         bodies = BodyStore(context.storage_bucket(settings))  # a body past Pub/Sub's limit goes there
-        result = reprocess(replicate, publisher, prediction_id, now=_now(), job_id=job_id, bodies=bodies)
+        result = reprocess(replicate, publisher, prediction_id, now=_now(), job_id=job_id, kind=kind, bodies=bodies)
     finally:
         replicate.close()
     print(to_json(result.as_dict()) if args.json else render_reprocessed(result))

@@ -35,18 +35,20 @@ def reprocess_webhook_id(prediction_id: str, status: str, now: datetime) -> str:
     return f"reprocess:{prediction_id}:{status}:{int(now.timestamp())}"
 
 
-def resolve_prediction(db: firestore.Client, settings: OpsSettings, identifier: str) -> tuple[str, str | None]:
-    """(prediction id, job id) for a job id; (identifier, None) for anything else, taken as a prediction id."""
+def resolve_prediction(db: firestore.Client, settings: OpsSettings, identifier: str) -> tuple[str, str | None, str]:
+    """(Replicate's id, job id, kind) for a job id; (identifier, None, "prediction") for anything else, taken
+    as the id of a prediction (or, if Replicate has none, of a training)."""
     if not identifier or "/" in identifier:
         raise OpsError(f"{identifier!r} is not a job or prediction id")
     with settings.firestore_errors():
         snapshot = db.collection(JOBS).document(identifier).get(**settings.rpc())
     if not snapshot.exists:
-        return identifier, None
-    prediction_id = (snapshot.to_dict() or {}).get("prediction_id")
+        return identifier, None, "prediction"
+    document = snapshot.to_dict() or {}
+    prediction_id = document.get("prediction_id")
     if not prediction_id:
         raise OpsError(f"job {identifier} has no prediction yet, so there is nothing to ask Replicate about")
-    return str(prediction_id), identifier
+    return str(prediction_id), identifier, str(document.get("kind") or "prediction")
 
 
 def reprocess(
@@ -56,6 +58,7 @@ def reprocess(
     *,
     now: datetime,
     job_id: str | None = None,
+    kind: str = "prediction",
     bodies: BodyStore | None = None,
 ) -> Reprocessed:
     """Fetch the prediction from Replicate and publish its exact JSON with source=reconciler.
@@ -65,12 +68,12 @@ def reprocess(
     message goes to the bucket through `bodies` and is published as a pointer, as the receiver does.
     """
     try:
-        body = replicate.get_prediction(prediction_id)
+        body = _read(replicate, kind, prediction_id)
         prediction = parse_prediction(body)
     except ReplicateAPIError as error:
         if error.status == 404:
-            raise OpsError(f"Replicate has no prediction {prediction_id}") from None
-        raise OpsError(f"cannot read prediction {prediction_id} from Replicate: {error}") from None
+            raise OpsError(f"Replicate has no prediction or training {prediction_id}") from None
+        raise OpsError(f"cannot read {kind} {prediction_id} from Replicate: {error}") from None
     except PayloadError as error:
         raise OpsError(f"Replicate's answer for {prediction_id} is not a prediction: {error.message}") from None
     webhook_id = reprocess_webhook_id(prediction.id, prediction.status, now)
@@ -84,6 +87,18 @@ def reprocess(
         detail = " ".join(str(error).split())[:300]
         raise OpsError(f"nothing published to {publisher.topic_path}: {detail}") from None
     return Reprocessed(prediction.id, job_id, prediction.status, webhook_id, publisher.topic_path, message_id)
+
+
+def _read(replicate: ReplicateAPI, kind: str, replicate_id: str) -> bytes:
+    """The run's JSON: a training's, or a prediction's (then a training's, for an id of unknown kind)."""
+    if kind == "training":
+        return replicate.get_training(replicate_id)
+    try:
+        return replicate.get_prediction(replicate_id)
+    except ReplicateAPIError as error:
+        if error.status != 404:
+            raise
+        return replicate.get_training(replicate_id)
 
 
 def render_reprocessed(result: Reprocessed) -> str:

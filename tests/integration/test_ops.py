@@ -461,6 +461,29 @@ def test_reprocess_sends_a_body_too_large_for_a_message_through_the_bucket(
     assert wait_for_job(db, prediction_id, "succeeded").replicate_status == "succeeded"
 
 
+def test_reprocess_reads_a_training_at_its_own_endpoint(
+    relay: Callable[..., Run], replicate_api: ReplicateAPI, db: firestore.Client
+) -> None:
+    """A training's id is unknown to GET /v1/predictions: reprocess asks GET /v1/trainings/{id}."""
+    training_id = replicate_api.create_training(
+        ModelRef.parse(f"ostris/flux-dev-lora-trainer:{'a' * 64}"),
+        destination="acme/flux-my-style",
+        input={"input_images": "https://example.com/photos.zip", "sim_duration": 0.2},
+        webhook=f"http://127.0.0.1:{free_port()}/",
+        events_filter=["completed"],
+    )
+    wait_for(lambda: json.loads(replicate_api.get_training(training_id))["status"] == "succeeded", what="done")
+
+    run = relay("reprocess", training_id, "--json")
+
+    assert run.code == 0, run.err
+    job = wait_for_job(db, training_id, "succeeded")
+    assert (job.kind, job.trained_version) == (
+        "training",
+        json.loads(replicate_api.get_training(training_id))["output"]["version"],
+    )
+
+
 def test_reprocess_takes_a_job_id_for_its_prediction_and_refuses_a_job_without_one(
     relay: Callable[..., Run], replicate_api: ReplicateAPI, open_jobs: Callable[..., Job]
 ) -> None:
@@ -490,7 +513,7 @@ def test_reprocess_without_a_token_names_the_variable_and_an_unknown_prediction_
     no_token = relay("reprocess", "nosuchprediction")
 
     assert unknown.code == 2
-    assert unknown.err == "relay: Replicate has no prediction nosuchprediction\n"
+    assert unknown.err == "relay: Replicate has no prediction or training nosuchprediction\n"
     assert no_token.code == 2
     assert no_token.err == "relay: REPLICATE_API_TOKEN is required but not set\n"
 
