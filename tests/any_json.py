@@ -1,4 +1,4 @@
-"""Hypothesis strategies for any JSON a model may take or return (issue 21): the values Firestore's maps cannot hold
+"""Hypothesis strategies for any JSON a model may take or return : the values Firestore's maps cannot hold
 and the ones a careless encoding changes, mixed into ordinary ones.
 
 - arrays in arrays (embeddings, boxes, masks), empty arrays and objects;

@@ -1,4 +1,4 @@
-"""The six JSON shapes issue 21 must show going through the pipeline ("Must show"), for the integration
+"""Six JSON shapes Firestore's maps cannot hold, going through the pipeline, for the integration
 and the image tests: each ends a succeeded job whose input and output read back exactly as sent.
 
 Each is a value a Firestore map cannot hold, or holds changed: arrays directly in arrays, an empty

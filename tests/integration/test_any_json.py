@@ -1,5 +1,5 @@
 """Six JSON shapes Firestore's maps cannot hold, or hold changed, go through the real pipeline and read
-back exactly (issue 21, "Must show"): a signed `starting` and `succeeded` webhook to the receiver,
+back exactly: a signed `starting` and `succeeded` webhook to the receiver,
 Pub/Sub's push to the handlers, the job in the Firestore emulator; once final, the job succeeded and
 its input and output are what Replicate sent, type for type, through RelayClient and through the API.
 """

@@ -1,4 +1,4 @@
-"""Any JSON a model takes or returns goes through the real pipeline and reads back exactly (issue 21, item 4).
+"""Any JSON a model takes or returns goes through the real pipeline and reads back exactly.
 
 Hypothesis makes up a prediction's input (an object) and output (any JSON: tests/any_json.py has what it includes
 and why), signs Replicate's `starting` and `succeeded` webhooks for a fresh prediction, and posts them to the test

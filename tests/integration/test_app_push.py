@@ -1,4 +1,4 @@
-"""job-events pushed to an app's URL (issue #17), as `relay dev --app-endpoint` sets it up: a job run
+"""job-events pushed to an app's URL, as `relay dev --app-endpoint` sets it up: a job run
 through the real stack reaches a local HTTP endpoint in Pub/Sub's push envelope; an answer of 500
 makes Pub/Sub deliver it again after the subscription's backoff, and 204 ends it."""
 

@@ -1,7 +1,7 @@
 """Hostile input at the receiver: every malformed request ends as a precise 4xx, never a publish, never a 500.
 
 Two levels. `Intake.handle` (verify → validate → publish) with a publisher that records calls, the one boundary
-faked here, for the whole catalogue of issue #7 item 3; then receiver/main.py's ASGI app, driven in process, for
+faked here, for the whole catalogue of hostile input; then receiver/main.py's ASGI app, driven in process, for
 a handful of representative cases: status code, JSON error body, and one JSON log line per request.
 
 Cases already in test_intake.py (missing headers, bare `v1,`, other secret, a few content types and bodies,
