@@ -117,9 +117,9 @@ def test_one_webhook_is_one_trace_from_the_receiver_through_both_handlers(
     assert any(span.attributes.get("db.operation.name") == "finish_archive" for span in archive_work)
     # Whichever handler made the job final announced it, in the same trace.
     assert len([span for span in spans if span.name == "send job-events"]) == 1
-    # Copying a file shows no failed call (checking that it was not archived yet used to be a 404
-    # GET, which the storage client's and requests' tracing mark failed, twice per file). Firestore
-    # contention between the two handlers may still show a retried Commit: that one is real.
+    # Copying a file shows no failed call: the archiver does not probe for the object with a GET that
+    # would 404 (which the storage client's and requests' tracing mark failed). Firestore contention
+    # between the two handlers may still show a retried Commit: that one is real.
     assert not [(span.name, span.status_message) for span in [archived, *_descendants(spans, archived)] if span.failed]
 
     # The receiver's and the handlers' log lines for this webhook name the same trace.
