@@ -28,12 +28,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
-import google_crc32c
 import httpx
 from google.api_core import exceptions as google_exceptions
 from google.cloud import firestore, pubsub_v1, storage
 
 from replicate_relay import topology
+from replicate_relay.bodies import crc32c
 from replicate_relay.config import ConfigError
 from replicate_relay.jobs import Job
 from replicate_relay.jobstore import EVENTS, JOBS, PREDICTIONS
@@ -210,7 +210,7 @@ def _object_stored(run: _Run, clients: _Clients) -> str:
     blob = clients.storage.bucket(bucket_name).get_blob(name)
     if blob is None:
         raise _HopFailed(f"the job names {uri}, which does not exist")
-    sent = _crc32c(run.image)
+    sent = crc32c(run.image)
     if blob.crc32c != sent or entry.get("crc32c") != sent:
         raise _HopFailed(f"{uri} has CRC32C {blob.crc32c} (job says {entry.get('crc32c')}), the file sent has {sent}")
     return f"{uri} ({blob.size} B)"
@@ -329,12 +329,6 @@ def _id_token(target: Target) -> str:
             f"no ID token for the API from these credentials ({error}); pass --api-identity SA, a service account "
             "listed in api_invokers that you may impersonate (roles/iam.serviceAccountTokenCreator)"
         ) from None
-
-
-def _crc32c(data: bytes) -> str:
-    checksum = google_crc32c.Checksum(data)  # type: ignore[no-untyped-call] # google-crc32c has no annotations
-    digest: bytes = checksum.digest()  # type: ignore[no-untyped-call]
-    return base64.b64encode(digest).decode("ascii")
 
 
 def _print_check(check: Check, out: TextIO) -> None:
